@@ -1,0 +1,61 @@
+"""Clarion's exception hierarchy; api/errors.py maps each class to an HTTP status in one place."""
+
+from __future__ import annotations
+
+
+class ClarionError(Exception):
+    """Base class. `code` is the stable machine-readable error code sent to clients."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigurationError(ClarionError):
+    """A setting is missing or wrong; start-up stops with this one-line message."""
+
+    code = "configuration_error"
+
+
+class InvalidRequest(ClarionError):
+    """The request is malformed, wrongly typed or out of range."""
+
+    code = "invalid_request"
+
+
+class PayloadTooLarge(ClarionError):
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ClarionError):
+    code = "unsupported_media_type"
+
+
+class NotFound(ClarionError):
+    code = "not_found"
+
+
+class ModelNotReady(ClarionError):
+    """The model is still loading (or failed to load) in this worker."""
+
+    code = "model_not_ready"
+
+
+class JobBackendUnavailable(ClarionError):
+    """Redis / the Celery broker cannot be reached; classification still works."""
+
+    code = "job_backend_unavailable"
+
+
+class ModelLoadError(ClarionError):
+    """The model could not be fetched or loaded."""
+
+    code = "model_load_error"
+
+
+class UnsafeArchive(ModelLoadError):
+    """A model archive tries to write outside its target directory or holds special files."""
+
+    code = "unsafe_archive"

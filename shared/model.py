@@ -1,0 +1,266 @@
+"""The loaded classifier: tokenizer, torch model, labels, and the one way Clarion runs a forward pass."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from shared.errors import ModelLoadError
+from shared.model_source import ModelLocation, resolve_model
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+Precision = Literal["exact", "fast"]
+
+
+@dataclass(frozen=True)
+class EncodedText:
+    """A text as the model sees it: token ids (truncated to the model's limit) and character offsets."""
+
+    text: str
+    ids: np.ndarray
+    offsets: list[tuple[int, int]]
+    special: np.ndarray  # True where the token is a special token ([CLS], [SEP], ...)
+    truncated: bool
+
+
+@dataclass
+class TextModel:
+    """A sequence classifier ready to run. Build it with `load_text_model`."""
+
+    model_id: str
+    source: str
+    model: Any
+    tokenizer: Any
+    device: Any
+    labels: list[str]
+    multi_label: bool
+    max_length: int
+    mask_token_id: int
+    pad_token_id: int
+    keep_prefix: int
+    keep_suffix: int
+    # One forward pass at a time per process: concurrent passes only fight over the same cores.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _fast_model: Any = field(default=None, repr=False)
+
+    def encode(self, texts: Sequence[str]) -> list[EncodedText]:
+        """Tokenize with truncation to the model's maximum length; say which texts were truncated."""
+        enc = self.tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=self.max_length,
+            return_offsets_mapping=True,
+            return_overflowing_tokens=True,
+            return_special_tokens_mask=True,
+        )
+        sample_of_row = enc["overflow_to_sample_mapping"]
+        encoded: list[EncodedText | None] = [None] * len(texts)
+        truncated = [False] * len(texts)
+        for row, sample in enumerate(sample_of_row):
+            if encoded[sample] is not None:
+                truncated[sample] = True  # a second window means the text did not fit
+                continue
+            offsets = [(0, 0) if o is None else (int(o[0]), int(o[1])) for o in enc["offset_mapping"][row]]
+            encoded[sample] = EncodedText(
+                text=texts[sample],
+                ids=np.asarray(enc["input_ids"][row], dtype=np.int64),
+                offsets=offsets,
+                special=np.asarray(enc["special_tokens_mask"][row], dtype=bool),
+                truncated=False,
+            )
+        out = []
+        for item, was_truncated in zip(encoded, truncated, strict=True):
+            assert item is not None
+            out.append(EncodedText(item.text, item.ids, item.offsets, item.special, was_truncated))
+        return out
+
+    def logits(
+        self,
+        rows: Sequence[np.ndarray],
+        batch_size: int,
+        precision: Precision = "exact",
+        same_length_batches: bool = False,
+    ) -> np.ndarray:
+        """Raw logits for token-id rows, in order.
+
+        Rows are sorted by length and run `batch_size` at a time, padded to the longest in their
+        batch. With `same_length_batches` a batch never mixes lengths, so nothing is padded (SHAP's
+        masked variants of one text all have the text's length).
+        """
+        import torch
+
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        out = np.empty((len(rows), len(self.labels)), dtype=np.float32)
+        model = self._model_for(precision)
+        with self._lock, torch.inference_mode(), self._autocast(precision):
+            for chunk in _chunks(order, [len(r) for r in rows], batch_size, same_length_batches):
+                width = max(len(rows[i]) for i in chunk)
+                ids = np.full((len(chunk), width), self.pad_token_id, dtype=np.int64)
+                attention = np.zeros((len(chunk), width), dtype=np.int64)
+                for j, i in enumerate(chunk):
+                    ids[j, : len(rows[i])] = rows[i]
+                    attention[j, : len(rows[i])] = 1
+                inputs = {"input_ids": torch.from_numpy(ids).to(self.device)}
+                if not attention.all():
+                    inputs["attention_mask"] = torch.from_numpy(attention).to(self.device)
+                logits = model(**inputs).logits
+                out[chunk] = logits.float().cpu().numpy()
+        return out
+
+    def outputs(self, logits: np.ndarray, kind: Literal["probability", "logit"]) -> np.ndarray:
+        """Model outputs in the requested space: probabilities (softmax, or sigmoid when multi-label)."""
+        if kind == "logit":
+            return logits.astype(np.float64)
+        return probabilities(logits, self.multi_label)
+
+    def _model_for(self, precision: Precision) -> Any:
+        if precision == "exact" or self.device.type != "cpu" or _cpu_has_bf16():
+            return self.model
+        if self._fast_model is None:  # no bf16 on this CPU: dynamic int8 on the Linear layers
+            import torch
+
+            self._fast_model = torch.ao.quantization.quantize_dynamic(
+                self.model, {torch.nn.Linear}, dtype=torch.qint8
+            )
+        return self._fast_model
+
+    def _autocast(self, precision: Precision) -> Any:
+        import contextlib
+
+        import torch
+
+        if precision == "exact":
+            return contextlib.nullcontext()
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        if self.device.type == "cpu" and _cpu_has_bf16():
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def _chunks(order: list[int], lengths: list[int], size: int, split_lengths: bool) -> list[list[int]]:
+    chunks: list[list[int]] = []
+    for i in order:
+        if not chunks or len(chunks[-1]) >= size or (split_lengths and lengths[chunks[-1][0]] != lengths[i]):
+            chunks.append([])
+        chunks[-1].append(i)
+    return chunks
+
+
+def probabilities(logits: np.ndarray, multi_label: bool) -> np.ndarray:
+    """Softmax per row for single-label models, element-wise sigmoid for multi-label ones."""
+    x = logits.astype(np.float64)
+    if multi_label:
+        return 1.0 / (1.0 + np.exp(-x))
+    x = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _cpu_has_bf16() -> bool:
+    import torch
+
+    try:
+        return bool(torch.backends.cpu.get_cpu_capability() in {"AVX512", "AMX"}) and bool(
+            torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def select_device(requested: str) -> Any:
+    import torch
+
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"DEVICE={requested}: CUDA is not available on this machine")
+    return device
+
+
+def load_text_model(settings: Settings, location: ModelLocation | None = None) -> TextModel:
+    """Resolve, load and warm the model in this process (call it after any fork, never before)."""
+    import torch
+    import transformers
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    torch.set_num_threads(settings.threads_per_worker)
+    started = time.perf_counter()
+    location = location or resolve_model(settings)
+    local_only = location.source != "hub"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            location.tokenizer_ref,
+            trust_remote_code=settings.trust_remote_code,
+            local_files_only=local_only and settings.tokenizer is None,
+        )
+        model = AutoModelForSequenceClassification.from_pretrained(
+            location.model_ref, trust_remote_code=settings.trust_remote_code, local_files_only=local_only
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"could not load model {location.model_id}: {exc}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelLoadError(f"tokenizer of {location.model_id} is not a fast tokenizer (offsets are needed)")
+    device = select_device(settings.device)
+    model.to(device).eval()
+    config = model.config
+    labels = [str(config.id2label[i]) for i in range(config.num_labels)]
+    text_model = TextModel(
+        model_id=location.model_id,
+        source=location.source,
+        model=model,
+        tokenizer=tokenizer,
+        device=device,
+        labels=labels,
+        multi_label=config.problem_type == "multi_label_classification",
+        max_length=_max_length(tokenizer, config),
+        mask_token_id=_mask_token_id(tokenizer),
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+        **_boundary_tokens(tokenizer),
+    )
+    # Warm up: the first forward pass allocates and picks kernels; do it before reporting healthy.
+    text_model.logits([text_model.encode(["warm up"])[0].ids], batch_size=1)
+    log.info(
+        "model %s loaded from %s on %s in %.1fs (%d threads)",
+        location.model_id,
+        location.source,
+        device,
+        time.perf_counter() - started,
+        settings.threads_per_worker,
+    )
+    return text_model
+
+
+def _max_length(tokenizer: Any, config: Any) -> int:
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 100_000:
+        return limit
+    return min(int(getattr(config, "max_position_embeddings", 512) or 512), 512)
+
+
+def _mask_token_id(tokenizer: Any) -> int:
+    """SHAP masks with the tokenizer's mask token, else with the id of "..."."""
+    if tokenizer.mask_token_id is not None:
+        return int(tokenizer.mask_token_id)
+    ids = tokenizer("...")["input_ids"]
+    return int(ids[_boundary_tokens(tokenizer)["keep_prefix"]])
+
+
+def _boundary_tokens(tokenizer: Any) -> dict[str, int]:
+    """How many special tokens the tokenizer puts before and after a text (kept unmasked by SHAP)."""
+    null_tokens = tokenizer("")["input_ids"]
+    if len(null_tokens) == 1:
+        eos = tokenizer.special_tokens_map.get("eos_token")
+        is_eos = eos is not None and tokenizer.decode(null_tokens[0]) == eos
+        return {"keep_prefix": 0 if is_eos else 1, "keep_suffix": 1 if is_eos else 0}
+    return {"keep_prefix": len(null_tokens) // 2, "keep_suffix": len(null_tokens) // 2}

@@ -1,0 +1,121 @@
+"""Request schemas (pydantic): the bodies Clarion accepts, validated against the settings' limits.
+
+They are shared because the worker validates the same explanation options the API accepted, and
+because they generate the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from shared.errors import InvalidRequest
+from shared.settings import Settings
+
+Texts = str | list[str]
+
+
+class _Strict(BaseModel):
+    # strict: "500" is not an int and 1 is not a bool; forbid: a misspelt option is an error, not ignored.
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class ExplainOptions(_Strict):
+    """How to explain: SHAP's Partition explainer parameters."""
+
+    max_evals: Annotated[int, Field(ge=4, description="Model evaluations per text (SHAP's max_evals).")] = 500
+    output: Literal["probability", "logit"] = "probability"
+    labels: Literal["all", "predicted"] | list[str] = Field(
+        "all", description='"all", "predicted" or a list of label names to explain.'
+    )
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
+    precision: Literal["exact", "fast"] = "exact"
+
+    @field_validator("max_evals")
+    @classmethod
+    def _cap_max_evals(cls, value: int, info: ValidationInfo) -> int:
+        limit = _settings(info).max_evals_limit
+        if value > limit:
+            raise ValueError(f"max_evals must be <= {limit}")
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _non_empty_labels(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError('labels must be "all", "predicted" or a non-empty list of label names')
+        return value
+
+    def cache_key(self) -> tuple[Any, ...]:
+        labels = tuple(self.labels) if isinstance(self.labels, list) else self.labels
+        return (self.max_evals, self.output, labels, self.seed, self.precision)
+
+
+def _settings(info: ValidationInfo) -> Settings:
+    context = info.context or {}
+    settings = context.get("settings")
+    return settings if isinstance(settings, Settings) else Settings()
+
+
+def _check_texts(value: Texts, info: ValidationInfo) -> Texts:
+    settings = _settings(info)
+    texts = [value] if isinstance(value, str) else value
+    if not texts:
+        raise ValueError("must contain at least one text")
+    if len(texts) > settings.max_texts:
+        raise ValueError(f"at most {settings.max_texts} texts per request")
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise ValueError(f"text {i} is empty")
+        if len(text) > settings.max_text_chars:
+            raise ValueError(f"text {i} has {len(text)} characters; the limit is {settings.max_text_chars}")
+    return value
+
+
+class InvocationParameters(ExplainOptions):
+    """Everything a request may say besides its texts."""
+
+    explain: bool = False
+    asynchronous: bool = Field(False, alias="async")
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, populate_by_name=True)
+
+    def explain_options(self) -> ExplainOptions:
+        return ExplainOptions.model_construct(
+            **{name: getattr(self, name) for name in ExplainOptions.model_fields}
+        )
+
+
+class SeedBody(InvocationParameters):
+    """The seed's body: `{"data": text | [texts], "explain": bool, ...options}`."""
+
+    data: Texts
+
+    _texts = field_validator("data")(_check_texts)
+
+
+class HuggingFaceBody(_Strict):
+    """The SageMaker Hugging Face toolkit body: `{"inputs": ..., "parameters": {...}}`."""
+
+    inputs: Texts
+    parameters: InvocationParameters = InvocationParameters()
+
+    _texts = field_validator("inputs")(_check_texts)
+
+
+def validation_message(error: ValidationError) -> str:
+    """A one-line, client-facing summary of a pydantic error (no internals)."""
+    parts = []
+    for item in error.errors(include_url=False)[:5]:
+        where = ".".join(str(p) for p in item["loc"]) or "body"
+        message = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts)
+
+
+def parse_model(schema: type[BaseModel], data: Any, settings: Settings) -> Any:
+    """Validate `data` against `schema` with the settings' limits; raise InvalidRequest on failure."""
+    try:
+        return schema.model_validate(data, context={"settings": settings})
+    except ValidationError as exc:
+        raise InvalidRequest(validation_message(exc)) from None
