@@ -94,3 +94,22 @@ class Explanation:
             precision=str(data["precision"]),
             truncated=bool(data["truncated"]),
         )
+
+
+def text_response(classification: Classification, explanation: Explanation | None, model_id: str) -> dict[str, Any]:
+    """One text's response: the seed's fields (`prediction`, `explanation`) first, richer ones beside."""
+    body = classification.to_dict()
+    body["model"] = model_id
+    if explanation is not None:
+        body["explanation"] = explanation.seed_pairs()
+        body["offsets"] = [list(o) for o in explanation.offsets]
+        body["base_values"] = explanation.base_values
+        body["model_output"] = explanation.model_output
+        body["explanation_parameters"] = {
+            "output": explanation.output,
+            "max_evals": explanation.max_evals,
+            "evaluations": explanation.evaluations,
+            "seed": explanation.seed,
+            "precision": explanation.precision,
+        }
+    return body

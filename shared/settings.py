@@ -95,7 +95,10 @@ class Settings:
 
     # Serving.
     serverless: bool = _env("SERVERLESS", parse_bool, False)
+    host: str = _env("HOST", _text, "0.0.0.0")
     port: int = _env("PORT", _int_parser(1, 65535), 8080)
+    http_threads: int = _env("HTTP_THREADS", _int_parser(1, 1024), 16)
+    access_log: bool = _env("ACCESS_LOG", parse_bool, True)
     workers: int | None = _env("SAGEMAKER_MODEL_SERVER_WORKERS", _int_parser(1, 256))
     timeout_s: int = _env("SAGEMAKER_MODEL_SERVER_TIMEOUT", _int_parser(1), 60)
     torch_threads: int | None = _env("TORCH_THREADS", _int_parser(1, 256))

@@ -1,0 +1,44 @@
+"""The Flask app factory: the one place the HTTP app is built."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from api.errors import register_error_handlers
+from api.routes import bp
+from shared.jobs import InlineJobQueue, JobQueue
+from shared.service import ClarionService
+from shared.settings import Settings, load_settings
+
+
+def create_app(
+    settings: Settings | None = None,
+    service: ClarionService | None = None,
+    jobs: JobQueue | None = None,
+    load_model: bool = True,
+) -> Flask:
+    """Build the app. The model loads in a background thread so /ping can say 503 meanwhile."""
+    settings = settings or load_settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    service = service or ClarionService(settings)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.json.sort_keys = False  # keep the seed's field order: prediction, then explanation
+    app.extensions["clarion.settings"] = settings
+    app.extensions["clarion.service"] = service
+    app.extensions["clarion.jobs"] = jobs or _job_queue(settings, service)
+    app.register_blueprint(bp)
+    register_error_handlers(app)
+    if load_model:
+        service.start_loading()
+    return app
+
+
+def _job_queue(settings: Settings, service: ClarionService) -> JobQueue:
+    if not settings.jobs_are_async:
+        return InlineJobQueue(service.explain)
+    from worker.queue import CeleryJobQueue  # only when a broker is configured
+
+    return CeleryJobQueue(settings)

@@ -1,0 +1,91 @@
+"""Content negotiation: turn an HTTP request body into an `Invocation`, and results into JSON bodies.
+
+Accepted side by side:
+- the seed's body `{"data": text | [texts], "explain": bool, ...options}`;
+- the SageMaker Hugging Face toolkit body `{"inputs": ..., "parameters": {...}}`;
+- `text/plain`: the whole body is one text.
+JSON is read whatever the client claims when it claims nothing specific (no Content-Type,
+`application/x-www-form-urlencoded` as `curl -d` sends, `application/octet-stream`, `*/*`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Request
+
+from shared.errors import InvalidRequest, UnsupportedMediaType
+from shared.schemas import HuggingFaceBody, InvocationParameters, SeedBody, parse_model
+from shared.settings import Settings
+
+_GENERIC_TYPES = {"", "application/x-www-form-urlencoded", "application/octet-stream", "*/*", "text/json"}
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """What a request asks for, whichever body format it used."""
+
+    texts: list[str]
+    single: bool  # the request sent one string, so the response is one object, not a list
+    parameters: InvocationParameters
+
+
+def decode_invocation(request: Request, settings: Settings) -> Invocation:
+    mimetype = request.mimetype or ""
+    charset = request.mimetype_params.get("charset", "utf-8")
+    body = request.get_data(cache=True)
+    if mimetype == "text/plain":
+        text = _decode_text(body, charset)
+        return decode_payload({"data": text}, settings)
+    if mimetype in _GENERIC_TYPES or mimetype == "application/json" or mimetype.endswith("+json"):
+        return decode_payload(_parse_json(body, charset), settings)
+    raise UnsupportedMediaType(
+        f"content type {mimetype!r} is not supported; send application/json or text/plain"
+    )
+
+
+def decode_payload(payload: Any, settings: Settings) -> Invocation:
+    """Validate a parsed JSON payload in either the seed's or the Hugging Face shape."""
+    if not isinstance(payload, dict):
+        raise InvalidRequest('the body must be a JSON object with "data" (or "inputs")')
+    if "data" in payload and "inputs" in payload:
+        raise InvalidRequest('send either "data" or "inputs", not both')
+    if "inputs" in payload:
+        hf: HuggingFaceBody = parse_model(HuggingFaceBody, payload, settings)
+        return Invocation(_as_list(hf.inputs), isinstance(hf.inputs, str), hf.parameters)
+    if "data" not in payload:
+        raise InvalidRequest('missing field "data" (or "inputs"): the text or list of texts to classify')
+    seed: SeedBody = parse_model(SeedBody, payload, settings)
+    parameters = InvocationParameters.model_construct(
+        **{name: getattr(seed, name) for name in InvocationParameters.model_fields}
+    )
+    return Invocation(_as_list(seed.data), isinstance(seed.data, str), parameters)
+
+
+def shape_like_request(invocation: Invocation, items: list[dict[str, Any]]) -> Any:
+    """One object for a single-string request, a list for a list request (as the seed did)."""
+    return items[0] if invocation.single else items
+
+
+def _as_list(texts: str | list[str]) -> list[str]:
+    return [texts] if isinstance(texts, str) else list(texts)
+
+
+def _decode_text(body: bytes, charset: str) -> str:
+    try:
+        return body.decode(charset)
+    except (LookupError, UnicodeDecodeError):
+        raise InvalidRequest(f"the body is not valid {charset} text") from None
+
+
+def _parse_json(body: bytes, charset: str) -> Any:
+    if not body.strip():
+        raise InvalidRequest("the body is empty; send a JSON object such as {\"data\": \"text\"}")
+    try:
+        return json.loads(_decode_text(body, charset))
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise InvalidRequest("malformed JSON: nested too deeply") from None

@@ -1,0 +1,67 @@
+"""The one place errors become HTTP: Clarion's exceptions and Werkzeug's map to JSON bodies."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from shared.errors import (
+    ClarionError,
+    InvalidRequest,
+    JobBackendUnavailable,
+    ModelNotReady,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS_OF: dict[type[ClarionError], int] = {
+    InvalidRequest: 400,
+    NotFound: 404,
+    PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
+    ModelNotReady: 503,
+    JobBackendUnavailable: 503,
+}
+
+
+def error_body(status: int, code: str, message: str) -> tuple[Response, int]:
+    return jsonify({"error": {"code": code, "message": message}}), status
+
+
+def _status_for(exc: ClarionError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_OF:
+            return STATUS_OF[cls]  # type: ignore[index]
+    return 500
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ClarionError)
+    def clarion_error(exc: ClarionError) -> tuple[Response, int]:
+        status = _status_for(exc)
+        if status >= 500 and status != 503:
+            log.error("request failed: %s", exc.message)
+        return error_body(status, exc.code, exc.message)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int]:
+        status = exc.code or 500
+        code = (exc.name or "error").lower().replace(" ", "_")
+        message = exc.description or exc.name
+        if status == 413:
+            message = "the request body is larger than the limit (MAX_REQUEST_BYTES)"
+        response, status = error_body(status, code, message)
+        if status == 405 and exc.get_response().headers.get("Allow"):
+            response.headers["Allow"] = exc.get_response().headers["Allow"]
+        return response, status
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> tuple[Response, int]:
+        # Never a stack trace in a response; the log keeps it.
+        log.exception("unexpected error")
+        return error_body(500, "internal_error", "internal error; see the server log")

@@ -1,0 +1,26 @@
+"""gunicorn settings, derived from Clarion's settings object (never from a second source)."""
+
+import os
+
+from shared.settings import load_settings
+
+_settings = load_settings()
+
+bind = f"{_settings.host}:{_settings.port}"
+workers = _settings.worker_count
+# Threads let one worker hold many connections; model work is serialised per process by the model
+# lock (and gathered into batches), so threads do not oversubscribe the cores.
+worker_class = "gthread"
+threads = _settings.http_threads
+timeout = _settings.timeout_s
+graceful_timeout = 30
+keepalive = 5
+# Never preload: torch run in a parent and then forked deadlocks its thread pool in the children.
+preload_app = False
+# gunicorn >= 25 creates a control socket under ~/.gunicorn by default; Clarion does not use it.
+control_socket_disable = True
+accesslog = "-" if _settings.access_log else None
+errorlog = "-"
+loglevel = _settings.log_level.lower()
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+limit_request_line = 8190

@@ -1,0 +1,94 @@
+"""Command line: `clarion serve` (gunicorn API), `clarion worker` (Celery), `serve` (SageMaker).
+
+Settings are validated and the model is fetched here, in the parent, so that a wrong setting or an
+unreachable bucket stops start-up with one clear line. No torch work happens before the fork.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from shared.errors import ClarionError
+from shared.model_source import resolve_model
+from shared.settings import Settings, load_settings
+
+
+def _prepare(settings: Settings, threads: int) -> None:
+    location = resolve_model(settings)
+    print(f"clarion: model {location.model_id} ({location.source})", file=sys.stderr, flush=True)
+    # Each process runs `threads` torch threads; the native pools read these before torch starts.
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    os.environ.setdefault("MKL_NUM_THREADS", str(threads))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if location.source != "hub":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _serve(settings: Settings) -> None:
+    _prepare(settings, settings.threads_per_worker)
+    mode = "single-process" if not settings.jobs_are_async else "async jobs via Celery"
+    print(
+        f"clarion: serving on {settings.host}:{settings.port}, {settings.worker_count} worker(s) x "
+        f"{settings.threads_per_worker} torch thread(s), {mode}",
+        file=sys.stderr,
+        flush=True,
+    )
+    argv = [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "api.wsgi:app"]
+    os.execv(sys.executable, argv)
+
+
+def _worker(settings: Settings) -> None:
+    if settings.broker_url is None:
+        raise ClarionError(
+            "REDIS_URL (or CELERY_BROKER_URL): required to start a worker (and SERVERLESS must be false)"
+        )
+    _prepare(settings, settings.celery_threads_per_process)
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.app:celery_app",
+        "worker",
+        f"--loglevel={settings.log_level}",
+        f"--concurrency={settings.celery_concurrency}",
+        "--pool=prefork",  # solo would not enforce time limits
+        "-O",
+        "fair",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    os.execv(sys.executable, argv)
+
+
+def _show_config(settings: Settings) -> None:
+    derived = {
+        "worker_count": settings.worker_count,
+        "threads_per_worker": settings.threads_per_worker,
+        "jobs_are_async": settings.jobs_are_async,
+        "local_model_dir": str(settings.local_model_dir) if settings.local_model_dir else None,
+    }
+    print(json.dumps({**settings.__dict__, **derived}, indent=2, default=str))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="clarion", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="start the HTTP API (gunicorn) on 0.0.0.0:$PORT")
+    sub.add_parser("worker", help="start a Celery worker for explanation jobs")
+    sub.add_parser("config", help="print the effective settings and exit")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+        {"serve": _serve, "worker": _worker, "config": _show_config}[args.command](settings)
+    except ClarionError as exc:
+        print(f"clarion: {exc.message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def serve_main() -> None:
+    """`serve`: the command SageMaker runs (`docker run IMAGE serve`); extra arguments are ignored."""
+    main(["serve"])

@@ -1,0 +1,161 @@
+"""Explanation jobs: the record of every issued job id, and the inline (single-process) job runner.
+
+A job explains texts whose classification the API already returned. Its public body is
+`{"id", "status", "submitted_at", "finished_at", "prediction", "result" | "error"}` with status
+`queued | running | succeeded | failed | cancelled`. The Celery-backed queue lives in worker/queue.py;
+both keep a `JobRecord` per issued id, so an unknown id is a 404 and never "pending forever".
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from shared.errors import ClarionError, JobBackendUnavailable, NotFound
+from shared.results import Classification, Explanation, text_response
+from shared.schemas import ExplainOptions
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+FINISHED = {SUCCEEDED, FAILED, CANCELLED}
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class JobRecord:
+    """What the API knows about a job from the moment it accepts it."""
+
+    id: str
+    submitted_at: str
+    model: str
+    single: bool
+    texts: list[str]
+    options: dict[str, Any]
+    predictions: list[dict[str, Any]]
+    status: str = QUEUED
+    finished_at: str | None = None
+    explanations: list[dict[str, Any]] | None = None
+    error: dict[str, str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> JobRecord:
+        return cls(**json.loads(raw))
+
+    def public(self) -> dict[str, Any]:
+        """The job's HTTP body."""
+        classifications = [Classification.from_dict(p) for p in self.predictions]
+        body: dict[str, Any] = {
+            "id": self.id,
+            "status": self.status,
+            "submitted_at": self.submitted_at,
+            "finished_at": self.finished_at,
+            "prediction": _shape(self.single, [c.to_dict()["prediction"] for c in classifications]),
+        }
+        if self.status == SUCCEEDED and self.explanations is not None:
+            items = [
+                text_response(c, Explanation.from_dict(e), self.model)
+                for c, e in zip(classifications, self.explanations, strict=True)
+            ]
+            body["result"] = _shape(self.single, items)
+        if self.error is not None:
+            body["error"] = self.error
+        return body
+
+
+def _shape(single: bool, items: list[Any]) -> Any:
+    return items[0] if single else items
+
+
+def new_record(
+    model: str, texts: list[str], single: bool, options: ExplainOptions, predictions: list[Classification]
+) -> JobRecord:
+    return JobRecord(
+        id=new_job_id(),
+        submitted_at=utc_now(),
+        model=model,
+        single=single,
+        texts=texts,
+        options=options.model_dump(),
+        predictions=[p.to_dict() for p in predictions],
+    )
+
+
+def error_of(exc: BaseException) -> dict[str, str]:
+    if isinstance(exc, ClarionError):
+        return {"code": exc.code, "message": exc.message}
+    return {"code": "explanation_failed", "message": f"{type(exc).__name__}: {exc}"}
+
+
+class JobQueue(Protocol):
+    """What the API needs from a job backend."""
+
+    asynchronous: bool
+
+    def submit(self, record: JobRecord) -> JobRecord: ...
+
+    def get(self, job_id: str) -> JobRecord: ...
+
+    def cancel(self, job_id: str) -> JobRecord: ...
+
+
+class InlineJobQueue:
+    """Single-process mode: a job runs to completion inside `submit`; recent jobs stay readable."""
+
+    asynchronous = False
+
+    def __init__(self, explain: Any, capacity: int = 1024) -> None:
+        self._explain = explain  # callable(texts, options) -> list[Explanation]
+        self._records: OrderedDict[str, JobRecord] = OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def submit(self, record: JobRecord) -> JobRecord:
+        options = ExplainOptions.model_validate(record.options)
+        explanations = self._explain(record.texts, options)
+        record.explanations = [e.to_dict() for e in explanations]
+        record.status = SUCCEEDED
+        record.finished_at = utc_now()
+        with self._lock:
+            self._records[record.id] = record
+            while len(self._records) > self._capacity:
+                self._records.popitem(last=False)
+        return record
+
+    def get(self, job_id: str) -> JobRecord:
+        with self._lock:
+            record = self._records.get(job_id)
+        if record is None:
+            raise NotFound(f"no explanation job {job_id!r}")
+        return record
+
+    def cancel(self, job_id: str) -> JobRecord:
+        return self.get(job_id)  # inline jobs are finished before their id is known
+
+
+class UnavailableJobQueue:
+    """Stands in when the job backend cannot even be set up; every call says why, with a 503."""
+
+    asynchronous = True
+
+    def __init__(self, reason: str) -> None:
+        self._reason = reason
+
+    def _fail(self, *_: Any) -> JobRecord:
+        raise JobBackendUnavailable(self._reason)
+
+    submit = get = cancel = _fail
