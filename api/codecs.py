@@ -82,7 +82,7 @@ def _decode_text(body: bytes, charset: str) -> str:
 
 def _parse_json(body: bytes, charset: str) -> Any:
     if not body.strip():
-        raise InvalidRequest("the body is empty; send a JSON object such as {\"data\": \"text\"}")
+        raise InvalidRequest('the body is empty; send a JSON object such as {"data": "text"}')
     try:
         return json.loads(_decode_text(body, charset))
     except json.JSONDecodeError as exc:

@@ -51,6 +51,4 @@ def find_model_root(directory: Path) -> Path:
     children = [p for p in directory.iterdir() if not p.name.startswith(".")]
     if len(children) == 1 and children[0].is_dir() and (children[0] / "config.json").is_file():
         return children[0]
-    raise ModelLoadError(
-        "model archive holds no config.json at its root or inside a single top-level folder"
-    )
+    raise ModelLoadError("model archive holds no config.json at its root or inside a single top-level folder")

@@ -10,7 +10,9 @@ from shared.model import EncodedText, TextModel
 from shared.results import Classification, LabelScore
 
 
-def classify_encoded(model: TextModel, encoded: Sequence[EncodedText], batch_size: int) -> list[Classification]:
+def classify_encoded(
+    model: TextModel, encoded: Sequence[EncodedText], batch_size: int
+) -> list[Classification]:
     """One batched forward pass (per `batch_size` rows) over already-encoded texts."""
     if not encoded:
         return []

@@ -92,3 +92,7 @@ def main(argv: list[str] | None = None) -> None:
 def serve_main() -> None:
     """`serve`: the command SageMaker runs (`docker run IMAGE serve`); extra arguments are ignored."""
     main(["serve"])
+
+
+if __name__ == "__main__":
+    main()

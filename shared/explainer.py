@@ -88,7 +88,9 @@ def explain_encoded(
     return [_explanation(model, job, options, f00[i], f11[i]) for i, job in enumerate(jobs)]
 
 
-def _outputs(model: TextModel, rows: list[np.ndarray], options: ExplainOptions, batch_size: int) -> np.ndarray:
+def _outputs(
+    model: TextModel, rows: list[np.ndarray], options: ExplainOptions, batch_size: int
+) -> np.ndarray:
     logits = model.logits(rows, batch_size, options.precision, same_length_batches=True)
     return model.outputs(logits, options.output)
 

@@ -68,7 +68,9 @@ def _local_model_root(directory: Path, cache_dir: Path) -> Path:
     try:
         return find_model_root(directory)
     except ModelLoadError:
-        raise ModelLoadError(f"model directory {directory} holds no config.json and no model.tar.gz") from None
+        raise ModelLoadError(
+            f"model directory {directory} holds no config.json and no model.tar.gz"
+        ) from None
 
 
 def _s3_key(model_path: str) -> str:
@@ -132,7 +134,7 @@ class _exclusive_lock:
         self._path = directory / ".lock"
 
     def __enter__(self) -> None:
-        self._file = open(self._path, "w")  # noqa: SIM115 - closed in __exit__
+        self._file = open(self._path, "w")
         fcntl.flock(self._file, fcntl.LOCK_EX)
 
     def __exit__(self, *exc: object) -> None:

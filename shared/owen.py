@@ -122,9 +122,7 @@ _LETTER_START = re.compile(r"^[A-Za-z]")
 
 def token_segments(text: str, offsets: Sequence[tuple[int, int]]) -> list[str]:
     """The substring each token stands for, trailing whitespace included (as SHAP's Text masker)."""
-    parts = [
-        text[offsets[i][0] : max(offsets[i][1], offsets[i + 1][0])] for i in range(len(offsets) - 1)
-    ]
+    parts = [text[offsets[i][0] : max(offsets[i][1], offsets[i + 1][0])] for i in range(len(offsets) - 1)]
     parts.append(text[offsets[-1][0] : offsets[-1][1]])
     return parts
 

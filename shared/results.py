@@ -96,7 +96,9 @@ class Explanation:
         )
 
 
-def text_response(classification: Classification, explanation: Explanation | None, model_id: str) -> dict[str, Any]:
+def text_response(
+    classification: Classification, explanation: Explanation | None, model_id: str
+) -> dict[str, Any]:
     """One text's response: the seed's fields (`prediction`, `explanation`) first, richer ones beside."""
     body = classification.to_dict()
     body["model"] = model_id

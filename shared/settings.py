@@ -144,12 +144,14 @@ class Settings:
         """Check the rules that tie several variables together."""
         if bool(self.bucket_name) != bool(self.model_path):
             missing = "MODEL_PATH" if self.bucket_name else "BUCKET_NAME"
-            raise ConfigurationError(f"{missing}: required when loading from S3 (set both BUCKET_NAME and MODEL_PATH)")
+            raise ConfigurationError(
+                f"{missing}: required when loading from S3 (set both BUCKET_NAME and MODEL_PATH)"
+            )
         if self.model_dir is not None and not Path(self.model_dir).is_dir():
             raise ConfigurationError(f"MODEL_DIR={self.model_dir!r}: expected an existing directory")
         if self.local and self.local_model_dir is None:
             raise ConfigurationError(
-                f"LOCAL=true: expected a model directory (set MODEL_DIR or put a model in {SAGEMAKER_MODEL_DIR})"
+                f"LOCAL=true: expected a model directory (MODEL_DIR, or a model in {SAGEMAKER_MODEL_DIR})"
             )
         if self.job_time_limit_s <= self.job_soft_time_limit_s:
             raise ConfigurationError(

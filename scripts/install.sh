@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Install Clarion and its pinned dependencies into a Python environment.
+# Used by scripts/dev.sh (and so by CI) and by every Dockerfile, so the images install exactly
+# what CI tested.
+#
+#   scripts/install.sh [--dev] [--editable] [--no-project]
+#
+# PYTHON   the interpreter to install into (default: python3)
+# TORCH    the torch requirement (default: torch==2.13.0). torch goes in first and alone: a torch
+#          requirement pulled in by another package would fetch gigabytes of CUDA wheels on Linux.
+#          For a CUDA image pass e.g. TORCH="torch==2.13.0" with a CUDA index in PIP_EXTRA_INDEX_URL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+torch_requirement=${TORCH:-torch==2.13.0}
+requirements=requirements/runtime.txt
+project=yes
+editable=
+for arg in "$@"; do
+  case "$arg" in
+    --dev) requirements=requirements/dev.txt ;;
+    --editable) editable=-e ;;
+    --no-project) project= ;;
+    *) echo "install.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+
+pip_install() { "$python" -m pip install --disable-pip-version-check --no-input "$@"; }
+
+if ! "$python" -c "import torch" 2>/dev/null; then
+  pip_install "$torch_requirement"
+fi
+pip_install -r "$requirements"
+if [ -n "$project" ]; then
+  # --no-deps: everything is pinned above; this only installs Clarion's own packages and scripts.
+  pip_install --no-deps $editable .
+fi

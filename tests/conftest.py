@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny random-weight models built offline, the team kit's real models, settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.support import TEAM_KIT, build_tiny_model
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer BERT with random weights, 3 labels, and a WordPiece tokenizer made offline."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), labels=["negative", "neutral", "positive"])
+
+
+@pytest.fixture(scope="session")
+def tiny_multilabel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(
+        tmp_path_factory.mktemp("tiny-multilabel"),
+        labels=["toxic", "insult", "threat"],
+        problem_type="multi_label_classification",
+    )
+
+
+@pytest.fixture(scope="session")
+def sst2_dir() -> Path:
+    path = TEAM_KIT / "models" / "minilm-sst2"
+    if not (path / "config.json").is_file():
+        pytest.skip("team kit model minilm-sst2 not found beside the repo")
+    return path
+
+
+@pytest.fixture(scope="session")
+def emotion_dir() -> Path:
+    path = TEAM_KIT / "models" / "minilm-emotion"
+    if not (path / "config.json").is_file():
+        pytest.skip("team kit model minilm-emotion not found beside the repo")
+    return path

@@ -1,0 +1,223 @@
+"""Test helpers: build tiny models offline, start the real service on a free port, wait for it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+TEAM_KIT = REPO.parent / "shared"
+WORDS = [
+    "the",
+    "a",
+    "an",
+    "this",
+    "that",
+    "film",
+    "movie",
+    "acting",
+    "plot",
+    "story",
+    "was",
+    "is",
+    "were",
+    "be",
+    "been",
+    "good",
+    "great",
+    "superb",
+    "loved",
+    "love",
+    "bad",
+    "awful",
+    "boring",
+    "terrible",
+    "hate",
+    "hated",
+    "not",
+    "very",
+    "really",
+    "quite",
+    "i",
+    "you",
+    "it",
+    "and",
+    "but",
+    "or",
+    "so",
+    ",",
+    ".",
+    "!",
+    "?",
+    "'",
+    "s",
+    "t",
+    "with",
+    "little",
+    "humor",
+    "to",
+    "light",
+    "things",
+    "up",
+    "fashion",
+    "most",
+    "in",
+    "played",
+    "straight",
+    "faced",
+    "one",
+    "long",
+    "string",
+    "of",
+    "cliches",
+]
+
+
+def build_tiny_model(
+    directory: Path, labels: list[str], problem_type: str = "single_label_classification", seed: int = 0
+) -> Path:
+    """Save a random-weight 2-layer BERT classifier and a WordPiece tokenizer built from WORDS."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    pieces = sorted(
+        {w for w in WORDS}
+        | {"##" + c for c in "abcdefghijklmnopqrstuvwxyz"}
+        | set("abcdefghijklmnopqrstuvwxyz")
+    )
+    vocab_file = directory / "vocab.txt"
+    vocab_file.write_text("\n".join(specials + pieces) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True, model_max_length=64)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(specials) + len(pieces),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        problem_type=problem_type,
+    )
+    model = BertForSequenceClassification(config).eval()
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def base_env(**overrides: str) -> dict[str, str]:
+    """The process environment for a service under test: offline, loopback, quiet."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("MODEL_", "BUCKET_", "REDIS_", "CELERY_"))
+    }
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HOST="127.0.0.1",
+        ACCESS_LOG="false",
+        MODEL_CACHE_DIR=str(Path(os.environ.get("TMPDIR", "/tmp")) / f"clarion-test-cache-{os.getpid()}"),
+    )
+    env.update(overrides)
+    return env
+
+
+class Service:
+    """A running `clarion serve` process."""
+
+    def __init__(self, process: subprocess.Popen, port: int, log_path: Path) -> None:
+        self.process = process
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def post(self, path: str, **kwargs) -> requests.Response:
+        return requests.post(self.url + path, timeout=kwargs.pop("timeout", 120), **kwargs)
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return requests.get(self.url + path, timeout=kwargs.pop("timeout", 30), **kwargs)
+
+
+def wait_until(check, timeout: float, interval: float = 0.2, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def wait_healthy(service: Service, timeout: float = 120) -> float:
+    started = time.monotonic()
+
+    def healthy() -> bool:
+        if service.process.poll() is not None:
+            raise RuntimeError(f"service exited with {service.process.returncode}:\n{service.log()[-3000:]}")
+        try:
+            return requests.get(service.url + "/ping", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_until(healthy, timeout, what=f"/ping on {service.url}\n{service.log()[-2000:]}")
+    return time.monotonic() - started
+
+
+@contextmanager
+def running_service(tmp_path: Path, env: Mapping[str, str], command: str = "serve") -> Iterator[Service]:
+    """Start `clarion <command>` on a free port and stop it (and its workers) afterwards."""
+    port = free_port()
+    log_path = tmp_path / f"service-{port}.log"
+    full_env = base_env(PORT=str(port), **env)
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", command]
+            if command != "serve"
+            else [_script("clarion"), "serve"],
+            cwd=REPO,
+            env=full_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    service = Service(process, port, log_path)
+    try:
+        yield service
+    finally:
+        stop_process_group(process)
+
+
+def stop_process_group(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, sig)
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+
+
+def _script(name: str) -> str:
+    candidate = Path(sys.executable).with_name(name)
+    return str(candidate) if candidate.exists() else name

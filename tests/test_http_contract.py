@@ -1,0 +1,208 @@
+"""The HTTP contract over a real socket: `clarion serve` (gunicorn) on a tiny model, every body shape,
+and a battery of bad inputs that must each get a JSON 4xx, never a 500 and never a dead worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support import Service, running_service, wait_healthy
+
+
+@pytest.fixture(scope="module")
+def service(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    env = {
+        "MODEL_DIR": str(tiny_model_dir),
+        "SERVERLESS": "true",
+        "MAX_TEXTS_PER_REQUEST": "8",
+        "MAX_TEXT_CHARS": "2000",
+        "MAX_EVALS_LIMIT": "1000",
+        "MAX_REQUEST_BYTES": "65536",
+    }
+    with running_service(tmp_path_factory.mktemp("http"), env) as svc:
+        wait_healthy(svc)
+        yield svc
+
+
+def test_ping(service: Service) -> None:
+    response = service.get("/ping")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert response.json()["status"] == "healthy"
+
+
+def test_seed_contract_single_string(service: Service) -> None:
+    # curl -d '{"data":"This is a sentence","explain":true}' http://127.0.0.1:8080/invocations
+    response = service.post(
+        "/invocations",
+        data=b'{"data":"This is a sentence","explain":true}',
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert list(body)[:2] == ["prediction", "truncated"] or "prediction" in body
+    assert {"label", "score"} == set(body["prediction"][0])
+    assert len(body["prediction"]) == 3
+    pairs = body["explanation"]
+    assert all(isinstance(p[0], str) and isinstance(p[1], dict) for p in pairs)
+    assert set(pairs[1][1]) == {"negative", "neutral", "positive"}
+    assert len(body["offsets"]) == len(pairs)
+    for label, base in body["base_values"].items():
+        total = base + sum(p[1][label] for p in pairs)
+        assert abs(total - body["model_output"][label]) < 1e-4
+    assert body["truncated"] is False
+
+
+def test_list_gives_list_and_no_content_type_is_json(service: Service) -> None:
+    response = requests.post(
+        service.url + "/invocations", data=b'{"data":["good film","bad film"]}', headers={"Content-Type": ""}
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert isinstance(body, list) and len(body) == 2
+    assert all("explanation" not in item for item in body)
+
+
+def test_hugging_face_body(service: Service) -> None:
+    response = service.post(
+        "/invocations",
+        json={"inputs": "the acting was superb", "parameters": {"explain": True, "labels": "predicted"}},
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body["explanation"][1][1]) == {body["prediction"][0]["label"]}
+
+
+def test_text_plain_is_one_text(service: Service) -> None:
+    response = service.post(
+        "/invocations", data=b"a plain {not json} text", headers={"Content-Type": "text/plain"}
+    )
+    assert response.status_code == 200
+    assert isinstance(response.json(), dict)
+
+
+def test_explain_parameters_are_applied(service: Service) -> None:
+    response = service.post(
+        "/invocations",
+        json={
+            "data": "good film",
+            "explain": True,
+            "max_evals": 10,
+            "output": "logit",
+            "seed": 3,
+            "labels": ["positive"],
+        },
+    )
+    body = response.json()
+    assert body["explanation_parameters"] == {
+        "output": "logit",
+        "max_evals": 10,
+        "evaluations": body["explanation_parameters"]["evaluations"],
+        "seed": 3,
+        "precision": "exact",
+    }
+    assert body["explanation_parameters"]["evaluations"] <= 10
+    assert set(body["model_output"]) == {"positive"}
+
+
+def test_single_process_explanation_job_is_finished_at_once(service: Service) -> None:
+    response = service.post("/explanations", json={"data": "good film"})
+    assert response.status_code == 200
+    job = response.json()
+    assert job["status"] == "succeeded" and job["finished_at"]
+    assert job["result"]["explanation"]
+    again = service.get(f"/explanations/{job['id']}")
+    assert again.status_code == 200 and again.json() == job
+    assert service.get("/explanations/0123456789abcdef").status_code == 404
+
+
+BAD_INPUTS = [
+    # (description, kwargs for requests.post, expected status)
+    ("malformed json", {"data": b'{"data": "x"', "headers": {"Content-Type": "application/json"}}, 400),
+    ("empty body", {"data": b"", "headers": {"Content-Type": "application/json"}}, 400),
+    ("json array body", {"json": ["x"]}, 400),
+    ("json string body", {"json": "x"}, 400),
+    ("json null", {"data": b"null", "headers": {"Content-Type": "application/json"}}, 400),
+    ("missing data", {"json": {"explain": True}}, 400),
+    ("data and inputs", {"json": {"data": "x", "inputs": "y"}}, 400),
+    ("data is a number", {"json": {"data": 5}}, 400),
+    ("data is an object", {"json": {"data": {"text": "x"}}}, 400),
+    ("list with a number", {"json": {"data": ["ok", 3]}}, 400),
+    ("nested list", {"json": {"data": [["x"]]}}, 400),
+    ("empty string", {"json": {"data": ""}}, 400),
+    ("blank string", {"json": {"data": "   "}}, 400),
+    ("empty list", {"json": {"data": []}}, 400),
+    ("too many texts", {"json": {"data": ["x"] * 9}}, 400),
+    ("text too long", {"json": {"data": "x" * 2001}}, 400),
+    ("explain not bool", {"json": {"data": "x", "explain": "yes"}}, 400),
+    ("explain as int", {"json": {"data": "x", "explain": 1}}, 400),
+    ("max_evals string", {"json": {"data": "x", "explain": True, "max_evals": "500"}}, 400),
+    ("max_evals zero", {"json": {"data": "x", "explain": True, "max_evals": 0}}, 400),
+    ("max_evals negative", {"json": {"data": "x", "explain": True, "max_evals": -5}}, 400),
+    ("max_evals over cap", {"json": {"data": "x", "explain": True, "max_evals": 1001}}, 400),
+    ("max_evals float", {"json": {"data": "x", "explain": True, "max_evals": 5.5}}, 400),
+    ("max_evals huge", {"json": {"data": "x", "explain": True, "max_evals": 10**30}}, 400),
+    ("bad output", {"json": {"data": "x", "explain": True, "output": "odds"}}, 400),
+    ("bad labels type", {"json": {"data": "x", "explain": True, "labels": 3}}, 400),
+    ("empty labels", {"json": {"data": "x", "explain": True, "labels": []}}, 400),
+    ("unknown label", {"json": {"data": "x", "explain": True, "labels": ["happy"]}}, 400),
+    ("negative seed", {"json": {"data": "x", "explain": True, "seed": -1}}, 400),
+    ("bad precision", {"json": {"data": "x", "explain": True, "precision": "half"}}, 400),
+    ("unknown option", {"json": {"data": "x", "max_eval": 10}}, 400),
+    ("parameters not object", {"json": {"inputs": "x", "parameters": "explain"}}, 400),
+    ("unknown parameter", {"json": {"inputs": "x", "parameters": {"top_k": 2}}}, 400),
+    (
+        "invalid utf-8",
+        {"data": b'{"data": "\xff\xfe"}', "headers": {"Content-Type": "application/json"}},
+        400,
+    ),
+    ("invalid utf-8 text", {"data": b"\xff\xfe\xfa", "headers": {"Content-Type": "text/plain"}}, 400),
+    (
+        "deep nesting",
+        {"data": b"[" * 30000 + b"]" * 30000, "headers": {"Content-Type": "application/json"}},
+        400,
+    ),
+    (
+        "too large",
+        {"data": b'{"data": "' + b"x" * 70000 + b'"}', "headers": {"Content-Type": "application/json"}},
+        413,
+    ),
+    ("xml", {"data": b"<data>x</data>", "headers": {"Content-Type": "application/xml"}}, 415),
+    ("image", {"data": b"\x89PNG", "headers": {"Content-Type": "image/png"}}, 415),
+    ("multipart", {"files": {"f": ("a.txt", b"x")}}, 415),
+]
+
+
+@pytest.mark.parametrize(("description", "kwargs", "status"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_gets_a_json_4xx(service: Service, description: str, kwargs: dict, status: int) -> None:
+    response = service.post("/invocations", **kwargs)
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    error = response.json()["error"]
+    assert error["code"] and error["message"]
+    assert "Traceback" not in response.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/invocations", 405),
+        ("PUT", "/ping", 405),
+        ("GET", "/nowhere", 404),
+        ("DELETE", "/invocations", 405),
+    ],
+)
+def test_routing_errors_are_json(service: Service, method: str, path: str, status: int) -> None:
+    response = requests.request(method, service.url + path, timeout=10)
+    assert response.status_code == status
+    assert response.json()["error"]["code"]
+
+
+def test_service_survives_the_battery(service: Service) -> None:
+    assert "Traceback" not in service.log()
+    assert service.process.poll() is None
+    assert service.get("/ping").status_code == 200
+    assert service.post("/invocations", json={"data": "still alive"}).status_code == 200

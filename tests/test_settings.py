@@ -1,0 +1,94 @@
+"""Settings: read once, typed, validated, with one clear line naming the bad variable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from shared.errors import ConfigurationError
+from shared.settings import Settings
+from tests.support import REPO, base_env
+
+
+@pytest.mark.parametrize("raw", ["true", "TRUE", "True", "1", "yes", "YES", "on"])
+def test_true_values(raw: str) -> None:
+    assert Settings.from_env({"SERVERLESS": raw}).serverless is True
+
+
+@pytest.mark.parametrize("raw", ["false", "False", "FALSE", "0", "no", "No", "off", ""])
+def test_false_values_are_false(raw: str) -> None:
+    # The seed's bool(os.getenv("LOCAL")) made "False" true; it must not come back.
+    assert Settings.from_env({"SERVERLESS": raw}).serverless is False
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"SERVERLESS": "maybe"}, "SERVERLESS"),
+        ({"PORT": "eighty"}, "PORT"),
+        ({"PORT": "70000"}, "PORT"),
+        ({"SAGEMAKER_MODEL_SERVER_WORKERS": "0"}, "SAGEMAKER_MODEL_SERVER_WORKERS"),
+        ({"SAGEMAKER_MODEL_SERVER_TIMEOUT": "-1"}, "SAGEMAKER_MODEL_SERVER_TIMEOUT"),
+        ({"MAX_REQUEST_BYTES": "lots"}, "MAX_REQUEST_BYTES"),
+        ({"DEVICE": "tpu"}, "DEVICE"),
+        ({"BUCKET_NAME": "models"}, "MODEL_PATH"),
+        ({"MODEL_PATH": "a/model.tar.gz"}, "BUCKET_NAME"),
+        ({"MODEL_DIR": "/definitely/not/here"}, "MODEL_DIR"),
+        ({"JOB_SOFT_TIME_LIMIT": "100", "JOB_TIME_LIMIT": "50"}, "JOB_TIME_LIMIT"),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env(env)
+    assert variable in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env({})
+    assert settings.port == 8080
+    assert settings.timeout_s == 60
+    assert settings.max_request_bytes == 6 * 1024 * 1024
+    assert settings.serverless is False
+    assert settings.trust_remote_code is False
+
+
+def test_worker_and_thread_counts_never_oversubscribe() -> None:
+    serverless = Settings.from_env({"SERVERLESS": "true"})
+    assert serverless.worker_count == 1
+    assert serverless.threads_per_worker == serverless.cpu_count
+    many = Settings(cpu_count=8)
+    assert many.worker_count == 8 and many.threads_per_worker == 1
+    override = Settings(cpu_count=8, workers=2)
+    assert override.worker_count == 2 and override.threads_per_worker == 4
+    for workers in range(1, 12):
+        s = Settings(cpu_count=8, workers=workers)
+        assert s.worker_count * s.threads_per_worker <= max(8, s.worker_count)
+
+
+def test_jobs_run_inline_without_a_broker_or_when_serverless() -> None:
+    assert Settings.from_env({}).jobs_are_async is False
+    assert Settings.from_env({"REDIS_URL": "redis://x:6379/0"}).jobs_are_async is True
+    assert Settings.from_env({"REDIS_URL": "redis://x:6379/0", "SERVERLESS": "true"}).jobs_are_async is False
+
+
+def test_local_requires_a_model_directory(tmp_path) -> None:
+    with pytest.raises(ConfigurationError, match="LOCAL"):
+        Settings.from_env({"LOCAL": "true"})
+    assert Settings.from_env({"LOCAL": "true", "MODEL_DIR": str(tmp_path)}).local is True
+
+
+def test_cli_stops_with_one_line_on_a_bad_setting() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "serve"],
+        cwd=REPO,
+        env=base_env(SERVERLESS="sometimes"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "SERVERLESS" in lines[0] and "boolean" in lines[0]
