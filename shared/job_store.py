@@ -1,0 +1,56 @@
+"""The Redis record of every issued job id (so unknown ids are 404s) and of cancellations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from shared.errors import JobBackendUnavailable
+from shared.jobs import JobRecord
+
+T = TypeVar("T")
+KEY_PREFIX = "clarion:job:"
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A client that fails fast when Redis is down (a 503 now beats a hung request) and reconnects
+    by itself on the next call once Redis is back."""
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=1.0,
+        socket_timeout=5.0,
+        retry=Retry(NoBackoff(), 1),
+        health_check_interval=15,
+    )
+
+
+class RedisJobStore:
+    """Job records as JSON under `clarion:job:<id>`, expiring with the job results."""
+
+    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+        self._client = client
+        self._ttl_s = ttl_s
+
+    def save(self, record: JobRecord) -> None:
+        self._call(lambda: self._client.set(KEY_PREFIX + record.id, record.to_json(), ex=self._ttl_s))
+
+    def load(self, job_id: str) -> JobRecord | None:
+        raw = self._call(lambda: self._client.get(KEY_PREFIX + job_id))
+        return None if raw is None else JobRecord.from_json(raw)
+
+    def delete(self, job_id: str) -> None:
+        self._call(lambda: self._client.delete(KEY_PREFIX + job_id))
+
+    def _call(self, operation: Callable[[], T]) -> T:
+        try:
+            return operation()
+        except redis.RedisError as exc:
+            raise JobBackendUnavailable(f"the job store (Redis) is unavailable: {_reason(exc)}") from None
+
+
+def _reason(exc: Any) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

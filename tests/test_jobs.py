@@ -1,0 +1,181 @@
+"""Explanation jobs on a real Redis and a real Celery worker, driven over real HTTP."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.support import RedisServer, Service, Worker, running_service, wait_healthy, wait_until
+
+LONG_REVIEW = (
+    "The first half of the film is a patient, beautifully shot character study , and the lead gives "
+    "a performance of real warmth ; but the second half collapses into a noisy chase that forgets "
+    "everything the story had built , and the ending is both predictable and strangely cruel . "
+) * 2
+
+
+@pytest.fixture(scope="module")
+def stack(sst2_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Redis + one worker process (one pool process) + the API, all on loopback."""
+    tmp = tmp_path_factory.mktemp("jobs")
+    redis = RedisServer(tmp)
+    redis.start()
+    env = {
+        "MODEL_DIR": str(sst2_dir),
+        "REDIS_URL": redis.url,
+        "WORKER_CONCURRENCY": "1",
+        "TORCH_THREADS": "1",
+        # Short limits so the suite is quick: a dead worker's job is redelivered after 36 s
+        # (default: hard limit + 60 s), and the visibility timeout still outlasts the longest job.
+        "JOB_SOFT_TIME_LIMIT": "30",
+        "JOB_TIME_LIMIT": "35",
+        "JOB_VISIBILITY_TIMEOUT": "36",
+        "HTTP_THREADS": "4",
+    }
+    worker = Worker(tmp, env)
+    with running_service(tmp, env) as api:
+        wait_healthy(api)
+        worker.wait_ready()
+        yield {"api": api, "redis": redis, "worker": worker, "env": env, "tmp": tmp}
+        worker.stop()
+    redis.stop()
+
+
+def poll(api: Service, job_id: str, until: set[str], timeout: float = 120) -> dict:
+    state: dict = {}
+
+    def done() -> bool:
+        state.update(api.get(f"/explanations/{job_id}").json())
+        return state.get("status") in until
+
+    wait_until(done, timeout, interval=0.1, what=f"job {job_id} to reach {until}")
+    return state
+
+
+def test_submit_poll_and_match_the_synchronous_explanation(stack) -> None:
+    api: Service = stack["api"]
+    text = "I loved this film, the acting was superb."
+    response = api.post("/explanations", json={"data": text, "seed": 11, "max_evals": 300})
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["Location"] == f"/explanations/{job['id']}"
+    assert job["status"] == "queued" and job["finished_at"] is None
+    assert job["prediction"][0]["label"] == "POSITIVE"  # classified inline, before the job runs
+
+    finished = poll(api, job["id"], {"succeeded", "failed"})
+    assert finished["status"] == "succeeded", finished
+    assert finished["finished_at"] >= finished["submitted_at"]
+    result = finished["result"]
+
+    synchronous = api.post("/invocations", json={"data": text, "explain": True, "seed": 11, "max_evals": 300}).json()
+    assert [t for t, _ in result["explanation"]] == [t for t, _ in synchronous["explanation"]]
+    for (_, async_values), (_, sync_values) in zip(result["explanation"], synchronous["explanation"], strict=True):
+        for label, value in sync_values.items():
+            assert abs(async_values[label] - value) < 1e-6
+    assert result["prediction"] == job["prediction"]
+
+
+def test_invocations_async_returns_a_job(stack) -> None:
+    api: Service = stack["api"]
+    response = api.post("/invocations", json={"data": ["good", "bad"], "explain": True, "async": True})
+    assert response.status_code == 202
+    job = response.json()
+    assert len(job["prediction"]) == 2
+    finished = poll(api, job["id"], {"succeeded"})
+    assert [item["prediction"] for item in finished["result"]] == job["prediction"]
+
+
+def test_unknown_ids_are_404_not_pending_forever(stack) -> None:
+    api: Service = stack["api"]
+    for job_id in ("0" * 32, "not-an-id"):
+        response = api.get(f"/explanations/{job_id}")
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "not_found"
+
+
+def test_bad_job_input_is_rejected_before_queueing(stack) -> None:
+    api: Service = stack["api"]
+    for body in ({"data": []}, {"data": "x", "max_evals": "many"}, {"inputs": "x", "parameters": {"seed": -2}}):
+        response = api.post("/explanations", json=body)
+        assert response.status_code == 400, body
+
+
+def test_cancel_a_queued_and_a_running_job(stack) -> None:
+    import requests
+
+    api: Service = stack["api"]
+    running = api.post("/explanations", json={"data": LONG_REVIEW, "max_evals": 5000}).json()
+    queued = api.post("/explanations", json={"data": "good", "max_evals": 50}).json()
+    poll(api, running["id"], {"running"})
+    assert api.get(f"/explanations/{queued['id']}").json()["status"] == "queued"  # one pool process
+
+    cancelled = requests.delete(f"{api.url}/explanations/{queued['id']}", timeout=10)
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    cancelled = requests.delete(f"{api.url}/explanations/{running['id']}", timeout=10)
+    assert cancelled.json()["status"] == "cancelled"
+
+    # The worker survives and takes the next job; the cancelled ones stay cancelled.
+    after = api.post("/explanations", json={"data": "fine", "max_evals": 50}).json()
+    assert poll(api, after["id"], {"succeeded", "failed"})["status"] == "succeeded"
+    for job_id in (queued["id"], running["id"]):
+        assert api.get(f"/explanations/{job_id}").json()["status"] == "cancelled"
+    assert requests.delete(f"{api.url}/explanations/{'f' * 32}", timeout=10).status_code == 404
+
+
+def test_job_over_the_soft_time_limit_fails_cleanly(stack) -> None:
+    api: Service = stack["api"]
+    job = api.post("/explanations", json={"data": LONG_REVIEW * 3, "max_evals": 5000}).json()
+    finished = poll(api, job["id"], {"succeeded", "failed"}, timeout=120)
+    assert finished["status"] == "failed"
+    assert "time limit" in finished["error"]["message"]
+    quick = api.post("/explanations", json={"data": "fine", "max_evals": 50}).json()
+    assert poll(api, quick["id"], {"succeeded", "failed"})["status"] == "succeeded"
+
+
+def test_worker_killed_mid_job_the_job_still_succeeds(stack) -> None:
+    api: Service = stack["api"]
+    text = LONG_REVIEW[:400]
+    job = api.post("/explanations", json={"data": text, "max_evals": 600, "seed": 2}).json()
+    poll(api, job["id"], {"running"})
+    stack["worker"].kill()  # SIGKILL to the whole worker, mid-job
+    time.sleep(1)
+    assert api.get(f"/explanations/{job['id']}").json()["status"] in {"running", "queued"}
+
+    replacement = Worker(stack["tmp"], stack["env"])
+    stack["worker"] = replacement
+    replacement.wait_ready()
+    finished = poll(api, job["id"], {"succeeded", "failed"}, timeout=120)
+    assert finished["status"] == "succeeded", finished
+    synchronous = api.post("/invocations", json={"data": text, "explain": True, "max_evals": 600, "seed": 2}).json()
+    values = np.array([[v for v in d.values()] for _, d in finished["result"]["explanation"]])
+    expected = np.array([[v for v in d.values()] for _, d in synchronous["explanation"]])
+    np.testing.assert_allclose(values, expected, atol=1e-6)
+
+
+def test_redis_outage_classification_survives_and_jobs_recover(stack) -> None:
+    api: Service = stack["api"]
+    redis: RedisServer = stack["redis"]
+    accepted = api.post("/explanations", json={"data": "kept across the outage", "max_evals": 50}).json()
+    poll(api, accepted["id"], {"succeeded"})
+    redis.stop()
+    try:
+        classified = api.post("/invocations", json={"data": "still classified"})
+        assert classified.status_code == 200
+        for response in (
+            api.post("/explanations", json={"data": "x"}),
+            api.post("/invocations", json={"data": "x", "explain": True, "async": True}),
+            api.get(f"/explanations/{accepted['id']}"),
+        ):
+            assert response.status_code == 503, response.text
+            assert response.json()["error"]["code"] == "job_backend_unavailable"
+        assert api.get("/ping").status_code == 200
+    finally:
+        redis.start()  # same port, same append-only file
+    # No restart of the API or the worker: they reconnect by themselves.
+    assert api.get(f"/explanations/{accepted['id']}").json()["status"] == "succeeded"
+    job = api.post("/explanations", json={"data": "after the outage", "max_evals": 50})
+    assert job.status_code == 202
+    assert poll(api, job.json()["id"], {"succeeded", "failed"}, timeout=90)["status"] == "succeeded"

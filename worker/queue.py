@@ -1,0 +1,99 @@
+"""The Celery-backed job queue the API uses when a broker is configured."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from celery.result import AsyncResult
+from kombu.exceptions import KombuError
+
+from shared.errors import JobBackendUnavailable, NotFound
+from shared.job_store import RedisJobStore, redis_client
+from shared.jobs import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, SUCCEEDED, JobRecord, iso_utc, utc_now
+from shared.settings import Settings
+from worker.app import celery_app
+from worker.tasks import explain_job
+
+log = logging.getLogger(__name__)
+_BACKEND_ERRORS = (redis.RedisError, KombuError, OSError, TimeoutError)
+_STATUS_OF_STATE = {
+    "PENDING": QUEUED,
+    "RECEIVED": QUEUED,
+    "STARTED": RUNNING,
+    "RETRY": RUNNING,
+    "SUCCESS": SUCCEEDED,
+    "FAILURE": FAILED,
+    "REVOKED": CANCELLED,
+}
+
+
+class CeleryJobQueue:
+    asynchronous = True
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.broker_url is not None
+        self._store = RedisJobStore(
+            redis_client(settings.redis_url or settings.broker_url), settings.job_result_ttl_s
+        )
+
+    def submit(self, record: JobRecord) -> JobRecord:
+        # Record first, then publish: an id is never issued without a record, and a record whose
+        # publish failed is removed so the client's 503 is the whole truth.
+        self._store.save(record)
+        try:
+            explain_job.apply_async(args=(record.texts, record.options), task_id=record.id, retry=False)
+        except _BACKEND_ERRORS as exc:
+            self._forget(record.id)
+            raise JobBackendUnavailable(f"the job queue (Redis) is unavailable: {exc}") from None
+        return record
+
+    def get(self, job_id: str) -> JobRecord:
+        record = self._store.load(job_id)
+        if record is None:
+            raise NotFound(f"no explanation job {job_id!r}")
+        if record.status in FINISHED:
+            return record
+        try:
+            self._refresh(record, AsyncResult(job_id, app=celery_app))
+        except _BACKEND_ERRORS as exc:
+            raise JobBackendUnavailable(f"the job result store (Redis) is unavailable: {exc}") from None
+        if record.status in FINISHED:
+            self._store.save(record)  # finished jobs are read from the record from now on
+        return record
+
+    def cancel(self, job_id: str) -> JobRecord:
+        record = self.get(job_id)
+        if record.status in FINISHED:
+            return record
+        record.status = CANCELLED
+        record.finished_at = utc_now()
+        self._store.save(record)  # the task checks this before it starts, on any worker
+        try:
+            celery_app.control.revoke(job_id, terminate=True, signal="SIGTERM")
+        except _BACKEND_ERRORS as exc:
+            raise JobBackendUnavailable(f"the job queue (Redis) is unavailable: {exc}") from None
+        return record
+
+    def _refresh(self, record: JobRecord, result: AsyncResult) -> None:
+        state = result.state
+        record.status = _STATUS_OF_STATE.get(state, QUEUED)
+        if record.status == SUCCEEDED:
+            record.explanations = result.result
+        elif record.status == FAILED:
+            record.error = {"code": "explanation_failed", "message": _failure_message(result.result)}
+        if record.status in FINISHED:
+            record.finished_at = iso_utc(result.date_done) if result.date_done is not None else utc_now()
+
+    def _forget(self, job_id: str) -> None:
+        try:
+            self._store.delete(job_id)
+        except JobBackendUnavailable:
+            log.warning("could not remove the record of unpublished job %s", job_id)
+
+
+def _failure_message(error: Any) -> str:
+    if isinstance(error, BaseException):
+        return str(error) or type(error).__name__
+    return str(error)
