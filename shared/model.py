@@ -36,6 +36,7 @@ class TextModel:
 
     model_id: str
     source: str
+    fingerprint: str  # changes whenever the weights, config or tokenizer could differ
     model: Any
     tokenizer: Any
     device: Any
@@ -218,6 +219,7 @@ def load_text_model(settings: Settings, location: ModelLocation | None = None) -
     text_model = TextModel(
         model_id=location.model_id,
         source=location.source,
+        fingerprint=_fingerprint(location, config, tokenizer),
         model=model,
         tokenizer=tokenizer,
         device=device,
@@ -239,6 +241,20 @@ def load_text_model(settings: Settings, location: ModelLocation | None = None) -
         settings.threads_per_worker,
     )
     return text_model
+
+
+def _fingerprint(location: ModelLocation, config: Any, tokenizer: Any) -> str:
+    """Identity of the loaded model for caches: config, tokenizer and the weight files' size and time."""
+    import hashlib
+    from pathlib import Path
+
+    parts = [location.model_ref, location.tokenizer_ref, config.to_json_string(), str(len(tokenizer))]
+    folder = Path(location.model_ref)
+    if folder.is_dir():
+        for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+            stat = weights.stat()
+            parts.append(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
 def _max_length(tokenizer: Any, config: Any) -> int:

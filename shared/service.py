@@ -9,6 +9,8 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 
+from shared.batching import MicroBatcher
+from shared.cache import ExplanationCache, MemoryCache, NoCache, RedisCache, explanation_key
 from shared.classifier import classify_encoded
 from shared.errors import ClarionError, ModelNotReady
 from shared.explainer import default_explain_batch_size, explain_encoded
@@ -28,8 +30,10 @@ class ClarionService:
         self.settings = settings
         self._loader = loader
         self._model: TextModel | None = None
+        self._batcher: MicroBatcher | None = None
         self._error: str | None = None
         self._loading = threading.Event()
+        self._cache = _explanation_cache(settings)
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -48,7 +52,14 @@ class ClarionService:
 
     def _load(self) -> None:
         try:
-            self._model = self._loader(self.settings)
+            model = self._loader(self.settings)
+            if self.settings.micro_batching:
+                self._batcher = MicroBatcher(
+                    lambda encoded: classify_encoded(model, encoded, self.settings.max_batch_size),
+                    max_rows=self.settings.max_batch_size,
+                    window_s=self.settings.batch_window_ms / 1000,
+                )
+            self._model = model
         except ClarionError as exc:
             self._error = exc.message
             log.error("model failed to load: %s", exc.message)
@@ -78,9 +89,31 @@ class ClarionService:
 
     def classify(self, texts: Sequence[str]) -> list[Classification]:
         model = self.model
-        return classify_encoded(model, model.encode(texts), self.settings.max_batch_size)
+        encoded = model.encode(texts)  # tokenized in the request's own thread
+        if self._batcher is not None:
+            return self._batcher.classify(encoded)
+        return classify_encoded(model, encoded, self.settings.max_batch_size)
 
     def explain(self, texts: Sequence[str], options: ExplainOptions) -> list[Explanation]:
+        """Explain texts; cached ones come from the cache, the rest are computed together."""
         model = self.model
         batch = default_explain_batch_size(model, self.settings.explain_batch_size)
-        return explain_encoded(model, model.encode(texts), options, batch)
+        keys = [explanation_key(model.fingerprint, text, options, batch) for text in texts]
+        found = [self._cache.get(key) for key in keys]
+        missing = [i for i, item in enumerate(found) if item is None]
+        if missing:
+            computed = explain_encoded(model, model.encode([texts[i] for i in missing]), options, batch)
+            for i, explanation in zip(missing, computed, strict=True):
+                self._cache.put(keys[i], explanation)
+                found[i] = explanation
+        return [item for item in found if item is not None]
+
+
+def _explanation_cache(settings: Settings) -> ExplanationCache:
+    if settings.explanation_cache_size == 0:
+        return NoCache()
+    if settings.jobs_are_async and settings.redis_url:
+        from shared.job_store import redis_client
+
+        return RedisCache(redis_client(settings.redis_url), settings.job_result_ttl_s)
+    return MemoryCache(settings.explanation_cache_size)

@@ -113,6 +113,7 @@ class Settings:
     # Model execution.
     max_batch_size: int = _env("MAX_BATCH_SIZE", _int_parser(1, 4096), 32)
     explain_batch_size: int | None = _env("EXPLAIN_BATCH_SIZE", _int_parser(2, 4096))
+    micro_batching: bool = _env("MICRO_BATCHING", parse_bool, True)
     batch_window_ms: float = _env("BATCH_WINDOW_MS", _float_parser(0.0), 2.0)
     explanation_cache_size: int = _env("EXPLANATION_CACHE_SIZE", _int_parser(0), 1024)
 

@@ -70,9 +70,13 @@ def test_submit_poll_and_match_the_synchronous_explanation(stack) -> None:
     assert finished["finished_at"] >= finished["submitted_at"]
     result = finished["result"]
 
-    synchronous = api.post("/invocations", json={"data": text, "explain": True, "seed": 11, "max_evals": 300}).json()
+    synchronous = api.post(
+        "/invocations", json={"data": text, "explain": True, "seed": 11, "max_evals": 300}
+    ).json()
     assert [t for t, _ in result["explanation"]] == [t for t, _ in synchronous["explanation"]]
-    for (_, async_values), (_, sync_values) in zip(result["explanation"], synchronous["explanation"], strict=True):
+    for (_, async_values), (_, sync_values) in zip(
+        result["explanation"], synchronous["explanation"], strict=True
+    ):
         for label, value in sync_values.items():
             assert abs(async_values[label] - value) < 1e-6
     assert result["prediction"] == job["prediction"]
@@ -98,7 +102,11 @@ def test_unknown_ids_are_404_not_pending_forever(stack) -> None:
 
 def test_bad_job_input_is_rejected_before_queueing(stack) -> None:
     api: Service = stack["api"]
-    for body in ({"data": []}, {"data": "x", "max_evals": "many"}, {"inputs": "x", "parameters": {"seed": -2}}):
+    for body in (
+        {"data": []},
+        {"data": "x", "max_evals": "many"},
+        {"inputs": "x", "parameters": {"seed": -2}},
+    ):
         response = api.post("/explanations", json=body)
         assert response.status_code == 400, body
 
@@ -149,7 +157,9 @@ def test_worker_killed_mid_job_the_job_still_succeeds(stack) -> None:
     replacement.wait_ready()
     finished = poll(api, job["id"], {"succeeded", "failed"}, timeout=120)
     assert finished["status"] == "succeeded", finished
-    synchronous = api.post("/invocations", json={"data": text, "explain": True, "max_evals": 600, "seed": 2}).json()
+    synchronous = api.post(
+        "/invocations", json={"data": text, "explain": True, "max_evals": 600, "seed": 2}
+    ).json()
     values = np.array([[v for v in d.values()] for _, d in finished["result"]["explanation"]])
     expected = np.array([[v for v in d.values()] for _, d in synchronous["explanation"]])
     np.testing.assert_allclose(values, expected, atol=1e-6)
