@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from flask import Flask
 
@@ -38,7 +39,10 @@ def create_app(
 
 def _job_queue(settings: Settings, service: ClarionService) -> JobQueue:
     if not settings.jobs_are_async:
-        return InlineJobQueue(service.explain)
+        # Inline jobs answer within the request, so they stop at the request timeout too.
+        return InlineJobQueue(
+            lambda texts, options: service.explain(texts, options, time.monotonic() + settings.timeout_s)
+        )
     from worker.queue import CeleryJobQueue  # only when a broker is configured
 
     return CeleryJobQueue(settings)

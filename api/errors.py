@@ -9,6 +9,7 @@ from werkzeug.exceptions import HTTPException
 
 from shared.errors import (
     ClarionError,
+    ExplanationTimeout,
     InvalidRequest,
     JobBackendUnavailable,
     ModelNotReady,
@@ -25,6 +26,7 @@ STATUS_OF: dict[type[ClarionError], int] = {
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
     ModelNotReady: 503,
+    ExplanationTimeout: 503,
     JobBackendUnavailable: 503,
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
@@ -43,7 +44,7 @@ def invocations() -> Any:
         return _submit(invocation, classifications)
     explanations: list[Any] = [None] * len(invocation.texts)
     if parameters.explain:
-        explanations = service.explain(invocation.texts, parameters.explain_options())
+        explanations = service.explain(invocation.texts, parameters.explain_options(), _deadline())
     model_id = service.model.model_id
     items = [text_response(c, e, model_id) for c, e in zip(classifications, explanations, strict=True)]
     return jsonify(shape_like_request(invocation, items))
@@ -63,6 +64,11 @@ def get_explanation(job_id: str) -> Any:
 @bp.delete("/explanations/<job_id>")
 def cancel_explanation(job_id: str) -> Any:
     return jsonify(_jobs().cancel(job_id).public())
+
+
+def _deadline() -> float:
+    """Synchronous explanations stop at the request timeout (SAGEMAKER_MODEL_SERVER_TIMEOUT)."""
+    return time.monotonic() + _settings().timeout_s
 
 
 def _submit(invocation: Invocation, classifications: list[Any]) -> Any:

@@ -43,6 +43,12 @@ class ModelNotReady(ClarionError):
     code = "model_not_ready"
 
 
+class ExplanationTimeout(ClarionError):
+    """A synchronous explanation would run past the request timeout; it was stopped."""
+
+    code = "explanation_timeout"
+
+
 class JobBackendUnavailable(ClarionError):
     """Redis / the Celery broker cannot be reached; classification still works."""
 

@@ -6,12 +6,13 @@ mode and the Celery task both call it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from shared.errors import InvalidRequest
+from shared.errors import ExplanationTimeout, InvalidRequest
 from shared.model import EncodedText, TextModel
 from shared.owen import OwenSteps, owen_values, text_clustering, token_segments
 from shared.results import Explanation
@@ -53,9 +54,16 @@ def explain_texts(
 
 
 def explain_encoded(
-    model: TextModel, encoded: Sequence[EncodedText], options: ExplainOptions, batch_size: int
+    model: TextModel,
+    encoded: Sequence[EncodedText],
+    options: ExplainOptions,
+    batch_size: int,
+    deadline: float | None = None,
 ) -> list[Explanation]:
-    """Explain every text; the masks of all texts are evaluated together, round by round."""
+    """Explain every text; the masks of all texts are evaluated together, round by round.
+
+    `deadline` (a `time.monotonic()` value) stops the work between rounds with ExplanationTimeout.
+    """
     jobs = [_new_job(model, e) for e in encoded]
     n = len(jobs)
     none = [np.zeros(len(j.encoded.ids), dtype=bool) for j in jobs]
@@ -73,6 +81,11 @@ def explain_encoded(
         _advance(job, None)
 
     while active := [j for j in jobs if j.pending is not None]:
+        if deadline is not None and time.monotonic() > deadline:
+            raise ExplanationTimeout(
+                "the explanation did not finish within the request timeout; ask for fewer max_evals "
+                "or fewer texts, or submit it as a job (POST /explanations with a broker configured)"
+            )
         rows, owners = [], []
         for job in active:
             assert job.pending is not None

@@ -94,7 +94,9 @@ class ClarionService:
             return self._batcher.classify(encoded)
         return classify_encoded(model, encoded, self.settings.max_batch_size)
 
-    def explain(self, texts: Sequence[str], options: ExplainOptions) -> list[Explanation]:
+    def explain(
+        self, texts: Sequence[str], options: ExplainOptions, deadline: float | None = None
+    ) -> list[Explanation]:
         """Explain texts; cached ones come from the cache, the rest are computed together."""
         model = self.model
         batch = default_explain_batch_size(model, self.settings.explain_batch_size)
@@ -102,7 +104,8 @@ class ClarionService:
         found = [self._cache.get(key) for key in keys]
         missing = [i for i, item in enumerate(found) if item is None]
         if missing:
-            computed = explain_encoded(model, model.encode([texts[i] for i in missing]), options, batch)
+            encoded = model.encode([texts[i] for i in missing])
+            computed = explain_encoded(model, encoded, options, batch, deadline)
             for i, explanation in zip(missing, computed, strict=True):
                 self._cache.put(keys[i], explanation)
                 found[i] = explanation

@@ -131,3 +131,13 @@ def test_truncated_text_is_explained_up_to_the_limit(tiny: TextModel) -> None:
     (explanation,) = explain_texts(tiny, [text], ExplainOptions(max_evals=50), 32)
     assert explanation.truncated is True
     assert len(explanation.tokens) == tiny.max_length
+
+
+def test_explanation_stops_at_its_deadline(tiny: TextModel) -> None:
+    import time
+
+    from shared.errors import ExplanationTimeout
+    from shared.explainer import explain_encoded
+
+    with pytest.raises(ExplanationTimeout, match="request timeout"):
+        explain_encoded(tiny, tiny.encode(TEXTS), ExplainOptions(max_evals=500), 8, deadline=time.monotonic())

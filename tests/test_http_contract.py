@@ -206,3 +206,16 @@ def test_service_survives_the_battery(service: Service) -> None:
     assert service.process.poll() is None
     assert service.get("/ping").status_code == 200
     assert service.post("/invocations", json={"data": "still alive"}).status_code == 200
+
+
+def test_a_synchronous_explanation_past_the_request_timeout_is_a_clear_503(
+    tiny_model_dir: Path, tmp_path: Path
+):
+    env = {"MODEL_DIR": str(tiny_model_dir), "SERVERLESS": "true", "SAGEMAKER_MODEL_SERVER_TIMEOUT": "1"}
+    with running_service(tmp_path, env) as svc:
+        wait_healthy(svc)
+        texts = [" ".join(["good film but the plot was boring"] * 6) + f" {i}" for i in range(64)]
+        response = svc.post("/invocations", json={"data": texts, "explain": True, "max_evals": 5000})
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "explanation_timeout"
+        assert svc.post("/invocations", json={"data": "still serving"}).status_code == 200
