@@ -141,3 +141,20 @@ def test_explanation_stops_at_its_deadline(tiny: TextModel) -> None:
 
     with pytest.raises(ExplanationTimeout, match="request timeout"):
         explain_encoded(tiny, tiny.encode(TEXTS), ExplainOptions(max_evals=500), 8, deadline=time.monotonic())
+
+
+def test_fast_precision_ranks_tokens_like_exact(sst2_dir: Path) -> None:
+    """On a real model (a random tiny one has ~1e-5 attributions, all bf16 noise)."""
+    from scipy.stats import spearmanr
+
+    model = load_text_model(Settings(model_dir=str(sst2_dir)))
+    texts = ["I loved this film, the acting was superb.", TEXTS[2]]
+    options = ExplainOptions(max_evals=300)
+    exact = explain_texts(model, texts, options, 64)
+    fast = explain_texts(model, texts, options.model_copy(update={"precision": "fast"}), 64)
+    for e, f in zip(exact, fast, strict=True):
+        assert f.precision == "fast" and f.tokens == e.tokens
+        label = max(e.model_output, key=e.model_output.get)
+        assert spearmanr(e.values[label][1:-1], f.values[label][1:-1]).statistic > 0.9
+        for name in f.labels:  # additivity holds in fast mode too
+            assert abs(f.base_values[name] + sum(f.values[name]) - f.model_output[name]) < 1e-4
