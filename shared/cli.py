@@ -36,8 +36,11 @@ def _serve(settings: Settings) -> None:
         file=sys.stderr,
         flush=True,
     )
-    argv = [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "api.wsgi:app"]
-    os.execv(sys.executable, argv)
+    # gunicorn runs in this process (no second interpreter start: cold start matters on serverless).
+    from gunicorn.app.wsgiapp import run
+
+    sys.argv = ["gunicorn", "-c", "python:api.gunicorn_conf", "api.wsgi:app"]
+    run()
 
 
 def _worker(settings: Settings) -> None:

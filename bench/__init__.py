@@ -1,0 +1,1 @@
+"""Clarion benchmarks: explain (SHAP speed and agreement), classify (HTTP throughput), coldstart."""

@@ -1,0 +1,29 @@
+"""Command line: `python -m bench explain|classify|coldstart [--smoke] [--out DIR] [options]`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "explain": "seed SHAP pipeline vs Clarion exact/fast vs SHAP reference, per text",
+    "classify": "HTTP requests/s and latency at several concurrencies, micro-batching on and off",
+    "coldstart": "seconds from process start to healthy /ping, and peak RSS of the service",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--smoke", action="store_true", help="tiny and fast: check that it runs")
+        sub.add_argument("--out", default=None, help="results directory (default bench/results/)")
+        importlib.import_module(f"bench.{name}").add_arguments(sub)
+    args = parser.parse_args(argv)
+    return importlib.import_module(f"bench.{args.command}").main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""`python -m bench explain`: seed SHAP pipeline vs Clarion exact/fast vs SHAP id-space reference."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import (
+    DEFAULT_OUT,
+    MINILM_DIR,
+    best_time,
+    build_random_distilbert,
+    environment,
+    fmt,
+    mean,
+    median,
+    quiet_transformers,
+    ratio,
+    sst2_sentences,
+    table,
+    timed,
+    write_results,
+)
+
+MODELS = ("minilm", "distilbert")
+FLOOR_BATCHES = (16, 32, 64)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--texts", type=int, default=20, help="short SST-2 dev sentences (the first N)")
+    parser.add_argument("--long", type=int, default=3, help="long reviews of ~250-300 tokens")
+    parser.add_argument("--max-evals", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=64, help="Clarion's (and the reference's) batch")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma list of: minilm, distilbert")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--skip-seed", action="store_true", help="skip the slow seed approach")
+
+
+def main(args: argparse.Namespace) -> int:
+    quiet_transformers()
+    import torch
+
+    if args.smoke:
+        args.texts, args.long, args.max_evals, args.models = 2, 1, 64, "minilm"
+    long_range = (50, 60) if args.smoke else (250, 300)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown:
+        raise SystemExit(f"--models: unknown {unknown}; choose from {list(MODELS)}")
+    torch.set_num_threads(args.threads)
+
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="clarion-bench-") as tmp:
+        for name in models:
+            model = _load(name, args.threads, Path(tmp))
+            sentences = sst2_sentences()
+            samples = [("short", s) for s in sentences[: args.texts]]
+            samples += [
+                ("long", t) for t in _long_texts(model, sentences[args.texts :], args.long, long_range)
+            ]
+            if not samples:
+                continue
+            seed = None if args.skip_seed else _seed_explainer(model)
+            _warm_up(model, seed, samples[0][1], args.batch_size)
+            for kind, text in samples:
+                row = _measure(model, seed, text, args.max_evals, args.batch_size)
+                rows.append({"model": name, "kind": kind, **row})
+                print(_row_line(rows[-1]), flush=True)
+
+    summary = _summarize(rows)
+    data = {"config": _config(args), "environment": environment(), "rows": rows, "summary": summary}
+    text = _per_text_table(rows) + "\n\n" + "\n".join(_summary_line(s) for s in summary)
+    write_results(Path(args.out or DEFAULT_OUT), "explain", data, text)
+    return 0
+
+
+def _load(name: str, threads: int, tmp: Path) -> Any:
+    from shared.model import load_text_model
+    from shared.settings import Settings
+
+    directory = MINILM_DIR if name == "minilm" else build_random_distilbert(tmp / name)
+    return load_text_model(Settings(model_dir=str(directory), torch_threads=threads))
+
+
+def _long_texts(model: Any, sentences: list[str], count: int, bounds: tuple[int, int]) -> list[str]:
+    """Join consecutive sentences into reviews of `bounds[0]`..`bounds[1]` tokens (specials included)."""
+    low, high = bounds
+    texts: list[str] = []
+    current: list[str] = []
+    tokens = 2  # [CLS] ... [SEP]
+    for sentence in sentences:
+        if len(texts) >= count:
+            break
+        n = len(model.tokenizer(sentence, add_special_tokens=False)["input_ids"])
+        if tokens + n > high:
+            continue  # would overshoot: try the next sentence
+        current.append(sentence)
+        tokens += n
+        if tokens >= low:
+            texts.append(" ".join(current))
+            current, tokens = [], 2
+    return texts
+
+
+def _seed_explainer(model: Any) -> Any:
+    """What the seed did: SHAP's default explainer on a transformers pipeline (string masking)."""
+    import shap
+    import transformers
+
+    pipeline = transformers.pipeline(
+        "text-classification", model=model.model, tokenizer=model.tokenizer, top_k=None, device=-1
+    )
+    return shap.Explainer(pipeline)
+
+
+def _options(max_evals: int, precision: str) -> Any:
+    from shared.schemas import ExplainOptions
+
+    return ExplainOptions(max_evals=max_evals, seed=0, precision=precision)
+
+
+def _warm_up(model: Any, seed: Any, text: str, batch_size: int) -> None:
+    """First calls allocate, pick kernels, quantize (fast on CPUs without bf16): keep that out of timings."""
+    from shared.explainer import explain_texts
+
+    for precision in ("exact", "fast"):
+        explain_texts(model, [text], _options(16, precision), batch_size)
+    _reference_values(model, text, 16, batch_size)
+    if seed is not None:
+        seed([text], max_evals=16, silent=True)
+
+
+def _measure(model: Any, seed: Any, text: str, max_evals: int, batch_size: int) -> dict[str, Any]:
+    from shared.explainer import explain_texts
+
+    (exact,), exact_s = timed(lambda: explain_texts(model, [text], _options(max_evals, "exact"), batch_size))
+    (fast,), fast_s = timed(lambda: explain_texts(model, [text], _options(max_evals, "fast"), batch_size))
+    reference, reference_s = timed(lambda: _reference_values(model, text, max_evals, batch_size))
+    exact_values, fast_values = _values(exact), _values(fast)
+    label = int(np.argmax([exact.model_output[name] for name in exact.labels]))
+    inner = slice(model.keep_prefix, len(exact.tokens) - model.keep_suffix)
+    spearman_fast, top3_fast = _agreement(exact_values[inner, label], fast_values[inner, label])
+    row: dict[str, Any] = {
+        "text": text,
+        "tokens": len(exact.tokens),
+        "evaluations": exact.evaluations,
+        "predicted": exact.labels[label],
+        "exact_s": exact_s,
+        "fast_s": fast_s,
+        "reference_s": reference_s,
+        "floor_s": exact.evaluations * _per_row_cost(model, model.encode([text])[0].ids),
+        "max_abs_diff": float(np.max(np.abs(exact_values - reference))),
+        "spearman_fast": spearman_fast,
+        "top3_fast": top3_fast,
+        "seed_s": None,
+        "seed_tokens": None,
+        "spearman_seed": None,
+        "top3_seed": None,
+    }
+    if seed is not None:
+        result, row["seed_s"] = timed(lambda: seed([text], max_evals=max_evals, silent=True))
+        column = [str(n) for n in result.output_names].index(exact.labels[label])
+        seed_values = np.asarray(result.values[0])[:, column]
+        row["seed_tokens"] = len(seed_values)
+        if len(seed_values) == len(exact.tokens):  # same tokenizer, so normally the same tokens
+            row["spearman_seed"], row["top3_seed"] = _agreement(
+                exact_values[inner, label], seed_values[inner]
+            )
+    return row
+
+
+def _values(explanation: Any) -> np.ndarray:
+    """Tokens x labels."""
+    return np.array([explanation.values[label] for label in explanation.labels], dtype=np.float64).T
+
+
+def _reference_values(model: Any, text: str, max_evals: int, batch_size: int) -> np.ndarray:
+    """SHAP's PartitionExplainer with the id-space Text masker, as SHAP documents it: tokens x labels."""
+    import shap
+    import torch
+
+    def f(ids: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            batch = torch.tensor(np.asarray(ids, dtype=np.int64), device=model.device)
+            logits = model.model(input_ids=batch).logits.float().cpu().numpy()
+        return model.outputs(logits, "probability")
+
+    masker = shap.maskers.Text(model.tokenizer, output_type="token_ids")
+    explainer = shap.Explainer(f, masker, algorithm="partition")
+    np.random.seed(0)
+    result = explainer([text], max_evals=max_evals, batch_size=batch_size, silent=True)
+    return np.asarray(result.values[0], dtype=np.float64)
+
+
+def _per_row_cost(model: Any, ids: np.ndarray, repeats: int = 2) -> float:
+    """Best seconds per row of one unpadded forward pass over copies of the text's own ids."""
+    costs = []
+    for b in FLOOR_BATCHES:
+        rows = [ids] * b
+        costs.append(
+            best_time(lambda rows=rows, b=b: model.logits(rows, b, same_length_batches=True), repeats) / b
+        )
+    return min(costs)
+
+
+def _agreement(reference: np.ndarray, other: np.ndarray) -> tuple[float | None, float | None]:
+    """Spearman rank correlation and top-3 (by |value|) token overlap of two attributions."""
+    from scipy.stats import spearmanr
+
+    if len(reference) != len(other) or len(reference) == 0:
+        return None, None
+    k = min(3, len(reference))
+    top_a = set(np.argsort(-np.abs(reference), kind="stable")[:k].tolist())
+    top_b = set(np.argsort(-np.abs(other), kind="stable")[:k].tolist())
+    top3 = len(top_a & top_b) / k
+    if len(reference) < 2:
+        return None, top3
+    rho = float(spearmanr(reference, other).statistic)
+    return (None if np.isnan(rho) else rho), top3
+
+
+def _summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["kind"]), []).append(row)
+    summary = []
+    for (model, kind), group in groups.items():
+        s: dict[str, Any] = {"model": model, "kind": kind, "texts": len(group)}
+        for key in ("seed_s", "exact_s", "fast_s", "floor_s", "tokens", "evaluations"):
+            s[f"median_{key}"] = median([r[key] for r in group])
+        s["seed_over_exact"] = ratio(s["median_seed_s"], s["median_exact_s"])
+        s["seed_over_fast"] = ratio(s["median_seed_s"], s["median_fast_s"])
+        s["exact_over_floor"] = ratio(s["median_exact_s"], s["median_floor_s"])
+        s["median_spearman_fast"] = median([r["spearman_fast"] for r in group])
+        s["mean_top3_fast"] = mean([r["top3_fast"] for r in group])
+        s["median_spearman_seed"] = median([r["spearman_seed"] for r in group])
+        s["max_abs_diff"] = max(r["max_abs_diff"] for r in group)
+        summary.append(s)
+    return summary
+
+
+HEADERS = ["model", "kind", "tokens", "evals", "seed s", "exact s", "fast s", "floor s", "maxdiff"]
+HEADERS += ["spearman fast", "top3 fast", "spearman seed"]
+
+
+def _cells(r: dict[str, Any]) -> list[str]:
+    return [
+        r["model"],
+        r["kind"],
+        str(r["tokens"]),
+        str(r["evaluations"]),
+        fmt(r["seed_s"]),
+        fmt(r["exact_s"]),
+        fmt(r["fast_s"]),
+        fmt(r["floor_s"]),
+        fmt(r["max_abs_diff"], ".1e"),
+        fmt(r["spearman_fast"]),
+        fmt(r["top3_fast"]),
+        fmt(r["spearman_seed"]),
+    ]
+
+
+def _row_line(row: dict[str, Any]) -> str:
+    return " | ".join(f"{h} {c}" for h, c in zip(HEADERS, _cells(row), strict=True))
+
+
+def _per_text_table(rows: list[dict[str, Any]]) -> str:
+    return table(HEADERS, [_cells(r) for r in rows])
+
+
+def _summary_line(s: dict[str, Any]) -> str:
+    return (
+        f"{s['model']} {s['kind']} (n={s['texts']}, median {fmt(s['median_tokens'], '.0f')} tokens): "
+        f"median seed {fmt(s['median_seed_s'], suffix='s')} exact {fmt(s['median_exact_s'], suffix='s')} "
+        f"fast {fmt(s['median_fast_s'], suffix='s')} floor {fmt(s['median_floor_s'], suffix='s')} | "
+        f"seed/exact {fmt(s['seed_over_exact'], suffix='x')} "
+        f"seed/fast {fmt(s['seed_over_fast'], suffix='x')} "
+        f"exact/floor {fmt(s['exact_over_floor'], suffix='x')} | "
+        f"spearman(fast) {fmt(s['median_spearman_fast'])} top3(fast) {fmt(s['mean_top3_fast'])} "
+        f"spearman(seed) {fmt(s['median_spearman_seed'])} | max|exact-ref| {fmt(s['max_abs_diff'], '.1e')}"
+    )
+
+
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("texts", "long", "max_evals", "batch_size", "models", "threads", "skip_seed", "smoke")
+    return {key: getattr(args, key) for key in keys}

@@ -1,0 +1,68 @@
+"""The benchmarks run end to end in --smoke mode and write parseable results with sane key numbers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MINILM = REPO.parent / "shared" / "models" / "minilm-sst2"
+
+pytestmark = pytest.mark.skipif(
+    not (MINILM / "config.json").is_file(), reason="team kit model minilm-sst2 not found beside the repo"
+)
+
+
+def run_bench(command: str, out: Path) -> dict[str, Any]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", command, "--smoke", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
+    assert (out / f"{command}.txt").is_file()
+    return json.loads((out / f"{command}.json").read_text())
+
+
+def test_explain_smoke(tmp_path: Path) -> None:
+    results = run_bench("explain", tmp_path)
+    rows = results["rows"]
+    assert {r["kind"] for r in rows} == {"short", "long"}
+    for row in rows:
+        assert row["max_abs_diff"] < 1e-5, row  # Clarion exact equals SHAP's id-space Partition values
+        for key in ("seed_s", "exact_s", "fast_s", "floor_s"):
+            assert row[key] > 0
+    for summary in results["summary"]:
+        for key in ("seed_over_exact", "seed_over_fast", "exact_over_floor"):
+            assert summary[key] is not None and summary[key] > 0
+
+
+def test_classify_smoke(tmp_path: Path) -> None:
+    results = run_bench("classify", tmp_path)
+    assert results["in_process_sentences_per_s"] > 0
+    assert {(r["mode"], r["concurrency"]) for r in results["runs"]} == {
+        (mode, c) for mode in ("batching", "no-batching") for c in (1, 4)
+    }
+    for run in results["runs"]:
+        assert run["errors"] == 0 and run["requests"] == 20
+        assert run["requests_per_s"] > 0 and 0 < run["p50_ms"] <= run["p99_ms"]
+    assert results["ratios"]["throughput_batching_over_no_batching"] > 0
+    assert results["ratios"]["p50_batching_over_no_batching"] > 0
+
+
+def test_coldstart_smoke(tmp_path: Path) -> None:
+    results = run_bench("coldstart", tmp_path)
+    (run,) = results["runs"]
+    assert run["ready_s"] > 0 and run["first_request_s"] > 0
+    assert run["processes"] >= 2  # gunicorn master and its worker
+    assert 50 < run["peak_rss_mib"] < 16_000
