@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from api.codecs import Invocation, decode_invocation, shape_like_request
+from api.openapi import openapi_document
 from shared.jobs import JobQueue, JobRecord, new_record
 from shared.results import text_response
 from shared.service import ClarionService
@@ -32,6 +33,11 @@ def _settings() -> Settings:
 def ping() -> tuple[Response, int]:
     service = _service()
     return jsonify(service.status()), 200 if service.ready else 503
+
+
+@bp.get("/openapi.json")
+def openapi() -> Any:
+    return jsonify(openapi_document())
 
 
 @bp.post("/invocations")

@@ -1,4 +1,4 @@
-"""Command line: `python -m bench explain|classify|coldstart [--smoke] [--out DIR] [options]`."""
+"""Command line: `python -m bench explain|classify|coldstart|jobs [--smoke] [--out DIR] [options]`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ COMMANDS = {
     "explain": "seed SHAP pipeline vs Clarion exact/fast vs SHAP reference, per text",
     "classify": "HTTP requests/s and latency at several concurrencies, micro-batching on and off",
     "coldstart": "seconds from process start to healthy /ping, and peak RSS of the service",
+    "jobs": "explanation jobs on Redis + Celery: submit-to-succeeded latency and jobs/min by worker count",
 }
 
 

@@ -49,9 +49,13 @@ def main(args: argparse.Namespace) -> int:
 
     modes = [("url", None)] if args.url else [("batching", args.batch_window_ms), ("no-batching", "off")]
     runs: list[dict[str, Any]] = []
+    repeat_ms: float | None = None
     for mode, window in modes:
         with _service(args, window) as url:
             _warm_up(url, sentences)
+            if repeat_ms is None:
+                repeat_ms = _repeated_explanation_ms(url, sentences[-1])
+                print(f"repeated identical explanation request: {repeat_ms:.1f} ms", flush=True)
             for level in levels:
                 run = {"mode": mode, "batch_window_ms": window, "concurrency": level}
                 run.update(_load(url, sentences, level, args.requests, args.duration))
@@ -63,11 +67,13 @@ def main(args: argparse.Namespace) -> int:
         "config": {k: getattr(args, k) for k in ("concurrency", "requests", "duration", "url", "smoke")},
         "environment": environment(),
         "in_process_sentences_per_s": reference,
+        "repeated_explanation_ms": repeat_ms,
         "runs": runs,
         "ratios": ratios,
     }
     lines = [_table(runs), "", f"in-process reference (model.logits, batches of {REFERENCE_BATCH}): "]
     lines[-1] += f"{reference:.1f} sentences/s"
+    lines.append(f"repeated identical explanation request (cache hit, over HTTP): {fmt(repeat_ms, '.1f')} ms")
     if ratios:
         lines.append(
             f"throughput batching/no-batching at concurrency {ratios['max_concurrency']}: "
@@ -110,6 +116,21 @@ def _service(args: argparse.Namespace, window: str | None) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="clarion-bench-") as tmp, running_service(Path(tmp), env) as svc:
         wait_healthy(svc, timeout=300)
         yield svc.url
+
+
+def _repeated_explanation_ms(url: str, sentence: str) -> float:
+    """Milliseconds for an explanation request identical to one just answered (median of 5)."""
+    import requests
+
+    body = {"data": sentence, "explain": True}
+    with requests.Session() as session:
+        session.post(url + "/invocations", json=body, timeout=120).raise_for_status()
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            session.post(url + "/invocations", json=body, timeout=120).raise_for_status()
+            times.append(time.perf_counter() - started)
+    return 1000 * float(np.median(times))
 
 
 def _warm_up(url: str, sentences: list[str]) -> None:

@@ -28,17 +28,18 @@ def tiny_multilabel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
+def _team_model(name: str) -> Path:
+    path = TEAM_KIT / "models" / name
+    if not (path / "config.json").is_file():
+        pytest.skip(f"team kit model {name} not found beside the repo")
+    return path
+
+
 @pytest.fixture(scope="session")
 def sst2_dir() -> Path:
-    path = TEAM_KIT / "models" / "minilm-sst2"
-    if not (path / "config.json").is_file():
-        pytest.skip("team kit model minilm-sst2 not found beside the repo")
-    return path
+    return _team_model("minilm-sst2")
 
 
 @pytest.fixture(scope="session")
 def emotion_dir() -> Path:
-    path = TEAM_KIT / "models" / "minilm-emotion"
-    if not (path / "config.json").is_file():
-        pytest.skip("team kit model minilm-emotion not found beside the repo")
-    return path
+    return _team_model("minilm-emotion")

@@ -157,6 +157,18 @@ class Service:
         return requests.get(self.url + path, timeout=kwargs.pop("timeout", 30), **kwargs)
 
 
+def run_cli(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+    """Run `clarion <args>` to completion (for start-up failures) with the test environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args],
+        cwd=REPO,
+        env=base_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def wait_until(check, timeout: float, interval: float = 0.2, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

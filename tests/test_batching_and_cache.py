@@ -81,9 +81,7 @@ def test_repeated_explanation_comes_from_the_cache(tiny_model_dir: Path) -> None
     service.load()
     options = ExplainOptions(max_evals=300)
     first = service.explain(TEXTS[:2], options)
-    started = time.perf_counter()
-    again = service.explain(TEXTS[:2], options)
-    assert time.perf_counter() - started < 0.02
+    again = service.explain(TEXTS[:2], options)  # its latency is measured by `bench classify`
     assert [a is b for a, b in zip(first, again, strict=True)] == [True, True]
     # a different option, text or seed is a different entry
     assert service.explain(TEXTS[:1], ExplainOptions(max_evals=300, seed=1))[0] is not first[0]

@@ -50,6 +50,7 @@ def test_explain_smoke(tmp_path: Path) -> None:
 def test_classify_smoke(tmp_path: Path) -> None:
     results = run_bench("classify", tmp_path)
     assert results["in_process_sentences_per_s"] > 0
+    assert results["repeated_explanation_ms"] > 0
     assert {(r["mode"], r["concurrency"]) for r in results["runs"]} == {
         (mode, c) for mode in ("batching", "no-batching") for c in (1, 4)
     }
@@ -66,3 +67,11 @@ def test_coldstart_smoke(tmp_path: Path) -> None:
     assert run["ready_s"] > 0 and run["first_request_s"] > 0
     assert run["processes"] >= 2  # gunicorn master and its worker
     assert 50 < run["peak_rss_mib"] < 16_000
+
+
+def test_jobs_smoke(tmp_path: Path) -> None:
+    results = run_bench("jobs", tmp_path)
+    (run,) = results["runs"]
+    assert run["workers"] == 1
+    assert 0 < run["latency_s_median"] < 60
+    assert run["jobs_per_minute"] > 0

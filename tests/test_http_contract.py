@@ -219,3 +219,13 @@ def test_a_synchronous_explanation_past_the_request_timeout_is_a_clear_503(
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "explanation_timeout"
         assert svc.post("/invocations", json={"data": "still serving"}).status_code == 200
+
+
+def test_openapi_document_is_valid_and_describes_the_bodies(service: Service) -> None:
+    from openapi_spec_validator import validate
+
+    document = service.get("/openapi.json").json()
+    validate(document)
+    assert {"/ping", "/invocations", "/explanations", "/explanations/{job_id}"} <= set(document["paths"])
+    seed = document["components"]["schemas"]["SeedBody"]
+    assert {"data", "explain", "max_evals", "labels", "seed", "precision"} <= set(seed["properties"])

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import pytest
 from shared.errors import UnsafeArchive
 from shared.model_source import resolve_model
 from shared.settings import Settings
-from tests.support import REPO, base_env, free_port, running_service, wait_healthy
+from tests.support import free_port, run_cli, running_service, wait_healthy
 
 BUCKET = "clarion-models"
 
@@ -105,36 +103,24 @@ def test_malicious_archive_from_s3_is_refused(s3_endpoint: str, tmp_path: Path, 
         )
     assert not list(tmp_path.rglob("escaped.txt"))
     # and the CLI stops with one line instead of serving
-    result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "serve"],
-        cwd=REPO,
-        env=base_env(
-            BUCKET_NAME=BUCKET,
-            MODEL_PATH="evil/model.tar.gz",
-            MODEL_CACHE_DIR=str(cache),
-            **_aws_env(s3_endpoint),
-        ),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_cli(
+        "serve",
+        BUCKET_NAME=BUCKET,
+        MODEL_PATH="evil/model.tar.gz",
+        MODEL_CACHE_DIR=str(cache),
+        **_aws_env(s3_endpoint),
     )
     assert result.returncode == 2
     assert "refused" in result.stderr.strip().splitlines()[-1]
 
 
 def test_missing_object_is_a_clear_error(s3_endpoint: str, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "serve"],
-        cwd=REPO,
-        env=base_env(
-            BUCKET_NAME=BUCKET,
-            MODEL_PATH="nothing/here.tar.gz",
-            MODEL_CACHE_DIR=str(tmp_path),
-            **_aws_env(s3_endpoint),
-        ),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_cli(
+        "serve",
+        BUCKET_NAME=BUCKET,
+        MODEL_PATH="nothing/here.tar.gz",
+        MODEL_CACHE_DIR=str(tmp_path),
+        **_aws_env(s3_endpoint),
     )
     assert result.returncode == 2
     assert "could not download s3://clarion-models/nothing/here.tar.gz" in result.stderr

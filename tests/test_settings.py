@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from shared.errors import ConfigurationError
 from shared.settings import Settings
-from tests.support import REPO, base_env
+from tests.support import run_cli
 
 
 @pytest.mark.parametrize("raw", ["true", "TRUE", "True", "1", "yes", "YES", "on"])
@@ -81,14 +78,7 @@ def test_local_requires_a_model_directory(tmp_path) -> None:
 
 
 def test_cli_stops_with_one_line_on_a_bad_setting() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "serve"],
-        cwd=REPO,
-        env=base_env(SERVERLESS="sometimes"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli("serve", SERVERLESS="sometimes")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "SERVERLESS" in lines[0] and "boolean" in lines[0]

@@ -1,0 +1,127 @@
+"""`python -m bench jobs`: explanation jobs over Redis + Celery: submit-to-succeeded latency, jobs/min."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    DEFAULT_OUT,
+    MINILM_DIR,
+    environment,
+    fmt,
+    median,
+    sst2_sentences,
+    table,
+    write_results,
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", default="1,2", help="comma list of worker process counts")
+    parser.add_argument("--latency-jobs", type=int, default=10, help="sequential jobs for the latency")
+    parser.add_argument("--throughput-jobs", type=int, default=40, help="jobs submitted at once")
+    parser.add_argument("--max-evals", type=int, default=500)
+    parser.add_argument("--model-dir", default=str(MINILM_DIR))
+
+
+def main(args: argparse.Namespace) -> int:
+    from tests.support import RedisServer, Worker, running_service, wait_healthy
+
+    if args.smoke:
+        args.workers, args.latency_jobs, args.throughput_jobs, args.max_evals = "1", 2, 3, 64
+    counts = [int(c) for c in args.workers.split(",") if c.strip()]
+    sentences = iter(sst2_sentences())  # every job a new sentence: nothing comes from the cache
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="clarion-bench-") as tmp:
+        redis = RedisServer(Path(tmp))
+        redis.start()
+        try:
+            for count in counts:
+                env = {
+                    "MODEL_DIR": args.model_dir,
+                    "REDIS_URL": redis.url,
+                    "SAGEMAKER_MODEL_SERVER_WORKERS": "1",  # one API process: the workers get the cores
+                    "WORKER_CONCURRENCY": str(count),
+                    "ACCESS_LOG": "false",
+                }
+                worker = Worker(Path(tmp), env)
+                with running_service(Path(tmp), env) as api:
+                    wait_healthy(api, timeout=300)
+                    _wait_pool(worker, count)
+                    _submit_and_wait(api, [next(sentences)], args.max_evals)  # warm
+                    latencies = [
+                        _submit_and_wait(api, [next(sentences)], args.max_evals)
+                        for _ in range(args.latency_jobs)
+                    ]
+                    batch = [next(sentences) for _ in range(args.throughput_jobs)]
+                    started = time.perf_counter()
+                    _submit_and_wait(api, batch, args.max_evals)
+                    elapsed = time.perf_counter() - started
+                worker.stop()
+                run = {
+                    "workers": count,
+                    "latency_s_median": median(latencies),
+                    "latency_s_all": latencies,
+                    "throughput_jobs": len(batch),
+                    "throughput_s": elapsed,
+                    "jobs_per_minute": 60 * len(batch) / elapsed,
+                }
+                runs.append(run)
+                print(_line(run), flush=True)
+        finally:
+            redis.stop()
+
+    headers = ["workers", "submit->succeeded p50 s", "jobs", "seconds", "jobs/min"]
+    rows = [
+        [
+            str(r["workers"]),
+            fmt(r["latency_s_median"], ".3f"),
+            str(r["throughput_jobs"]),
+            fmt(r["throughput_s"]),
+            fmt(r["jobs_per_minute"], ".1f"),
+        ]
+        for r in runs
+    ]
+    text = table(headers, rows) + f"\n\none job = one SST-2 sentence, max_evals {args.max_evals}"
+    data = {"config": vars(args), "environment": environment(), "runs": runs}
+    write_results(Path(args.out or DEFAULT_OUT), "jobs", data, text)
+    print(text)
+    return 0
+
+
+def _wait_pool(worker: Any, count: int, timeout: float = 300) -> None:
+    """Every pool process has loaded its model."""
+    from tests.support import wait_until
+
+    wait_until(lambda: worker.log().count("loaded from") >= count, timeout, what="worker pool to load")
+
+
+def _submit_and_wait(api: Any, texts: list[str], max_evals: int) -> float:
+    """Submit one job per text, poll until all succeeded; return the seconds from first submit."""
+    started = time.perf_counter()
+    ids = []
+    for text in texts:
+        response = api.post("/explanations", json={"data": text, "max_evals": max_evals})
+        response.raise_for_status()
+        ids.append(response.json()["id"])
+    pending = set(ids)
+    while pending:
+        for job_id in list(pending):
+            status = api.get(f"/explanations/{job_id}").json()["status"]
+            if status == "succeeded":
+                pending.discard(job_id)
+            elif status in {"failed", "cancelled"}:
+                raise RuntimeError(f"job {job_id} {status}")
+        time.sleep(0.005)
+    return time.perf_counter() - started
+
+
+def _line(run: dict[str, Any]) -> str:
+    return (
+        f"workers {run['workers']}: submit->succeeded p50 {run['latency_s_median']:.3f}s | "
+        f"{run['throughput_jobs']} jobs in {run['throughput_s']:.1f}s = {run['jobs_per_minute']:.1f} jobs/min"
+    )
