@@ -49,19 +49,21 @@ def main(args: argparse.Namespace) -> int:
                     "ACCESS_LOG": "false",
                 }
                 worker = Worker(Path(tmp), env)
-                with running_service(Path(tmp), env) as api:
-                    wait_healthy(api, timeout=300)
-                    _wait_pool(worker, count)
-                    _submit_and_wait(api, [next(sentences)], args.max_evals)  # warm
-                    latencies = [
-                        _submit_and_wait(api, [next(sentences)], args.max_evals)
-                        for _ in range(args.latency_jobs)
-                    ]
-                    batch = [next(sentences) for _ in range(args.throughput_jobs)]
-                    started = time.perf_counter()
-                    _submit_and_wait(api, batch, args.max_evals)
-                    elapsed = time.perf_counter() - started
-                worker.stop()
+                try:
+                    with running_service(Path(tmp), env) as api:
+                        wait_healthy(api, timeout=300)
+                        _wait_pool(worker, count)
+                        _submit_and_wait(api, [next(sentences)], args.max_evals)  # warm
+                        latencies = [
+                            _submit_and_wait(api, [next(sentences)], args.max_evals)
+                            for _ in range(args.latency_jobs)
+                        ]
+                        batch = [next(sentences) for _ in range(args.throughput_jobs)]
+                        started = time.perf_counter()
+                        _submit_and_wait(api, batch, args.max_evals)
+                        elapsed = time.perf_counter() - started
+                finally:
+                    worker.stop()
                 run = {
                     "workers": count,
                     "latency_s_median": median(latencies),

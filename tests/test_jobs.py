@@ -35,13 +35,16 @@ def stack(sst2_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         "JOB_VISIBILITY_TIMEOUT": "36",
         "HTTP_THREADS": "4",
     }
-    worker = Worker(tmp, env)
-    with running_service(tmp, env) as api:
-        wait_healthy(api)
-        worker.wait_ready()
-        yield {"api": api, "redis": redis, "worker": worker, "env": env, "tmp": tmp}
-        worker.stop()
-    redis.stop()
+    stack = {"redis": redis, "worker": Worker(tmp, env), "env": env, "tmp": tmp}
+    try:
+        with running_service(tmp, env) as api:
+            wait_healthy(api)
+            stack["worker"].wait_ready()
+            stack["api"] = api
+            yield stack
+    finally:
+        stack["worker"].stop()  # the current one: a test may have replaced it
+        redis.stop()
 
 
 def poll(api: Service, job_id: str, until: set[str], timeout: float = 120) -> dict:
