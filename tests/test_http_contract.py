@@ -229,3 +229,18 @@ def test_openapi_document_is_valid_and_describes_the_bodies(service: Service) ->
     assert {"/ping", "/invocations", "/explanations", "/explanations/{job_id}"} <= set(document["paths"])
     seed = document["components"]["schemas"]["SeedBody"]
     assert {"data", "explain", "max_evals", "labels", "seed", "precision"} <= set(seed["properties"])
+
+
+def test_inline_jobs_honour_a_raised_max_evals_limit(tiny_model_dir: Path) -> None:
+    """In-process (Flask's test client): options are validated once, against the operator's limits."""
+    from api.app import create_app
+    from shared.service import ClarionService
+    from shared.settings import Settings
+
+    settings = Settings(model_dir=str(tiny_model_dir), serverless=True, max_evals_limit=8000, torch_threads=1)
+    service = ClarionService(settings)
+    service.load()
+    client = create_app(settings, service, load_model=False).test_client()
+    response = client.post("/explanations", json={"data": "good film", "max_evals": 6000})
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["result"]["explanation_parameters"]["max_evals"] == 6000
