@@ -11,6 +11,7 @@ from redis.retry import Retry
 
 from shared.errors import JobBackendUnavailable
 from shared.jobs import JobRecord
+from shared.settings import Settings
 
 T = TypeVar("T")
 KEY_PREFIX = "clarion:job:"
@@ -26,6 +27,11 @@ def redis_client(url: str) -> redis.Redis:
         retry=Retry(NoBackoff(), 1),
         health_check_interval=15,
     )
+
+
+def job_store_for(settings: Settings) -> RedisJobStore:
+    assert settings.redis_store_url is not None, "validated by Settings"
+    return RedisJobStore(redis_client(settings.redis_store_url), settings.job_result_ttl_s)
 
 
 class RedisJobStore:

@@ -115,8 +115,8 @@ class ClarionService:
 def _explanation_cache(settings: Settings) -> ExplanationCache:
     if settings.explanation_cache_size == 0:
         return NoCache()
-    if settings.jobs_are_async and settings.redis_url:
+    if settings.jobs_are_async and settings.redis_store_url:
         from shared.job_store import redis_client
 
-        return RedisCache(redis_client(settings.redis_url), settings.job_result_ttl_s)
+        return RedisCache(redis_client(settings.redis_store_url), settings.job_result_ttl_s)
     return MemoryCache(settings.explanation_cache_size)

@@ -155,6 +155,10 @@ class Settings:
             raise ConfigurationError(
                 f"LOCAL=true: expected a model directory (MODEL_DIR, or a model in {SAGEMAKER_MODEL_DIR})"
             )
+        if self.jobs_are_async and self.redis_store_url is None:
+            raise ConfigurationError(
+                "REDIS_URL: required with a non-Redis CELERY_BROKER_URL (job records are kept in Redis)"
+            )
         if self.job_time_limit_s <= self.job_soft_time_limit_s:
             raise ConfigurationError(
                 f"JOB_TIME_LIMIT={self.job_time_limit_s}: expected more than JOB_SOFT_TIME_LIMIT "
@@ -188,6 +192,15 @@ class Settings:
     @property
     def jobs_are_async(self) -> bool:
         return self.broker_url is not None
+
+    @property
+    def redis_store_url(self) -> str | None:
+        """The Redis that keeps job records and cached explanations (REDIS_URL, else a Redis broker
+        or result backend)."""
+        for url in (self.redis_url, self.celery_result_backend, self.celery_broker_url):
+            if url and url.startswith(("redis://", "rediss://", "unix://")):
+                return url
+        return None
 
     @property
     def visibility_timeout_s(self) -> int:

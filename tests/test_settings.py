@@ -82,3 +82,13 @@ def test_cli_stops_with_one_line_on_a_bad_setting() -> None:
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "SERVERLESS" in lines[0] and "boolean" in lines[0]
+
+
+def test_job_records_need_a_redis() -> None:
+    with pytest.raises(ConfigurationError, match="REDIS_URL"):
+        Settings.from_env({"CELERY_BROKER_URL": "amqp://guest@rabbit//"})
+    settings = Settings.from_env(
+        {"CELERY_BROKER_URL": "amqp://guest@rabbit//", "REDIS_URL": "redis://r:6379/1"}
+    )
+    assert settings.redis_store_url == "redis://r:6379/1"
+    assert Settings.from_env({"CELERY_BROKER_URL": "redis://b:6379/0"}).redis_store_url == "redis://b:6379/0"

@@ -10,7 +10,7 @@ from celery.result import AsyncResult
 from kombu.exceptions import KombuError
 
 from shared.errors import JobBackendUnavailable, NotFound
-from shared.job_store import RedisJobStore, redis_client
+from shared.job_store import job_store_for
 from shared.jobs import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, SUCCEEDED, JobRecord, iso_utc, utc_now
 from shared.settings import Settings
 from worker.app import celery_app
@@ -33,10 +33,7 @@ class CeleryJobQueue:
     asynchronous = True
 
     def __init__(self, settings: Settings) -> None:
-        assert settings.broker_url is not None
-        self._store = RedisJobStore(
-            redis_client(settings.redis_url or settings.broker_url), settings.job_result_ttl_s
-        )
+        self._store = job_store_for(settings)
 
     def submit(self, record: JobRecord) -> JobRecord:
         # Record first, then publish: an id is never issued without a record, and a record whose

@@ -8,8 +8,8 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 
-from shared.errors import ClarionError
-from shared.job_store import RedisJobStore, redis_client
+from shared.errors import ClarionError, JobBackendUnavailable
+from shared.job_store import RedisJobStore, job_store_for
 from shared.jobs import CANCELLED
 from shared.schemas import ExplainOptions, parse_model
 from shared.service import ClarionService
@@ -17,6 +17,7 @@ from worker.app import celery_app
 
 log = logging.getLogger(__name__)
 _service: ClarionService | None = None
+_store: RedisJobStore | None = None
 
 
 class JobFailed(Exception):
@@ -26,28 +27,32 @@ class JobFailed(Exception):
 @worker_process_init.connect
 def load_model_in_child(**_: Any) -> None:
     """Runs in each pool process after the fork: never in the parent, where torch would deadlock."""
-    global _service
+    global _service, _store
     settings = celery_app.clarion_settings
+    _store = job_store_for(settings)
     _service = ClarionService(settings)
     _service.load()
     _service.explain(["warm up the explainer"], ExplainOptions(max_evals=16))
 
 
-def _job_store() -> RedisJobStore:
-    settings = celery_app.clarion_settings
-    assert settings.redis_url or settings.broker_url
-    return RedisJobStore(redis_client(settings.redis_url or settings.broker_url), settings.job_result_ttl_s)
+def _cancelled(job_id: str) -> bool:
+    """Was the job cancelled before it started? Unknown (Redis blip) counts as not cancelled."""
+    assert _store is not None
+    try:
+        record = _store.load(job_id)
+    except JobBackendUnavailable:
+        return False
+    return record is not None and record.status == CANCELLED
 
 
 @celery_app.task(name="clarion.explain", bind=True)
 def explain_job(self: Any, texts: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
     """Explain `texts`: the same `ClarionService.explain` the single-process API calls."""
-    record = _job_store().load(self.request.id)
-    if record is not None and record.status == CANCELLED:
-        return []
-    if _service is None:  # pragma: no cover - only without worker_process_init (e.g. solo pool)
+    if _service is None:  # only without worker_process_init (e.g. the solo pool)
         load_model_in_child()
     assert _service is not None
+    if _cancelled(self.request.id):
+        return []
     try:
         parsed = parse_model(ExplainOptions, options, _service.settings)
         return [e.to_dict() for e in _service.explain(texts, parsed)]
