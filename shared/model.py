@@ -203,7 +203,7 @@ def select_device(requested: str) -> Any:
     return device
 
 
-def load_text_model(settings: Settings, location: ModelLocation | None = None) -> TextModel:
+def load_text_model(settings: Settings, threads: int | None = None) -> TextModel:
     """Resolve, load and warm the model in this process (call it after any fork, never before)."""
     import torch
     import transformers
@@ -211,9 +211,11 @@ def load_text_model(settings: Settings, location: ModelLocation | None = None) -
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
-    torch.set_num_threads(settings.threads_per_worker)
+    # The caller's role decides (API worker or Celery pool process); processes x threads <= cores.
+    threads = threads or settings.threads_per_worker
+    torch.set_num_threads(threads)
     started = time.perf_counter()
-    location = location or resolve_model(settings)
+    location = resolve_model(settings)
     local_only = location.source != "hub"
     try:
         tokenizer = AutoTokenizer.from_pretrained(
@@ -254,7 +256,7 @@ def load_text_model(settings: Settings, location: ModelLocation | None = None) -
         location.source,
         device,
         time.perf_counter() - started,
-        settings.threads_per_worker,
+        threads,
     )
     return text_model
 

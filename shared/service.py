@@ -20,14 +20,18 @@ from shared.schemas import ExplainOptions
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
-ModelLoader = Callable[[Settings], TextModel]
+ModelLoader = Callable[[Settings, int | None], TextModel]
 
 
 class ClarionService:
     """Loads the model once (in the background if asked) and runs classification and explanation."""
 
-    def __init__(self, settings: Settings, loader: ModelLoader = load_text_model) -> None:
+    def __init__(
+        self, settings: Settings, threads: int | None = None, loader: ModelLoader = load_text_model
+    ) -> None:
+        """`threads`: torch threads for this process (default: the API's share of the cores)."""
         self.settings = settings
+        self._threads = threads
         self._loader = loader
         self._model: TextModel | None = None
         self._batcher: MicroBatcher | None = None
@@ -52,7 +56,7 @@ class ClarionService:
 
     def _load(self) -> None:
         try:
-            model = self._loader(self.settings)
+            model = self._loader(self.settings, self._threads)
             if self.settings.micro_batching:
                 self._batcher = MicroBatcher(
                     lambda encoded: classify_encoded(model, encoded, self.settings.max_batch_size),

@@ -92,3 +92,23 @@ def test_job_records_need_a_redis() -> None:
     )
     assert settings.redis_store_url == "redis://r:6379/1"
     assert Settings.from_env({"CELERY_BROKER_URL": "redis://b:6379/0"}).redis_store_url == "redis://b:6379/0"
+
+
+def test_celery_pool_threads_follow_the_pool_not_the_api() -> None:
+    # The API's worker count must not size the Celery pool's threads (2 x 2 on 2 cores collapsed).
+    settings = Settings(cpu_count=2, workers=1, worker_concurrency=2)
+    assert settings.threads_per_worker == 2
+    assert settings.celery_concurrency * settings.celery_threads_per_process <= 2
+
+
+def test_a_service_runs_the_threads_its_role_was_given(tiny_model_dir) -> None:
+    import torch
+
+    from shared.service import ClarionService
+
+    before = torch.get_num_threads()
+    try:
+        ClarionService(Settings(model_dir=str(tiny_model_dir), cpu_count=2, workers=1), threads=1).load()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -30,7 +30,7 @@ def load_model_in_child(**_: Any) -> None:
     global _service, _store
     settings = celery_app.clarion_settings
     _store = job_store_for(settings)
-    _service = ClarionService(settings)
+    _service = ClarionService(settings, threads=settings.celery_threads_per_process)
     _service.load()
     _service.explain(["warm up the explainer"], ExplainOptions(max_evals=16))
 
