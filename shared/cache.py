@@ -1,8 +1,9 @@
-"""Finished explanations, cached so identical requests are not computed twice.
+"""Finished explanations and classifications, cached so identical requests are not computed twice.
 
 The key covers everything that changes the numbers: the model's identity, the text, every explanation
-option and the explainer's batch size. In-process LRU in single-process mode; Redis (shared by the
-API and all workers) when Redis is configured. A cache failure never fails a request.
+option and the explainer's batch size. Explanations: in-process LRU in single-process mode; Redis
+(shared by the API and all workers) when Redis is configured. Classifications (cheap, small): an
+in-process LRU. A cache failure never fails a request.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, Protocol, TypeVar
 
 from shared.results import Explanation
 from shared.schemas import ExplainOptions
 
 log = logging.getLogger(__name__)
 REDIS_PREFIX = "clarion:explanation:"
+T = TypeVar("T")
 
 
 def explanation_key(model_fingerprint: str, text: str, options: ExplainOptions, batch_size: int) -> str:
@@ -26,41 +29,60 @@ def explanation_key(model_fingerprint: str, text: str, options: ExplainOptions, 
     return hashlib.sha256(material.encode()).hexdigest()
 
 
-class ExplanationCache(Protocol):
-    def get(self, key: str) -> Explanation | None: ...
-
-    def put(self, key: str, explanation: Explanation) -> None: ...
+def classification_key(model_fingerprint: str, text: str) -> str:
+    return hashlib.sha256(json.dumps([model_fingerprint, text]).encode()).hexdigest()
 
 
-class NoCache:
-    def get(self, key: str) -> Explanation | None:
+class Cache(Protocol[T]):
+    def get(self, key: str) -> T | None: ...
+
+    def put(self, key: str, value: T) -> None: ...
+
+
+ExplanationCache = Cache[Explanation]
+
+
+class NoCache(Generic[T]):
+    def get(self, key: str) -> T | None:
         return None
 
-    def put(self, key: str, explanation: Explanation) -> None:
+    def put(self, key: str, value: T) -> None:
         return None
 
 
-class MemoryCache:
-    """A thread-safe LRU of at most `capacity` explanations."""
+class MemoryCache(Generic[T]):
+    """A thread-safe LRU of at most `capacity` values."""
 
     def __init__(self, capacity: int) -> None:
-        self._items: OrderedDict[str, Explanation] = OrderedDict()
+        self._items: OrderedDict[str, T] = OrderedDict()
         self._capacity = capacity
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> Explanation | None:
+    def get(self, key: str) -> T | None:
         with self._lock:
             item = self._items.get(key)
             if item is not None:
                 self._items.move_to_end(key)
             return item
 
-    def put(self, key: str, explanation: Explanation) -> None:
+    def put(self, key: str, value: T) -> None:
         with self._lock:
-            self._items[key] = explanation
+            self._items[key] = value
             self._items.move_to_end(key)
             while len(self._items) > self._capacity:
                 self._items.popitem(last=False)
+
+
+def through_cache(cache: Cache[T], keys: Sequence[str], compute: Callable[[list[int]], list[T]]) -> list[T]:
+    """Values for `keys`: cached ones from `cache`; the missing ones computed together by
+    `compute(indexes)` (in key order) and stored."""
+    found = [cache.get(key) for key in keys]
+    missing = [i for i, item in enumerate(found) if item is None]
+    if missing:
+        for i, value in zip(missing, compute(missing), strict=True):
+            cache.put(keys[i], value)
+            found[i] = value
+    return [item for item in found if item is not None]
 
 
 class RedisCache:

@@ -10,7 +10,16 @@ import threading
 from collections.abc import Callable, Sequence
 
 from shared.batching import MicroBatcher
-from shared.cache import ExplanationCache, MemoryCache, NoCache, RedisCache, explanation_key
+from shared.cache import (
+    Cache,
+    ExplanationCache,
+    MemoryCache,
+    NoCache,
+    RedisCache,
+    classification_key,
+    explanation_key,
+    through_cache,
+)
 from shared.classifier import classify_encoded
 from shared.errors import ClarionError, ModelNotReady
 from shared.explainer import default_explain_batch_size, explain_encoded
@@ -38,6 +47,9 @@ class ClarionService:
         self._error: str | None = None
         self._loading = threading.Event()
         self._cache = _explanation_cache(settings)
+        self._classifications: Cache[Classification] = (
+            MemoryCache(settings.explanation_cache_size) if settings.explanation_cache_size else NoCache()
+        )
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -93,10 +105,15 @@ class ClarionService:
 
     def classify(self, texts: Sequence[str]) -> list[Classification]:
         model = self.model
-        encoded = model.encode(texts)  # tokenized in the request's own thread
-        if self._batcher is not None:
-            return self._batcher.classify(encoded)
-        return classify_encoded(model, encoded, self.settings.max_batch_size)
+
+        def compute(missing: list[int]) -> list[Classification]:
+            encoded = model.encode([texts[i] for i in missing])  # tokenized in the request's thread
+            if self._batcher is not None:
+                return self._batcher.classify(encoded)
+            return classify_encoded(model, encoded, self.settings.max_batch_size)
+
+        keys = [classification_key(model.fingerprint, text) for text in texts]
+        return through_cache(self._classifications, keys, compute)
 
     def explain(
         self, texts: Sequence[str], options: ExplainOptions, deadline: float | None = None
@@ -104,16 +121,13 @@ class ClarionService:
         """Explain texts; cached ones come from the cache, the rest are computed together."""
         model = self.model
         batch = default_explain_batch_size(model, self.settings.explain_batch_size)
-        keys = [explanation_key(model.fingerprint, text, options, batch) for text in texts]
-        found = [self._cache.get(key) for key in keys]
-        missing = [i for i, item in enumerate(found) if item is None]
-        if missing:
+
+        def compute(missing: list[int]) -> list[Explanation]:
             encoded = model.encode([texts[i] for i in missing])
-            computed = explain_encoded(model, encoded, options, batch, deadline)
-            for i, explanation in zip(missing, computed, strict=True):
-                self._cache.put(keys[i], explanation)
-                found[i] = explanation
-        return [item for item in found if item is not None]
+            return explain_encoded(model, encoded, options, batch, deadline)
+
+        keys = [explanation_key(model.fingerprint, text, options, batch) for text in texts]
+        return through_cache(self._cache, keys, compute)
 
 
 def _explanation_cache(settings: Settings) -> ExplanationCache:

@@ -138,3 +138,21 @@ def test_redis_cache_round_trips_and_tolerates_an_outage(tiny: TextModel, tmp_pa
         server.stop()
     assert cache.get("k") is None  # Redis gone: a miss, not an error
     cache.put("k", explanation)
+
+
+def test_repeated_classification_comes_from_the_cache_unless_turned_off(tiny_model_dir: Path) -> None:
+    cached = ClarionService(Settings(model_dir=str(tiny_model_dir), torch_threads=1, serverless=True))
+    cached.load()
+    first = cached.classify(TEXTS[:2])
+    again = cached.classify([TEXTS[1], TEXTS[0], TEXTS[2]])
+    assert again[0] is first[1] and again[1] is first[0]
+    assert [s.label for s in again[2].scores] == [
+        s.label for s in classify(cached.model, [TEXTS[2]], 1)[0].scores
+    ]
+
+    settings = Settings(
+        model_dir=str(tiny_model_dir), torch_threads=1, serverless=True, explanation_cache_size=0
+    )
+    uncached = ClarionService(settings)
+    uncached.load()
+    assert uncached.classify(TEXTS[:1])[0] is not uncached.classify(TEXTS[:1])[0]
