@@ -49,18 +49,18 @@ def main(args: argparse.Namespace) -> int:
 
     modes = [("url", None)] if args.url else [("batching", args.batch_window_ms), ("no-batching", "off")]
     runs: list[dict[str, Any]] = []
-    repeat_ms: float | None = None
     for mode, window in modes:
-        with _service(args, window) as url:
+        with _service(args, window, cache=False) as url:
             _warm_up(url, sentences)
-            if repeat_ms is None:
-                repeat_ms = _repeated_explanation_ms(url, sentences[-1])
-                print(f"repeated identical explanation request: {repeat_ms:.1f} ms", flush=True)
             for level in levels:
                 run = {"mode": mode, "batch_window_ms": window, "concurrency": level}
                 run.update(_load(url, sentences, level, args.requests, args.duration))
                 runs.append(run)
                 print(_row_line(run), flush=True)
+
+    with _service(args, args.batch_window_ms, cache=True) as url:
+        repeat_ms = _repeated_explanation_ms(url, sentences[-1])
+    print(f"repeated identical explanation request: {repeat_ms:.1f} ms", flush=True)
 
     ratios = _ratios(runs, levels)
     data = {
@@ -103,15 +103,19 @@ def _in_process_throughput(model_dir: str, sentences: list[str], batches: int) -
 
 
 @contextmanager
-def _service(args: argparse.Namespace, window: str | None) -> Iterator[str]:
+def _service(args: argparse.Namespace, window: str | None, cache: bool) -> Iterator[str]:
     """The URL to benchmark: --url as given, or a fresh `clarion serve`, micro-batching with a
-    BATCH_WINDOW_MS=window, or without micro-batching (MICRO_BATCHING=false) when window is "off"."""
+    BATCH_WINDOW_MS=window, or without micro-batching (MICRO_BATCHING=false) when window is "off".
+    Throughput runs turn the cache off: the levels reuse the same sentences, and a cache hit runs no
+    forward pass, so it would measure the cache instead of the batching."""
     if args.url:
         yield args.url.rstrip("/")
         return
     from tests.support import running_service, wait_healthy
 
     env = {"MODEL_DIR": args.model_dir, "SERVERLESS": "true", "ACCESS_LOG": "false"}
+    if not cache:
+        env["EXPLANATION_CACHE_SIZE"] = "0"
     env.update({"MICRO_BATCHING": "false"} if window == "off" else {"BATCH_WINDOW_MS": str(window)})
     with tempfile.TemporaryDirectory(prefix="clarion-bench-") as tmp, running_service(Path(tmp), env) as svc:
         wait_healthy(svc, timeout=300)
