@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import time
 
 from flask import Flask
 
 from api.errors import register_error_handlers
-from api.routes import bp
+from api.routes import bp, request_deadline
 from shared.jobs import InlineJobQueue, JobQueue
 from shared.service import ClarionService
 from shared.settings import Settings, load_settings
@@ -41,7 +40,7 @@ def _job_queue(settings: Settings, service: ClarionService) -> JobQueue:
     if not settings.jobs_are_async:
         # Inline jobs answer within the request, so they stop at the request timeout too.
         return InlineJobQueue(
-            lambda texts, options: service.explain(texts, options, time.monotonic() + settings.timeout_s)
+            lambda texts, options: service.explain(texts, options, request_deadline(settings))
         )
     from worker.queue import CeleryJobQueue  # only when a broker is configured
 

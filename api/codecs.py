@@ -57,11 +57,8 @@ def decode_payload(payload: Any, settings: Settings) -> Invocation:
         return Invocation(_as_list(hf.inputs), isinstance(hf.inputs, str), hf.parameters)
     if "data" not in payload:
         raise InvalidRequest('missing field "data" (or "inputs"): the text or list of texts to classify')
-    seed: SeedBody = parse_model(SeedBody, payload, settings)
-    parameters = InvocationParameters.model_construct(
-        **{name: getattr(seed, name) for name in InvocationParameters.model_fields}
-    )
-    return Invocation(_as_list(seed.data), isinstance(seed.data, str), parameters)
+    seed: SeedBody = parse_model(SeedBody, payload, settings)  # a SeedBody is InvocationParameters
+    return Invocation(_as_list(seed.data), isinstance(seed.data, str), seed)
 
 
 def shape_like_request(invocation: Invocation, items: list[dict[str, Any]]) -> Any:

@@ -14,7 +14,6 @@ from shared.errors import (
     JobBackendUnavailable,
     ModelNotReady,
     NotFound,
-    PayloadTooLarge,
     UnsupportedMediaType,
 )
 
@@ -23,7 +22,6 @@ log = logging.getLogger(__name__)
 STATUS_OF: dict[type[ClarionError], int] = {
     InvalidRequest: 400,
     NotFound: 404,
-    PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
     ModelNotReady: 503,
     ExplanationTimeout: 503,

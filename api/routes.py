@@ -50,7 +50,8 @@ def invocations() -> Any:
         return _submit(invocation, classifications)
     explanations: list[Any] = [None] * len(invocation.texts)
     if parameters.explain:
-        explanations = service.explain(invocation.texts, parameters.explain_options(), _deadline())
+        deadline = request_deadline(_settings())
+        explanations = service.explain(invocation.texts, parameters.explain_options(), deadline)
     model_id = service.model.model_id
     items = [text_response(c, e, model_id) for c, e in zip(classifications, explanations, strict=True)]
     return jsonify(shape_like_request(invocation, items))
@@ -72,9 +73,9 @@ def cancel_explanation(job_id: str) -> Any:
     return jsonify(_jobs().cancel(job_id).public())
 
 
-def _deadline() -> float:
+def request_deadline(settings: Settings) -> float:
     """Synchronous explanations stop at the request timeout (SAGEMAKER_MODEL_SERVER_TIMEOUT)."""
-    return time.monotonic() + _settings().timeout_s
+    return time.monotonic() + settings.timeout_s
 
 
 def _submit(invocation: Invocation, classifications: list[Any]) -> Any:

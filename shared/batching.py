@@ -8,7 +8,6 @@ than one request is already waiting, it waits up to `window_s` more for others, 
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 import time
@@ -19,7 +18,6 @@ from dataclasses import dataclass
 from shared.model import EncodedText
 from shared.results import Classification
 
-log = logging.getLogger(__name__)
 RunBatch = Callable[[Sequence[EncodedText]], list[Classification]]
 
 

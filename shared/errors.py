@@ -25,10 +25,6 @@ class InvalidRequest(ClarionError):
     code = "invalid_request"
 
 
-class PayloadTooLarge(ClarionError):
-    code = "payload_too_large"
-
-
 class UnsupportedMediaType(ClarionError):
     code = "unsupported_media_type"
 

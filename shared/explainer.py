@@ -18,19 +18,26 @@ from shared.owen import OwenSteps, owen_values, text_clustering, token_segments
 from shared.results import Explanation
 from shared.schemas import ExplainOptions
 
-CPU_EXPLAIN_BATCH = 64
-GPU_EXPLAIN_BATCH = 256
-# Rows x tokens per forward pass. On CPU the per-row cost is lowest around 1-3k tokens per pass
-# (measured on minilm: 8 rows of 256 tokens beat 64 by ~20 %); GPUs want far bigger passes.
-CPU_PASS_TOKENS = 2048
-GPU_PASS_TOKENS = 65536
+
+@dataclass(frozen=True)
+class _PassSize:
+    rows: int  # SHAP's default batch size on this device, and the rows per forward pass
+    tokens: int  # rows x tokens per pass
+
+
+# On CPU the per-row cost is lowest around 1-3k tokens per pass (measured on minilm: 8 rows of 256
+# tokens beat 64 by ~20 %); GPUs want far bigger passes.
+_CPU = _PassSize(rows=64, tokens=2048)
+_GPU = _PassSize(rows=256, tokens=65536)
+
+
+def _pass_size(model: TextModel) -> _PassSize:
+    return _GPU if model.device.type == "cuda" else _CPU
 
 
 def default_explain_batch_size(model: TextModel, configured: int | None) -> int:
     """Rows per forward pass: what the device runs best, unless the operator set EXPLAIN_BATCH_SIZE."""
-    if configured is not None:
-        return configured
-    return GPU_EXPLAIN_BATCH if model.device.type == "cuda" else CPU_EXPLAIN_BATCH
+    return configured if configured is not None else _pass_size(model).rows
 
 
 @dataclass
@@ -107,13 +114,9 @@ def explain_encoded(
 
 def _logits(model: TextModel, rows: list[np.ndarray], options: ExplainOptions, batch_size: int) -> np.ndarray:
     """One call for the rows of every text in the round; passes never mix lengths (no padding)."""
-    on_gpu = model.device.type == "cuda"
+    size = _pass_size(model)
     return model.logits(
-        rows,
-        max(batch_size, GPU_EXPLAIN_BATCH if on_gpu else CPU_EXPLAIN_BATCH),
-        options.precision,
-        same_length_batches=True,
-        max_tokens=GPU_PASS_TOKENS if on_gpu else CPU_PASS_TOKENS,
+        rows, max(batch_size, size.rows), options.precision, same_length_batches=True, max_tokens=size.tokens
     )
 
 

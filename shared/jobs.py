@@ -9,14 +9,13 @@ both keep a `JobRecord` per issued id, so an unknown id is a 404 and never "pend
 from __future__ import annotations
 
 import json
-import threading
 import uuid
-from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from shared.errors import ClarionError, NotFound
+from shared.cache import MemoryCache
+from shared.errors import NotFound
 from shared.results import Classification, Explanation, text_response
 from shared.schemas import ExplainOptions
 
@@ -54,7 +53,6 @@ class JobRecord:
     finished_at: str | None = None
     explanations: list[dict[str, Any]] | None = None
     error: dict[str, str] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -102,12 +100,6 @@ def new_record(
     )
 
 
-def error_of(exc: BaseException) -> dict[str, str]:
-    if isinstance(exc, ClarionError):
-        return {"code": exc.code, "message": exc.message}
-    return {"code": "explanation_failed", "message": f"{type(exc).__name__}: {exc}"}
-
-
 class JobQueue(Protocol):
     """What the API needs from a job backend."""
 
@@ -127,9 +119,7 @@ class InlineJobQueue:
 
     def __init__(self, explain: Any, capacity: int = 1024) -> None:
         self._explain = explain  # callable(texts, options) -> list[Explanation]
-        self._records: OrderedDict[str, JobRecord] = OrderedDict()
-        self._capacity = capacity
-        self._lock = threading.Lock()
+        self._records: MemoryCache[JobRecord] = MemoryCache(capacity)
 
     def submit(self, record: JobRecord) -> JobRecord:
         # Validated against the operator's limits when the request was decoded; not again here.
@@ -138,15 +128,11 @@ class InlineJobQueue:
         record.explanations = [e.to_dict() for e in explanations]
         record.status = SUCCEEDED
         record.finished_at = utc_now()
-        with self._lock:
-            self._records[record.id] = record
-            while len(self._records) > self._capacity:
-                self._records.popitem(last=False)
+        self._records.put(record.id, record)
         return record
 
     def get(self, job_id: str) -> JobRecord:
-        with self._lock:
-            record = self._records.get(job_id)
+        record = self._records.get(job_id)
         if record is None:
             raise NotFound(f"no explanation job {job_id!r}")
         return record
