@@ -7,7 +7,7 @@ import logging
 from flask import Flask
 
 from api.errors import register_error_handlers
-from api.routes import bp, request_deadline
+from api.routes import bp, request_ticket
 from shared.jobs import InlineJobQueue, JobQueue
 from shared.service import ClarionService
 from shared.settings import Settings, load_settings
@@ -38,10 +38,8 @@ def create_app(
 
 def _job_queue(settings: Settings, service: ClarionService) -> JobQueue:
     if not settings.jobs_are_async:
-        # Inline jobs answer within the request, so they stop at the request timeout too.
-        return InlineJobQueue(
-            lambda texts, options: service.explain(texts, options, request_deadline(settings))
-        )
+        # Inline jobs answer within the request, so they stop at the request's deadline too.
+        return InlineJobQueue(lambda texts, options: service.explain(texts, options, request_ticket()))
     from worker.queue import CeleryJobQueue  # only when a broker is configured
 
     return CeleryJobQueue(settings)

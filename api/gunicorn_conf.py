@@ -8,10 +8,12 @@ _settings = load_settings()
 
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.worker_count
-# Threads let one worker hold many connections; model work is serialised per process by the model
-# lock (and gathered into batches), so threads do not oversubscribe the cores.
+# Threads let one worker hold many connections; every forward pass of the process runs on its one
+# engine thread (shared/engine.py), so request threads do not oversubscribe the cores.
 worker_class = "gthread"
 threads = _settings.http_threads
+# For gthread workers this is only a heartbeat, not a request limit (the engine thread keeps the
+# worker's heartbeat going); requests stop at SAGEMAKER_MODEL_SERVER_TIMEOUT through their deadline.
 timeout = _settings.timeout_s
 graceful_timeout = 30
 keepalive = 5

@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 
 from api.codecs import Invocation, decode_invocation, shape_like_request
 from api.openapi import openapi_document
+from shared.engine import Ticket
 from shared.jobs import JobQueue, JobRecord, new_record
 from shared.results import text_response
 from shared.service import ClarionService
 from shared.settings import Settings
 
 bp = Blueprint("clarion", __name__)
+TIMEOUT_MESSAGE = (
+    "the request did not finish within the request timeout (SAGEMAKER_MODEL_SERVER_TIMEOUT); ask for "
+    "fewer max_evals or fewer texts, or submit it as a job (POST /explanations with a broker configured)"
+)
+
+
+@bp.before_app_request
+def start_the_clock() -> None:
+    """A request's deadline starts when it arrives, so classification time counts too."""
+    g.ticket = Ticket.within(_settings().timeout_s, TIMEOUT_MESSAGE)
+
+
+def request_ticket() -> Ticket:
+    """This request's deadline (SAGEMAKER_MODEL_SERVER_TIMEOUT from its arrival)."""
+    return g.ticket
 
 
 def _service() -> ClarionService:
@@ -44,14 +59,13 @@ def openapi() -> Any:
 def invocations() -> Any:
     invocation = decode_invocation(request, _settings())
     service = _service()
-    classifications = service.classify(invocation.texts)
+    classifications = service.classify(invocation.texts, request_ticket())
     parameters = invocation.parameters
     if parameters.explain and parameters.asynchronous:
         return _submit(invocation, classifications)
     explanations: list[Any] = [None] * len(invocation.texts)
     if parameters.explain:
-        deadline = request_deadline(_settings())
-        explanations = service.explain(invocation.texts, parameters.explain_options(), deadline)
+        explanations = service.explain(invocation.texts, parameters.explain_options(), request_ticket())
     model_id = service.model.model_id
     items = [text_response(c, e, model_id) for c, e in zip(classifications, explanations, strict=True)]
     return jsonify(shape_like_request(invocation, items))
@@ -60,7 +74,7 @@ def invocations() -> Any:
 @bp.post("/explanations")
 def create_explanation() -> Any:
     invocation = decode_invocation(request, _settings())
-    return _submit(invocation, _service().classify(invocation.texts))
+    return _submit(invocation, _service().classify(invocation.texts, request_ticket()))
 
 
 @bp.get("/explanations/<job_id>")
@@ -71,11 +85,6 @@ def get_explanation(job_id: str) -> Any:
 @bp.delete("/explanations/<job_id>")
 def cancel_explanation(job_id: str) -> Any:
     return jsonify(_jobs().cancel(job_id).public())
-
-
-def request_deadline(settings: Settings) -> float:
-    """Synchronous explanations stop at the request timeout (SAGEMAKER_MODEL_SERVER_TIMEOUT)."""
-    return time.monotonic() + settings.timeout_s
 
 
 def _submit(invocation: Invocation, classifications: list[Any]) -> Any:

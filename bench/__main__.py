@@ -1,4 +1,4 @@
-"""Command line: `python -m bench explain|classify|coldstart|jobs [--smoke] [--out DIR] [options]`."""
+"""Command line: `python -m bench COMMAND [--smoke] [--out DIR] [options]` (COMMANDS lists them)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ COMMANDS = {
     "classify": "HTTP requests/s and latency at several concurrencies, micro-batching on and off",
     "coldstart": "seconds from process start to healthy /ping, and peak RSS of the service",
     "jobs": "explanation jobs on Redis + Celery: submit-to-succeeded latency and jobs/min by worker count",
+    "load": "the engine under load: classification latency while explaining, deadlines, shared passes",
+    "passes": "forward-pass time and per-row cost by rows and length: what sizes the engine's passes",
 }
 
 

@@ -34,7 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--requests", type=int, default=200, help="requests per concurrency level")
     parser.add_argument("--duration", type=float, default=60.0, help="cap in seconds per level")
     parser.add_argument("--url", default=None, help="benchmark this running service instead of starting one")
-    parser.add_argument("--batch-window-ms", default="2", help="BATCH_WINDOW_MS of the batching run")
     parser.add_argument("--model-dir", default=str(MINILM_DIR))
 
 
@@ -45,20 +44,20 @@ def main(args: argparse.Namespace) -> int:
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     sentences = sst2_sentences()
     reference = _in_process_throughput(args.model_dir, sentences, batches=2 if args.smoke else 10)
-    print(f"in-process model.logits, batches of {REFERENCE_BATCH}: {reference:.1f} sentences/s", flush=True)
+    print(f"in-process model.forward, batches of {REFERENCE_BATCH}: {reference:.1f} sentences/s", flush=True)
 
-    modes = [("url", None)] if args.url else [("batching", args.batch_window_ms), ("no-batching", "off")]
+    modes = [("url", None)] if args.url else [("batching", "on"), ("no-batching", "off")]
     runs: list[dict[str, Any]] = []
-    for mode, window in modes:
-        with _service(args, window, cache=False) as url:
+    for mode, merging in modes:
+        with _service(args, merging, cache=False) as url:
             _warm_up(url, sentences)
             for level in levels:
-                run = {"mode": mode, "batch_window_ms": window, "concurrency": level}
+                run = {"mode": mode, "micro_batching": merging, "concurrency": level}
                 run.update(_load(url, sentences, level, args.requests, args.duration))
                 runs.append(run)
                 print(_row_line(run), flush=True)
 
-    with _service(args, args.batch_window_ms, cache=True) as url:
+    with _service(args, "on", cache=True) as url:
         repeat_ms = _repeated_explanation_ms(url, sentences[-1])
     print(f"repeated identical explanation request: {repeat_ms:.1f} ms", flush=True)
 
@@ -71,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
         "runs": runs,
         "ratios": ratios,
     }
-    lines = [_table(runs), "", f"in-process reference (model.logits, batches of {REFERENCE_BATCH}): "]
+    lines = [_table(runs), "", f"in-process reference (model.forward, batches of {REFERENCE_BATCH}): "]
     lines[-1] += f"{reference:.1f} sentences/s"
     lines.append(f"repeated identical explanation request (cache hit, over HTTP): {fmt(repeat_ms, '.1f')} ms")
     if ratios:
@@ -97,15 +96,15 @@ def _in_process_throughput(model_dir: str, sentences: list[str], batches: int) -
     chunks = [
         [e.ids for e in encoded[i : i + REFERENCE_BATCH]] for i in range(0, len(encoded), REFERENCE_BATCH)
     ]
-    model.logits(chunks[0], REFERENCE_BATCH)  # warm up
-    _, seconds = timed(lambda: [model.logits(rows, REFERENCE_BATCH) for rows in chunks])
+    model.forward(chunks[0])  # warm up
+    _, seconds = timed(lambda: [model.forward(rows) for rows in chunks])
     return len(encoded) / seconds
 
 
 @contextmanager
-def _service(args: argparse.Namespace, window: str | None, cache: bool) -> Iterator[str]:
-    """The URL to benchmark: --url as given, or a fresh `clarion serve`, micro-batching with a
-    BATCH_WINDOW_MS=window, or without micro-batching (MICRO_BATCHING=false) when window is "off".
+def _service(args: argparse.Namespace, merging: str | None, cache: bool) -> Iterator[str]:
+    """The URL to benchmark: --url as given, or a fresh `clarion serve` with concurrent
+    classifications sharing passes (MICRO_BATCHING=true, "on") or each in passes of its own ("off").
     Throughput runs turn the cache off: the levels reuse the same sentences, and a cache hit runs no
     forward pass, so it would measure the cache instead of the batching."""
     if args.url:
@@ -116,7 +115,7 @@ def _service(args: argparse.Namespace, window: str | None, cache: bool) -> Itera
     env = {"MODEL_DIR": args.model_dir, "SERVERLESS": "true", "ACCESS_LOG": "false"}
     if not cache:
         env["EXPLANATION_CACHE_SIZE"] = "0"
-    env.update({"MICRO_BATCHING": "false"} if window == "off" else {"BATCH_WINDOW_MS": str(window)})
+    env["MICRO_BATCHING"] = "false" if merging == "off" else "true"
     with tempfile.TemporaryDirectory(prefix="clarion-bench-") as tmp, running_service(Path(tmp), env) as svc:
         wait_healthy(svc, timeout=300)
         yield svc.url
@@ -214,13 +213,13 @@ def _ratios(runs: list[dict[str, Any]], levels: list[int]) -> dict[str, Any]:
     }
 
 
-HEADERS = ["mode", "window ms", "concurrency", "requests", "errors", "req/s", "p50 ms", "p99 ms"]
+HEADERS = ["mode", "merged", "concurrency", "requests", "errors", "req/s", "p50 ms", "p99 ms"]
 
 
 def _cells(r: dict[str, Any]) -> list[str]:
     return [
         r["mode"],
-        str(r["batch_window_ms"] if r["batch_window_ms"] is not None else "-"),
+        str(r["micro_batching"] if r["micro_batching"] is not None else "-"),
         str(r["concurrency"]),
         str(r["requests"]),
         str(r["errors"]),

@@ -27,14 +27,23 @@ from bench.common import (
 )
 
 MODELS = ("minilm", "distilbert")
-FLOOR_BATCHES = (16, 32, 64)
+FLOOR_ROWS = (2, 4, 8, 16, 32, 64)
+FLOOR_MAX_TOKENS = 8192
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--texts", type=int, default=20, help="short SST-2 dev sentences (the first N)")
     parser.add_argument("--long", type=int, default=3, help="long reviews of ~250-300 tokens")
     parser.add_argument("--max-evals", type=int, default=500)
-    parser.add_argument("--batch-size", type=int, default=64, help="Clarion's (and the reference's) batch")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=5,
+        help="SHAP's batch size (Clarion's and the reference's); 5 is SHAP's",
+    )
+    parser.add_argument(
+        "--pass-tokens", type=int, default=None, help="the engine's PASS_TOKENS (default: device's)"
+    )
     parser.add_argument("--models", default=",".join(MODELS), help="comma list of: minilm, distilbert")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--skip-seed", action="store_true", help="skip the slow seed approach")
@@ -56,7 +65,8 @@ def main(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="clarion-bench-") as tmp:
         for name in models:
-            model = _load(name, args.threads, Path(tmp))
+            engine = _load(name, args.threads, Path(tmp), args.pass_tokens)
+            model = engine.model
             sentences = sst2_sentences()
             samples = [("short", s) for s in sentences[: args.texts]]
             samples += [
@@ -65,11 +75,12 @@ def main(args: argparse.Namespace) -> int:
             if not samples:
                 continue
             seed = None if args.skip_seed else _seed_explainer(model)
-            _warm_up(model, seed, samples[0][1], args.batch_size)
+            _warm_up(engine, seed, samples[0][1], args.batch_size)
             for kind, text in samples:
-                row = _measure(model, seed, text, args.max_evals, args.batch_size)
-                rows.append({"model": name, "kind": kind, **row})
+                row = _measure(engine, seed, text, args.max_evals, args.batch_size)
+                rows.append({"model": name, "kind": kind, "backend": "torch", **row})
                 print(_row_line(rows[-1]), flush=True)
+            engine.stop()
 
     summary = _summarize(rows)
     data = {"config": _config(args), "environment": environment(), "rows": rows, "summary": summary}
@@ -78,12 +89,15 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(name: str, threads: int, tmp: Path) -> Any:
+def _load(name: str, threads: int, tmp: Path, pass_tokens: int | None) -> Any:
+    """The model and its engine, as a Clarion process runs them."""
+    from shared.engine import Engine, pass_limits_for
     from shared.model import load_text_model
     from shared.settings import Settings
 
     directory = MINILM_DIR if name == "minilm" else build_random_distilbert(tmp / name)
-    return load_text_model(Settings(model_dir=str(directory), torch_threads=threads))
+    model = load_text_model(Settings(model_dir=str(directory), torch_threads=threads))
+    return Engine(model, pass_limits_for(model, tokens=pass_tokens))
 
 
 def _long_texts(model: Any, sentences: list[str], count: int, bounds: tuple[int, int]) -> list[str]:
@@ -117,28 +131,30 @@ def _seed_explainer(model: Any) -> Any:
     return shap.Explainer(pipeline)
 
 
-def _options(max_evals: int, precision: str) -> Any:
+def _options(max_evals: int, precision: str, batch_size: int) -> Any:
     from shared.schemas import ExplainOptions
 
-    return ExplainOptions(max_evals=max_evals, seed=0, precision=precision)
+    return ExplainOptions(max_evals=max_evals, seed=0, precision=precision, batch_size=batch_size)
 
 
-def _warm_up(model: Any, seed: Any, text: str, batch_size: int) -> None:
+def _warm_up(engine: Any, seed: Any, text: str, batch_size: int) -> None:
     """First calls allocate, pick kernels, quantize (fast on CPUs without bf16): keep that out of timings."""
     from shared.explainer import explain_texts
 
     for precision in ("exact", "fast"):
-        explain_texts(model, [text], _options(16, precision), batch_size)
-    _reference_values(model, text, 16, batch_size)
+        explain_texts(engine, [text], _options(16, precision, batch_size))
+    _reference_values(engine.model, text, 16, batch_size)
     if seed is not None:
         seed([text], max_evals=16, silent=True)
 
 
-def _measure(model: Any, seed: Any, text: str, max_evals: int, batch_size: int) -> dict[str, Any]:
+def _measure(engine: Any, seed: Any, text: str, max_evals: int, batch_size: int) -> dict[str, Any]:
     from shared.explainer import explain_texts
 
-    (exact,), exact_s = timed(lambda: explain_texts(model, [text], _options(max_evals, "exact"), batch_size))
-    (fast,), fast_s = timed(lambda: explain_texts(model, [text], _options(max_evals, "fast"), batch_size))
+    model = engine.model
+    exact_options, fast_options = (_options(max_evals, p, batch_size) for p in ("exact", "fast"))
+    (exact,), exact_s = timed(lambda: explain_texts(engine, [text], exact_options))
+    (fast,), fast_s = timed(lambda: explain_texts(engine, [text], fast_options))
     reference, reference_s = timed(lambda: _reference_values(model, text, max_evals, batch_size))
     exact_values, fast_values = _values(exact), _values(fast)
     label = int(np.argmax([exact.model_output[name] for name in exact.labels]))
@@ -197,13 +213,14 @@ def _reference_values(model: Any, text: str, max_evals: int, batch_size: int) ->
 
 
 def _per_row_cost(model: Any, ids: np.ndarray, repeats: int = 2) -> float:
-    """Best seconds per row of one unpadded forward pass over copies of the text's own ids."""
+    """The model's best seconds per row on this text: one unpadded pass over copies of its ids, at
+    whichever pass size runs best (the floor no pass size of the engine can beat)."""
     costs = []
-    for b in FLOOR_BATCHES:
+    for b in FLOOR_ROWS:
+        if b > 2 and b * len(ids) > FLOOR_MAX_TOKENS:
+            break
         rows = [ids] * b
-        costs.append(
-            best_time(lambda rows=rows, b=b: model.logits(rows, b, same_length_batches=True), repeats) / b
-        )
+        costs.append(best_time(lambda rows=rows: model.forward(rows), repeats) / b)
     return min(costs)
 
 
@@ -286,5 +303,15 @@ def _summary_line(s: dict[str, Any]) -> str:
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("texts", "long", "max_evals", "batch_size", "models", "threads", "skip_seed", "smoke")
-    return {key: getattr(args, key) for key in keys}
+    keys = (
+        "texts",
+        "long",
+        "max_evals",
+        "batch_size",
+        "pass_tokens",
+        "models",
+        "threads",
+        "skip_seed",
+        "smoke",
+    )
+    return {key: getattr(args, key) for key in keys} | {"backend": "torch"}

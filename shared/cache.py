@@ -1,9 +1,9 @@
 """Finished explanations and classifications, cached so identical requests are not computed twice.
 
-The key covers everything that changes the numbers: the model's identity, the text, every explanation
-option and the explainer's batch size. Explanations: in-process LRU in single-process mode; Redis
-(shared by the API and all workers) when Redis is configured. Classifications (cheap, small): an
-in-process LRU. A cache failure never fails a request.
+The key covers everything that changes the numbers: the algorithm's version, the model's identity,
+the text and every explanation option (SHAP's batch size among them). Explanations: in-process LRU
+in single-process mode; Redis (shared by the API and all workers) when Redis is configured.
+Classifications (cheap, small): an in-process LRU. A cache failure never fails a request.
 """
 
 from __future__ import annotations
@@ -24,8 +24,14 @@ REDIS_PREFIX = "clarion:explanation:"
 T = TypeVar("T")
 
 
-def explanation_key(model_fingerprint: str, text: str, options: ExplainOptions, batch_size: int) -> str:
-    material = json.dumps([model_fingerprint, text, list(options.cache_key()), batch_size], default=str)
+def explanation_key(model_fingerprint: str, text: str, options: ExplainOptions) -> str:
+    """Covers the algorithm's version, the model, the text and every option (SHAP's batch size
+    included); not the pass size, which never changes a number."""
+    from shared.explainer import ALGORITHM_VERSION
+
+    material = json.dumps(
+        [ALGORITHM_VERSION, model_fingerprint, text, list(options.cache_key())], default=str
+    )
     return hashlib.sha256(material.encode()).hexdigest()
 
 

@@ -6,22 +6,25 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from shared.model import EncodedText, TextModel
+from shared.engine import CLASSIFY, Engine, Ticket
+from shared.model import EncodedText
 from shared.results import Classification, LabelScore
 
 
 def classify_encoded(
-    model: TextModel, encoded: Sequence[EncodedText], batch_size: int
+    engine: Engine, encoded: Sequence[EncodedText], ticket: Ticket | None = None
 ) -> list[Classification]:
-    """One batched forward pass (per `batch_size` rows) over already-encoded texts."""
+    """Score already-encoded texts; their rows go first in the engine's next pass."""
     if not encoded:
         return []
-    scores = model.outputs(model.logits([e.ids for e in encoded], batch_size), "probability")
-    return [_classification(model.labels, row, e.truncated) for row, e in zip(scores, encoded, strict=True)]
+    logits = engine.run([e.ids for e in encoded], CLASSIFY, "exact", ticket or Ticket())
+    scores = engine.model.outputs(logits, "probability")
+    labels = engine.model.labels
+    return [_classification(labels, row, e.truncated) for row, e in zip(scores, encoded, strict=True)]
 
 
-def classify(model: TextModel, texts: Sequence[str], batch_size: int) -> list[Classification]:
-    return classify_encoded(model, model.encode(texts), batch_size)
+def classify(engine: Engine, texts: Sequence[str], ticket: Ticket | None = None) -> list[Classification]:
+    return classify_encoded(engine, engine.model.encode(texts), ticket)
 
 
 def _classification(labels: list[str], scores: np.ndarray, truncated: bool) -> Classification:

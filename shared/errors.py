@@ -61,3 +61,15 @@ class UnsafeArchive(ModelLoadError):
     """A model archive tries to write outside its target directory or holds special files."""
 
     code = "unsafe_archive"
+
+
+class JobCancelled(ClarionError):
+    """The job was cancelled (DELETE) while it ran; its queued work was dropped."""
+
+    code = "cancelled"
+
+
+class EngineStopped(ClarionError):
+    """The process is shutting down; no more forward passes will run."""
+
+    code = "engine_stopped"

@@ -1,43 +1,30 @@
-"""Explain texts: SHAP Partition values per token, computed with batched, unpadded forward passes.
+"""Explain texts: SHAP Partition values per token, each text's rounds run by the engine.
 
-`explain_texts` is the one implementation of "explain these texts": the HTTP path in single-process
-mode and the Celery task both call it.
+`explain_encoded` is the one implementation of "explain these texts": the service calls it for the
+HTTP path in single-process mode and for the Celery task alike. Each text's Owen recursion is
+sequential (a round's masks depend on the previous round's outputs), so a text submits its next
+round as soon as its previous one is back; the engine merges the rounds of every text and every
+request in flight into shared passes.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 
 import numpy as np
 
-from shared.errors import ExplanationTimeout, InvalidRequest
+from shared.engine import EXPLAIN, Engine, Ticket
+from shared.errors import InvalidRequest
 from shared.model import EncodedText, TextModel
 from shared.owen import OwenSteps, owen_values, text_clustering, token_segments
 from shared.results import Explanation
 from shared.schemas import ExplainOptions
 
-
-@dataclass(frozen=True)
-class _PassSize:
-    rows: int  # SHAP's default batch size on this device, and the rows per forward pass
-    tokens: int  # rows x tokens per pass
-
-
-# On CPU the per-row cost is lowest around 1-3k tokens per pass (measured on minilm: 8 rows of 256
-# tokens beat 64 by ~20 %); GPUs want far bigger passes.
-_CPU = _PassSize(rows=64, tokens=2048)
-_GPU = _PassSize(rows=256, tokens=65536)
-
-
-def _pass_size(model: TextModel) -> _PassSize:
-    return _GPU if model.device.type == "cuda" else _CPU
-
-
-def default_explain_batch_size(model: TextModel, configured: int | None) -> int:
-    """Rows per forward pass: what the device runs best, unless the operator set EXPLAIN_BATCH_SIZE."""
-    return configured if configured is not None else _pass_size(model).rows
+# Bumped whenever a change to the algorithm (owen.py, this module) or to the Explanation format
+# could change a number or a field: cache entries of another version are never served.
+ALGORITHM_VERSION = 2
 
 
 @dataclass
@@ -52,6 +39,8 @@ class _Job:
     pending: np.ndarray | None = None
     values: np.ndarray | None = None
     evaluations: int = 0
+    f00: np.ndarray | None = None
+    f11: np.ndarray | None = None
 
     def masked_ids(self, masks: np.ndarray, mask_token_id: int) -> list[np.ndarray]:
         kept = masks | self.keep
@@ -59,71 +48,69 @@ class _Job:
 
 
 def explain_texts(
-    model: TextModel, texts: Sequence[str], options: ExplainOptions, batch_size: int
+    engine: Engine, texts: Sequence[str], options: ExplainOptions, ticket: Ticket | None = None
 ) -> list[Explanation]:
-    return explain_encoded(model, model.encode(texts), options, batch_size)
+    return explain_encoded(engine, engine.model.encode(texts), options, ticket)
 
 
 def explain_encoded(
-    model: TextModel,
-    encoded: Sequence[EncodedText],
-    options: ExplainOptions,
-    batch_size: int,
-    deadline: float | None = None,
+    engine: Engine, encoded: Sequence[EncodedText], options: ExplainOptions, ticket: Ticket | None = None
 ) -> list[Explanation]:
-    """Explain every text; the masks of all texts are evaluated together, round by round.
-
-    `deadline` (a `time.monotonic()` value) stops the work between rounds with ExplanationTimeout.
-    """
+    """Explain every text. The ticket's deadline or cancellation stops the work within one pass
+    (its error is raised here, and the engine drops the rows still queued)."""
+    model = engine.model
+    ticket = ticket or Ticket()
+    requested = _requested_label_indexes(model, options)  # unknown labels fail before any work
     jobs = [_new_job(model, e) for e in encoded]
-    n = len(jobs)
-    none = [np.zeros(len(j.encoded.ids), dtype=bool) for j in jobs]
-    rows = [j.masked_ids(m[None, :], model.mask_token_id)[0] for j, m in zip(jobs, none, strict=True)]
-    rows += [j.encoded.ids for j in jobs]
-    end_logits = _logits(model, rows, options, batch_size)
-    ends = model.outputs(end_logits, options.output)
-    f00, f11 = ends[:n], ends[n:]
-    probabilities = model.outputs(end_logits[n:], "probability")
-    for i, job in enumerate(jobs):
-        job.label_indexes = _label_indexes(model, options, probabilities[i])
-        idx = job.label_indexes
-        rng = np.random.RandomState(options.seed)
-        job.steps = owen_values(job.clustering, f00[i][idx], f11[i][idx], options.max_evals, batch_size, rng)
-        _advance(job, None)
+    in_flight: dict[Future, _Job] = {}
 
-    while active := [j for j in jobs if j.pending is not None]:
-        if deadline is not None and time.monotonic() > deadline:
-            raise ExplanationTimeout(
-                "the explanation did not finish within the request timeout; ask for fewer max_evals "
-                "or fewer texts, or submit it as a job (POST /explanations with a broker configured)"
-            )
-        rows, owners = [], []
-        for job in active:
-            assert job.pending is not None
-            ids = job.masked_ids(job.pending, model.mask_token_id)
-            rows += ids
-            owners.append(len(ids))
-        outputs = _outputs(model, rows, options, batch_size)
-        start = 0
-        for job, count in zip(active, owners, strict=True):
-            _advance(job, outputs[start : start + count][:, job.label_indexes])
-            start += count
+    def submit(job: _Job, rows: list[np.ndarray]) -> None:
+        in_flight[engine.submit(rows, EXPLAIN, options.precision, ticket)] = job
 
-    return [_explanation(model, job, options, f00[i], f11[i]) for i, job in enumerate(jobs)]
+    for job in jobs:  # first the all-masked and unmasked rows: base value and model output
+        none = np.zeros(len(job.encoded.ids), dtype=bool)
+        submit(job, [job.masked_ids(none[None, :], model.mask_token_id)[0], job.encoded.ids])
+    try:
+        while in_flight:
+            ticket.check()
+            done, _ = wait(list(in_flight), timeout=ticket.wait_s(3600), return_when=FIRST_COMPLETED)
+            for future in done:
+                job = in_flight.pop(future)
+                logits = future.result()  # the ticket's error, if the engine dropped the rows
+                if job.steps is None:
+                    _start(job, engine, options, logits, requested)
+                else:
+                    _advance(job, model.outputs(logits, options.output)[:, job.label_indexes])
+                if job.pending is not None:
+                    submit(job, job.masked_ids(job.pending, model.mask_token_id))
+    except BaseException:
+        engine.cancel(ticket)  # drop the other texts' queued rounds
+        raise
+    return [_explanation(model, job, options) for job in jobs]
 
 
-def _logits(model: TextModel, rows: list[np.ndarray], options: ExplainOptions, batch_size: int) -> np.ndarray:
-    """One call for the rows of every text in the round; passes never mix lengths (no padding)."""
-    size = _pass_size(model)
-    return model.logits(
-        rows, max(batch_size, size.rows), options.precision, same_length_batches=True, max_tokens=size.tokens
+def _start(
+    job: _Job, engine: Engine, options: ExplainOptions, logits: np.ndarray, requested: list[int] | None
+) -> None:
+    model = engine.model
+    ends = model.outputs(logits, options.output)
+    job.f00, job.f11 = ends[0], ends[1]
+    job.label_indexes = requested or _predicted_label_indexes(
+        model, model.outputs(logits[1:], "probability")[0]
     )
-
-
-def _outputs(
-    model: TextModel, rows: list[np.ndarray], options: ExplainOptions, batch_size: int
-) -> np.ndarray:
-    return model.outputs(_logits(model, rows, options, batch_size), options.output)
+    idx = job.label_indexes
+    rng = np.random.RandomState(options.seed)
+    assert options.batch_size is not None  # filled in from the settings when the options were parsed
+    if len(job.encoded.ids) <= 1:
+        return  # a single token: no tree to walk (see _explanation)
+    # Rounds of a short text are far smaller than a pass; fill them with the masks the recursion is
+    # likely to need next (same numbers, fewer passes).
+    rows_per_pass = min(engine.limits.rows, max(1, engine.limits.tokens // len(job.encoded.ids)))
+    f00, f11 = job.f00[idx], job.f11[idx]
+    job.steps = owen_values(
+        job.clustering, f00, f11, options.max_evals, options.batch_size, rng, lookahead=rows_per_pass
+    )
+    _advance(job, None)
 
 
 def _advance(job: _Job, outputs: np.ndarray | None) -> None:
@@ -146,23 +133,28 @@ def _new_job(model: TextModel, encoded: EncodedText) -> _Job:
     return _Job(encoded=encoded, keep=keep, clustering=clustering, label_indexes=[])
 
 
-def _label_indexes(model: TextModel, options: ExplainOptions, probabilities: np.ndarray) -> list[int]:
+def _requested_label_indexes(model: TextModel, options: ExplainOptions) -> list[int] | None:
+    """The labels asked for by name or "all"; None for "predicted" (known once the text ran)."""
     if options.labels == "all":
         return list(range(len(model.labels)))
     if options.labels == "predicted":
-        if model.multi_label:
-            chosen = [i for i, p in enumerate(probabilities) if p >= 0.5]
-            return chosen or [int(np.argmax(probabilities))]
-        return [int(np.argmax(probabilities))]
+        return None
     unknown = [label for label in options.labels if label not in model.labels]
     if unknown:
         raise InvalidRequest(f"parameters.labels: unknown label(s) {unknown}; the model has {model.labels}")
     return [model.labels.index(label) for label in dict.fromkeys(options.labels)]
 
 
-def _explanation(
-    model: TextModel, job: _Job, options: ExplainOptions, f00: np.ndarray, f11: np.ndarray
-) -> Explanation:
+def _predicted_label_indexes(model: TextModel, probabilities: np.ndarray) -> list[int]:
+    if model.multi_label:
+        chosen = [i for i, p in enumerate(probabilities) if p >= 0.5]
+        return chosen or [int(np.argmax(probabilities))]
+    return [int(np.argmax(probabilities))]
+
+
+def _explanation(model: TextModel, job: _Job, options: ExplainOptions) -> Explanation:
+    f00, f11 = job.f00, job.f11
+    assert f00 is not None and f11 is not None
     text, offsets, ids = job.encoded.text, job.encoded.offsets, job.encoded.ids
     if job.values is None:  # a single token: no tree to walk, the whole difference is its credit
         job.values = (f11 - f00)[job.label_indexes][None, :]
@@ -190,5 +182,6 @@ def _explanation(
         evaluations=job.evaluations,
         seed=options.seed,
         precision=options.precision,
+        batch_size=options.batch_size,
         truncated=job.encoded.truncated,
     )

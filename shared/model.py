@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,8 +46,6 @@ class TextModel:
     pad_token_id: int
     keep_prefix: int
     keep_suffix: int
-    # One forward pass at a time per process: concurrent passes only fight over the same cores.
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _fast_model: Any = field(default=None, repr=False)
 
     def encode(self, texts: Sequence[str]) -> list[EncodedText]:
@@ -82,42 +79,24 @@ class TextModel:
             out.append(EncodedText(item.text, item.ids, item.offsets, item.special, was_truncated))
         return out
 
-    def logits(
-        self,
-        rows: Sequence[np.ndarray],
-        batch_size: int,
-        precision: Precision = "exact",
-        same_length_batches: bool = False,
-        max_tokens: int | None = None,
-    ) -> np.ndarray:
-        """Raw logits for token-id rows, in order.
-
-        Rows are sorted by length and run `batch_size` at a time, padded to the longest in their
-        batch. With `same_length_batches` a batch never mixes lengths, so nothing is padded (SHAP's
-        masked variants of one text all have the text's length). `max_tokens` also caps rows x
-        length per pass: on CPUs the per-row cost of long rows grows again past a few thousand
-        tokens per pass (cache pressure), so long texts run in smaller batches.
-        """
+    def forward(self, rows: Sequence[np.ndarray], precision: Precision = "exact") -> np.ndarray:
+        """Raw logits (rows x labels, float32) of ONE forward pass over token-id rows, padded to the
+        longest. Only the engine (shared/engine.py) calls this while serving: it decides what
+        shares a pass, and it is the only thread that touches the model."""
         import torch
 
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-        out = np.empty((len(rows), len(self.labels)), dtype=np.float32)
-        with self._lock, torch.inference_mode():
-            model = self._model_for(precision)  # under the lock: the fast copy is made once
-            lengths = [len(r) for r in rows]
-            for chunk in _chunks(order, lengths, batch_size, same_length_batches, max_tokens):
-                width = max(len(rows[i]) for i in chunk)
-                ids = np.full((len(chunk), width), self.pad_token_id, dtype=np.int64)
-                attention = np.zeros((len(chunk), width), dtype=np.int64)
-                for j, i in enumerate(chunk):
-                    ids[j, : len(rows[i])] = rows[i]
-                    attention[j, : len(rows[i])] = 1
-                inputs = {"input_ids": torch.from_numpy(ids).to(self.device)}
-                if not attention.all():
-                    inputs["attention_mask"] = torch.from_numpy(attention).to(self.device)
-                logits = model(**inputs).logits
-                out[chunk] = logits.float().cpu().numpy()
-        return out
+        width = max(len(r) for r in rows)
+        ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int64)
+        attention = np.zeros((len(rows), width), dtype=np.int64)
+        for j, row in enumerate(rows):
+            ids[j, : len(row)] = row
+            attention[j, : len(row)] = 1
+        with torch.inference_mode():
+            model = self._model_for(precision)
+            inputs = {"input_ids": torch.from_numpy(ids).to(self.device)}
+            if not attention.all():
+                inputs["attention_mask"] = torch.from_numpy(attention).to(self.device)
+            return model(**inputs).logits.float().cpu().numpy()
 
     def outputs(self, logits: np.ndarray, kind: Literal["probability", "logit"]) -> np.ndarray:
         """Model outputs in the requested space: probabilities (softmax, or sigmoid when multi-label)."""
@@ -126,7 +105,8 @@ class TextModel:
         return probabilities(logits, self.multi_label)
 
     def _model_for(self, precision: Precision) -> Any:
-        """The fp32 model, or for "fast" a half-precision copy made on first use.
+        """The fp32 model, or for "fast" a half-precision copy made on first use (by the engine's
+        thread, the only one that runs passes).
 
         Measured on minilm (2 CPU threads, batch 64): bf16 weights run 2.0-2.4x faster than fp32 with
         a median Spearman of 0.999 between fast and exact attributions; bf16 autocast is ~12 % slower
@@ -152,23 +132,6 @@ def _half_precision_copy(model: Any, device: Any) -> Any:
         log.warning("no fast half-precision path on %s: precision=fast runs in fp32", device)
         return model
     return copy.deepcopy(model).to(dtype).eval()
-
-
-def _chunks(
-    order: list[int], lengths: list[int], size: int, split_lengths: bool, max_tokens: int | None
-) -> list[list[int]]:
-    """Group row indexes (sorted by length) into forward passes."""
-    chunks: list[list[int]] = []
-    for i in order:
-        if chunks:
-            current = chunks[-1]
-            rows_cap = size if max_tokens is None else max(1, min(size, max_tokens // max(1, lengths[i])))
-            same_length = not split_lengths or lengths[current[0]] == lengths[i]
-            if len(current) < rows_cap and same_length:
-                current.append(i)
-                continue
-        chunks.append([i])
-    return chunks
 
 
 def probabilities(logits: np.ndarray, multi_label: bool) -> np.ndarray:
@@ -249,7 +212,7 @@ def load_text_model(settings: Settings, threads: int | None = None) -> TextModel
         **_boundary_tokens(tokenizer),
     )
     # Warm up: the first forward pass allocates and picks kernels; do it before reporting healthy.
-    text_model.logits([text_model.encode(["warm up"])[0].ids], batch_size=1)
+    text_model.forward([text_model.encode(["warm up"])[0].ids])
     log.info(
         "model %s loaded from %s on %s in %.1fs (%d threads)",
         location.model_id,

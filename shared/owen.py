@@ -8,7 +8,7 @@ neither changes a number:
   rows without padding, on any device);
 - masks become token ids directly (SHAP's `Text(tokenizer, output_type="token_ids")` masking), so no
   masked variant is decoded to a string and tokenized again.
-With the same batch size and seed the values equal SHAP's; tests/test_owen_matches_shap.py checks it.
+With the same batch size and seed the values equal SHAP's; tests/test_explainer.py checks it.
 Importing `shap` itself costs seconds of start-up, so the serving path does not.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 import math
 import re
+from collections import deque
 from collections.abc import Generator, Sequence
 
 import numpy as np
@@ -185,12 +186,19 @@ def owen_values(
     max_evals: int,
     batch_size: int,
     rng: np.random.RandomState,
+    lookahead: int = 0,
 ) -> OwenSteps:
     """Yield boolean mask batches (rows x tokens), receive their outputs, return (values, evaluations).
 
     `f00`/`f11` are the outputs with every token masked / none masked; `max_evals` counts them too,
     as in SHAP. `batch_size` is SHAP's: masks are taken from the queue while fewer than it are pending.
     `rng` breaks priority ties exactly as SHAP's `np.random.randn()` does after `np.random.seed(seed)`.
+
+    `lookahead`: fill each yielded batch up to this many rows with masks the recursion is likely to
+    need next (the next levels of the tree below the nodes in play), and remember every output by its
+    mask. A mask's output does not depend on when it is computed, so the recursion and its numbers
+    are SHAP's exactly; only the rows per forward pass change. On an uncut tree every internal node
+    is expanded, so nothing is wasted; on a cut tree at most `lookahead` rows are (one batch).
     """
     m = clustering.shape[0] + 1
     masks = mask_matrix(clustering)
@@ -201,6 +209,8 @@ def owen_values(
         (0.0, 0.0, counter, (np.zeros(m, dtype=bool), f00, f11, len(dvalues) - 1, 1.0))
     ]
     eval_count = 0
+    known: dict[bytes, np.ndarray] = {}  # mask -> output, for every row run
+    rows_run = 0
     while heap:
         if eval_count >= budget:
             while heap:
@@ -222,7 +232,27 @@ def owen_values(
             batch_masks.append(m01)
         if not batch_args:
             continue
-        fout = yield np.array(batch_masks)
+        missing: dict[bytes, np.ndarray] = {}
+        for mask in batch_masks:
+            key = mask.tobytes()
+            if key not in known:
+                missing[key] = mask
+        if missing:
+            # At most one batch of rows computed ahead and not yet used: on a cut tree, where some
+            # of them never will be, that bounds the waste.
+            ahead = rows_run - eval_count
+            room = min(lookahead - len(missing), lookahead - ahead, budget - rows_run - len(missing))
+            if room > 0:
+                frontier = [(a[0], a[5]) for a in batch_args] + [(a[0], a[6]) for a in batch_args]
+                frontier += [(a[2], a[5]) for a in batch_args] + [(a[1], a[6]) for a in batch_args]
+                frontier += [(entry[3][0], entry[3][3]) for entry in heapq.nsmallest(4 * batch_size, heap)]
+                missing.update(_likely_next(frontier, clustering, masks, m, room, known, missing))
+            rows = list(missing.values())
+            outputs = yield np.array(rows)
+            rows_run += len(rows)
+            for key, output in zip(missing, outputs, strict=True):
+                known[key] = output
+        fout = [known[mask.tobytes()] for mask in batch_masks]
         eval_count += len(batch_masks)
         for i, (m00, m10, m01, lo, hi, lind, rind, weight) in enumerate(batch_args):
             f10, f01 = fout[2 * i], fout[2 * i + 1]
@@ -239,3 +269,29 @@ def owen_values(
     values = dvalues.copy()
     _lower_credit(values, clustering, m)
     return values[:m], eval_count + 2
+
+
+def _likely_next(
+    frontier: list[tuple[np.ndarray, int]],
+    clustering: np.ndarray,
+    masks: np.ndarray,
+    m: int,
+    room: int,
+    known: dict[bytes, np.ndarray],
+    chosen: dict[bytes, np.ndarray],
+) -> dict[bytes, np.ndarray]:
+    """Up to `room` masks that expanding the frontier's nodes (breadth first) will ask for."""
+    found: dict[bytes, np.ndarray] = {}
+    queue = deque(frontier)
+    while queue and len(found) < room:
+        m00, ind = queue.popleft()
+        if ind < m:
+            continue
+        lind, rind = int(clustering[ind - m, 0]), int(clustering[ind - m, 1])
+        m10, m01 = m00 | masks[lind], m00 | masks[rind]
+        for mask in (m10, m01):
+            key = mask.tobytes()
+            if key not in known and key not in chosen and key not in found and len(found) < room:
+                found[key] = mask
+        queue.extend(((m00, lind), (m00, rind), (m01, lind), (m10, rind)))
+    return found

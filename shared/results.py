@@ -54,6 +54,7 @@ class Explanation:
     seed: int
     precision: str
     truncated: bool
+    batch_size: int | None = None  # SHAP's batch size (None only in entries from before it was recorded)
 
     def seed_pairs(self) -> list[list[Any]]:
         """The seed's shape: `[[token, {label: value, ...}], ...]`."""
@@ -76,6 +77,7 @@ class Explanation:
             "seed": self.seed,
             "precision": self.precision,
             "truncated": self.truncated,
+            "batch_size": self.batch_size,
         }
 
     @classmethod
@@ -93,6 +95,7 @@ class Explanation:
             seed=int(data["seed"]),
             precision=str(data["precision"]),
             truncated=bool(data["truncated"]),
+            batch_size=None if data.get("batch_size") is None else int(data["batch_size"]),
         )
 
 
@@ -113,5 +116,6 @@ def text_response(
             "evaluations": explanation.evaluations,
             "seed": explanation.seed,
             "precision": explanation.precision,
+            "batch_size": explanation.batch_size,
         }
     return body

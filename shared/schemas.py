@@ -31,6 +31,27 @@ class ExplainOptions(_Strict):
     )
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
     precision: Literal["exact", "fast"] = "exact"
+    batch_size: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            validate_default=True,
+            description="SHAP's batch size: how many tree nodes the Partition explainer expands per "
+            "round. It decides which nodes a cut tree (max_evals below the exact count) expands, so "
+            "it is part of the answer; it does not depend on the hardware. Default: EXPLAIN_BATCH_SIZE "
+            "(5, SHAP's default for text).",
+        ),
+    ] = None
+
+    @field_validator("batch_size")
+    @classmethod
+    def _default_batch_size(cls, value: int | None, info: ValidationInfo) -> int:
+        settings = _settings(info)
+        if value is None:
+            return settings.explain_batch_size
+        if value > settings.explain_batch_size_limit:
+            raise ValueError(f"batch_size must be <= {settings.explain_batch_size_limit}")
+        return value
 
     @field_validator("max_evals")
     @classmethod
@@ -49,7 +70,7 @@ class ExplainOptions(_Strict):
 
     def cache_key(self) -> tuple[Any, ...]:
         labels = tuple(self.labels) if isinstance(self.labels, list) else self.labels
-        return (self.max_evals, self.output, labels, self.seed, self.precision)
+        return (self.max_evals, self.output, labels, self.seed, self.precision, self.batch_size)
 
 
 def _settings(info: ValidationInfo) -> Settings:

@@ -1,4 +1,4 @@
-"""The per-process Clarion service: owns the loaded model and answers classify / explain calls.
+"""The per-process Clarion service: owns the loaded model and its engine, answers classify / explain.
 
 Both the API and the Celery worker hold one `ClarionService` per process, created after the fork.
 """
@@ -9,7 +9,6 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 
-from shared.batching import MicroBatcher
 from shared.cache import (
     Cache,
     ExplanationCache,
@@ -21,8 +20,9 @@ from shared.cache import (
     through_cache,
 )
 from shared.classifier import classify_encoded
+from shared.engine import Engine, Ticket, pass_limits_for
 from shared.errors import ClarionError, ModelNotReady
-from shared.explainer import default_explain_batch_size, explain_encoded
+from shared.explainer import explain_encoded
 from shared.model import TextModel, load_text_model
 from shared.results import Classification, Explanation
 from shared.schemas import ExplainOptions
@@ -42,8 +42,7 @@ class ClarionService:
         self.settings = settings
         self._threads = threads
         self._loader = loader
-        self._model: TextModel | None = None
-        self._batcher: MicroBatcher | None = None
+        self._engine: Engine | None = None
         self._error: str | None = None
         self._loading = threading.Event()
         self._cache = _explanation_cache(settings)
@@ -69,13 +68,8 @@ class ClarionService:
     def _load(self) -> None:
         try:
             model = self._loader(self.settings, self._threads)
-            if self.settings.micro_batching:
-                self._batcher = MicroBatcher(
-                    lambda encoded: classify_encoded(model, encoded, self.settings.max_batch_size),
-                    max_rows=self.settings.max_batch_size,
-                    window_s=self.settings.batch_window_ms / 1000,
-                )
-            self._model = model
+            limits = pass_limits_for(model, self.settings.pass_rows, self.settings.pass_tokens)
+            self._engine = Engine(model, limits, merge_classifications=self.settings.micro_batching)
         except ClarionError as exc:
             self._error = exc.message
             log.error("model failed to load: %s", exc.message)
@@ -85,49 +79,55 @@ class ClarionService:
 
     @property
     def ready(self) -> bool:
-        return self._model is not None
+        return self._engine is not None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            reason = f"model failed to load: {self._error}" if self._error else "model is loading"
+            raise ModelNotReady(reason)
+        return self._engine
 
     @property
     def model(self) -> TextModel:
-        if self._model is None:
-            reason = f"model failed to load: {self._error}" if self._error else "model is loading"
-            raise ModelNotReady(reason)
-        return self._model
+        return self.engine.model
 
     def status(self) -> dict[str, object]:
-        if self._model is not None:
-            return {"status": "healthy", "model": self._model.model_id, "labels": self._model.labels}
+        if self._engine is not None:
+            model = self._engine.model
+            return {"status": "healthy", "model": model.model_id, "labels": model.labels}
         if self._error is not None:
             return {"status": "failed", "error": self._error}
         return {"status": "loading"}
 
     # ---- work ---------------------------------------------------------------------------------
 
-    def classify(self, texts: Sequence[str]) -> list[Classification]:
-        model = self.model
+    def classify(self, texts: Sequence[str], ticket: Ticket | None = None) -> list[Classification]:
+        engine = self.engine
 
         def compute(missing: list[int]) -> list[Classification]:
-            encoded = model.encode([texts[i] for i in missing])  # tokenized in the request's thread
-            if self._batcher is not None:
-                return self._batcher.classify(encoded)
-            return classify_encoded(model, encoded, self.settings.max_batch_size)
+            encoded = engine.model.encode([texts[i] for i in missing])  # in the request's thread
+            return classify_encoded(engine, encoded, ticket)
 
-        keys = [classification_key(model.fingerprint, text) for text in texts]
+        keys = [classification_key(engine.model.fingerprint, text) for text in texts]
         return through_cache(self._classifications, keys, compute)
 
     def explain(
-        self, texts: Sequence[str], options: ExplainOptions, deadline: float | None = None
+        self, texts: Sequence[str], options: ExplainOptions, ticket: Ticket | None = None
     ) -> list[Explanation]:
         """Explain texts; cached ones come from the cache, the rest are computed together."""
-        model = self.model
-        batch = default_explain_batch_size(model, self.settings.explain_batch_size)
+        engine = self.engine
 
         def compute(missing: list[int]) -> list[Explanation]:
-            encoded = model.encode([texts[i] for i in missing])
-            return explain_encoded(model, encoded, options, batch, deadline)
+            encoded = engine.model.encode([texts[i] for i in missing])
+            return explain_encoded(engine, encoded, options, ticket)
 
-        keys = [explanation_key(model.fingerprint, text, options, batch) for text in texts]
+        keys = [explanation_key(engine.model.fingerprint, text, options) for text in texts]
         return through_cache(self._cache, keys, compute)
+
+    def stop(self) -> None:
+        if self._engine is not None:
+            self._engine.stop()
 
 
 def _explanation_cache(settings: Settings) -> ExplanationCache:

@@ -110,11 +110,12 @@ class Settings:
     max_text_chars: int = _env("MAX_TEXT_CHARS", _int_parser(1), 20_000)
     max_evals_limit: int = _env("MAX_EVALS_LIMIT", _int_parser(4), 5_000)
 
-    # Model execution.
-    max_batch_size: int = _env("MAX_BATCH_SIZE", _int_parser(1, 4096), 32)
-    explain_batch_size: int | None = _env("EXPLAIN_BATCH_SIZE", _int_parser(2, 4096))
+    # Model execution: the engine's pass size, and SHAP's batch size (which is part of the answer).
+    pass_rows: int | None = _env("PASS_ROWS", _int_parser(1, 65536))
+    pass_tokens: int | None = _env("PASS_TOKENS", _int_parser(1))
+    explain_batch_size: int = _env("EXPLAIN_BATCH_SIZE", _int_parser(1, 4096), 5)
+    explain_batch_size_limit: int = _env("EXPLAIN_BATCH_SIZE_LIMIT", _int_parser(1, 4096), 512)
     micro_batching: bool = _env("MICRO_BATCHING", parse_bool, True)
-    batch_window_ms: float = _env("BATCH_WINDOW_MS", _float_parser(0.0), 2.0)
     explanation_cache_size: int = _env("EXPLANATION_CACHE_SIZE", _int_parser(0), 1024)
 
     # Jobs (Celery + Redis).
@@ -158,6 +159,11 @@ class Settings:
         if self.jobs_are_async and self.redis_store_url is None:
             raise ConfigurationError(
                 "REDIS_URL: required with a non-Redis CELERY_BROKER_URL (job records are kept in Redis)"
+            )
+        if self.explain_batch_size > self.explain_batch_size_limit:
+            raise ConfigurationError(
+                f"EXPLAIN_BATCH_SIZE={self.explain_batch_size}: expected at most EXPLAIN_BATCH_SIZE_LIMIT "
+                f"({self.explain_batch_size_limit})"
             )
         if self.job_time_limit_s <= self.job_soft_time_limit_s:
             raise ConfigurationError(

@@ -117,6 +117,17 @@ def build_tiny_model(
     return directory
 
 
+def start_engine(model_dir: Path, threads: int | None = 1, **limits: int):
+    """Load a model in this process and start its engine (`limits`: PassLimits rows/tokens)."""
+    from shared.engine import CPU_PASS, Engine, PassLimits
+    from shared.model import load_text_model
+    from shared.settings import Settings
+
+    model = load_text_model(Settings(model_dir=str(model_dir), torch_threads=threads))
+    pass_limits = PassLimits(limits.get("rows", CPU_PASS.rows), limits.get("tokens", CPU_PASS.tokens))
+    return Engine(model, pass_limits)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

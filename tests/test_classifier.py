@@ -9,40 +9,49 @@ import pytest
 import torch
 
 from shared.classifier import classify
-from shared.model import load_text_model
-from shared.settings import Settings
+from shared.engine import Engine, PassLimits
+from tests.support import start_engine
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path):
-    return load_text_model(Settings(model_dir=str(tiny_model_dir), torch_threads=1))
+def engine(tiny_model_dir: Path):
+    engine = start_engine(tiny_model_dir)
+    yield engine
+    engine.stop()
 
 
-def test_every_label_scored_sorted_and_summing_to_one(tiny) -> None:
-    (result,) = classify(tiny, ["the film was great"], 8)
+@pytest.fixture(scope="module")
+def tiny(engine: Engine):
+    return engine.model
+
+
+def test_every_label_scored_sorted_and_summing_to_one(engine, tiny) -> None:
+    (result,) = classify(engine, ["the film was great"])
     assert sorted(s.label for s in result.scores) == ["negative", "neutral", "positive"]
     scores = [s.score for s in result.scores]
     assert scores == sorted(scores, reverse=True)
     assert abs(sum(scores) - 1) < 1e-6
 
 
-def test_batched_scores_equal_one_by_one(tiny) -> None:
+def test_batched_scores_equal_one_by_one(engine, tiny) -> None:
     texts = [
         "good",
         "the plot was boring and the acting awful",
         "i loved it",
         "not very good at all , really",
     ]
-    together = classify(tiny, texts, 3)
+    small_passes = Engine(tiny, PassLimits(rows=3, tokens=64))
+    together = classify(small_passes, texts)
+    small_passes.stop()
     for text, joint in zip(texts, together, strict=True):
-        (alone,) = classify(tiny, [text], 1)
+        (alone,) = classify(engine, [text])
         for a, b in zip(joint.scores, alone.scores, strict=True):
             assert a.label == b.label and abs(a.score - b.score) < 1e-5
 
 
-def test_scores_match_a_direct_forward_pass(tiny) -> None:
+def test_scores_match_a_direct_forward_pass(engine, tiny) -> None:
     text = "the acting was superb"
-    (result,) = classify(tiny, [text], 8)
+    (result,) = classify(engine, [text])
     with torch.inference_mode():
         logits = tiny.model(**tiny.tokenizer([text], return_tensors="pt")).logits[0].numpy()
     expected = np.exp(logits) / np.exp(logits).sum()
@@ -52,9 +61,11 @@ def test_scores_match_a_direct_forward_pass(tiny) -> None:
 
 
 def test_multi_label_uses_sigmoid(tiny_multilabel_dir: Path) -> None:
-    model = load_text_model(Settings(model_dir=str(tiny_multilabel_dir), torch_threads=1))
+    multi = start_engine(tiny_multilabel_dir)
+    model = multi.model
     assert model.multi_label
-    (result,) = classify(model, ["you are awful"], 8)
+    (result,) = classify(multi, ["you are awful"])
+    multi.stop()
     with torch.inference_mode():
         logits = model.model(**model.tokenizer(["you are awful"], return_tensors="pt")).logits[0].numpy()
     by_label = {s.label: s.score for s in result.scores}
@@ -62,7 +73,7 @@ def test_multi_label_uses_sigmoid(tiny_multilabel_dir: Path) -> None:
         assert abs(by_label[label] - 1 / (1 + np.exp(-logits[i]))) < 1e-5
 
 
-def test_truncation_is_reported(tiny) -> None:
-    short, long = classify(tiny, ["good", "good " * 500], 8)
+def test_truncation_is_reported(engine, tiny) -> None:
+    short, long = classify(engine, ["good", "good " * 500])
     assert short.truncated is False
     assert long.truncated is True

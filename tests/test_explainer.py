@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from shared.engine import Engine
 from shared.errors import InvalidRequest
 from shared.explainer import explain_texts
-from shared.model import TextModel, load_text_model
+from shared.model import TextModel
 from shared.schemas import ExplainOptions
-from shared.settings import Settings
 
 TEXTS = [
     "i loved this film , the acting was superb .",
@@ -23,8 +23,24 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path) -> TextModel:
-    return load_text_model(Settings(model_dir=str(tiny_model_dir), torch_threads=1))
+def engine(tiny_model_dir: Path) -> Engine:
+    from tests.support import start_engine
+
+    engine = start_engine(tiny_model_dir)
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture(scope="module")
+def tiny(engine: Engine) -> TextModel:
+    return engine.model
+
+
+def explain(engine: Engine, texts, options: ExplainOptions, batch_size: int | None = None):
+    """Explain with SHAP's batch size `batch_size` (the option), default: the options' own."""
+    if batch_size is not None:
+        options = options.model_copy(update={"batch_size": batch_size})
+    return explain_texts(engine, texts, options)
 
 
 def shap_reference(model: TextModel, text: str, options: ExplainOptions, batch_size: int, outputs=None):
@@ -49,112 +65,168 @@ def values_matrix(explanation) -> np.ndarray:
     return np.array([explanation.values[label] for label in explanation.labels]).T
 
 
-@pytest.mark.parametrize("batch_size", [10, 64])
+@pytest.mark.parametrize("batch_size", [None, 1, 10, 64])  # None: the default, SHAP's own for text (5)
 @pytest.mark.parametrize("max_evals", [40, 500])
 @pytest.mark.parametrize("output", ["probability", "logit"])
-def test_values_equal_shap(tiny: TextModel, batch_size: int, max_evals: int, output: str) -> None:
-    options = ExplainOptions(max_evals=max_evals, output=output, seed=7)
-    mine = explain_texts(tiny, TEXTS, options, batch_size)
+def test_values_equal_shap(
+    engine: Engine, tiny: TextModel, batch_size: int | None, max_evals: int, output: str
+) -> None:
+    options = ExplainOptions(max_evals=max_evals, output=output, seed=7, batch_size=batch_size)
+    assert options.batch_size == (batch_size or 5)
+    mine = explain(engine, TEXTS, options)
     for text, explanation in zip(TEXTS, mine, strict=True):
-        ref_values, ref_base = shap_reference(tiny, text, options, batch_size)
+        assert explanation.batch_size == options.batch_size
+        ref_values, ref_base = shap_reference(tiny, text, options, options.batch_size)
         assert values_matrix(explanation).shape == ref_values.shape
         np.testing.assert_allclose(values_matrix(explanation), ref_values, atol=1e-5, rtol=0)
         np.testing.assert_allclose(list(explanation.base_values.values()), ref_base, atol=1e-5, rtol=0)
 
 
-def test_uncut_tree_equals_shap_whatever_the_batch_size(tiny: TextModel) -> None:
+def test_default_batch_size_is_shaps_own_for_text() -> None:
+    import shap
+
+    assert ExplainOptions().batch_size == shap.maskers.Text(None).default_batch_size
+
+
+def test_uncut_tree_equals_shap_whatever_the_batch_size(engine: Engine, tiny: TextModel) -> None:
     options = ExplainOptions(max_evals=2000, seed=3)
     ref_values, _ = shap_reference(tiny, TEXTS[1], options, batch_size=10)
     for batch_size in (2, 16, 128):
-        (mine,) = explain_texts(tiny, [TEXTS[1]], options, batch_size)
+        (mine,) = explain(engine, [TEXTS[1]], options, batch_size)
         np.testing.assert_allclose(values_matrix(mine), ref_values, atol=1e-5, rtol=0)
 
 
-def test_label_subset_equals_shap_outputs(tiny: TextModel) -> None:
+def test_label_subset_equals_shap_outputs(engine: Engine, tiny: TextModel) -> None:
     options = ExplainOptions(max_evals=60, labels=["positive"], seed=1)
-    (mine,) = explain_texts(tiny, [TEXTS[2]], options, 10)
+    (mine,) = explain(engine, [TEXTS[2]], options, 10)
     ref_values, _ = shap_reference(tiny, TEXTS[2], options, 10, outputs=np.array([2]))
     assert mine.labels == ["positive"]
     np.testing.assert_allclose(values_matrix(mine), ref_values, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("output", ["probability", "logit"])
-def test_additivity(tiny: TextModel, output: str) -> None:
-    for explanation in explain_texts(tiny, TEXTS, ExplainOptions(max_evals=100, output=output), 32):
+def test_additivity(engine: Engine, tiny: TextModel, output: str) -> None:
+    for explanation in explain(engine, TEXTS, ExplainOptions(max_evals=100, output=output), 32):
         for label in explanation.labels:
             total = explanation.base_values[label] + sum(explanation.values[label])
             assert abs(total - explanation.model_output[label]) < 1e-4
 
 
-def test_model_output_matches_classification(tiny: TextModel) -> None:
+def test_model_output_matches_classification(engine: Engine) -> None:
     from shared.classifier import classify
 
-    (explanation,) = explain_texts(tiny, [TEXTS[0]], ExplainOptions(), 32)
-    (classification,) = classify(tiny, [TEXTS[0]], 8)
+    (explanation,) = explain(engine, [TEXTS[0]], ExplainOptions(), 32)
+    (classification,) = classify(engine, [TEXTS[0]])
     for score in classification.scores:
         assert abs(explanation.model_output[score.label] - score.score) < 1e-5
 
 
-def test_many_texts_together_equal_one_at_a_time(tiny: TextModel) -> None:
+def test_many_texts_together_equal_one_at_a_time(engine: Engine, tiny: TextModel) -> None:
     options = ExplainOptions(max_evals=120, seed=5)
-    together = explain_texts(tiny, TEXTS, options, 32)
+    together = explain(engine, TEXTS, options, 32)
     for text, joint in zip(TEXTS, together, strict=True):
-        (alone,) = explain_texts(tiny, [text], options, 32)
+        (alone,) = explain(engine, [text], options, 32)
         np.testing.assert_allclose(values_matrix(joint), values_matrix(alone), atol=1e-6)
 
 
-def test_same_seed_same_numbers(tiny: TextModel) -> None:
-    a = explain_texts(tiny, [TEXTS[2]], ExplainOptions(max_evals=30, seed=1), 4)[0]
-    b = explain_texts(tiny, [TEXTS[2]], ExplainOptions(max_evals=30, seed=1), 4)[0]
+def test_same_seed_same_numbers(engine: Engine, tiny: TextModel) -> None:
+    a = explain(engine, [TEXTS[2]], ExplainOptions(max_evals=30, seed=1), 4)[0]
+    b = explain(engine, [TEXTS[2]], ExplainOptions(max_evals=30, seed=1), 4)[0]
     assert a.values == b.values
 
 
-def test_tokens_and_offsets_point_into_the_text(tiny: TextModel) -> None:
+def test_tokens_and_offsets_point_into_the_text(engine: Engine, tiny: TextModel) -> None:
     text = "I LOVED this film, the acting was superb."
-    (explanation,) = explain_texts(tiny, [text], ExplainOptions(max_evals=50), 32)
+    (explanation,) = explain(engine, [text], ExplainOptions(max_evals=50), 32)
     assert explanation.tokens[0] == "[CLS]" and explanation.tokens[-1] == "[SEP]"
     for token, (start, end) in zip(explanation.tokens[1:-1], explanation.offsets[1:-1], strict=True):
         assert text[start:end] == token
     assert "LOVED" in explanation.tokens
 
 
-def test_predicted_and_unknown_labels(tiny: TextModel) -> None:
-    (explanation,) = explain_texts(tiny, [TEXTS[0]], ExplainOptions(labels="predicted"), 32)
+def test_predicted_and_unknown_labels(engine: Engine, tiny: TextModel) -> None:
+    (explanation,) = explain(engine, [TEXTS[0]], ExplainOptions(labels="predicted"), 32)
     top = max(explanation.model_output, key=explanation.model_output.get)
     assert explanation.labels == [top]
     with pytest.raises(InvalidRequest, match="unknown label"):
-        explain_texts(tiny, [TEXTS[0]], ExplainOptions(labels=["nope"]), 32)
+        explain(engine, [TEXTS[0]], ExplainOptions(labels=["nope"]), 32)
 
 
-def test_truncated_text_is_explained_up_to_the_limit(tiny: TextModel) -> None:
+def test_truncated_text_is_explained_up_to_the_limit(engine: Engine, tiny: TextModel) -> None:
     text = " ".join(["good film"] * 100)
-    (explanation,) = explain_texts(tiny, [text], ExplainOptions(max_evals=50), 32)
+    (explanation,) = explain(engine, [text], ExplainOptions(max_evals=50), 32)
     assert explanation.truncated is True
     assert len(explanation.tokens) == tiny.max_length
 
 
-def test_explanation_stops_at_its_deadline(tiny: TextModel) -> None:
+def test_explanation_stops_at_its_deadline(engine: Engine, tiny: TextModel) -> None:
     import time
 
+    from shared.engine import Ticket
     from shared.errors import ExplanationTimeout
-    from shared.explainer import explain_encoded
 
+    ticket = Ticket(time.monotonic(), "past the request timeout")
     with pytest.raises(ExplanationTimeout, match="request timeout"):
-        explain_encoded(tiny, tiny.encode(TEXTS), ExplainOptions(max_evals=500), 8, deadline=time.monotonic())
+        explain_texts(engine, TEXTS, ExplainOptions(max_evals=500), ticket)
 
 
 def test_fast_precision_ranks_tokens_like_exact(sst2_dir: Path) -> None:
     """On a real model (a random tiny one has ~1e-5 attributions, all bf16 noise)."""
     from scipy.stats import spearmanr
 
-    model = load_text_model(Settings(model_dir=str(sst2_dir)))
+    from tests.support import start_engine
+
+    real = start_engine(sst2_dir, threads=None)
     texts = ["I loved this film, the acting was superb.", TEXTS[2]]
     options = ExplainOptions(max_evals=300)
-    exact = explain_texts(model, texts, options, 64)
-    fast = explain_texts(model, texts, options.model_copy(update={"precision": "fast"}), 64)
+    exact = explain(real, texts, options, 64)
+    fast = explain(real, texts, options.model_copy(update={"precision": "fast"}), 64)
     for e, f in zip(exact, fast, strict=True):
         assert f.precision == "fast" and f.tokens == e.tokens
         label = max(e.model_output, key=e.model_output.get)
         assert spearmanr(e.values[label][1:-1], f.values[label][1:-1]).statistic > 0.9
         for name in f.labels:  # additivity holds in fast mode too
             assert abs(f.base_values[name] + sum(f.values[name]) - f.model_output[name]) < 1e-4
+    real.stop()
+
+
+def run_owen(clustering, value_of, max_evals: int, batch_size: int, lookahead: int):
+    """Drive the recursion with a deterministic model of the masks; count rows and yields."""
+    from shared.owen import owen_values
+
+    m = clustering.shape[0] + 1
+    f00, f11 = value_of(np.zeros((1, m), dtype=bool))[0], value_of(np.ones((1, m), dtype=bool))[0]
+    steps = owen_values(clustering, f00, f11, max_evals, batch_size, np.random.RandomState(0), lookahead)
+    rows = yields = 0
+    outputs = None
+    try:
+        while True:
+            masks = steps.send(outputs)
+            rows += len(masks)
+            yields += 1
+            outputs = value_of(masks)
+    except StopIteration as done:
+        values, evaluations = done.value
+    return values, evaluations, rows, yields
+
+
+@pytest.mark.parametrize("max_evals", [30, 120, 5000])
+def test_lookahead_changes_the_passes_not_the_numbers(tiny: TextModel, max_evals: int) -> None:
+    from shared.owen import text_clustering, token_segments
+
+    encoded = tiny.encode([TEXTS[2]])[0]
+    clustering = text_clustering(token_segments(encoded.text, encoded.offsets), "[SEP]")
+    weights = np.random.default_rng(1).normal(size=(clustering.shape[0] + 1, 2))
+
+    def value_of(masks: np.ndarray) -> np.ndarray:  # a nonlinear "model" of which tokens are kept
+        return np.tanh(masks.astype(float) @ weights) ** 3
+
+    plain = run_owen(clustering, value_of, max_evals, 5, lookahead=0)
+    ahead = run_owen(clustering, value_of, max_evals, 5, lookahead=32)
+    np.testing.assert_array_equal(ahead[0], plain[0])  # the same recursion, bit for bit
+    assert ahead[1] == plain[1]  # and SHAP's count of evaluations
+    assert ahead[3] < plain[3]  # in fewer, fuller batches
+    assert plain[2] == plain[1] - 2
+    assert ahead[2] <= plain[2] + 32  # on a cut tree, at most one batch of rows is wasted
+    if max_evals == 5000:  # an uncut tree expands every node: looking ahead wastes nothing
+        assert ahead[2] == plain[2]

@@ -66,9 +66,11 @@ class CeleryJobQueue:
             return record
         record.status = CANCELLED
         record.finished_at = utc_now()
-        self._store.save(record)  # the task checks this before it starts, on any worker
+        # The task checks this before it starts and, while it runs, between passes: its work stops
+        # within one pass, and the pool process keeps its loaded model (no terminate).
+        self._store.save(record)
         try:
-            celery_app.control.revoke(job_id, terminate=True, signal="SIGTERM")
+            celery_app.control.revoke(job_id)
         except _BACKEND_ERRORS as exc:
             raise JobBackendUnavailable(f"the job queue (Redis) is unavailable: {exc}") from None
         return record

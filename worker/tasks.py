@@ -8,6 +8,7 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 
+from shared.engine import Ticket
 from shared.errors import ClarionError, JobBackendUnavailable
 from shared.job_store import RedisJobStore, job_store_for
 from shared.jobs import CANCELLED
@@ -51,14 +52,18 @@ def explain_job(self: Any, texts: list[str], options: dict[str, Any]) -> list[di
     if _service is None:  # only without worker_process_init (e.g. the solo pool)
         load_model_in_child()
     assert _service is not None
-    if _cancelled(self.request.id):
+    job_id = self.request.id
+    if _cancelled(job_id):
         return []
+    limit = _service.settings.job_soft_time_limit_s
+    timeout_message = f"the explanation exceeded the time limit ({limit}s)"
+    # The engine stops the job's work within one pass of its soft limit or of a DELETE (polled
+    # here, in the task's thread), without killing the process and its loaded model.
+    ticket = Ticket.within(limit, timeout_message, cancelled_by=lambda: _cancelled(job_id))
     try:
         parsed = parse_model(ExplainOptions, options, _service.settings)
-        return [e.to_dict() for e in _service.explain(texts, parsed)]
+        return [e.to_dict() for e in _service.explain(texts, parsed, ticket)]
     except SoftTimeLimitExceeded:
-        raise JobFailed(
-            f"the explanation exceeded the time limit ({_service.settings.job_soft_time_limit_s}s)"
-        ) from None
+        raise JobFailed(timeout_message) from None
     except ClarionError as exc:
         raise JobFailed(exc.message) from None
