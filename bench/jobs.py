@@ -21,7 +21,12 @@ from bench.common import (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workers", default="1,2", help="comma list of worker process counts")
+    parser.add_argument(
+        "--configs",
+        default="prefork:1,prefork:2,threads:2,threads:4",
+        help="comma list of WORKER_POOL:WORKER_CONCURRENCY (prefork: processes of one job each; "
+        "threads: jobs at once in one process, sharing its engine)",
+    )
     parser.add_argument("--latency-jobs", type=int, default=10, help="sequential jobs for the latency")
     parser.add_argument("--throughput-jobs", type=int, default=40, help="jobs submitted at once")
     parser.add_argument("--max-evals", type=int, default=500)
@@ -32,27 +37,33 @@ def main(args: argparse.Namespace) -> int:
     from tests.support import RedisServer, Worker, running_service, wait_healthy
 
     if args.smoke:
-        args.workers, args.latency_jobs, args.throughput_jobs, args.max_evals = "1", 2, 3, 64
-    counts = [int(c) for c in args.workers.split(",") if c.strip()]
+        args.configs, args.latency_jobs, args.throughput_jobs, args.max_evals = (
+            "prefork:1,threads:2",
+            2,
+            3,
+            64,
+        )
+    configs = [(c.split(":")[0], int(c.split(":")[1])) for c in args.configs.split(",") if c.strip()]
     sentences = iter(sst2_sentences())  # every job a new sentence: nothing comes from the cache
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="clarion-bench-") as tmp:
         redis = RedisServer(Path(tmp))
         redis.start()
         try:
-            for count in counts:
+            for pool, count in configs:
                 env = {
                     "MODEL_DIR": args.model_dir,
                     "REDIS_URL": redis.url,
                     "SAGEMAKER_MODEL_SERVER_WORKERS": "1",  # one API process: the workers get the cores
                     "WORKER_CONCURRENCY": str(count),
+                    "WORKER_POOL": pool,
                     "ACCESS_LOG": "false",
                 }
                 worker = Worker(Path(tmp), env)
                 try:
                     with running_service(Path(tmp), env) as api:
                         wait_healthy(api, timeout=300)
-                        _wait_pool(worker, count)
+                        _wait_pool(worker, count if pool == "prefork" else 1)
                         _submit_and_wait(api, [next(sentences)], args.max_evals)  # warm
                         latencies = [
                             _submit_and_wait(api, [next(sentences)], args.max_evals)
@@ -65,6 +76,7 @@ def main(args: argparse.Namespace) -> int:
                 finally:
                     worker.stop()
                 run = {
+                    "pool": pool,
                     "workers": count,
                     "latency_s_median": median(latencies),
                     "latency_s_all": latencies,
@@ -77,9 +89,10 @@ def main(args: argparse.Namespace) -> int:
         finally:
             redis.stop()
 
-    headers = ["workers", "submit->succeeded p50 s", "jobs", "seconds", "jobs/min"]
+    headers = ["pool", "jobs at once", "submit->succeeded p50 s", "jobs", "seconds", "jobs/min"]
     rows = [
         [
+            r["pool"],
             str(r["workers"]),
             fmt(r["latency_s_median"], ".3f"),
             str(r["throughput_jobs"]),
@@ -124,6 +137,6 @@ def _submit_and_wait(api: Any, texts: list[str], max_evals: int) -> float:
 
 def _line(run: dict[str, Any]) -> str:
     return (
-        f"workers {run['workers']}: submit->succeeded p50 {run['latency_s_median']:.3f}s | "
+        f"{run['pool']} x{run['workers']}: submit->succeeded p50 {run['latency_s_median']:.3f}s | "
         f"{run['throughput_jobs']} jobs in {run['throughput_s']:.1f}s = {run['jobs_per_minute']:.1f} jobs/min"
     )

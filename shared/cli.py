@@ -58,7 +58,9 @@ def _worker(settings: Settings) -> None:
         "worker",
         f"--loglevel={settings.log_level}",
         f"--concurrency={settings.celery_concurrency}",
-        "--pool=prefork",  # solo would not enforce time limits
+        # prefork: one job per pool process, each with its own model. threads: several jobs in one
+        # process, whose rounds share its engine's passes (time limits are then the engine's).
+        f"--pool={settings.worker_pool}",
         "-O",
         "fair",
         "--without-gossip",

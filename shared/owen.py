@@ -198,7 +198,7 @@ def owen_values(
     need next (the next levels of the tree below the nodes in play), and remember every output by its
     mask. A mask's output does not depend on when it is computed, so the recursion and its numbers
     are SHAP's exactly; only the rows per forward pass change. On an uncut tree every internal node
-    is expanded, so nothing is wasted; on a cut tree at most `lookahead` rows are (one batch).
+    is expanded, so nothing is wasted; on a cut tree at most two batches' worth of rows are.
     """
     m = clustering.shape[0] + 1
     masks = mask_matrix(clustering)
@@ -238,14 +238,16 @@ def owen_values(
             if key not in known:
                 missing[key] = mask
         if missing:
-            # At most one batch of rows computed ahead and not yet used: on a cut tree, where some
-            # of them never will be, that bounds the waste.
+            # Rows computed ahead but not used yet stay under two batches: on a cut tree, where
+            # some never will be, that bounds the waste.
             ahead = rows_run - eval_count
-            room = min(lookahead - len(missing), lookahead - ahead, budget - rows_run - len(missing))
+            room = min(lookahead - len(missing), 2 * lookahead - ahead, budget - rows_run - len(missing))
             if room > 0:
-                frontier = [(a[0], a[5]) for a in batch_args] + [(a[0], a[6]) for a in batch_args]
-                frontier += [(a[2], a[5]) for a in batch_args] + [(a[1], a[6]) for a in batch_args]
-                frontier += [(entry[3][0], entry[3][3]) for entry in heapq.nsmallest(4 * batch_size, heap)]
+                # Most likely next: the queued nodes in priority order (the recursion pops them
+                # next), then the children of this round's nodes, then further down, breadth first.
+                frontier = [(entry[3][0], entry[3][3]) for entry in heapq.nsmallest(room, heap)]
+                for m00, m10, m01, _, _, lind, rind, _ in batch_args:
+                    frontier += [(m00, lind), (m00, rind), (m01, lind), (m10, rind)]
                 missing.update(_likely_next(frontier, clustering, masks, m, room, known, missing))
             rows = list(missing.values())
             outputs = yield np.array(rows)

@@ -73,6 +73,13 @@ def _log_level(name: str, raw: str) -> str:
     raise ConfigurationError(f"{name}={raw!r}: expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
 
 
+def _worker_pool(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value in {"prefork", "threads"}:
+        return value
+    raise ConfigurationError(f"{name}={raw!r}: expected prefork or threads")
+
+
 def _env(name: str, parse: Callable[[str, str], Any], default: Any = None) -> Any:
     """Declare a field read from environment variable `name` with `parse`, or `default` when unset."""
     return field(default=default, metadata={"env": name, "parse": parse})
@@ -127,6 +134,7 @@ class Settings:
     job_result_ttl_s: int = _env("JOB_RESULT_TTL", _int_parser(60), 24 * 3600)
     job_visibility_timeout_s: int | None = _env("JOB_VISIBILITY_TIMEOUT", _int_parser(1))
     worker_concurrency: int | None = _env("WORKER_CONCURRENCY", _int_parser(1, 256))
+    worker_pool: str = _env("WORKER_POOL", _worker_pool, "prefork")
 
     cpu_count: int = field(default_factory=lambda: os.cpu_count() or 1)
 
@@ -235,12 +243,20 @@ class Settings:
 
     @property
     def celery_concurrency(self) -> int:
-        """Celery worker processes: one per core unless overridden."""
-        return self.worker_concurrency or self.cpu_count
+        """Jobs a `clarion worker` runs at once: with prefork, one per pool process (one process per
+        core unless overridden); with threads, all in one process, sharing its engine (4 unless
+        overridden)."""
+        if self.worker_concurrency:
+            return self.worker_concurrency
+        return self.cpu_count if self.worker_pool == "prefork" else 4
 
     @property
     def celery_threads_per_process(self) -> int:
-        return self.torch_threads or max(1, self.cpu_count // self.celery_concurrency)
+        """torch threads of each process that loads the model (processes x threads <= cores)."""
+        if self.torch_threads:
+            return self.torch_threads
+        processes = self.celery_concurrency if self.worker_pool == "prefork" else 1
+        return max(1, self.cpu_count // processes)
 
 
 def load_settings() -> Settings:

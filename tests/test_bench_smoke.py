@@ -71,7 +71,28 @@ def test_coldstart_smoke(tmp_path: Path) -> None:
 
 def test_jobs_smoke(tmp_path: Path) -> None:
     results = run_bench("jobs", tmp_path)
-    (run,) = results["runs"]
-    assert run["workers"] == 1
-    assert 0 < run["latency_s_median"] < 60
-    assert run["jobs_per_minute"] > 0
+    assert [(r["pool"], r["workers"]) for r in results["runs"]] == [("prefork", 1), ("threads", 2)]
+    for run in results["runs"]:
+        assert 0 < run["latency_s_median"] < 60
+        assert run["jobs_per_minute"] > 0
+
+
+def test_load_smoke(tmp_path: Path) -> None:
+    results = run_bench("load", tmp_path)
+    assert [r["clients"] for r in results["load"]] == [0, 2]
+    for run in results["load"]:
+        assert run["classify"]["requests"] > 0 and not run["classify"]["errors"]
+        assert run["ping"]["requests"] > 0
+    deadline = results["deadline"]
+    assert deadline["status"] == 503 and deadline["next_status"] == 200
+    assert deadline["answered_after_s"] >= deadline["timeout_s"] - 0.5
+    concurrency = results["concurrency"]
+    assert concurrency["statuses"] == {"200": 24} or concurrency["statuses"] == {200: 24}
+    assert concurrency["concurrent_over_sequential"] > 0
+
+
+def test_passes_smoke(tmp_path: Path) -> None:
+    results = run_bench("passes", tmp_path)
+    assert {c["length"] for c in results["cells"]} == {24, 64}
+    assert all(c["pass_ms"] > 0 and c["row_ms"] > 0 for c in results["cells"])
+    assert [b["tokens"] for b in results["budgets"]]

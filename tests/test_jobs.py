@@ -125,12 +125,17 @@ def test_cancel_a_queued_and_a_running_job(stack) -> None:
 
     cancelled = requests.delete(f"{api.url}/explanations/{queued['id']}", timeout=10)
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    loads_before = stack["worker"].log().count("loaded from")
     cancelled = requests.delete(f"{api.url}/explanations/{running['id']}", timeout=10)
     assert cancelled.json()["status"] == "cancelled"
 
-    # The worker survives and takes the next job; the cancelled ones stay cancelled.
+    # The running job's work stops within a pass (it would otherwise hold the only pool process
+    # until its 30 s time limit), the pool process keeps its model, and takes the next job.
     after = api.post("/explanations", json={"data": "fine", "max_evals": 50}).json()
+    started = time.monotonic()
     assert poll(api, after["id"], {"succeeded", "failed"})["status"] == "succeeded"
+    assert time.monotonic() - started < 15
+    assert stack["worker"].log().count("loaded from") == loads_before
     for job_id in (queued["id"], running["id"]):
         assert api.get(f"/explanations/{job_id}").json()["status"] == "cancelled"
     assert requests.delete(f"{api.url}/explanations/{'f' * 32}", timeout=10).status_code == 404
@@ -192,3 +197,32 @@ def test_redis_outage_classification_survives_and_jobs_recover(stack) -> None:
     job = api.post("/explanations", json={"data": "after the outage", "max_evals": 50})
     assert job.status_code == 202
     assert poll(api, job.json()["id"], {"succeeded", "failed"}, timeout=90)["status"] == "succeeded"
+
+
+def test_a_threads_pool_runs_several_jobs_at_once_into_one_engine(stack) -> None:
+    """WORKER_POOL=threads: one process, one model, WORKER_CONCURRENCY jobs at once."""
+    api: Service = stack["api"]
+    stack["worker"].stop()
+    env = dict(stack["env"], WORKER_POOL="threads", WORKER_CONCURRENCY="3", TORCH_THREADS="2")
+    threads_worker = Worker(stack["tmp"], env)
+    stack["worker"] = threads_worker
+    threads_worker.wait_ready()
+    texts = ["I loved this film.", "A dull, lifeless plot.", "The acting was superb, the story thin."]
+    jobs = [api.post("/explanations", json={"data": t, "max_evals": 200}).json() for t in texts]
+    running = set()
+
+    def all_done() -> bool:
+        states = [api.get(f"/explanations/{j['id']}").json()["status"] for j in jobs]
+        running.add(states.count("running"))
+        return all(s in {"succeeded", "failed"} for s in states)
+
+    wait_until(all_done, 120, interval=0.05, what="the three jobs")
+    assert max(running) >= 2  # they ran at the same time
+    assert threads_worker.log().count("loaded from") == 1  # one model for all of them
+    for text, job in zip(texts, jobs, strict=True):
+        finished = api.get(f"/explanations/{job['id']}").json()
+        assert finished["status"] == "succeeded", finished
+        synchronous = api.post("/invocations", json={"data": text, "explain": True, "max_evals": 200}).json()
+        values = np.array([list(d.values()) for _, d in finished["result"]["explanation"]])
+        expected = np.array([list(d.values()) for _, d in synchronous["explanation"]])
+        np.testing.assert_allclose(values, expected, atol=1e-6)

@@ -101,6 +101,25 @@ def test_celery_pool_threads_follow_the_pool_not_the_api() -> None:
     assert settings.celery_concurrency * settings.celery_threads_per_process <= 2
 
 
+def test_a_threads_pool_is_one_process_with_every_core_and_several_jobs() -> None:
+    settings = Settings.from_env({"WORKER_POOL": "threads"})
+    assert settings.worker_pool == "threads" and settings.celery_concurrency == 4
+    threads = Settings(cpu_count=2, worker_pool="threads", worker_concurrency=6)
+    assert threads.celery_concurrency == 6 and threads.celery_threads_per_process == 2
+    with pytest.raises(ConfigurationError, match="WORKER_POOL"):
+        Settings.from_env({"WORKER_POOL": "gevent"})
+
+
+def test_engine_and_batch_size_settings() -> None:
+    settings = Settings.from_env({"PASS_ROWS": "16", "PASS_TOKENS": "512", "EXPLAIN_BATCH_SIZE": "8"})
+    assert (settings.pass_rows, settings.pass_tokens, settings.explain_batch_size) == (16, 512, 8)
+    assert Settings().explain_batch_size == 5  # SHAP's default for text
+    with pytest.raises(ConfigurationError, match="EXPLAIN_BATCH_SIZE"):
+        Settings.from_env({"EXPLAIN_BATCH_SIZE": "600"})  # over EXPLAIN_BATCH_SIZE_LIMIT (512)
+    with pytest.raises(ConfigurationError, match="PASS_TOKENS"):
+        Settings.from_env({"PASS_TOKENS": "0"})
+
+
 def test_a_service_runs_the_threads_its_role_was_given(tiny_model_dir) -> None:
     import torch
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 
 from shared.engine import Ticket
 from shared.errors import ClarionError, JobBackendUnavailable
@@ -19,6 +20,7 @@ from worker.app import celery_app
 log = logging.getLogger(__name__)
 _service: ClarionService | None = None
 _store: RedisJobStore | None = None
+_loading = threading.Lock()
 
 
 class JobFailed(Exception):
@@ -28,12 +30,32 @@ class JobFailed(Exception):
 @worker_process_init.connect
 def load_model_in_child(**_: Any) -> None:
     """Runs in each pool process after the fork: never in the parent, where torch would deadlock."""
-    global _service, _store
+    _load_model()
+
+
+@worker_ready.connect
+def load_model_for_threads(**_: Any) -> None:
+    """The threads pool runs jobs in this very process (no fork): its threads share one model and
+    one engine, so concurrent jobs' rounds share passes. A job that arrives while it loads waits."""
+    if celery_app.clarion_settings.worker_pool == "threads":
+        _load_model()
+
+
+def _load_model() -> None:
+    global _service
+    with _loading:
+        if _service is None:
+            _service = _loaded_service()
+
+
+def _loaded_service() -> ClarionService:
+    global _store
     settings = celery_app.clarion_settings
     _store = job_store_for(settings)
-    _service = ClarionService(settings, threads=settings.celery_threads_per_process)
-    _service.load()
-    _service.explain(["warm up the explainer"], ExplainOptions(max_evals=16))
+    service = ClarionService(settings, threads=settings.celery_threads_per_process)
+    service.load()
+    service.explain(["warm up the explainer"], ExplainOptions(max_evals=16))
+    return service
 
 
 def _cancelled(job_id: str) -> bool:
@@ -49,8 +71,8 @@ def _cancelled(job_id: str) -> bool:
 @celery_app.task(name="clarion.explain", bind=True)
 def explain_job(self: Any, texts: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
     """Explain `texts`: the same `ClarionService.explain` the single-process API calls."""
-    if _service is None:  # only without worker_process_init (e.g. the solo pool)
-        load_model_in_child()
+    if _service is None:  # the threads pool while it loads, or the solo pool
+        _load_model()
     assert _service is not None
     job_id = self.request.id
     if _cancelled(job_id):
