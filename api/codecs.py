@@ -10,6 +10,7 @@ JSON is read whatever the client claims when it claims nothing specific (no Cont
 
 from __future__ import annotations
 
+import codecs
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -71,10 +72,17 @@ def _as_list(texts: str | list[str]) -> list[str]:
 
 
 def _decode_text(body: bytes, charset: str) -> str:
+    """The body as text in the request's charset. Python's codec registry also holds transforms
+    (base64, zlib, rot13, ...) and codecs that raise anything from UnicodeError to IndexError on
+    crafted bytes: only text encodings are accepted, and any decoding failure is the client's."""
     try:
+        if not codecs.lookup(charset)._is_text_encoding:
+            raise LookupError(charset)
         return body.decode(charset)
-    except (LookupError, UnicodeDecodeError):
-        raise InvalidRequest(f"the body is not valid {charset} text") from None
+    except LookupError:
+        raise InvalidRequest(f"charset {charset[:40]!r} is not a text encoding Clarion knows") from None
+    except (ValueError, TypeError, IndexError, OverflowError):  # UnicodeError is a ValueError
+        raise InvalidRequest(f"the body is not valid {charset[:40]} text") from None
 
 
 def _parse_json(body: bytes, charset: str) -> Any:
@@ -84,5 +92,7 @@ def _parse_json(body: bytes, charset: str) -> Any:
         return json.loads(_decode_text(body, charset))
     except json.JSONDecodeError as exc:
         raise InvalidRequest(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError:  # Python refuses integers of more than 4,300 digits
+        raise InvalidRequest("malformed JSON: a number has too many digits") from None
     except RecursionError:
         raise InvalidRequest("malformed JSON: nested too deeply") from None

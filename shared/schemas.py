@@ -87,11 +87,21 @@ def _check_texts(value: Texts, info: ValidationInfo) -> Texts:
     if len(texts) > settings.max_texts:
         raise ValueError(f"at most {settings.max_texts} texts per request")
     for i, text in enumerate(texts):
+        if not _is_unicode(text):  # JSON can carry "\ud800"; the tokenizer cannot encode it
+            raise ValueError(f"text {i} is not valid Unicode: it holds a lone surrogate (U+D800-U+DFFF)")
         if not text.strip():
             raise ValueError(f"text {i} is empty")
         if len(text) > settings.max_text_chars:
             raise ValueError(f"text {i} has {len(text)} characters; the limit is {settings.max_text_chars}")
     return value
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class InvocationParameters(ExplainOptions):

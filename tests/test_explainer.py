@@ -227,6 +227,6 @@ def test_lookahead_changes_the_passes_not_the_numbers(tiny: TextModel, max_evals
     assert ahead[1] == plain[1]  # and SHAP's count of evaluations
     assert ahead[3] < plain[3]  # in fewer, fuller batches
     assert plain[2] == plain[1] - 2
-    assert ahead[2] <= plain[2] + 2 * 32  # on a cut tree, at most two batches of rows are wasted
+    assert ahead[2] <= plain[2] + 4 * 32  # on a cut tree, at most four batches of rows are wasted
     if max_evals == 5000:  # an uncut tree expands every node: looking ahead wastes nothing
         assert ahead[2] == plain[2]

@@ -125,6 +125,42 @@ def test_single_process_explanation_job_is_finished_at_once(service: Service) ->
 BAD_INPUTS = [
     # (description, kwargs for requests.post, expected status)
     ("malformed json", {"data": b'{"data": "x"', "headers": {"Content-Type": "application/json"}}, 400),
+    # Strings JSON can carry but UTF-8 (and so the tokenizer) cannot: lone surrogates.
+    (
+        "lone surrogate",
+        {"data": b'{"data": "\\ud800"}', "headers": {"Content-Type": "application/json"}},
+        400,
+    ),
+    ("lone surrogate in a list", {"data": b'{"data": ["ok", "a\\udfff"], "explain": true}'}, 400),
+    ("lone surrogate, hf body", {"data": b'{"inputs": "\\udc00 x"}'}, 400),
+    (
+        "surrogate via unicode_escape",
+        {"data": b"\\ud800 hi", "headers": {"Content-Type": "text/plain; charset=unicode_escape"}},
+        400,
+    ),
+    # Numbers Python refuses to parse (more than 4,300 digits).
+    ("huge integer", {"data": b'{"data": "x", "seed": ' + b"7" * 5000 + b"}"}, 400),
+    (
+        "huge integer max_evals",
+        {"data": b'{"data": "x", "explain": true, "max_evals": ' + b"9" * 4400 + b"}"},
+        400,
+    ),
+    ("NaN max_evals", {"data": b'{"data": "x", "explain": true, "max_evals": NaN}'}, 400),
+    ("overflowing float", {"data": b'{"data": "x", "explain": true, "max_evals": 1e999}'}, 400),
+    # Charsets that are not text encodings, or that raise odd errors on crafted bytes.
+    *[
+        (
+            f"charset {charset}",
+            {"data": b'{"data": "x"}', "headers": {"Content-Type": f"application/json; charset={charset}"}},
+            400,
+        )
+        for charset in ("punycode", "undefined", "base64", "zlib", "rot13", "nonexistent-charset")
+    ],
+    (
+        "charset idna plain",
+        {"data": b"\xff\xfe", "headers": {"Content-Type": "text/plain; charset=idna"}},
+        400,
+    ),
     ("empty body", {"data": b"", "headers": {"Content-Type": "application/json"}}, 400),
     ("json array body", {"json": ["x"]}, 400),
     ("json string body", {"json": "x"}, 400),
