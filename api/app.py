@@ -8,7 +8,7 @@ from flask import Flask
 
 from api.errors import register_error_handlers
 from api.routes import bp, request_ticket
-from shared.jobs import InlineJobQueue, JobQueue
+from shared.jobs import FolderJobRecords, InlineJobQueue, JobQueue
 from shared.service import ClarionService
 from shared.settings import Settings, load_settings
 
@@ -39,7 +39,14 @@ def create_app(
 def _job_queue(settings: Settings, service: ClarionService) -> JobQueue:
     if not settings.jobs_are_async:
         # Inline jobs answer within the request, so they stop at the request's deadline too.
-        return InlineJobQueue(lambda texts, options: service.explain(texts, options, request_ticket()))
+        records = (
+            FolderJobRecords(settings.inline_jobs_dir, settings.job_result_ttl_s)
+            if settings.inline_jobs_dir
+            else None
+        )
+        return InlineJobQueue(
+            lambda texts, options: service.explain(texts, options, request_ticket()), records
+        )
     from worker.queue import CeleryJobQueue  # only when a broker is configured
 
     return CeleryJobQueue(settings)

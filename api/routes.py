@@ -9,6 +9,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 from api.codecs import Invocation, decode_invocation, shape_like_request
 from api.openapi import openapi_document
 from shared.engine import Ticket
+from shared.explainer import check_options
 from shared.jobs import JobQueue, JobRecord, new_record
 from shared.results import text_response
 from shared.service import ClarionService
@@ -90,11 +91,13 @@ def cancel_explanation(job_id: str) -> Any:
 def _submit(invocation: Invocation, classifications: list[Any]) -> Any:
     """Queue a job (202 + Location), or in single-process mode run it now (200, finished job)."""
     jobs = _jobs()
+    options = invocation.parameters.explain_options()
+    check_options(_service().model, options)  # a job that cannot succeed is a 400 now, not a failure later
     record: JobRecord = new_record(
         _service().model.model_id,
         invocation.texts,
         invocation.single,
-        invocation.parameters.explain_options(),
+        options,
         classifications,
     )
     record = jobs.submit(record)

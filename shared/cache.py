@@ -92,7 +92,10 @@ def through_cache(cache: Cache[T], keys: Sequence[str], compute: Callable[[list[
 
 
 class RedisCache:
-    """Explanations as JSON in Redis, expiring with job results."""
+    """Explanations as JSON in Redis, expiring with job results.
+
+    Each entry carries the algorithm's version (also in its key); an entry of another version, or
+    one this version cannot decode, is a miss, never an error or a stale number."""
 
     def __init__(self, client: Any, ttl_s: int) -> None:
         self._client = client
@@ -101,17 +104,31 @@ class RedisCache:
     def get(self, key: str) -> Explanation | None:
         import redis
 
+        from shared.explainer import ALGORITHM_VERSION
+
         try:
             raw = self._client.get(REDIS_PREFIX + key)
         except redis.RedisError as exc:
             log.warning("explanation cache unavailable: %s", exc)
             return None
-        return None if raw is None else Explanation.from_dict(json.loads(raw))
+        if raw is None:
+            return None
+        try:
+            entry = json.loads(raw)
+            if entry.get("version") != ALGORITHM_VERSION:
+                return None
+            return Explanation.from_dict(entry["explanation"])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("ignoring an undecodable explanation cache entry: %s", exc)
+            return None
 
     def put(self, key: str, explanation: Explanation) -> None:
         import redis
 
+        from shared.explainer import ALGORITHM_VERSION
+
+        entry = {"version": ALGORITHM_VERSION, "explanation": explanation.to_dict()}
         try:
-            self._client.set(REDIS_PREFIX + key, json.dumps(explanation.to_dict()), ex=self._ttl_s)
+            self._client.set(REDIS_PREFIX + key, json.dumps(entry), ex=self._ttl_s)
         except redis.RedisError as exc:
             log.warning("explanation cache unavailable: %s", exc)

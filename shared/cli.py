@@ -29,6 +29,12 @@ def _prepare(settings: Settings, threads: int) -> None:
 
 def _serve(settings: Settings) -> None:
     _prepare(settings, settings.threads_per_worker)
+    if not settings.jobs_are_async and settings.inline_jobs_dir is None:
+        # One folder per server, shared by its gunicorn workers (they read the environment after
+        # the fork), so a job run by one worker is found by all.
+        import tempfile
+
+        os.environ["INLINE_JOBS_DIR"] = tempfile.mkdtemp(prefix="clarion-jobs-")
     mode = "single-process" if not settings.jobs_are_async else "async jobs via Celery"
     print(
         f"clarion: serving on {settings.host}:{settings.port}, {settings.worker_count} worker(s) x "

@@ -133,6 +133,11 @@ def _new_job(model: TextModel, encoded: EncodedText) -> _Job:
     return _Job(encoded=encoded, keep=keep, clustering=clustering, label_indexes=[])
 
 
+def check_options(model: TextModel, options: ExplainOptions) -> None:
+    """Raise InvalidRequest for options this model cannot explain (before a job is accepted)."""
+    _requested_label_indexes(model, options)
+
+
 def _requested_label_indexes(model: TextModel, options: ExplainOptions) -> list[int] | None:
     """The labels asked for by name or "all"; None for "predicted" (known once the text ran)."""
     if options.labels == "all":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -10,11 +11,27 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from shared.errors import JobBackendUnavailable
-from shared.jobs import JobRecord
+from shared.jobs import FINISHED, JobRecord
 from shared.settings import Settings
 
 T = TypeVar("T")
 KEY_PREFIX = "clarion:job:"
+# Compare-and-set in one step on the server: write the record unless the stored one is finished.
+# A finished job never changes again (cancelled stays cancelled, succeeded stays succeeded), even
+# when a GET refreshing it and a DELETE cancelling it race.
+_SAVE_UNLESS_FINISHED = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, record = pcall(cjson.decode, current)
+  if ok and type(record) == 'table' then
+    for _, finished in ipairs(cjson.decode(ARGV[3])) do
+      if record['status'] == finished then return 0 end
+    end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
 
 
 def redis_client(url: str) -> redis.Redis:
@@ -40,9 +57,20 @@ class RedisJobStore:
     def __init__(self, client: redis.Redis, ttl_s: int) -> None:
         self._client = client
         self._ttl_s = ttl_s
+        self._save_unless_finished = client.register_script(_SAVE_UNLESS_FINISHED)
 
     def save(self, record: JobRecord) -> None:
         self._call(lambda: self._client.set(KEY_PREFIX + record.id, record.to_json(), ex=self._ttl_s))
+
+    def save_unless_finished(self, record: JobRecord) -> bool:
+        """Store `record` unless the stored record is already finished; say whether it was stored."""
+        finished = json.dumps(sorted(FINISHED))
+        stored = self._call(
+            lambda: self._save_unless_finished(
+                keys=[KEY_PREFIX + record.id], args=[record.to_json(), self._ttl_s, finished]
+            )
+        )
+        return bool(stored)
 
     def load(self, job_id: str) -> JobRecord | None:
         raw = self._call(lambda: self._client.get(KEY_PREFIX + job_id))

@@ -8,10 +8,16 @@ both keep a `JobRecord` per issued id, so an unknown id is a 404 and never "pend
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import threading
+import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from shared.cache import MemoryCache
@@ -21,6 +27,10 @@ from shared.schemas import ExplainOptions
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 FINISHED = {SUCCEEDED, FAILED, CANCELLED}
+# The record format. Records live 24 h in Redis, across upgrades: a reader takes any version,
+# ignores fields it does not know, and fills the ones an older writer did not write.
+RECORD_VERSION = 2
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def iso_utc(moment: datetime) -> str:
@@ -53,13 +63,17 @@ class JobRecord:
     finished_at: str | None = None
     explanations: list[dict[str, Any]] | None = None
     error: dict[str, str] | None = None
+    version: int = RECORD_VERSION
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> JobRecord:
-        return cls(**json.loads(raw))
+        data = json.loads(raw)
+        data.setdefault("version", 1)  # version 1 wrote no version (and had an `extra` field)
+        known = {f.name for f in fields(cls)}
+        return cls(**{name: value for name, value in data.items() if name in known})
 
     def public(self) -> dict[str, Any]:
         """The job's HTTP body."""
@@ -71,7 +85,7 @@ class JobRecord:
             "finished_at": self.finished_at,
             "prediction": _shape(self.single, [c.to_dict()["prediction"] for c in classifications]),
         }
-        if self.status == SUCCEEDED and self.explanations is not None:
+        if self.status == SUCCEEDED and self.explanations and len(self.explanations) == len(classifications):
             items = [
                 text_response(c, Explanation.from_dict(e), self.model)
                 for c, e in zip(classifications, self.explanations, strict=True)
@@ -112,14 +126,53 @@ class JobQueue(Protocol):
     def cancel(self, job_id: str) -> JobRecord: ...
 
 
+class FolderJobRecords:
+    """Inline jobs' records as files in one folder, so every gunicorn worker of a server reads the
+    jobs any of them ran (a GET lands on whichever worker accepts it). Writes are atomic (a
+    rename); records older than `ttl_s` are removed as new ones are written."""
+
+    def __init__(self, folder: str, ttl_s: int) -> None:
+        self._folder = Path(folder)
+        self._folder.mkdir(parents=True, exist_ok=True)
+        self._ttl_s = ttl_s
+        self._next_sweep = 0.0
+
+    def get(self, job_id: str) -> JobRecord | None:
+        if not _JOB_ID.fullmatch(job_id):
+            return None  # never a path outside the folder
+        try:
+            return JobRecord.from_json((self._folder / f"{job_id}.json").read_bytes())
+        except FileNotFoundError:
+            return None
+
+    def put(self, job_id: str, record: JobRecord) -> None:
+        target = self._folder / f"{job_id}.json"
+        partial = target.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        partial.write_text(record.to_json(), encoding="utf-8")
+        os.replace(partial, target)
+        self._sweep()
+
+    def _sweep(self) -> None:
+        now = time.time()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + 60
+        for path in self._folder.glob("*.json"):
+            with contextlib.suppress(FileNotFoundError):
+                if now - path.stat().st_mtime > self._ttl_s:
+                    path.unlink()
+
+
 class InlineJobQueue:
-    """Single-process mode: a job runs to completion inside `submit`; recent jobs stay readable."""
+    """Single-process mode: a job runs to completion inside `submit`; recent jobs stay readable
+    from every worker of the server when `records` is a FolderJobRecords (what `clarion serve`
+    sets up), else from this process only."""
 
     asynchronous = False
 
-    def __init__(self, explain: Any, capacity: int = 1024) -> None:
+    def __init__(self, explain: Any, records: Any = None, capacity: int = 1024) -> None:
         self._explain = explain  # callable(texts, options) -> list[Explanation]
-        self._records: MemoryCache[JobRecord] = MemoryCache(capacity)
+        self._records = records if records is not None else MemoryCache(capacity)
 
     def submit(self, record: JobRecord) -> JobRecord:
         # Validated against the operator's limits when the request was decoded; not again here.

@@ -135,6 +135,9 @@ class Settings:
     job_visibility_timeout_s: int | None = _env("JOB_VISIBILITY_TIMEOUT", _int_parser(1))
     worker_concurrency: int | None = _env("WORKER_CONCURRENCY", _int_parser(1, 256))
     worker_pool: str = _env("WORKER_POOL", _worker_pool, "prefork")
+    # Where inline jobs (no broker) keep their records so every gunicorn worker finds them;
+    # `clarion serve` makes a fresh folder per server when this is unset.
+    inline_jobs_dir: str | None = _env("INLINE_JOBS_DIR", _text)
 
     cpu_count: int = field(default_factory=lambda: os.cpu_count() or 1)
 

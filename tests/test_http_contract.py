@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import Service, running_service, wait_healthy
+from tests.support import Service, running_service, wait_healthy, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -293,3 +293,21 @@ def test_inline_jobs_honour_a_raised_max_evals_limit(tiny_model_dir: Path) -> No
     response = client.post("/explanations", json={"data": "good film", "max_evals": 6000})
     assert response.status_code == 200, response.get_json()
     assert response.get_json()["result"]["explanation_parameters"]["max_evals"] == 6000
+
+
+def test_inline_jobs_are_found_by_every_gunicorn_worker(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """No broker and two gunicorn workers: a job run by one is readable from the other."""
+    env = {"MODEL_DIR": str(tiny_model_dir), "SAGEMAKER_MODEL_SERVER_WORKERS": "2", "TORCH_THREADS": "1"}
+    with running_service(tmp_path, env) as svc:
+        wait_healthy(svc)
+        wait_until(lambda: svc.log().count("loaded from") >= 2, 60, what="both workers to load")
+        job_ids = [svc.post("/explanations", json={"data": f"good film {i}"}).json()["id"] for i in range(6)]
+        statuses = set()
+        for _ in range(10):  # a new connection each time: either worker may accept it
+            for job_id in job_ids:
+                response = requests.get(f"{svc.url}/explanations/{job_id}", headers={"Connection": "close"})
+                statuses.add(response.status_code)
+                assert response.json().get("status") == "succeeded", response.text
+        assert statuses == {200}
+        assert requests.get(f"{svc.url}/explanations/{'0' * 32}", timeout=10).status_code == 404
+        assert requests.get(f"{svc.url}/explanations/..%2F..%2Fetc%2Fpasswd", timeout=10).status_code == 404

@@ -109,6 +109,10 @@ def test_bad_job_input_is_rejected_before_queueing(stack) -> None:
         {"data": []},
         {"data": "x", "max_evals": "many"},
         {"inputs": "x", "parameters": {"seed": -2}},
+        {"data": "x", "labels": ["happy"]},  # the model has POSITIVE and NEGATIVE
+        {"data": "x", "max_evals": 10**6},
+        {"data": "x", "batch_size": 10**6},
+        {"data": "\ud800"},
     ):
         response = api.post("/explanations", json=body)
         assert response.status_code == 400, body

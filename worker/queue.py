@@ -56,8 +56,9 @@ class CeleryJobQueue:
             self._refresh(record, AsyncResult(job_id, app=celery_app))
         except _BACKEND_ERRORS as exc:
             raise JobBackendUnavailable(f"the job result store (Redis) is unavailable: {exc}") from None
-        if record.status in FINISHED:
-            self._store.save(record)  # finished jobs are read from the record from now on
+        if record.status in FINISHED and not self._store.save_unless_finished(record):
+            # Finished meanwhile (a DELETE won the race): the stored outcome stands.
+            return self._store.load(job_id) or record
         return record
 
     def cancel(self, job_id: str) -> JobRecord:
@@ -68,7 +69,8 @@ class CeleryJobQueue:
         record.finished_at = utc_now()
         # The task checks this before it starts and, while it runs, between passes: its work stops
         # within one pass, and the pool process keeps its loaded model (no terminate).
-        self._store.save(record)
+        if not self._store.save_unless_finished(record):
+            return self._store.load(job_id) or record  # it finished first: that outcome stands
         try:
             celery_app.control.revoke(job_id)
         except _BACKEND_ERRORS as exc:
