@@ -14,6 +14,7 @@ from shared.errors import (
     JobBackendUnavailable,
     ModelNotReady,
     NotFound,
+    Unauthorized,
     UnsupportedMediaType,
 )
 
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 
 STATUS_OF: dict[type[ClarionError], int] = {
     InvalidRequest: 400,
+    Unauthorized: 401,
     NotFound: 404,
     UnsupportedMediaType: 415,
     ModelNotReady: 503,
@@ -46,7 +48,10 @@ def register_error_handlers(app: Flask) -> None:
         status = _status_for(exc)
         if status >= 500 and status != 503:
             log.error("request failed: %s", exc.message)
-        return error_body(status, exc.code, exc.message)
+        response, status = error_body(status, exc.code, exc.message)
+        if status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="clarion"'
+        return response, status
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
@@ -9,6 +11,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 from api.codecs import Invocation, decode_invocation, shape_like_request
 from api.openapi import openapi_document
 from shared.engine import Ticket
+from shared.errors import NotFound, Unauthorized
 from shared.explainer import check_options
 from shared.jobs import JobQueue, JobRecord, new_record
 from shared.results import text_response
@@ -26,6 +29,35 @@ TIMEOUT_MESSAGE = (
 def start_the_clock() -> None:
     """A request's deadline starts when it arrives, so classification time counts too."""
     g.ticket = Ticket.within(_settings().timeout_s, TIMEOUT_MESSAGE)
+
+
+@bp.before_app_request
+def authenticate() -> None:
+    """With API_KEYS set, every route but /ping needs `Authorization: Bearer <key>`."""
+    keys = _settings().api_keys
+    g.owner = None
+    if not keys or request.endpoint == "clarion.ping":
+        return
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    presented = presented.strip()
+    # Compare with every key, in constant time each, so timing tells nothing about any of them.
+    matches = [hmac.compare_digest(presented.encode(), key.encode()) for key in keys]
+    if scheme.lower() != "bearer" or not any(matches):
+        raise Unauthorized("a valid API key is required: send the header Authorization: Bearer <key>")
+    g.owner = key_owner(presented)
+
+
+def key_owner(key: str) -> str:
+    """Who owns the jobs a key submits: a digest of the key, never the key itself."""
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _own_job(job_id: str) -> JobRecord:
+    """The job, if the caller may see it: with API keys, only the key that submitted it may."""
+    record = _jobs().get(job_id)
+    if record.owner != g.owner:
+        raise NotFound(f"no explanation job {job_id!r}")
+    return record
 
 
 def request_ticket() -> Ticket:
@@ -80,11 +112,12 @@ def create_explanation() -> Any:
 
 @bp.get("/explanations/<job_id>")
 def get_explanation(job_id: str) -> Any:
-    return jsonify(_jobs().get(job_id).public())
+    return jsonify(_own_job(job_id).public())
 
 
 @bp.delete("/explanations/<job_id>")
 def cancel_explanation(job_id: str) -> Any:
+    _own_job(job_id)
     return jsonify(_jobs().cancel(job_id).public())
 
 
@@ -99,6 +132,7 @@ def _submit(invocation: Invocation, classifications: list[Any]) -> Any:
         invocation.single,
         options,
         classifications,
+        owner=g.owner,
     )
     record = jobs.submit(record)
     response = jsonify(record.public())

@@ -82,7 +82,23 @@ def _show_config(settings: Settings) -> None:
         "jobs_are_async": settings.jobs_are_async,
         "local_model_dir": str(settings.local_model_dir) if settings.local_model_dir else None,
     }
-    print(json.dumps({**settings.__dict__, **derived}, indent=2, default=str))
+    shown = {**settings.__dict__, **derived, "api_keys": ["***"] * len(settings.api_keys)}
+    for name in ("redis_url", "celery_broker_url", "celery_result_backend"):
+        shown[name] = _without_password(shown[name])
+    print(json.dumps(shown, indent=2, default=str))
+
+
+def _without_password(url: str | None) -> str | None:
+    """A URL fit to print: its password replaced by ***."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def main(argv: list[str] | None = None) -> None:

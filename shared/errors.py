@@ -25,6 +25,12 @@ class InvalidRequest(ClarionError):
     code = "invalid_request"
 
 
+class Unauthorized(ClarionError):
+    """API keys are configured and the request carried none, or a wrong one."""
+
+    code = "unauthorized"
+
+
 class UnsupportedMediaType(ClarionError):
     code = "unsupported_media_type"
 

@@ -63,6 +63,7 @@ class JobRecord:
     finished_at: str | None = None
     explanations: list[dict[str, Any]] | None = None
     error: dict[str, str] | None = None
+    owner: str | None = None  # digest of the API key that submitted it (None without API keys)
     version: int = RECORD_VERSION
 
     def to_json(self) -> str:
@@ -101,7 +102,12 @@ def _shape(single: bool, items: list[Any]) -> Any:
 
 
 def new_record(
-    model: str, texts: list[str], single: bool, options: ExplainOptions, predictions: list[Classification]
+    model: str,
+    texts: list[str],
+    single: bool,
+    options: ExplainOptions,
+    predictions: list[Classification],
+    owner: str | None = None,
 ) -> JobRecord:
     return JobRecord(
         id=new_job_id(),
@@ -111,6 +117,7 @@ def new_record(
         texts=texts,
         options=options.model_dump(),
         predictions=[p.to_dict() for p in predictions],
+        owner=owner,
     )
 
 

@@ -73,6 +73,13 @@ def _log_level(name: str, raw: str) -> str:
     raise ConfigurationError(f"{name}={raw!r}: expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
 
 
+def _keys(name: str, raw: str) -> tuple[str, ...]:
+    keys = tuple(k.strip() for k in raw.split(",") if k.strip())
+    if any(len(k) < 16 for k in keys):
+        raise ConfigurationError(f"{name}: every key must be at least 16 characters long")
+    return keys
+
+
 def _worker_pool(name: str, raw: str) -> str:
     value = raw.strip().lower()
     if value in {"prefork", "threads"}:
@@ -110,6 +117,8 @@ class Settings:
     timeout_s: int = _env("SAGEMAKER_MODEL_SERVER_TIMEOUT", _int_parser(1), 60)
     torch_threads: int | None = _env("TORCH_THREADS", _int_parser(1, 256))
     log_level: str = _env("LOG_LEVEL", _log_level, "INFO")
+    # Optional bearer keys (comma-separated). Unset: no authentication (SageMaker: IAM guards it).
+    api_keys: tuple[str, ...] = _env("API_KEYS", _keys, ())
 
     # Request limits.
     max_request_bytes: int = _env("MAX_REQUEST_BYTES", _int_parser(1), 6 * 1024 * 1024)

@@ -264,10 +264,12 @@ def redis_server_binary() -> str:
 class RedisServer:
     """A real Redis on 127.0.0.1 with an append-only file, which can be stopped and started again."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, password: str | None = None) -> None:
         self.directory = directory
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.password = password
+        auth = f":{password}@" if password else ""
+        self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -286,6 +288,7 @@ class RedisServer:
                 "",
                 "--protected-mode",
                 "no",
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -302,7 +305,8 @@ class RedisServer:
         import redis
 
         try:
-            return bool(redis.Redis(port=self.port, socket_connect_timeout=0.5).ping())
+            client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.5)
+            return bool(client.ping())
         except redis.RedisError:
             return False
 
