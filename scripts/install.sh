@@ -29,7 +29,9 @@ done
 pip_install() { "$python" -m pip install --disable-pip-version-check --no-input "$@"; }
 
 if ! "$python" -c "import torch" 2>/dev/null; then
-  pip_install "$torch_requirement"
+  # Constrained by the lock: the packages torch pulls in (filelock, sympy, setuptools, ...) get the
+  # pinned versions now, instead of the newest and then a downgrade.
+  pip_install "$torch_requirement" -c requirements/runtime.txt
 fi
 pip_install -r "$requirements"
 if [ -n "$project" ]; then
