@@ -47,6 +47,8 @@ def _job_queue(settings: Settings, service: ClarionService) -> JobQueue:
         return InlineJobQueue(
             lambda texts, options: service.explain(texts, options, request_ticket()), records
         )
-    from worker.queue import CeleryJobQueue  # only when a broker is configured
+    from worker.queue import CeleryJobQueue, start_sweeper  # only when a broker is configured
 
-    return CeleryJobQueue(settings)
+    queue = CeleryJobQueue(settings)
+    start_sweeper(queue)
+    return queue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -16,6 +17,8 @@ from shared.settings import Settings
 
 T = TypeVar("T")
 KEY_PREFIX = "clarion:job:"
+# Jobs recorded but not yet known to be published to the broker, scored by when they were recorded.
+UNPUBLISHED = "clarion:unpublished"
 # Compare-and-set in one step on the server: write the record unless the stored one is finished.
 # A finished job never changes again (cancelled stays cancelled, succeeded stays succeeded), even
 # when a GET refreshing it and a DELETE cancelling it race.
@@ -61,6 +64,32 @@ class RedisJobStore:
 
     def save(self, record: JobRecord) -> None:
         self._call(lambda: self._client.set(KEY_PREFIX + record.id, record.to_json(), ex=self._ttl_s))
+
+    def save_unpublished(self, record: JobRecord) -> None:
+        """Record a new job and, in the same transaction, note it as not published yet."""
+
+        def save() -> None:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.set(KEY_PREFIX + record.id, record.to_json(), ex=self._ttl_s)
+                pipe.zadd(UNPUBLISHED, {record.id: time.time()})
+                pipe.execute()
+
+        self._call(save)
+
+    def mark_published(self, job_id: str) -> None:
+        self._call(lambda: self._client.zrem(UNPUBLISHED, job_id))
+
+    def claim_unpublished(self, older_than_s: float, limit: int = 100) -> list[str]:
+        """Ids recorded over `older_than_s` ago and never marked published: their publisher died
+        or failed. Each id is handed to one caller only (the ZREM that removes it decides)."""
+        cutoff = time.time() - older_than_s
+        ids = self._call(lambda: self._client.zrangebyscore(UNPUBLISHED, 0, cutoff, start=0, num=limit))
+        claimed = []
+        for raw in ids:
+            job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if self._call(lambda job_id=job_id: self._client.zrem(UNPUBLISHED, job_id)):
+                claimed.append(job_id)
+        return claimed
 
     def save_unless_finished(self, record: JobRecord) -> bool:
         """Store `record` unless the stored record is already finished; say whether it was stored."""

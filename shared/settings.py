@@ -144,6 +144,8 @@ class Settings:
     job_visibility_timeout_s: int | None = _env("JOB_VISIBILITY_TIMEOUT", _int_parser(1))
     worker_concurrency: int | None = _env("WORKER_CONCURRENCY", _int_parser(1, 256))
     worker_pool: str = _env("WORKER_POOL", _worker_pool, "prefork")
+    # A job recorded this long ago and still not published lost its publisher: the API sweeps it.
+    job_publish_grace_s: float = _env("JOB_PUBLISH_GRACE", _float_parser(0.1), 30.0)
     # Where inline jobs (no broker) keep their records so every gunicorn worker finds them;
     # `clarion serve` makes a fresh folder per server when this is unset.
     inline_jobs_dir: str | None = _env("INLINE_JOBS_DIR", _text)

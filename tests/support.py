@@ -264,8 +264,9 @@ def redis_server_binary() -> str:
 class RedisServer:
     """A real Redis on 127.0.0.1 with an append-only file, which can be stopped and started again."""
 
-    def __init__(self, directory: Path, password: str | None = None) -> None:
+    def __init__(self, directory: Path, password: str | None = None, fsync_always: bool = False) -> None:
         self.directory = directory
+        self.fsync_always = fsync_always
         self.port = free_port()
         self.password = password
         auth = f":{password}@" if password else ""
@@ -284,6 +285,8 @@ class RedisServer:
                 str(self.directory),
                 "--appendonly",
                 "yes",
+                "--appendfsync",
+                "always" if self.fsync_always else "everysec",
                 "--save",
                 "",
                 "--protected-mode",
@@ -298,6 +301,13 @@ class RedisServer:
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()
+            self.process.wait(timeout=20)
+            self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown save, no flush; only what reached the append-only file survives."""
+        if self.process is not None:
+            self.process.kill()
             self.process.wait(timeout=20)
             self.process = None
 

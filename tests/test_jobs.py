@@ -34,6 +34,7 @@ def stack(sst2_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         "JOB_TIME_LIMIT": "35",
         "JOB_VISIBILITY_TIMEOUT": "36",
         "HTTP_THREADS": "4",
+        "JOB_PUBLISH_GRACE": "2",
     }
     stack = {"redis": redis, "worker": Worker(tmp, env), "env": env, "tmp": tmp}
     try:
@@ -116,6 +117,29 @@ def test_bad_job_input_is_rejected_before_queueing(stack) -> None:
     ):
         response = api.post("/explanations", json=body)
         assert response.status_code == 400, body
+
+
+def test_a_job_whose_publisher_died_is_published_by_the_sweeper(stack) -> None:
+    """The state an API leaves when it dies between recording a job and publishing it: the record
+    (queued, noted unpublished) and no task. Another API process's sweeper publishes it."""
+    from shared.job_store import RedisJobStore, redis_client
+    from shared.jobs import new_record
+    from shared.results import Classification, LabelScore
+    from shared.schemas import ExplainOptions
+
+    api: Service = stack["api"]
+    text = "A stranded job that must still run."
+    classified = Classification([LabelScore("POSITIVE", 0.5), LabelScore("NEGATIVE", 0.5)], False)
+    record = new_record("minilm-sst2", [text], True, ExplainOptions(max_evals=120), [classified])
+    RedisJobStore(redis_client(stack["redis"].url), 600).save_unpublished(record)
+    assert api.get(f"/explanations/{record.id}").json()["status"] == "queued"
+
+    finished = poll(api, record.id, {"succeeded", "failed"}, timeout=60)
+    assert finished["status"] == "succeeded", finished
+    synchronous = api.post("/invocations", json={"data": text, "explain": True, "max_evals": 120}).json()
+    values = np.array([list(d.values()) for _, d in finished["result"]["explanation"]])
+    expected = np.array([list(d.values()) for _, d in synchronous["explanation"]])
+    np.testing.assert_allclose(values, expected, atol=1e-6)
 
 
 def test_cancel_a_queued_and_a_running_job(stack) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any
 
 import redis
@@ -30,21 +32,50 @@ _STATUS_OF_STATE = {
 
 
 class CeleryJobQueue:
+    """Jobs as Celery tasks, with a Redis record per issued id.
+
+    Record first, then publish: an id is never issued without a record. The record is noted as
+    unpublished in the same transaction and the note is removed once the broker has the task, so a
+    job whose API process died between the two, or whose publish failed, is found and published
+    by the sweeper (`republish_stranded`) that every API process runs: an accepted job always
+    runs or fails visibly.
+    """
+
     asynchronous = True
 
     def __init__(self, settings: Settings) -> None:
         self._store = job_store_for(settings)
+        # A publish takes milliseconds; the grace keeps a sweeper from racing a slow but live one.
+        self.stranded_after_s = settings.job_publish_grace_s
 
     def submit(self, record: JobRecord) -> JobRecord:
-        # Record first, then publish: an id is never issued without a record, and a record whose
-        # publish failed is removed so the client's 503 is the whole truth.
-        self._store.save(record)
+        self._store.save_unpublished(record)
         try:
-            explain_job.apply_async(args=(record.texts, record.options), task_id=record.id, retry=False)
+            self._publish(record)
         except _BACKEND_ERRORS as exc:
-            self._forget(record.id)
+            self._forget(record.id)  # the client's 503 is the whole truth
             raise JobBackendUnavailable(f"the job queue (Redis) is unavailable: {exc}") from None
         return record
+
+    def republish_stranded(self) -> int:
+        """Publish the jobs recorded over a while ago whose publish never completed; say how many."""
+        count = 0
+        for job_id in self._store.claim_unpublished(self.stranded_after_s):
+            record = self._store.load(job_id)
+            if record is None or record.status != QUEUED:
+                continue
+            log.warning("publishing job %s, recorded but never published (its API process died?)", job_id)
+            try:
+                self._publish(record)
+            except _BACKEND_ERRORS:
+                self._store.save_unpublished(record)  # try again on the next sweep
+                raise
+            count += 1
+        return count
+
+    def _publish(self, record: JobRecord) -> None:
+        explain_job.apply_async(args=(record.texts, record.options), task_id=record.id, retry=False)
+        self._store.mark_published(record.id)
 
     def get(self, job_id: str) -> JobRecord:
         record = self._store.load(job_id)
@@ -98,3 +129,22 @@ def _failure_message(error: Any) -> str:
     if isinstance(error, BaseException):
         return str(error) or type(error).__name__
     return str(error)
+
+
+def start_sweeper(queue: CeleryJobQueue) -> threading.Thread:
+    """Run `queue.republish_stranded` in a daemon thread of this API process, a few times per grace."""
+    every_s = min(10.0, queue.stranded_after_s / 3)
+
+    def sweep() -> None:
+        while True:
+            time.sleep(every_s)
+            try:
+                queue.republish_stranded()
+            except (JobBackendUnavailable, *_BACKEND_ERRORS) as exc:
+                log.warning("stranded-job sweep skipped: %s", exc)
+            except Exception:  # never let the sweeper die
+                log.exception("stranded-job sweep failed")
+
+    thread = threading.Thread(target=sweep, name="clarion-job-sweeper", daemon=True)
+    thread.start()
+    return thread
