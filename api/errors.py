@@ -17,6 +17,7 @@ from shared.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from shared.results import ErrorBody, ErrorDetail, body
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ STATUS_OF: dict[type[ClarionError], int] = {
 
 
 def error_body(status: int, code: str, message: str) -> tuple[Response, int]:
-    return jsonify({"error": {"code": code, "message": message}}), status
+    return jsonify(body(ErrorBody(error=ErrorDetail(code=code, message=message)))), status
 
 
 def _status_for(exc: ClarionError) -> int:

@@ -1,4 +1,5 @@
-"""The OpenAPI 3.1 document, generated from the same pydantic schemas that validate requests."""
+"""The OpenAPI 3.1 document, generated from the same pydantic models that validate requests and
+shape responses (shared/schemas.py, shared/results.py)."""
 
 from __future__ import annotations
 
@@ -7,81 +8,100 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+from shared.results import ErrorBody, Health, JobBody, TextResult
 from shared.schemas import HuggingFaceBody, SeedBody
 
 _JSON = "application/json"
 
 
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": schema}}}
+
+
 def _error(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
+    return _json(description, _ref("ErrorBody"))
 
 
 def _body() -> dict[str, Any]:
-    one_of = [{"$ref": "#/components/schemas/SeedBody"}, {"$ref": "#/components/schemas/HuggingFaceBody"}]
     return {
         "required": True,
         "content": {
-            _JSON: {"schema": {"oneOf": one_of}},
+            _JSON: {"schema": {"oneOf": [_ref("SeedBody"), _ref("HuggingFaceBody")]}},
             "text/plain": {"schema": {"type": "string", "description": "one text"}},
         },
     }
 
 
+_UNAUTHORIZED = {"401": _error("API_KEYS are set and the request has no valid Authorization: Bearer key")}
 _REQUEST_ERRORS = {
-    "400": _error("malformed JSON, wrong types, empty texts, out-of-range options"),
+    "400": _error("malformed JSON, wrong types, empty texts, out-of-range options, unknown labels"),
+    **_UNAUTHORIZED,
     "413": _error("body larger than MAX_REQUEST_BYTES"),
     "415": _error("content type other than JSON or text"),
-    "503": _error("model loading, job backend unavailable, or explanation past the request timeout"),
+    "503": _error("model loading, job backend unavailable, or past the request timeout"),
 }
-_JOB = {"description": "the job", "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Job"}}}}
-_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_JOB = _json("the job", _ref("JobBody"))
+_JOB_ID = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+}
+_JOB_ERRORS = {
+    **_UNAUTHORIZED,
+    "404": _error("no such job (or not the caller's)"),
+    "503": _error("job backend unavailable"),
+}
 
 
 @cache
 def openapi_document() -> dict[str, Any]:
     _, schemas = models_json_schema(
-        [(SeedBody, "validation"), (HuggingFaceBody, "validation")],
+        [
+            (SeedBody, "validation"),
+            (HuggingFaceBody, "validation"),
+            (TextResult, "serialization"),
+            (JobBody, "serialization"),
+            (ErrorBody, "serialization"),
+            (Health, "serialization"),
+        ],
         ref_template="#/components/schemas/{model}",
     )
-    components = dict(schemas["$defs"])
-    components["Error"] = {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message"],
-                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-            }
-        },
-    }
-    components["Job"] = {
-        "type": "object",
-        "required": ["id", "status", "submitted_at", "finished_at", "prediction"],
-        "properties": {
-            "id": {"type": "string"},
-            "status": {"enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
-            "submitted_at": {"type": "string", "format": "date-time"},
-            "finished_at": {"type": ["string", "null"], "format": "date-time"},
-            "prediction": {},
-            "result": {},
-            "error": {"type": "object"},
-        },
-    }
+    results = {"oneOf": [_ref("TextResult"), {"type": "array", "items": _ref("TextResult")}]}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Clarion", "version": "0.1.0", "description": "Text classification that says why."},
         "paths": {
-            "/ping": {"get": {"summary": "health", "responses": {"200": {"description": "model loaded"}}}},
+            "/ping": {
+                "get": {
+                    "summary": "health of this worker",
+                    "responses": {
+                        "200": _json("model loaded and warm", _ref("Health")),
+                        "503": _json("model loading or failed to load", _ref("Health")),
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "this document",
+                    "responses": {"200": _json("OpenAPI 3.1", {"type": "object"}), **_UNAUTHORIZED},
+                }
+            },
             "/invocations": {
                 "post": {
                     "summary": "classify, and explain when asked",
                     "requestBody": _body(),
                     "responses": {
-                        "200": {"description": "one result, or a list for a list"},
+                        "200": _json(
+                            "one result for one text, a list for a list; with explain + async and no "
+                            "broker, the finished job",
+                            {"oneOf": [*results["oneOf"], _ref("JobBody")]},
+                        ),
+                        "202": _json("explain + async: a queued job", _ref("JobBody")),
                         **_REQUEST_ERRORS,
                     },
                 }
@@ -95,12 +115,9 @@ def openapi_document() -> dict[str, Any]:
             },
             "/explanations/{job_id}": {
                 "parameters": [_JOB_ID],
-                "get": {"summary": "a job", "responses": {"200": _JOB, "404": _error("unknown id")}},
-                "delete": {
-                    "summary": "cancel a job",
-                    "responses": {"200": _JOB, "404": _error("unknown id")},
-                },
+                "get": {"summary": "a job", "responses": {"200": _JOB, **_JOB_ERRORS}},
+                "delete": {"summary": "cancel a job", "responses": {"200": _JOB, **_JOB_ERRORS}},
             },
         },
-        "components": {"schemas": components},
+        "components": {"schemas": dict(schemas["$defs"])},
     }

@@ -14,7 +14,7 @@ from shared.engine import Ticket
 from shared.errors import NotFound, Unauthorized
 from shared.explainer import check_options
 from shared.jobs import JobQueue, JobRecord, new_record
-from shared.results import text_response
+from shared.results import body, text_response
 from shared.service import ClarionService
 from shared.settings import Settings
 
@@ -80,7 +80,7 @@ def _settings() -> Settings:
 @bp.get("/ping")
 def ping() -> tuple[Response, int]:
     service = _service()
-    return jsonify(service.status()), 200 if service.ready else 503
+    return jsonify(body(service.status())), 200 if service.ready else 503
 
 
 @bp.get("/openapi.json")
@@ -101,7 +101,7 @@ def invocations() -> Any:
         explanations = service.explain(invocation.texts, parameters.explain_options(), request_ticket())
     model_id = service.model.model_id
     items = [text_response(c, e, model_id) for c, e in zip(classifications, explanations, strict=True)]
-    return jsonify(shape_like_request(invocation, items))
+    return jsonify(shape_like_request(invocation, [body(item) for item in items]))
 
 
 @bp.post("/explanations")
@@ -112,13 +112,13 @@ def create_explanation() -> Any:
 
 @bp.get("/explanations/<job_id>")
 def get_explanation(job_id: str) -> Any:
-    return jsonify(_own_job(job_id).public())
+    return jsonify(body(_own_job(job_id).public()))
 
 
 @bp.delete("/explanations/<job_id>")
 def cancel_explanation(job_id: str) -> Any:
     _own_job(job_id)
-    return jsonify(_jobs().cancel(job_id).public())
+    return jsonify(body(_jobs().cancel(job_id).public()))
 
 
 def _submit(invocation: Invocation, classifications: list[Any]) -> Any:
@@ -135,7 +135,7 @@ def _submit(invocation: Invocation, classifications: list[Any]) -> Any:
         owner=g.owner,
     )
     record = jobs.submit(record)
-    response = jsonify(record.public())
+    response = jsonify(body(record.public()))
     if not jobs.asynchronous:
         return response, 200
     response.headers["Location"] = url_for("clarion.get_explanation", job_id=record.id)

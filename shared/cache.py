@@ -117,7 +117,7 @@ class RedisCache:
             entry = json.loads(raw)
             if entry.get("version") != ALGORITHM_VERSION:
                 return None
-            return Explanation.from_dict(entry["explanation"])
+            return Explanation.model_validate(entry["explanation"])
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("ignoring an undecodable explanation cache entry: %s", exc)
             return None
@@ -127,7 +127,7 @@ class RedisCache:
 
         from shared.explainer import ALGORITHM_VERSION
 
-        entry = {"version": ALGORITHM_VERSION, "explanation": explanation.to_dict()}
+        entry = {"version": ALGORITHM_VERSION, "explanation": explanation.model_dump(mode="json")}
         try:
             self._client.set(REDIS_PREFIX + key, json.dumps(entry), ex=self._ttl_s)
         except redis.RedisError as exc:

@@ -30,6 +30,6 @@ def classify(engine: Engine, texts: Sequence[str], ticket: Ticket | None = None)
 def _classification(labels: list[str], scores: np.ndarray, truncated: bool) -> Classification:
     order = np.argsort(-scores, kind="stable")
     return Classification(
-        scores=[LabelScore(labels[i], float(scores[i])) for i in order],
+        prediction=[LabelScore(label=labels[i], score=float(scores[i])) for i in order],
         truncated=truncated,
     )

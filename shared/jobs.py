@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from shared.cache import MemoryCache
 from shared.errors import NotFound
-from shared.results import Classification, Explanation, text_response
+from shared.results import Classification, ErrorDetail, Explanation, JobBody, text_response
 from shared.schemas import ExplainOptions
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
@@ -76,25 +76,25 @@ class JobRecord:
         known = {f.name for f in fields(cls)}
         return cls(**{name: value for name, value in data.items() if name in known})
 
-    def public(self) -> dict[str, Any]:
-        """The job's HTTP body."""
-        classifications = [Classification.from_dict(p) for p in self.predictions]
-        body: dict[str, Any] = {
+    def public(self) -> JobBody:
+        """The job as the API shows it."""
+        classifications = [Classification.model_validate(p) for p in self.predictions]
+        fields: dict[str, Any] = {
             "id": self.id,
             "status": self.status,
             "submitted_at": self.submitted_at,
             "finished_at": self.finished_at,
-            "prediction": _shape(self.single, [c.to_dict()["prediction"] for c in classifications]),
+            "prediction": _shape(self.single, [c.prediction for c in classifications]),
         }
         if self.status == SUCCEEDED and self.explanations and len(self.explanations) == len(classifications):
             items = [
-                text_response(c, Explanation.from_dict(e), self.model)
+                text_response(c, Explanation.model_validate(e), self.model)
                 for c, e in zip(classifications, self.explanations, strict=True)
             ]
-            body["result"] = _shape(self.single, items)
+            fields["result"] = _shape(self.single, items)
         if self.error is not None:
-            body["error"] = self.error
-        return body
+            fields["error"] = ErrorDetail.model_validate(self.error)
+        return JobBody(**fields)
 
 
 def _shape(single: bool, items: list[Any]) -> Any:
@@ -116,7 +116,7 @@ def new_record(
         single=single,
         texts=texts,
         options=options.model_dump(),
-        predictions=[p.to_dict() for p in predictions],
+        predictions=[p.model_dump(mode="json") for p in predictions],
         owner=owner,
     )
 
@@ -185,7 +185,7 @@ class InlineJobQueue:
         # Validated against the operator's limits when the request was decoded; not again here.
         options = ExplainOptions.model_construct(**record.options)
         explanations = self._explain(record.texts, options)
-        record.explanations = [e.to_dict() for e in explanations]
+        record.explanations = [e.model_dump(mode="json") for e in explanations]
         record.status = SUCCEEDED
         record.finished_at = utc_now()
         self._records.put(record.id, record)

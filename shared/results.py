@@ -1,42 +1,36 @@
-"""Plain result objects returned by the classifier and the explainer, and their JSON shapes."""
+"""Result objects and response bodies (pydantic): what the classifier and the explainer return,
+what job records and caches store, and every JSON body the API sends. `/openapi.json` is
+generated from these same models, so the documented responses are the ones sent."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
-@dataclass(frozen=True)
-class LabelScore:
+class _Result(BaseModel):
+    # frozen: results are shared by caches; ignore: a record written by a newer version still reads.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class LabelScore(_Result):
     label: str
     score: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "score": self.score}
 
-
-@dataclass(frozen=True)
-class Classification:
+class Classification(_Result):
     """Every label's score for one text, highest first."""
 
-    scores: list[LabelScore]
-    truncated: bool
+    prediction: list[LabelScore]
+    truncated: bool = Field(description="the text was longer than the model's maximum length")
 
     @property
     def top_label(self) -> str:
-        return self.scores[0].label
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"prediction": [s.to_dict() for s in self.scores], "truncated": self.truncated}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Classification:
-        scores = [LabelScore(str(s["label"]), float(s["score"])) for s in data["prediction"]]
-        return cls(scores=scores, truncated=bool(data["truncated"]))
+        return self.prediction[0].label
 
 
-@dataclass(frozen=True)
-class Explanation:
+class Explanation(_Result):
     """SHAP attributions for one text: per token, per explained label.
 
     `base_values[label] + sum(values[label])` reproduces `model_output[label]` (additivity).
@@ -54,68 +48,94 @@ class Explanation:
     seed: int
     precision: str
     truncated: bool
-    batch_size: int | None = None  # SHAP's batch size (None only in entries from before it was recorded)
+    batch_size: int | None = None  # SHAP's batch size (None only in entries from before it was kept)
 
-    def seed_pairs(self) -> list[list[Any]]:
+    def seed_pairs(self) -> list[tuple[str, dict[str, float]]]:
         """The seed's shape: `[[token, {label: value, ...}], ...]`."""
         return [
-            [token, {label: self.values[label][i] for label in self.labels}]
+            (token, {label: self.values[label][i] for label in self.labels})
             for i, token in enumerate(self.tokens)
         ]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "tokens": self.tokens,
-            "offsets": [list(o) for o in self.offsets],
-            "labels": self.labels,
-            "values": self.values,
-            "base_values": self.base_values,
-            "model_output": self.model_output,
-            "output": self.output,
-            "max_evals": self.max_evals,
-            "evaluations": self.evaluations,
-            "seed": self.seed,
-            "precision": self.precision,
-            "truncated": self.truncated,
-            "batch_size": self.batch_size,
-        }
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Explanation:
-        return cls(
-            tokens=list(data["tokens"]),
-            offsets=[(int(a), int(b)) for a, b in data["offsets"]],
-            labels=list(data["labels"]),
-            values={k: [float(x) for x in v] for k, v in data["values"].items()},
-            base_values={k: float(v) for k, v in data["base_values"].items()},
-            model_output={k: float(v) for k, v in data["model_output"].items()},
-            output=str(data["output"]),
-            max_evals=int(data["max_evals"]),
-            evaluations=int(data["evaluations"]),
-            seed=int(data["seed"]),
-            precision=str(data["precision"]),
-            truncated=bool(data["truncated"]),
-            batch_size=None if data.get("batch_size") is None else int(data["batch_size"]),
-        )
+class ExplanationParameters(_Result):
+    output: Literal["probability", "logit"]
+    max_evals: int
+    evaluations: int = Field(description="model evaluations SHAP's algorithm counted")
+    seed: int
+    precision: Literal["exact", "fast"]
+    batch_size: int | None = Field(None, description="SHAP's batch size")
+
+
+class TextResult(_Result):
+    """One text's response: the seed's fields (`prediction`, `explanation`) first, richer ones beside."""
+
+    prediction: list[LabelScore]
+    truncated: bool
+    model: str
+    explanation: list[tuple[str, dict[str, float]]] | None = Field(
+        None, description="each token with its attribution per explained label (when explained)"
+    )
+    offsets: list[tuple[int, int]] | None = Field(None, description="each token's [start, end) in the text")
+    base_values: dict[str, float] | None = None
+    model_output: dict[str, float] | None = None
+    explanation_parameters: ExplanationParameters | None = None
 
 
 def text_response(
     classification: Classification, explanation: Explanation | None, model_id: str
-) -> dict[str, Any]:
-    """One text's response: the seed's fields (`prediction`, `explanation`) first, richer ones beside."""
-    body = classification.to_dict()
-    body["model"] = model_id
-    if explanation is not None:
-        body["explanation"] = explanation.seed_pairs()
-        body["offsets"] = [list(o) for o in explanation.offsets]
-        body["base_values"] = explanation.base_values
-        body["model_output"] = explanation.model_output
-        body["explanation_parameters"] = {
-            "output": explanation.output,
-            "max_evals": explanation.max_evals,
-            "evaluations": explanation.evaluations,
-            "seed": explanation.seed,
-            "precision": explanation.precision,
-            "batch_size": explanation.batch_size,
-        }
-    return body
+) -> TextResult:
+    if explanation is None:
+        return TextResult(
+            prediction=classification.prediction, truncated=classification.truncated, model=model_id
+        )
+    return TextResult(
+        prediction=classification.prediction,
+        truncated=classification.truncated,
+        model=model_id,
+        explanation=explanation.seed_pairs(),
+        offsets=explanation.offsets,
+        base_values=explanation.base_values,
+        model_output=explanation.model_output,
+        explanation_parameters=ExplanationParameters(
+            output=explanation.output,
+            max_evals=explanation.max_evals,
+            evaluations=explanation.evaluations,
+            seed=explanation.seed,
+            precision=explanation.precision,
+            batch_size=explanation.batch_size,
+        ),
+    )
+
+
+class ErrorDetail(_Result):
+    code: str = Field(description="stable, machine-readable")
+    message: str
+
+
+class ErrorBody(_Result):
+    error: ErrorDetail
+
+
+class Health(_Result):
+    status: Literal["healthy", "loading", "failed"]
+    model: str | None = None
+    labels: list[str] | None = None
+    error: str | None = None
+
+
+class JobBody(_Result):
+    """An explanation job as the API shows it."""
+
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    submitted_at: str
+    finished_at: str | None
+    prediction: list[LabelScore] | list[list[LabelScore]]
+    result: TextResult | list[TextResult] | None = Field(None, description="when succeeded")
+    error: ErrorDetail | None = Field(None, description="when failed")
+
+
+def body(model: BaseModel) -> dict[str, Any]:
+    """A model as the JSON the API sends: optional fields that were never set are left out."""
+    return model.model_dump(mode="json", exclude_unset=True)

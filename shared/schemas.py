@@ -14,6 +14,7 @@ from shared.errors import InvalidRequest
 from shared.settings import Settings
 
 Texts = str | list[str]
+DEFAULT_MAX_EVALS = 500
 
 
 class _Strict(BaseModel):
@@ -24,7 +25,15 @@ class _Strict(BaseModel):
 class ExplainOptions(_Strict):
     """How to explain: SHAP's Partition explainer parameters."""
 
-    max_evals: Annotated[int, Field(ge=4, description="Model evaluations per text (SHAP's max_evals).")] = 500
+    max_evals: Annotated[
+        int | None,
+        Field(
+            ge=4,
+            validate_default=True,
+            description=f"Model evaluations per text (SHAP's max_evals). Default: {DEFAULT_MAX_EVALS}, "
+            "or MAX_EVALS_LIMIT when that is lower.",
+        ),
+    ] = None
     output: Literal["probability", "logit"] = "probability"
     labels: Literal["all", "predicted"] | list[str] = Field(
         "all", description='"all", "predicted" or a list of label names to explain.'
@@ -55,8 +64,10 @@ class ExplainOptions(_Strict):
 
     @field_validator("max_evals")
     @classmethod
-    def _cap_max_evals(cls, value: int, info: ValidationInfo) -> int:
+    def _cap_max_evals(cls, value: int | None, info: ValidationInfo) -> int:
         limit = _settings(info).max_evals_limit
+        if value is None:  # the default, within the operator's limit (checked here, not by the worker)
+            return min(DEFAULT_MAX_EVALS, limit)
         if value > limit:
             raise ValueError(f"max_evals must be <= {limit}")
         return value

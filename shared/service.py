@@ -24,7 +24,7 @@ from shared.engine import Engine, Ticket, pass_limits_for
 from shared.errors import ClarionError, ModelNotReady
 from shared.explainer import explain_encoded
 from shared.model import TextModel, load_text_model
-from shared.results import Classification, Explanation
+from shared.results import Classification, Explanation, Health
 from shared.schemas import ExplainOptions
 from shared.settings import Settings
 
@@ -92,13 +92,13 @@ class ClarionService:
     def model(self) -> TextModel:
         return self.engine.model
 
-    def status(self) -> dict[str, object]:
+    def status(self) -> Health:
         if self._engine is not None:
             model = self._engine.model
-            return {"status": "healthy", "model": model.model_id, "labels": model.labels}
+            return Health(status="healthy", model=model.model_id, labels=model.labels)
         if self._error is not None:
-            return {"status": "failed", "error": self._error}
-        return {"status": "loading"}
+            return Health(status="failed", error=self._error)
+        return Health(status="loading")
 
     # ---- work ---------------------------------------------------------------------------------
 

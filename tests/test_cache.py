@@ -106,8 +106,8 @@ def test_repeated_classification_comes_from_the_cache_unless_turned_off(tiny_mod
     first = cached.classify(TEXTS[:2])
     again = cached.classify([TEXTS[1], TEXTS[0], TEXTS[2]])
     assert again[0] is first[1] and again[1] is first[0]
-    assert [s.label for s in again[2].scores] == [
-        s.label for s in classify(cached.engine, [TEXTS[2]])[0].scores
+    assert [s.label for s in again[2].prediction] == [
+        s.label for s in classify(cached.engine, [TEXTS[2]])[0].prediction
     ]
 
     settings = Settings(

@@ -27,8 +27,8 @@ def tiny(engine: Engine):
 
 def test_every_label_scored_sorted_and_summing_to_one(engine, tiny) -> None:
     (result,) = classify(engine, ["the film was great"])
-    assert sorted(s.label for s in result.scores) == ["negative", "neutral", "positive"]
-    scores = [s.score for s in result.scores]
+    assert sorted(s.label for s in result.prediction) == ["negative", "neutral", "positive"]
+    scores = [s.score for s in result.prediction]
     assert scores == sorted(scores, reverse=True)
     assert abs(sum(scores) - 1) < 1e-6
 
@@ -45,7 +45,7 @@ def test_batched_scores_equal_one_by_one(engine, tiny) -> None:
     small_passes.stop()
     for text, joint in zip(texts, together, strict=True):
         (alone,) = classify(engine, [text])
-        for a, b in zip(joint.scores, alone.scores, strict=True):
+        for a, b in zip(joint.prediction, alone.prediction, strict=True):
             assert a.label == b.label and abs(a.score - b.score) < 1e-5
 
 
@@ -55,7 +55,7 @@ def test_scores_match_a_direct_forward_pass(engine, tiny) -> None:
     with torch.inference_mode():
         logits = tiny.model(**tiny.tokenizer([text], return_tensors="pt")).logits[0].numpy()
     expected = np.exp(logits) / np.exp(logits).sum()
-    by_label = {s.label: s.score for s in result.scores}
+    by_label = {s.label: s.score for s in result.prediction}
     for i, label in enumerate(tiny.labels):
         assert abs(by_label[label] - expected[i]) < 1e-5
 
@@ -68,7 +68,7 @@ def test_multi_label_uses_sigmoid(tiny_multilabel_dir: Path) -> None:
     multi.stop()
     with torch.inference_mode():
         logits = model.model(**model.tokenizer(["you are awful"], return_tensors="pt")).logits[0].numpy()
-    by_label = {s.label: s.score for s in result.scores}
+    by_label = {s.label: s.score for s in result.prediction}
     for i, label in enumerate(model.labels):
         assert abs(by_label[label] - 1 / (1 + np.exp(-logits[i]))) < 1e-5
 

@@ -91,7 +91,7 @@ def test_classification_waits_at_most_for_the_pass_in_flight(tiny: TextModel) ->
         time.sleep(0.07)  # the first explanation pass is running
         passes_before = len(recorder.passes)
         result = classify(engine, ["good film"])
-        assert result[0].scores
+        assert result[0].prediction
         classify_pass = next(i for i, (p, _) in enumerate(recorder.passes) if p == CLASSIFY)
         assert classify_pass <= passes_before  # it ran right after the pass that was in flight
         backlog.result(timeout=30)
@@ -164,7 +164,7 @@ def test_expired_work_is_dropped_within_one_pass(tiny: TextModel) -> None:
         time.sleep(0.3)
         assert len(recorder.passes) <= 4  # 0.25 s of 0.1 s passes, plus the one in flight
         assert engine.stats.dropped_items == 1 and engine.stats.dropped_rows >= 30
-        assert classify(engine, ["good"])[0].scores  # and the engine serves the next request
+        assert classify(engine, ["good"])[0].prediction  # and the engine serves the next request
     finally:
         engine.stop()
 

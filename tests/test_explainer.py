@@ -117,7 +117,7 @@ def test_model_output_matches_classification(engine: Engine) -> None:
 
     (explanation,) = explain(engine, [TEXTS[0]], ExplainOptions(), 32)
     (classification,) = classify(engine, [TEXTS[0]])
-    for score in classification.scores:
+    for score in classification.prediction:
         assert abs(explanation.model_output[score.label] - score.score) < 1e-5
 
 

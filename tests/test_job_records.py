@@ -10,7 +10,7 @@ import pytest
 from shared.cache import REDIS_PREFIX, RedisCache, explanation_key
 from shared.job_store import KEY_PREFIX, RedisJobStore, redis_client
 from shared.jobs import CANCELLED, QUEUED, SUCCEEDED, JobRecord
-from shared.results import Explanation
+from shared.results import Explanation, body
 from shared.schemas import ExplainOptions
 from tests.support import RedisServer
 
@@ -66,14 +66,14 @@ def test_a_record_of_the_previous_format_still_reads(store: RedisJobStore) -> No
     store._client.set(KEY_PREFIX + "a" * 32, json.dumps(version_1_record("a" * 32)))
     record = store.load("a" * 32)
     assert record is not None and record.version == 1
-    body = record.public()
-    assert body["status"] == "succeeded" and body["result"]["explanation"][1][0] == "good"
+    shown = body(record.public())
+    assert shown["status"] == "succeeded" and shown["result"]["explanation"][1][0] == "good"
 
 
 def test_unknown_fields_of_a_newer_writer_are_ignored(store: RedisJobStore) -> None:
     data = version_1_record("b" * 32) | {"version": 9, "priority": "high"}
     store._client.set(KEY_PREFIX + "b" * 32, json.dumps(data))
-    assert store.load("b" * 32).public()["status"] == "succeeded"
+    assert store.load("b" * 32).public().status == "succeeded"
 
 
 def test_a_cancel_racing_a_refresh_stays_cancelled(store: RedisJobStore) -> None:
@@ -90,7 +90,7 @@ def test_a_cancel_racing_a_refresh_stays_cancelled(store: RedisJobStore) -> None
     assert not store.save_unless_finished(seen_by_get)  # the finished state is not overwritten
     stored = store.load(record.id)
     assert stored.status == CANCELLED
-    assert stored.public()["status"] == "cancelled"
+    assert stored.public().status == "cancelled"
     # and the other way round: a job that succeeded first is not turned into a cancelled one
     done = JobRecord.from_json(json.dumps(version_1_record("d" * 32)))
     store.save(done)
@@ -101,13 +101,13 @@ def test_a_cancel_racing_a_refresh_stays_cancelled(store: RedisJobStore) -> None
 
 def test_a_succeeded_record_with_a_missing_result_answers_without_error() -> None:
     broken = JobRecord.from_json(json.dumps(version_1_record("e" * 32) | {"explanations": []}))
-    body = broken.public()
-    assert body["status"] == "succeeded" and "result" not in body
+    shown = body(broken.public())
+    assert shown["status"] == "succeeded" and "result" not in shown
 
 
 def test_cache_entries_of_another_version_or_format_are_misses(redis_url: str) -> None:
     cache = RedisCache(redis_client(redis_url), ttl_s=600)
-    explanation = Explanation.from_dict(EXPLANATION)
+    explanation = Explanation.model_validate(EXPLANATION)
     key = explanation_key("model", "good", ExplainOptions())
     cache.put(key, explanation)
     assert cache.get(key) == explanation
@@ -118,4 +118,4 @@ def test_cache_entries_of_another_version_or_format_are_misses(redis_url: str) -
     assert cache.get(key) is None
     client.set(REDIS_PREFIX + key, b"\x00not json")
     assert cache.get(key) is None
-    assert Explanation.from_dict(EXPLANATION).batch_size is None  # old entries lack it: tolerated
+    assert Explanation.model_validate(EXPLANATION).batch_size is None  # old entries lack it: tolerated

@@ -35,6 +35,8 @@ def stack(sst2_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         "JOB_VISIBILITY_TIMEOUT": "36",
         "HTTP_THREADS": "4",
         "JOB_PUBLISH_GRACE": "2",
+        # Off: the async-vs-sync comparisons below must compute both sides, not read one from the other.
+        "EXPLANATION_CACHE_SIZE": "0",
     }
     stack = {"redis": redis, "worker": Worker(tmp, env), "env": env, "tmp": tmp}
     try:
@@ -129,7 +131,8 @@ def test_a_job_whose_publisher_died_is_published_by_the_sweeper(stack) -> None:
 
     api: Service = stack["api"]
     text = "A stranded job that must still run."
-    classified = Classification([LabelScore("POSITIVE", 0.5), LabelScore("NEGATIVE", 0.5)], False)
+    scores = [LabelScore(label="POSITIVE", score=0.5), LabelScore(label="NEGATIVE", score=0.5)]
+    classified = Classification(prediction=scores, truncated=False)
     record = new_record("minilm-sst2", [text], True, ExplainOptions(max_evals=120), [classified])
     RedisJobStore(redis_client(stack["redis"].url), 600).save_unpublished(record)
     assert api.get(f"/explanations/{record.id}").json()["status"] == "queued"

@@ -68,7 +68,8 @@ def _cancelled(job_id: str) -> bool:
     return record is not None and record.status == CANCELLED
 
 
-@celery_app.task(name="clarion.explain", bind=True)
+# throws: a failed job is an expected outcome (logged in one line), not a crash with a traceback.
+@celery_app.task(name="clarion.explain", bind=True, throws=(JobFailed,))
 def explain_job(self: Any, texts: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
     """Explain `texts`: the same `ClarionService.explain` the single-process API calls."""
     if _service is None:  # the threads pool while it loads, or the solo pool
@@ -84,7 +85,7 @@ def explain_job(self: Any, texts: list[str], options: dict[str, Any]) -> list[di
     ticket = Ticket.within(limit, timeout_message, cancelled_by=lambda: _cancelled(job_id))
     try:
         parsed = parse_model(ExplainOptions, options, _service.settings)
-        return [e.to_dict() for e in _service.explain(texts, parsed, ticket)]
+        return [e.model_dump(mode="json") for e in _service.explain(texts, parsed, ticket)]
     except SoftTimeLimitExceeded:
         raise JobFailed(timeout_message) from None
     except ClarionError as exc:
