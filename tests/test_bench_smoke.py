@@ -96,3 +96,15 @@ def test_passes_smoke(tmp_path: Path) -> None:
     assert {c["length"] for c in results["cells"]} == {24, 64}
     assert all(c["pass_ms"] > 0 and c["row_ms"] > 0 for c in results["cells"])
     assert [b["tokens"] for b in results["budgets"]]
+
+
+def test_soak_smoke(tmp_path: Path) -> None:
+    """Thirty seconds of mixed traffic on each target: no 5xx, every job finished, bad input 4xx."""
+    results = run_bench("soak", tmp_path)
+    assert [r["target"] for r in results["runs"]] == ["single", "broker"]
+    for run in results["runs"]:
+        assert run["server_errors"] == 0, run["statuses"]
+        assert run["jobs"]["unfinished"] == 0 and run["jobs"]["failed"] == 0, run["jobs"]
+        assert run["jobs"]["accepted"] > 0 and run["jobs"]["succeeded"] == run["jobs"]["accepted"]
+        assert set(run["statuses"]["bad input"]) <= {"400", "415"}
+        assert run["rss"] and all(sample["rss_mib"] for sample in run["rss"])
