@@ -261,24 +261,47 @@ def redis_server_binary() -> str:
     return str(candidates[0])
 
 
+def make_test_certificates(directory: Path) -> Path:
+    """A throwaway CA and a server certificate for 127.0.0.1 (openssl), for TLS tests."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+            "-days", "2", "-subj", "/CN=clarion-test-ca")  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", "/CN=127.0.0.1")  # fmt: skip
+    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.crt", "-days", "2", "-extfile", "san.cnf")  # fmt: skip
+    return directory
+
+
 class RedisServer:
     """A real Redis on 127.0.0.1 with an append-only file, which can be stopped and started again."""
 
-    def __init__(self, directory: Path, password: str | None = None, fsync_always: bool = False) -> None:
+    def __init__(
+        self, directory: Path, password: str | None = None, fsync_always: bool = False, tls: bool = False
+    ) -> None:
         self.directory = directory
         self.fsync_always = fsync_always
         self.port = free_port()
         self.password = password
+        self.tls = make_test_certificates(directory / "tls") if tls else None
         auth = f":{password}@" if password else ""
-        self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
+        if self.tls is None:
+            self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
+        else:
+            query = f"ssl_cert_reqs=required&ssl_ca_certs={self.tls / 'ca.crt'}"
+            self.url = f"rediss://{auth}127.0.0.1:{self.port}/0?{query}"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
         self.process = subprocess.Popen(
             [
                 redis_server_binary(),
-                "--port",
-                str(self.port),
+                *self._listen(),
                 "--bind",
                 "127.0.0.1",
                 "--dir",
@@ -304,6 +327,15 @@ class RedisServer:
             self.process.wait(timeout=20)
             self.process = None
 
+    def _listen(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        return [
+            "--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no",
+            "--tls-cert-file", str(self.tls / "server.crt"), "--tls-key-file", str(self.tls / "server.key"),
+            "--tls-ca-cert-file", str(self.tls / "ca.crt"),
+        ]  # fmt: skip
+
     def kill(self) -> None:
         """SIGKILL: no shutdown save, no flush; only what reached the append-only file survives."""
         if self.process is not None:
@@ -315,8 +347,7 @@ class RedisServer:
         import redis
 
         try:
-            client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.5)
-            return bool(client.ping())
+            return bool(redis.Redis.from_url(self.url, socket_connect_timeout=0.5).ping())
         except redis.RedisError:
             return False
 
@@ -348,6 +379,15 @@ class Worker:
             return "loaded from" in self.log() and "ready." in self.log()
 
         wait_until(loaded, timeout, what="the worker to load its model")
+
+    def _listen(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        return [
+            "--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no",
+            "--tls-cert-file", str(self.tls / "server.crt"), "--tls-key-file", str(self.tls / "server.key"),
+            "--tls-ca-cert-file", str(self.tls / "ca.crt"),
+        ]  # fmt: skip
 
     def kill(self) -> None:
         stop_process_group(self.process, sig=signal.SIGKILL)

@@ -86,8 +86,13 @@ def test_short_keys_are_refused_at_start_up(tiny_model_dir: Path) -> None:
     assert KEY_ONE not in shown.stdout and "s3cret" not in shown.stdout
 
 
-def test_jobs_through_a_redis_that_needs_a_password(tiny_model_dir: Path, tmp_path: Path) -> None:
-    redis = RedisServer(tmp_path, password="pw-0123456789")
+@pytest.mark.parametrize("tls", [False, True], ids=["password", "password+tls"])
+def test_jobs_through_a_redis_that_needs_a_password_and_tls(
+    tiny_model_dir: Path, tmp_path: Path, tls: bool
+) -> None:
+    """REDIS_URL redis://:password@... or rediss://...?ssl_cert_reqs=required&ssl_ca_certs=CA serves
+    the broker, the result backend, the job records and the cache alike."""
+    redis = RedisServer(tmp_path, password="pw-0123456789", tls=tls)
     redis.start()
     env = {
         "MODEL_DIR": str(tiny_model_dir),
