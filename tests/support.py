@@ -380,15 +380,6 @@ class Worker:
 
         wait_until(loaded, timeout, what="the worker to load its model")
 
-    def _listen(self) -> list[str]:
-        if self.tls is None:
-            return ["--port", str(self.port)]
-        return [
-            "--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no",
-            "--tls-cert-file", str(self.tls / "server.crt"), "--tls-key-file", str(self.tls / "server.key"),
-            "--tls-ca-cert-file", str(self.tls / "ca.crt"),
-        ]  # fmt: skip
-
     def kill(self) -> None:
         stop_process_group(self.process, sig=signal.SIGKILL)
 

@@ -98,6 +98,7 @@ def test_jobs_through_a_redis_that_needs_a_password_and_tls(
         "MODEL_DIR": str(tiny_model_dir),
         "REDIS_URL": redis.url,
         "WORKER_CONCURRENCY": "1",
+        "SAGEMAKER_MODEL_SERVER_WORKERS": "1",  # so /ping's 200 means the API is ready
         "TORCH_THREADS": "1",
     }
     worker = Worker(tmp_path, env)

@@ -27,6 +27,7 @@ def test_jobs_answered_202_survive_a_redis_kill(sst2_dir: Path, tmp_path: Path) 
         "REDIS_URL": redis.url,
         "WORKER_CONCURRENCY": "1",
         "TORCH_THREADS": "1",
+        "SAGEMAKER_MODEL_SERVER_WORKERS": "1",  # so /ping's 200 means the API is ready
         "JOB_SOFT_TIME_LIMIT": "20",
         "JOB_TIME_LIMIT": "25",
         "JOB_VISIBILITY_TIMEOUT": "26",  # the killed worker's job is redelivered after this

@@ -95,6 +95,7 @@ def test_fuzz_the_service_with_a_broker(tiny_model_dir: Path, tmp_path: Path) ->
     redis = RedisServer(tmp_path)
     redis.start()
     env = {"MODEL_DIR": str(tiny_model_dir), "REDIS_URL": redis.url, "WORKER_CONCURRENCY": "1", **LIMITS}
+    env["SAGEMAKER_MODEL_SERVER_WORKERS"] = "1"  # so /ping's 200 means the API is ready
     worker = Worker(tmp_path, env)
     try:
         with running_service(tmp_path, env) as service:
