@@ -5,7 +5,9 @@ priority, a precision and a `Ticket` (deadline and cancellation). They wait on a
 logits. One thread owns the model and builds each pass from what is waiting:
 
 - classification rows go first; an explanation round joins the next pass after it is submitted, so
-  rounds of every request and every text in flight share passes (continuous batching);
+  rounds of every request and every text in flight share passes (continuous batching); among
+  explanations the earliest deadline goes first, so an overloaded engine finishes the oldest
+  requests in time rather than making every request late;
 - a pass is bounded by rows and by tokens (rows x padded width), sized to the device, so that a
   classification that arrives waits at most for the pass in flight;
 - explanation rows only share a pass with rows of the same length (no padding: a text's masked
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -198,7 +201,7 @@ class Engine:
         self._observe_pass = observe_pass
         self._log_every_s = log_every_s
         self._next_log = time.monotonic() + log_every_s
-        self._waiting: list[_Item] = []  # in (priority, seq) order
+        self._waiting: list[_Item] = []  # in _queue_order
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._stopped = False
@@ -238,7 +241,7 @@ class Engine:
                 raise EngineStopped("the engine has stopped")
             item.seq = next(self._seq)
             self._waiting.append(item)
-            self._waiting.sort(key=lambda i: (i.priority, i.seq))
+            self._waiting.sort(key=_queue_order)
             self._cond.notify()
         return future
 
@@ -386,6 +389,14 @@ class Engine:
         self._next_log = now + self._log_every_s
         if self.stats.passes:
             log.info("engine: %s", " ".join(f"{k}={_short(v)}" for k, v in self.stats.snapshot().items()))
+
+
+def _queue_order(item: _Item) -> tuple[int, float, int]:
+    """Priority first; then the earliest deadline (so under overload the oldest requests finish in
+    time instead of every request sharing the engine until all of them miss their deadlines);
+    then first come, first served."""
+    deadline = item.ticket.deadline if item.ticket.deadline is not None else math.inf
+    return (item.priority, deadline, item.seq)
 
 
 def wait_for(future: Future, ticket: Ticket, longest_s: float = 3600.0) -> Any:

@@ -121,3 +121,18 @@ def test_precedence_local_then_s3_then_hub(tmp_path: Path, tiny_model_dir: Path)
     assert (hub.source, hub.model_ref) == ("hub", "org/model")
     default = resolve_model(Settings())
     assert default.model_ref == "distilbert/distilbert-base-uncased-finetuned-sst-2-english"
+
+
+def test_the_python_requirement_has_tarfile_filters() -> None:
+    """Model archives are extracted with filter="data" (PEP 706): Python 3.11.4 and later only.
+    Debian bookworm's 3.11.2 lacks it, so the package must not install there."""
+    import tarfile
+    import tomllib
+
+    from packaging.specifiers import SpecifierSet
+
+    from tests.support import REPO
+
+    spec = SpecifierSet(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"])
+    assert "3.11.3" not in spec and "3.11.2" not in spec and "3.11.4" in spec and "3.13.0" in spec
+    assert hasattr(tarfile, "data_filter")

@@ -253,3 +253,22 @@ def test_the_same_request_gives_the_same_numbers_alone_merged_and_at_another_pas
             # Float summation order inside a pass depends on its other rows: last-bit noise only.
             np.testing.assert_allclose(a.values[label], s.values[label], atol=1e-6, rtol=0)
             np.testing.assert_allclose(a.values[label], m.values[label], atol=1e-6, rtol=0)
+
+
+def test_under_overload_the_earliest_deadline_goes_first(tiny: TextModel) -> None:
+    """Rounds are not shared out evenly until every request is late: the request that must answer
+    first is served first (then first come, first served)."""
+    slow = SlowModel(tiny, pass_s=0.05)
+    engine, recorder = engine_for(slow, PassLimits(rows=2, tokens=4096))
+    try:
+        blocker = engine.submit(rows_of(tiny, "good film", 2), EXPLAIN)  # occupies the first pass
+        time.sleep(0.02)
+        late = engine.submit(rows_of(tiny, TEXTS[4], 4), EXPLAIN, ticket=Ticket.within(60, "late"))
+        urgent = engine.submit(rows_of(tiny, LONG, 4), EXPLAIN, ticket=Ticket.within(5, "urgent"))
+        for future in (blocker, late, urgent):
+            future.result(timeout=10)
+    finally:
+        engine.stop()
+    order = [seq for _, items in recorder.passes for seq, _ in items]
+    late_seq, urgent_seq = 1, 2
+    assert order.index(urgent_seq) < order.index(late_seq)
