@@ -138,12 +138,14 @@ def test_passes_respect_the_row_and_token_limits(tiny: TextModel) -> None:
 
 
 def test_explanation_rows_of_different_lengths_never_share_a_pass(tiny: TextModel) -> None:
-    engine, recorder = engine_for(SlowModel(tiny, 0.02))
+    engine, recorder = engine_for(SlowModel(tiny, 0.1))
     try:
+        # A row of yet another length first, so that the three below queue up behind its pass.
+        blocker = engine.submit(rows_of(tiny, "the plot was boring", 1), EXPLAIN)
         first = engine.submit(rows_of(tiny, "good film", 3), EXPLAIN)
         second = engine.submit(rows_of(tiny, TEXTS[4], 3), EXPLAIN)
         third = engine.submit(rows_of(tiny, "bad plot", 3), EXPLAIN)  # same length as the first
-        for f in (first, second, third):
+        for f in (blocker, first, second, third):
             f.result(timeout=10)
     finally:
         engine.stop()
