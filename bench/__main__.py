@@ -7,6 +7,7 @@ import importlib
 import sys
 
 COMMANDS = {
+    "devices": "the same explanations on the CPU and on a GPU: the largest difference per Owen batch size",
     "explain": "seed SHAP pipeline vs Clarion exact/fast vs SHAP reference, per text",
     "classify": "HTTP requests/s and latency at several concurrencies, micro-batching on and off",
     "coldstart": "seconds from process start to healthy /ping, and peak RSS of the service",

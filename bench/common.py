@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-TEAM_KIT = REPO.parent / "shared"
+# The team kit beside the checkout; CLARION_TEAM_KIT points elsewhere (a GPU machine gets a copy).
+TEAM_KIT = Path(os.environ.get("CLARION_TEAM_KIT") or REPO.parent / "shared")
 MINILM_DIR = TEAM_KIT / "models" / "minilm-sst2"
 SST2_PATH = TEAM_KIT / "data" / "sst2-dev.tsv"
 DEFAULT_OUT = REPO / "bench" / "results"
@@ -92,6 +93,7 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

@@ -126,7 +126,7 @@ def _seed_explainer(model: Any) -> Any:
     import transformers
 
     pipeline = transformers.pipeline(
-        "text-classification", model=model.model, tokenizer=model.tokenizer, top_k=None, device=-1
+        "text-classification", model=model.model, tokenizer=model.tokenizer, top_k=None, device=model.device
     )
     return shap.Explainer(pipeline)
 
@@ -215,9 +215,13 @@ def _reference_values(model: Any, text: str, max_evals: int, batch_size: int) ->
 def _per_row_cost(model: Any, ids: np.ndarray, repeats: int = 2) -> float:
     """The model's best seconds per row on this text: one unpadded pass over copies of its ids, at
     whichever pass size runs best (the floor no pass size of the engine can beat)."""
+    from shared.engine import pass_limits_for
+
+    limits = pass_limits_for(model)  # a GPU's passes are far larger than a CPU's
+    most_rows, most_tokens = max(FLOOR_ROWS[-1], limits.rows), max(FLOOR_MAX_TOKENS, limits.tokens)
     costs = []
-    for b in FLOOR_ROWS:
-        if b > 2 and b * len(ids) > FLOOR_MAX_TOKENS:
+    for b in (*FLOOR_ROWS, 128, 256, 512):
+        if b > 2 and (b > most_rows or b * len(ids) > most_tokens):
             break
         rows = [ids] * b
         costs.append(best_time(lambda rows=rows: model.forward(rows), repeats) / b)

@@ -47,6 +47,14 @@ def test_explain_smoke(tmp_path: Path) -> None:
             assert summary[key] is not None and summary[key] > 0
 
 
+def test_devices_smoke(tmp_path: Path) -> None:
+    results = run_bench("devices", tmp_path)  # no GPU here: the CPU against itself at another pass size
+    assert {r["kind"] for r in results["rows"]} == {"short", "long"}
+    for row in results["rows"]:
+        assert row["same_evaluations"], row
+        assert row["max_abs_diff"] < 1e-6, row
+
+
 def test_classify_smoke(tmp_path: Path) -> None:
     results = run_bench("classify", tmp_path)
     assert results["in_process_sentences_per_s"] > 0

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Issue 7's checks on a lent GPU machine (the `device` tool; CI never runs this). In one call:
+#   bench devices  - the same explanations on its CPU and its GPU: the largest difference (target 1e-4)
+#   bench explain  - the seed's approach against Clarion, both on the GPU
+#   bench load     - the engine under load over real HTTP against `clarion serve` on the GPU
+# That machine has torch but not all of Clarion's packages, and the transfer is capped at 64 MiB, so
+# the caller prepares two ignored folders and carries them (see "GPU figures" in the README):
+#   .whl/  wheels (cp312) of what the machine lacks: shap, slicer, flask, gunicorn, pydantic, ...
+#   .kit/  models/minilm-sst2 with its weights stored as fp16 (model.fp16.safetensors), data/sst2-dev.tsv
+# The fp16 weights are widened back to fp32 here: every run below uses the same fp32 weights (the
+# team kit's rounded to fp16), on the CPU and on the GPU alike.
+set -uo pipefail
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+out=bench/results/gpu  # results and logs; the device tool brings back at most 8 files: one archive
+rm -rf "$out" && mkdir -p "$out"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD CLARION_TEAM_KIT=/tmp/kit
+rm -rf /tmp/kit && cp -r .kit /tmp/kit
+python3 - <<'EOF' || exit 1
+from safetensors.torch import load_file, save_file
+folder = "/tmp/kit/models/minilm-sst2/"
+weights = load_file(folder + "model.fp16.safetensors")
+save_file({k: v.float() if v.is_floating_point() else v for k, v in weights.items()},
+          folder + "model.safetensors", metadata={"format": "pt"})
+EOF
+rm /tmp/kit/models/minilm-sst2/model.fp16.safetensors
+# `clarion serve`, as the installed console script would run it
+mkdir -p /tmp/bin && printf '#!/bin/sh\nexec %s -m shared.cli "$@"\n' "$(command -v python3)" >/tmp/bin/clarion
+chmod +x /tmp/bin/clarion && export PATH=/tmp/bin:$PATH
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+python3 -c 'import torch, transformers, shap; print("torch", torch.__version__, "transformers", transformers.__version__, "shap", shap.__version__)'
+
+step() {  # name, seconds, command...: one bench, its log beside its results, never past its time
+    local name=$1 seconds=$2
+    shift 2
+    echo "== $name"
+    timeout "$seconds" "$@" --out "$out" >"$out/$name.log" 2>&1
+    echo "exit $?"
+    tail -n 12 "$out/$name.log"
+}
+step devices 150 python3 -m bench devices --threads 8
+step explain 200 python3 -m bench explain --models minilm
+# Part 2's oversized request must outlast its deadline on a GPU too: a 2 s timeout.
+step load 200 python3 -m bench load --duration 15 --repeats 2 --timeout 2
+[ -n "${OUT:-}" ] && tar -czf "$OUT/gpu-results.tar.gz" -C bench/results gpu
