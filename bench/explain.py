@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pass-tokens", type=int, default=None, help="the engine's PASS_TOKENS (default: device's)"
     )
+    parser.add_argument(
+        "--spare-tokens", type=int, default=None, help="the engine's PASS_SPARE_TOKENS (default: device's)"
+    )
     parser.add_argument("--models", default=",".join(MODELS), help="comma list of: minilm, distilbert")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--skip-seed", action="store_true", help="skip the slow seed approach")
@@ -65,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="clarion-bench-") as tmp:
         for name in models:
-            engine = _load(name, args.threads, Path(tmp), args.pass_tokens)
+            engine = _load(name, args.threads, Path(tmp), args.pass_tokens, args.spare_tokens)
             model = engine.model
             sentences = sst2_sentences()
             samples = [("short", s) for s in sentences[: args.texts]]
@@ -89,7 +92,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(name: str, threads: int, tmp: Path, pass_tokens: int | None) -> Any:
+def _load(name: str, threads: int, tmp: Path, pass_tokens: int | None, spare_tokens: int | None) -> Any:
     """The model and its engine, as a Clarion process runs them."""
     from shared.engine import Engine, pass_limits_for
     from shared.model import load_text_model
@@ -97,7 +100,7 @@ def _load(name: str, threads: int, tmp: Path, pass_tokens: int | None) -> Any:
 
     directory = MINILM_DIR if name == "minilm" else build_random_distilbert(tmp / name)
     model = load_text_model(Settings(model_dir=str(directory), torch_threads=threads))
-    return Engine(model, pass_limits_for(model, tokens=pass_tokens))
+    return Engine(model, pass_limits_for(model, tokens=pass_tokens, spare_tokens=spare_tokens))
 
 
 def _long_texts(model: Any, sentences: list[str], count: int, bounds: tuple[int, int]) -> list[str]:
@@ -153,8 +156,11 @@ def _measure(engine: Any, seed: Any, text: str, max_evals: int, batch_size: int)
 
     model = engine.model
     exact_options, fast_options = (_options(max_evals, p, batch_size) for p in ("exact", "fast"))
+    before = engine.stats.snapshot()
     (exact,), exact_s = timed(lambda: explain_texts(engine, [text], exact_options))
+    after = engine.stats.snapshot()
     (fast,), fast_s = timed(lambda: explain_texts(engine, [text], fast_options))
+    fast_passes = engine.stats.snapshot()["passes"] - after["passes"]
     reference, reference_s = timed(lambda: _reference_values(model, text, max_evals, batch_size))
     exact_values, fast_values = _values(exact), _values(fast)
     label = int(np.argmax([exact.model_output[name] for name in exact.labels]))
@@ -164,6 +170,9 @@ def _measure(engine: Any, seed: Any, text: str, max_evals: int, batch_size: int)
         "text": text,
         "tokens": len(exact.tokens),
         "evaluations": exact.evaluations,
+        "passes": after["passes"] - before["passes"],  # of the exact run
+        "rows": after["rows"] - before["rows"],  # computed ahead included
+        "fast_passes": fast_passes,
         "predicted": exact.labels[label],
         "exact_s": exact_s,
         "fast_s": fast_s,
@@ -251,7 +260,7 @@ def _summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     summary = []
     for (model, kind), group in groups.items():
         s: dict[str, Any] = {"model": model, "kind": kind, "texts": len(group)}
-        for key in ("seed_s", "exact_s", "fast_s", "floor_s", "tokens", "evaluations"):
+        for key in ("seed_s", "exact_s", "fast_s", "floor_s", "tokens", "evaluations", "passes", "rows"):
             s[f"median_{key}"] = median([r[key] for r in group])
         s["seed_over_exact"] = ratio(s["median_seed_s"], s["median_exact_s"])
         s["seed_over_fast"] = ratio(s["median_seed_s"], s["median_fast_s"])
@@ -264,7 +273,19 @@ def _summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return summary
 
 
-HEADERS = ["model", "kind", "tokens", "evals", "seed s", "exact s", "fast s", "floor s", "maxdiff"]
+HEADERS = [
+    "model",
+    "kind",
+    "tokens",
+    "evals",
+    "passes",
+    "rows",
+    "seed s",
+    "exact s",
+    "fast s",
+    "floor s",
+    "maxdiff",
+]
 HEADERS += ["spearman fast", "top3 fast", "spearman seed"]
 
 
@@ -274,6 +295,8 @@ def _cells(r: dict[str, Any]) -> list[str]:
         r["kind"],
         str(r["tokens"]),
         str(r["evaluations"]),
+        str(r.get("passes", "-")),
+        str(r.get("rows", "-")),
         fmt(r["seed_s"]),
         fmt(r["exact_s"]),
         fmt(r["fast_s"]),
@@ -295,7 +318,8 @@ def _per_text_table(rows: list[dict[str, Any]]) -> str:
 
 def _summary_line(s: dict[str, Any]) -> str:
     return (
-        f"{s['model']} {s['kind']} (n={s['texts']}, median {fmt(s['median_tokens'], '.0f')} tokens): "
+        f"{s['model']} {s['kind']} (n={s['texts']}, median {fmt(s['median_tokens'], '.0f')} tokens, "
+        f"{fmt(s['median_passes'], '.0f')} passes, {fmt(s['median_rows'], '.0f')} rows): "
         f"median seed {fmt(s['median_seed_s'], suffix='s')} exact {fmt(s['median_exact_s'], suffix='s')} "
         f"fast {fmt(s['median_fast_s'], suffix='s')} floor {fmt(s['median_floor_s'], suffix='s')} | "
         f"seed/exact {fmt(s['seed_over_exact'], suffix='x')} "
@@ -313,6 +337,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         "max_evals",
         "batch_size",
         "pass_tokens",
+        "spare_tokens",
         "models",
         "threads",
         "skip_seed",

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Issue 7's checks on a lent GPU machine (the `device` tool; CI never runs this). In one call:
-#   bench devices  - the same explanations on its CPU and its GPU: the largest difference (target 1e-4)
-#   bench explain  - the seed's approach against Clarion, both on the GPU
-#   bench load     - the engine under load over real HTTP against `clarion serve` on the GPU
+# Issue 7's checks on a lent GPU machine (the `device` tool; CI never runs this). In one call, the
+# steps named as arguments (default: devices explain load):
+#   devices         - the same explanations on its CPU and its GPU: the largest difference (target 1e-4)
+#   explain         - the seed's approach against Clarion, both on the GPU
+#   explain-nospare - Clarion alone with PASS_SPARE_TOKENS=0 (no rows computed past the budget)
+#   load            - the engine under load over real HTTP against `clarion serve` on the GPU
+#   passes          - pass time by rows and length, up to 1024 rows: what sizes the GPU's passes
+#   passes-fast     - the same for precision=fast (bf16 on a GPU)
 # That machine has torch but not all of Clarion's packages, and the transfer is capped at 64 MiB, so
 # the caller prepares two ignored folders and carries them (see "GPU figures" in the README):
 #   .whl/  wheels (cp312) of what the machine lacks: shap, slicer, flask, gunicorn, pydantic, ...
@@ -34,12 +38,25 @@ step() {  # name, seconds, command...: one bench, its log beside its results, ne
     local name=$1 seconds=$2
     shift 2
     echo "== $name"
-    timeout "$seconds" "$@" --out "$out" >"$out/$name.log" 2>&1
+    timeout "$seconds" "$@" --out "$out/$name" >"$out/$name.log" 2>&1
     echo "exit $?"
     tail -n 12 "$out/$name.log"
+    # after every step, so a call cut short still brings back what finished
+    [ -z "${OUT:-}" ] || tar -czf "$OUT/gpu-results.tar.gz" -C bench/results gpu
 }
-step devices 150 python3 -m bench devices --threads 8
-step explain 200 python3 -m bench explain --models minilm
-# Part 2's oversized request must outlast its deadline on a GPU too: a 2 s timeout.
-step load 200 python3 -m bench load --duration 15 --repeats 2 --timeout 2
-[ -n "${OUT:-}" ] && tar -czf "$OUT/gpu-results.tar.gz" -C bench/results gpu
+steps=("$@")
+[ ${#steps[@]} -gt 0 ] || steps=(devices explain load)
+for name in "${steps[@]}"; do
+    case $name in
+    devices) step devices 150 python3 -m bench devices --threads 8 ;;
+    explain) step explain 200 python3 -m bench explain --models minilm ;;
+    explain-nospare) step explain-nospare 120 python3 -m bench explain --models minilm --skip-seed --spare-tokens 0 ;;
+    # Part 2's oversized request must outlast its deadline on a GPU too: a 2 s timeout.
+    load) step load 200 python3 -m bench load --duration 15 --repeats 2 --timeout 2 ;;
+    passes | passes-fast)
+        precision=exact && [ "$name" = passes ] || precision=fast
+        step "$name" 90 python3 -m bench passes --lengths 24,64,270 --rows 1,8,32,64,128,256,512,1024 \
+            --max-tokens 65536 --repeats 5 --precision "$precision" ;;
+    *) echo "unknown step $name" && exit 2 ;;
+    esac
+done

@@ -27,6 +27,8 @@ BUDGETS = (256, 512, 768, 1024, 1536, 2048)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lengths", default="24,64,128,270", help="row lengths in tokens")
+    parser.add_argument("--rows", default=",".join(map(str, ROWS)), help="rows per pass (a GPU takes more)")
+    parser.add_argument("--precision", default="exact", choices=("exact", "fast"))
     parser.add_argument("--max-tokens", type=int, default=8192, help="largest rows x length measured")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -43,15 +45,16 @@ def main(args: argparse.Namespace) -> int:
         args.lengths, args.max_tokens, args.repeats = "24,64", 512, 1
     model = load_text_model(Settings(model_dir=args.model_dir, torch_threads=args.threads))
     lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
+    row_counts = [int(x) for x in args.rows.split(",") if x.strip()]
     cells: list[dict[str, Any]] = []
     for length in lengths:
         row = model.encode(["word " * length])[0].ids[:length]
-        for rows in ROWS:
+        for rows in row_counts:
             if rows > 1 and rows * length > args.max_tokens:
                 break
             batch = [row] * rows
-            model.forward(batch)  # warm this shape
-            seconds = best_time(lambda batch=batch: model.forward(batch), args.repeats)
+            model.forward(batch, args.precision)  # warm this shape
+            seconds = best_time(lambda batch=batch: model.forward(batch, args.precision), args.repeats)
             cells.append(
                 {"length": length, "rows": rows, "pass_ms": 1000 * seconds, "row_ms": 1000 * seconds / rows}
             )
@@ -59,9 +62,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"length {length} rows {rows}: {last['pass_ms']:.1f} ms/pass {last['row_ms']:.2f} ms/row")
     budgets = [_budget(cells, lengths, tokens) for tokens in BUDGETS]
     data = {"config": vars(args), "environment": environment(), "cells": cells, "budgets": budgets}
-    write_results(
-        Path(args.out or DEFAULT_OUT), "passes", data, _report(cells, budgets, lengths, args.target_ms)
-    )
+    report = _report(cells, budgets, lengths, row_counts, args.target_ms)
+    write_results(Path(args.out or DEFAULT_OUT), "passes", data, report)
     return 0
 
 
@@ -81,12 +83,14 @@ def _budget(cells: list[dict[str, Any]], lengths: list[int], tokens: int) -> dic
     return {"tokens": tokens, "per_length": per_length}
 
 
-def _report(cells, budgets, lengths, target_ms) -> str:
-    headers = ["length", *[f"{r} rows" for r in ROWS]]
+def _report(cells, budgets, lengths, row_counts, target_ms) -> str:
+    headers = ["length", *[f"{r} rows" for r in row_counts]]
     rows = []
     for length in lengths:
         by_rows = {c["rows"]: c for c in cells if c["length"] == length}
-        rows.append([str(length), *[fmt(by_rows[r]["row_ms"], ".2f") if r in by_rows else "-" for r in ROWS]])
+        rows.append(
+            [str(length), *[fmt(by_rows[r]["row_ms"], ".3f") if r in by_rows else "-" for r in row_counts]]
+        )
     lines = ["ms per row, by rows per pass:", table(headers, rows), ""]
     headers = ["PASS_TOKENS", *[f"len {n}: rows / pass ms / row cost vs best" for n in lengths]]
     rows = [

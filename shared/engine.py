@@ -48,6 +48,11 @@ class PassLimits:
 
     rows: int
     tokens: int  # rows x padded width
+    # Tokens of rows an explanation may run beyond its max_evals budget, per text, when it computes
+    # masks ahead of the recursion. On a CPU every row costs its share: none. On a GPU a short text's
+    # rounds are bound by latency, and a pass of this many tokens costs about what a tiny one does,
+    # so computing ahead past the budget saves rounds for almost nothing (`bench explain` on a GPU).
+    spare_tokens: int = 0
 
 
 # Measured on minilm-sst2, 2 CPU threads (`bench passes`): a pass of 768 tokens takes 130-175 ms
@@ -55,13 +60,19 @@ class PassLimits:
 # ~5 % of the best any pass size reaches; bigger passes gain nothing per row but make a waiting
 # classification wait longer.
 CPU_PASS = PassLimits(rows=32, tokens=768)
-GPU_PASS = PassLimits(rows=256, tokens=65536)
+GPU_PASS = PassLimits(rows=256, tokens=65536, spare_tokens=16384)
 
 
-def pass_limits_for(model: TextModel, rows: int | None = None, tokens: int | None = None) -> PassLimits:
-    """The device's pass size, unless the operator set PASS_ROWS / PASS_TOKENS."""
+def pass_limits_for(
+    model: TextModel, rows: int | None = None, tokens: int | None = None, spare_tokens: int | None = None
+) -> PassLimits:
+    """The device's pass size, unless the operator set PASS_ROWS / PASS_TOKENS / PASS_SPARE_TOKENS."""
     default = GPU_PASS if model.device.type == "cuda" else CPU_PASS
-    return PassLimits(rows=rows or default.rows, tokens=tokens or default.tokens)
+    return PassLimits(
+        rows=rows or default.rows,
+        tokens=tokens or default.tokens,
+        spare_tokens=default.spare_tokens if spare_tokens is None else spare_tokens,
+    )
 
 
 class Ticket:

@@ -105,10 +105,18 @@ def _start(
         return  # a single token: no tree to walk (see _explanation)
     # Rounds of a short text are far smaller than a pass; fill them with the masks the recursion is
     # likely to need next (same numbers, fewer passes).
-    rows_per_pass = min(engine.limits.rows, max(1, engine.limits.tokens // len(job.encoded.ids)))
+    length = len(job.encoded.ids)
+    rows_per_pass = min(engine.limits.rows, max(1, engine.limits.tokens // length))
     f00, f11 = job.f00[idx], job.f11[idx]
     job.steps = owen_values(
-        job.clustering, f00, f11, options.max_evals, options.batch_size, rng, lookahead=rows_per_pass
+        job.clustering,
+        f00,
+        f11,
+        options.max_evals,
+        options.batch_size,
+        rng,
+        lookahead=rows_per_pass,
+        spare=engine.limits.spare_tokens // length,
     )
     _advance(job, None)
 

@@ -68,7 +68,10 @@ class ClarionService:
     def _load(self) -> None:
         try:
             model = self._loader(self.settings, self._threads)
-            limits = pass_limits_for(model, self.settings.pass_rows, self.settings.pass_tokens)
+            settings = self.settings
+            limits = pass_limits_for(
+                model, settings.pass_rows, settings.pass_tokens, settings.pass_spare_tokens
+            )
             self._engine = Engine(model, limits, merge_classifications=self.settings.micro_batching)
         except ClarionError as exc:
             self._error = exc.message

@@ -129,6 +129,7 @@ class Settings:
     # Model execution: the engine's pass size, and SHAP's batch size (which is part of the answer).
     pass_rows: int | None = _env("PASS_ROWS", _int_parser(1, 65536))
     pass_tokens: int | None = _env("PASS_TOKENS", _int_parser(1))
+    pass_spare_tokens: int | None = _env("PASS_SPARE_TOKENS", _int_parser(0))
     explain_batch_size: int = _env("EXPLAIN_BATCH_SIZE", _int_parser(1, 4096), 5)
     explain_batch_size_limit: int = _env("EXPLAIN_BATCH_SIZE_LIMIT", _int_parser(1, 4096), 512)
     micro_batching: bool = _env("MICRO_BATCHING", parse_bool, True)
