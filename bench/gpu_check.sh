@@ -8,12 +8,33 @@
 #   passes          - pass time by rows and length, up to 1024 rows: what sizes the GPU's passes
 #   passes-fast     - the same for precision=fast (bf16 on a GPU)
 # That machine has torch but not all of Clarion's packages, and the transfer is capped at 64 MiB, so
-# the caller prepares two ignored folders and carries them (see "GPU figures" in the README):
+# `bench/gpu_check.sh --prepare`, run here first, makes two ignored folders that the call carries:
 #   .whl/  wheels (cp312) of what the machine lacks: shap, slicer, flask, gunicorn, pydantic, ...
 #   .kit/  models/minilm-sst2 with its weights stored as fp16 (model.fp16.safetensors), data/sst2-dev.tsv
-# The fp16 weights are widened back to fp32 here: every run below uses the same fp32 weights (the
-# team kit's rounded to fp16), on the CPU and on the GPU alike.
+# The fp16 weights are widened back to fp32 there: every run uses the same fp32 weights (the team
+# kit's rounded to fp16), on the CPU and on the GPU alike.
 set -uo pipefail
+if [ "${1:-}" = --prepare ]; then
+    set -e
+    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || printf '/.whl/\n/.kit/\n' >>.git/info/exclude
+    rm -rf .whl .kit && mkdir -p .kit/models/minilm-sst2 .kit/data
+    for package in shap==0.51.0 slicer==0.0.8 flask==3.1.3 gunicorn==27.0.1 pydantic==2.14.3 \
+        pydantic_core==2.50.4 annotated_types typing_inspection itsdangerous blinker transformers==5.23.0 regex; do
+        python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+            --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+            -d .whl "$package"
+    done
+    cp ../shared/data/sst2-dev.tsv .kit/data/
+    (cd ../shared/models/minilm-sst2 && cp config.json tokenizer.json tokenizer_config.json vocab.txt \
+        "$OLDPWD/.kit/models/minilm-sst2/")
+    .venv/bin/python -c '
+from safetensors.torch import load_file, save_file
+weights = load_file("../shared/models/minilm-sst2/model.safetensors")
+save_file({k: v.half() if v.is_floating_point() else v for k, v in weights.items()},
+          ".kit/models/minilm-sst2/model.fp16.safetensors", metadata={"format": "pt"})'
+    du -sh .whl .kit
+    exit 0
+fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 out=bench/results/gpu  # results and logs; the device tool brings back at most 8 files: one archive
 rm -rf "$out" && mkdir -p "$out"

@@ -85,10 +85,13 @@ class TextModel:
         shares a pass, and it is the only thread that touches the model."""
         import torch
 
-        width = max(len(r) for r in rows)
-        ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int64)
-        attention = np.zeros((len(rows), width), dtype=np.int64)
-        for j, row in enumerate(rows):
+        count, width = len(rows), max(len(r) for r in rows)
+        if precision == "fast" and self.device.type == "cuda":
+            count, width = _shape_bucket(count, width, self.max_length)
+        ids = np.full((count, width), self.pad_token_id, dtype=np.int64)
+        attention = np.zeros((count, width), dtype=np.int64)
+        for j in range(count):
+            row = rows[j] if j < len(rows) else rows[0]  # bucket filler: a copy, dropped below
             ids[j, : len(row)] = row
             attention[j, : len(row)] = 1
         with torch.inference_mode():
@@ -96,7 +99,7 @@ class TextModel:
             inputs = {"input_ids": torch.from_numpy(ids).to(self.device)}
             if not attention.all():
                 inputs["attention_mask"] = torch.from_numpy(attention).to(self.device)
-            return model(**inputs).logits.float().cpu().numpy()
+            return model(**inputs).logits[: len(rows)].float().cpu().numpy()
 
     def outputs(self, logits: np.ndarray, kind: Literal["probability", "logit"]) -> np.ndarray:
         """Model outputs in the requested space: probabilities (softmax, or sigmoid when multi-label)."""
@@ -117,6 +120,19 @@ class TextModel:
         if self._fast_model is None:
             self._fast_model = _half_precision_copy(self.model, self.device)
         return self._fast_model
+
+
+def _shape_bucket(rows: int, width: int, max_width: int) -> tuple[int, int]:
+    """The padded shape of a half-precision GPU pass.
+
+    cuBLAS chooses a bf16 kernel the first time it meets a shape: measured on an H200, 43 ms for a
+    new shape against 3 ms for the same pass again (fp32 shows no such cost). Explanation passes come
+    in every row count and length, so fast explanations ran 4x slower than exact ones. Rounding rows
+    up to a power of two (then to multiples of 256) and length up to a multiple of 16 leaves a few
+    hundred shapes, which a warm process has met.
+    """
+    rows = 1 << (rows - 1).bit_length() if rows <= 256 else -(-rows // 256) * 256
+    return rows, min(-(-width // 16) * 16, max(width, max_width))
 
 
 def _half_precision_copy(model: Any, device: Any) -> Any:

@@ -77,3 +77,16 @@ def test_truncation_is_reported(engine, tiny) -> None:
     short, long = classify(engine, ["good", "good " * 500])
     assert short.truncated is False
     assert long.truncated is True
+
+
+def test_half_precision_gpu_passes_are_padded_to_few_shapes() -> None:
+    from shared.model import _shape_bucket
+
+    assert _shape_bucket(1, 10, 512) == (1, 16)
+    assert _shape_bucket(5, 17, 512) == (8, 32)
+    assert _shape_bucket(256, 270, 512) == (256, 272)
+    assert _shape_bucket(257, 33, 512) == (512, 48)
+    assert _shape_bucket(3, 510, 512) == (4, 512)
+    assert _shape_bucket(3, 513, 514) == (4, 514)  # never past the model's positions
+    shapes = {_shape_bucket(rows, width, 512) for rows in range(1, 257) for width in range(1, 513)}
+    assert len(shapes) == 9 * 32  # 131,072 shapes of pass become 288
