@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", default=",".join(MODELS), help="comma list of: minilm, distilbert")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--skip-seed", action="store_true", help="skip the slow seed approach")
+    parser.add_argument(
+        "--backends",
+        default="torch,onnxruntime",
+        help="exact backends, measured side by side per text (onnxruntime: CPU only)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -78,11 +85,12 @@ def main(args: argparse.Namespace) -> int:
             if not samples:
                 continue
             seed = None if args.skip_seed else _seed_explainer(model)
-            _warm_up(engine, seed, samples[0][1], args.batch_size)
+            others = _other_backends(model, args.backends, args.threads, Path(tmp))
+            _warm_up(engine, seed, samples[0][1], args.batch_size, others)
             for kind, text in samples:
-                row = _measure(engine, seed, text, args.max_evals, args.batch_size)
-                rows.append({"model": name, "kind": kind, "backend": "torch", **row})
-                print(_row_line(rows[-1]), flush=True)
+                for row in _measure(engine, seed, text, args.max_evals, args.batch_size, others):
+                    rows.append({"model": name, "kind": kind, **row})
+                    print(_row_line(rows[-1]), flush=True)
             engine.stop()
 
     summary = _summarize(rows)
@@ -123,6 +131,19 @@ def _long_texts(model: Any, sentences: list[str], count: int, bounds: tuple[int,
     return texts
 
 
+def _other_backends(model: Any, names: str, threads: int, tmp: Path) -> dict[str, Any]:
+    """Exact runners besides torch, by name (onnxruntime only where the model is on a CPU)."""
+    from shared.onnx_backend import onnx_exact
+
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = sorted(set(wanted) - {"torch", "onnxruntime"})
+    if unknown:
+        raise SystemExit(f"--backends: unknown {unknown}; choose from torch, onnxruntime")
+    if "onnxruntime" in wanted and model.device.type == "cpu":
+        return {"onnxruntime": onnx_exact(model, tmp / "cache", threads)}
+    return {}
+
+
 def _seed_explainer(model: Any) -> Any:
     """What the seed did: SHAP's default explainer on a transformers pipeline (string masking)."""
     import shap
@@ -140,18 +161,33 @@ def _options(max_evals: int, precision: str, batch_size: int) -> Any:
     return ExplainOptions(max_evals=max_evals, seed=0, precision=precision, batch_size=batch_size)
 
 
-def _warm_up(engine: Any, seed: Any, text: str, batch_size: int) -> None:
+def _warm_up(engine: Any, seed: Any, text: str, batch_size: int, others: dict[str, Any]) -> None:
     """First calls allocate, pick kernels, quantize (fast on CPUs without bf16): keep that out of timings."""
     from shared.explainer import explain_texts
 
     for precision in ("exact", "fast"):
         explain_texts(engine, [text], _options(16, precision, batch_size))
+    for runner in others.values():
+        with _exact_runner(engine.model, runner):
+            explain_texts(engine, [text], _options(16, "exact", batch_size))
     _reference_values(engine.model, text, 16, batch_size)
     if seed is not None:
         seed([text], max_evals=16, silent=True)
 
 
-def _measure(engine: Any, seed: Any, text: str, max_evals: int, batch_size: int) -> dict[str, Any]:
+@contextmanager
+def _exact_runner(model: Any, runner: Any) -> Iterator[None]:
+    model.exact_runner = runner
+    try:
+        yield
+    finally:
+        model.exact_runner = None
+
+
+def _measure(
+    engine: Any, seed: Any, text: str, max_evals: int, batch_size: int, others: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """One row per exact backend: torch's first, then each other's right after it (side by side)."""
     from shared.explainer import explain_texts
 
     model = engine.model
@@ -167,6 +203,7 @@ def _measure(engine: Any, seed: Any, text: str, max_evals: int, batch_size: int)
     inner = slice(model.keep_prefix, len(exact.tokens) - model.keep_suffix)
     spearman_fast, top3_fast = _agreement(exact_values[inner, label], fast_values[inner, label])
     row: dict[str, Any] = {
+        "backend": "torch",
         "text": text,
         "tokens": len(exact.tokens),
         "evaluations": exact.evaluations,
@@ -195,7 +232,26 @@ def _measure(engine: Any, seed: Any, text: str, max_evals: int, batch_size: int)
             row["spearman_seed"], row["top3_seed"] = _agreement(
                 exact_values[inner, label], seed_values[inner]
             )
-    return row
+    rows = [row]
+    for name, runner in others.items():
+        with _exact_runner(model, runner):
+            before = engine.stats.snapshot()
+            (other,), other_s = timed(lambda: explain_texts(engine, [text], exact_options))
+            after = engine.stats.snapshot()
+            floor = other.evaluations * _per_row_cost(model, model.encode([text])[0].ids)
+        rows.append(
+            row
+            | {
+                "backend": name,
+                "exact_s": other_s,
+                "floor_s": floor,
+                "passes": after["passes"] - before["passes"],
+                "rows": after["rows"] - before["rows"],
+                "max_abs_diff": float(np.max(np.abs(_values(other) - reference))),
+                "torch_floor_s": row["floor_s"],
+            }
+        )
+    return rows
 
 
 def _values(explanation: Any) -> np.ndarray:
@@ -254,17 +310,19 @@ def _agreement(reference: np.ndarray, other: np.ndarray) -> tuple[float | None, 
 
 
 def _summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault((row["model"], row["kind"]), []).append(row)
+        groups.setdefault((row["model"], row["kind"], row["backend"]), []).append(row)
     summary = []
-    for (model, kind), group in groups.items():
-        s: dict[str, Any] = {"model": model, "kind": kind, "texts": len(group)}
+    for (model, kind, backend), group in groups.items():
+        s: dict[str, Any] = {"model": model, "kind": kind, "backend": backend, "texts": len(group)}
         for key in ("seed_s", "exact_s", "fast_s", "floor_s", "tokens", "evaluations", "passes", "rows"):
             s[f"median_{key}"] = median([r[key] for r in group])
         s["seed_over_exact"] = ratio(s["median_seed_s"], s["median_exact_s"])
         s["seed_over_fast"] = ratio(s["median_seed_s"], s["median_fast_s"])
         s["exact_over_floor"] = ratio(s["median_exact_s"], s["median_floor_s"])
+        torch_floor = median([r.get("torch_floor_s", r["floor_s"]) for r in group])
+        s["exact_over_torch_floor"] = ratio(s["median_exact_s"], torch_floor)
         s["median_spearman_fast"] = median([r["spearman_fast"] for r in group])
         s["mean_top3_fast"] = mean([r["top3_fast"] for r in group])
         s["median_spearman_seed"] = median([r["spearman_seed"] for r in group])
@@ -276,6 +334,7 @@ def _summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 HEADERS = [
     "model",
     "kind",
+    "backend",
     "tokens",
     "evals",
     "passes",
@@ -293,6 +352,7 @@ def _cells(r: dict[str, Any]) -> list[str]:
     return [
         r["model"],
         r["kind"],
+        r["backend"],
         str(r["tokens"]),
         str(r["evaluations"]),
         str(r.get("passes", "-")),
@@ -318,13 +378,15 @@ def _per_text_table(rows: list[dict[str, Any]]) -> str:
 
 def _summary_line(s: dict[str, Any]) -> str:
     return (
-        f"{s['model']} {s['kind']} (n={s['texts']}, median {fmt(s['median_tokens'], '.0f')} tokens, "
+        f"{s['model']} {s['kind']} {s['backend']} "
+        f"(n={s['texts']}, median {fmt(s['median_tokens'], '.0f')} tokens, "
         f"{fmt(s['median_passes'], '.0f')} passes, {fmt(s['median_rows'], '.0f')} rows): "
         f"median seed {fmt(s['median_seed_s'], suffix='s')} exact {fmt(s['median_exact_s'], suffix='s')} "
         f"fast {fmt(s['median_fast_s'], suffix='s')} floor {fmt(s['median_floor_s'], suffix='s')} | "
         f"seed/exact {fmt(s['seed_over_exact'], suffix='x')} "
         f"seed/fast {fmt(s['seed_over_fast'], suffix='x')} "
-        f"exact/floor {fmt(s['exact_over_floor'], suffix='x')} | "
+        f"exact/floor {fmt(s['exact_over_floor'], suffix='x')} "
+        f"exact/torch floor {fmt(s['exact_over_torch_floor'], suffix='x')} | "
         f"spearman(fast) {fmt(s['median_spearman_fast'])} top3(fast) {fmt(s['mean_top3_fast'])} "
         f"spearman(seed) {fmt(s['median_spearman_seed'])} | max|exact-ref| {fmt(s['max_abs_diff'], '.1e')}"
     )
@@ -341,6 +403,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         "models",
         "threads",
         "skip_seed",
+        "backends",
         "smoke",
     )
-    return {key: getattr(args, key) for key in keys} | {"backend": "torch"}
+    return {key: getattr(args, key) for key in keys}

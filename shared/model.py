@@ -46,6 +46,8 @@ class TextModel:
     pad_token_id: int
     keep_prefix: int
     keep_suffix: int
+    # Set when exact passes run elsewhere than torch (shared/onnx_backend.py): (ids, attention) -> logits.
+    exact_runner: Any = field(default=None, repr=False)
     _fast_model: Any = field(default=None, repr=False)
 
     def encode(self, texts: Sequence[str]) -> list[EncodedText]:
@@ -83,23 +85,41 @@ class TextModel:
         """Raw logits (rows x labels, float32) of ONE forward pass over token-id rows, padded to the
         longest. Only the engine (shared/engine.py) calls this while serving: it decides what
         shares a pass, and it is the only thread that touches the model."""
-        import torch
-
-        count, width = len(rows), max(len(r) for r in rows)
+        wanted, width = len(rows), max(len(r) for r in rows)
         if precision == "fast" and self.device.type == "cuda":
-            count, width = _shape_bucket(count, width, self.max_length)
-        ids = np.full((count, width), self.pad_token_id, dtype=np.int64)
-        attention = np.zeros((count, width), dtype=np.int64)
-        for j in range(count):
-            row = rows[j] if j < len(rows) else rows[0]  # bucket filler: a copy, dropped below
+            count, width = _shape_bucket(wanted, width, self.max_length)
+            rows = [*rows, *[rows[0]] * (count - wanted)]  # bucket fillers: copies, dropped below
+        ids, attention = self.padded(rows, width)
+        runner = self.exact_runner  # read once: a background load may set it between passes
+        if precision == "exact" and runner is not None:
+            logits = runner(ids, attention)
+        else:
+            logits = self.torch_forward(ids, attention, precision)
+        return logits[:wanted]
+
+    def padded(self, rows: Sequence[np.ndarray], width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids padded to `width` (default: the longest row) and their attention mask."""
+        width = width or max(len(r) for r in rows)
+        ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int64)
+        attention = np.zeros((len(rows), width), dtype=np.int64)
+        for j, row in enumerate(rows):
             ids[j, : len(row)] = row
             attention[j, : len(row)] = 1
+        return ids, attention
+
+    def torch_forward(self, ids: np.ndarray, attention: np.ndarray, precision: Precision) -> np.ndarray:
+        import torch
+
         with torch.inference_mode():
             model = self._model_for(precision)
             inputs = {"input_ids": torch.from_numpy(ids).to(self.device)}
             if not attention.all():
                 inputs["attention_mask"] = torch.from_numpy(attention).to(self.device)
-            return model(**inputs).logits[: len(rows)].float().cpu().numpy()
+            return model(**inputs).logits.float().cpu().numpy()
+
+    @property
+    def exact_backend(self) -> str:
+        return "torch" if self.exact_runner is None else self.exact_runner.name
 
     def outputs(self, logits: np.ndarray, kind: Literal["probability", "logit"]) -> np.ndarray:
         """Model outputs in the requested space: probabilities (softmax, or sigmoid when multi-label)."""

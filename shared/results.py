@@ -121,6 +121,9 @@ class Health(_Result):
     status: Literal["healthy", "loading", "failed"]
     model: str | None = None
     labels: list[str] | None = None
+    exact_backend: Literal["torch", "onnxruntime"] | None = Field(
+        None, description="what runs exact passes (torch until an onnxruntime export is ready)"
+    )
     error: str | None = None
 
 

@@ -24,6 +24,7 @@ from shared.engine import Engine, Ticket, pass_limits_for
 from shared.errors import ClarionError, ModelNotReady
 from shared.explainer import explain_encoded
 from shared.model import TextModel, load_text_model
+from shared.onnx_backend import onnx_exact
 from shared.results import Classification, Explanation, Health
 from shared.schemas import ExplainOptions
 from shared.settings import Settings
@@ -67,18 +68,38 @@ class ClarionService:
 
     def _load(self) -> None:
         try:
-            model = self._loader(self.settings, self._threads)
             settings = self.settings
+            model = self._loader(settings, self._threads)
+            if settings.exact_backend == "onnxruntime":  # asked for: loading fails without it
+                model.exact_runner = onnx_exact(model, settings.model_cache_dir, self._backend_threads)
             limits = pass_limits_for(
                 model, settings.pass_rows, settings.pass_tokens, settings.pass_spare_tokens
             )
-            self._engine = Engine(model, limits, merge_classifications=self.settings.micro_batching)
+            self._engine = Engine(model, limits, merge_classifications=settings.micro_batching)
+            if settings.exact_backend == "auto" and model.device.type == "cpu":
+                # Serve with torch at once; exact passes move to onnxruntime once it is ready (the
+                # export takes seconds on a first start, and no cold start should wait for it).
+                threading.Thread(
+                    target=self._attach_onnx, args=(model,), name="clarion-onnx", daemon=True
+                ).start()
         except ClarionError as exc:
             self._error = exc.message
             log.error("model failed to load: %s", exc.message)
         except Exception as exc:  # any library error: keep the process up and say why on /ping
             self._error = f"{type(exc).__name__}: {exc}"
             log.exception("model failed to load")
+
+    @property
+    def _backend_threads(self) -> int:
+        return self._threads or self.settings.threads_per_worker
+
+    def _attach_onnx(self, model: TextModel) -> None:
+        try:
+            model.exact_runner = onnx_exact(model, self.settings.model_cache_dir, self._backend_threads)
+        except ClarionError as exc:
+            log.warning("exact passes stay on torch: %s", exc.message)
+        except Exception:  # any exporter or runtime error: torch keeps serving
+            log.exception("exact passes stay on torch")
 
     @property
     def ready(self) -> bool:
@@ -98,7 +119,9 @@ class ClarionService:
     def status(self) -> Health:
         if self._engine is not None:
             model = self._engine.model
-            return Health(status="healthy", model=model.model_id, labels=model.labels)
+            return Health(
+                status="healthy", model=model.model_id, labels=model.labels, exact_backend=model.exact_backend
+            )
         if self._error is not None:
             return Health(status="failed", error=self._error)
         return Health(status="loading")

@@ -80,11 +80,14 @@ def _keys(name: str, raw: str) -> tuple[str, ...]:
     return keys
 
 
-def _worker_pool(name: str, raw: str) -> str:
-    value = raw.strip().lower()
-    if value in {"prefork", "threads"}:
-        return value
-    raise ConfigurationError(f"{name}={raw!r}: expected prefork or threads")
+def _one_of(*choices: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip().lower()
+        if value in choices:
+            return value
+        raise ConfigurationError(f"{name}={raw!r}: expected {', '.join(choices[:-1])} or {choices[-1]}")
+
+    return parse
 
 
 def _env(name: str, parse: Callable[[str, str], Any], default: Any = None) -> Any:
@@ -106,6 +109,8 @@ class Settings:
     trust_remote_code: bool = _env("TRUST_REMOTE_CODE", parse_bool, False)
     model_cache_dir: str = _env("MODEL_CACHE_DIR", _text, "/tmp/clarion-models")
     device: str = _env("DEVICE", _device, "auto")
+    # How exact passes run: auto is onnxruntime on CPU (when the model exports), torch on GPU.
+    exact_backend: str = _env("EXACT_BACKEND", _one_of("auto", "torch", "onnxruntime"), "auto")
 
     # Serving.
     serverless: bool = _env("SERVERLESS", parse_bool, False)
@@ -144,7 +149,7 @@ class Settings:
     job_result_ttl_s: int = _env("JOB_RESULT_TTL", _int_parser(60), 24 * 3600)
     job_visibility_timeout_s: int | None = _env("JOB_VISIBILITY_TIMEOUT", _int_parser(1))
     worker_concurrency: int | None = _env("WORKER_CONCURRENCY", _int_parser(1, 256))
-    worker_pool: str = _env("WORKER_POOL", _worker_pool, "prefork")
+    worker_pool: str = _env("WORKER_POOL", _one_of("prefork", "threads"), "prefork")
     # A job recorded this long ago and still not published lost its publisher: the API sweeps it.
     job_publish_grace_s: float = _env("JOB_PUBLISH_GRACE", _float_parser(0.1), 30.0)
     # Where inline jobs (no broker) keep their records so every gunicorn worker finds them;

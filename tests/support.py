@@ -117,13 +117,17 @@ def build_tiny_model(
     return directory
 
 
-def start_engine(model_dir: Path, threads: int | None = 1, **limits: int):
-    """Load a model in this process and start its engine (`limits`: PassLimits rows/tokens)."""
+def start_engine(model_dir: Path, threads: int | None = 1, backend: str = "torch", **limits: int):
+    """Load a model in this process and start its engine (`limits`: PassLimits rows/tokens).
+    `backend="onnxruntime"` runs its exact passes through an ONNX export (cached beside the model)."""
     from shared.engine import CPU_PASS, Engine, PassLimits
     from shared.model import load_text_model
+    from shared.onnx_backend import onnx_exact
     from shared.settings import Settings
 
     model = load_text_model(Settings(model_dir=str(model_dir), torch_threads=threads))
+    if backend == "onnxruntime":
+        model.exact_runner = onnx_exact(model, Path(model_dir) / ".clarion-cache", threads or 1)
     pass_limits = PassLimits(limits.get("rows", CPU_PASS.rows), limits.get("tokens", CPU_PASS.tokens))
     return Engine(model, pass_limits)
 

@@ -65,12 +65,24 @@ def values_matrix(explanation) -> np.ndarray:
     return np.array([explanation.values[label] for label in explanation.labels]).T
 
 
+@pytest.fixture(scope="module")
+def onnx_engine(tiny_model_dir: Path) -> Engine:
+    from tests.support import start_engine
+
+    engine = start_engine(tiny_model_dir, backend="onnxruntime")
+    yield engine
+    engine.stop()
+
+
 @pytest.mark.parametrize("batch_size", [None, 1, 10, 64])  # None: the default, SHAP's own for text (5)
 @pytest.mark.parametrize("max_evals", [40, 500])
 @pytest.mark.parametrize("output", ["probability", "logit"])
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 def test_values_equal_shap(
-    engine: Engine, tiny: TextModel, batch_size: int | None, max_evals: int, output: str
+    request, tiny: TextModel, backend: str, batch_size: int | None, max_evals: int, output: str
 ) -> None:
+    engine = request.getfixturevalue("engine" if backend == "torch" else "onnx_engine")
+    assert engine.model.exact_backend == backend
     options = ExplainOptions(max_evals=max_evals, output=output, seed=7, batch_size=batch_size)
     assert options.batch_size == (batch_size or 5)
     mine = explain(engine, TEXTS, options)
