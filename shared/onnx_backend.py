@@ -92,9 +92,12 @@ def _export(model: TextModel, path: Path) -> None:
     except OSError as exc:
         raise ModelLoadError(f"cannot write the ONNX export under {path.parent}: {exc}") from None
     try:
-        # Tracing warns about every Python-level branch on a shape; _check tests the graph instead.
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        # Tracing warns about every Python-level branch on a shape, the exporter about operators it
+        # composes; _check tests the graph instead. (Filters, not catch_warnings: this runs in a
+        # background thread, and catch_warnings is not thread-safe.)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", module=r"torch\.onnx")
+        with torch.inference_mode():
             torch.onnx.export(
                 model.model,
                 (),

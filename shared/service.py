@@ -79,9 +79,9 @@ class ClarionService:
             if settings.exact_backend == "auto" and model.device.type == "cpu":
                 # Serve with torch at once; exact passes move to onnxruntime once it is ready (the
                 # export takes seconds on a first start, and no cold start should wait for it).
-                threading.Thread(
-                    target=self._attach_onnx, args=(model,), name="clarion-onnx", daemon=True
-                ).start()
+                # Not a daemon: a process that exits mid-export waits for it (seconds) rather than
+                # killing the exporter's native threads, which aborts the interpreter.
+                threading.Thread(target=self._attach_onnx, args=(model,), name="clarion-onnx").start()
         except ClarionError as exc:
             self._error = exc.message
             log.error("model failed to load: %s", exc.message)
