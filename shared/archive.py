@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import posixpath
 import tarfile
 from pathlib import Path
 
 from shared.errors import ModelLoadError, UnsafeArchive
+
+# Extraction filters (PEP 706) arrived in Python 3.11.4; Debian bookworm's Python, the base of the
+# images built here, is 3.11.2. Without them, _check_member is the defence and _data_member does what
+# the "data" filter would do to what it lets through.
+HAS_FILTERS = hasattr(tarfile, "data_filter")
 
 
 def _check_member(member: tarfile.TarInfo) -> None:
@@ -29,6 +35,18 @@ def _check_member(member: tarfile.TarInfo) -> None:
         raise UnsafeArchive(f"model archive refused: unsupported entry type {name!r}")
 
 
+def _data_member(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    """The "data" filter's changes to a member already checked: no set-id, sticky or group/other write
+    bits, owner may read and write, and no owner from the archive (never chown to its ids)."""
+    member = member.replace(deep=False) if hasattr(member, "replace") else member
+    if member.isfile() or member.isdir():
+        owner = 0o700 if member.isdir() else 0o600
+        member.mode = (member.mode & 0o755) | owner
+    member.uid, member.gid = os.getuid(), os.getgid()
+    member.uname = member.gname = ""
+    return member
+
+
 def extract_archive(archive: Path, destination: Path) -> None:
     """Extract `archive` into `destination`, refusing unsafe members before anything is written."""
     try:
@@ -36,8 +54,11 @@ def extract_archive(archive: Path, destination: Path) -> None:
             members = tar.getmembers()
             for member in members:
                 _check_member(member)
-            # The "data" filter is a second line of defence (and drops permissions bits we never want).
-            tar.extractall(destination, members=members, filter="data")
+            if HAS_FILTERS:
+                # The "data" filter is a second line of defence (and drops mode bits we never want).
+                tar.extractall(destination, members=members, filter="data")
+            else:
+                tar.extractall(destination, members=[_data_member(m) for m in members])
     except tarfile.FilterError as exc:
         raise UnsafeArchive(f"model archive refused: {exc}") from None
     except (tarfile.TarError, EOFError, OSError) as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -123,10 +124,40 @@ def test_precedence_local_then_s3_then_hub(tmp_path: Path, tiny_model_dir: Path)
     assert default.model_ref == "distilbert/distilbert-base-uncased-finetuned-sst-2-english"
 
 
-def test_the_python_requirement_has_tarfile_filters() -> None:
-    """Model archives are extracted with filter="data" (PEP 706): Python 3.11.4 and later only.
-    Debian bookworm's 3.11.2 lacks it, so the package must not install there."""
-    import tarfile
+@pytest.fixture(params=["filters", "no filters"])
+def filters(request, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Both extraction paths: Python's "data" filter, and the checks alone (Python < 3.11.4)."""
+    import shared.archive
+
+    available = shared.archive.HAS_FILTERS
+    monkeypatch.setattr(shared.archive, "HAS_FILTERS", request.param == "filters" and available)
+    return shared.archive.HAS_FILTERS
+
+
+def test_both_paths_refuse_what_is_unsafe_and_drop_unwanted_mode_bits(tmp_path: Path, filters: bool) -> None:
+    for i, member in enumerate([_file("../evil.json"), _special("link", tarfile.SYMTYPE, "/etc/passwd")]):
+        target = tmp_path / f"refused-{i}"
+        target.mkdir()
+        with pytest.raises(UnsafeArchive):
+            extract_archive(_tar(tmp_path / f"bad-{i}.tar.gz", [_file("config.json"), member]), target)
+        assert list(target.iterdir()) == []
+    setuid, _ = _file("model/weights.bin", b"w")
+    setuid.mode, setuid.uid, setuid.gid = 0o6777, 4242, 4242
+    readonly, _ = _file("model/config.json")
+    readonly.mode = 0o000
+    archive = _tar(tmp_path / "model.tar.gz", [(setuid, b"w"), (readonly, b"{}")])
+    target = tmp_path / "out"
+    target.mkdir()
+    extract_archive(archive, target)
+    weights, config = target / "model" / "weights.bin", target / "model" / "config.json"
+    assert weights.stat().st_mode & 0o7777 == 0o755  # no set-id, sticky, group/other write bits
+    assert config.stat().st_mode & 0o600 == 0o600  # the owner can read and write
+    assert weights.stat().st_uid == os.getuid()  # never the archive's owner
+    assert find_model_root(target) == target / "model"
+
+
+def test_the_python_requirement_includes_debians() -> None:
+    """Debian bookworm's Python 3.11.2 (the images' base) must install the package."""
     import tomllib
 
     from packaging.specifiers import SpecifierSet
@@ -134,5 +165,4 @@ def test_the_python_requirement_has_tarfile_filters() -> None:
     from tests.support import REPO
 
     spec = SpecifierSet(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"])
-    assert "3.11.3" not in spec and "3.11.2" not in spec and "3.11.4" in spec and "3.13.0" in spec
-    assert hasattr(tarfile, "data_filter")
+    assert "3.11.2" in spec and "3.13.0" in spec and "3.10.12" not in spec
