@@ -55,6 +55,7 @@ EOF
 # Debian's own Python, from the mirror apt already uses, with its security updates (no registry
 # holds a python image we can reach). Debian marks its Python externally managed (PEP 668), so the
 # image puts a venv first on PATH: `python` and `pip` are the venv's, as the Dockerfiles expect.
+# Debian's own pip goes once the venv has its pip, and so do docs, man pages and locales.
 base_image() {
   if podman image exists "$BASE"; then
     return
@@ -75,8 +76,10 @@ EOF
   chroot "$root" sh -c 'apt-get update -qq && apt-get upgrade -y -qq >/dev/null &&
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       python3 python3-venv python3-pip ca-certificates >/dev/null &&
-    apt-get clean && rm -rf /var/lib/apt/lists/* &&
-    python3 -m venv /opt/venv'
+    python3 -m venv /opt/venv &&
+    apt-get purge -y -qq python3-pip >/dev/null && apt-get autoremove -y -qq --purge >/dev/null &&
+    apt-get clean && rm -rf /var/lib/apt/lists/* /usr/share/doc/* /usr/share/man/* /usr/share/info/* \
+      /usr/share/locale/* /var/cache/debconf/*-old /var/log/*.log'
   umount "$root/proc"
   tar -C "$root" -c . | podman import --change 'ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV LANG=C.UTF-8' - "$BASE" >/dev/null

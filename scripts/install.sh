@@ -3,7 +3,10 @@
 # Used by scripts/dev.sh (and so by CI) and by every Dockerfile, so the images install exactly
 # what CI tested.
 #
-#   scripts/install.sh [--dev] [--editable] [--no-project]
+#   scripts/install.sh [--dev] [--editable] [--no-project] [--slim]
+#
+# --slim (images): afterwards drop torch's C++ headers, its test suite and its test binaries (about
+#   200 MB that serving never touches; tests/test_images.py imports every module in the built image).
 #
 # PYTHON   the interpreter to install into (default: python3)
 # TORCH    the torch requirement (default: torch==2.13.0). torch goes in first and alone: a torch
@@ -17,11 +20,13 @@ torch_requirement=${TORCH:-torch==2.13.0}
 requirements=requirements/runtime.txt
 project=yes
 editable=
+slim=
 for arg in "$@"; do
   case "$arg" in
     --dev) requirements=requirements/dev.txt ;;
     --editable) editable=-e ;;
     --no-project) project= ;;
+    --slim) slim=yes ;;
     *) echo "install.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -37,4 +42,10 @@ pip_install -r "$requirements"
 if [ -n "$project" ]; then
   # --no-deps: everything is pinned above; this only installs Clarion's own packages and scripts.
   pip_install --no-deps $editable .
+fi
+if [ -n "$slim" ]; then
+  site=$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')
+  rm -rf "$site/torch/include" "$site/torch/test"
+  # torch/bin: test binaries and protoc, but `import torch` checks that torch_shm_manager is there.
+  find "$site/torch/bin" -type f ! -name torch_shm_manager -delete
 fi

@@ -70,10 +70,12 @@ def start(sst2_dir: Path, name: str) -> Container:
     deadline = started + 180
     while time.monotonic() < deadline:
         try:
-            if requests.get(container.url + "/ping", timeout=2).status_code == 200:
+            ping = requests.get(container.url + "/ping", timeout=2)
+            if ping.status_code == 200:
                 container.cold_start_s = time.monotonic() - started
                 return container
-        except requests.RequestException:
+            assert ping.json().get("status") != "failed", f"model failed to load:\n{container.logs()}"
+        except (requests.RequestException, ValueError):
             pass
         state = podman("inspect", "--format", "{{.State.Status}}", name, check=False).stdout.strip()
         assert state in {"running", "created", "configured"}, f"container {state}:\n{container.logs()}"
@@ -157,16 +159,17 @@ def test_sigterm_finishes_the_request_in_flight_and_stops_in_time(sst2_dir: Path
     podman("rm", "-f", name, check=False)
     try:
         stopping = start(sst2_dir, name)
-        text = " ".join(["The story was slow but the acting was wonderful and moving."] * 8)
+        # A few seconds of work, well inside the grace period even on a busy 2-core machine.
+        text = " ".join(["The story was slow but the acting was wonderful and moving."] * 3)
         answer: dict[str, requests.Response] = {}
 
         def explain() -> None:
-            body = json.dumps({"data": text, "explain": True, "max_evals": 800})
+            body = json.dumps({"data": text, "explain": True, "max_evals": 300})
             answer["response"] = stopping.post(body, timeout=60)
 
         request = threading.Thread(target=explain)
         request.start()
-        time.sleep(1.5)  # the explanation is running
+        time.sleep(1.0)  # the explanation is running
         began = time.monotonic()
         podman("stop", "-t", "30", name, timeout=60)  # SageMaker's grace: SIGTERM, then 30 s
         stopped_in = time.monotonic() - began
