@@ -118,8 +118,13 @@ build() {
   podman build -q --format docker -f - -t docker.io/library/redis:7.4-alpine . >/dev/null <<EOF
 FROM $BASE
 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      redis-server >/dev/null && apt-get clean && rm -rf /var/lib/apt/lists/* && mkdir -p /data
+      redis-server >/dev/null && apt-get clean && rm -rf /var/lib/apt/lists/* && mkdir -p /data \
+    && printf '#!/bin/sh\nif [ "\$1" = redis-server ]; then shift; exec redis-server --protected-mode no "\$@"; fi\nexec "\$@"\n' \
+      >/usr/local/bin/entrypoint && chmod +x /usr/local/bin/entrypoint
 WORKDIR /data
+# Like the official image: reachable from the other containers of its network (protected mode off),
+# whatever arguments compose's `command` adds.
+ENTRYPOINT ["/usr/local/bin/entrypoint"]
 CMD ["redis-server"]
 EOF
   log "redis built (Debian's redis-server, tagged redis:7.4-alpine for docker-compose.yml)"

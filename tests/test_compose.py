@@ -1,0 +1,109 @@
+"""docker-compose.yml for real, with podman-compose and the images `scripts/images.sh build` made:
+Redis, the API and two workers; ten jobs over HTTP; a worker killed mid-job and Redis restarted, and
+every job answered 202 still succeeds; then everything is torn down.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support import REPO, free_port, wait_until
+from tests.test_images import SAGEMAKER, _image_exists
+
+PROJECT = f"clarion-test-{os.getpid()}"
+# PyPI's podman-compose (dev requirements): Debian bookworm's 1.0.3 ignores --scale.
+PODMAN_COMPOSE = str(Path(sys.executable).with_name("podman-compose"))
+pytestmark = [
+    pytest.mark.images,
+    pytest.mark.skipif(
+        shutil.which(PODMAN_COMPOSE) is None or not _image_exists(SAGEMAKER.replace("sagemaker", "worker")),
+        reason="podman-compose or the images missing: scripts/images.sh build",
+    ),
+]
+
+
+def compose(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    command = [PODMAN_COMPOSE, "-p", PROJECT, "-f", str(REPO / "docker-compose.yml"), *args]
+    return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def containers(service: str) -> list[str]:
+    done = subprocess.run(
+        ["podman", "ps", "--format", "{{.Names}}", "--filter", f"label=io.podman.compose.project={PROJECT}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return sorted(name for name in done.stdout.split() if f"_{service}_" in name)
+
+
+@pytest.fixture(scope="module")
+def api(sst2_dir: Path) -> Iterator[str]:
+    port = free_port()
+    env = dict(
+        os.environ,
+        MODEL_HOST_DIR=str(sst2_dir),
+        API_PORT=str(port),
+        # A killed worker's job goes back to the queue after the visibility timeout: short here.
+        JOB_SOFT_TIME_LIMIT="30",
+        JOB_TIME_LIMIT="35",
+        JOB_VISIBILITY_TIMEOUT="40",
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        up = compose(env, "up", "-d", "--scale", "worker=2")
+        assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
+
+        def healthy() -> bool:
+            try:
+                return requests.get(url + "/ping", timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_until(healthy, 300, what="the compose API's /ping")
+        yield url
+    finally:
+        compose(env, "down", "-v", "-t", "5")
+
+
+def test_jobs_survive_a_killed_worker_and_a_restarted_redis(api: str) -> None:
+    assert len(containers("worker")) == 2
+    sentences = [f"The {adjective} film kept me watching until the end." for adjective in (
+        "quiet", "loud", "long", "short", "strange", "gentle", "clever", "silly", "dark", "bright",
+    )]  # fmt: skip
+    ids = []
+    for sentence in sentences:
+        response = requests.post(api + "/explanations", json={"data": sentence, "max_evals": 300}, timeout=30)
+        assert response.status_code == 202, response.text
+        ids.append(response.json()["id"])
+
+    def status(job_id: str) -> str:
+        return requests.get(f"{api}/explanations/{job_id}", timeout=10).json()["status"]
+
+    wait_until(lambda: any(status(i) == "running" for i in ids), 120, what="a running job")
+    subprocess.run(["podman", "kill", containers("worker")[0]], check=True, capture_output=True)
+    (redis,) = containers("redis")
+    subprocess.run(["podman", "restart", "-t", "10", redis], check=True, capture_output=True, timeout=60)
+
+    deadline = time.monotonic() + 420
+    pending = set(ids)
+    while pending and time.monotonic() < deadline:
+        for job_id in list(pending):
+            try:
+                state = status(job_id)
+            except (requests.RequestException, ValueError, KeyError):
+                continue  # Redis coming back: ask again
+            assert state not in {"failed", "cancelled"}, f"job {job_id} {state}"
+            if state == "succeeded":
+                pending.discard(job_id)
+        time.sleep(1)
+    assert not pending, f"{len(pending)} of 10 jobs never finished"
