@@ -73,6 +73,17 @@ def api(sst2_dir: Path) -> Iterator[str]:
         yield url
     finally:
         compose(env, "down", "-v", "-t", "5")
+        # podman-compose's `down` can leave a scaled or restarted container behind: remove whatever
+        # still carries the project's label, then its volumes and network.
+        label = f"label=io.podman.compose.project={PROJECT}"
+        for kind in ("container", "volume", "network"):
+            listed = subprocess.run(
+                ["podman", kind, "ls", "-q", "--filter", label] + (["-a"] if kind == "container" else []),
+                capture_output=True,
+                text=True,
+            ).stdout.split()
+            if listed:
+                subprocess.run(["podman", kind, "rm", "-f", *listed], capture_output=True, timeout=120)
 
 
 def test_jobs_survive_a_killed_worker_and_a_restarted_redis(api: str) -> None:
