@@ -29,7 +29,7 @@ from bench.common import (
 )
 
 MODELS = ("minilm", "distilbert")
-FLOOR_ROWS = (2, 4, 8, 16, 32, 64)
+FLOOR_ROWS = (2, 4, 8, 16, 32, 64, 128, 256, 512)  # past 64 only where the device's passes are
 FLOOR_MAX_TOKENS = 8192
 
 
@@ -191,12 +191,12 @@ def _measure(
     from shared.explainer import explain_texts
 
     model = engine.model
+    ids = model.encode([text])[0].ids
     exact_options, fast_options = (_options(max_evals, p, batch_size) for p in ("exact", "fast"))
-    before = engine.stats.snapshot()
-    (exact,), exact_s = timed(lambda: explain_texts(engine, [text], exact_options))
-    after = engine.stats.snapshot()
+    exact, exact_run = _run(engine, text, exact_options, ids)
+    passes_before_fast = engine.stats.snapshot()["passes"]
     (fast,), fast_s = timed(lambda: explain_texts(engine, [text], fast_options))
-    fast_passes = engine.stats.snapshot()["passes"] - after["passes"]
+    fast_passes = engine.stats.snapshot()["passes"] - passes_before_fast
     reference, reference_s = timed(lambda: _reference_values(model, text, max_evals, batch_size))
     exact_values, fast_values = _values(exact), _values(fast)
     label = int(np.argmax([exact.model_output[name] for name in exact.labels]))
@@ -207,14 +207,14 @@ def _measure(
         "text": text,
         "tokens": len(exact.tokens),
         "evaluations": exact.evaluations,
-        "passes": after["passes"] - before["passes"],  # of the exact run
-        "rows": after["rows"] - before["rows"],  # computed ahead included
+        "passes": exact_run["passes"],
+        "rows": exact_run["rows"],
         "fast_passes": fast_passes,
         "predicted": exact.labels[label],
-        "exact_s": exact_s,
+        "exact_s": exact_run["exact_s"],
         "fast_s": fast_s,
         "reference_s": reference_s,
-        "floor_s": exact.evaluations * _per_row_cost(model, model.encode([text])[0].ids),
+        "floor_s": exact_run["floor_s"],
         "max_abs_diff": float(np.max(np.abs(exact_values - reference))),
         "spearman_fast": spearman_fast,
         "top3_fast": top3_fast,
@@ -235,23 +235,33 @@ def _measure(
     rows = [row]
     for name, runner in others.items():
         with _exact_runner(model, runner):
-            before = engine.stats.snapshot()
-            (other,), other_s = timed(lambda: explain_texts(engine, [text], exact_options))
-            after = engine.stats.snapshot()
-            floor = other.evaluations * _per_row_cost(model, model.encode([text])[0].ids)
+            other, other_run = _run(engine, text, exact_options, ids)
         rows.append(
             row
+            | other_run
             | {
                 "backend": name,
-                "exact_s": other_s,
-                "floor_s": floor,
-                "passes": after["passes"] - before["passes"],
-                "rows": after["rows"] - before["rows"],
                 "max_abs_diff": float(np.max(np.abs(_values(other) - reference))),
                 "torch_floor_s": row["floor_s"],
             }
         )
     return rows
+
+
+def _run(engine: Any, text: str, options: Any, ids: np.ndarray) -> tuple[Any, dict[str, Any]]:
+    """One timed exact explanation on the engine's current backend, its passes and rows (computed
+    ahead included), and the floor: its evaluations at that backend's best per-row cost."""
+    from shared.explainer import explain_texts
+
+    before = engine.stats.snapshot()
+    (explanation,), seconds = timed(lambda: explain_texts(engine, [text], options))
+    after = engine.stats.snapshot()
+    return explanation, {
+        "exact_s": seconds,
+        "passes": after["passes"] - before["passes"],
+        "rows": after["rows"] - before["rows"],
+        "floor_s": explanation.evaluations * _per_row_cost(engine.model, ids),
+    }
 
 
 def _values(explanation: Any) -> np.ndarray:
@@ -283,9 +293,9 @@ def _per_row_cost(model: Any, ids: np.ndarray, repeats: int = 2) -> float:
     from shared.engine import pass_limits_for
 
     limits = pass_limits_for(model)  # a GPU's passes are far larger than a CPU's
-    most_rows, most_tokens = max(FLOOR_ROWS[-1], limits.rows), max(FLOOR_MAX_TOKENS, limits.tokens)
+    most_rows, most_tokens = max(64, limits.rows), max(FLOOR_MAX_TOKENS, limits.tokens)
     costs = []
-    for b in (*FLOOR_ROWS, 128, 256, 512):
+    for b in FLOOR_ROWS:
         if b > 2 and (b > most_rows or b * len(ids) > most_tokens):
             break
         rows = [ids] * b

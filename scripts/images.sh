@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 
 BASE=localhost/clarion-python:bookworm
 TAG=${IMAGE_TAG:-local}
-IMAGES=(sagemaker api worker redis)
+REDIS=docker.io/library/redis:7.4-alpine  # the name docker-compose.yml uses
 
 log() { printf '[images %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -115,7 +115,7 @@ build() {
     log "clarion-$name:$TAG built in $((SECONDS - started)) s, $(image_size "localhost/clarion-$name:$TAG")"
   done
   # Redis for compose, from Debian's redis-server, under the name the compose file uses.
-  podman build -q --format docker -f - -t docker.io/library/redis:7.4-alpine . >/dev/null <<EOF
+  podman build -q --format docker -f - -t "$REDIS" . >/dev/null <<EOF
 FROM $BASE
 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       redis-server >/dev/null && apt-get clean && rm -rf /var/lib/apt/lists/* && mkdir -p /data \
@@ -142,8 +142,8 @@ case "${1:-}" in
     build
     ;;
   clean)
-    for name in "${IMAGES[@]}"; do
-      podman rmi -f "localhost/clarion-$name:$TAG" >/dev/null 2>&1 || true
+    for image in "localhost/clarion-"{sagemaker,api,worker}":$TAG" "$REDIS"; do
+      podman rmi -f "$image" >/dev/null 2>&1 || true
     done
     ;;
   *)

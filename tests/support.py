@@ -389,3 +389,26 @@ class Worker:
 
     def stop(self) -> None:
         stop_process_group(self.process)
+
+
+# ---- the built images (scripts/images.sh build) ------------------------------------------------
+
+IMAGE_TAG = os.environ.get("IMAGE_TAG", "local")
+
+
+def image_name(kind: str) -> str:
+    """A Clarion image as scripts/images.sh tags it: kind is sagemaker, api or worker."""
+    return f"localhost/clarion-{kind}:{IMAGE_TAG}"
+
+
+def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout, check=check)
+
+
+def image_exists(image: str) -> bool:
+    """Whether rootful podman is usable here and holds `image`."""
+    import shutil
+
+    if shutil.which("podman") is None or os.geteuid() != 0:
+        return False
+    return podman("image", "exists", image, check=False).returncode == 0

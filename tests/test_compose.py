@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import REPO, free_port, wait_until
-from tests.test_images import SAGEMAKER, _image_exists
+from tests.support import REPO, free_port, image_exists, image_name, podman, wait_until
 
 PROJECT = f"clarion-test-{os.getpid()}"
 # PyPI's podman-compose (dev requirements): Debian bookworm's 1.0.3 ignores --scale.
@@ -25,7 +24,7 @@ PODMAN_COMPOSE = str(Path(sys.executable).with_name("podman-compose"))
 pytestmark = [
     pytest.mark.images,
     pytest.mark.skipif(
-        shutil.which(PODMAN_COMPOSE) is None or not _image_exists(SAGEMAKER.replace("sagemaker", "worker")),
+        shutil.which(PODMAN_COMPOSE) is None or not image_exists(image_name("worker")),
         reason="podman-compose or the images missing: scripts/images.sh build",
     ),
 ]
@@ -37,12 +36,7 @@ def compose(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess
 
 
 def containers(service: str) -> list[str]:
-    done = subprocess.run(
-        ["podman", "ps", "--format", "{{.Names}}", "--filter", f"label=io.podman.compose.project={PROJECT}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    done = podman("ps", "--format", "{{.Names}}", "--filter", f"label=io.podman.compose.project={PROJECT}")
     return sorted(name for name in done.stdout.split() if f"_{service}_" in name)
 
 
@@ -77,13 +71,10 @@ def api(sst2_dir: Path) -> Iterator[str]:
         # still carries the project's label, then its volumes and network.
         label = f"label=io.podman.compose.project={PROJECT}"
         for kind in ("container", "volume", "network"):
-            listed = subprocess.run(
-                ["podman", kind, "ls", "-q", "--filter", label] + (["-a"] if kind == "container" else []),
-                capture_output=True,
-                text=True,
-            ).stdout.split()
+            every = ["-a"] if kind == "container" else []
+            listed = podman(kind, "ls", "-q", "--filter", label, *every, check=False).stdout.split()
             if listed:
-                subprocess.run(["podman", kind, "rm", "-f", *listed], capture_output=True, timeout=120)
+                podman(kind, "rm", "-f", *listed, check=False)
 
 
 def test_jobs_survive_a_killed_worker_and_a_restarted_redis(api: str) -> None:
@@ -101,9 +92,9 @@ def test_jobs_survive_a_killed_worker_and_a_restarted_redis(api: str) -> None:
         return requests.get(f"{api}/explanations/{job_id}", timeout=10).json()["status"]
 
     wait_until(lambda: any(status(i) == "running" for i in ids), 120, what="a running job")
-    subprocess.run(["podman", "kill", containers("worker")[0]], check=True, capture_output=True)
+    podman("kill", containers("worker")[0])
     (redis,) = containers("redis")
-    subprocess.run(["podman", "restart", "-t", "10", redis], check=True, capture_output=True, timeout=60)
+    podman("restart", "-t", "10", redis, timeout=60)
 
     deadline = time.monotonic() + 420
     pending = set(ids)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -18,26 +16,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import free_port
+from tests.support import free_port, image_exists, image_name, podman
 
-TAG = os.environ.get("IMAGE_TAG", "local")
-SAGEMAKER = f"localhost/clarion-sagemaker:{TAG}"
-REPO = Path(__file__).resolve().parents[1]
-
-
-def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout, check=check)
-
-
-def _image_exists(image: str) -> bool:
-    if shutil.which("podman") is None or os.geteuid() != 0:
-        return False
-    return podman("image", "exists", image, check=False).returncode == 0
+SAGEMAKER = image_name("sagemaker")
 
 
 pytestmark = [
     pytest.mark.images,
-    pytest.mark.skipif(not _image_exists(SAGEMAKER), reason=f"no {SAGEMAKER}: scripts/images.sh build"),
+    pytest.mark.skipif(not image_exists(SAGEMAKER), reason=f"no {SAGEMAKER}: scripts/images.sh build"),
 ]
 
 
