@@ -1,4 +1,5 @@
-"""Explain texts: SHAP Partition values per token, each text's rounds run by the engine.
+"""Explain texts: SHAP Partition values per token (or word, sentence, paragraph), each text's rounds
+run by the engine.
 
 `explain_encoded` is the one implementation of "explain these texts": the service calls it for the
 HTTP path in single-process mode and for the Celery task alike. Each text's Owen recursion is
@@ -21,10 +22,11 @@ from shared.model import EncodedText, TextModel
 from shared.owen import OwenSteps, owen_values, text_clustering, token_segments
 from shared.results import Explanation
 from shared.schemas import ExplainOptions
+from shared.units import text_units
 
-# Bumped whenever a change to the algorithm (owen.py, this module) or to the Explanation format
-# could change a number or a field: cache entries of another version are never served.
-ALGORITHM_VERSION = 2
+# Bumped whenever a change to the algorithm (owen.py, units.py, this module) or to the Explanation
+# format could change a number or a field: cache entries of another version are never served.
+ALGORITHM_VERSION = 3
 
 
 @dataclass
@@ -32,7 +34,10 @@ class _Job:
     """One text being explained: its encoding, its kept positions and its running Owen recursion."""
 
     encoded: EncodedText
-    keep: np.ndarray
+    keep: np.ndarray  # tokens never masked ([CLS], [SEP])
+    player_of_token: np.ndarray  # each token's player (token or unit), -1 for one that is always kept
+    players: int
+    spans: list[tuple[int, int]] | None  # each unit's [start, end); None at token granularity
     clustering: np.ndarray
     label_indexes: list[int]
     steps: OwenSteps | None = None
@@ -43,8 +48,11 @@ class _Job:
     f11: np.ndarray | None = None
 
     def masked_ids(self, masks: np.ndarray, mask_token_id: int) -> list[np.ndarray]:
-        kept = masks | self.keep
-        return list(np.where(kept, self.encoded.ids, mask_token_id))
+        """Token ids for masks over the players: a masked-out unit masks all its tokens."""
+        present = np.ones((len(masks), len(self.encoded.ids)), dtype=bool)
+        played = self.player_of_token >= 0
+        present[:, played] = masks[:, self.player_of_token[played]]
+        return list(np.where(present | self.keep, self.encoded.ids, mask_token_id))
 
 
 def explain_texts(
@@ -61,15 +69,15 @@ def explain_encoded(
     model = engine.model
     ticket = ticket or Ticket()
     requested = _requested_label_indexes(model, options)  # unknown labels fail before any work
-    jobs = [_new_job(model, e) for e in encoded]
+    jobs = [_new_job(model, e, options) for e in encoded]
     in_flight: dict[Future, _Job] = {}
 
     def submit(job: _Job, rows: list[np.ndarray]) -> None:
         in_flight[engine.submit(rows, EXPLAIN, options.precision, ticket)] = job
 
     for job in jobs:  # first the all-masked and unmasked rows: base value and model output
-        none = np.zeros(len(job.encoded.ids), dtype=bool)
-        submit(job, [job.masked_ids(none[None, :], model.mask_token_id)[0], job.encoded.ids])
+        none = np.zeros((1, job.players), dtype=bool)
+        submit(job, [job.masked_ids(none, model.mask_token_id)[0], job.encoded.ids])
     try:
         while in_flight:
             ticket.check()
@@ -101,8 +109,8 @@ def _start(
     idx = job.label_indexes
     rng = np.random.RandomState(options.seed)
     assert options.batch_size is not None  # filled in from the settings when the options were parsed
-    if len(job.encoded.ids) <= 1:
-        return  # a single token: no tree to walk (see _explanation)
+    if job.players <= 1:
+        return  # a single player (or none): no tree to walk (see _explanation)
     # Rounds of a short text are far smaller than a pass; fill them with the masks the recursion is
     # likely to need next (same numbers, fewer passes).
     length = len(job.encoded.ids)
@@ -130,15 +138,28 @@ def _advance(job: _Job, outputs: np.ndarray | None) -> None:
         job.pending = None
 
 
-def _new_job(model: TextModel, encoded: EncodedText) -> _Job:
+def _new_job(model: TextModel, encoded: EncodedText, options: ExplainOptions) -> _Job:
     length = len(encoded.ids)
     keep = np.zeros(length, dtype=bool)
     keep[: model.keep_prefix] = True
     if model.keep_suffix:
         keep[length - model.keep_suffix :] = True
-    segments = token_segments(encoded.text, encoded.offsets)
-    clustering = text_clustering(segments, model.tokenizer.sep_token) if length > 1 else np.zeros((0, 4))
-    return _Job(encoded=encoded, keep=keep, clustering=clustering, label_indexes=[])
+    if options.granularity == "token":  # SHAP's players and tree, boundary tokens included
+        segments = token_segments(encoded.text, encoded.offsets)
+        clustering = text_clustering(segments, model.tokenizer.sep_token) if length > 1 else np.zeros((0, 4))
+        players, spans = np.arange(length), None
+    else:
+        units = text_units(encoded.text, encoded.offsets, keep, options.granularity)
+        players, spans, clustering = units.of_token, units.spans, units.clustering
+    return _Job(
+        encoded=encoded,
+        keep=keep,
+        player_of_token=players,
+        players=length if spans is None else len(spans),
+        spans=spans,
+        clustering=clustering,
+        label_indexes=[],
+    )
 
 
 def check_options(model: TextModel, options: ExplainOptions) -> None:
@@ -168,24 +189,15 @@ def _predicted_label_indexes(model: TextModel, probabilities: np.ndarray) -> lis
 def _explanation(model: TextModel, job: _Job, options: ExplainOptions) -> Explanation:
     f00, f11 = job.f00, job.f11
     assert f00 is not None and f11 is not None
-    text, offsets, ids = job.encoded.text, job.encoded.offsets, job.encoded.ids
-    if job.values is None:  # a single token: no tree to walk, the whole difference is its credit
-        job.values = (f11 - f00)[job.label_indexes][None, :]
+    if job.values is None:  # a single player: no tree to walk, the whole difference is its credit
+        job.values = (f11 - f00)[job.label_indexes][None, :][: job.players]
         job.evaluations = 2
-    tokens, spans = [], []
-    end_of_text = max((end for _, end in offsets), default=0)
-    for i, (start, end) in enumerate(offsets):
-        if job.keep[i]:  # boundary tokens ([CLS], [SEP]): shown by name, at the text's edge
-            tokens.append(model.tokenizer.convert_ids_to_tokens(int(ids[i])))
-            edge = 0 if i < model.keep_prefix else end_of_text
-            spans.append((edge, edge))
-        else:
-            tokens.append(text[start:end])
-            spans.append((start, end))
+    units, spans = _token_units(model, job) if job.spans is None else _text_units(job)
     labels = [model.labels[i] for i in job.label_indexes]
     return Explanation(
-        tokens=tokens,
+        units=units,
         offsets=spans,
+        granularity=options.granularity,
         labels=labels,
         values={label: [float(v) for v in job.values[:, k]] for k, label in enumerate(labels)},
         base_values={label: float(f00[i]) for label, i in zip(labels, job.label_indexes, strict=True)},
@@ -198,3 +210,24 @@ def _explanation(model: TextModel, job: _Job, options: ExplainOptions) -> Explan
         batch_size=options.batch_size,
         truncated=job.encoded.truncated,
     )
+
+
+def _token_units(model: TextModel, job: _Job) -> tuple[list[str], list[tuple[int, int]]]:
+    """Token granularity: every token, the boundary ones ([CLS], [SEP]) by name at the text's edges."""
+    text, offsets, ids = job.encoded.text, job.encoded.offsets, job.encoded.ids
+    tokens, spans = [], []
+    end_of_text = max((end for _, end in offsets), default=0)
+    for i, (start, end) in enumerate(offsets):
+        if job.keep[i]:
+            tokens.append(model.tokenizer.convert_ids_to_tokens(int(ids[i])))
+            edge = 0 if i < model.keep_prefix else end_of_text
+            spans.append((edge, edge))
+        else:
+            tokens.append(text[start:end])
+            spans.append((start, end))
+    return tokens, spans
+
+
+def _text_units(job: _Job) -> tuple[list[str], list[tuple[int, int]]]:
+    assert job.spans is not None
+    return [job.encoded.text[start:end] for start, end in job.spans], job.spans

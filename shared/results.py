@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 
 class _Result(BaseModel):
@@ -31,13 +31,15 @@ class Classification(_Result):
 
 
 class Explanation(_Result):
-    """SHAP attributions for one text: per token, per explained label.
+    """SHAP attributions for one text: per unit (token, word, sentence or paragraph), per label.
 
     `base_values[label] + sum(values[label])` reproduces `model_output[label]` (additivity).
     """
 
-    tokens: list[str]
+    # Records and cache entries written before granularity existed call the units "tokens".
+    units: list[str] = Field(validation_alias=AliasChoices("units", "tokens"))
     offsets: list[tuple[int, int]]
+    granularity: Literal["token", "word", "sentence", "paragraph"] = "token"
     labels: list[str]
     values: dict[str, list[float]]
     base_values: dict[str, float]
@@ -51,15 +53,14 @@ class Explanation(_Result):
     batch_size: int | None = None  # SHAP's batch size (None only in entries from before it was kept)
 
     def seed_pairs(self) -> list[tuple[str, dict[str, float]]]:
-        """The seed's shape: `[[token, {label: value, ...}], ...]`."""
-        return [
-            (token, {label: self.values[label][i] for label in self.labels})
-            for i, token in enumerate(self.tokens)
-        ]
+        """The seed's shape: `[[unit, {label: value, ...}], ...]`."""
+        values, labels = self.values, self.labels
+        return [(unit, {label: values[label][i] for label in labels}) for i, unit in enumerate(self.units)]
 
 
 class ExplanationParameters(_Result):
     output: Literal["probability", "logit"]
+    granularity: Literal["token", "word", "sentence", "paragraph"] = "token"
     max_evals: int
     evaluations: int = Field(description="model evaluations SHAP's algorithm counted")
     seed: int
@@ -74,9 +75,11 @@ class TextResult(_Result):
     truncated: bool
     model: str
     explanation: list[tuple[str, dict[str, float]]] | None = Field(
-        None, description="each token with its attribution per explained label (when explained)"
+        None,
+        description="each unit (token, word, sentence or paragraph: see explanation_parameters."
+        "granularity) with its attribution per explained label (when explained)",
     )
-    offsets: list[tuple[int, int]] | None = Field(None, description="each token's [start, end) in the text")
+    offsets: list[tuple[int, int]] | None = Field(None, description="each unit's [start, end) in the text")
     base_values: dict[str, float] | None = None
     model_output: dict[str, float] | None = None
     explanation_parameters: ExplanationParameters | None = None
@@ -99,6 +102,7 @@ def text_response(
         model_output=explanation.model_output,
         explanation_parameters=ExplanationParameters(
             output=explanation.output,
+            granularity=explanation.granularity,
             max_evals=explanation.max_evals,
             evaluations=explanation.evaluations,
             seed=explanation.seed,

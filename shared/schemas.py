@@ -35,6 +35,11 @@ class ExplainOptions(_Strict):
         ),
     ] = None
     output: Literal["probability", "logit"] = "probability"
+    granularity: Literal["token", "word", "sentence", "paragraph"] = Field(
+        "token",
+        description="The players of the explanation: model tokens (SHAP's own), or words, sentences or "
+        "paragraphs of the text, each masked as a whole and returned with its character span.",
+    )
     labels: Literal["all", "predicted"] | list[str] = Field(
         "all", description='"all", "predicted" or a list of label names to explain.'
     )
@@ -81,7 +86,15 @@ class ExplainOptions(_Strict):
 
     def cache_key(self) -> tuple[Any, ...]:
         labels = tuple(self.labels) if isinstance(self.labels, list) else self.labels
-        return (self.max_evals, self.output, labels, self.seed, self.precision, self.batch_size)
+        return (
+            self.max_evals,
+            self.output,
+            labels,
+            self.seed,
+            self.precision,
+            self.batch_size,
+            self.granularity,
+        )
 
 
 def _settings(info: ValidationInfo) -> Settings:

@@ -95,9 +95,10 @@ def build_tiny_model(
         | {"##" + c for c in "abcdefghijklmnopqrstuvwxyz"}
         | set("abcdefghijklmnopqrstuvwxyz")
     )
-    vocab_file = directory / "vocab.txt"
-    vocab_file.write_text("\n".join(specials + pieces) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True, model_max_length=64)
+    # transformers 5 takes the vocabulary itself (a `vocab_file=` is silently ignored: every token
+    # would be [UNK]).
+    vocab = {token: i for i, token in enumerate(specials + pieces)}
+    tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True, model_max_length=64)
     torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=len(specials) + len(pieces),

@@ -37,7 +37,7 @@ def test_repeated_explanation_comes_from_the_cache(tiny_model_dir: Path) -> None
     # a different option, text or seed is a different entry
     assert service.explain(TEXTS[:1], ExplainOptions(max_evals=300, seed=1))[0] is not first[0]
     mixed = service.explain([TEXTS[0], TEXTS[3]], options)
-    assert mixed[0] is first[0] and mixed[1].tokens[1] == "awful"
+    assert mixed[0] is first[0] and mixed[1].units[1] == "awful"
 
 
 def test_cache_key_covers_everything_that_changes_the_numbers() -> None:

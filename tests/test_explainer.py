@@ -150,10 +150,10 @@ def test_same_seed_same_numbers(engine: Engine, tiny: TextModel) -> None:
 def test_tokens_and_offsets_point_into_the_text(engine: Engine, tiny: TextModel) -> None:
     text = "I LOVED this film, the acting was superb."
     (explanation,) = explain(engine, [text], ExplainOptions(max_evals=50), 32)
-    assert explanation.tokens[0] == "[CLS]" and explanation.tokens[-1] == "[SEP]"
-    for token, (start, end) in zip(explanation.tokens[1:-1], explanation.offsets[1:-1], strict=True):
+    assert explanation.units[0] == "[CLS]" and explanation.units[-1] == "[SEP]"
+    for token, (start, end) in zip(explanation.units[1:-1], explanation.offsets[1:-1], strict=True):
         assert text[start:end] == token
-    assert "LOVED" in explanation.tokens
+    assert "LOVED" in explanation.units
 
 
 def test_predicted_and_unknown_labels(engine: Engine, tiny: TextModel) -> None:
@@ -168,7 +168,7 @@ def test_truncated_text_is_explained_up_to_the_limit(engine: Engine, tiny: TextM
     text = " ".join(["good film"] * 100)
     (explanation,) = explain(engine, [text], ExplainOptions(max_evals=50), 32)
     assert explanation.truncated is True
-    assert len(explanation.tokens) == tiny.max_length
+    assert len(explanation.units) == tiny.max_length
 
 
 def test_explanation_stops_at_its_deadline(engine: Engine, tiny: TextModel) -> None:
@@ -194,7 +194,7 @@ def test_fast_precision_ranks_tokens_like_exact(sst2_dir: Path) -> None:
     exact = explain(real, texts, options, 64)
     fast = explain(real, texts, options.model_copy(update={"precision": "fast"}), 64)
     for e, f in zip(exact, fast, strict=True):
-        assert f.precision == "fast" and f.tokens == e.tokens
+        assert f.precision == "fast" and f.units == e.units
         label = max(e.model_output, key=e.model_output.get)
         assert spearmanr(e.values[label][1:-1], f.values[label][1:-1]).statistic > 0.9
         for name in f.labels:  # additivity holds in fast mode too

@@ -1,0 +1,166 @@
+"""Word, sentence and paragraph granularity: the units a reader sees, the tree over them, and the
+explanations over them (each unit masked as a whole, additivity, the Shapley values by hand)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.engine import Engine
+from shared.explainer import _new_job, explain_texts
+from shared.owen import mask_matrix
+from shared.schemas import ExplainOptions
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path) -> Engine:
+    from tests.support import start_engine
+
+    engine = start_engine(tiny_model_dir)
+    yield engine
+    engine.stop()
+
+
+def units_of(engine: Engine, text: str, granularity: str):
+    encoded = engine.model.encode([text])[0]
+    job = _new_job(engine.model, encoded, ExplainOptions(granularity=granularity))
+    return encoded, job, [text[start:end] for start, end in job.spans]
+
+
+def options(**values) -> ExplainOptions:
+    return ExplainOptions(**({"max_evals": 2000, "labels": "all"} | values))
+
+
+# ---- what a unit is ---------------------------------------------------------------------------
+
+
+def test_words_join_subword_pieces_and_keep_punctuation_apart(engine: Engine) -> None:
+    text = "Superbly unremarkable, it wasn't great!!! A well-made film, $3.50 in the U.S."
+    encoded, job, words = units_of(engine, text, "word")
+    assert words == [
+        "Superbly", "unremarkable", ",", "it", "wasn't", "great", "!!!", "A", "well-made", "film", ",",
+        "$", "3.50", "in", "the", "U.S.",
+    ]  # fmt: skip
+    # "superbly" is several WordPiece tokens of the tiny vocabulary: all of them are unit 0.
+    first = [t for t, (s, e) in enumerate(encoded.offsets) if 0 <= s < e <= len("Superbly")]
+    assert len(first) > 1 and set(job.player_of_token[first]) == {0}
+    # Boundary tokens are no unit (always kept); every other token is in exactly one unit.
+    assert job.player_of_token[0] == -1 and job.player_of_token[-1] == -1
+    assert (job.player_of_token[1:-1] >= 0).all()
+
+
+def test_scripts_without_spaces_are_not_one_giant_word(engine: Engine) -> None:
+    _, _, words = units_of(engine, "我喜欢这部电影。 ok", "word")
+    assert words == ["我", "喜", "欢", "这", "部", "电", "影", "。", "ok"]
+
+
+def test_sentences_handle_abbreviations_decimals_and_quotes(engine: Engine) -> None:
+    text = 'Mr. Smith paid $3.50 for it. "Is it good?" she asked. It was great.'
+    _, _, sentences = units_of(engine, text, "sentence")
+    assert sentences == ["Mr. Smith paid $3.50 for it.", '"Is it good?" she asked.', "It was great."]
+
+
+def test_paragraphs_are_blocks_between_blank_lines(engine: Engine) -> None:
+    text = "First one. Still first.\n\n  Second one.\nSame paragraph.\n\n\nThird."
+    _, _, paragraphs = units_of(engine, text, "paragraph")
+    assert paragraphs == ["First one. Still first.", "Second one.\nSame paragraph.", "Third."]
+    _, _, lines = units_of(engine, "one line\nanother line", "paragraph")
+    assert lines == ["one line", "another line"]  # no blank line: each line is a paragraph
+
+
+def test_spans_point_into_the_text_and_units_are_whole_tokens(engine: Engine) -> None:
+    text = "The plot (such as it is) drags.\n\nBut the acting, frankly, is superb!"
+    for granularity in ("word", "sentence", "paragraph"):
+        encoded, job, texts = units_of(engine, text, granularity)
+        for u, (start, end) in enumerate(job.spans):
+            assert texts[u] == text[start:end] and texts[u] == texts[u].strip() and texts[u]
+            tokens = np.flatnonzero(job.player_of_token == u)
+            assert all(start <= encoded.offsets[t][0] < encoded.offsets[t][1] <= end for t in tokens)
+        assert [s for s, _ in job.spans] == sorted(s for s, _ in job.spans)
+
+
+def test_the_tree_nests_words_inside_sentences_inside_paragraphs(engine: Engine) -> None:
+    text = "good film . bad end .\n\nfunny cast . weak plot ."
+    _, job, words = units_of(engine, text, "word")
+    assert len(words) == 12
+    subtrees = {tuple(np.flatnonzero(row)) for row in mask_matrix(job.clustering)}
+    for group in [(0, 1, 2), (3, 4, 5), (6, 7, 8), (9, 10, 11), tuple(range(6)), tuple(range(6, 12))]:
+        assert group in subtrees, group
+    assert job.clustering[:, 3].max() == 12 and np.isclose(job.clustering[:, 2].max(), 1.0)
+
+
+def test_truncated_text_has_units_up_to_the_limit(engine: Engine) -> None:
+    text = " ".join(["good film ."] * 40)  # far past the tiny model's 64 tokens
+    encoded, job, words = units_of(engine, text, "word")
+    assert encoded.truncated and 0 < len(words) < 120
+    assert job.spans[-1][1] <= encoded.offsets[-2][1]
+
+
+def test_unknown_granularity_is_a_400() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        ExplainOptions(granularity="character")
+
+
+# ---- explanations over units -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("granularity", ["word", "sentence", "paragraph"])
+@pytest.mark.parametrize("output", ["probability", "logit"])
+def test_additivity_for_every_label(engine: Engine, granularity: str, output: str) -> None:
+    texts = ["i loved this film , the acting was superb .\n\nboring . one long string of cliches ."]
+    (explanation,) = explain_texts(engine, texts, options(granularity=granularity, output=output))
+    assert explanation.granularity == granularity and len(explanation.labels) == len(engine.model.labels)
+    for label in explanation.labels:
+        total = explanation.base_values[label] + sum(explanation.values[label])
+        assert total == pytest.approx(explanation.model_output[label], abs=1e-5)
+    assert explanation.units == [texts[0][s:e] for s, e in explanation.offsets]
+
+
+def test_two_units_get_their_shapley_values(engine: Engine) -> None:
+    """With two players the Owen value is the Shapley value: computed here from four model calls."""
+    text = "superb acting .\n\nboring plot ."
+    model = engine.model
+    (explanation,) = explain_texts(engine, [text], options(granularity="paragraph", output="logit"))
+    encoded = model.encode([text])[0]
+    ids, first = np.array(encoded.ids), np.array([s < text.index("\n") for s, _ in encoded.offsets])
+    inner = np.ones(len(ids), dtype=bool)
+    inner[[0, -1]] = False  # [CLS] and [SEP] are always kept
+
+    def f(keep_first: bool, keep_second: bool) -> np.ndarray:
+        present = ~inner | (first & keep_first) | (~first & inner & keep_second)
+        return model.forward([np.where(present, ids, model.mask_token_id)])[0]
+
+    first_value = ((f(True, False) - f(False, False)) + (f(True, True) - f(False, True))) / 2
+    for k, label in enumerate(model.labels):
+        assert explanation.values[label][0] == pytest.approx(first_value[k], abs=1e-5)
+
+
+def test_every_row_masks_whole_units(engine: Engine) -> None:
+    text = "superbly unremarkable , frankly .\n\nthe acting was superb ."
+    encoded, job, _ = units_of(engine, text, "word")
+    rng = np.random.default_rng(0)
+    masks = rng.random((50, job.players)) < 0.5
+    for row, mask in zip(job.masked_ids(masks, engine.model.mask_token_id), masks, strict=True):
+        for t, unit in enumerate(job.player_of_token):
+            expected = encoded.ids[t] if unit < 0 or mask[unit] else engine.model.mask_token_id
+            assert row[t] == expected
+
+
+def test_fewer_players_need_fewer_evaluations(engine: Engine) -> None:
+    text = "it 's played in the most straight-faced fashion , with little humor to lighten things up ."
+    counts = {
+        g: explain_texts(engine, [text], options(granularity=g, max_evals=5000))[0].evaluations
+        for g in ("token", "word", "sentence")
+    }
+    assert counts["sentence"] == 2 < counts["word"] < counts["token"]
+
+
+def test_the_cache_tells_granularities_apart(engine: Engine) -> None:
+    from shared.cache import explanation_key
+
+    keys = {explanation_key("model", "text", ExplainOptions(granularity=g)) for g in ("token", "word")}
+    assert len(keys) == 2
