@@ -35,8 +35,9 @@ def explanation_key(model_fingerprint: str, text: str, options: ExplainOptions) 
     return hashlib.sha256(material.encode()).hexdigest()
 
 
-def classification_key(model_fingerprint: str, text: str) -> str:
-    return hashlib.sha256(json.dumps([model_fingerprint, text]).encode()).hexdigest()
+def classification_key(model_fingerprint: str, text: str, long_text: str = "truncate") -> str:
+    material = [model_fingerprint, text] if long_text == "truncate" else [model_fingerprint, text, long_text]
+    return hashlib.sha256(json.dumps(material).encode()).hexdigest()
 
 
 class Cache(Protocol[T]):

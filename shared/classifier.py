@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from shared.engine import CLASSIFY, Engine, Ticket
-from shared.model import EncodedText
+from shared.model import EncodedText, LongText
 from shared.results import Classification, LabelScore
 
 
@@ -17,14 +17,21 @@ def classify_encoded(
     """Score already-encoded texts; their rows go first in the engine's next pass."""
     if not encoded:
         return []
-    logits = engine.run([e.ids for e in encoded], CLASSIFY, "exact", ticket or Ticket())
-    scores = engine.model.outputs(logits, "probability")
-    labels = engine.model.labels
-    return [_classification(labels, row, e.truncated) for row, e in zip(scores, encoded, strict=True)]
+    model = engine.model
+    rows_of = [e.rows(e.ids) for e in encoded]  # a windowed document: one row per window
+    logits = engine.run([row for rows in rows_of for row in rows], CLASSIFY, "exact", ticket or Ticket())
+    results, start = [], 0
+    for e, rows in zip(encoded, rows_of, strict=True):
+        scores = model.document_outputs(e, logits[start : start + len(rows)], "probability")
+        results.append(_classification(model.labels, scores, e.truncated))
+        start += len(rows)
+    return results
 
 
-def classify(engine: Engine, texts: Sequence[str], ticket: Ticket | None = None) -> list[Classification]:
-    return classify_encoded(engine, engine.model.encode(texts), ticket)
+def classify(
+    engine: Engine, texts: Sequence[str], ticket: Ticket | None = None, long_text: LongText = "truncate"
+) -> list[Classification]:
+    return classify_encoded(engine, engine.model.encode(texts, long_text), ticket)
 
 
 def _classification(labels: list[str], scores: np.ndarray, truncated: bool) -> Classification:

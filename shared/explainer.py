@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -46,6 +47,41 @@ class _Job:
     evaluations: int = 0
     f00: np.ndarray | None = None
     f11: np.ndarray | None = None
+    # The model rows this text ran, by their ids: a windowed document's mask changes only the
+    # windows holding what it masks, so its other windows are looked up here instead of run again.
+    memo: dict[bytes, np.ndarray] = field(default_factory=dict)
+    wanted: list[list[bytes]] = field(default_factory=list)  # each pending document's rows
+    asked: list[bytes] = field(default_factory=list)  # the rows in flight
+    rows_run: int = 0
+    rows_memoised: int = 0
+
+    def rows_needed(self, documents: list[np.ndarray]) -> list[np.ndarray]:
+        """The model rows these (masked) documents need that this text has not run yet."""
+        self.wanted, missing = [], {}
+        for ids in documents:
+            keys = []
+            for row in self.encoded.rows(ids):
+                key = row.tobytes()
+                keys.append(key)
+                if key not in self.memo and key not in missing:
+                    missing[key] = row
+            self.wanted.append(keys)
+        self.rows_run += len(missing)
+        self.rows_memoised += sum(map(len, self.wanted)) - len(missing)
+        self.asked = list(missing)
+        return list(missing.values())
+
+    def received(self, logits: np.ndarray) -> None:
+        self.memo.update(zip(self.asked, logits, strict=True))
+
+    def outputs(self, model: TextModel, kind: Literal["probability", "logit"]) -> np.ndarray:
+        """The pending documents' outputs (documents x labels), each from its rows' logits."""
+        return np.stack(
+            [
+                model.document_outputs(self.encoded, np.stack([self.memo[k] for k in keys]), kind)
+                for keys in self.wanted
+            ]
+        )
 
     def masked_ids(self, masks: np.ndarray, mask_token_id: int) -> list[np.ndarray]:
         """Token ids for masks over the players: a masked-out unit masks all its tokens."""
@@ -58,7 +94,7 @@ class _Job:
 def explain_texts(
     engine: Engine, texts: Sequence[str], options: ExplainOptions, ticket: Ticket | None = None
 ) -> list[Explanation]:
-    return explain_encoded(engine, engine.model.encode(texts), options, ticket)
+    return explain_encoded(engine, engine.model.encode(texts, options.long_text), options, ticket)
 
 
 def explain_encoded(
@@ -72,40 +108,49 @@ def explain_encoded(
     jobs = [_new_job(model, e, options) for e in encoded]
     in_flight: dict[Future, _Job] = {}
 
-    def submit(job: _Job, rows: list[np.ndarray]) -> None:
-        in_flight[engine.submit(rows, EXPLAIN, options.precision, ticket)] = job
+    def step(job: _Job) -> None:
+        """Hand the pending documents' outputs to the text's recursion, which asks for the next."""
+        if job.steps is None:
+            _start(job, engine, options, requested)
+        else:
+            _advance(job, job.outputs(model, options.output)[:, job.label_indexes])
 
-    for job in jobs:  # first the all-masked and unmasked rows: base value and model output
-        none = np.zeros((1, job.players), dtype=bool)
-        submit(job, [job.masked_ids(none, model.mask_token_id)[0], job.encoded.ids])
+    def feed(job: _Job, documents: list[np.ndarray]) -> None:
+        """Submit the rows these documents need; when every one was run already, step at once."""
+        while True:
+            rows = job.rows_needed(documents)
+            if rows:
+                in_flight[engine.submit(rows, EXPLAIN, options.precision, ticket)] = job
+                return
+            step(job)
+            if job.pending is None:
+                return
+            documents = job.masked_ids(job.pending, model.mask_token_id)
+
     try:
+        for job in jobs:  # first the all-masked and unmasked documents: base value and model output
+            none = np.zeros((1, job.players), dtype=bool)
+            feed(job, [job.masked_ids(none, model.mask_token_id)[0], job.encoded.ids])
         while in_flight:
             ticket.check()
             done, _ = wait(list(in_flight), timeout=ticket.wait_s(3600), return_when=FIRST_COMPLETED)
             for future in done:
                 job = in_flight.pop(future)
-                logits = future.result()  # the ticket's error, if the engine dropped the rows
-                if job.steps is None:
-                    _start(job, engine, options, logits, requested)
-                else:
-                    _advance(job, model.outputs(logits, options.output)[:, job.label_indexes])
+                job.received(future.result())  # the ticket's error, if the engine dropped the rows
+                step(job)
                 if job.pending is not None:
-                    submit(job, job.masked_ids(job.pending, model.mask_token_id))
+                    feed(job, job.masked_ids(job.pending, model.mask_token_id))
     except BaseException:
         engine.cancel(ticket)  # drop the other texts' queued rounds
         raise
     return [_explanation(model, job, options) for job in jobs]
 
 
-def _start(
-    job: _Job, engine: Engine, options: ExplainOptions, logits: np.ndarray, requested: list[int] | None
-) -> None:
+def _start(job: _Job, engine: Engine, options: ExplainOptions, requested: list[int] | None) -> None:
     model = engine.model
-    ends = model.outputs(logits, options.output)
+    ends = job.outputs(model, options.output)
     job.f00, job.f11 = ends[0], ends[1]
-    job.label_indexes = requested or _predicted_label_indexes(
-        model, model.outputs(logits[1:], "probability")[0]
-    )
+    job.label_indexes = requested or _predicted_label_indexes(model, job.outputs(model, "probability")[1])
     idx = job.label_indexes
     rng = np.random.RandomState(options.seed)
     assert options.batch_size is not None  # filled in from the settings when the options were parsed
@@ -113,7 +158,7 @@ def _start(
         return  # a single player (or none): no tree to walk (see _explanation)
     # Rounds of a short text are far smaller than a pass; fill them with the masks the recursion is
     # likely to need next (same numbers, fewer passes).
-    length = len(job.encoded.ids)
+    length = min(len(job.encoded.ids), model.max_length)  # a row: the text, or one of its windows
     rows_per_pass = min(engine.limits.rows, max(1, engine.limits.tokens // length))
     f00, f11 = job.f00[idx], job.f11[idx]
     job.steps = owen_values(
@@ -198,6 +243,10 @@ def _explanation(model: TextModel, job: _Job, options: ExplainOptions) -> Explan
         units=units,
         offsets=spans,
         granularity=options.granularity,
+        long_text=options.long_text,
+        windows=len(job.encoded.windows) or 1,
+        windows_run=job.rows_run if job.encoded.windows else None,
+        windows_memoised=job.rows_memoised if job.encoded.windows else None,
         labels=labels,
         values={label: [float(v) for v in job.values[:, k]] for k, label in enumerate(labels)},
         base_values={label: float(f00[i]) for label, i in zip(labels, job.label_indexes, strict=True)},

@@ -16,17 +16,46 @@ from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 Precision = Literal["exact", "fast"]
+LongText = Literal["truncate", "windows"]
 
 
 @dataclass(frozen=True)
 class EncodedText:
-    """A text as the model sees it: token ids (truncated to the model's limit) and character offsets."""
+    """A text as the model sees it: token ids and character offsets, either truncated to the model's
+    maximum length (one row) or whole, seen through overlapping windows of at most that length."""
 
     text: str
     ids: np.ndarray
     offsets: list[tuple[int, int]]
     special: np.ndarray  # True where the token is a special token ([CLS], [SEP], ...)
     truncated: bool
+    # Windowed documents: each window's [start, end) over `ids`, between the boundary tokens that
+    # every window repeats ([CLS] ... [SEP]). Empty: `ids` is the one row.
+    windows: tuple[tuple[int, int], ...] = ()
+    prefix: int = 0  # boundary tokens at the start and end of `ids` (windowed documents)
+    suffix: int = 0
+
+    def rows(self, ids: np.ndarray) -> list[np.ndarray]:
+        """The rows the model runs for these ids (this text's, possibly masked): one, or a window each."""
+        if not self.windows:
+            return [ids]
+        head, tail = ids[: self.prefix], ids[len(ids) - self.suffix :]
+        return [np.concatenate([head, ids[start:end], tail]) for start, end in self.windows]
+
+
+# Windows overlap by a quarter, so that every token is seen with some context on either side.
+WINDOW_OVERLAP = 0.25
+
+
+def window_spans(content: int, width: int, first: int) -> tuple[tuple[int, int], ...]:
+    """Windows of `width` tokens over `content` tokens starting at index `first`, overlapping by at
+    least WINDOW_OVERLAP and spread evenly, so that every window is full (equal weight is fair)."""
+    if content <= width:
+        return ()
+    stride = max(1, int(width * (1 - WINDOW_OVERLAP)))
+    count = -(-(content - width) // stride) + 1
+    starts = [round(i * (content - width) / (count - 1)) for i in range(count)]
+    return tuple((first + start, first + start + width) for start in starts)
 
 
 @dataclass
@@ -50,8 +79,11 @@ class TextModel:
     exact_runner: Any = field(default=None, repr=False)
     _fast_model: Any = field(default=None, repr=False)
 
-    def encode(self, texts: Sequence[str]) -> list[EncodedText]:
-        """Tokenize with truncation to the model's maximum length; say which texts were truncated."""
+    def encode(self, texts: Sequence[str], long_text: LongText = "truncate") -> list[EncodedText]:
+        """Tokenize: truncated to the model's maximum length (saying which texts were), or whole and
+        cut into windows (`long_text="windows"`)."""
+        if long_text == "windows":
+            return [self._encode_whole(text) for text in texts]
         enc = self.tokenizer(
             list(texts),
             truncation=True,
@@ -80,6 +112,36 @@ class TextModel:
             assert item is not None
             out.append(EncodedText(item.text, item.ids, item.offsets, item.special, was_truncated))
         return out
+
+    def _encode_whole(self, text: str) -> EncodedText:
+        enc = self.tokenizer(
+            text,
+            truncation=False,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+            verbose=False,
+        )
+        ids = np.asarray(enc["input_ids"], dtype=np.int64)
+        width = self.max_length - self.keep_prefix - self.keep_suffix
+        content = len(ids) - self.keep_prefix - self.keep_suffix
+        return EncodedText(
+            text=text,
+            ids=ids,
+            offsets=[(0, 0) if o is None else (int(o[0]), int(o[1])) for o in enc["offset_mapping"]],
+            special=np.asarray(enc["special_tokens_mask"], dtype=bool),
+            truncated=False,
+            windows=window_spans(content, width, self.keep_prefix),
+            prefix=self.keep_prefix,
+            suffix=self.keep_suffix,
+        )
+
+    def document_outputs(
+        self, encoded: EncodedText, logits: np.ndarray, kind: Literal["probability", "logit"]
+    ) -> np.ndarray:
+        """A text's outputs from the logits of its rows: a windowed document's is the mean of its
+        windows' outputs (probabilities: the mean probability, as if each window voted with its
+        confidence; no window's length or position weighs more, since all are full)."""
+        return self.outputs(logits, kind).mean(axis=0)
 
     def forward(self, rows: Sequence[np.ndarray], precision: Precision = "exact") -> np.ndarray:
         """Raw logits (rows x labels, float32) of ONE forward pass over token-id rows, padded to the

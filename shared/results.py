@@ -40,6 +40,10 @@ class Explanation(_Result):
     units: list[str] = Field(validation_alias=AliasChoices("units", "tokens"))
     offsets: list[tuple[int, int]]
     granularity: Literal["token", "word", "sentence", "paragraph"] = "token"
+    long_text: Literal["truncate", "windows"] = "truncate"
+    windows: int = 1  # the rows the model reads the text in: 1, or its windows
+    windows_run: int | None = None  # windowed documents: window rows run, and reused from a same mask
+    windows_memoised: int | None = None
     labels: list[str]
     values: dict[str, list[float]]
     base_values: dict[str, float]
@@ -61,6 +65,12 @@ class Explanation(_Result):
 class ExplanationParameters(_Result):
     output: Literal["probability", "logit"]
     granularity: Literal["token", "word", "sentence", "paragraph"] = "token"
+    long_text: Literal["truncate", "windows"] = "truncate"
+    windows: int = Field(1, description="the windows the model read the text in (1: one row)")
+    windows_run: int | None = Field(None, description='long_text "windows": window rows run')
+    windows_memoised: int | None = Field(
+        None, description='long_text "windows": window rows whose ids were already run for this text'
+    )
     max_evals: int
     evaluations: int = Field(description="model evaluations SHAP's algorithm counted")
     seed: int
@@ -103,13 +113,23 @@ def text_response(
         explanation_parameters=ExplanationParameters(
             output=explanation.output,
             granularity=explanation.granularity,
+            long_text=explanation.long_text,
+            windows=explanation.windows,
             max_evals=explanation.max_evals,
             evaluations=explanation.evaluations,
             seed=explanation.seed,
             precision=explanation.precision,
             batch_size=explanation.batch_size,
+            **_window_counts(explanation),
         ),
     )
+
+
+def _window_counts(explanation: Explanation) -> dict[str, int]:
+    """Only a windowed document has window rows run and memoised (the others' are left out)."""
+    if explanation.windows_run is None:
+        return {}
+    return {"windows_run": explanation.windows_run, "windows_memoised": explanation.windows_memoised or 0}
 
 
 class ErrorDetail(_Result):

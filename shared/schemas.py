@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from shared.errors import InvalidRequest
 from shared.settings import Settings
@@ -35,6 +43,12 @@ class ExplainOptions(_Strict):
         ),
     ] = None
     output: Literal["probability", "logit"] = "probability"
+    long_text: Literal["truncate", "windows"] = Field(
+        "truncate",
+        description='Texts longer than the model: "truncate" to its maximum length (flagged "truncated"), '
+        'or "windows": the model reads overlapping windows and the document\'s scores are the mean of '
+        "theirs (word, sentence or paragraph granularity; up to MAX_WINDOWED_TEXT_CHARS characters).",
+    )
     granularity: Literal["token", "word", "sentence", "paragraph"] = Field(
         "token",
         description="The players of the explanation: model tokens (SHAP's own), or words, sentences or "
@@ -84,6 +98,14 @@ class ExplainOptions(_Strict):
             raise ValueError('labels must be "all", "predicted" or a non-empty list of label names')
         return value
 
+    @model_validator(mode="after")
+    def _windows_need_text_units(self) -> ExplainOptions:
+        if self.long_text == "windows" and self.granularity == "token":
+            raise ValueError(
+                'long_text "windows" explains words, sentences or paragraphs: set granularity to one of them'
+            )
+        return self
+
     def cache_key(self) -> tuple[Any, ...]:
         labels = tuple(self.labels) if isinstance(self.labels, list) else self.labels
         return (
@@ -94,6 +116,7 @@ class ExplainOptions(_Strict):
             self.precision,
             self.batch_size,
             self.granularity,
+            self.long_text,
         )
 
 
@@ -115,9 +138,20 @@ def _check_texts(value: Texts, info: ValidationInfo) -> Texts:
             raise ValueError(f"text {i} is not valid Unicode: it holds a lone surrogate (U+D800-U+DFFF)")
         if not text.strip():
             raise ValueError(f"text {i} is empty")
-        if len(text) > settings.max_text_chars:
-            raise ValueError(f"text {i} has {len(text)} characters; the limit is {settings.max_text_chars}")
+        limit = max(settings.max_text_chars, settings.max_windowed_text_chars)
+        if len(text) > limit:  # the limit of the texts' mode is checked once the options are known
+            raise ValueError(f"text {i} has {len(text)} characters; the limit is {limit}")
     return value
+
+
+def _check_lengths(texts: Texts, long_text: str, info: ValidationInfo) -> None:
+    settings = _settings(info)
+    windows = long_text == "windows"
+    limit = settings.max_windowed_text_chars if windows else settings.max_text_chars
+    for i, text in enumerate([texts] if isinstance(texts, str) else texts):
+        if len(text) > limit:
+            hint = "" if windows else f'; long_text "windows" takes up to {settings.max_windowed_text_chars}'
+            raise ValueError(f"text {i} has {len(text)} characters; the limit is {limit}{hint}")
 
 
 def _is_unicode(text: str) -> bool:
@@ -148,6 +182,11 @@ class SeedBody(InvocationParameters):
 
     _texts = field_validator("data")(_check_texts)
 
+    @model_validator(mode="after")
+    def _lengths(self, info: ValidationInfo) -> SeedBody:
+        _check_lengths(self.data, self.long_text, info)
+        return self
+
 
 class HuggingFaceBody(_Strict):
     """The SageMaker Hugging Face toolkit body: `{"inputs": ..., "parameters": {...}}`."""
@@ -156,6 +195,11 @@ class HuggingFaceBody(_Strict):
     parameters: InvocationParameters = InvocationParameters()
 
     _texts = field_validator("inputs")(_check_texts)
+
+    @model_validator(mode="after")
+    def _lengths(self, info: ValidationInfo) -> HuggingFaceBody:
+        _check_lengths(self.inputs, self.parameters.long_text, info)
+        return self
 
 
 def validation_message(error: ValidationError) -> str:

@@ -23,7 +23,7 @@ from shared.classifier import classify_encoded
 from shared.engine import Engine, Ticket, pass_limits_for
 from shared.errors import ClarionError, ModelNotReady
 from shared.explainer import explain_encoded
-from shared.model import TextModel, load_text_model
+from shared.model import LongText, TextModel, load_text_model
 from shared.onnx_backend import onnx_exact
 from shared.results import Classification, Explanation, Health
 from shared.schemas import ExplainOptions
@@ -128,14 +128,16 @@ class ClarionService:
 
     # ---- work ---------------------------------------------------------------------------------
 
-    def classify(self, texts: Sequence[str], ticket: Ticket | None = None) -> list[Classification]:
+    def classify(
+        self, texts: Sequence[str], ticket: Ticket | None = None, long_text: LongText = "truncate"
+    ) -> list[Classification]:
         engine = self.engine
 
         def compute(missing: list[int]) -> list[Classification]:
-            encoded = engine.model.encode([texts[i] for i in missing])  # in the request's thread
+            encoded = engine.model.encode([texts[i] for i in missing], long_text)  # in the request's thread
             return classify_encoded(engine, encoded, ticket)
 
-        keys = [classification_key(engine.model.fingerprint, text) for text in texts]
+        keys = [classification_key(engine.model.fingerprint, text, long_text) for text in texts]
         return through_cache(self._classifications, keys, compute)
 
     def explain(
@@ -145,7 +147,7 @@ class ClarionService:
         engine = self.engine
 
         def compute(missing: list[int]) -> list[Explanation]:
-            encoded = engine.model.encode([texts[i] for i in missing])
+            encoded = engine.model.encode([texts[i] for i in missing], options.long_text)
             return explain_encoded(engine, encoded, options, ticket)
 
         keys = [explanation_key(engine.model.fingerprint, text, options) for text in texts]

@@ -129,6 +129,8 @@ class Settings:
     max_request_bytes: int = _env("MAX_REQUEST_BYTES", _int_parser(1), 6 * 1024 * 1024)
     max_texts: int = _env("MAX_TEXTS_PER_REQUEST", _int_parser(1), 64)
     max_text_chars: int = _env("MAX_TEXT_CHARS", _int_parser(1), 20_000)
+    # Documents explained through windows (long_text "windows"), meant to go as jobs.
+    max_windowed_text_chars: int = _env("MAX_WINDOWED_TEXT_CHARS", _int_parser(1), 200_000)
     max_evals_limit: int = _env("MAX_EVALS_LIMIT", _int_parser(4), 5_000)
 
     # Model execution: the engine's pass size, and SHAP's batch size (which is part of the answer).

@@ -1,0 +1,156 @@
+"""Documents longer than the model (long_text "windows"): the windows, the document's scores as the
+mean of theirs, explanations of that mean (every window masked alike), and the memo of window rows."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.classifier import classify
+from shared.engine import Engine
+from shared.errors import InvalidRequest
+from shared.explainer import _new_job, explain_texts
+from shared.model import WINDOW_OVERLAP, window_spans
+from shared.schemas import ExplainOptions, SeedBody, parse_model
+from shared.settings import Settings
+
+# About 190 tokens for the tiny model (64 at most): four windows.
+PARAGRAPHS = [
+    "i loved this film , the acting was superb . " * 6,
+    "one long string of cliches . it 's played in the most straight-faced fashion . " * 4,
+    "boring . with little humor to light things up . " * 5,
+]
+DOCUMENT = "\n\n".join(p.strip() for p in PARAGRAPHS)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path) -> Engine:
+    from tests.support import start_engine
+
+    engine = start_engine(tiny_model_dir)
+    yield engine
+    engine.stop()
+
+
+def windowed(**values) -> ExplainOptions:
+    return ExplainOptions(**({"long_text": "windows", "labels": "all", "granularity": "paragraph"} | values))
+
+
+@pytest.mark.parametrize("content", [63, 100, 190, 1000, 5000])
+def test_windows_are_full_overlap_and_cover_everything(content: int) -> None:
+    spans = window_spans(content, 62, first=1)
+    assert spans[0][0] == 1 and spans[-1][1] == content + 1
+    assert all(end - start == 62 for start, end in spans)
+    for (a, b), (c, _) in pairwise(spans):
+        assert a < c < b and b - c >= int(62 * WINDOW_OVERLAP)  # overlap of at least a quarter
+    assert window_spans(62, 62, first=1) == ()  # a text that fits is one row, as with truncate
+
+
+def test_the_document_scores_are_the_mean_of_its_windows(engine: Engine) -> None:
+    model = engine.model
+    (encoded,) = model.encode([DOCUMENT], "windows")
+    assert len(encoded.windows) >= 3 and not encoded.truncated
+    rows = encoded.rows(encoded.ids)
+    assert all(len(row) == model.max_length for row in rows)
+    assert all(row[0] == encoded.ids[0] and row[-1] == encoded.ids[-1] for row in rows)  # [CLS] ... [SEP]
+    expected = model.outputs(model.forward(rows), "probability").mean(axis=0)
+    (result,) = classify(engine, [DOCUMENT], long_text="windows")
+    scores = {entry.label: entry.score for entry in result.prediction}
+    assert [scores[label] for label in model.labels] == pytest.approx(expected, abs=1e-6)
+    (truncated,) = classify(engine, [DOCUMENT])
+    assert truncated.truncated and not result.truncated
+
+
+def test_masking_a_unit_masks_it_in_every_window(engine: Engine) -> None:
+    model = engine.model
+    (encoded,) = model.encode([DOCUMENT], "windows")
+    job = _new_job(model, encoded, windowed(granularity="sentence"))
+    windows_of_unit = {}
+    for u in range(job.players):
+        tokens = set(np.flatnonzero(job.player_of_token == u))
+        windows_of_unit[u] = [w for w, (a, b) in enumerate(encoded.windows) if tokens & set(range(a, b))]
+    shared = next(u for u, ws in windows_of_unit.items() if len(ws) > 1)  # a sentence two windows hold
+    mask = np.ones((1, job.players), dtype=bool)
+    mask[0, shared] = False
+    (document,) = job.masked_ids(mask, model.mask_token_id)
+    tokens = np.flatnonzero(job.player_of_token == shared)
+    for w in windows_of_unit[shared]:
+        start, end = encoded.windows[w]
+        row = encoded.rows(document)[w]
+        inside = [t for t in tokens if start <= t < end]
+        assert inside and all(row[encoded.prefix + t - start] == model.mask_token_id for t in inside)
+
+
+@pytest.mark.parametrize("output", ["probability", "logit"])
+def test_explanations_of_the_mean_add_up(engine: Engine, output: str) -> None:
+    (explanation,) = explain_texts(engine, [DOCUMENT], windowed(granularity="sentence", output=output))
+    (classification,) = classify(engine, [DOCUMENT], long_text="windows")
+    assert explanation.long_text == "windows" and explanation.windows >= 3
+    for label in explanation.labels:
+        total = explanation.base_values[label] + sum(explanation.values[label])
+        assert total == pytest.approx(explanation.model_output[label], abs=1e-5)
+    if output == "probability":
+        scores = {entry.label: entry.score for entry in classification.prediction}
+        assert explanation.model_output == pytest.approx(scores, abs=1e-6)
+    assert explanation.units[-1].endswith("things up .")  # nothing cut: the last sentence is there
+
+
+def test_three_paragraphs_get_their_owen_values(engine: Engine) -> None:
+    """Exact Owen values of the windowed mean (the tree over three paragraphs is ((0, 1), 2)), from
+    the 8 masked documents, each run here window by window and averaged by hand."""
+    model = engine.model
+    options = windowed(output="logit", max_evals=500, batch_size=64)
+    (explanation,) = explain_texts(engine, [DOCUMENT], options)
+    (encoded,) = model.encode([DOCUMENT], "windows")
+    job = _new_job(model, encoded, options)
+    assert job.players == 3
+
+    def value(kept: tuple[int, ...]) -> np.ndarray:
+        mask = np.zeros((1, 3), dtype=bool)
+        mask[0, list(kept)] = True
+        (document,) = job.masked_ids(mask, model.mask_token_id)
+        return model.outputs(model.forward(encoded.rows(document)), "logit").mean(axis=0)
+
+    owen = _owen_three(value)
+    for k, label in enumerate(model.labels):
+        assert [explanation.values[label][p] for p in range(3)] == pytest.approx(owen[:, k], abs=1e-5)
+
+
+def _owen_three(value) -> np.ndarray:
+    """Owen values for players 0, 1, 2 under the coalition structure {{0, 1}, {2}}."""
+    v = {s: value(s) for s in [(), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]}
+    # The union {0,1} against {2}: half with 2 absent, half with 2 present; inside, Shapley of 2.
+    u01 = ((v[(0, 1)] - v[()]) + (v[(0, 1, 2)] - v[(2,)])) / 2
+    p2 = ((v[(2,)] - v[()]) + (v[(0, 1, 2)] - v[(0, 1)])) / 2
+    p0 = ((v[(0,)] - v[()]) + (v[(0, 1)] - v[(1,)]) + (v[(0, 2)] - v[(2,)]) + (v[(0, 1, 2)] - v[(1, 2)])) / 4
+    p1 = u01 - p0
+    return np.stack([p0, p1, p2])
+
+
+def test_identical_window_rows_run_once(engine: Engine) -> None:
+    (explanation,) = explain_texts(engine, [DOCUMENT], windowed(granularity="sentence", max_evals=300))
+    rows_asked = explanation.windows_run + explanation.windows_memoised
+    assert rows_asked == explanation.evaluations * explanation.windows
+    assert explanation.windows_memoised > explanation.windows_run  # most masks leave most windows alone
+
+
+def test_options_and_limits(engine: Engine) -> None:
+    with pytest.raises(ValueError, match="granularity"):
+        ExplainOptions(long_text="windows")  # token granularity over windows: refused
+    settings = Settings(max_text_chars=100, max_windowed_text_chars=5000)
+    long = "good film . " * 50
+    with pytest.raises(InvalidRequest, match='long_text "windows" takes up to 5000'):
+        parse_model(SeedBody, {"data": long}, settings)
+    body = parse_model(SeedBody, {"data": long, "long_text": "windows", "granularity": "word"}, settings)
+    assert body.long_text == "windows"
+    with pytest.raises(InvalidRequest, match="the limit is 5000"):
+        parse_model(SeedBody, {"data": long * 10, "long_text": "windows", "granularity": "word"}, settings)
+    from shared.cache import classification_key, explanation_key
+
+    assert classification_key("m", long) != classification_key("m", long, "windows")
+    assert explanation_key("m", long, windowed()) != explanation_key(
+        "m", long, windowed(long_text="truncate")
+    )
