@@ -22,6 +22,12 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {_JSON: {"schema": schema}}}
 
 
+def _with_html(response: dict[str, Any], what: str) -> dict[str, Any]:
+    """The same response as a self-contained HTML view, for `Accept: text/html`."""
+    html = {"schema": {"type": "string", "description": f"{what} (with Accept: text/html)"}}
+    return {**response, "content": {**response["content"], "text/html": html}}
+
+
 def _error(description: str) -> dict[str, Any]:
     return _json(description, _ref("ErrorBody"))
 
@@ -76,6 +82,17 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "Clarion", "version": "0.1.0", "description": "Text classification that says why."},
         "paths": {
+            "/": {
+                "get": {
+                    "summary": "the web page: type a text, see it classified and explained",
+                    "responses": {
+                        "200": {
+                            "description": "a static HTML page",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
             "/ping": {
                 "get": {
                     "summary": "health of this worker",
@@ -96,10 +113,13 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "classify, and explain when asked",
                     "requestBody": _body(),
                     "responses": {
-                        "200": _json(
-                            "one result for one text, a list for a list; with explain + async and no "
-                            "broker, the finished job",
-                            {"oneOf": [*results["oneOf"], _ref("JobBody")]},
+                        "200": _with_html(
+                            _json(
+                                "one result for one text, a list for a list; with explain + async and "
+                                "no broker, the finished job",
+                                {"oneOf": [*results["oneOf"], _ref("JobBody")]},
+                            ),
+                            "the results drawn: scores, shaded units, label selector",
                         ),
                         "202": _json("explain + async: a queued job", _ref("JobBody")),
                         **_REQUEST_ERRORS,
@@ -115,7 +135,13 @@ def openapi_document() -> dict[str, Any]:
             },
             "/explanations/{job_id}": {
                 "parameters": [_JOB_ID],
-                "get": {"summary": "a job", "responses": {"200": _JOB, **_JOB_ERRORS}},
+                "get": {
+                    "summary": "a job",
+                    "responses": {
+                        "200": _with_html(_JOB, "the job's explanation, or its status"),
+                        **_JOB_ERRORS,
+                    },
+                },
                 "delete": {"summary": "cancel a job", "responses": {"200": _JOB, **_JOB_ERRORS}},
             },
         },

@@ -10,6 +10,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 
 from api.codecs import Invocation, decode_invocation, shape_like_request
 from api.openapi import openapi_document
+from api.render import content_security_policy, explanation_document, job_document, new_nonce, page_document
 from shared.engine import Ticket
 from shared.errors import NotFound, Unauthorized
 from shared.explainer import check_options
@@ -31,12 +32,16 @@ def start_the_clock() -> None:
     g.ticket = Ticket.within(_settings().timeout_s, TIMEOUT_MESSAGE)
 
 
+# /ping for health checks; / is the static page, which sends the key it is given with each call.
+_OPEN_ENDPOINTS = {"clarion.ping", "clarion.page"}
+
+
 @bp.before_app_request
 def authenticate() -> None:
     """With API_KEYS set, every route but /ping needs `Authorization: Bearer <key>`."""
     keys = _settings().api_keys
     g.owner = None
-    if not keys or request.endpoint == "clarion.ping":
+    if not keys or request.endpoint in _OPEN_ENDPOINTS:
         return
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     presented = presented.strip()
@@ -77,6 +82,26 @@ def _settings() -> Settings:
     return current_app.extensions["clarion.settings"]
 
 
+def _wants_html() -> bool:
+    """HTML only when the client prefers it to JSON (a browser does; `*/*` and no Accept get JSON)."""
+    return request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html"
+
+
+def _html(render: Any) -> Response:
+    """An HTML response whose inline script and style run under a per-response CSP nonce."""
+    nonce = new_nonce()
+    response = Response(render(nonce), mimetype="text/html")
+    response.headers["Content-Security-Policy"] = content_security_policy(nonce)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.vary.add("Accept")
+    return response
+
+
+@bp.get("/")
+def page() -> Response:
+    return _html(page_document)
+
+
 @bp.get("/ping")
 def ping() -> tuple[Response, int]:
     service = _service()
@@ -92,7 +117,7 @@ def openapi() -> Any:
 def invocations() -> Any:
     invocation = decode_invocation(request, _settings())
     service = _service()
-    classifications = service.classify(invocation.texts, request_ticket())
+    classifications = service.classify(invocation.texts, request_ticket(), invocation.parameters.long_text)
     parameters = invocation.parameters
     if parameters.explain and parameters.asynchronous:
         return _submit(invocation, classifications)
@@ -101,18 +126,26 @@ def invocations() -> Any:
         explanations = service.explain(invocation.texts, parameters.explain_options(), request_ticket())
     model_id = service.model.model_id
     items = [text_response(c, e, model_id) for c, e in zip(classifications, explanations, strict=True)]
-    return jsonify(shape_like_request(invocation, [body(item) for item in items]))
+    results = [body(item) for item in items]
+    if _wants_html():
+        return _html(lambda nonce: explanation_document(invocation.texts, results, nonce=nonce))
+    return jsonify(shape_like_request(invocation, results))
 
 
 @bp.post("/explanations")
 def create_explanation() -> Any:
     invocation = decode_invocation(request, _settings())
-    return _submit(invocation, _service().classify(invocation.texts, request_ticket()))
+    parameters = invocation.parameters
+    return _submit(invocation, _service().classify(invocation.texts, request_ticket(), parameters.long_text))
 
 
 @bp.get("/explanations/<job_id>")
 def get_explanation(job_id: str) -> Any:
-    return jsonify(body(_own_job(job_id).public()))
+    record = _own_job(job_id)
+    job = body(record.public())
+    if _wants_html():
+        return _html(lambda nonce: job_document(job, record.texts, nonce=nonce))
+    return jsonify(job)
 
 
 @bp.delete("/explanations/<job_id>")
