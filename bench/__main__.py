@@ -14,6 +14,7 @@ COMMANDS = {
     "jobs": "explanation jobs on Redis + Celery: submit-to-succeeded latency and jobs/min by worker count",
     "load": "the engine under load: classification latency while explaining, deadlines, shared passes",
     "passes": "forward-pass time and per-row cost by rows and length: what sizes the engine's passes",
+    "readable": "granularity's evaluations and seconds; a 2,000-word document through windows, as a job",
     "soak": "mixed traffic for a bounded time: statuses, latency, RSS of every process, jobs finished",
 }
 

@@ -1,4 +1,5 @@
-"""Command line: `clarion serve` (gunicorn API), `clarion worker` (Celery), `serve` (SageMaker).
+"""Command line: `clarion serve` (gunicorn API), `clarion worker` (Celery), `clarion explain` (a file
+of texts, shared/batch.py), `serve` (SageMaker).
 
 Settings are validated and the model is fetched here, in the parent, so that a wrong setting or an
 unreachable bucket stops start-up with one clear line. No torch work happens before the fork.
@@ -107,8 +108,15 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("serve", help="start the HTTP API (gunicorn) on 0.0.0.0:$PORT")
     sub.add_parser("worker", help="start a Celery worker for explanation jobs")
     sub.add_parser("config", help="print the effective settings and exit")
+    from shared import batch
+
+    batch.add_arguments(
+        sub.add_parser("explain", help="explain a .txt, .jsonl or .csv file into JSON Lines (and HTML)")
+    )
     args = parser.parse_args(argv)
     try:
+        if args.command == "explain":
+            sys.exit(batch.main(args))
         settings = load_settings()
         {"serve": _serve, "worker": _worker, "config": _show_config}[args.command](settings)
     except ClarionError as exc:

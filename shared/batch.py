@@ -1,0 +1,350 @@
+"""`clarion explain INPUT --out results.jsonl [--html report.html]`: explain a file of texts.
+
+INPUT is a `.txt` (one text per line), a `.jsonl` (a `text` field, `--field` to change it) or a
+`.csv` (a `text` column, `--column` to change it). Texts run in this process (the model from the
+same settings as `clarion serve`), or against a running Clarion with `--url`. Every record written
+to `--out` is one whole JSON line, flushed as it is written, tagged with its input line number:
+a rerun skips the lines already there (resume), and Ctrl-C leaves a valid file. A line the input
+got wrong (not JSON, no text, empty, too long, not valid Unicode) is reported with its number,
+written as an error record and skipped; a failure of the server itself stops the run (rerun to
+resume). `--html` draws every record of `--out` with the API's renderer, after a summary table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.errors import ClarionError, InvalidRequest
+from shared.schemas import SeedBody, parse_model
+from shared.settings import Settings, load_settings
+
+
+@dataclass(frozen=True)
+class Line:
+    number: int  # 1-based line of the input (a CSV record: the line it starts on)
+    text: str | None
+    problem: str | None = None  # why the line cannot be explained, if the input got it wrong
+
+
+class ServerFailure(ClarionError):
+    """The Clarion server (or the connection to it) failed: stop, and let a rerun resume."""
+
+
+# ---- reading the input ----------------------------------------------------------------------------
+
+
+def read_lines(path: Path, field: str = "text", column: str = "text") -> Iterator[Line]:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _jsonl_lines(path, field)
+    if suffix == ".csv":
+        return _csv_lines(path, column)
+    if suffix == ".txt":
+        return _txt_lines(path)
+    raise ClarionError(f"{path}: unknown input type {suffix!r}; use .txt, .jsonl or .csv")
+
+
+def _open_text(path: Path):  # type: ignore[no-untyped-def]
+    # Undecodable bytes become U+FFFD so that one bad line cannot stop the run; such a line is
+    # still explained, as the text it decodes to.
+    return path.open(encoding="utf-8", errors="replace", newline="")
+
+
+def _txt_lines(path: Path) -> Iterator[Line]:
+    with _open_text(path) as handle:
+        for number, raw in enumerate(handle, start=1):
+            text = raw.rstrip("\r\n")
+            yield Line(number, text, None if text.strip() else "empty line")
+
+
+def _jsonl_lines(path: Path, field: str) -> Iterator[Line]:
+    with _open_text(path) as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                yield Line(number, None, "empty line")
+                continue
+            try:
+                record = json.loads(raw)
+            except (ValueError, RecursionError) as exc:
+                yield Line(number, None, f"not JSON: {str(exc)[:120]}")
+                continue
+            text = record.get(field) if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                yield Line(number, None, f'no string field "{field}"')
+            else:
+                yield Line(number, text)
+
+
+def _csv_lines(path: Path, column: str) -> Iterator[Line]:
+    with _open_text(path) as handle:
+        reader = csv.reader(handle)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise ClarionError(f"{path}: unreadable CSV header: {exc}") from None
+        if column not in header:
+            raise ClarionError(f"{path}: no column {column!r} (columns: {header[:20]})")
+        index = header.index(column)
+        while True:
+            number = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                yield Line(number, None, f"malformed CSV: {exc}")
+                continue
+            if not row:
+                continue  # a blank line between records
+            if len(row) <= index:
+                yield Line(number, None, f"no value in column {column!r}")
+            else:
+                yield Line(number, row[index])
+
+
+# ---- the output file ------------------------------------------------------------------------------
+
+
+def finished_lines(out: Path) -> set[int]:
+    """Input lines already in `out`. A last line cut short (a killed run) is removed."""
+    if not out.exists():
+        return set()
+    data = out.read_bytes()
+    keep = data if data.endswith(b"\n") or not data else data[: data.rfind(b"\n") + 1]
+    if len(keep) != len(data):
+        with out.open("r+b") as handle:
+            handle.truncate(len(keep))
+    done = set()
+    for raw in keep.splitlines():
+        try:
+            done.add(int(json.loads(raw)["line"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return done
+
+
+def read_records(out: Path) -> list[dict[str, Any]]:
+    records = []
+    if out.exists():
+        for raw in out.read_bytes().splitlines():
+            try:
+                records.append(json.loads(raw))
+            except ValueError:
+                continue
+    return sorted(records, key=lambda r: r.get("line", 0))
+
+
+# ---- explaining ---------------------------------------------------------------------------------
+
+Explain = Callable[[list[str]], list[dict[str, Any]]]
+
+
+def in_process(parameters: dict[str, Any], settings: Settings) -> Explain:
+    from shared.explainer import check_options
+    from shared.results import body, text_response
+    from shared.service import ClarionService
+
+    service = ClarionService(settings, threads=os.cpu_count() or 1)
+    model = service.load()
+    options = parse_model(SeedBody, {"data": "x", **parameters}, settings).explain_options()
+    check_options(model, options)  # unknown labels stop the run now, not line by line
+
+    def explain(texts: list[str]) -> list[dict[str, Any]]:
+        classifications = service.classify(texts, long_text=options.long_text)
+        explanations = service.explain(texts, options)
+        return [
+            body(text_response(c, e, model.model_id))
+            for c, e in zip(classifications, explanations, strict=True)
+        ]
+
+    return explain
+
+
+def over_http(parameters: dict[str, Any], url: str, api_key: str | None, timeout: float) -> Explain:
+    endpoint = url.rstrip("/") + "/invocations"
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+
+    def explain(texts: list[str]) -> list[dict[str, Any]]:
+        payload = json.dumps({"data": texts, **parameters}).encode()
+        request = urllib.request.Request(endpoint, data=payload, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            message = _error_message(exc)
+            if exc.code in (400, 413) or (exc.code == 503 and "timeout" in message):
+                raise InvalidRequest(message) from None  # this text's (or chunk's) fault
+            raise ServerFailure(f"{endpoint} answered {exc.code}: {message}") from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise ServerFailure(f"{endpoint}: {exc}") from None
+
+    return explain
+
+
+def _error_message(exc: urllib.error.HTTPError) -> str:
+    try:
+        return str(json.loads(exc.read())["error"]["message"])
+    except (ValueError, KeyError, TypeError, OSError):
+        return exc.reason or "error"
+
+
+def explain_file(
+    lines: list[Line],
+    out: Path,
+    explain: Explain,
+    settings: Settings,
+    parameters: dict[str, Any],
+    chunk: int,
+    report: Callable[[str], None],
+) -> tuple[int, int]:
+    """Explain the lines not yet in `out`, appending a record per line. Returns (explained, bad)."""
+    from tqdm import tqdm
+
+    explained = bad = 0
+    with out.open("a", encoding="utf-8") as sink, tqdm(total=len(lines), unit="text", mininterval=0.5) as bar:
+
+        def write(record: dict[str, Any]) -> None:
+            sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+            sink.flush()  # whole lines only, so Ctrl-C or a kill leaves a file a rerun can resume
+
+        def reject(line: Line, problem: str) -> None:
+            nonlocal bad
+            bad += 1
+            report(f"line {line.number}: skipped: {problem}")
+            write({"line": line.number, "error": {"code": "invalid_line", "message": problem}})
+            bar.update(1)
+
+        pending: list[Line] = []
+
+        def flush() -> None:
+            nonlocal explained
+            for line, result in _explain_isolating(pending, explain, reject):
+                write({"line": line.number, "text": line.text, **result})
+                explained += 1
+                bar.update(1)
+            pending.clear()
+
+        for line in lines:
+            problem = line.problem or _text_problem(line.text, settings, parameters)
+            if problem:
+                reject(line, problem)
+                continue
+            pending.append(line)
+            if len(pending) >= chunk:
+                flush()
+        flush()
+    return explained, bad
+
+
+def _explain_isolating(
+    lines: list[Line], explain: Explain, reject: Callable[[Line, str], None]
+) -> Iterator[tuple[Line, dict[str, Any]]]:
+    """Explain a chunk at once; if it is refused, each text alone, so one bad text costs only itself."""
+    if not lines:
+        return
+    try:
+        yield from zip(lines, explain([line.text or "" for line in lines]), strict=True)
+        return
+    except InvalidRequest as exc:
+        if len(lines) == 1:
+            reject(lines[0], exc.message)
+            return
+    for line in lines:
+        yield from _explain_isolating([line], explain, reject)
+
+
+def _text_problem(text: str | None, settings: Settings, parameters: dict[str, Any]) -> str | None:
+    """What the API would refuse about this text (checked here, before any model work)."""
+    try:
+        parse_model(SeedBody, {"data": text, **parameters}, settings)
+    except InvalidRequest as exc:
+        return exc.message.removeprefix("data: ").replace("text 0 ", "the text ")
+    return None
+
+
+def write_report(out: Path, html_path: Path, title: str) -> int:
+    from api.render import explanation_document
+
+    records = [r for r in read_records(out) if "prediction" in r]
+    texts = [r["text"] for r in records]
+    results = [{k: v for k, v in r.items() if k not in ("line", "text")} for r in records]
+    document = explanation_document(texts, results, title=title, summary=True)
+    temporary = html_path.with_name(html_path.name + ".tmp")
+    temporary.write_text(document, encoding="utf-8")
+    temporary.replace(html_path)
+    return len(records)
+
+
+# ---- the command ----------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", type=Path, help=".txt (a text per line), .jsonl or .csv")
+    parser.add_argument("--out", type=Path, required=True, help="JSON Lines results; resumed if it exists")
+    parser.add_argument("--html", type=Path, help="also write a self-contained HTML report here")
+    parser.add_argument("--url", help="a running Clarion (default: explain in this process)")
+    parser.add_argument("--api-key", default=os.environ.get("CLARION_API_KEY"), help="for --url")
+    parser.add_argument("--field", default="text", help="the text field of a .jsonl input")
+    parser.add_argument("--column", default="text", help="the text column of a .csv input")
+    parser.add_argument("--granularity", choices=["token", "word", "sentence", "paragraph"], default="word")
+    parser.add_argument("--max-evals", type=int, help="model evaluations per text (default: the API's)")
+    parser.add_argument("--labels", default="all", help='"all", "predicted" or label names, comma-separated')
+    parser.add_argument("--precision", choices=["exact", "fast"], default="exact")
+    parser.add_argument("--output", choices=["probability", "logit"], default="probability")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chunk", type=int, default=8, help="texts explained together (default 8)")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per call with --url")
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    labels = args.labels if args.labels in ("all", "predicted") else args.labels.split(",")
+    parameters: dict[str, Any] = {
+        "explain": True,
+        "granularity": args.granularity,
+        "labels": labels,
+        "precision": args.precision,
+        "output": args.output,
+        "seed": args.seed,
+    }
+    if args.max_evals is not None:
+        parameters["max_evals"] = args.max_evals
+    parse_model(SeedBody, {"data": "x", **parameters}, settings)  # a wrong option stops us now
+    if not args.input.is_file():
+        raise ClarionError(f"{args.input}: no such file")
+    done = finished_lines(args.out)
+    lines = [line for line in read_lines(args.input, args.field, args.column) if line.number not in done]
+    report = lambda message: print(f"clarion: {message}", file=sys.stderr, flush=True)  # noqa: E731
+    if done:
+        report(f"{len(done)} line(s) already in {args.out}: resuming with {len(lines)}")
+    explain = (
+        over_http(parameters, args.url, args.api_key, args.timeout)
+        if args.url
+        else in_process(parameters, settings)
+    )
+    try:
+        explained, bad = explain_file(
+            lines, args.out, explain, settings, parameters, max(1, args.chunk), report
+        )
+    except KeyboardInterrupt:
+        report(f"interrupted: {args.out} holds every line finished so far; rerun to resume")
+        return 130
+    report(f"{explained} explained, {bad} skipped; results in {args.out}")
+    if args.html:
+        shown = write_report(args.out, args.html, f"Clarion report: {args.input.name}")
+        report(f"HTML report of {shown} text(s): {args.html}")
+    return 0
