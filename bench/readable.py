@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -37,13 +38,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--words", type=int, default=2000, help="length of the long document")
     parser.add_argument("--model-dir", default=str(MINILM_DIR))
     parser.add_argument("--no-memo-run", action="store_true", help="also time the document without the memo")
+    parser.add_argument(
+        "--window-tokens", type=int, default=None, help="WINDOW_TOKENS (default: the model's)"
+    )
+    parser.add_argument("--parts", default="granularity,document", help="comma list of the parts to run")
 
 
 def main(args: argparse.Namespace) -> int:
     if args.smoke:
         args.sentences, args.max_evals, args.words = 3, 60, 700  # 700 words: still two windows
-    granularity = _granularity(args)
-    document = _document(args)
+    parts = set(args.parts.split(","))
+    granularity = _granularity(args) if "granularity" in parts else {}
+    document = _document(args) if "document" in parts else {}
     data = {
         "config": vars(args),
         "environment": environment(),
@@ -56,11 +62,13 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _service(model_dir: str):  # type: ignore[no-untyped-def]
+def _service(model_dir: str, window_tokens: int | None = None):  # type: ignore[no-untyped-def]
     from shared.service import ClarionService
     from shared.settings import Settings
 
     settings = Settings(model_dir=model_dir, explanation_cache_size=0, max_evals_limit=100_000)
+    if window_tokens:
+        settings = dataclasses.replace(settings, window_tokens=window_tokens)
     service = ClarionService(settings, threads=2)
     service.load()
     return service, settings
@@ -142,6 +150,7 @@ def _document(args: argparse.Namespace) -> dict[str, Any]:
             "WORKER_CONCURRENCY": "1",  # one job, both cores
             "EXPLANATION_CACHE_SIZE": "0",
             "ACCESS_LOG": "false",
+            **({"WINDOW_TOKENS": str(args.window_tokens)} if args.window_tokens else {}),
         }
         worker = Worker(Path(tmp), env)
         try:
@@ -178,7 +187,7 @@ def _memo_compare(args: argparse.Namespace, request: dict[str, Any], run_without
     """The same explanation in this process, with the window memo and (if asked) without it."""
     from shared import explainer
 
-    service, settings = _service(args.model_dir)
+    service, settings = _service(args.model_dir, args.window_tokens)
     options = _options(settings, **{k: v for k, v in request.items() if k != "data"})
     out: dict[str, Any] = {}
     started = time.perf_counter()
@@ -227,10 +236,14 @@ def _report(granularity: dict[str, Any], document: dict[str, Any], args: argpars
         ]
         for g, v in granularity.items()
     ]
-    lines = [
-        table(headers, rows),
-        f"\n{args.sentences} SST-2 sentences, max_evals {args.max_evals}, all labels",
-    ]
+    lines = []
+    if granularity:
+        lines += [
+            table(headers, rows),
+            f"\n{args.sentences} SST-2 sentences, max_evals {args.max_evals}, all labels",
+        ]
+    if not document:
+        return "\n".join(lines)
     p = document.get("parameters", {})
     memo = document["in_process"]
     lines.append(

@@ -304,6 +304,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-evals", type=int, help="model evaluations per text (default: the API's)")
     parser.add_argument("--labels", default="all", help='"all", "predicted" or label names, comma-separated')
     parser.add_argument("--precision", choices=["exact", "fast"], default="exact")
+    parser.add_argument(
+        "--long-text", choices=["truncate", "windows"], default="truncate", help="texts longer than the model"
+    )
     parser.add_argument("--output", choices=["probability", "logit"], default="probability")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chunk", type=int, default=8, help="texts explained together (default 8)")
@@ -318,6 +321,7 @@ def main(args: argparse.Namespace) -> int:
         "granularity": args.granularity,
         "labels": labels,
         "precision": args.precision,
+        "long_text": args.long_text,
         "output": args.output,
         "seed": args.seed,
     }

@@ -245,6 +245,7 @@ def _explanation(model: TextModel, job: _Job, options: ExplainOptions) -> Explan
         granularity=options.granularity,
         long_text=options.long_text,
         windows=len(job.encoded.windows) or 1,
+        window_tokens=model.window_width if job.encoded.windows else None,
         windows_run=job.rows_run if job.encoded.windows else None,
         windows_memoised=job.rows_memoised if job.encoded.windows else None,
         labels=labels,

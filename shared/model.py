@@ -75,6 +75,8 @@ class TextModel:
     pad_token_id: int
     keep_prefix: int
     keep_suffix: int
+    # Tokens per window of a windowed document (WINDOW_TOKENS, capped by max_length); 0: max_length.
+    window_tokens: int = 0
     # Set when exact passes run elsewhere than torch (shared/onnx_backend.py): (ids, attention) -> logits.
     exact_runner: Any = field(default=None, repr=False)
     _fast_model: Any = field(default=None, repr=False)
@@ -122,7 +124,7 @@ class TextModel:
             verbose=False,
         )
         ids = np.asarray(enc["input_ids"], dtype=np.int64)
-        width = self.max_length - self.keep_prefix - self.keep_suffix
+        width = self.window_width - self.keep_prefix - self.keep_suffix
         content = len(ids) - self.keep_prefix - self.keep_suffix
         return EncodedText(
             text=text,
@@ -134,6 +136,16 @@ class TextModel:
             prefix=self.keep_prefix,
             suffix=self.keep_suffix,
         )
+
+    @property
+    def window_width(self) -> int:
+        """Tokens per window, boundary tokens included: WINDOW_TOKENS, at most the maximum length."""
+        return min(self.window_tokens or self.max_length, self.max_length)
+
+    @property
+    def cache_identity(self) -> str:
+        """What cached results depend on besides the request: the model, and the window width."""
+        return f"{self.fingerprint}:w{self.window_width}"
 
     def document_outputs(
         self, encoded: EncodedText, logits: np.ndarray, kind: Literal["probability", "logit"]
@@ -153,7 +165,7 @@ class TextModel:
             rows = [*rows, *[rows[0]] * (count - wanted)]  # bucket fillers: copies, dropped below
         ids, attention = self.padded(rows, width)
         runner = self.exact_runner  # read once: a background load may set it between passes
-        if precision == "exact" and runner is not None:
+        if precision == "exact" and runner is not None and width <= runner.max_width:
             logits = runner(ids, attention)
         else:
             logits = self.torch_forward(ids, attention, precision)
@@ -305,6 +317,7 @@ def load_text_model(settings: Settings, threads: int | None = None) -> TextModel
         labels=labels,
         multi_label=config.problem_type == "multi_label_classification",
         max_length=_max_length(tokenizer, config),
+        window_tokens=settings.window_tokens,
         mask_token_id=_mask_token_id(tokenizer),
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
         **_boundary_tokens(tokenizer),

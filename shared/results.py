@@ -42,6 +42,7 @@ class Explanation(_Result):
     granularity: Literal["token", "word", "sentence", "paragraph"] = "token"
     long_text: Literal["truncate", "windows"] = "truncate"
     windows: int = 1  # the rows the model reads the text in: 1, or its windows
+    window_tokens: int | None = None  # windowed documents: tokens per window
     windows_run: int | None = None  # windowed documents: window rows run, and reused from a same mask
     windows_memoised: int | None = None
     labels: list[str]
@@ -67,6 +68,7 @@ class ExplanationParameters(_Result):
     granularity: Literal["token", "word", "sentence", "paragraph"] = "token"
     long_text: Literal["truncate", "windows"] = "truncate"
     windows: int = Field(1, description="the windows the model read the text in (1: one row)")
+    window_tokens: int | None = Field(None, description='long_text "windows": tokens per window')
     windows_run: int | None = Field(None, description='long_text "windows": window rows run')
     windows_memoised: int | None = Field(
         None, description='long_text "windows": window rows whose ids were already run for this text'
@@ -126,10 +128,14 @@ def text_response(
 
 
 def _window_counts(explanation: Explanation) -> dict[str, int]:
-    """Only a windowed document has window rows run and memoised (the others' are left out)."""
+    """Only a windowed document has a window width and window rows run and memoised."""
     if explanation.windows_run is None:
         return {}
-    return {"windows_run": explanation.windows_run, "windows_memoised": explanation.windows_memoised or 0}
+    return {
+        "window_tokens": explanation.window_tokens or 0,
+        "windows_run": explanation.windows_run,
+        "windows_memoised": explanation.windows_memoised or 0,
+    }
 
 
 class ErrorDetail(_Result):

@@ -137,7 +137,7 @@ class ClarionService:
             encoded = engine.model.encode([texts[i] for i in missing], long_text)  # in the request's thread
             return classify_encoded(engine, encoded, ticket)
 
-        keys = [classification_key(engine.model.fingerprint, text, long_text) for text in texts]
+        keys = [classification_key(engine.model.cache_identity, text, long_text) for text in texts]
         return through_cache(self._classifications, keys, compute)
 
     def explain(
@@ -150,7 +150,7 @@ class ClarionService:
             encoded = engine.model.encode([texts[i] for i in missing], options.long_text)
             return explain_encoded(engine, encoded, options, ticket)
 
-        keys = [explanation_key(engine.model.fingerprint, text, options) for text in texts]
+        keys = [explanation_key(engine.model.cache_identity, text, options) for text in texts]
         return through_cache(self._cache, keys, compute)
 
     def stop(self) -> None:

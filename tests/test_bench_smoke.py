@@ -116,3 +116,18 @@ def test_soak_smoke(tmp_path: Path) -> None:
         assert run["jobs"]["accepted"] > 0 and run["jobs"]["succeeded"] == run["jobs"]["accepted"]
         assert set(run["statuses"]["bad input"]) <= {"400", "415"}
         assert run["rss"] and all(sample["rss_mib"] for sample in run["rss"])
+
+
+def test_readable_smoke(tmp_path: Path) -> None:
+    results = run_bench("readable", tmp_path)
+    by = results["granularity"]
+    assert set(by) == {"token", "word", "sentence"}
+    assert by["sentence"]["median_exact_evals"] <= by["word"]["median_exact_evals"]
+    assert by["word"]["median_exact_evals"] <= by["token"]["median_exact_evals"]
+    document = results["document"]
+    assert document["job_status"] == "succeeded", document
+    assert document["additivity_error"] < 1e-5
+    parameters = document["parameters"]
+    assert parameters["long_text"] == "windows" and parameters["windows"] >= 2
+    assert parameters["windows_memoised"] > 0
+    assert document["in_process"]["rows_with_memo"] < document["in_process"]["rows_without_memo"]

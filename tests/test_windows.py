@@ -154,3 +154,21 @@ def test_options_and_limits(engine: Engine) -> None:
     assert explanation_key("m", long, windowed()) != explanation_key(
         "m", long, windowed(long_text="truncate")
     )
+
+
+def test_the_window_width_is_a_setting_and_part_of_the_cache_key(engine: Engine) -> None:
+    model = engine.model
+    wide = len(model.encode([DOCUMENT], "windows")[0].windows)
+    identity = model.cache_identity
+    saved = model.window_tokens
+    try:
+        model.window_tokens = 32  # WINDOW_TOKENS=32: more, narrower windows
+        (narrow,) = model.encode([DOCUMENT], "windows")
+        assert len(narrow.windows) > wide and all(e - s == 30 for s, e in narrow.windows)
+        assert model.cache_identity != identity  # another width, other numbers: never served from cache
+        (explanation,) = explain_texts(engine, [DOCUMENT], windowed(granularity="sentence", max_evals=100))
+        assert explanation.window_tokens == 32 and explanation.windows == len(narrow.windows)
+        model.window_tokens = 10_000  # capped by the model's maximum length
+        assert model.window_width == model.max_length
+    finally:
+        model.window_tokens = saved

@@ -146,8 +146,10 @@
     head.appendChild(el("span", "", "#" + (index + 1) + "  " + result.prediction[0].label));
     var params = result.explanation_parameters;
     if (params) {
+      var windows = params.windows > 1 ? ", " + params.windows + " windows of " + params.window_tokens + " tokens" : "";
       head.appendChild(el("span", "", params.granularity + " granularity, " + params.evaluations +
-        " evaluations (max_evals " + params.max_evals + "), " + params.output + ", " + params.precision));
+        " evaluations (max_evals " + params.max_evals + ")" + windows + ", " + params.output + ", " +
+        params.precision));
     }
     box.appendChild(head);
     box.appendChild(scores(result));

@@ -19,7 +19,7 @@
 
   function options() {
     var body = { data: $("text").value, explain: true, granularity: $("granularity").value,
-      precision: $("precision").value };
+      precision: $("precision").value, long_text: $("long-text").value };
     var evals = parseInt($("max-evals").value, 10);
     if (!isNaN(evals)) body.max_evals = evals;
     var mode = $("labels-mode").value;
