@@ -72,7 +72,7 @@ def main(args: argparse.Namespace) -> int:
                 {
                     "batch_size": batch_size,
                     "kind": kind,
-                    "tokens": len(a.tokens),
+                    "tokens": len(a.units),
                     "evaluations": a.evaluations,
                     "same_evaluations": a.evaluations == b.evaluations,
                     "max_abs_diff": _max_abs_diff(a, b),
@@ -111,7 +111,7 @@ def _explain(engine: Any, text: str, max_evals: int, batch_size: int) -> Any:
 
 def _max_abs_diff(a: Any, b: Any) -> float:
     """Largest difference of any attribution or base value (inf when the two are not comparable)."""
-    if a.tokens != b.tokens or a.labels != b.labels:
+    if a.units != b.units or a.labels != b.labels:
         return float("inf")
     values = max(float(np.max(np.abs(np.subtract(a.values[k], b.values[k])))) for k in a.labels)
     bases = max(abs(a.base_values[k] - b.base_values[k]) for k in a.labels)

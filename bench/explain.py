@@ -200,12 +200,12 @@ def _measure(
     reference, reference_s = timed(lambda: _reference_values(model, text, max_evals, batch_size))
     exact_values, fast_values = _values(exact), _values(fast)
     label = int(np.argmax([exact.model_output[name] for name in exact.labels]))
-    inner = slice(model.keep_prefix, len(exact.tokens) - model.keep_suffix)
+    inner = slice(model.keep_prefix, len(exact.units) - model.keep_suffix)
     spearman_fast, top3_fast = _agreement(exact_values[inner, label], fast_values[inner, label])
     row: dict[str, Any] = {
         "backend": "torch",
         "text": text,
-        "tokens": len(exact.tokens),
+        "tokens": len(exact.units),
         "evaluations": exact.evaluations,
         "passes": exact_run["passes"],
         "rows": exact_run["rows"],
@@ -228,7 +228,7 @@ def _measure(
         column = [str(n) for n in result.output_names].index(exact.labels[label])
         seed_values = np.asarray(result.values[0])[:, column]
         row["seed_tokens"] = len(seed_values)
-        if len(seed_values) == len(exact.tokens):  # same tokenizer, so normally the same tokens
+        if len(seed_values) == len(exact.units):  # same tokenizer, so normally the same tokens
             row["spearman_seed"], row["top3_seed"] = _agreement(
                 exact_values[inner, label], seed_values[inner]
             )
