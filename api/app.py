@@ -24,7 +24,7 @@ def create_app(
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     service = service or ClarionService(settings)
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.config["MAX_CONTENT_LENGTH"] = settings.request_bytes_limit
     app.json.sort_keys = False  # keep the seed's field order: prediction, then explanation
     app.extensions["clarion.settings"] = settings
     app.extensions["clarion.service"] = service

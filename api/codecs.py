@@ -3,7 +3,8 @@
 Accepted side by side:
 - the seed's body `{"data": text | [texts], "explain": bool, ...options}`;
 - the SageMaker Hugging Face toolkit body `{"inputs": ..., "parameters": {...}}`;
-- `text/plain`: the whole body is one text.
+- `text/plain`: the whole body is one text;
+- record bodies (`application/jsonlines`, `text/csv`): api/records.py.
 JSON is read whatever the client claims when it claims nothing specific (no Content-Type,
 `application/x-www-form-urlencoded` as `curl -d` sends, `application/octet-stream`, `*/*`).
 """
@@ -33,26 +34,44 @@ class Invocation:
     parameters: InvocationParameters
 
 
-def decode_invocation(request: Request, settings: Settings) -> Invocation:
+def decode_invocation(
+    request: Request, settings: Settings, defaults: dict[str, Any] | None = None
+) -> Invocation:
+    """`defaults`: options from a header (custom attributes), under the body's own."""
     mimetype = request.mimetype or ""
-    charset = request.mimetype_params.get("charset", "utf-8")
     body = request.get_data(cache=True)
     if mimetype == "text/plain":
-        text = _decode_text(body, charset)
-        return decode_payload({"data": text}, settings)
+        return decode_payload({"data": body_text(request)}, settings, defaults)
     if mimetype in _GENERIC_TYPES or mimetype == "application/json" or mimetype.endswith("+json"):
-        return decode_payload(_parse_json(body, charset), settings)
+        return decode_payload(_parse_json(body, _charset(request)), settings, defaults)
     raise UnsupportedMediaType(
-        f"content type {mimetype!r} is not supported; send application/json or text/plain"
+        f"content type {mimetype!r} is not supported; send application/json, text/plain, "
+        "application/jsonlines or text/csv"
     )
 
 
-def decode_payload(payload: Any, settings: Settings) -> Invocation:
+def body_text(request: Request) -> str:
+    """The whole body as text, in the request's charset (UTF-8 unless it says otherwise)."""
+    return _decode_text(request.get_data(cache=True), _charset(request))
+
+
+def _charset(request: Request) -> str:
+    return request.mimetype_params.get("charset", "utf-8")
+
+
+def decode_payload(payload: Any, settings: Settings, defaults: dict[str, Any] | None = None) -> Invocation:
     """Validate a parsed JSON payload in either the seed's or the Hugging Face shape."""
     if not isinstance(payload, dict):
         raise InvalidRequest('the body must be a JSON object with "data" (or "inputs")')
     if "data" in payload and "inputs" in payload:
         raise InvalidRequest('send either "data" or "inputs", not both')
+    if defaults:
+        if "inputs" in payload:
+            parameters = payload.get("parameters", {})
+            if isinstance(parameters, dict):
+                payload = {**payload, "parameters": {**defaults, **parameters}}
+        else:
+            payload = {**defaults, **payload}
     if "inputs" in payload:
         hf: HuggingFaceBody = parse_model(HuggingFaceBody, payload, settings)
         return Invocation(_as_list(hf.inputs), isinstance(hf.inputs, str), hf.parameters)
@@ -60,11 +79,6 @@ def decode_payload(payload: Any, settings: Settings) -> Invocation:
         raise InvalidRequest('missing field "data" (or "inputs"): the text or list of texts to classify')
     seed: SeedBody = parse_model(SeedBody, payload, settings)  # a SeedBody is InvocationParameters
     return Invocation(_as_list(seed.data), isinstance(seed.data, str), seed)
-
-
-def shape_like_request(invocation: Invocation, items: list[dict[str, Any]]) -> Any:
-    """One object for a single-string request, a list for a list request (as the seed did)."""
-    return items[0] if invocation.single else items
 
 
 def _as_list(texts: str | list[str]) -> list[str]:

@@ -22,7 +22,16 @@ preload_app = False
 # gunicorn >= 25 creates a control socket under ~/.gunicorn by default; Clarion does not use it.
 control_socket_disable = True
 accesslog = "-" if _settings.access_log else None
+# gunicorn's default line, then the request id every response carries (api/routes.py).
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" id=%({x-request-id}o)s'
 errorlog = "-"
 loglevel = _settings.log_level.lower()
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 limit_request_line = 8190
+
+
+def child_exit(server, worker) -> None:  # type: ignore[no-untyped-def]
+    """A gunicorn worker exited: its live gauges stop counting in /metrics."""
+    from shared.metrics import process_died
+
+    process_died(worker.pid)

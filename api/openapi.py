@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+from api.clarify import ClarifyResponse
 from shared.results import ErrorBody, Health, JobBody, TextResult
 from shared.schemas import HuggingFaceBody, SeedBody
 
@@ -28,18 +29,41 @@ def _with_html(response: dict[str, Any], what: str) -> dict[str, Any]:
     return {**response, "content": {**response["content"], "text/html": html}}
 
 
+def _as_records(response: dict[str, Any]) -> dict[str, Any]:
+    """/invocations' other response types: a line per text (JSON Lines, CSV), and Clarify's JSON."""
+    lines = "one JSON object per text or record, in order (a record that cannot be read: its error)"
+    content = {
+        _JSON: {"schema": {"oneOf": [response["content"][_JSON]["schema"], _ref("ClarifyResponse")]}},
+        "application/jsonlines": {"schema": {"type": "string", "description": lines}},
+        "text/csv": {"schema": {"type": "string", "description": "one line per text: label,score"}},
+    }
+    return {**response, "content": {**response["content"], **content}}
+
+
 def _error(description: str) -> dict[str, Any]:
     return _json(description, _ref("ErrorBody"))
 
 
-def _body() -> dict[str, Any]:
-    return {
-        "required": True,
-        "content": {
-            _JSON: {"schema": {"oneOf": [_ref("SeedBody"), _ref("HuggingFaceBody")]}},
-            "text/plain": {"schema": {"type": "string", "description": "one text"}},
-        },
+def _body(records: bool = False) -> dict[str, Any]:
+    """A request body: JSON or text; with `records`, also JSON Lines and CSV (/invocations only)."""
+    content = {
+        _JSON: {"schema": {"oneOf": [_ref("SeedBody"), _ref("HuggingFaceBody")]}},
+        "text/plain": {"schema": {"type": "string", "description": "one text"}},
     }
+    if records:
+        content |= {
+            "application/jsonlines": {
+                "schema": {
+                    "type": "string",
+                    "description": 'one record per line: {"features": ["text"]} (Clarify), {"text": ...}, '
+                    '{"data": ...} or {"inputs": ...}',
+                }
+            },
+            "text/csv": {
+                "schema": {"type": "string", "description": "one text per record, in the first column"}
+            },
+        }
+    return {"required": True, "content": content}
 
 
 _UNAUTHORIZED = {"401": _error("API_KEYS are set and the request has no valid Authorization: Bearer key")}
@@ -59,6 +83,7 @@ _JOB_ID = {
 }
 _JOB_ERRORS = {
     **_UNAUTHORIZED,
+    "406": _error("the Accept header allows neither JSON nor HTML"),
     "404": _error("no such job (or not the caller's)"),
     "503": _error("job backend unavailable"),
 }
@@ -74,6 +99,7 @@ def openapi_document() -> dict[str, Any]:
             (JobBody, "serialization"),
             (ErrorBody, "serialization"),
             (Health, "serialization"),
+            (ClarifyResponse, "serialization"),
         ],
         ref_template="#/components/schemas/{model}",
     )
@@ -111,18 +137,54 @@ def openapi_document() -> dict[str, Any]:
             "/invocations": {
                 "post": {
                     "summary": "classify, and explain when asked",
-                    "requestBody": _body(),
+                    "requestBody": _body(records=True),
                     "responses": {
                         "200": _with_html(
-                            _json(
-                                "one result for one text, a list for a list; with explain + async and "
-                                "no broker, the finished job",
-                                {"oneOf": [*results["oneOf"], _ref("JobBody")]},
+                            _as_records(
+                                _json(
+                                    "one result for one text, a list for a list; with explain + async and "
+                                    "no broker, the finished job; Clarify's shape for a JSON Lines or CSV "
+                                    "body with Accept: application/json (or CLARIFY_MODE)",
+                                    {"oneOf": [*results["oneOf"], _ref("JobBody")]},
+                                )
                             ),
                             "the results drawn: scores, shaded units, label selector",
                         ),
+                        "406": _error("the Accept header allows none of the response types"),
                         "202": _json("explain + async: a queued job", _ref("JobBody")),
                         **_REQUEST_ERRORS,
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics of every process of this server",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text format 0.0.4",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        **_UNAUTHORIZED,
+                    },
+                }
+            },
+            "/execution-parameters": {
+                "get": {
+                    "summary": "what SageMaker Batch Transform asks before it sends work",
+                    "responses": {
+                        "200": _json(
+                            "from SAGEMAKER_MAX_CONCURRENT_TRANSFORMS, SAGEMAKER_BATCH_STRATEGY, "
+                            "SAGEMAKER_MAX_PAYLOAD_IN_MB",
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "MaxConcurrentTransforms": {"type": "integer"},
+                                    "BatchStrategy": {"enum": ["MULTI_RECORD", "SINGLE_RECORD"]},
+                                    "MaxPayloadInMB": {"type": "integer"},
+                                },
+                                "required": ["MaxConcurrentTransforms", "BatchStrategy", "MaxPayloadInMB"],
+                            },
+                        )
                     },
                 }
             },

@@ -4,18 +4,32 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from api.codecs import Invocation, decode_invocation, shape_like_request
+from api.codecs import Invocation, decode_invocation
+from api.invocations import RESULT_TYPES, Call, html_response, invoke_records, shaped
+from api.negotiation import (
+    CUSTOM_ATTRIBUTES,
+    HTML,
+    JSON,
+    custom_attribute_options,
+    echo_attributes,
+    request_id,
+    response_type,
+)
 from api.openapi import openapi_document
-from api.render import content_security_policy, explanation_document, job_document, new_nonce, page_document
+from api.records import is_record_type
+from api.render import job_document, page_document
+from shared import metrics
 from shared.engine import Ticket
 from shared.errors import NotFound, Unauthorized
 from shared.explainer import check_options
 from shared.jobs import JobQueue, JobRecord, new_record
-from shared.results import body, text_response
+from shared.results import body
 from shared.service import ClarionService
 from shared.settings import Settings
 
@@ -27,13 +41,32 @@ TIMEOUT_MESSAGE = (
 
 
 @bp.before_app_request
+def identify() -> None:
+    """Every response carries a request id: the client's X-Request-Id, or a new one."""
+    g.request_id = request_id(request)
+    g.arrived = time.monotonic()
+
+
+@bp.after_app_request
+def stamp(response: Response) -> Response:
+    response.headers["X-Request-Id"] = g.get("request_id", "")
+    if request.endpoint == "clarion.invocations":  # SageMaker passes these back to the caller
+        response.headers[CUSTOM_ATTRIBUTES] = echo_attributes(g.get("request_id", ""), g.get("options", {}))
+    route = request.url_rule.rule if request.url_rule else "unmatched"  # never the raw path: ids
+    metrics.REQUESTS.labels(route=route, method=request.method, status=str(response.status_code)).inc()
+    metrics.REQUEST_SECONDS.labels(route=route).observe(time.monotonic() - g.get("arrived", time.monotonic()))
+    return response
+
+
+@bp.before_app_request
 def start_the_clock() -> None:
     """A request's deadline starts when it arrives, so classification time counts too."""
     g.ticket = Ticket.within(_settings().timeout_s, TIMEOUT_MESSAGE)
 
 
-# /ping for health checks; / is the static page, which sends the key it is given with each call.
-_OPEN_ENDPOINTS = {"clarion.ping", "clarion.page"}
+# /ping for health checks; / is the static page, which sends the key it is given with each call;
+# /execution-parameters is what Batch Transform asks before it sends work.
+_OPEN_ENDPOINTS = {"clarion.ping", "clarion.page", "clarion.execution_parameters"}
 
 
 @bp.before_app_request
@@ -83,23 +116,12 @@ def _settings() -> Settings:
 
 
 def _wants_html() -> bool:
-    """HTML only when the client prefers it to JSON (a browser does; `*/*` and no Accept get JSON)."""
-    return request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html"
-
-
-def _html(render: Any) -> Response:
-    """An HTML response whose inline script and style run under a per-response CSP nonce."""
-    nonce = new_nonce()
-    response = Response(render(nonce), mimetype="text/html")
-    response.headers["Content-Security-Policy"] = content_security_policy(nonce)
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.vary.add("Accept")
-    return response
+    return response_type(request, (JSON, HTML)) == HTML
 
 
 @bp.get("/")
 def page() -> Response:
-    return _html(page_document)
+    return html_response(page_document)
 
 
 @bp.get("/ping")
@@ -113,28 +135,45 @@ def openapi() -> Any:
     return jsonify(openapi_document())
 
 
+@bp.get("/metrics")
+def metrics_view() -> Response:
+    """Prometheus: every gunicorn worker's metrics (multiprocess mode), and the jobs waiting."""
+    return Response(metrics.exposition(pending_jobs=_jobs().pending()), content_type=CONTENT_TYPE_LATEST)
+
+
+@bp.get("/execution-parameters")
+def execution_parameters() -> Any:
+    """What SageMaker Batch Transform asks before it sends work (SAGEMAKER_* settings)."""
+    settings = _settings()
+    return jsonify(
+        {
+            "MaxConcurrentTransforms": settings.concurrent_transforms,
+            "BatchStrategy": settings.batch_strategy,
+            "MaxPayloadInMB": settings.max_payload_mb,
+        }
+    )
+
+
 @bp.post("/invocations")
 def invocations() -> Any:
-    invocation = decode_invocation(request, _settings())
-    service = _service()
-    classifications = service.classify(invocation.texts, request_ticket(), invocation.parameters.long_text)
+    settings = _settings()
+    g.options = options = custom_attribute_options(request)
+    call = Call(_service(), settings, request_ticket())
+    if is_record_type(request.mimetype):
+        return invoke_records(call, request, options)
+    kind = response_type(request, RESULT_TYPES)
+    if kind == JSON and settings.clarify_mode:  # the endpoint speaks Clarify's shape to every client
+        return jsonify(call.clarify(decode_invocation(request, settings).texts, request))
+    invocation = decode_invocation(request, settings, options)
     parameters = invocation.parameters
     if parameters.explain and parameters.asynchronous:
-        return _submit(invocation, classifications)
-    explanations: list[Any] = [None] * len(invocation.texts)
-    if parameters.explain:
-        explanations = service.explain(invocation.texts, parameters.explain_options(), request_ticket())
-    model_id = service.model.model_id
-    items = [text_response(c, e, model_id) for c, e in zip(classifications, explanations, strict=True)]
-    results = [body(item) for item in items]
-    if _wants_html():
-        return _html(lambda nonce: explanation_document(invocation.texts, results, nonce=nonce))
-    return jsonify(shape_like_request(invocation, results))
+        return _submit(invocation, call.service.classify(invocation.texts, call.ticket, parameters.long_text))
+    return shaped(kind, invocation.texts, call.results(invocation.texts, parameters), invocation.single)
 
 
 @bp.post("/explanations")
 def create_explanation() -> Any:
-    invocation = decode_invocation(request, _settings())
+    invocation = decode_invocation(request, _settings(), custom_attribute_options(request))
     parameters = invocation.parameters
     return _submit(invocation, _service().classify(invocation.texts, request_ticket(), parameters.long_text))
 
@@ -144,7 +183,7 @@ def get_explanation(job_id: str) -> Any:
     record = _own_job(job_id)
     job = body(record.public())
     if _wants_html():
-        return _html(lambda nonce: job_document(job, record.texts, nonce=nonce))
+        return html_response(lambda nonce: job_document(job, record.texts, nonce=nonce))
     return jsonify(job)
 
 

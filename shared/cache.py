@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
+from shared import metrics
 from shared.results import Explanation
 from shared.schemas import ExplainOptions
 
@@ -80,11 +81,16 @@ class MemoryCache(Generic[T]):
                 self._items.popitem(last=False)
 
 
-def through_cache(cache: Cache[T], keys: Sequence[str], compute: Callable[[list[int]], list[T]]) -> list[T]:
+def through_cache(
+    cache: Cache[T], keys: Sequence[str], compute: Callable[[list[int]], list[T]], name: str = "cache"
+) -> list[T]:
     """Values for `keys`: cached ones from `cache`; the missing ones computed together by
-    `compute(indexes)` (in key order) and stored."""
+    `compute(indexes)` (in key order) and stored. `name` labels the hit and miss counts."""
     found = [cache.get(key) for key in keys]
     missing = [i for i, item in enumerate(found) if item is None]
+    if not isinstance(cache, NoCache):
+        metrics.CACHE.labels(cache=name, result="hit").inc(len(keys) - len(missing))
+        metrics.CACHE.labels(cache=name, result="miss").inc(len(missing))
     if missing:
         for i, value in zip(missing, compute(missing), strict=True):
             cache.put(keys[i], value)

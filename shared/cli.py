@@ -28,8 +28,19 @@ def _prepare(settings: Settings, threads: int) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def _metrics_folder(owner: str) -> None:
+    """prometheus_client's multiprocess mode: every process of this server writes its samples to one
+    folder (a fresh one, unless PROMETHEUS_MULTIPROC_DIR names one), read at scrape time. Set before
+    any process imports prometheus_client."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        import tempfile
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"clarion-metrics-{owner}-")
+
+
 def _serve(settings: Settings) -> None:
     _prepare(settings, settings.threads_per_worker)
+    _metrics_folder("api")
     if not settings.jobs_are_async and settings.inline_jobs_dir is None:
         # One folder per server, shared by its gunicorn workers (they read the environment after
         # the fork), so a job run by one worker is found by all.
@@ -56,6 +67,7 @@ def _worker(settings: Settings) -> None:
             "REDIS_URL (or CELERY_BROKER_URL): required to start a worker (and SERVERLESS must be false)"
         )
     _prepare(settings, settings.celery_threads_per_process)
+    _metrics_folder("worker")
     argv = [
         sys.executable,
         "-m",

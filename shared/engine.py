@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from shared import metrics
 from shared.errors import ClarionError, EngineStopped, ExplanationTimeout, JobCancelled
 from shared.model import Precision, TextModel
 
@@ -158,7 +159,7 @@ class _Item:
 
 @dataclass
 class EngineStats:
-    """Counters since start; `snapshot()` is what logs and (later) metrics read."""
+    """Counters since start; `snapshot()` is what the log reads."""
 
     passes: int = 0
     rows: int = 0
@@ -171,6 +172,31 @@ class EngineStats:
     dropped_items: int = 0
     dropped_rows: int = 0
     failed_passes: int = 0
+
+    # Each event updates the counters above and the process's Prometheus metrics (shared/metrics.py).
+
+    def waited(self, name: str, wait: float) -> None:
+        self.items[name] += 1
+        self.queue_wait_s[name] += wait
+        self.queue_wait_max_s[name] = max(self.queue_wait_max_s[name], wait)
+        metrics.QUEUE_WAIT.labels(priority=name).observe(wait)
+
+    def dropped(self, rows: int) -> None:
+        self.dropped_items += 1
+        self.dropped_rows += rows
+        metrics.DROPPED_ITEMS.inc()
+        metrics.DROPPED_ROWS.inc(rows)
+
+    def passed(self, name: str, rows: int, real: int, width: int, seconds: float) -> None:
+        self.passes += 1
+        self.rows += rows
+        self.tokens += real
+        self.padding += width * rows - real
+        self.pass_seconds += seconds
+        metrics.PASSES.labels(priority=name).inc()
+        metrics.ROWS.inc(rows)
+        metrics.TOKENS.inc(real)
+        metrics.PADDING.inc(width * rows - real)
 
     def snapshot(self) -> dict[str, Any]:
         out = {
@@ -306,8 +332,7 @@ class Engine:
             if error is None:
                 keep.append(item)
                 continue
-            self.stats.dropped_items += 1
-            self.stats.dropped_rows += item.pending
+            self.stats.dropped(item.pending)
             if not item.future.done():
                 item.future.set_exception(error)
         self._waiting = keep
@@ -353,10 +378,7 @@ class Engine:
         for item, start, count in batch:
             if item.started is None:
                 item.started = started
-                wait = started - item.submitted
-                self.stats.items[name] += 1
-                self.stats.queue_wait_s[name] += wait
-                self.stats.queue_wait_max_s[name] = max(self.stats.queue_wait_max_s[name], wait)
+                self.stats.waited(name, started - item.submitted)
             rows.extend(item.rows[start : start + count])
         if self._observe_pass is not None:
             self._observe_pass(priority, [(item.seq, count) for item, _, count in batch])
@@ -374,11 +396,7 @@ class Engine:
             return
         width = max(len(r) for r in rows)
         real = sum(len(r) for r in rows)
-        self.stats.passes += 1
-        self.stats.rows += len(rows)
-        self.stats.tokens += real
-        self.stats.padding += width * len(rows) - real
-        self.stats.pass_seconds += time.monotonic() - started
+        self.stats.passed(name, len(rows), real, width, time.monotonic() - started)
         offset = 0
         with self._cond:
             for item, start, count in batch:

@@ -35,6 +35,12 @@ class UnsupportedMediaType(ClarionError):
     code = "unsupported_media_type"
 
 
+class NotAcceptable(ClarionError):
+    """The client accepts none of the response types Clarion can send."""
+
+    code = "not_acceptable"
+
+
 class NotFound(ClarionError):
     code = "not_found"
 

@@ -132,6 +132,8 @@ class JobQueue(Protocol):
 
     def cancel(self, job_id: str) -> JobRecord: ...
 
+    def pending(self) -> int | None: ...
+
 
 class FolderJobRecords:
     """Inline jobs' records as files in one folder, so every gunicorn worker of a server reads the
@@ -180,6 +182,9 @@ class InlineJobQueue:
     def __init__(self, explain: Any, records: Any = None, capacity: int = 1024) -> None:
         self._explain = explain  # callable(texts, options) -> list[Explanation]
         self._records = records if records is not None else MemoryCache(capacity)
+
+    def pending(self) -> int | None:
+        return 0  # inline jobs run within their request: none ever waits
 
     def submit(self, record: JobRecord) -> JobRecord:
         # Validated against the operator's limits when the request was decoded; not again here.

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 
+from shared import metrics
 from shared.cache import (
     Cache,
     ExplanationCache,
@@ -69,7 +71,10 @@ class ClarionService:
     def _load(self) -> None:
         try:
             settings = self.settings
+            started = time.monotonic()
             model = self._loader(settings, self._threads)
+            metrics.MODEL_LOAD_SECONDS.set(time.monotonic() - started)
+            metrics.build_info(model.model_id)
             if settings.exact_backend == "onnxruntime":  # asked for: loading fails without it
                 model.exact_runner = onnx_exact(model, settings.model_cache_dir, self._backend_threads)
             limits = pass_limits_for(
@@ -138,7 +143,8 @@ class ClarionService:
             return classify_encoded(engine, encoded, ticket)
 
         keys = [classification_key(engine.model.cache_identity, text, long_text) for text in texts]
-        return through_cache(self._classifications, keys, compute)
+        with metrics.CLASSIFY_SECONDS.time():
+            return through_cache(self._classifications, keys, compute, "classifications")
 
     def explain(
         self, texts: Sequence[str], options: ExplainOptions, ticket: Ticket | None = None
@@ -148,10 +154,13 @@ class ClarionService:
 
         def compute(missing: list[int]) -> list[Explanation]:
             encoded = engine.model.encode([texts[i] for i in missing], options.long_text)
-            return explain_encoded(engine, encoded, options, ticket)
+            explanations = explain_encoded(engine, encoded, options, ticket)
+            metrics.EVALUATIONS.inc(sum(e.evaluations for e in explanations))
+            return explanations
 
         keys = [explanation_key(engine.model.cache_identity, text, options) for text in texts]
-        return through_cache(self._cache, keys, compute)
+        with metrics.EXPLAIN_SECONDS.time():
+            return through_cache(self._cache, keys, compute, "explanations")
 
     def stop(self) -> None:
         if self._engine is not None:

@@ -80,6 +80,17 @@ def _keys(name: str, raw: str) -> tuple[str, ...]:
     return keys
 
 
+def _names(name: str, raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _strategy(name: str, raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in ("MULTI_RECORD", "SINGLE_RECORD"):
+        raise ConfigurationError(f"{name}={raw!r}: expected MULTI_RECORD or SINGLE_RECORD")
+    return value
+
+
 def _one_of(*choices: str) -> Callable[[str, str], str]:
     def parse(name: str, raw: str) -> str:
         value = raw.strip().lower()
@@ -138,6 +149,25 @@ class Settings:
     # 64 s with 512 (216 against 333 window rows run, each about 2.5x cheaper).
     window_tokens: int = _env("WINDOW_TOKENS", _int_parser(8), 256)
     max_evals_limit: int = _env("MAX_EVALS_LIMIT", _int_parser(4), 5_000)
+
+    # The Prometheus port of `clarion worker` (the API serves GET /metrics); 0: none.
+    metrics_port: int = _env("METRICS_PORT", _int_parser(0, 65535), 9101)
+
+    # SageMaker Batch Transform (it sets these; GET /execution-parameters reports them).
+    sagemaker_batch: bool = _env("SAGEMAKER_BATCH", parse_bool, False)
+    max_payload_mb: int = _env("SAGEMAKER_MAX_PAYLOAD_IN_MB", _int_parser(1, 100), 6)
+    batch_strategy: str = _env("SAGEMAKER_BATCH_STRATEGY", _strategy, "MULTI_RECORD")
+    max_concurrent_transforms: int | None = _env("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", _int_parser(1, 256))
+
+    # SageMaker Clarify's online explainability format (api/clarify.py): the endpoint's
+    # ClarifyExplainerConfig becomes these settings.
+    clarify_mode: bool = _env("CLARIFY_MODE", parse_bool, False)  # every JSON answer in Clarify's shape
+    clarify_enable_explanations: str = _env("CLARIFY_ENABLE_EXPLANATIONS", _text, "`true`")
+    clarify_num_samples: int | None = _env("CLARIFY_NUM_SAMPLES", _int_parser(4))  # max_evals
+    clarify_use_logit: bool = _env("CLARIFY_USE_LOGIT", parse_bool, False)
+    clarify_seed: int = _env("CLARIFY_SEED", _int_parser(0, 2**32 - 1), 0)
+    clarify_label_headers: tuple[str, ...] = _env("CLARIFY_LABEL_HEADERS", _names, ())
+    clarify_granularity: str = _env("CLARIFY_GRANULARITY", _one_of("token", "sentence", "paragraph"), "token")
 
     # Model execution: the engine's pass size, and SHAP's batch size (which is part of the answer).
     pass_rows: int | None = _env("PASS_ROWS", _int_parser(1, 65536))
@@ -251,6 +281,19 @@ class Settings:
         It must outlast the longest job, or a slow job would run twice: the hard limit plus a margin.
         """
         return self.job_visibility_timeout_s or self.job_time_limit_s + 60
+
+    @property
+    def request_bytes_limit(self) -> int:
+        """Under Batch Transform a request may be as large as its payload limit (MaxPayloadInMB)."""
+        if self.sagemaker_batch:
+            return max(self.max_request_bytes, self.max_payload_mb * 1024 * 1024)
+        return self.max_request_bytes
+
+    @property
+    def concurrent_transforms(self) -> int:
+        """Requests Batch Transform may send at once: one per gunicorn worker by default, since each
+        worker's engine runs one pass at a time and more requests only queue behind it."""
+        return self.max_concurrent_transforms or self.worker_count
 
     @property
     def worker_count(self) -> int:

@@ -142,12 +142,15 @@ def free_port() -> int:
 def base_env(**overrides: str) -> dict[str, str]:
     """The process environment for a service under test: offline, loopback, quiet."""
     env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("MODEL_", "BUCKET_", "REDIS_", "CELERY_"))
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MODEL_", "BUCKET_", "REDIS_", "CELERY_", "PROMETHEUS_"))
     }
     env.update(
         HF_HUB_OFFLINE="1",
         HOST="127.0.0.1",
         ACCESS_LOG="false",
+        METRICS_PORT="0",  # workers of several tests share this host: no worker metrics port
         MODEL_CACHE_DIR=str(Path(os.environ.get("TMPDIR", "/tmp")) / f"clarion-test-cache-{os.getpid()}"),
     )
     env.update(overrides)

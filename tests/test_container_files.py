@@ -236,3 +236,19 @@ def test_install_script_used_by_the_images_accepts_the_tested_environment() -> N
         timeout=600,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+
+
+def test_the_metrics_override_scrapes_the_api_and_every_worker() -> None:
+    yaml = pytest.importorskip("yaml")
+    done = _compose("-f", "docker-compose.metrics.yml", "config")
+    assert done.returncode == 0, done.stderr
+    services = yaml.safe_load(done.stdout)["services"]
+    assert services["worker"]["environment"]["METRICS_PORT"] == "9101"
+    assert any(v["target"] == "/etc/prometheus/prometheus.yml" for v in services["prometheus"]["volumes"])
+    scrape = {
+        job["job_name"]: job
+        for job in yaml.safe_load((ROOT / "prometheus.yml").read_text())["scrape_configs"]
+    }
+    assert scrape["clarion-api"]["static_configs"][0]["targets"] == ["api:8080"]
+    assert scrape["clarion-api"]["metrics_path"] == "/metrics"
+    assert scrape["clarion-worker"]["dns_sd_configs"][0] == {"names": ["worker"], "type": "A", "port": 9101}

@@ -102,6 +102,9 @@ def test_explain_parameters_are_applied(service: Service) -> None:
     evaluations = parameters.pop("evaluations")
     assert parameters == {
         "output": "logit",
+        "granularity": "token",
+        "long_text": "truncate",
+        "windows": 1,
         "max_evals": 10,
         "seed": 3,
         "precision": "exact",
@@ -212,6 +215,48 @@ BAD_INPUTS = [
         {"data": b'{"data": "' + b"x" * 70000 + b'"}', "headers": {"Content-Type": "application/json"}},
         413,
     ),
+    # Record bodies (JSON Lines, CSV) in Clarify's exchange (Accept: application/json): a record that
+    # cannot be read fails the request, naming its line.
+    *[
+        (
+            f"records: {name}",
+            {"data": data, "headers": {"Content-Type": kind, "Accept": "application/json"}},
+            400,
+        )
+        for name, kind, data in (
+            ("empty jsonlines", "application/jsonlines", b"\n\n"),
+            ("jsonlines not json", "application/jsonlines", b'{"features": ["ok"]}\n{oops\n'),
+            ("jsonlines no text", "application/jsonlines", b'{"features": [1, 2]}\n'),
+            ("jsonlines lone surrogate", "application/jsonlines", b'{"text": "\\ud800"}\n'),
+            ("jsonlines huge integer", "application/jsonlines", b'{"text": ' + b"9" * 5000 + b"}\n"),
+            ("jsonlines invalid utf-8", "application/jsonlines", b'{"text": "\xff\xfe"}\n'),
+            ("csv empty text", "text/csv", b'""\n'),
+            ("csv too long", "text/csv", b"x" * 2001 + b"\n"),
+        )
+    ],
+    (
+        "a bad Clarify expression",
+        {
+            "data": b'{"features": ["ok"]}\n',
+            "headers": {
+                "Content-Type": "application/jsonlines",
+                "Accept": "application/json",
+                "X-Amzn-SageMaker-Enable-Explanations": "[0",
+            },
+        },
+        400,
+    ),
+    (
+        "custom attributes unknown",
+        {"json": {"data": "x"}, "headers": {"X-Amzn-SageMaker-Custom-Attributes": "a=1"}},
+        400,
+    ),
+    (
+        "custom attributes bad int",
+        {"json": {"data": "x"}, "headers": {"X-Amzn-SageMaker-Custom-Attributes": "seed=x"}},
+        400,
+    ),
+    ("accept nothing we speak", {"json": {"data": "x"}, "headers": {"Accept": "image/png"}}, 406),
     ("xml", {"data": b"<data>x</data>", "headers": {"Content-Type": "application/xml"}}, 415),
     ("image", {"data": b"\x89PNG", "headers": {"Content-Type": "image/png"}}, 415),
     ("multipart", {"files": {"f": ("a.txt", b"x")}}, 415),

@@ -198,9 +198,9 @@ def test_the_html_view_of_a_request_works_offline(browser, service: Service, tmp
     wait_until(lambda: len(units(browser)) == 10, 20, what="the saved view")
     shown = units(browser)
     assert_shaded_by_sign(shown)
-    # One colour scale for both texts: the strongest unit of either is the most opaque.
-    alphas = [
-        float(re.findall(r"[\d.]+", u["colour"])[3]) if u["colour"].count(",") == 3 else 1.0 for u in shown
-    ]
-    assert max(alphas) == pytest.approx(0.85, abs=0.01)
+    # One colour scale for both texts: each unit's opacity is its |value| over the largest |value| of
+    # either text (not of its own), so the two texts compare.
+    alphas = [float(re.findall(r"[\d.]+", u["colour"])[3]) for u in shown]
+    largest = max(abs(u["value"]) for u in shown)
+    assert alphas == pytest.approx([0.85 * abs(u["value"]) / largest for u in shown], abs=2e-3)
     assert len(browser.find_elements(By.CSS_SELECTOR, ".card")) == 2

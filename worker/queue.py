@@ -20,6 +20,7 @@ from worker.tasks import explain_job
 
 log = logging.getLogger(__name__)
 _BACKEND_ERRORS = (redis.RedisError, KombuError, OSError, TimeoutError)
+_QUEUE = "celery"  # Celery's default queue: a Redis list of the jobs no worker has taken yet
 _STATUS_OF_STATE = {
     "PENDING": QUEUED,
     "RECEIVED": QUEUED,
@@ -45,6 +46,7 @@ class CeleryJobQueue:
 
     def __init__(self, settings: Settings) -> None:
         self._store = job_store_for(settings)
+        self._broker_url = settings.broker_url or ""
         # A publish takes milliseconds; the grace keeps a sweeper from racing a slow but live one.
         self.stranded_after_s = settings.job_publish_grace_s
 
@@ -56,6 +58,16 @@ class CeleryJobQueue:
             self._forget(record.id)  # the client's 503 is the whole truth
             raise JobBackendUnavailable(f"the job queue (Redis) is unavailable: {exc}") from None
         return record
+
+    def pending(self) -> int | None:
+        """Jobs waiting in the broker's queue (None when the broker cannot say)."""
+        url = self._broker_url
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            return None
+        try:
+            return int(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2).llen(_QUEUE))
+        except _BACKEND_ERRORS:
+            return None
 
     def republish_stranded(self) -> int:
         """Publish the jobs recorded over a while ago whose publish never completed; say how many."""

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_ready
 
+from shared import metrics
 from shared.engine import Ticket
 from shared.errors import ClarionError, JobBackendUnavailable
 from shared.job_store import RedisJobStore, job_store_for
@@ -25,6 +27,19 @@ _loading = threading.Lock()
 
 class JobFailed(Exception):
     """A job that cannot succeed (bad input, time limit); stored as the job's error, never retried."""
+
+
+@worker_init.connect
+def serve_metrics(**_: Any) -> None:
+    """The worker's main process serves every pool process's metrics on METRICS_PORT."""
+    port = celery_app.clarion_settings.metrics_port
+    if port:
+        metrics.serve(port)
+
+
+@worker_process_shutdown.connect
+def forget_metrics(**_: Any) -> None:
+    metrics.process_died(os.getpid())
 
 
 @worker_process_init.connect
@@ -85,7 +100,8 @@ def explain_job(self: Any, texts: list[str], options: dict[str, Any]) -> list[di
     ticket = Ticket.within(limit, timeout_message, cancelled_by=lambda: _cancelled(job_id))
     try:
         parsed = parse_model(ExplainOptions, options, _service.settings)
-        return [e.model_dump(mode="json") for e in _service.explain(texts, parsed, ticket)]
+        with metrics.JOB_SECONDS.time():
+            return [e.model_dump(mode="json") for e in _service.explain(texts, parsed, ticket)]
     except SoftTimeLimitExceeded:
         raise JobFailed(timeout_message) from None
     except ClarionError as exc:

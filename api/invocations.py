@@ -1,0 +1,170 @@
+"""POST /invocations beyond one JSON body: record bodies (JSON Lines, CSV) as Clarify clients and Batch
+Transform send them, Clarify's response shape, and every response type a client may accept."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from flask import Request, Response, jsonify
+
+from api.clarify import (
+    ENABLE_HEADER,
+    clarify_body,
+    clarify_options,
+    label_headers,
+    records_to_explain,
+    scores_by_label,
+)
+from api.codecs import body_text
+from api.negotiation import CSV, HTML, JSON, JSON_LINES, response_type
+from api.records import Record, decode_records
+from api.render import content_security_policy, explanation_document, new_nonce
+from shared.engine import Ticket
+from shared.errors import InvalidRequest
+from shared.results import body, text_response
+from shared.schemas import InvocationParameters, SeedBody, parse_model
+from shared.service import ClarionService
+from shared.settings import Settings
+
+RESULT_TYPES = (JSON, JSON_LINES, CSV, HTML)  # a JSON body: JSON unless asked otherwise
+RECORD_RESULT_TYPES = (JSON_LINES, JSON, CSV, HTML)  # records: a line per record unless asked
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One /invocations request's service, settings and deadline."""
+
+    service: ClarionService
+    settings: Settings
+    ticket: Ticket
+
+    def results(self, texts: Sequence[str], parameters: InvocationParameters) -> list[dict[str, Any]]:
+        """Each text's /invocations result, MAX_TEXTS_PER_REQUEST texts at a time: a batch of
+        records is never refused for its size alone."""
+        service, model_id = self.service, self.service.model.model_id
+        out: list[dict[str, Any]] = []
+        for chunk in _chunks(texts, self.settings.max_texts):
+            classifications = service.classify(chunk, self.ticket, parameters.long_text)
+            explanations: list[Any] = [None] * len(chunk)
+            if parameters.explain:
+                explanations = service.explain(chunk, parameters.explain_options(), self.ticket)
+            out += [
+                body(text_response(c, e, model_id))
+                for c, e in zip(classifications, explanations, strict=True)
+            ]
+        return out
+
+    def clarify(self, texts: Sequence[str], request: Request) -> dict[str, Any]:
+        """Clarify's response: every record's scores, explanations where the header's expression
+        says so, with the endpoint's Clarify settings."""
+        settings, service = self.settings, self.service
+        parameters = parse_model(InvocationParameters, clarify_options(settings), settings)
+        labels = service.model.labels
+        scores = [
+            scores_by_label(c, labels)
+            for chunk in _chunks(texts, settings.max_texts)
+            for c in service.classify(chunk, self.ticket, parameters.long_text)
+        ]
+        wanted = records_to_explain(
+            request.headers.get(ENABLE_HEADER, settings.clarify_enable_explanations), scores
+        )
+        chosen = [text for text, explain in zip(texts, wanted, strict=True) if explain]
+        explained = iter(
+            e
+            for chunk in _chunks(chosen, settings.max_texts)
+            for e in service.explain(chunk, parameters.explain_options(), self.ticket)
+        )
+        explanations = [next(explained) if explain else None for explain in wanted]
+        return clarify_body(label_headers(settings, labels), labels, scores, explanations)
+
+
+def invoke_records(call: Call, request: Request, options: dict[str, Any]) -> Response:
+    """A JSON Lines or CSV body: one text per record."""
+    records = decode_records(body_text(request), request.mimetype)
+    if not records:
+        raise InvalidRequest("the body holds no records")
+    kind = response_type(request, RECORD_RESULT_TYPES)
+    settings = call.settings
+    if kind == JSON:  # Clarify's exchange: every record must be readable
+        texts = [_valid(record, {}, settings) for record in records]
+        return jsonify(call.clarify(texts, request))
+    parameters: InvocationParameters = parse_model(InvocationParameters, options, settings)
+    if parameters.asynchronous:
+        raise InvalidRequest("async: record bodies are answered in the request; submit jobs to /explanations")
+    checked = [_checked(record, options, settings) for record in records]
+    if kind in (CSV, HTML) and (bad := next((r for r in checked if r.problem), None)):
+        raise InvalidRequest(bad.problem or "")  # neither a CSV of labels nor a view can hold an error
+    texts = [r.text or "" for r in checked if r.problem is None]
+    results = iter(call.results(texts, parameters))
+    if kind == JSON_LINES:
+        # One output line per input record, in order (Batch Transform joins them line by line); a
+        # record that cannot be read gets its error on its own line instead of failing the batch.
+        lines = [
+            {"error": {"code": "invalid_request", "message": r.problem}} if r.problem else next(results)
+            for r in checked
+        ]
+        return json_lines(lines)
+    return shaped(kind, texts, list(results), single=False)
+
+
+def _checked(record: Record, options: dict[str, Any], settings: Settings) -> Record:
+    if record.problem:
+        return record
+    try:
+        return Record(record.line, _valid(record, options, settings))
+    except InvalidRequest as exc:
+        return Record(record.line, None, exc.message)
+
+
+def _valid(record: Record, options: dict[str, Any], settings: Settings) -> str:
+    """The record's text, checked as a text of a JSON body would be (empty, too long, not Unicode)."""
+    if record.problem:
+        raise InvalidRequest(record.problem)
+    try:
+        parse_model(SeedBody, {**options, "data": record.text}, settings)
+    except InvalidRequest as exc:
+        message = exc.message.removeprefix("data: ").replace("text 0 ", "the text ")
+        raise InvalidRequest(f"line {record.line}: {message}") from None
+    return record.text or ""
+
+
+def shaped(kind: str, texts: Sequence[str], results: list[dict[str, Any]], single: bool) -> Response:
+    """Results in the response type the client accepts."""
+    if kind == HTML:
+        return html_response(lambda nonce: explanation_document(list(texts), results, nonce=nonce))
+    if kind == JSON_LINES:
+        return json_lines(results)
+    if kind == CSV:  # one line per text: its top label and that label's score
+        lines = "".join(
+            f"{_csv_cell(r['prediction'][0]['label'])},{r['prediction'][0]['score']:.7g}\n" for r in results
+        )
+        return Response(lines, mimetype=CSV)
+    return jsonify(results[0] if single else results)
+
+
+def json_lines(items: list[dict[str, Any]]) -> Response:
+    text = "".join(json.dumps(item, ensure_ascii=False, separators=(",", ":")) + "\n" for item in items)
+    return Response(text, mimetype=JSON_LINES)
+
+
+def _csv_cell(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"' if any(c in value for c in ',"\n\r') else value
+
+
+def html_response(render: Callable[[str], str]) -> Response:
+    """An HTML response whose inline script and style run under a per-response CSP nonce."""
+    nonce = new_nonce()
+    response = Response(render(nonce), mimetype="text/html")
+    response.headers["Content-Security-Policy"] = content_security_policy(nonce)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.vary.add("Accept")
+    return response
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,106 @@
+"""Headers: what the client accepts, the options it sends in SageMaker's custom attributes, and the
+request id every response carries."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+from flask import Request
+
+from shared.errors import InvalidRequest, NotAcceptable
+
+JSON = "application/json"
+JSON_LINES = "application/jsonlines"
+CSV = "text/csv"
+HTML = "text/html"
+_ALIASES = {"application/jsonl": JSON_LINES, "application/x-jsonlines": JSON_LINES}
+CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+_VISIBLE_ASCII = re.compile(r"[\x20-\x7e]*")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+
+
+def response_type(request: Request, offered: tuple[str, ...]) -> str:
+    """The offered type the client prefers; the first offered when it says nothing (or `*/*`)."""
+    accept = request.accept_mimetypes
+    if not accept:
+        return offered[0]
+    candidates = [*offered, *(alias for alias, target in _ALIASES.items() if target in offered)]
+    best = accept.best_match(candidates)
+    if best is None:
+        raise NotAcceptable(
+            f"cannot answer in {request.headers.get('Accept', '')[:100]!r}; supported: {', '.join(offered)}"
+        )
+    return _ALIASES.get(best, best)
+
+
+# Options a client may send as `X-Amzn-SageMaker-Custom-Attributes: explain=true;max_evals=300;...`,
+# with the type each value is read as.
+_OPTION_TYPES: dict[str, str] = {
+    "explain": "bool",
+    "async": "bool",
+    "max_evals": "int",
+    "seed": "int",
+    "batch_size": "int",
+    "output": "str",
+    "granularity": "str",
+    "long_text": "str",
+    "precision": "str",
+    "labels": "labels",
+}
+
+
+def custom_attribute_options(request: Request) -> dict[str, Any]:
+    """The explanation options in the custom-attributes header (empty without the header)."""
+    raw = request.headers.get(CUSTOM_ATTRIBUTES)
+    if raw is None:
+        return {}
+    if len(raw) > 1024 or not _VISIBLE_ASCII.fullmatch(raw):
+        raise InvalidRequest(f"{CUSTOM_ATTRIBUTES}: at most 1,024 visible ASCII characters")
+    options: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in raw.split(";"))):
+        name, sep, value = part.partition("=")
+        name, value = name.strip(), value.strip()
+        if name == "request_id":  # our own echo, sent back by a client: not an option
+            continue
+        if not sep or name not in _OPTION_TYPES:
+            known = ", ".join(_OPTION_TYPES)
+            raise InvalidRequest(
+                f"{CUSTOM_ATTRIBUTES}: {part[:60]!r} is not name=value with a name among {known}"
+            )
+        options[name] = _read(name, value)
+    return options
+
+
+def _read(name: str, value: str) -> Any:
+    kind = _OPTION_TYPES[name]
+    if kind == "bool":
+        if value.lower() not in ("true", "false"):
+            raise InvalidRequest(f"{CUSTOM_ATTRIBUTES}: {name} must be true or false, not {value[:40]!r}")
+        return value.lower() == "true"
+    if kind == "int":
+        if not re.fullmatch(r"-?\d{1,12}", value):
+            raise InvalidRequest(f"{CUSTOM_ATTRIBUTES}: {name} must be an integer, not {value[:40]!r}")
+        return int(value)
+    if kind == "labels":  # all, predicted, or names separated by |
+        return value if value in ("all", "predicted") else [label for label in value.split("|") if label]
+    return value
+
+
+def echo_attributes(request_id: str, options: dict[str, Any]) -> str:
+    """The custom-attributes value of a response: the request id and the options the header set."""
+    parts = [f"request_id={request_id}"]
+    for name, value in options.items():
+        if isinstance(value, bool):
+            value = str(value).lower()
+        elif isinstance(value, list):
+            value = "|".join(value)
+        parts.append(f"{name}={value}")
+    return ";".join(parts)[:1024]
+
+
+def request_id(request: Request) -> str:
+    """The client's X-Request-Id when it is a sane token, else a new one."""
+    given = request.headers.get("X-Request-Id", "")
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
