@@ -175,7 +175,7 @@ def test_a_long_document_sent_as_a_job_is_followed_to_its_end(browser, service: 
     sentences = [row.split("\t", 1)[1].strip().capitalize() for row in rows]  # ~600 words: several windows
     text = " ".join(sentences[:15]) + "\n\n" + " ".join(sentences[15:])
     explain_on_page(
-        browser, service, text, granularity="sentence", job=True, long_text="windows", max_evals=200
+        browser, service, text, granularity="sentence", job=True, long_text="windows", max_evals=100
     )
     status = browser.find_element(By.ID, "status").text
     assert re.match(r"Job [0-9a-f]{32} succeeded: explained with \d+ evaluations", status), status
