@@ -272,7 +272,7 @@ def _text_problem(text: str | None, settings: Settings, parameters: dict[str, An
     try:
         parse_model(SeedBody, {"data": text, **parameters}, settings)
     except InvalidRequest as exc:
-        return exc.message.removeprefix("data: ").replace("text 0 ", "the text ")
+        return exc.message.removeprefix("data: ").removeprefix("body: ").replace("text 0 ", "the text ")
     return None
 
 

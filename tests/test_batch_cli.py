@@ -53,7 +53,7 @@ def records(path: Path) -> list[dict]:
 
 def test_a_200_line_file_survives_ctrl_c_and_resumes(input_file: Path, tiny_model_dir: Path, tmp_path: Path):
     out, report = tmp_path / "results.jsonl", tmp_path / "report.html"
-    args = (str(input_file), "--out", str(out), "--html", str(report), "--max-evals", "120", "--chunk", "2")
+    args = (str(input_file), "--out", str(out), "--html", str(report), "--max-evals", "300", "--chunk", "2")
     first = cli(*args, model_dir=tiny_model_dir)
     wait_until(lambda: out.exists() and len(out.read_text().splitlines()) >= 30, 180, 0.05, "30 records")
     first.send_signal(signal.SIGINT)  # Ctrl-C
@@ -78,7 +78,7 @@ def test_a_200_line_file_survives_ctrl_c_and_resumes(input_file: Path, tiny_mode
     assert len(explained) == 197
     for record in explained:
         params = record["explanation_parameters"]
-        assert params["granularity"] == "word" and params["max_evals"] == 120
+        assert params["granularity"] == "word" and params["max_evals"] == 300
         for label, base in record["base_values"].items():
             total = base + sum(values[label] for _, values in record["explanation"])
             assert total == pytest.approx(record["model_output"][label], abs=1e-5)
