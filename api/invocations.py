@@ -25,7 +25,7 @@ from api.render import content_security_policy, explanation_document, new_nonce
 from shared.engine import Ticket
 from shared.errors import InvalidRequest
 from shared.results import body, text_response
-from shared.schemas import InvocationParameters, SeedBody, parse_model
+from shared.schemas import InvocationParameters, parse_model, text_problem
 from shared.service import ClarionService
 from shared.settings import Settings
 
@@ -124,11 +124,9 @@ def _valid(record: Record, options: dict[str, Any], settings: Settings) -> str:
     """The record's text, checked as a text of a JSON body would be (empty, too long, not Unicode)."""
     if record.problem:
         raise InvalidRequest(record.problem)
-    try:
-        parse_model(SeedBody, {**options, "data": record.text}, settings)
-    except InvalidRequest as exc:
-        message = exc.message.removeprefix("data: ").replace("text 0 ", "the text ")
-        raise InvalidRequest(f"line {record.line}: {message}") from None
+    problem = text_problem(record.text, options, settings)
+    if problem:
+        raise InvalidRequest(f"line {record.line}: {problem}")
     return record.text or ""
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import ClarionError, InvalidRequest
-from shared.schemas import SeedBody, parse_model
+from shared.schemas import SeedBody, parse_model, text_problem
 from shared.settings import Settings, load_settings
 
 
@@ -239,7 +239,7 @@ def explain_file(
             pending.clear()
 
         for line in lines:
-            problem = line.problem or _text_problem(line.text, settings, parameters)
+            problem = line.problem or text_problem(line.text, parameters, settings)
             if problem:
                 reject(line, problem)
                 continue
@@ -265,15 +265,6 @@ def _explain_isolating(
             return
     for line in lines:
         yield from _explain_isolating([line], explain, reject)
-
-
-def _text_problem(text: str | None, settings: Settings, parameters: dict[str, Any]) -> str | None:
-    """What the API would refuse about this text (checked here, before any model work)."""
-    try:
-        parse_model(SeedBody, {"data": text, **parameters}, settings)
-    except InvalidRequest as exc:
-        return exc.message.removeprefix("data: ").removeprefix("body: ").replace("text 0 ", "the text ")
-    return None
 
 
 def write_report(out: Path, html_path: Path, title: str) -> int:

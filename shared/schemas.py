@@ -218,3 +218,14 @@ def parse_model(schema: type[BaseModel], data: Any, settings: Settings) -> Any:
         return schema.model_validate(data, context={"settings": settings})
     except ValidationError as exc:
         raise InvalidRequest(validation_message(exc)) from None
+
+
+def text_problem(text: Any, options: dict[str, Any], settings: Settings) -> str | None:
+    """Why one text, sent with these options, would be refused (empty, too long, not valid Unicode),
+    phrased for a single text; None when it would be accepted. Record bodies and `clarion explain`
+    check each record's text with it, as a JSON body's text is checked."""
+    try:
+        parse_model(SeedBody, {**options, "data": text}, settings)
+    except InvalidRequest as exc:
+        return exc.message.removeprefix("data: ").removeprefix("body: ").replace("text 0 ", "the text ")
+    return None
