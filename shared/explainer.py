@@ -158,7 +158,7 @@ def _start(job: _Job, engine: Engine, options: ExplainOptions, requested: list[i
         return  # a single player (or none): no tree to walk (see _explanation)
     # Rounds of a short text are far smaller than a pass; fill them with the masks the recursion is
     # likely to need next (same numbers, fewer passes).
-    length = min(len(job.encoded.ids), model.max_length)  # a row: the text, or one of its windows
+    length = len(job.encoded.rows(job.encoded.ids)[0])  # a row: the text, or one of its windows
     rows_per_pass = min(engine.limits.rows, max(1, engine.limits.tokens // length))
     f00, f11 = job.f00[idx], job.f11[idx]
     job.steps = owen_values(
