@@ -18,6 +18,7 @@ word, say) is merged with it, since masking cannot split a token.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -58,23 +59,25 @@ def text_units(
     text: str, offsets: Sequence[tuple[int, int]], keep: np.ndarray, granularity: Granularity
 ) -> Units:
     """The units of `text` whose tokens have these character offsets; `keep` marks boundary tokens."""
-    paragraphs = _paragraphs(text)
-    sentences = [s for p in paragraphs for s in _sentences(text, p)]
-    if granularity == "paragraph":
-        pieces, parents = paragraphs, []
-    elif granularity == "sentence":
-        pieces, parents = sentences, [paragraphs]
-    elif granularity == "word":
-        pieces, parents = [w for s in sentences for w in _words(text, s)], [paragraphs, sentences]
-    else:
+    if granularity not in ("paragraph", "sentence", "word"):
         raise ValueError(f"no units for granularity {granularity!r}")
+    paragraphs = _paragraphs(text)
+    if granularity == "paragraph":  # no sentences needed: pysbd is the costly part on long texts
+        pieces, parents = paragraphs, []
+    else:
+        sentences = [s for p in paragraphs for s in _sentences(text, p)]
+        if granularity == "sentence":
+            pieces, parents = sentences, [paragraphs]
+        else:
+            pieces, parents = [w for s in sentences for w in _words(text, s)], [paragraphs, sentences]
     piece_of_char = _label_chars(len(text), pieces)
     if granularity == "word":
         for match in _DICTIONARY_SCRIPTS.finditer(text):
             piece_of_char[match.start()] = -2  # split by the tokenizer, below
     of_token, spans = _units_of_tokens(offsets, keep, piece_of_char, len(pieces))
     # Where each unit sits in the nesting (paragraph, sentence): the tree merges inside them first.
-    paths = [tuple(_owner(level, start) for level in parents) for start, _ in spans]
+    starts = [[start for start, _ in level] for level in parents]
+    paths = [tuple(_owner(level, start) for level in starts) for start, _ in spans]
     words = [text[start:end] for start, end in spans]
     return Units(spans=spans, of_token=of_token, clustering=nested_clustering(words, paths))
 
@@ -203,15 +206,10 @@ def _nearest_piece(token_piece: np.ndarray, t: int) -> int:
     return -1
 
 
-def _owner(spans: list[tuple[int, int]], position: int) -> int:
-    """Which of the ordered spans holds `position` (the last one starting at or before it)."""
-    owner = 0
-    for i, (start, _) in enumerate(spans):
-        if start <= position:
-            owner = i
-        else:
-            break
-    return owner
+def _owner(starts: list[int], position: int) -> int:
+    """Which of the ordered spans (given by their starts) holds `position`: the last one starting
+    at or before it (the first one if none does)."""
+    return max(0, bisect.bisect_right(starts, position) - 1)
 
 
 # ---- the tree over units ---------------------------------------------------------------------
