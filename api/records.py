@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-from dataclasses import dataclass
-from typing import Any
+
+from shared.records import EMPTY, Record, csv_records, json_lines
 
 JSON_LINES = (
     "application/jsonlines",  # SageMaker's name
@@ -27,70 +26,20 @@ RECORD_TYPES = (*JSON_LINES, CSV)
 _TEXT_FIELDS = ("features", "text", "data", "inputs")
 
 
-@dataclass(frozen=True)
-class Record:
-    line: int  # 1-based line of the body where the record starts
-    text: str | None
-    problem: str | None = None  # why the record cannot be explained (then text is None)
-
-
 def is_record_type(mimetype: str) -> bool:
     return mimetype in RECORD_TYPES
 
 
 def decode_records(body: str, mimetype: str) -> list[Record]:
-    return _csv_records(body) if mimetype == CSV else _json_lines_records(body)
-
-
-def _json_lines_records(body: str) -> list[Record]:
-    records = []
-    for number, raw in enumerate(body.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            value = json.loads(raw)
-        except ValueError as exc:  # JSONDecodeError, and Python's refusal of huge integers
-            records.append(Record(number, None, f"line {number}: not JSON ({str(exc)[:100]})"))
-            continue
-        except RecursionError:
-            records.append(Record(number, None, f"line {number}: not JSON (nested too deeply)"))
-            continue
-        text = _text_of(value)
-        if text is None:
-            fields = ", ".join(f'"{f}"' for f in _TEXT_FIELDS)
-            problem = f"line {number}: a record must be a JSON object with a text in one of {fields}"
-            records.append(Record(number, None, problem))
-        else:
-            records.append(Record(number, text))
-    return records
-
-
-def _text_of(value: Any) -> str | None:
-    if isinstance(value, str):
-        return value
-    if not isinstance(value, dict):
-        return None
-    for name in _TEXT_FIELDS:
-        field = value.get(name)
-        if isinstance(field, list) and len(field) == 1:  # Clarify: one feature, the text
-            field = field[0]
-        if isinstance(field, str):
-            return field
-    return None
-
-
-def _csv_records(body: str) -> list[Record]:
-    records = []
-    reader = csv.reader(io.StringIO(body, newline=""))
-    while True:
-        number = reader.line_num + 1
-        try:
-            row = next(reader)
-        except StopIteration:
-            return records
-        except csv.Error as exc:
-            records.append(Record(number, None, f"line {number}: malformed CSV ({exc})"))
-            continue
-        if not row or not any(cell.strip() for cell in row):
-            continue
-        records.append(Record(number, row[0]))
+    """The body's records, blank lines skipped; a problem names its line."""
+    if mimetype == CSV:
+        records = csv_records(csv.reader(io.StringIO(body, newline="")), column=0)
+    else:
+        # Lines end at "\n" only (as Batch Transform splits them): str.splitlines would also cut
+        # at U+2028 and the like, which JSON strings may hold unescaped.
+        records = json_lines((line.rstrip("\r") for line in body.split("\n")), _TEXT_FIELDS)
+    return [
+        r if r.problem is None else Record(r.line, None, f"line {r.line}: {r.problem}")
+        for r in records
+        if r.problem != EMPTY
+    ]

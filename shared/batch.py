@@ -20,20 +20,13 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shared.errors import ClarionError, InvalidRequest
+from shared.records import EMPTY, Record, csv_records, json_lines
 from shared.schemas import SeedBody, parse_model, text_problem
 from shared.settings import Settings, load_settings
-
-
-@dataclass(frozen=True)
-class Line:
-    number: int  # 1-based line of the input (a CSV record: the line it starts on)
-    text: str | None
-    problem: str | None = None  # why the line cannot be explained, if the input got it wrong
 
 
 class ServerFailure(ClarionError):
@@ -43,7 +36,7 @@ class ServerFailure(ClarionError):
 # ---- reading the input ----------------------------------------------------------------------------
 
 
-def read_lines(path: Path, field: str = "text", column: str = "text") -> Iterator[Line]:
+def read_lines(path: Path, field: str = "text", column: str = "text") -> Iterator[Record]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         return _jsonl_lines(path, field)
@@ -60,32 +53,19 @@ def _open_text(path: Path):  # type: ignore[no-untyped-def]
     return path.open(encoding="utf-8", errors="replace", newline="")
 
 
-def _txt_lines(path: Path) -> Iterator[Line]:
+def _txt_lines(path: Path) -> Iterator[Record]:
     with _open_text(path) as handle:
         for number, raw in enumerate(handle, start=1):
             text = raw.rstrip("\r\n")
-            yield Line(number, text, None if text.strip() else "empty line")
+            yield Record(number, text, None if text.strip() else EMPTY)
 
 
-def _jsonl_lines(path: Path, field: str) -> Iterator[Line]:
+def _jsonl_lines(path: Path, field: str) -> Iterator[Record]:
     with _open_text(path) as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                yield Line(number, None, "empty line")
-                continue
-            try:
-                record = json.loads(raw)
-            except (ValueError, RecursionError) as exc:
-                yield Line(number, None, f"not JSON: {str(exc)[:120]}")
-                continue
-            text = record.get(field) if isinstance(record, dict) else None
-            if not isinstance(text, str):
-                yield Line(number, None, f'no string field "{field}"')
-            else:
-                yield Line(number, text)
+        yield from json_lines(handle, (field,))
 
 
-def _csv_lines(path: Path, column: str) -> Iterator[Line]:
+def _csv_lines(path: Path, column: str) -> Iterator[Record]:
     with _open_text(path) as handle:
         reader = csv.reader(handle)
         try:
@@ -96,22 +76,7 @@ def _csv_lines(path: Path, column: str) -> Iterator[Line]:
             raise ClarionError(f"{path}: unreadable CSV header: {exc}") from None
         if column not in header:
             raise ClarionError(f"{path}: no column {column!r} (columns: {header[:20]})")
-        index = header.index(column)
-        while True:
-            number = reader.line_num + 1
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                yield Line(number, None, f"malformed CSV: {exc}")
-                continue
-            if not row:
-                continue  # a blank line between records
-            if len(row) <= index:
-                yield Line(number, None, f"no value in column {column!r}")
-            else:
-                yield Line(number, row[index])
+        yield from csv_records(reader, header.index(column), column)
 
 
 # ---- the output file ------------------------------------------------------------------------------
@@ -203,7 +168,7 @@ def _error_message(exc: urllib.error.HTTPError) -> str:
 
 
 def explain_file(
-    lines: list[Line],
+    lines: list[Record],
     out: Path,
     explain: Explain,
     settings: Settings,
@@ -217,23 +182,23 @@ def explain_file(
     explained = bad = 0
     with out.open("a", encoding="utf-8") as sink, tqdm(total=len(lines), unit="text", mininterval=0.5) as bar:
 
-        def write(record: dict[str, Any]) -> None:
-            sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+        def write(entry: dict[str, Any]) -> None:
+            sink.write(json.dumps(entry, ensure_ascii=False) + "\n")
             sink.flush()  # whole lines only, so Ctrl-C or a kill leaves a file a rerun can resume
 
-        def reject(line: Line, problem: str) -> None:
+        def reject(record: Record, problem: str) -> None:
             nonlocal bad
             bad += 1
-            report(f"line {line.number}: skipped: {problem}")
-            write({"line": line.number, "error": {"code": "invalid_line", "message": problem}})
+            report(f"line {record.line}: skipped: {problem}")
+            write({"line": record.line, "error": {"code": "invalid_line", "message": problem}})
             bar.update(1)
 
-        pending: list[Line] = []
+        pending: list[Record] = []
 
         def flush() -> None:
             nonlocal explained
-            for line, result in _explain_isolating(pending, explain, reject):
-                write({"line": line.number, "text": line.text, **result})
+            for record, result in _explain_isolating(pending, explain, reject):
+                write({"line": record.line, "text": record.text, **result})
                 explained += 1
                 bar.update(1)
             pending.clear()
@@ -251,8 +216,8 @@ def explain_file(
 
 
 def _explain_isolating(
-    lines: list[Line], explain: Explain, reject: Callable[[Line, str], None]
-) -> Iterator[tuple[Line, dict[str, Any]]]:
+    lines: list[Record], explain: Explain, reject: Callable[[Record, str], None]
+) -> Iterator[tuple[Record, dict[str, Any]]]:
     """Explain a chunk at once; if it is refused, each text alone, so one bad text costs only itself."""
     if not lines:
         return
@@ -322,7 +287,7 @@ def main(args: argparse.Namespace) -> int:
     if not args.input.is_file():
         raise ClarionError(f"{args.input}: no such file")
     done = finished_lines(args.out)
-    lines = [line for line in read_lines(args.input, args.field, args.column) if line.number not in done]
+    lines = [r for r in read_lines(args.input, args.field, args.column) if r.line not in done]
     report = lambda message: print(f"clarion: {message}", file=sys.stderr, flush=True)  # noqa: E731
     if done:
         report(f"{len(done)} line(s) already in {args.out}: resuming with {len(lines)}")

@@ -1,0 +1,80 @@
+"""Texts read from records, one text per record: JSON Lines and CSV.
+
+One reader for both places that take records: the HTTP record bodies (api/records.py: SageMaker
+Clarify and Batch Transform) and the files of `clarion explain` (shared/batch.py). A record that
+cannot be read keeps its place, with the reason, so that every caller can answer line by line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+EMPTY = "empty line"
+
+
+@dataclass(frozen=True)
+class Record:
+    line: int  # 1-based line where the record starts (a quoted CSV cell may span lines)
+    text: str | None
+    problem: str | None = None  # why no text could be read (then text is None); EMPTY for a blank line
+
+
+def json_lines(lines: Iterable[str], fields: Sequence[str]) -> Iterator[Record]:
+    """A record per line: a JSON object with a string in the first of `fields` it holds (a list of
+    one string counts: Clarify sends `{"features": ["text"]}`), or a JSON string."""
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            yield Record(number, None, EMPTY)
+            continue
+        try:
+            value = json.loads(raw)
+        except ValueError as exc:  # JSONDecodeError, and Python's refusal of huge integers
+            yield Record(number, None, f"not JSON ({str(exc)[:100]})")
+            continue
+        except RecursionError:
+            yield Record(number, None, "not JSON (nested too deeply)")
+            continue
+        text = _text_of(value, fields)
+        if text is None:
+            names = [f'"{name}"' for name in fields]
+            listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+            yield Record(number, None, f"no string field {listed}")
+        else:
+            yield Record(number, text)
+
+
+def _text_of(value: Any, fields: Sequence[str]) -> str | None:
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, dict):
+        return None
+    for name in fields:
+        field = value.get(name)
+        if isinstance(field, list) and len(field) == 1:
+            field = field[0]
+        if isinstance(field, str):
+            return field
+    return None
+
+
+def csv_records(reader: Any, column: int, column_name: str | None = None) -> Iterator[Record]:
+    """A record per row of a `csv.reader` (past any header the caller read), the text in `column`."""
+    while True:
+        number = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield Record(number, None, f"malformed CSV ({exc})")
+            continue
+        if not any(cell.strip() for cell in row):
+            yield Record(number, None, EMPTY)
+        elif len(row) <= column:
+            yield Record(number, None, f"no value in column {column_name or column + 1!r}")
+        else:
+            yield Record(number, row[column])
