@@ -10,7 +10,9 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -83,11 +85,22 @@ WORDS = [
 
 
 def build_tiny_model(
-    directory: Path, labels: list[str], problem_type: str = "single_label_classification", seed: int = 0
+    directory: Path,
+    labels: list[str],
+    problem_type: str = "single_label_classification",
+    seed: int = 0,
+    architecture: str = "bert",
 ) -> Path:
-    """Save a random-weight 2-layer BERT classifier and a WordPiece tokenizer built from WORDS."""
+    """Save a random-weight 2-layer classifier (BERT, or `architecture="distilbert"`) and a WordPiece
+    tokenizer built from WORDS."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        BertTokenizerFast,
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+    )
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     pieces = sorted(
@@ -100,19 +113,36 @@ def build_tiny_model(
     vocab = {token: i for i, token in enumerate(specials + pieces)}
     tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True, model_max_length=64)
     torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=len(specials) + len(pieces),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-        problem_type=problem_type,
-    )
-    model = BertForSequenceClassification(config).eval()
+    heads = {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+        "problem_type": problem_type,
+    }
+    vocab_size = len(specials) + len(pieces)
+    if architecture == "distilbert":
+        model = DistilBertForSequenceClassification(
+            DistilBertConfig(
+                vocab_size=vocab_size,
+                dim=32,
+                n_layers=2,
+                n_heads=2,
+                hidden_dim=64,
+                max_position_embeddings=64,
+                **heads,
+            )
+        ).eval()
+    else:
+        config = BertConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            **heads,
+        )
+        model = BertForSequenceClassification(config).eval()
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
@@ -393,6 +423,40 @@ class Worker:
 
     def stop(self) -> None:
         stop_process_group(self.process)
+
+
+@dataclass
+class JobStack:
+    """Redis, one Celery worker and the API on loopback: the deployment with a broker."""
+
+    redis: RedisServer
+    worker: Worker  # the current one: a test may replace it (stop the old one first, or kill it)
+    api: Service
+    env: dict[str, str]  # what the API and the worker were started with (REDIS_URL included)
+    tmp: Path
+
+
+@contextmanager
+def job_stack(
+    tmp_path: Path, env: Mapping[str, str], worker_env: Mapping[str, str] | None = None, **redis_options: Any
+) -> Iterator[JobStack]:
+    """Start Redis (`redis_options`: password, tls, fsync_always), a worker (`env` and `worker_env`)
+    and the API (`env`); yield once all are ready; stop them all, whatever the test did. The API
+    runs one gunicorn worker unless `env` says otherwise, so that /ping's 200 means it is ready."""
+    redis = RedisServer(tmp_path, **redis_options)
+    redis.start()
+    full_env = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1", **env, "REDIS_URL": redis.url}
+    worker = Worker(tmp_path, {**full_env, **(worker_env or {})})
+    stack: JobStack | None = None
+    try:
+        with running_service(tmp_path, full_env) as api:
+            wait_healthy(api)
+            worker.wait_ready()
+            stack = JobStack(redis, worker, api, full_env, tmp_path)
+            yield stack
+    finally:
+        (stack.worker if stack is not None else worker).stop()
+        redis.stop()
 
 
 # ---- the built images (scripts/images.sh build) ------------------------------------------------

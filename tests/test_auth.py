@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import RedisServer, Service, Worker, run_cli, running_service, wait_healthy, wait_until
+from tests.support import (
+    Service,
+    job_stack,
+    run_cli,
+    running_service,
+    wait_healthy,
+    wait_until,
+)
 
 KEY_ONE = "k1-0123456789abcdef"
 KEY_TWO = "k2-fedcba9876543210"
@@ -92,29 +99,19 @@ def test_jobs_through_a_redis_that_needs_a_password_and_tls(
 ) -> None:
     """REDIS_URL redis://:password@... or rediss://...?ssl_cert_reqs=required&ssl_ca_certs=CA serves
     the broker, the result backend, the job records and the cache alike."""
-    redis = RedisServer(tmp_path, password="pw-0123456789", tls=tls)
-    redis.start()
     env = {
         "MODEL_DIR": str(tiny_model_dir),
-        "REDIS_URL": redis.url,
         "WORKER_CONCURRENCY": "1",
-        "SAGEMAKER_MODEL_SERVER_WORKERS": "1",  # so /ping's 200 means the API is ready
         "TORCH_THREADS": "1",
     }
-    worker = Worker(tmp_path, env)
-    try:
-        with running_service(tmp_path, env) as api:
-            wait_healthy(api)
-            worker.wait_ready()
-            response = api.post("/explanations", json={"data": "good film", "max_evals": 40})
-            assert response.status_code == 202, response.text
-            job_id = response.json()["id"]
+    with job_stack(tmp_path, env, password="pw-0123456789", tls=tls) as stack:
+        api = stack.api
+        response = api.post("/explanations", json={"data": "good film", "max_evals": 40})
+        assert response.status_code == 202, response.text
+        job_id = response.json()["id"]
 
-            def finished() -> bool:
-                return api.get(f"/explanations/{job_id}").json()["status"] in {"succeeded", "failed"}
+        def finished() -> bool:
+            return api.get(f"/explanations/{job_id}").json()["status"] in {"succeeded", "failed"}
 
-            wait_until(finished, 60, what="the job")
-            assert api.get(f"/explanations/{job_id}").json()["status"] == "succeeded"
-    finally:
-        worker.stop()
-        redis.stop()
+        wait_until(finished, 60, what="the job")
+        assert api.get(f"/explanations/{job_id}").json()["status"] == "succeeded"

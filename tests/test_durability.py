@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.support import RedisServer, Worker, running_service, wait_healthy, wait_until
+from tests.support import Worker, job_stack, wait_until
 
 TEXTS = [
     f"{opening} film, {verdict} acting."
@@ -20,48 +20,38 @@ TEXTS = [
 
 def test_jobs_answered_202_survive_a_redis_kill(sst2_dir: Path, tmp_path: Path) -> None:
     # The persistence the README and docker-compose.yml recommend: append-only, fsync every write.
-    redis = RedisServer(tmp_path, fsync_always=True)
-    redis.start()
     env = {
         "MODEL_DIR": str(sst2_dir),
-        "REDIS_URL": redis.url,
         "WORKER_CONCURRENCY": "1",
         "TORCH_THREADS": "1",
-        "SAGEMAKER_MODEL_SERVER_WORKERS": "1",  # so /ping's 200 means the API is ready
         "JOB_SOFT_TIME_LIMIT": "20",
         "JOB_TIME_LIMIT": "25",
         "JOB_VISIBILITY_TIMEOUT": "26",  # the killed worker's job is redelivered after this
         "EXPLANATION_CACHE_SIZE": "0",
     }
-    worker = Worker(tmp_path, env)
-    try:
-        with running_service(tmp_path, env) as api:
-            wait_healthy(api)
-            worker.wait_ready()
-            accepted = []
-            for text in TEXTS:
-                response = api.post("/explanations", json={"data": text, "max_evals": 64})
-                assert response.status_code == 202, response.text
-                accepted.append(response.json()["id"])
-            time.sleep(random.Random(7).uniform(0.0, 1.5))  # some jobs done, one running, most queued
-            redis.kill()
-            worker.kill()
-            redis.start()  # same port, same data directory
-            worker = Worker(tmp_path, env)
-            worker.wait_ready()
+    with job_stack(tmp_path, env, fsync_always=True) as stack:
+        api = stack.api
+        accepted = []
+        for text in TEXTS:
+            response = api.post("/explanations", json={"data": text, "max_evals": 64})
+            assert response.status_code == 202, response.text
+            accepted.append(response.json()["id"])
+        time.sleep(random.Random(7).uniform(0.0, 1.5))  # some jobs done, one running, most queued
+        stack.redis.kill()
+        stack.worker.kill()
+        stack.redis.start()  # same port, same data directory
+        stack.worker = Worker(tmp_path, stack.env)
+        stack.worker.wait_ready()
 
-            def all_finished() -> bool:
-                states = [api.get(f"/explanations/{job_id}").json().get("status") for job_id in accepted]
-                return all(state in {"succeeded", "failed", "cancelled"} for state in states)
+        def all_finished() -> bool:
+            states = [api.get(f"/explanations/{job_id}").json().get("status") for job_id in accepted]
+            return all(state in {"succeeded", "failed", "cancelled"} for state in states)
 
-            wait_until(all_finished, 180, interval=0.5, what="every accepted job to finish")
-            for text, job_id in zip(TEXTS, accepted, strict=True):
-                job = api.get(f"/explanations/{job_id}").json()
-                assert job["status"] == "succeeded", job
-                synchronous = api.post("/invocations", json={"data": text, "explain": True, "max_evals": 64})
-                values = np.array([list(d.values()) for _, d in job["result"]["explanation"]])
-                expected = np.array([list(d.values()) for _, d in synchronous.json()["explanation"]])
-                np.testing.assert_allclose(values, expected, atol=1e-6)
-    finally:
-        worker.stop()
-        redis.stop()
+        wait_until(all_finished, 180, interval=0.5, what="every accepted job to finish")
+        for text, job_id in zip(TEXTS, accepted, strict=True):
+            job = api.get(f"/explanations/{job_id}").json()
+            assert job["status"] == "succeeded", job
+            synchronous = api.post("/invocations", json={"data": text, "explain": True, "max_evals": 64})
+            values = np.array([list(d.values()) for _, d in job["result"]["explanation"]])
+            expected = np.array([list(d.values()) for _, d in synchronous.json()["explanation"]])
+            np.testing.assert_allclose(values, expected, atol=1e-6)

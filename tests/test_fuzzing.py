@@ -14,7 +14,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 
-from tests.support import RedisServer, Worker, running_service, wait_healthy
+from tests.support import job_stack, running_service, wait_healthy
 
 CASES_PER_OPERATION_AND_MODE = 130  # x (4 operations x 2 modes + /ping): ~1,000 cases per service
 # Small limits keep every generated request cheap on a 2-core machine; they are documented limits,
@@ -92,18 +92,8 @@ def test_fuzz_the_single_process_service(tiny_model_dir: Path, tmp_path: Path) -
 
 
 def test_fuzz_the_service_with_a_broker(tiny_model_dir: Path, tmp_path: Path) -> None:
-    redis = RedisServer(tmp_path)
-    redis.start()
-    env = {"MODEL_DIR": str(tiny_model_dir), "REDIS_URL": redis.url, "WORKER_CONCURRENCY": "1", **LIMITS}
-    env["SAGEMAKER_MODEL_SERVER_WORKERS"] = "1"  # so /ping's 200 means the API is ready
-    worker = Worker(tmp_path, env)
-    try:
-        with running_service(tmp_path, env) as service:
-            wait_healthy(service)
-            worker.wait_ready()
-            total = report(fuzz(service.url), service.log() + worker.log())
-            assert service.get("/ping").status_code == 200
-        assert total >= 1000
-    finally:
-        worker.stop()
-        redis.stop()
+    env = {"MODEL_DIR": str(tiny_model_dir), "WORKER_CONCURRENCY": "1", **LIMITS}
+    with job_stack(tmp_path, env) as stack:
+        total = report(fuzz(stack.api.url), stack.api.log() + stack.worker.log())
+        assert stack.api.get("/ping").status_code == 200
+    assert total >= 1000

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support import RedisServer, Service, Worker, running_service, wait_healthy, wait_until
+from tests.support import RedisServer, Service, Worker, job_stack, wait_until
 
 LONG_REVIEW = (
     "The first half of the film is a patient, beautifully shot character study , and the lead gives "
@@ -21,11 +21,8 @@ LONG_REVIEW = (
 def stack(sst2_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """Redis + one worker process (one pool process) + the API, all on loopback."""
     tmp = tmp_path_factory.mktemp("jobs")
-    redis = RedisServer(tmp)
-    redis.start()
     env = {
         "MODEL_DIR": str(sst2_dir),
-        "REDIS_URL": redis.url,
         "WORKER_CONCURRENCY": "1",
         "TORCH_THREADS": "1",
         # Short limits so the suite is quick: a dead worker's job is redelivered after 36 s
@@ -38,16 +35,8 @@ def stack(sst2_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         # Off: the async-vs-sync comparisons below must compute both sides, not read one from the other.
         "EXPLANATION_CACHE_SIZE": "0",
     }
-    stack = {"redis": redis, "worker": Worker(tmp, env), "env": env, "tmp": tmp}
-    try:
-        with running_service(tmp, env) as api:
-            wait_healthy(api)
-            stack["worker"].wait_ready()
-            stack["api"] = api
-            yield stack
-    finally:
-        stack["worker"].stop()  # the current one: a test may have replaced it
-        redis.stop()
+    with job_stack(tmp, env) as stack:
+        yield stack
 
 
 def poll(api: Service, job_id: str, until: set[str], timeout: float = 120) -> dict:
@@ -62,7 +51,7 @@ def poll(api: Service, job_id: str, until: set[str], timeout: float = 120) -> di
 
 
 def test_submit_poll_and_match_the_synchronous_explanation(stack) -> None:
-    api: Service = stack["api"]
+    api: Service = stack.api
     text = "I loved this film, the acting was superb."
     response = api.post("/explanations", json={"data": text, "seed": 11, "max_evals": 300})
     assert response.status_code == 202, response.text
@@ -89,9 +78,9 @@ def test_submit_poll_and_match_the_synchronous_explanation(stack) -> None:
 
 
 def test_invocations_async_returns_a_job(stack) -> None:
-    api: Service = stack["api"]
+    api: Service = stack.api
     response = api.post("/invocations", json={"data": ["good", "bad"], "explain": True, "async": True})
-    assert response.status_code == 202
+    assert response.status_code == 202, response.text
     job = response.json()
     assert len(job["prediction"]) == 2
     finished = poll(api, job["id"], {"succeeded"})
@@ -99,7 +88,7 @@ def test_invocations_async_returns_a_job(stack) -> None:
 
 
 def test_unknown_ids_are_404_not_pending_forever(stack) -> None:
-    api: Service = stack["api"]
+    api: Service = stack.api
     for job_id in ("0" * 32, "not-an-id"):
         response = api.get(f"/explanations/{job_id}")
         assert response.status_code == 404
@@ -107,7 +96,7 @@ def test_unknown_ids_are_404_not_pending_forever(stack) -> None:
 
 
 def test_bad_job_input_is_rejected_before_queueing(stack) -> None:
-    api: Service = stack["api"]
+    api: Service = stack.api
     for body in (
         {"data": []},
         {"data": "x", "max_evals": "many"},
@@ -129,12 +118,12 @@ def test_a_job_whose_publisher_died_is_published_by_the_sweeper(stack) -> None:
     from shared.results import Classification, LabelScore
     from shared.schemas import ExplainOptions
 
-    api: Service = stack["api"]
+    api: Service = stack.api
     text = "A stranded job that must still run."
     scores = [LabelScore(label="POSITIVE", score=0.5), LabelScore(label="NEGATIVE", score=0.5)]
     classified = Classification(prediction=scores, truncated=False)
     record = new_record("minilm-sst2", [text], True, ExplainOptions(max_evals=120), [classified])
-    RedisJobStore(redis_client(stack["redis"].url), 600).save_unpublished(record)
+    RedisJobStore(redis_client(stack.redis.url), 600).save_unpublished(record)
     assert api.get(f"/explanations/{record.id}").json()["status"] == "queued"
 
     finished = poll(api, record.id, {"succeeded", "failed"}, timeout=60)
@@ -148,7 +137,7 @@ def test_a_job_whose_publisher_died_is_published_by_the_sweeper(stack) -> None:
 def test_cancel_a_queued_and_a_running_job(stack) -> None:
     import requests
 
-    api: Service = stack["api"]
+    api: Service = stack.api
     running = api.post("/explanations", json={"data": LONG_REVIEW, "max_evals": 5000}).json()
     queued = api.post("/explanations", json={"data": "good", "max_evals": 50}).json()
     poll(api, running["id"], {"running"})
@@ -156,7 +145,7 @@ def test_cancel_a_queued_and_a_running_job(stack) -> None:
 
     cancelled = requests.delete(f"{api.url}/explanations/{queued['id']}", timeout=10)
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
-    loads_before = stack["worker"].log().count("loaded from")
+    loads_before = stack.worker.log().count("loaded from")
     cancelled = requests.delete(f"{api.url}/explanations/{running['id']}", timeout=10)
     assert cancelled.json()["status"] == "cancelled"
 
@@ -166,14 +155,14 @@ def test_cancel_a_queued_and_a_running_job(stack) -> None:
     started = time.monotonic()
     assert poll(api, after["id"], {"succeeded", "failed"})["status"] == "succeeded"
     assert time.monotonic() - started < 15
-    assert stack["worker"].log().count("loaded from") == loads_before
+    assert stack.worker.log().count("loaded from") == loads_before
     for job_id in (queued["id"], running["id"]):
         assert api.get(f"/explanations/{job_id}").json()["status"] == "cancelled"
     assert requests.delete(f"{api.url}/explanations/{'f' * 32}", timeout=10).status_code == 404
 
 
 def test_job_over_the_soft_time_limit_fails_cleanly(stack) -> None:
-    api: Service = stack["api"]
+    api: Service = stack.api
     job = api.post("/explanations", json={"data": LONG_REVIEW * 3, "max_evals": 5000}).json()
     finished = poll(api, job["id"], {"succeeded", "failed"}, timeout=120)
     assert finished["status"] == "failed"
@@ -183,16 +172,16 @@ def test_job_over_the_soft_time_limit_fails_cleanly(stack) -> None:
 
 
 def test_worker_killed_mid_job_the_job_still_succeeds(stack) -> None:
-    api: Service = stack["api"]
+    api: Service = stack.api
     text = LONG_REVIEW[:400]
     job = api.post("/explanations", json={"data": text, "max_evals": 600, "seed": 2}).json()
     poll(api, job["id"], {"running"})
-    stack["worker"].kill()  # SIGKILL to the whole worker, mid-job
+    stack.worker.kill()  # SIGKILL to the whole worker, mid-job
     time.sleep(1)
     assert api.get(f"/explanations/{job['id']}").json()["status"] in {"running", "queued"}
 
-    replacement = Worker(stack["tmp"], stack["env"])
-    stack["worker"] = replacement
+    replacement = Worker(stack.tmp, stack.env)
+    stack.worker = replacement
     replacement.wait_ready()
     finished = poll(api, job["id"], {"succeeded", "failed"}, timeout=120)
     assert finished["status"] == "succeeded", finished
@@ -205,8 +194,8 @@ def test_worker_killed_mid_job_the_job_still_succeeds(stack) -> None:
 
 
 def test_redis_outage_classification_survives_and_jobs_recover(stack) -> None:
-    api: Service = stack["api"]
-    redis: RedisServer = stack["redis"]
+    api: Service = stack.api
+    redis: RedisServer = stack.redis
     accepted = api.post("/explanations", json={"data": "kept across the outage", "max_evals": 50}).json()
     poll(api, accepted["id"], {"succeeded"})
     redis.stop()
@@ -232,11 +221,11 @@ def test_redis_outage_classification_survives_and_jobs_recover(stack) -> None:
 
 def test_a_threads_pool_runs_several_jobs_at_once_into_one_engine(stack) -> None:
     """WORKER_POOL=threads: one process, one model, WORKER_CONCURRENCY jobs at once."""
-    api: Service = stack["api"]
-    stack["worker"].stop()
-    env = dict(stack["env"], WORKER_POOL="threads", WORKER_CONCURRENCY="3", TORCH_THREADS="2")
-    threads_worker = Worker(stack["tmp"], env)
-    stack["worker"] = threads_worker
+    api: Service = stack.api
+    stack.worker.stop()
+    env = dict(stack.env, WORKER_POOL="threads", WORKER_CONCURRENCY="3", TORCH_THREADS="2")
+    threads_worker = Worker(stack.tmp, env)
+    stack.worker = threads_worker
     threads_worker.wait_ready()
     texts = ["I loved this film.", "A dull, lifeless plot.", "The acting was superb, the story thin."]
     jobs = [api.post("/explanations", json={"data": t, "max_evals": 200}).json() for t in texts]

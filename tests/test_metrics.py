@@ -8,7 +8,7 @@ from pathlib import Path
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import RedisServer, Worker, free_port, running_service, wait_healthy, wait_until
+from tests.support import free_port, job_stack, running_service, wait_healthy, wait_until
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -73,24 +73,16 @@ def test_every_gunicorn_worker_is_counted(tiny_model_dir: Path, tmp_path: Path) 
 
 
 def test_a_celery_worker_serves_its_own_metrics(tiny_model_dir: Path, tmp_path: Path) -> None:
-    redis = RedisServer(tmp_path)
-    redis.start()
     port = free_port()
-    env = {"MODEL_DIR": str(tiny_model_dir), "REDIS_URL": redis.url, "WORKER_CONCURRENCY": "1"}
-    worker = Worker(tmp_path, env | {"METRICS_PORT": str(port)})
-    try:
-        with running_service(tmp_path, env) as api:
-            wait_healthy(api)
-            assert total(scrape(api.url + "/metrics"), "clarion_jobs_pending") == 0  # read from the broker
-            worker.wait_ready()
-            job = api.post("/explanations", json={"data": "i loved this film .", "max_evals": 40}).json()
-            done = lambda: api.get(f"/explanations/{job['id']}").json()["status"] == "succeeded"  # noqa: E731
-            wait_until(done, 120, what="the job")
-            samples = scrape(f"http://127.0.0.1:{port}/metrics")
-            assert total(samples, "clarion_job_seconds_count") == 1
-            assert total(samples, "clarion_evaluations_total") > 2
-            assert total(samples, "clarion_forward_passes_total", priority="explain") > 0
-            assert total(samples, "clarion_build_info", model=tiny_model_dir.name) == 1
-    finally:
-        worker.stop()
-        redis.stop()
+    env = {"MODEL_DIR": str(tiny_model_dir), "WORKER_CONCURRENCY": "1"}
+    with job_stack(tmp_path, env, worker_env={"METRICS_PORT": str(port)}) as stack:
+        api = stack.api
+        assert total(scrape(api.url + "/metrics"), "clarion_jobs_pending") == 0  # read from the broker
+        job = api.post("/explanations", json={"data": "i loved this film .", "max_evals": 40}).json()
+        done = lambda: api.get(f"/explanations/{job['id']}").json()["status"] == "succeeded"  # noqa: E731
+        wait_until(done, 120, what="the job")
+        samples = scrape(f"http://127.0.0.1:{port}/metrics")
+        assert total(samples, "clarion_job_seconds_count") == 1
+        assert total(samples, "clarion_evaluations_total") > 2
+        assert total(samples, "clarion_forward_passes_total", priority="explain") > 0
+        assert total(samples, "clarion_build_info", model=tiny_model_dir.name) == 1
