@@ -14,6 +14,7 @@ from shared.model import TextModel, load_text_model
 from shared.onnx_backend import _check, onnx_exact
 from shared.service import ClarionService
 from shared.settings import Settings
+from tests.support import build_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,27 @@ def test_logits_equal_torchs_padded_or_not(tiny: TextModel, tmp_path: Path) -> N
         )
     finally:
         tiny.exact_runner = None
+
+
+def test_a_bert_gets_its_own_graph_and_other_models_transformers_module(
+    tiny: TextModel, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A BERT classifier is exported as Clarion's graph (eager attention, its last layer at [CLS]
+    only) and runs every width there; another architecture is exported as transformers' module and
+    its widest passes stay on torch. Both give torch's logits, padded or not."""
+    distilbert_dir = build_tiny_model(
+        tmp_path_factory.mktemp("distilbert"), ["a", "b"], architecture="distilbert"
+    )
+    distilbert = load_text_model(Settings(model_dir=str(distilbert_dir), torch_threads=1))
+    for model, graph, max_width in ((tiny, "-bert-", 1 << 30), (distilbert, "-module-", 384)):
+        cache = tmp_path / graph.strip("-")
+        runner = onnx_exact(model, cache, threads=1)
+        assert [p.name for p in (cache / "onnx").glob(f"*{graph}*.onnx")], graph
+        assert runner.max_width == max_width
+        rows = rows_of(model, ["the film was great", "bad", "i loved it , not very boring at all", "a"])
+        ids, attention = model.padded(rows)
+        expected = model.torch_forward(ids, attention, "exact")
+        np.testing.assert_allclose(runner(ids, attention), expected, atol=1e-5, rtol=0)
 
 
 def test_the_export_is_cached_and_a_damaged_one_is_replaced(tiny: TextModel, tmp_path: Path) -> None:
