@@ -165,7 +165,10 @@ class TextModel:
             rows = [*rows, *[rows[0]] * (count - wanted)]  # bucket fillers: copies, dropped below
         ids, attention = self.padded(rows, width)
         runner = self.exact_runner  # read once: a background load may set it between passes
-        if precision == "exact" and runner is not None and width <= runner.max_width:
+        # Without a half-precision path (a CPU without bf16) "fast" runs the fp32 weights: then it
+        # takes the exact runner too, or fast would be slower than exact.
+        fp32 = precision == "exact" or self._model_for(precision) is self.model
+        if fp32 and runner is not None and width <= runner.max_width:
             logits = runner(ids, attention)
         else:
             logits = self.torch_forward(ids, attention, precision)

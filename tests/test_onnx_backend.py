@@ -67,6 +67,25 @@ def test_a_bert_gets_its_own_graph_and_other_models_transformers_module(
         np.testing.assert_allclose(runner(ids, attention), expected, atol=1e-5, rtol=0)
 
 
+def test_fast_takes_the_exact_runner_where_it_has_no_half_precision(tiny: TextModel) -> None:
+    calls: list[int] = []
+
+    class Counting:
+        name, max_width = "onnxruntime", 1 << 30
+
+        def __call__(self, ids: np.ndarray, attention: np.ndarray) -> np.ndarray:
+            calls.append(len(ids))
+            return tiny.torch_forward(ids, attention, "exact")
+
+    tiny.exact_runner = Counting()
+    try:
+        tiny.forward(rows_of(tiny, ["good", "not good at all"]), "fast")
+    finally:
+        tiny.exact_runner = None
+    half_precision = tiny._model_for("fast") is not tiny.model  # bf16 on this CPU, or not
+    assert calls == ([] if half_precision else [2])
+
+
 def test_the_export_is_cached_and_a_damaged_one_is_replaced(tiny: TextModel, tmp_path: Path) -> None:
     onnx_exact(tiny, tmp_path, threads=1)
     (graph,) = (tmp_path / "onnx").glob("*.onnx")
