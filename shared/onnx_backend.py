@@ -42,11 +42,11 @@ TOLERANCE = 1e-4
 class OnnxExact:
     """Runs one padded pass (ids, attention) through an onnxruntime session; returns float32 logits.
 
-    Passes wider than `max_width` tokens stay on torch. Interleaved on this 2-core CPU (AVX2,
-    2 threads, onnxruntime 1.32, torch 2.13), per row, against torch: transformers' own export ran
-    1.64x faster at 32 rows of 24 tokens, 1.15x at 2 of 270 and 0.78-1.05x at one of 512, hence 384
-    for it; the BERT graph ran faster than that export at every length (1.11x at 24 tokens, 1.29x at
-    270, 1.51x at 512), so a BERT's passes all run here."""
+    Passes wider than `max_width` tokens stay on torch. Measured per row on this 2-core CPU (AVX2,
+    2 threads, onnxruntime 1.32, torch 2.13, minilm; backends alternated in blocks of 3 timed passes
+    after an untimed one, so that no runtime's spinning threads slow the next; 10 rounds, medians),
+    against torch: the BERT graph 1.67x faster at 32 rows of 24 tokens, 1.42x at 2 rows of 270,
+    1.35x at one row of 512; transformers' own export 1.43x, 0.98x and 0.77x, hence 384 for it."""
 
     name = "onnxruntime"
 
