@@ -119,30 +119,23 @@ def build_tiny_model(
         "label2id": {label: i for i, label in enumerate(labels)},
         "problem_type": problem_type,
     }
-    vocab_size = len(specials) + len(pieces)
-    if architecture == "distilbert":
-        model = DistilBertForSequenceClassification(
-            DistilBertConfig(
-                vocab_size=vocab_size,
-                dim=32,
-                n_layers=2,
-                n_heads=2,
-                hidden_dim=64,
-                max_position_embeddings=64,
-                **heads,
-            )
-        ).eval()
-    else:
-        config = BertConfig(
-            vocab_size=vocab_size,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
-            **heads,
-        )
-        model = BertForSequenceClassification(config).eval()
+    # (config, model, sizes): 2 layers of width 32, 2 heads, feed-forward 64, in each one's names
+    config_class, model_class, sizes = {
+        "bert": (
+            BertConfig,
+            BertForSequenceClassification,
+            {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
+        ),
+        "distilbert": (
+            DistilBertConfig,
+            DistilBertForSequenceClassification,
+            {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64},
+        ),
+    }[architecture]
+    config = config_class(
+        vocab_size=len(specials) + len(pieces), max_position_embeddings=64, **sizes, **heads
+    )
+    model = model_class(config).eval()
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
