@@ -88,8 +88,11 @@ def test_jobs_survive_a_killed_worker_and_a_restarted_redis(api: str) -> None:
         assert response.status_code == 202, response.text
         ids.append(response.json()["id"])
 
+    jobs: dict[str, dict] = {}
+
     def status(job_id: str) -> str:
-        return requests.get(f"{api}/explanations/{job_id}", timeout=10).json()["status"]
+        jobs[job_id] = requests.get(f"{api}/explanations/{job_id}", timeout=10).json()
+        return jobs[job_id]["status"]
 
     wait_until(lambda: any(status(i) == "running" for i in ids), 120, what="a running job")
     podman("kill", containers("worker")[0])
@@ -104,7 +107,7 @@ def test_jobs_survive_a_killed_worker_and_a_restarted_redis(api: str) -> None:
                 state = status(job_id)
             except (requests.RequestException, ValueError, KeyError):
                 continue  # Redis coming back: ask again
-            assert state not in {"failed", "cancelled"}, f"job {job_id} {state}"
+            assert state not in {"failed", "cancelled"}, f"job {job_id} {state}: {jobs[job_id]}"
             if state == "succeeded":
                 pending.discard(job_id)
         time.sleep(1)

@@ -219,6 +219,23 @@ def test_redis_outage_classification_survives_and_jobs_recover(stack) -> None:
     assert poll(api, job.json()["id"], {"succeeded", "failed"}, timeout=90)["status"] == "succeeded"
 
 
+def test_a_job_that_finishes_while_redis_is_away_still_succeeds(stack) -> None:
+    """The worker keeps trying to store the result until Redis is back, rather than failing a job it
+    has computed (worker/tasks.py: keep_trying_result_writes)."""
+    api: Service = stack.api
+    job = api.post("/explanations", json={"data": LONG_REVIEW, "max_evals": 300}).json()
+    poll(api, job["id"], {"running", "succeeded"})
+    log_before = len(stack.worker.log())
+    stack.redis.stop()
+    try:
+        wait_until(
+            lambda: "Retrying" in stack.worker.log()[log_before:], 90, what="the worker to retry its result"
+        )
+    finally:
+        stack.redis.start()  # same port, same append-only file
+    assert poll(api, job["id"], {"succeeded", "failed"}, timeout=120)["status"] == "succeeded"
+
+
 def test_a_threads_pool_runs_several_jobs_at_once_into_one_engine(stack) -> None:
     """WORKER_POOL=threads: one process, one model, WORKER_CONCURRENCY jobs at once."""
     api: Service = stack.api

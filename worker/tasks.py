@@ -8,7 +8,13 @@ import threading
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_ready
+from celery.signals import (
+    celeryd_init,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+)
 
 from shared import metrics
 from shared.engine import Ticket
@@ -27,6 +33,21 @@ _loading = threading.Lock()
 
 class JobFailed(Exception):
     """A job that cannot succeed (bad input, time limit); stored as the job's error, never retried."""
+
+
+# Backoff doubles from 10 ms up to 10 s a try (with jitter): 30 tries outlast a minute or more of
+# Redis being away.
+RESULT_WRITE_TRIES = 30
+
+
+@celeryd_init.connect
+def keep_trying_result_writes(conf: Any, **_: Any) -> None:
+    """A worker whose Redis restarts or fails over keeps trying to store a job's state and result
+    until it is back, instead of failing the job it has just computed with the connection error
+    (found by tests/test_compose.py: a job finished while Redis restarted). Only workers: the API
+    reads with one quick retry and answers 503, never hangs (worker/app.py)."""
+    conf.result_backend_always_retry = True
+    conf.result_backend_max_retries = RESULT_WRITE_TRIES
 
 
 @worker_init.connect
