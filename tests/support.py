@@ -220,16 +220,22 @@ def wait_until(check, timeout: float, interval: float = 0.2, what: str = "condit
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def pings_healthy(url: str, times: int = 10) -> bool:
+    """/ping answers 200 this many times in a row, each on a new connection: with several gunicorn
+    workers each connection may reach another one, and a worker still loading answers 503."""
+    try:
+        return all(requests.get(url + "/ping", timeout=2).status_code == 200 for _ in range(times))
+    except requests.RequestException:
+        return False
+
+
 def wait_healthy(service: Service, timeout: float = 120) -> float:
     started = time.monotonic()
 
     def healthy() -> bool:
         if service.process.poll() is not None:
             raise RuntimeError(f"service exited with {service.process.returncode}:\n{service.log()[-3000:]}")
-        try:
-            return requests.get(service.url + "/ping", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
+        return pings_healthy(service.url)
 
     wait_until(healthy, timeout, what=f"/ping on {service.url}\n{service.log()[-2000:]}")
     return time.monotonic() - started

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import REPO, free_port, image_exists, image_name, podman, wait_until
+from tests.support import REPO, free_port, image_exists, image_name, pings_healthy, podman, wait_until
 
 PROJECT = f"clarion-test-{os.getpid()}"
 # PyPI's podman-compose (dev requirements): Debian bookworm's 1.0.3 ignores --scale.
@@ -57,13 +57,7 @@ def api(sst2_dir: Path) -> Iterator[str]:
         up = compose(env, "up", "-d", "--scale", "worker=2")
         assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
 
-        def healthy() -> bool:
-            try:
-                return requests.get(url + "/ping", timeout=2).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_until(healthy, 300, what="the compose API's /ping")
+        wait_until(lambda: pings_healthy(url), 300, what="the compose API's /ping")
         yield url
     finally:
         compose(env, "down", "-v", "-t", "5")
