@@ -75,7 +75,7 @@ def onnx_exact(model: TextModel, cache_dir: str | Path, threads: int) -> OnnxExa
     path = Path(cache_dir) / "onnx" / name.replace("+", "_")
     exported = not path.is_file()
     if exported:
-        _export(model, path)
+        _export(model, path, bert)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -95,7 +95,7 @@ def onnx_exact(model: TextModel, cache_dir: str | Path, threads: int) -> OnnxExa
     return runner
 
 
-def _export(model: TextModel, path: Path) -> None:
+def _export(model: TextModel, path: Path, bert: bool) -> None:
     import torch
 
     ids = torch.full((2, 8), int(model.pad_token_id), dtype=torch.int64)
@@ -112,7 +112,7 @@ def _export(model: TextModel, path: Path) -> None:
         # background thread, and catch_warnings is not thread-safe.)
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", module=r"torch\.onnx")
-        module = _bert_logits(model.model) if _is_bert_classifier(model.model) else model.model
+        module = _bert_logits(model.model) if bert else model.model
         with torch.inference_mode():
             torch.onnx.export(
                 module,
