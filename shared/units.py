@@ -74,7 +74,7 @@ def text_units(
     if granularity == "word":
         for match in _DICTIONARY_SCRIPTS.finditer(text):
             piece_of_char[match.start()] = -2  # split by the tokenizer, below
-    of_token, spans = _units_of_tokens(offsets, keep, piece_of_char, len(pieces))
+    of_token, spans = _units_of_tokens(text, offsets, keep, piece_of_char, len(pieces))
     # Where each unit sits in the nesting (paragraph, sentence): the tree merges inside them first.
     starts = [[start for start, _ in level] for level in parents]
     paths = [tuple(_owner(level, start) for level in starts) for start, _ in spans]
@@ -98,15 +98,8 @@ def _split(text: str, separator: regex.Pattern) -> list[tuple[int, int]]:
 
 def _stripped(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """The spans without surrounding whitespace; empty ones dropped."""
-    out = []
-    for start, end in spans:
-        while start < end and text[start].isspace():
-            start += 1
-        while end > start and text[end - 1].isspace():
-            end -= 1
-        if start < end:
-            out.append((start, end))
-    return out
+    stripped = (stripped_span(text, start, end) for start, end in spans)
+    return [(start, end) for start, end in stripped if start < end]
 
 
 @lru_cache(maxsize=1)
@@ -149,9 +142,16 @@ def _label_chars(length: int, pieces: list[tuple[int, int]]) -> np.ndarray:
 
 
 def _units_of_tokens(
-    offsets: Sequence[tuple[int, int]], keep: np.ndarray, piece_of_char: np.ndarray, pieces: int
+    text: str, offsets: Sequence[tuple[int, int]], keep: np.ndarray, piece_of_char: np.ndarray, pieces: int
 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """Map tokens to units: a unit is the pieces its tokens cover, merged where a token spans two."""
+    """Map tokens to units: a unit is the pieces its tokens cover, merged where a token spans two.
+
+    Byte-level BPE and SentencePiece tokenizers (RoBERTa, DeBERTa-v3, ModernBERT) give offsets that
+    include the space before a word (`Ġmade` -> " made"), and stand-alone space tokens (`Ġ`, `▁`).
+    A token's span is taken without its surrounding whitespace, and a token of whitespace alone
+    goes with the word after it: the marker is the start of that word, as the tokenizer means it
+    (masking the word masks its marker; masking the word before must not). A unit's span is then
+    exactly its words' characters."""
     parent = list(range(pieces))
 
     def root(i: int) -> int:
@@ -160,9 +160,10 @@ def _units_of_tokens(
             i = parent[i]
         return i
 
+    spans_of_token = [stripped_span(text, start, end) for start, end in offsets]
     token_piece = np.full(len(offsets), -1, dtype=np.int64)
     extra = pieces  # tokens in dictionary scripts become pieces of their own
-    for t, (start, end) in enumerate(offsets):
+    for t, (start, end) in enumerate(spans_of_token):
         if keep[t] or end <= start:
             continue
         labels = piece_of_char[start:end]
@@ -171,17 +172,14 @@ def _units_of_tokens(
             token_piece[t], extra = extra, extra + 1
             continue
         found = [int(p) for p in np.unique(labels) if p >= 0]
-        if not found:  # a token of whitespace only: it belongs with the token before it
-            continue
         for other in found[1:]:
             parent[root(other)] = root(found[0])
-        token_piece[t] = found[0]
-    for t in range(len(offsets)):  # tokens without a piece of their own go with their neighbour
+        if found:
+            token_piece[t] = found[0]
+    for t in range(len(offsets)):  # whitespace (or empty) tokens go with the next word, else the last
         if token_piece[t] < 0 and not keep[t]:
-            neighbour = _nearest_piece(token_piece, t)
-            if neighbour >= 0:
-                token_piece[t] = neighbour
-    # Number the units in text order, by their first token.
+            token_piece[t] = _nearest_piece(token_piece, keep, t)
+    # Number the units in text order, by their first token; a unit spans its tokens' characters.
     unit_of_root: dict[int, int] = {}
     of_token = np.full(len(offsets), -1, dtype=np.int64)
     spans: list[list[int]] = []
@@ -191,16 +189,34 @@ def _units_of_tokens(
         r = root(int(piece))
         if r not in unit_of_root:
             unit_of_root[r] = len(spans)
-            spans.append([offsets[t][0], offsets[t][1]])
+            spans.append([len(text), 0])
         u = unit_of_root[r]
         of_token[t] = u
-        spans[u][0] = min(spans[u][0], offsets[t][0])
-        spans[u][1] = max(spans[u][1], offsets[t][1])
+        start, end = spans_of_token[t]
+        if end > start:  # a space marker adds no characters
+            spans[u][0] = min(spans[u][0], start)
+            spans[u][1] = max(spans[u][1], end)
     return of_token, [(start, end) for start, end in spans]
 
 
-def _nearest_piece(token_piece: np.ndarray, t: int) -> int:
-    for i in (*range(t - 1, -1, -1), *range(t + 1, len(token_piece))):
+def stripped_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """[start, end) without whitespace at either end; empty (end <= start) for whitespace alone."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
+def _nearest_piece(token_piece: np.ndarray, keep: np.ndarray, t: int) -> int:
+    """The piece of the next token that has one (within the text, not past a boundary token), else
+    of the previous one; -1 if no token has a piece."""
+    for i in range(t + 1, len(token_piece)):
+        if keep[i]:
+            break
+        if token_piece[i] >= 0:
+            return int(token_piece[i])
+    for i in range(t - 1, -1, -1):
         if token_piece[i] >= 0:
             return int(token_piece[i])
     return -1

@@ -144,7 +144,7 @@ def test_every_row_masks_whole_units(engine: Engine) -> None:
     encoded, job, _ = units_of(engine, text, "word")
     rng = np.random.default_rng(0)
     masks = rng.random((50, job.players)) < 0.5
-    for row, mask in zip(job.masked_ids(masks, engine.model.mask_token_id), masks, strict=True):
+    for row, mask in zip(job.masked_ids(masks, engine.model), masks, strict=True):
         for t, unit in enumerate(job.player_of_token):
             expected = encoded.ids[t] if unit < 0 or mask[unit] else engine.model.mask_token_id
             assert row[t] == expected

@@ -75,7 +75,7 @@ def test_masking_a_unit_masks_it_in_every_window(engine: Engine) -> None:
     shared = next(u for u, ws in windows_of_unit.items() if len(ws) > 1)  # a sentence two windows hold
     mask = np.ones((1, job.players), dtype=bool)
     mask[0, shared] = False
-    (document,) = job.masked_ids(mask, model.mask_token_id)
+    (document,) = job.masked_ids(mask, model)
     tokens = np.flatnonzero(job.player_of_token == shared)
     for w in windows_of_unit[shared]:
         start, end = encoded.windows[w]
@@ -111,7 +111,7 @@ def test_three_paragraphs_get_their_owen_values(engine: Engine) -> None:
     def value(kept: tuple[int, ...]) -> np.ndarray:
         mask = np.zeros((1, 3), dtype=bool)
         mask[0, list(kept)] = True
-        (document,) = job.masked_ids(mask, model.mask_token_id)
+        (document,) = job.masked_ids(mask, model)
         return model.outputs(model.forward(encoded.rows(document)), "logit").mean(axis=0)
 
     owen = _owen_three(value)
