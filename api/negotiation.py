@@ -47,6 +47,7 @@ _OPTION_TYPES: dict[str, str] = {
     "granularity": "str",
     "long_text": "str",
     "precision": "str",
+    "masking": "str",
     "labels": "labels",
 }
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import ClarionError, InvalidRequest
+from shared.masking import MASKINGS
 from shared.records import EMPTY, Record, csv_records, json_lines
 from shared.schemas import SeedBody, parse_model, text_problem
 from shared.settings import Settings, load_settings
@@ -264,6 +265,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--long-text", choices=["truncate", "windows"], default="truncate", help="texts longer than the model"
     )
     parser.add_argument("--output", choices=["probability", "logit"], default="probability")
+    parser.add_argument(
+        "--masking", choices=list(MASKINGS), default="tokens", help='"text": the seed\'s numbers (see docs)'
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chunk", type=int, default=8, help="texts explained together (default 8)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per call with --url")
@@ -279,6 +283,7 @@ def main(args: argparse.Namespace) -> int:
         "precision": args.precision,
         "long_text": args.long_text,
         "output": args.output,
+        "masking": args.masking,
         "seed": args.seed,
     }
     if args.max_evals is not None:

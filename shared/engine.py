@@ -261,6 +261,10 @@ class Engine:
             future.set_result(np.empty((0, len(self.model.labels)), dtype=np.float32))
             return future
         widths = {len(r) for r in rows}
+        if priority != CLASSIFY and len(widths) > 1:
+            # Explanation rows share a pass only with rows of their length (no padding), so rows of
+            # several lengths (masking "text" re-tokenizes) go in as one item per length.
+            return self._submit_by_width(rows, priority, precision, ticket)
         item = _Item(
             rows=rows,
             priority=priority,
@@ -271,8 +275,6 @@ class Engine:
             same_length=priority != CLASSIFY,
             future=future,
         )
-        if item.same_length and len(widths) > 1:
-            raise ValueError("rows of an explanation item must all have the same length")
         with self._cond:
             if self._stopped:
                 raise EngineStopped("the engine has stopped")
@@ -281,6 +283,38 @@ class Engine:
             self._waiting.sort(key=_queue_order)
             self._cond.notify()
         return future
+
+    def _submit_by_width(
+        self, rows: Sequence[np.ndarray], priority: int, precision: Precision, ticket: Ticket
+    ) -> Future:
+        """Submit rows of several lengths as one item per length; one future gets all their logits."""
+        positions: dict[int, list[int]] = {}
+        for i, row in enumerate(rows):
+            positions.setdefault(len(row), []).append(i)
+        parts = [
+            (where, self.submit([rows[i] for i in where], priority, precision, ticket))
+            for where in positions.values()
+        ]
+        combined: Future = Future()
+        logits = np.empty((len(rows), len(self.model.labels)), dtype=np.float32)
+        remaining = [len(parts)]
+        lock = threading.Lock()
+
+        def part_done(where: list[int], part: Future) -> None:
+            with lock:
+                if combined.done():
+                    return
+                if part.exception() is not None:
+                    combined.set_exception(part.exception())
+                    return
+                logits[where] = part.result()
+                remaining[0] -= 1
+                if remaining[0] == 0:
+                    combined.set_result(logits)
+
+        for where, part in parts:
+            part.add_done_callback(lambda f, where=where: part_done(where, f))
+        return combined
 
     def run(
         self,

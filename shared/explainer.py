@@ -19,15 +19,16 @@ import numpy as np
 
 from shared.engine import EXPLAIN, Engine, Ticket
 from shared.errors import InvalidRequest
+from shared.masking import token_segments
 from shared.model import EncodedText, TextModel
-from shared.owen import OwenSteps, owen_values, text_clustering, token_segments
+from shared.owen import OwenSteps, owen_values, text_clustering
 from shared.results import Explanation
 from shared.schemas import ExplainOptions
-from shared.units import text_units
+from shared.units import stripped_span, text_units
 
 # Bumped whenever a change to the algorithm (owen.py, units.py, this module) or to the Explanation
 # format could change a number or a field: cache entries of another version are never served.
-ALGORITHM_VERSION = 3
+ALGORITHM_VERSION = 4
 
 
 @dataclass
@@ -54,6 +55,8 @@ class _Job:
     asked: list[bytes] = field(default_factory=list)  # the rows in flight
     rows_run: int = 0
     rows_memoised: int = 0
+    # masking "text": the text's token substrings, from which each masked text is rebuilt
+    segments: list[str] | None = None
 
     def rows_needed(self, documents: list[np.ndarray]) -> list[np.ndarray]:
         """The model rows these (masked) documents need that this text has not run yet."""
@@ -83,12 +86,18 @@ class _Job:
             ]
         )
 
-    def masked_ids(self, masks: np.ndarray, mask_token_id: int) -> list[np.ndarray]:
-        """Token ids for masks over the players: a masked-out unit masks all its tokens."""
+    def masked_ids(self, masks: np.ndarray, model: TextModel) -> list[np.ndarray]:
+        """Token ids for masks over the players: a masked-out unit masks all its tokens, by its ids
+        (masking "tokens") or in the text, tokenized again (masking "text")."""
         present = np.ones((len(masks), len(self.encoded.ids)), dtype=bool)
         played = self.player_of_token >= 0
         present[:, played] = masks[:, self.player_of_token[played]]
-        return list(np.where(present | self.keep, self.encoded.ids, mask_token_id))
+        present |= self.keep
+        if self.segments is None:
+            return list(np.where(present, self.encoded.ids, model.mask_token_id))
+        masker = model.text_mask
+        texts = [masker.masked_text(self.segments, row) for row in present]
+        return [e.ids for e in model.encode(texts)]
 
 
 def explain_texts(
@@ -125,12 +134,13 @@ def explain_encoded(
             step(job)
             if job.pending is None:
                 return
-            documents = job.masked_ids(job.pending, model.mask_token_id)
+            documents = job.masked_ids(job.pending, model)
 
     try:
         for job in jobs:  # first the all-masked and unmasked documents: base value and model output
-            none = np.zeros((1, job.players), dtype=bool)
-            feed(job, [job.masked_ids(none, model.mask_token_id)[0], job.encoded.ids])
+            ends = np.zeros((2, job.players), dtype=bool)  # all masked, none masked
+            ends[1] = True
+            feed(job, job.masked_ids(ends, model))
         while in_flight:
             ticket.check()
             done, _ = wait(list(in_flight), timeout=ticket.wait_s(3600), return_when=FIRST_COMPLETED)
@@ -139,7 +149,7 @@ def explain_encoded(
                 job.received(future.result())  # the ticket's error, if the engine dropped the rows
                 step(job)
                 if job.pending is not None:
-                    feed(job, job.masked_ids(job.pending, model.mask_token_id))
+                    feed(job, job.masked_ids(job.pending, model))
     except BaseException:
         engine.cancel(ticket)  # drop the other texts' queued rounds
         raise
@@ -204,6 +214,7 @@ def _new_job(model: TextModel, encoded: EncodedText, options: ExplainOptions) ->
         spans=spans,
         clustering=clustering,
         label_indexes=[],
+        segments=token_segments(encoded.text, encoded.offsets) if options.masking == "text" else None,
     )
 
 
@@ -259,11 +270,14 @@ def _explanation(model: TextModel, job: _Job, options: ExplainOptions) -> Explan
         precision=options.precision,
         batch_size=options.batch_size,
         truncated=job.encoded.truncated,
+        masking=options.masking,
     )
 
 
 def _token_units(model: TextModel, job: _Job) -> tuple[list[str], list[tuple[int, int]]]:
-    """Token granularity: every token, the boundary ones ([CLS], [SEP]) by name at the text's edges."""
+    """Token granularity: every token, the boundary ones ([CLS], [SEP]) by name at the text's edges.
+    A token's text and span leave out the whitespace its offsets may hold (byte-level BPE and
+    SentencePiece tokens start with the space before their word): a space marker alone is empty."""
     text, offsets, ids = job.encoded.text, job.encoded.offsets, job.encoded.ids
     tokens, spans = [], []
     end_of_text = max((end for _, end in offsets), default=0)
@@ -273,6 +287,7 @@ def _token_units(model: TextModel, job: _Job) -> tuple[list[str], list[tuple[int
             edge = 0 if i < model.keep_prefix else end_of_text
             spans.append((edge, edge))
         else:
+            start, end = stripped_span(text, start, end)
             tokens.append(text[start:end])
             spans.append((start, end))
     return tokens, spans

@@ -6,17 +6,21 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
 
 from shared.errors import ModelLoadError
+from shared.masking import TextMask
 from shared.model_source import ModelLocation, resolve_model
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 Precision = Literal["exact", "fast"]
 LongText = Literal["truncate", "windows"]
+# What turns a head's logits into scores, as transformers' text-classification pipeline decides it.
+Activation = Literal["softmax", "sigmoid", "none"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ class TextModel:
     tokenizer: Any
     device: Any
     labels: list[str]
-    multi_label: bool
+    activation: Activation
     max_length: int
     mask_token_id: int
     pad_token_id: int
@@ -137,6 +141,11 @@ class TextModel:
             suffix=self.keep_suffix,
         )
 
+    @cached_property
+    def text_mask(self) -> TextMask:
+        """How masking "text" rebuilds a masked text for this tokenizer."""
+        return TextMask.of(self.tokenizer)
+
     @property
     def window_width(self) -> int:
         """Tokens per window, boundary tokens included: WINDOW_TOKENS, at most the maximum length."""
@@ -198,11 +207,17 @@ class TextModel:
     def exact_backend(self) -> str:
         return "torch" if self.exact_runner is None else self.exact_runner.name
 
+    @property
+    def multi_label(self) -> bool:
+        """Each label is scored on its own (sigmoid): several, or none, may be predicted."""
+        return self.activation == "sigmoid"
+
     def outputs(self, logits: np.ndarray, kind: Literal["probability", "logit"]) -> np.ndarray:
-        """Model outputs in the requested space: probabilities (softmax, or sigmoid when multi-label)."""
+        """Model outputs in the requested space: scores as the head's activation gives them
+        (softmax, sigmoid, or the raw value of a regression head), or the raw logits."""
         if kind == "logit":
             return logits.astype(np.float64)
-        return probabilities(logits, self.multi_label)
+        return scores(logits, self.activation)
 
     def _model_for(self, precision: Precision) -> Any:
         """The fp32 model, or for "fast" a half-precision copy made on first use (by the engine's
@@ -247,10 +262,22 @@ def _half_precision_copy(model: Any, device: Any) -> Any:
     return copy.deepcopy(model).to(dtype).eval()
 
 
-def probabilities(logits: np.ndarray, multi_label: bool) -> np.ndarray:
-    """Softmax per row for single-label models, element-wise sigmoid for multi-label ones."""
+def activation_of(config: Any) -> Activation:
+    """The activation transformers' text-classification pipeline applies to this head: none for
+    regression, sigmoid for multi-label or a single label, softmax otherwise."""
+    if config.problem_type == "regression":
+        return "none"
+    if config.problem_type == "multi_label_classification" or config.num_labels == 1:
+        return "sigmoid"
+    return "softmax"
+
+
+def scores(logits: np.ndarray, activation: Activation) -> np.ndarray:
+    """Softmax per row, element-wise sigmoid, or the logits as they are (float64)."""
     x = logits.astype(np.float64)
-    if multi_label:
+    if activation == "none":
+        return x
+    if activation == "sigmoid":
         return 1.0 / (1.0 + np.exp(-x))
     x = x - x.max(axis=-1, keepdims=True)
     e = np.exp(x)
@@ -299,11 +326,15 @@ def load_text_model(settings: Settings, threads: int | None = None) -> TextModel
             trust_remote_code=settings.trust_remote_code,
             local_files_only=local_only and settings.tokenizer is None,
         )
-        model = AutoModelForSequenceClassification.from_pretrained(
-            location.model_ref, trust_remote_code=settings.trust_remote_code, local_files_only=local_only
+        model, loading = AutoModelForSequenceClassification.from_pretrained(
+            location.model_ref,
+            trust_remote_code=settings.trust_remote_code,
+            local_files_only=local_only,
+            output_loading_info=True,
         )
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"could not load model {location.model_id}: {exc}") from None
+        raise ModelLoadError(f"could not load model {location.model_id}: {_load_error(exc)}") from None
+    _check_head(location.model_id, model, loading)
     if not getattr(tokenizer, "is_fast", False):
         raise ModelLoadError(f"tokenizer of {location.model_id} is not a fast tokenizer (offsets are needed)")
     device = select_device(settings.device)
@@ -318,7 +349,7 @@ def load_text_model(settings: Settings, threads: int | None = None) -> TextModel
         tokenizer=tokenizer,
         device=device,
         labels=labels,
-        multi_label=config.problem_type == "multi_label_classification",
+        activation=activation_of(config),
         max_length=_max_length(tokenizer, config),
         window_tokens=settings.window_tokens,
         mask_token_id=_mask_token_id(tokenizer),
@@ -336,6 +367,33 @@ def load_text_model(settings: Settings, threads: int | None = None) -> TextModel
         threads,
     )
     return text_model
+
+
+def _load_error(exc: Exception) -> str:
+    """transformers' reason, with the setting that lifts it where custom code is what it refused."""
+    message = str(exc).strip()
+    if "trust_remote_code" in message:
+        return (
+            "the model (or its tokenizer) needs its own code from the repository, which Clarion runs only "
+            f"with TRUST_REMOTE_CODE=true (transformers: {message.splitlines()[0]})"
+        )
+    return message
+
+
+def _check_head(model_id: str, model: Any, loading: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose classification head was not in its weights: transformers would
+    give it a random head and every score would be noise (a base model, or another task's head)."""
+    prefixes = {
+        name.split(".")[0]
+        for name, _ in model.named_parameters()
+        if not name.startswith(model.base_model_prefix + ".")
+    }
+    missing = sorted(k for k in loading.get("missing_keys", ()) if k.split(".")[0] in prefixes)
+    if missing:
+        raise ModelLoadError(
+            f"{model_id} has no trained sequence-classification head: its weights lack {', '.join(missing)} "
+            "(a base model or another task's checkpoint; Clarion serves fine-tuned classifiers)"
+        )
 
 
 def _fingerprint(location: ModelLocation, config: Any, tokenizer: Any) -> str:

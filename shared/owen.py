@@ -121,13 +121,6 @@ _SPACE_END = re.compile(r"^.*\W$")
 _LETTER_START = re.compile(r"^[A-Za-z]")
 
 
-def token_segments(text: str, offsets: Sequence[tuple[int, int]]) -> list[str]:
-    """The substring each token stands for, trailing whitespace included (as SHAP's Text masker)."""
-    parts = [text[offsets[i][0] : max(offsets[i][1], offsets[i + 1][0])] for i in range(len(offsets) - 1)]
-    parts.append(text[offsets[-1][0] : offsets[-1][1]])
-    return parts
-
-
 def text_clustering(segments: Sequence[str], sep_token: str | None) -> np.ndarray:
     """SHAP's hierarchical clustering of a text's tokens (`shap.maskers.Text.clustering`)."""
     tokens: list[str] = []

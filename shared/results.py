@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
+from shared.masking import Masking
+
 
 class _Result(BaseModel):
     # frozen: results are shared by caches; ignore: a record written by a newer version still reads.
@@ -56,6 +58,7 @@ class Explanation(_Result):
     precision: str
     truncated: bool
     batch_size: int | None = None  # SHAP's batch size (None only in entries from before it was kept)
+    masking: Masking = "tokens"
 
     def seed_pairs(self) -> list[tuple[str, dict[str, float]]]:
         """The seed's shape: `[[unit, {label: value, ...}], ...]`."""
@@ -78,6 +81,9 @@ class ExplanationParameters(_Result):
     seed: int
     precision: Literal["exact", "fast"]
     batch_size: int | None = Field(None, description="SHAP's batch size")
+    masking: Masking = Field(
+        "tokens", description="how masked tokens were masked: by id, or in the text then re-tokenized"
+    )
 
 
 class TextResult(_Result):
@@ -122,6 +128,7 @@ def text_response(
             seed=explanation.seed,
             precision=explanation.precision,
             batch_size=explanation.batch_size,
+            masking=explanation.masking,
             **_window_counts(explanation),
         ),
     )

@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from shared.errors import InvalidRequest
+from shared.masking import Masking
 from shared.settings import Settings
 
 Texts = str | list[str]
@@ -59,6 +60,13 @@ class ExplainOptions(_Strict):
     )
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
     precision: Literal["exact", "fast"] = "exact"
+    masking: Masking = Field(
+        "tokens",
+        description="How a token is masked: \"tokens\" replaces its id by the mask token's (SHAP's Text "
+        'masker with output_type="token_ids"); "text" replaces its characters by the mask token string '
+        "and tokenizes the masked text again (SHAP's default string masker: what "
+        "shap.Explainer(pipeline) computes). Truncated texts only (no long_text windows).",
+    )
     batch_size: Annotated[
         int | None,
         Field(
@@ -104,6 +112,8 @@ class ExplainOptions(_Strict):
             raise ValueError(
                 'long_text "windows" explains words, sentences or paragraphs: set granularity to one of them'
             )
+        if self.long_text == "windows" and self.masking == "text":
+            raise ValueError('masking "text" tokenizes each masked text as one row: no long_text "windows"')
         return self
 
     def cache_key(self) -> tuple[Any, ...]:
@@ -117,6 +127,7 @@ class ExplainOptions(_Strict):
             self.batch_size,
             self.granularity,
             self.long_text,
+            self.masking,
         )
 
 

@@ -153,6 +153,23 @@ def test_explanation_rows_of_different_lengths_never_share_a_pass(tiny: TextMode
     assert any(len(items) == 2 for _, items in recorder.passes)  # first and third went together
 
 
+def test_explanation_rows_of_several_lengths_come_back_in_order_unpadded(tiny: TextModel) -> None:
+    """masking "text" re-tokenizes each masked text, so one round holds rows of several lengths: the
+    engine runs each length in passes of its own and returns every row's logits in order."""
+    engine, recorder = engine_for(tiny)
+    rows = [e.ids for e in tiny.encode(["good film", TEXTS[4], "bad plot", "the plot was boring", "a"])]
+    try:
+        logits = engine.run(rows, EXPLAIN)
+        with pytest.raises(ExplanationTimeout):
+            engine.run(rows, EXPLAIN, ticket=Ticket(deadline=time.monotonic() - 1))
+    finally:
+        engine.stop()
+    assert engine.stats.padding == 0
+    assert len(recorder.passes) == len({len(r) for r in rows})  # one pass per length, nothing else
+    for row, got in zip(rows, logits, strict=True):
+        np.testing.assert_allclose(got, tiny.forward([row])[0], atol=1e-5)
+
+
 def test_expired_work_is_dropped_within_one_pass(tiny: TextModel) -> None:
     slow = SlowModel(tiny, pass_s=0.1)
     engine, recorder = engine_for(slow, PassLimits(rows=2, tokens=4096))

@@ -225,7 +225,8 @@ def run_owen(clustering, value_of, max_evals: int, batch_size: int, lookahead: i
 
 @pytest.mark.parametrize("max_evals", [30, 120, 5000])
 def test_lookahead_changes_the_passes_not_the_numbers(tiny: TextModel, max_evals: int) -> None:
-    from shared.owen import text_clustering, token_segments
+    from shared.masking import token_segments
+    from shared.owen import text_clustering
 
     encoded = tiny.encode([TEXTS[2]])[0]
     clustering = text_clustering(token_segments(encoded.text, encoded.offsets), "[SEP]")
