@@ -47,6 +47,16 @@ def test_explain_smoke(tmp_path: Path) -> None:
             assert summary[key] is not None and summary[key] > 0
 
 
+def test_families_smoke(tmp_path: Path) -> None:
+    (family,) = run_bench("families", tmp_path)["families"]
+    assert family["family"] == "roberta"
+    for cell in family["per_row"].values():
+        assert cell["torch_ms"] > 0 and cell["onnx_ms"] > 0
+    (text,) = family["texts"]
+    assert text["text_vs_seed"] < 1e-5  # masking "text" gives the seed's shap.Explainer(pipeline) numbers
+    assert text["exact_s"] > 0 and text["text_s"] > 0 and text["seed_s"] > 0
+
+
 def test_devices_smoke(tmp_path: Path) -> None:
     results = run_bench("devices", tmp_path)  # no GPU here: the CPU against itself at another pass size
     assert {r["kind"] for r in results["rows"]} == {"short", "long"}
