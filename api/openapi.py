@@ -204,7 +204,15 @@ def openapi_document() -> dict[str, Any]:
                         **_JOB_ERRORS,
                     },
                 },
-                "delete": {"summary": "cancel a job", "responses": {"200": _JOB, **_JOB_ERRORS}},
+                "delete": {
+                    "summary": "cancel a queued or running job (200: now cancelled); remove a finished one, "
+                    "record and result (204: a GET is then a 404)",
+                    "responses": {
+                        "200": _JOB,
+                        "204": {"description": "the finished job was removed"},
+                        **_JOB_ERRORS,
+                    },
+                },
             },
         },
         "components": {"schemas": dict(schemas["$defs"])},

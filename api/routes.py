@@ -188,9 +188,14 @@ def get_explanation(job_id: str) -> Any:
 
 
 @bp.delete("/explanations/<job_id>")
-def cancel_explanation(job_id: str) -> Any:
+def delete_explanation(job_id: str) -> Any:
+    """A queued or running job is cancelled (200, the job as it now is: cancelled); a finished one is
+    removed, record and result (204: a GET is a 404 from now on)."""
     _own_job(job_id)
-    return jsonify(body(_jobs().cancel(job_id).public()))
+    record = _jobs().delete(job_id)
+    if record is None:
+        return Response(status=204)
+    return jsonify(body(record.public()))
 
 
 def _submit(invocation: Invocation, classifications: list[Any]) -> Any:

@@ -80,6 +80,10 @@ class MemoryCache(Generic[T]):
             while len(self._items) > self._capacity:
                 self._items.popitem(last=False)
 
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
 
 def through_cache(
     cache: Cache[T], keys: Sequence[str], compute: Callable[[list[int]], list[T]], name: str = "cache"

@@ -73,7 +73,7 @@ def _worker(settings: Settings) -> None:
         "-m",
         "celery",
         "-A",
-        "worker.app:celery_app",
+        "worker.main:celery_app",
         "worker",
         f"--loglevel={settings.log_level}",
         f"--concurrency={settings.celery_concurrency}",

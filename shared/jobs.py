@@ -1,9 +1,12 @@
 """Explanation jobs: the record of every issued job id, and the inline (single-process) job runner.
 
-A job explains texts whose classification the API already returned. Its public body is
-`{"id", "status", "submitted_at", "finished_at", "prediction", "result" | "error"}` with status
-`queued | running | succeeded | failed | cancelled`. The Celery-backed queue lives in worker/queue.py;
-both keep a `JobRecord` per issued id, so an unknown id is a 404 and never "pending forever".
+A job explains texts whose classification the API already returned. Its status goes
+`queued -> running -> succeeded | failed`, or to `cancelled` from either of the first two. The API
+records a job before it publishes it and afterwards only reads it; the worker that runs the job is
+the only writer of its state and result (worker/tasks.py). A finished job never changes again
+(the store's compare-and-set), so a late redelivery cannot complete it twice. The Celery-backed
+queue lives in worker/queue.py; both keep a `JobRecord` per issued id, so an unknown id is a 404 and
+never "pending forever".
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class JobRecord:
     options: dict[str, Any]
     predictions: list[dict[str, Any]]
     status: str = QUEUED
+    started_at: str | None = None
     finished_at: str | None = None
     explanations: list[dict[str, Any]] | None = None
     error: dict[str, str] | None = None
@@ -84,6 +88,7 @@ class JobRecord:
             "status": self.status,
             "submitted_at": self.submitted_at,
             "finished_at": self.finished_at,
+            **({"started_at": self.started_at} if self.started_at else {}),
             "prediction": _shape(self.single, [c.prediction for c in classifications]),
         }
         if self.status == SUCCEEDED and self.explanations and len(self.explanations) == len(classifications):
@@ -130,7 +135,10 @@ class JobQueue(Protocol):
 
     def get(self, job_id: str) -> JobRecord: ...
 
-    def cancel(self, job_id: str) -> JobRecord: ...
+    def delete(self, job_id: str) -> JobRecord | None:
+        """Cancel a queued or running job (its record, now cancelled, is returned), or remove a
+        finished one, record and result (None: the job is gone, and its id a 404 from now on)."""
+        ...
 
     def pending(self) -> int | None: ...
 
@@ -153,6 +161,10 @@ class FolderJobRecords:
             return JobRecord.from_json((self._folder / f"{job_id}.json").read_bytes())
         except FileNotFoundError:
             return None
+
+    def delete(self, job_id: str) -> None:
+        if _JOB_ID.fullmatch(job_id):
+            (self._folder / f"{job_id}.json").unlink(missing_ok=True)
 
     def put(self, job_id: str, record: JobRecord) -> None:
         target = self._folder / f"{job_id}.json"
@@ -189,6 +201,7 @@ class InlineJobQueue:
     def submit(self, record: JobRecord) -> JobRecord:
         # Validated against the operator's limits when the request was decoded; not again here.
         options = ExplainOptions.model_construct(**record.options)
+        record.started_at = utc_now()
         explanations = self._explain(record.texts, options)
         record.explanations = [e.model_dump(mode="json") for e in explanations]
         record.status = SUCCEEDED
@@ -202,5 +215,7 @@ class InlineJobQueue:
             raise NotFound(f"no explanation job {job_id!r}")
         return record
 
-    def cancel(self, job_id: str) -> JobRecord:
-        return self.get(job_id)  # inline jobs are finished before their id is known
+    def delete(self, job_id: str) -> JobRecord | None:
+        self.get(job_id)  # a 404 for an unknown id
+        self._records.delete(job_id)  # inline jobs are finished before their id is known: removed
+        return None

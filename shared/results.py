@@ -170,6 +170,7 @@ class JobBody(_Result):
     id: str
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     submitted_at: str
+    started_at: str | None = Field(None, description="when a worker started it (absent while queued)")
     finished_at: str | None
     prediction: list[LabelScore] | list[list[LabelScore]]
     result: TextResult | list[TextResult] | None = Field(None, description="when succeeded")

@@ -150,7 +150,7 @@ def test_worker_image_runs_the_celery_worker_and_pings_its_own_node() -> None:
     ]
     assert _last(steps, "EXPOSE") is None
     health = _last(steps, "HEALTHCHECK") or ""
-    assert "worker.app:celery_app inspect ping" in health and "celery@$HOSTNAME" in health
+    assert "worker.main:celery_app inspect ping" in health and "celery@$HOSTNAME" in health
 
 
 def test_sagemaker_image_starts_the_api_on_docker_run_image_serve() -> None:

@@ -152,12 +152,22 @@ def test_cancel_a_queued_and_a_running_job(stack) -> None:
     # The running job's work stops within a pass (it would otherwise hold the only pool process
     # until its 30 s time limit), the pool process keeps its model, and takes the next job.
     after = api.post("/explanations", json={"data": "fine", "max_evals": 50}).json()
-    started = time.monotonic()
-    assert poll(api, after["id"], {"succeeded", "failed"})["status"] == "succeeded"
-    assert time.monotonic() - started < 15
+    finished = poll(api, after["id"], {"succeeded", "failed"})
+    assert finished["status"] == "succeeded"
+    wait_until(
+        lambda: f"job {running['id']} cancelled while it ran" in stack.worker.log(), 30, what="the stop"
+    )
     assert stack.worker.log().count("loaded from") == loads_before
     for job_id in (queued["id"], running["id"]):
         assert api.get(f"/explanations/{job_id}").json()["status"] == "cancelled"
+    assert (
+        f"job {running['id']}" in stack.worker.log()
+        and "Task clarion.explain[" + queued["id"] + "] succeeded" not in stack.worker.log()
+    )
+    # A finished job is removed by a DELETE, record and result: its id is gone.
+    for job_id in (queued["id"], after["id"]):
+        assert requests.delete(f"{api.url}/explanations/{job_id}", timeout=10).status_code == 204
+        assert api.get(f"/explanations/{job_id}").status_code == 404
     assert requests.delete(f"{api.url}/explanations/{'f' * 32}", timeout=10).status_code == 404
 
 
@@ -221,7 +231,7 @@ def test_redis_outage_classification_survives_and_jobs_recover(stack) -> None:
 
 def test_a_job_that_finishes_while_redis_is_away_still_succeeds(stack) -> None:
     """The worker keeps trying to store the result until Redis is back, rather than failing a job it
-    has computed (worker/tasks.py: keep_trying_result_writes)."""
+    has computed (worker/tasks.py: _write)."""
     api: Service = stack.api
     job = api.post("/explanations", json={"data": LONG_REVIEW, "max_evals": 300}).json()
     poll(api, job["id"], {"running", "succeeded"})
@@ -229,7 +239,9 @@ def test_a_job_that_finishes_while_redis_is_away_still_succeeds(stack) -> None:
     stack.redis.stop()
     try:
         wait_until(
-            lambda: "Retrying" in stack.worker.log()[log_before:], 90, what="the worker to retry its result"
+            lambda: "trying again" in stack.worker.log()[log_before:],
+            90,
+            what="the worker to retry its result",
         )
     finally:
         stack.redis.start()  # same port, same append-only file

@@ -1,30 +1,35 @@
-"""The Celery app, built from the same Settings object the API reads."""
+"""The Celery app, built from the Settings object its process was given.
+
+The worker process builds it once in `worker/main.py`; the API builds its own from the settings given
+to `create_app`, and only publishes to it, by task name. Celery keeps no results: each job's state and
+result live in the job store, written by the worker that runs it (shared/jobs.py).
+"""
 
 from __future__ import annotations
 
 from celery import Celery
 
-from shared.settings import Settings, load_settings
+from shared.settings import Settings
+
+EXPLAIN_TASK = "clarion.explain"  # the task a job runs, published by name (worker/tasks.py defines it)
+QUEUE = "celery"  # Celery's default queue: a Redis list of the jobs no worker has taken yet
 
 
 def create_celery_app(settings: Settings) -> Celery:
-    app = Celery("clarion", broker=settings.broker_url, backend=settings.result_backend_url)
+    app = Celery("clarion", broker=settings.broker_url)
     restore_every = max(1, min(10, settings.visibility_timeout_s // 2))
     app.conf.update(
         # JSON only: a pickle payload from a compromised broker would be code execution.
         task_serializer="json",
-        result_serializer="json",
         accept_content=["json"],
-        result_accept_content=["json"],
+        task_default_queue=QUEUE,
         # A job whose worker dies is redelivered: ack only after it finished, requeue on worker loss.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_track_started=True,
+        task_ignore_result=True,
         task_soft_time_limit=settings.job_soft_time_limit_s,
         task_time_limit=settings.job_time_limit_s,
-        result_expires=settings.job_result_ttl_s,
-        result_extended=True,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=2,
         broker_transport_options={
@@ -33,7 +38,6 @@ def create_celery_app(settings: Settings) -> Celery:
             "unacked_restore_throttle": 1,
             "socket_connect_timeout": 1,
         },
-        result_backend_transport_options={"socket_connect_timeout": 1, "retry_policy": {"max_retries": 1}},
         redis_socket_connect_timeout=1,
         redis_socket_timeout=5,
         # A new pool process loads and warms the model before it reports UP; the default 4 s is
@@ -42,9 +46,5 @@ def create_celery_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
-    app.conf.include = ["worker.tasks"]
     app.clarion_settings = settings  # type: ignore[attr-defined]
     return app
-
-
-celery_app = create_celery_app(load_settings())

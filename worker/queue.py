@@ -1,35 +1,23 @@
-"""The Celery-backed job queue the API uses when a broker is configured."""
+"""The Celery-backed job queue the API uses when a broker is configured: it records, publishes by
+task name, reads records and cancels. It never runs a job nor writes a job's progress or result."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from typing import Any
 
 import redis
-from celery.result import AsyncResult
 from kombu.exceptions import KombuError
 
 from shared.errors import JobBackendUnavailable, NotFound
 from shared.job_store import job_store_for
-from shared.jobs import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, SUCCEEDED, JobRecord, iso_utc, utc_now
+from shared.jobs import CANCELLED, FINISHED, QUEUED, JobRecord, utc_now
 from shared.settings import Settings
-from worker.app import celery_app
-from worker.tasks import explain_job
+from worker.app import EXPLAIN_TASK, QUEUE, create_celery_app
 
 log = logging.getLogger(__name__)
 _BACKEND_ERRORS = (redis.RedisError, KombuError, OSError, TimeoutError)
-_QUEUE = "celery"  # Celery's default queue: a Redis list of the jobs no worker has taken yet
-_STATUS_OF_STATE = {
-    "PENDING": QUEUED,
-    "RECEIVED": QUEUED,
-    "STARTED": RUNNING,
-    "RETRY": RUNNING,
-    "SUCCESS": SUCCEEDED,
-    "FAILURE": FAILED,
-    "REVOKED": CANCELLED,
-}
 
 
 class CeleryJobQueue:
@@ -39,13 +27,14 @@ class CeleryJobQueue:
     unpublished in the same transaction and the note is removed once the broker has the task, so a
     job whose API process died between the two, or whose publish failed, is found and published
     by the sweeper (`republish_stranded`) that every API process runs: an accepted job always
-    runs or fails visibly.
+    runs or fails visibly. A GET reads the record alone: what the worker last wrote.
     """
 
     asynchronous = True
 
     def __init__(self, settings: Settings) -> None:
         self._store = job_store_for(settings)
+        self._celery = create_celery_app(settings)  # from these settings: publish-only
         self._broker_url = settings.broker_url or ""
         # A publish takes milliseconds; the grace keeps a sweeper from racing a slow but live one.
         self.stranded_after_s = settings.job_publish_grace_s
@@ -65,7 +54,7 @@ class CeleryJobQueue:
         if not url.startswith(("redis://", "rediss://", "unix://")):
             return None
         try:
-            return int(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2).llen(_QUEUE))
+            return int(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2).llen(QUEUE))
         except _BACKEND_ERRORS:
             return None
 
@@ -86,61 +75,40 @@ class CeleryJobQueue:
         return count
 
     def _publish(self, record: JobRecord) -> None:
-        explain_job.apply_async(args=(record.texts, record.options), task_id=record.id, retry=False)
+        self._celery.send_task(
+            EXPLAIN_TASK, args=(record.texts, record.options), task_id=record.id, retry=False
+        )
         self._store.mark_published(record.id)
 
     def get(self, job_id: str) -> JobRecord:
         record = self._store.load(job_id)
         if record is None:
             raise NotFound(f"no explanation job {job_id!r}")
-        if record.status in FINISHED:
-            return record
-        try:
-            self._refresh(record, AsyncResult(job_id, app=celery_app))
-        except _BACKEND_ERRORS as exc:
-            raise JobBackendUnavailable(f"the job result store (Redis) is unavailable: {exc}") from None
-        if record.status in FINISHED and not self._store.save_unless_finished(record):
-            # Finished meanwhile (a DELETE won the race): the stored outcome stands.
-            return self._store.load(job_id) or record
         return record
 
-    def cancel(self, job_id: str) -> JobRecord:
+    def delete(self, job_id: str) -> JobRecord | None:
         record = self.get(job_id)
         if record.status in FINISHED:
-            return record
+            self._store.delete(job_id)
+            return None
         record.status = CANCELLED
         record.finished_at = utc_now()
         # The task checks this before it starts and, while it runs, between passes: its work stops
         # within one pass, and the pool process keeps its loaded model (no terminate).
-        if not self._store.save_unless_finished(record):
-            return self._store.load(job_id) or record  # it finished first: that outcome stands
+        if not self._store.save_unless_finished(record):  # it finished first: remove that outcome
+            self._store.delete(job_id)
+            return None
         try:
-            celery_app.control.revoke(job_id)
+            self._celery.control.revoke(job_id)
         except _BACKEND_ERRORS as exc:
             raise JobBackendUnavailable(f"the job queue (Redis) is unavailable: {exc}") from None
         return record
-
-    def _refresh(self, record: JobRecord, result: AsyncResult) -> None:
-        state = result.state
-        record.status = _STATUS_OF_STATE.get(state, QUEUED)
-        if record.status == SUCCEEDED:
-            record.explanations = result.result
-        elif record.status == FAILED:
-            record.error = {"code": "explanation_failed", "message": _failure_message(result.result)}
-        if record.status in FINISHED:
-            record.finished_at = iso_utc(result.date_done) if result.date_done is not None else utc_now()
 
     def _forget(self, job_id: str) -> None:
         try:
             self._store.delete(job_id)
         except JobBackendUnavailable:
             log.warning("could not remove the record of unpublished job %s", job_id)
-
-
-def _failure_message(error: Any) -> str:
-    if isinstance(error, BaseException):
-        return str(error) or type(error).__name__
-    return str(error)
 
 
 def start_sweeper(queue: CeleryJobQueue) -> threading.Thread:

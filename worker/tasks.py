@@ -1,15 +1,23 @@
-"""Celery tasks. Each worker process loads and warms its own model after the fork."""
+"""Celery tasks. Each worker process loads and warms its own model after the fork.
+
+The worker is the only writer of a job's state and result: it marks the job running, then
+succeeded (with its explanations) or failed (with the reason), each by a compare-and-set that leaves
+a finished job as it is (cancelled stays cancelled; a late redelivery of a job that another worker
+already finished writes nothing).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import (
-    celeryd_init,
     worker_init,
     worker_process_init,
     worker_process_shutdown,
@@ -18,36 +26,24 @@ from celery.signals import (
 
 from shared import metrics
 from shared.engine import Ticket
-from shared.errors import ClarionError, JobBackendUnavailable
+from shared.errors import ClarionError, JobBackendUnavailable, JobCancelled
 from shared.job_store import RedisJobStore, job_store_for
-from shared.jobs import CANCELLED
+from shared.jobs import CANCELLED, FAILED, FINISHED, RUNNING, SUCCEEDED, JobRecord, utc_now
 from shared.schemas import ExplainOptions, parse_model
 from shared.service import ClarionService
-from worker.app import celery_app
+from worker.app import EXPLAIN_TASK
+from worker.main import celery_app
 
 log = logging.getLogger(__name__)
 _service: ClarionService | None = None
 _store: RedisJobStore | None = None
 _loading = threading.Lock()
 
-
-class JobFailed(Exception):
-    """A job that cannot succeed (bad input, time limit); stored as the job's error, never retried."""
-
-
-# Backoff doubles from 10 ms up to 10 s a try (with jitter): 30 tries outlast a minute or more of
-# Redis being away.
-RESULT_WRITE_TRIES = 30
-
-
-@celeryd_init.connect
-def keep_trying_result_writes(conf: Any, **_: Any) -> None:
-    """A worker whose Redis restarts or fails over keeps trying to store a job's state and result
-    until it is back, instead of failing the job it has just computed with the connection error
-    (found by tests/test_compose.py: a job finished while Redis restarted). Only workers: the API
-    reads with one quick retry and answers 503, never hangs (worker/app.py)."""
-    conf.result_backend_always_retry = True
-    conf.result_backend_max_retries = RESULT_WRITE_TRIES
+# A job's state is written until Redis takes it: backoff doubles from 10 ms up to 10 s a try (with
+# jitter), so 30 tries outlast a minute or more of Redis being away (a restart, a failover) instead
+# of losing the job just computed (found by tests/test_compose.py: a job finished while Redis
+# restarted).
+STATE_WRITE_TRIES = 30
 
 
 @worker_init.connect
@@ -78,52 +74,96 @@ def load_model_for_threads(**_: Any) -> None:
 
 
 def _load_model() -> None:
-    global _service
+    global _service, _store
     with _loading:
         if _service is None:
-            _service = _loaded_service()
+            settings = celery_app.clarion_settings
+            _store = job_store_for(settings)
+            service = ClarionService(settings, threads=settings.celery_threads_per_process)
+            service.load()
+            service.explain(["warm up the explainer"], ExplainOptions(max_evals=16))
+            _service = service
 
 
-def _loaded_service() -> ClarionService:
-    global _store
-    settings = celery_app.clarion_settings
-    _store = job_store_for(settings)
-    service = ClarionService(settings, threads=settings.celery_threads_per_process)
-    service.load()
-    service.explain(["warm up the explainer"], ExplainOptions(max_evals=16))
-    return service
-
-
-def _cancelled(job_id: str) -> bool:
-    """Was the job cancelled before it started? Unknown (Redis blip) counts as not cancelled."""
+def _status(job_id: str) -> str | None:
+    """The job's stored status (None: no record). Unknown (Redis blip) counts as still running."""
     assert _store is not None
     try:
         record = _store.load(job_id)
     except JobBackendUnavailable:
-        return False
-    return record is not None and record.status == CANCELLED
+        return RUNNING
+    return None if record is None else record.status
 
 
-# throws: a failed job is an expected outcome (logged in one line), not a crash with a traceback.
-@celery_app.task(name="clarion.explain", bind=True, throws=(JobFailed,))
-def explain_job(self: Any, texts: list[str], options: dict[str, Any]) -> list[dict[str, Any]]:
+def _write(job_id: str, change: Callable[[JobRecord], None]) -> bool:
+    """Apply `change` to the stored record unless it is finished (or gone); keep trying while Redis
+    is away. Say whether it was written."""
+    assert _store is not None
+    for attempt in range(STATE_WRITE_TRIES):
+        try:
+            record = _store.load(job_id)
+            if record is None or record.status in FINISHED:
+                return False
+            change(record)
+            return _store.save_unless_finished(record)
+        except JobBackendUnavailable as exc:
+            if attempt == STATE_WRITE_TRIES - 1:
+                raise
+            delay = min(10.0, 0.01 * 2**attempt) * random.uniform(0.5, 1.0)
+            log.warning(
+                "job %s: the job store is unavailable (%s); trying again in %.2fs", job_id, exc, delay
+            )
+            time.sleep(delay)
+    return False
+
+
+def _started(record: JobRecord) -> None:
+    record.status, record.started_at = RUNNING, utc_now()
+
+
+@celery_app.task(name=EXPLAIN_TASK, bind=True)
+def explain_job(self: Any, texts: list[str], options: dict[str, Any]) -> None:
     """Explain `texts`: the same `ClarionService.explain` the single-process API calls."""
     if _service is None:  # the threads pool while it loads, or the solo pool
         _load_model()
     assert _service is not None
     job_id = self.request.id
-    if _cancelled(job_id):
-        return []
+    if not _write(job_id, _started):  # cancelled, finished by an earlier delivery, or expired
+        log.info("job %s: not run (%s)", job_id, _status(job_id) or "no record")
+        return
     limit = _service.settings.job_soft_time_limit_s
     timeout_message = f"the explanation exceeded the time limit ({limit}s)"
     # The engine stops the job's work within one pass of its soft limit or of a DELETE (polled
     # here, in the task's thread), without killing the process and its loaded model.
-    ticket = Ticket.within(limit, timeout_message, cancelled_by=lambda: _cancelled(job_id))
+    ticket = Ticket.within(limit, timeout_message, cancelled_by=lambda: _status(job_id) == CANCELLED)
     try:
         parsed = parse_model(ExplainOptions, options, _service.settings)
         with metrics.JOB_SECONDS.time():
-            return [e.model_dump(mode="json") for e in _service.explain(texts, parsed, ticket)]
+            explanations = [e.model_dump(mode="json") for e in _service.explain(texts, parsed, ticket)]
+    except JobCancelled:
+        log.info("job %s cancelled while it ran: its work stopped", job_id)
+        return  # the DELETE wrote the outcome
     except SoftTimeLimitExceeded:
-        raise JobFailed(timeout_message) from None
+        _failed(job_id, timeout_message)
+        return
     except ClarionError as exc:
-        raise JobFailed(exc.message) from None
+        _failed(job_id, exc.message)
+        return
+    except Exception as exc:  # a bug or a library error: the job fails visibly, the worker goes on
+        log.exception("job %s failed", job_id)
+        _failed(job_id, f"{type(exc).__name__}: {exc}")
+        return
+
+    def succeeded(record: JobRecord) -> None:
+        record.status, record.explanations, record.finished_at = SUCCEEDED, explanations, utc_now()
+
+    _write(job_id, succeeded)
+
+
+def _failed(job_id: str, message: str) -> None:
+    def failed(record: JobRecord) -> None:
+        record.status, record.finished_at = FAILED, utc_now()
+        record.error = {"code": "explanation_failed", "message": message}
+
+    log.info("job %s failed: %s", job_id, message)
+    _write(job_id, failed)
