@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 7's checks on a lent GPU machine (the `device` tool; CI never runs this). In one call, the
+# The GPU checks of docs/benchmarks.md, on a machine with a GPU (CI never runs this). In one call, the
 # steps named as arguments (default: devices explain load):
 #   devices         - the same explanations on its CPU and its GPU: the largest difference (target 1e-4)
 #   explain         - the seed's approach against Clarion, both on the GPU

@@ -19,7 +19,7 @@ TEXTS = [
 
 
 def test_jobs_answered_202_survive_a_redis_kill(sst2_dir: Path, tmp_path: Path) -> None:
-    # The persistence the README and docker-compose.yml recommend: append-only, fsync every write.
+    # The persistence docs/api.md and docker-compose.yml recommend: append-only, fsync every write.
     env = {
         "MODEL_DIR": str(sst2_dir),
         "WORKER_CONCURRENCY": "1",
