@@ -10,17 +10,17 @@ from api.errors import register_error_handlers
 from api.routes import bp, request_ticket
 from shared.jobs import FolderJobRecords, InlineJobQueue, JobQueue
 from shared.service import ClarionService
-from shared.settings import Settings, load_settings
+from shared.settings import Settings
 
 
 def create_app(
-    settings: Settings | None = None,
+    settings: Settings,
     service: ClarionService | None = None,
     jobs: JobQueue | None = None,
     load_model: bool = True,
 ) -> Flask:
-    """Build the app. The model loads in a background thread so /ping can say 503 meanwhile."""
-    settings = settings or load_settings()
+    """Build the app from the settings its process built. The model loads in a background thread so
+    /ping can say 503 meanwhile."""
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     service = service or ClarionService(settings)
     app = Flask(__name__)

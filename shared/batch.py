@@ -27,7 +27,7 @@ from shared.errors import ClarionError, InvalidRequest
 from shared.masking import MASKINGS
 from shared.records import EMPTY, Record, csv_records, json_lines
 from shared.schemas import SeedBody, parse_model, text_problem
-from shared.settings import Settings, load_settings
+from shared.settings import Settings
 
 
 class ServerFailure(ClarionError):
@@ -273,8 +273,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per call with --url")
 
 
-def main(args: argparse.Namespace) -> int:
-    settings = load_settings()
+def main(args: argparse.Namespace, settings: Settings) -> int:
     labels = args.labels if args.labels in ("all", "predicted") else args.labels.split(",")
     parameters: dict[str, Any] = {
         "explain": True,

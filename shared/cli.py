@@ -8,6 +8,7 @@ unreachable bucket stops start-up with one clear line. No torch work happens bef
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -42,11 +43,10 @@ def _serve(settings: Settings) -> None:
     _prepare(settings, settings.threads_per_worker)
     _metrics_folder("api")
     if not settings.jobs_are_async and settings.inline_jobs_dir is None:
-        # One folder per server, shared by its gunicorn workers (they read the environment after
-        # the fork), so a job run by one worker is found by all.
+        # One folder per server, shared by its gunicorn workers, so a job run by one is found by all.
         import tempfile
 
-        os.environ["INLINE_JOBS_DIR"] = tempfile.mkdtemp(prefix="clarion-jobs-")
+        settings = dataclasses.replace(settings, inline_jobs_dir=tempfile.mkdtemp(prefix="clarion-jobs-"))
     mode = "single-process" if not settings.jobs_are_async else "async jobs via Celery"
     print(
         f"clarion: serving on {settings.host}:{settings.port}, {settings.worker_count} worker(s) x "
@@ -54,11 +54,11 @@ def _serve(settings: Settings) -> None:
         file=sys.stderr,
         flush=True,
     )
-    # gunicorn runs in this process (no second interpreter start: cold start matters on serverless).
-    from gunicorn.app.wsgiapp import run
+    # gunicorn runs in this process (no second interpreter start: cold start matters on serverless),
+    # with these settings: its workers build their apps from them after the fork.
+    from api.server import Server
 
-    sys.argv = ["gunicorn", "-c", "python:api.gunicorn_conf", "api.wsgi:app"]
-    run()
+    Server(settings).run()
 
 
 def _worker(settings: Settings) -> None:
@@ -127,9 +127,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     try:
+        settings = load_settings()  # the one reading of the environment in this process
         if args.command == "explain":
-            sys.exit(batch.main(args))
-        settings = load_settings()
+            sys.exit(batch.main(args, settings))
         {"serve": _serve, "worker": _worker, "config": _show_config}[args.command](settings)
     except ClarionError as exc:
         print(f"clarion: {exc.message}", file=sys.stderr)

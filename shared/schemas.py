@@ -24,6 +24,7 @@ from shared.settings import Settings
 
 Texts = str | list[str]
 DEFAULT_MAX_EVALS = 500
+SHAP_TEXT_BATCH_SIZE = 5  # shap.maskers.Text's default_batch_size
 
 
 class _Strict(BaseModel):
@@ -82,7 +83,9 @@ class ExplainOptions(_Strict):
     @field_validator("batch_size")
     @classmethod
     def _default_batch_size(cls, value: int | None, info: ValidationInfo) -> int:
-        settings = _settings(info)
+        settings = _operator_settings(info)
+        if settings is None:  # built in code (tests, a warm-up): SHAP's default, no operator limit
+            return SHAP_TEXT_BATCH_SIZE if value is None else value
         if value is None:
             return settings.explain_batch_size
         if value > settings.explain_batch_size_limit:
@@ -92,7 +95,10 @@ class ExplainOptions(_Strict):
     @field_validator("max_evals")
     @classmethod
     def _cap_max_evals(cls, value: int | None, info: ValidationInfo) -> int:
-        limit = _settings(info).max_evals_limit
+        settings = _operator_settings(info)
+        if settings is None:  # built in code: the documented default, no operator limit
+            return DEFAULT_MAX_EVALS if value is None else value
+        limit = settings.max_evals_limit
         if value is None:  # the default, within the operator's limit (checked here, not by the worker)
             return min(DEFAULT_MAX_EVALS, limit)
         if value > limit:
@@ -131,10 +137,22 @@ class ExplainOptions(_Strict):
         )
 
 
+def _operator_settings(info: ValidationInfo) -> Settings | None:
+    """The settings a request is validated against (parse_model passes them); None for options
+    built in code."""
+    settings = (info.context or {}).get("settings")
+    return settings if isinstance(settings, Settings) else None
+
+
 def _settings(info: ValidationInfo) -> Settings:
-    context = info.context or {}
-    settings = context.get("settings")
-    return settings if isinstance(settings, Settings) else Settings()
+    """The settings a request body is validated against: bodies come from clients, so their limits
+    always apply, and validating one without them is a programming error, never a silent default."""
+    settings = _operator_settings(info)
+    if settings is None:
+        raise TypeError(
+            "a request body is validated with its settings: use parse_model(schema, data, settings)"
+        )
+    return settings
 
 
 def _check_texts(value: Texts, info: ValidationInfo) -> Texts:

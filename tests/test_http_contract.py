@@ -109,6 +109,7 @@ def test_explain_parameters_are_applied(service: Service) -> None:
         "seed": 3,
         "precision": "exact",
         "batch_size": 5,
+        "masking": "tokens",
     }
     assert isinstance(evaluations, int) and 2 < evaluations <= 10
     assert set(body["model_output"]) == {"positive"}
