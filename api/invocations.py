@@ -48,15 +48,10 @@ class Call:
         records is never refused for its size alone."""
         service, model_id = self.service, self.service.model.model_id
         out: list[dict[str, Any]] = []
+        options = parameters.explain_options() if parameters.explain else None
         for chunk in _chunks(texts, self.settings.max_texts):
-            classifications = service.classify(chunk, self.ticket, parameters.long_text)
-            explanations: list[Any] = [None] * len(chunk)
-            if parameters.explain:
-                explanations = service.explain(chunk, parameters.explain_options(), self.ticket)
-            out += [
-                body(text_response(c, e, model_id))
-                for c, e in zip(classifications, explanations, strict=True)
-            ]
+            predictions = service.predict(chunk, parameters.long_text, options, self.ticket)
+            out += [body(text_response(p.classification, p.explanation, model_id)) for p in predictions]
         return out
 
     def clarify(self, texts: Sequence[str], request: Request) -> dict[str, Any]:
@@ -66,18 +61,18 @@ class Call:
         parameters = parse_model(InvocationParameters, clarify_options(settings), settings)
         labels = service.model.labels
         scores = [
-            scores_by_label(c, labels)
+            scores_by_label(p.classification, labels)
             for chunk in _chunks(texts, settings.max_texts)
-            for c in service.classify(chunk, self.ticket, parameters.long_text)
+            for p in service.predict(chunk, parameters.long_text, None, self.ticket)
         ]
         wanted = records_to_explain(
             request.headers.get(ENABLE_HEADER, settings.clarify_enable_explanations), scores
         )
         chosen = [text for text, explain in zip(texts, wanted, strict=True) if explain]
         explained = iter(
-            e
+            p.explanation
             for chunk in _chunks(chosen, settings.max_texts)
-            for e in service.explain(chunk, parameters.explain_options(), self.ticket)
+            for p in service.predict(chunk, parameters.long_text, parameters.explain_options(), self.ticket)
         )
         explanations = [next(explained) if explain else None for explain in wanted]
         return clarify_body(label_headers(settings, labels), labels, scores, explanations)

@@ -128,12 +128,8 @@ def in_process(parameters: dict[str, Any], settings: Settings) -> Explain:
     check_options(model, options)  # unknown labels stop the run now, not line by line
 
     def explain(texts: list[str]) -> list[dict[str, Any]]:
-        classifications = service.classify(texts, long_text=options.long_text)
-        explanations = service.explain(texts, options)
-        return [
-            body(text_response(c, e, model.model_id))
-            for c, e in zip(classifications, explanations, strict=True)
-        ]
+        predictions = service.predict(texts, options.long_text, options)
+        return [body(text_response(p.classification, p.explanation, model.model_id)) for p in predictions]
 
     return explain
 

@@ -1,4 +1,4 @@
-"""Classify a batch of texts: every label scored, sorted by score, truncation reported."""
+"""Classify texts: every label scored, sorted by score, truncation reported."""
 
 from __future__ import annotations
 
@@ -7,36 +7,45 @@ from collections.abc import Sequence
 import numpy as np
 
 from shared.engine import CLASSIFY, Engine, Ticket
-from shared.model import EncodedText, LongText
+from shared.model import EncodedText, LongText, TextModel
 from shared.results import Classification, LabelScore
+
+
+def run_unmasked(
+    engine: Engine, encoded: Sequence[EncodedText], ticket: Ticket | None = None
+) -> list[np.ndarray]:
+    """The logits of each text's rows as it is (one row, or a windowed document's windows), in one
+    submission whose rows go first in the engine's next pass."""
+    if not encoded:
+        return []
+    rows_of = [e.rows(e.ids) for e in encoded]
+    logits = engine.run([row for rows in rows_of for row in rows], CLASSIFY, "exact", ticket or Ticket())
+    out, start = [], 0
+    for rows in rows_of:
+        out.append(logits[start : start + len(rows)])
+        start += len(rows)
+    return out
+
+
+def classification_of(model: TextModel, encoded: EncodedText, logits: np.ndarray) -> Classification:
+    """A text's classification from the logits of its rows."""
+    scores = model.document_outputs(encoded, logits, "probability")
+    order = np.argsort(-scores, kind="stable")
+    return Classification(
+        prediction=[LabelScore(label=model.labels[i], score=float(scores[i])) for i in order],
+        truncated=encoded.truncated,
+    )
 
 
 def classify_encoded(
     engine: Engine, encoded: Sequence[EncodedText], ticket: Ticket | None = None
 ) -> list[Classification]:
-    """Score already-encoded texts; their rows go first in the engine's next pass."""
-    if not encoded:
-        return []
-    model = engine.model
-    rows_of = [e.rows(e.ids) for e in encoded]  # a windowed document: one row per window
-    logits = engine.run([row for rows in rows_of for row in rows], CLASSIFY, "exact", ticket or Ticket())
-    results, start = [], 0
-    for e, rows in zip(encoded, rows_of, strict=True):
-        scores = model.document_outputs(e, logits[start : start + len(rows)], "probability")
-        results.append(_classification(model.labels, scores, e.truncated))
-        start += len(rows)
-    return results
+    """Score already-encoded texts."""
+    logits = run_unmasked(engine, encoded, ticket)
+    return [classification_of(engine.model, e, rows) for e, rows in zip(encoded, logits, strict=True)]
 
 
 def classify(
     engine: Engine, texts: Sequence[str], ticket: Ticket | None = None, long_text: LongText = "truncate"
 ) -> list[Classification]:
     return classify_encoded(engine, engine.model.encode(texts, long_text), ticket)
-
-
-def _classification(labels: list[str], scores: np.ndarray, truncated: bool) -> Classification:
-    order = np.argsort(-scores, kind="stable")
-    return Classification(
-        prediction=[LabelScore(label=labels[i], score=float(scores[i])) for i in order],
-        truncated=truncated,
-    )

@@ -107,14 +107,23 @@ def explain_texts(
 
 
 def explain_encoded(
-    engine: Engine, encoded: Sequence[EncodedText], options: ExplainOptions, ticket: Ticket | None = None
+    engine: Engine,
+    encoded: Sequence[EncodedText],
+    options: ExplainOptions,
+    ticket: Ticket | None = None,
+    unmasked: Sequence[np.ndarray] | None = None,
 ) -> list[Explanation]:
-    """Explain every text. The ticket's deadline or cancellation stops the work within one pass
-    (its error is raised here, and the engine drops the rows still queued)."""
+    """Explain every text. `unmasked`: the logits of each text's rows as it is, when they already
+    ran (to classify it): they are not run again. The ticket's deadline or cancellation stops the
+    work within one pass (its error is raised here, and the engine drops the rows still queued)."""
     model = engine.model
     ticket = ticket or Ticket()
     requested = _requested_label_indexes(model, options)  # unknown labels fail before any work
     jobs = [_new_job(model, e, options) for e in encoded]
+    for job, logits in zip(jobs, unmasked or (), strict=False):
+        job.memo.update(
+            zip((row.tobytes() for row in job.encoded.rows(job.encoded.ids)), logits, strict=True)
+        )
     in_flight: dict[Future, _Job] = {}
 
     def step(job: _Job) -> None:

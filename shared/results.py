@@ -66,6 +66,13 @@ class Explanation(_Result):
         return [(unit, {label: values[label][i] for label in labels}) for i, unit in enumerate(self.units)]
 
 
+class Prediction(_Result):
+    """One text's answer: its classification, and its explanation when one was asked for."""
+
+    classification: Classification
+    explanation: Explanation | None = None
+
+
 class ExplanationParameters(_Result):
     output: Literal["probability", "logit"]
     granularity: Literal["token", "word", "sentence", "paragraph"] = "token"

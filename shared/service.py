@@ -10,6 +10,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from shared import metrics
 from shared.cache import (
     Cache,
@@ -21,13 +23,13 @@ from shared.cache import (
     explanation_key,
     through_cache,
 )
-from shared.classifier import classify_encoded
+from shared.classifier import classification_of, run_unmasked
 from shared.engine import Engine, Ticket, pass_limits_for
 from shared.errors import ClarionError, ModelNotReady
 from shared.explainer import explain_encoded
-from shared.model import LongText, TextModel, load_text_model
+from shared.model import EncodedText, LongText, TextModel, load_text_model
 from shared.onnx_backend import onnx_exact
-from shared.results import Classification, Explanation, Health
+from shared.results import Classification, Explanation, Health, Prediction
 from shared.schemas import ExplainOptions
 from shared.settings import Settings
 
@@ -133,34 +135,67 @@ class ClarionService:
 
     # ---- work ---------------------------------------------------------------------------------
 
+    def predict(
+        self,
+        texts: Sequence[str],
+        long_text: LongText = "truncate",
+        options: ExplainOptions | None = None,
+        ticket: Ticket | None = None,
+    ) -> list[Prediction]:
+        """The use case every front end calls (HTTP, jobs, the CLI, Clarify, Batch Transform): each
+        text's classification and, given options, its explanation. Cached answers come from the
+        caches; of the rest, each text is tokenized once and its unmasked rows run once, for both."""
+        engine = self.engine
+        model = engine.model
+        if options is not None:
+            long_text = options.long_text
+        ran: dict[int, tuple[EncodedText, np.ndarray]] = {}
+
+        def run(indexes: list[int]) -> list[tuple[EncodedText, np.ndarray]]:
+            new = [i for i in indexes if i not in ran]
+            if new:
+                encoded = model.encode([texts[i] for i in new], long_text)  # in the request's thread
+                ran.update(
+                    zip(new, zip(encoded, run_unmasked(engine, encoded, ticket), strict=True), strict=True)
+                )
+            return [ran[i] for i in indexes]
+
+        def explain(missing: list[int]) -> list[Explanation]:
+            assert options is not None
+            done = run(missing)
+            explanations = explain_encoded(
+                engine, [e for e, _ in done], options, ticket, [logits for _, logits in done]
+            )
+            metrics.EVALUATIONS.inc(sum(e.evaluations for e in explanations))
+            return explanations
+
+        def classify(missing: list[int]) -> list[Classification]:
+            return [classification_of(model, encoded, logits) for encoded, logits in run(missing)]
+
+        identity = model.cache_identity
+        timer = metrics.CLASSIFY_SECONDS if options is None else metrics.EXPLAIN_SECONDS
+        with timer.time():
+            explanations: list[Explanation | None] = [None] * len(texts)
+            if options is not None:
+                keys = [explanation_key(identity, text, options) for text in texts]
+                explanations = list(through_cache(self._cache, keys, explain, "explanations"))
+            keys = [classification_key(identity, text, long_text) for text in texts]
+            classifications = through_cache(self._classifications, keys, classify, "classifications")
+        return [
+            Prediction(classification=c, explanation=e)
+            for c, e in zip(classifications, explanations, strict=True)
+        ]
+
     def classify(
         self, texts: Sequence[str], ticket: Ticket | None = None, long_text: LongText = "truncate"
     ) -> list[Classification]:
-        engine = self.engine
-
-        def compute(missing: list[int]) -> list[Classification]:
-            encoded = engine.model.encode([texts[i] for i in missing], long_text)  # in the request's thread
-            return classify_encoded(engine, encoded, ticket)
-
-        keys = [classification_key(engine.model.cache_identity, text, long_text) for text in texts]
-        with metrics.CLASSIFY_SECONDS.time():
-            return through_cache(self._classifications, keys, compute, "classifications")
+        return [p.classification for p in self.predict(texts, long_text, None, ticket)]
 
     def explain(
         self, texts: Sequence[str], options: ExplainOptions, ticket: Ticket | None = None
     ) -> list[Explanation]:
-        """Explain texts; cached ones come from the cache, the rest are computed together."""
-        engine = self.engine
-
-        def compute(missing: list[int]) -> list[Explanation]:
-            encoded = engine.model.encode([texts[i] for i in missing], options.long_text)
-            explanations = explain_encoded(engine, encoded, options, ticket)
-            metrics.EVALUATIONS.inc(sum(e.evaluations for e in explanations))
-            return explanations
-
-        keys = [explanation_key(engine.model.cache_identity, text, options) for text in texts]
-        with metrics.EXPLAIN_SECONDS.time():
-            return through_cache(self._cache, keys, compute, "explanations")
+        explanations = [p.explanation for p in self.predict(texts, options.long_text, options, ticket)]
+        return [e for e in explanations if e is not None]
 
     def stop(self) -> None:
         if self._engine is not None:

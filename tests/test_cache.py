@@ -9,6 +9,7 @@ import pytest
 from shared.cache import MemoryCache, RedisCache, explanation_key
 from shared.classifier import classify
 from shared.engine import Engine
+from shared.explainer import explain_texts
 from shared.job_store import redis_client
 from shared.schemas import ExplainOptions
 from shared.service import ClarionService
@@ -116,3 +117,27 @@ def test_repeated_classification_comes_from_the_cache_unless_turned_off(tiny_mod
     uncached = ClarionService(settings)
     uncached.load()
     assert uncached.classify(TEXTS[:1])[0] is not uncached.classify(TEXTS[:1])[0]
+
+
+def test_classify_and_explain_together_tokenize_and_run_each_text_once(tiny_model_dir: Path) -> None:
+    """The use case's one path: a text classified and explained in one call costs its explanation's
+    rows and nothing more (its unmasked row, run to classify it, is the explainer's first output)."""
+    settings = Settings(
+        model_dir=str(tiny_model_dir), torch_threads=1, serverless=True, explanation_cache_size=0
+    )
+    service = ClarionService(settings, threads=1)
+    service.load()
+    options = ExplainOptions(max_evals=200)
+    rows = lambda: service.engine.stats.snapshot()["rows"]  # noqa: E731
+    before = rows()
+    alone = explain_texts(service.engine, TEXTS[:3], options)  # the explainer alone, no classification
+    explained_only = rows() - before
+    before = rows()
+    together = service.predict(TEXTS[:3], options=options)
+    assert rows() - before == explained_only  # classifying too ran no extra row
+    for prediction, explanation in zip(together, alone, strict=True):
+        # the same numbers, to float rounding: the unmasked row ran padded beside the other texts
+        for label, values in explanation.values.items():
+            assert prediction.explanation.values[label] == pytest.approx(values, abs=1e-6)
+        top = prediction.classification.prediction[0]
+        assert prediction.explanation.model_output[top.label] == pytest.approx(top.score, abs=1e-6)
