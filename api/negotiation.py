@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Request
@@ -52,26 +53,42 @@ _OPTION_TYPES: dict[str, str] = {
 }
 
 
-def custom_attribute_options(request: Request) -> dict[str, Any]:
-    """The explanation options in the custom-attributes header (empty without the header)."""
+@dataclass(frozen=True)
+class CustomAttributes:
+    """The custom-attributes header: the options Clarion reads, and every other part as the client
+    wrote it (SageMaker forwards the header verbatim, and clients carry trace ids and their own
+    metadata there: Clarion passes those back untouched)."""
+
+    options: dict[str, Any] = field(default_factory=dict)
+    others: tuple[str, ...] = ()
+
+
+def custom_attributes(request: Request) -> CustomAttributes:
+    """The header's parts; a malformed value of an option Clarion reads is a 400."""
     raw = request.headers.get(CUSTOM_ATTRIBUTES)
     if raw is None:
-        return {}
+        return CustomAttributes()
     if len(raw) > 1024 or not _VISIBLE_ASCII.fullmatch(raw):
         raise InvalidRequest(f"{CUSTOM_ATTRIBUTES}: at most 1,024 visible ASCII characters")
     options: dict[str, Any] = {}
+    others: list[str] = []
     for part in filter(None, (p.strip() for p in raw.split(";"))):
         name, sep, value = part.partition("=")
         name, value = name.strip(), value.strip()
         if name == "request_id":  # our own echo, sent back by a client: not an option
             continue
-        if not sep or name not in _OPTION_TYPES:
-            known = ", ".join(_OPTION_TYPES)
-            raise InvalidRequest(
-                f"{CUSTOM_ATTRIBUTES}: {part[:60]!r} is not name=value with a name among {known}"
-            )
-        options[name] = _read(name, value)
-    return options
+        if name not in _OPTION_TYPES:
+            others.append(part)
+        elif not sep:
+            raise InvalidRequest(f"{CUSTOM_ATTRIBUTES}: {name[:40]!r} needs a value ({name}=...)")
+        else:
+            options[name] = _read(name, value)
+    return CustomAttributes(options, tuple(others))
+
+
+def custom_attribute_options(request: Request) -> dict[str, Any]:
+    """The explanation options in the custom-attributes header (empty without the header)."""
+    return custom_attributes(request).options
 
 
 def _read(name: str, value: str) -> Any:
@@ -89,15 +106,17 @@ def _read(name: str, value: str) -> Any:
     return value
 
 
-def echo_attributes(request_id: str, options: dict[str, Any]) -> str:
-    """The custom-attributes value of a response: the request id and the options the header set."""
+def echo_attributes(request_id: str, attributes: CustomAttributes) -> str:
+    """The custom-attributes value of a response: the request id, the options the header set, and
+    the client's own parts as it sent them."""
     parts = [f"request_id={request_id}"]
-    for name, value in options.items():
+    for name, value in attributes.options.items():
         if isinstance(value, bool):
             value = str(value).lower()
         elif isinstance(value, list):
             value = "|".join(value)
         parts.append(f"{name}={value}")
+    parts += attributes.others
     return ";".join(parts)[:1024]
 
 

@@ -16,7 +16,9 @@ from api.negotiation import (
     CUSTOM_ATTRIBUTES,
     HTML,
     JSON,
+    CustomAttributes,
     custom_attribute_options,
+    custom_attributes,
     echo_attributes,
     request_id,
     response_type,
@@ -51,7 +53,8 @@ def identify() -> None:
 def stamp(response: Response) -> Response:
     response.headers["X-Request-Id"] = g.get("request_id", "")
     if request.endpoint == "clarion.invocations":  # SageMaker passes these back to the caller
-        response.headers[CUSTOM_ATTRIBUTES] = echo_attributes(g.get("request_id", ""), g.get("options", {}))
+        attributes = g.get("attributes") or CustomAttributes()
+        response.headers[CUSTOM_ATTRIBUTES] = echo_attributes(g.get("request_id", ""), attributes)
     route = request.url_rule.rule if request.url_rule else "unmatched"  # never the raw path: ids
     metrics.REQUESTS.labels(route=route, method=request.method, status=str(response.status_code)).inc()
     metrics.REQUEST_SECONDS.labels(route=route).observe(time.monotonic() - g.get("arrived", time.monotonic()))
@@ -157,7 +160,8 @@ def execution_parameters() -> Any:
 @bp.post("/invocations")
 def invocations() -> Any:
     settings = _settings()
-    g.options = options = custom_attribute_options(request)
+    g.attributes = custom_attributes(request)
+    options = g.attributes.options
     call = Call(_service(), settings, request_ticket())
     if is_record_type(request.mimetype):
         return invoke_records(call, request, options)

@@ -248,11 +248,6 @@ BAD_INPUTS = [
         400,
     ),
     (
-        "custom attributes unknown",
-        {"json": {"data": "x"}, "headers": {"X-Amzn-SageMaker-Custom-Attributes": "a=1"}},
-        400,
-    ),
-    (
         "custom attributes bad int",
         {"json": {"data": "x"}, "headers": {"X-Amzn-SageMaker-Custom-Attributes": "seed=x"}},
         400,

@@ -228,7 +228,19 @@ def test_custom_attributes_carry_options_and_come_back(service: Service) -> None
         headers={ATTRIBUTES: "explain=true;max_evals=40"},
     )
     assert mixed.json()["explanation_parameters"]["max_evals"] == 60
-    for bad in ("explain=maybe", "colour=red", "max_evals", "x" * 1025, "explain=true;\u00e9=1"):
+    # The client's own parts (trace ids, metadata) are passed through and echoed as it wrote them.
+    traced = service.post(
+        "/invocations",
+        json={"data": TEXTS[0]},
+        headers={ATTRIBUTES: "trace=Root=1-5759e988;explain=true;colour=red;tenant:42"},
+    )
+    assert traced.status_code == 200 and "explanation" in traced.json()
+    rid = traced.headers["X-Request-Id"]
+    assert (
+        traced.headers[ATTRIBUTES]
+        == f"request_id={rid};explain=true;trace=Root=1-5759e988;colour=red;tenant:42"
+    )
+    for bad in ("explain=maybe", "max_evals", "seed=x", "x" * 1025, "explain=true;\u00e9=1"):
         refused = service.post(
             "/invocations", json={"data": "good"}, headers={ATTRIBUTES: bad.encode("utf-8").decode("latin-1")}
         )
