@@ -29,7 +29,7 @@ _CLOSERS = {")": "("}
 _CONNECTORS = ("but", "and", "or")
 
 
-class _Token:
+class Token:
     __slots__ = ("balanced", "s")
 
     def __init__(self, value: str) -> None:
@@ -37,24 +37,24 @@ class _Token:
         self.balanced = not (value in _OPENERS or value in _CLOSERS)
 
 
-class _TokenGroup:
+class TokenGroup:
     __slots__ = ("g", "index")
 
-    def __init__(self, group: list[_Token], index: int | None = None) -> None:
+    def __init__(self, group: list[Token], index: int | None = None) -> None:
         self.g = group
         self.index = index
 
-    def __getitem__(self, index: int) -> _Token:
+    def __getitem__(self, index: int) -> Token:
         return self.g[index]
 
-    def __add__(self, other: _TokenGroup) -> _TokenGroup:
-        return _TokenGroup(self.g + other.g)
+    def __add__(self, other: TokenGroup) -> TokenGroup:
+        return TokenGroup(self.g + other.g)
 
     def __len__(self) -> int:
         return len(self.g)
 
 
-def _merge_score(group1: _TokenGroup, group2: _TokenGroup, special_tokens: Sequence[str]) -> float:
+def merge_score(group1: TokenGroup, group2: TokenGroup, special_tokens: Sequence[str]) -> float:
     """How much two neighbouring token groups belong together (SHAP's heuristic, unchanged)."""
     score = 0.0
     if special_tokens and group1[-1].s in special_tokens and group2[0].s in special_tokens:
@@ -90,12 +90,12 @@ def _merge_score(group1: _TokenGroup, group2: _TokenGroup, special_tokens: Seque
 
 
 def _partition_tree(decoded_tokens: list[str], special_tokens: Sequence[str]) -> np.ndarray:
-    groups = [_TokenGroup([_Token(t)], i) for i, t in enumerate(decoded_tokens)]
+    groups = [TokenGroup([Token(t)], i) for i, t in enumerate(decoded_tokens)]
     m = len(decoded_tokens)
     new_index = m
     clustm = np.zeros((m - 1, 4))
     for _ in range(len(groups) - 1):
-        scores = [_merge_score(groups[i], groups[i + 1], special_tokens) for i in range(len(groups) - 1)]
+        scores = [merge_score(groups[i], groups[i + 1], special_tokens) for i in range(len(groups) - 1)]
         ind = int(np.argmax(scores))
         lind = groups[ind].index
         rind = groups[ind + 1].index

@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 import regex
 
-from shared.owen import _merge_score, _Token, _TokenGroup
+from shared.owen import Token, TokenGroup, merge_score
 
 Granularity = Literal["token", "word", "sentence", "paragraph"]
 GRANULARITIES: tuple[Granularity, ...] = ("token", "word", "sentence", "paragraph")
@@ -234,7 +234,7 @@ def _owner(starts: list[int], position: int) -> int:
 class _Group:
     __slots__ = ("node", "size", "tokens")
 
-    def __init__(self, node: int, size: int, tokens: _TokenGroup) -> None:
+    def __init__(self, node: int, size: int, tokens: TokenGroup) -> None:
         self.node, self.size, self.tokens = node, size, tokens
 
 
@@ -255,9 +255,9 @@ def nested_clustering(words: list[str], paths: list[tuple[int, ...]]) -> np.ndar
         clustering[node - m] = (left.node, right.node, size, size)
         return _Group(node, size, left.tokens + right.tokens)
 
-    groups = [_Group(i, 1, _TokenGroup([_Token(w.strip())])) for i, w in enumerate(words)]
+    groups = [_Group(i, 1, TokenGroup([Token(w.strip())])) for i, w in enumerate(words)]
     depth = len(paths[0])
-    by_text = lambda a, b: _merge_score(a.tokens, b.tokens, [])  # noqa: E731 - SHAP's own score
+    by_text = lambda a, b: merge_score(a.tokens, b.tokens, [])  # noqa: E731 - SHAP's own score
     by_size = lambda a, b: -float(a.size + b.size)  # noqa: E731
     for level in range(depth, -1, -1):  # innermost first; level 0 is the whole text
         score = by_text if level == depth else by_size
