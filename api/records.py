@@ -13,16 +13,12 @@ from __future__ import annotations
 import csv
 import io
 
+from api.negotiation import CSV, JSON_LINES
 from shared.records import EMPTY, Record, csv_records, json_lines
 
-JSON_LINES = (
-    "application/jsonlines",  # SageMaker's name
-    "application/jsonl",
-    "application/x-jsonlines",
-    "application/json-lines",
-)
-CSV = "text/csv"
-RECORD_TYPES = (*JSON_LINES, CSV)
+# Every name JSON Lines goes by (SageMaker's first); a response is always in SageMaker's.
+JSON_LINES_TYPES = (JSON_LINES, "application/jsonl", "application/x-jsonlines", "application/json-lines")
+RECORD_TYPES = (*JSON_LINES_TYPES, CSV)
 _TEXT_FIELDS = ("features", "text", "data", "inputs")
 
 

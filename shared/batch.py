@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import ClarionError, InvalidRequest
-from shared.masking import MASKINGS
+from shared.kinds import GRANULARITIES, LONG_TEXTS, MASKINGS, OUTPUTS, PRECISIONS
 from shared.records import EMPTY, Record, csv_records, json_lines
 from shared.schemas import SeedBody, parse_model, text_problem
 from shared.settings import Settings
@@ -253,14 +253,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=os.environ.get("CLARION_API_KEY"), help="for --url")
     parser.add_argument("--field", default="text", help="the text field of a .jsonl input")
     parser.add_argument("--column", default="text", help="the text column of a .csv input")
-    parser.add_argument("--granularity", choices=["token", "word", "sentence", "paragraph"], default="word")
+    parser.add_argument("--granularity", choices=list(GRANULARITIES), default="word")
     parser.add_argument("--max-evals", type=int, help="model evaluations per text (default: the API's)")
     parser.add_argument("--labels", default="all", help='"all", "predicted" or label names, comma-separated')
-    parser.add_argument("--precision", choices=["exact", "fast"], default="exact")
+    parser.add_argument("--precision", choices=list(PRECISIONS), default="exact")
     parser.add_argument(
-        "--long-text", choices=["truncate", "windows"], default="truncate", help="texts longer than the model"
+        "--long-text", choices=list(LONG_TEXTS), default="truncate", help="texts longer than the model"
     )
-    parser.add_argument("--output", choices=["probability", "logit"], default="probability")
+    parser.add_argument("--output", choices=list(OUTPUTS), default="probability")
     parser.add_argument(
         "--masking", choices=list(MASKINGS), default="tokens", help='"text": the seed\'s numbers (see docs)'
     )

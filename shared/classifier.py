@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from shared.engine import CLASSIFY, Engine, Ticket
-from shared.model import EncodedText, LongText, TextModel
+from shared.kinds import LongText
+from shared.model import EncodedText, TextModel
 from shared.results import Classification, LabelScore
 
 

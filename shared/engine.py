@@ -35,7 +35,8 @@ import numpy as np
 
 from shared import metrics
 from shared.errors import ClarionError, EngineStopped, ExplanationTimeout, JobCancelled
-from shared.model import Precision, TextModel
+from shared.kinds import Precision
+from shared.model import TextModel
 
 log = logging.getLogger(__name__)
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
 from shared.engine import EXPLAIN, Engine, Ticket
 from shared.errors import InvalidRequest
+from shared.kinds import Output
 from shared.masking import token_segments
 from shared.model import EncodedText, TextModel
 from shared.owen import OwenSteps, owen_values, text_clustering
@@ -77,7 +77,7 @@ class _Job:
     def received(self, logits: np.ndarray) -> None:
         self.memo.update(zip(self.asked, logits, strict=True))
 
-    def outputs(self, model: TextModel, kind: Literal["probability", "logit"]) -> np.ndarray:
+    def outputs(self, model: TextModel, kind: Output) -> np.ndarray:
         """The pending documents' outputs (documents x labels), each from its rows' logits."""
         return np.stack(
             [

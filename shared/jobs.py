@@ -25,11 +25,10 @@ from typing import Any, Protocol
 
 from shared.cache import MemoryCache
 from shared.errors import NotFound
+from shared.kinds import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, SUCCEEDED  # noqa: F401 - re-exported
 from shared.results import Classification, ErrorDetail, Explanation, JobBody, text_response
 from shared.schemas import ExplainOptions
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
-FINISHED = {SUCCEEDED, FAILED, CANCELLED}
 # The record format. Records live 24 h in Redis, across upgrades: a reader takes any version,
 # ignores fields it does not know, and fills the ones an older writer did not write.
 RECORD_VERSION = 2

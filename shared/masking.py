@@ -16,12 +16,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-
-Masking = Literal["tokens", "text"]
-MASKINGS: tuple[Masking, ...] = ("tokens", "text")
 
 # SHAP turns "▁" back into a space in masked strings for these tokenizer classes (by name, as
 # shap.utils.transformers.SENTENCEPIECE_TOKENIZERS lists them).

@@ -7,20 +7,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from shared.errors import ModelLoadError
+from shared.kinds import Activation, LongText, Output, Precision
 from shared.masking import TextMask
 from shared.model_source import ModelLocation, resolve_model
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
-Precision = Literal["exact", "fast"]
-LongText = Literal["truncate", "windows"]
-# What turns a head's logits into scores, as transformers' text-classification pipeline decides it.
-Activation = Literal["softmax", "sigmoid", "none"]
 
 
 @dataclass(frozen=True)
@@ -156,9 +153,7 @@ class TextModel:
         """What cached results depend on besides the request: the model, and the window width."""
         return f"{self.fingerprint}:w{self.window_width}"
 
-    def document_outputs(
-        self, encoded: EncodedText, logits: np.ndarray, kind: Literal["probability", "logit"]
-    ) -> np.ndarray:
+    def document_outputs(self, encoded: EncodedText, logits: np.ndarray, kind: Output) -> np.ndarray:
         """A text's outputs from the logits of its rows: a windowed document's is the mean of its
         windows' outputs (probabilities: the mean probability, as if each window voted with its
         confidence; no window's length or position weighs more, since all are full)."""
@@ -212,7 +207,7 @@ class TextModel:
         """Each label is scored on its own (sigmoid): several, or none, may be predicted."""
         return self.activation == "sigmoid"
 
-    def outputs(self, logits: np.ndarray, kind: Literal["probability", "logit"]) -> np.ndarray:
+    def outputs(self, logits: np.ndarray, kind: Output) -> np.ndarray:
         """Model outputs in the requested space: scores as the head's activation gives them
         (softmax, sigmoid, or the raw value of a regression head), or the raw logits."""
         if kind == "logit":

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from shared.masking import Masking
+from shared.kinds import ExactBackend, Granularity, JobStatus, LongText, Masking, Output, Precision
 
 
 class _Result(BaseModel):
@@ -41,8 +41,8 @@ class Explanation(_Result):
     # Records and cache entries written before granularity existed call the units "tokens".
     units: list[str] = Field(validation_alias=AliasChoices("units", "tokens"))
     offsets: list[tuple[int, int]]
-    granularity: Literal["token", "word", "sentence", "paragraph"] = "token"
-    long_text: Literal["truncate", "windows"] = "truncate"
+    granularity: Granularity = "token"
+    long_text: LongText = "truncate"
     windows: int = 1  # the rows the model reads the text in: 1, or its windows
     window_tokens: int | None = None  # windowed documents: tokens per window
     windows_run: int | None = None  # windowed documents: window rows run, and reused from a same mask
@@ -74,9 +74,9 @@ class Prediction(_Result):
 
 
 class ExplanationParameters(_Result):
-    output: Literal["probability", "logit"]
-    granularity: Literal["token", "word", "sentence", "paragraph"] = "token"
-    long_text: Literal["truncate", "windows"] = "truncate"
+    output: Output
+    granularity: Granularity = "token"
+    long_text: LongText = "truncate"
     windows: int = Field(1, description="the windows the model read the text in (1: one row)")
     window_tokens: int | None = Field(None, description='long_text "windows": tokens per window')
     windows_run: int | None = Field(None, description='long_text "windows": window rows run')
@@ -86,7 +86,7 @@ class ExplanationParameters(_Result):
     max_evals: int
     evaluations: int = Field(description="model evaluations SHAP's algorithm counted")
     seed: int
-    precision: Literal["exact", "fast"]
+    precision: Precision
     batch_size: int | None = Field(None, description="SHAP's batch size")
     masking: Masking = Field(
         "tokens", description="how masked tokens were masked: by id, or in the text then re-tokenized"
@@ -165,7 +165,7 @@ class Health(_Result):
     status: Literal["healthy", "loading", "failed"]
     model: str | None = None
     labels: list[str] | None = None
-    exact_backend: Literal["torch", "onnxruntime"] | None = Field(
+    exact_backend: ExactBackend | None = Field(
         None, description="what runs exact passes (torch until an onnxruntime export is ready)"
     )
     error: str | None = None
@@ -175,7 +175,7 @@ class JobBody(_Result):
     """An explanation job as the API shows it."""
 
     id: str
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    status: JobStatus
     submitted_at: str
     started_at: str | None = Field(None, description="when a worker started it (absent while queued)")
     finished_at: str | None

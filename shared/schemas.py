@@ -19,7 +19,7 @@ from pydantic import (
 )
 
 from shared.errors import InvalidRequest
-from shared.masking import Masking
+from shared.kinds import Granularity, LongText, Masking, Output, Precision
 from shared.settings import Settings
 
 Texts = str | list[str]
@@ -44,14 +44,14 @@ class ExplainOptions(_Strict):
             "or MAX_EVALS_LIMIT when that is lower.",
         ),
     ] = None
-    output: Literal["probability", "logit"] = "probability"
-    long_text: Literal["truncate", "windows"] = Field(
+    output: Output = "probability"
+    long_text: LongText = Field(
         "truncate",
         description='Texts longer than the model: "truncate" to its maximum length (flagged "truncated"), '
         'or "windows": the model reads overlapping windows and the document\'s scores are the mean of '
         "theirs (word, sentence or paragraph granularity; up to MAX_WINDOWED_TEXT_CHARS characters).",
     )
-    granularity: Literal["token", "word", "sentence", "paragraph"] = Field(
+    granularity: Granularity = Field(
         "token",
         description="The players of the explanation: model tokens (SHAP's own), or words, sentences or "
         "paragraphs of the text, each masked as a whole and returned with its character span.",
@@ -60,7 +60,7 @@ class ExplainOptions(_Strict):
         "all", description='"all", "predicted" or a list of label names to explain.'
     )
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
-    precision: Literal["exact", "fast"] = "exact"
+    precision: Precision = "exact"
     masking: Masking = Field(
         "tokens",
         description="How a token is masked: \"tokens\" replaces its id by the mask token's (SHAP's Text "

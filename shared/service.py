@@ -27,7 +27,8 @@ from shared.classifier import classification_of, run_unmasked
 from shared.engine import Engine, Ticket, pass_limits_for
 from shared.errors import ClarionError, ModelNotReady
 from shared.explainer import explain_encoded
-from shared.model import EncodedText, LongText, TextModel, load_text_model
+from shared.kinds import LongText
+from shared.model import EncodedText, TextModel, load_text_model
 from shared.onnx_backend import onnx_exact
 from shared.results import Classification, Explanation, Health, Prediction
 from shared.schemas import ExplainOptions

@@ -22,15 +22,12 @@ import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
 
 import numpy as np
 import regex
 
+from shared.kinds import Granularity
 from shared.owen import Token, TokenGroup, merge_score
-
-Granularity = Literal["token", "word", "sentence", "paragraph"]
-GRANULARITIES: tuple[Granularity, ...] = ("token", "word", "sentence", "paragraph")
 
 _SPACELESS = r"\p{Han}\p{Hiragana}\p{Katakana}"
 _DICTIONARY_SCRIPTS = regex.compile(r"[\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}]")
