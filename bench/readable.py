@@ -205,13 +205,13 @@ def _memo_compare(args: argparse.Namespace, request: dict[str, Any], run_without
     out["rows_with_memo"] = with_memo.windows_run or 0
     out["rows_without_memo"] = out["rows_with_memo"] + (with_memo.windows_memoised or 0)
     if run_without:
-        original = explainer._Job.rows_needed
+        original = explainer._Game.rows_needed
 
         def forgetful(job: Any, documents: list[Any]) -> list[Any]:
             job.memo.clear()  # every row of every document is run again
             return original(job, documents)
 
-        explainer._Job.rows_needed = forgetful  # type: ignore[method-assign]
+        explainer._Game.rows_needed = forgetful  # type: ignore[method-assign]
         try:
             started = time.perf_counter()
             (without,) = service.explain([request["data"]], options)
@@ -222,7 +222,7 @@ def _memo_compare(args: argparse.Namespace, request: dict[str, Any], run_without
                 for a, b in zip(without.values[label], with_memo.values[label], strict=True)
             )
         finally:
-            explainer._Job.rows_needed = original  # type: ignore[method-assign]
+            explainer._Game.rows_needed = original  # type: ignore[method-assign]
     service.stop()
     return out
 

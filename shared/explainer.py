@@ -32,8 +32,9 @@ ALGORITHM_VERSION = 4
 
 
 @dataclass
-class _Job:
-    """One text being explained: its encoding, its kept positions and its running Owen recursion."""
+class _Game:
+    """One text's Shapley game: its encoding, its players and kept positions, its tree, and its
+    running Owen recursion (several texts' games advance together, each as its outputs arrive)."""
 
     encoded: EncodedText
     keep: np.ndarray  # tokens never masked ([CLS], [SEP])
@@ -119,69 +120,69 @@ def explain_encoded(
     model = engine.model
     ticket = ticket or Ticket()
     requested = _requested_label_indexes(model, options)  # unknown labels fail before any work
-    jobs = [_new_job(model, e, options) for e in encoded]
-    for job, logits in zip(jobs, unmasked or (), strict=False):
-        job.memo.update(
-            zip((row.tobytes() for row in job.encoded.rows(job.encoded.ids)), logits, strict=True)
+    games = [_new_game(model, e, options) for e in encoded]
+    for game, logits in zip(games, unmasked or (), strict=False):
+        game.memo.update(
+            zip((row.tobytes() for row in game.encoded.rows(game.encoded.ids)), logits, strict=True)
         )
-    in_flight: dict[Future, _Job] = {}
+    in_flight: dict[Future, _Game] = {}
 
-    def step(job: _Job) -> None:
+    def step(game: _Game) -> None:
         """Hand the pending documents' outputs to the text's recursion, which asks for the next."""
-        if job.steps is None:
-            _start(job, engine, options, requested)
+        if game.steps is None:
+            _start(game, engine, options, requested)
         else:
-            _advance(job, job.outputs(model, options.output)[:, job.label_indexes])
+            _advance(game, game.outputs(model, options.output)[:, game.label_indexes])
 
-    def feed(job: _Job, documents: list[np.ndarray]) -> None:
+    def feed(game: _Game, documents: list[np.ndarray]) -> None:
         """Submit the rows these documents need; when every one was run already, step at once."""
         while True:
-            rows = job.rows_needed(documents)
+            rows = game.rows_needed(documents)
             if rows:
-                in_flight[engine.submit(rows, EXPLAIN, options.precision, ticket)] = job
+                in_flight[engine.submit(rows, EXPLAIN, options.precision, ticket)] = game
                 return
-            step(job)
-            if job.pending is None:
+            step(game)
+            if game.pending is None:
                 return
-            documents = job.masked_ids(job.pending, model)
+            documents = game.masked_ids(game.pending, model)
 
     try:
-        for job in jobs:  # first the all-masked and unmasked documents: base value and model output
-            ends = np.zeros((2, job.players), dtype=bool)  # all masked, none masked
+        for game in games:  # first the all-masked and unmasked documents: base value and model output
+            ends = np.zeros((2, game.players), dtype=bool)  # all masked, none masked
             ends[1] = True
-            feed(job, job.masked_ids(ends, model))
+            feed(game, game.masked_ids(ends, model))
         while in_flight:
             ticket.check()
             done, _ = wait(list(in_flight), timeout=ticket.wait_s(3600), return_when=FIRST_COMPLETED)
             for future in done:
-                job = in_flight.pop(future)
-                job.received(future.result())  # the ticket's error, if the engine dropped the rows
-                step(job)
-                if job.pending is not None:
-                    feed(job, job.masked_ids(job.pending, model))
+                game = in_flight.pop(future)
+                game.received(future.result())  # the ticket's error, if the engine dropped the rows
+                step(game)
+                if game.pending is not None:
+                    feed(game, game.masked_ids(game.pending, model))
     except BaseException:
         engine.cancel(ticket)  # drop the other texts' queued rounds
         raise
-    return [_explanation(model, job, options) for job in jobs]
+    return [_explanation(model, game, options) for game in games]
 
 
-def _start(job: _Job, engine: Engine, options: ExplainOptions, requested: list[int] | None) -> None:
+def _start(game: _Game, engine: Engine, options: ExplainOptions, requested: list[int] | None) -> None:
     model = engine.model
-    ends = job.outputs(model, options.output)
-    job.f00, job.f11 = ends[0], ends[1]
-    job.label_indexes = requested or _predicted_label_indexes(model, job.outputs(model, "probability")[1])
-    idx = job.label_indexes
+    ends = game.outputs(model, options.output)
+    game.f00, game.f11 = ends[0], ends[1]
+    game.label_indexes = requested or _predicted_label_indexes(model, game.outputs(model, "probability")[1])
+    idx = game.label_indexes
     rng = np.random.RandomState(options.seed)
     assert options.batch_size is not None  # filled in from the settings when the options were parsed
-    if job.players <= 1:
+    if game.players <= 1:
         return  # a single player (or none): no tree to walk (see _explanation)
     # Rounds of a short text are far smaller than a pass; fill them with the masks the recursion is
     # likely to need next (same numbers, fewer passes).
-    length = len(job.encoded.rows(job.encoded.ids)[0])  # a row: the text, or one of its windows
+    length = len(game.encoded.rows(game.encoded.ids)[0])  # a row: the text, or one of its windows
     rows_per_pass = min(engine.limits.rows, max(1, engine.limits.tokens // length))
-    f00, f11 = job.f00[idx], job.f11[idx]
-    job.steps = owen_values(
-        job.clustering,
+    f00, f11 = game.f00[idx], game.f11[idx]
+    game.steps = owen_values(
+        game.clustering,
         f00,
         f11,
         options.max_evals,
@@ -190,19 +191,19 @@ def _start(job: _Job, engine: Engine, options: ExplainOptions, requested: list[i
         lookahead=rows_per_pass,
         spare=engine.limits.spare_tokens // length,
     )
-    _advance(job, None)
+    _advance(game, None)
 
 
-def _advance(job: _Job, outputs: np.ndarray | None) -> None:
-    assert job.steps is not None
+def _advance(game: _Game, outputs: np.ndarray | None) -> None:
+    assert game.steps is not None
     try:
-        job.pending = job.steps.send(outputs)  # type: ignore[arg-type]
+        game.pending = game.steps.send(outputs)  # type: ignore[arg-type]
     except StopIteration as done:
-        job.values, job.evaluations = done.value
-        job.pending = None
+        game.values, game.evaluations = done.value
+        game.pending = None
 
 
-def _new_job(model: TextModel, encoded: EncodedText, options: ExplainOptions) -> _Job:
+def _new_game(model: TextModel, encoded: EncodedText, options: ExplainOptions) -> _Game:
     length = len(encoded.ids)
     keep = np.zeros(length, dtype=bool)
     keep[: model.keep_prefix] = True
@@ -215,7 +216,7 @@ def _new_job(model: TextModel, encoded: EncodedText, options: ExplainOptions) ->
     else:
         units = text_units(encoded.text, encoded.offsets, keep, options.granularity)
         players, spans, clustering = units.of_token, units.spans, units.clustering
-    return _Job(
+    return _Game(
         encoded=encoded,
         keep=keep,
         player_of_token=players,
@@ -251,7 +252,7 @@ def _predicted_label_indexes(model: TextModel, probabilities: np.ndarray) -> lis
     return [int(np.argmax(probabilities))]
 
 
-def _explanation(model: TextModel, job: _Job, options: ExplainOptions) -> Explanation:
+def _explanation(model: TextModel, job: _Game, options: ExplainOptions) -> Explanation:
     f00, f11 = job.f00, job.f11
     assert f00 is not None and f11 is not None
     if job.values is None:  # a single player: no tree to walk, the whole difference is its credit
@@ -283,7 +284,7 @@ def _explanation(model: TextModel, job: _Job, options: ExplainOptions) -> Explan
     )
 
 
-def _token_units(model: TextModel, job: _Job) -> tuple[list[str], list[tuple[int, int]]]:
+def _token_units(model: TextModel, job: _Game) -> tuple[list[str], list[tuple[int, int]]]:
     """Token granularity: every token, the boundary ones ([CLS], [SEP]) by name at the text's edges.
     A token's text and span leave out the whitespace its offsets may hold (byte-level BPE and
     SentencePiece tokens start with the space before their word): a space marker alone is empty."""
@@ -302,6 +303,6 @@ def _token_units(model: TextModel, job: _Job) -> tuple[list[str], list[tuple[int
     return tokens, spans
 
 
-def _text_units(job: _Job) -> tuple[list[str], list[tuple[int, int]]]:
+def _text_units(job: _Game) -> tuple[list[str], list[tuple[int, int]]]:
     assert job.spans is not None
     return [job.encoded.text[start:end] for start, end in job.spans], job.spans

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from shared.engine import Engine
-from shared.explainer import _new_job, explain_texts
+from shared.explainer import _new_game, explain_texts
 from shared.owen import mask_matrix
 from shared.schemas import ExplainOptions
 
@@ -25,8 +25,8 @@ def engine(tiny_model_dir: Path) -> Engine:
 
 def units_of(engine: Engine, text: str, granularity: str):
     encoded = engine.model.encode([text])[0]
-    job = _new_job(engine.model, encoded, ExplainOptions(granularity=granularity))
-    return encoded, job, [text[start:end] for start, end in job.spans]
+    game = _new_game(engine.model, encoded, ExplainOptions(granularity=granularity))
+    return encoded, game, [text[start:end] for start, end in game.spans]
 
 
 def options(**values) -> ExplainOptions:
@@ -38,17 +38,17 @@ def options(**values) -> ExplainOptions:
 
 def test_words_join_subword_pieces_and_keep_punctuation_apart(engine: Engine) -> None:
     text = "Superbly unremarkable, it wasn't great!!! A well-made film, $3.50 in the U.S."
-    encoded, job, words = units_of(engine, text, "word")
+    encoded, game, words = units_of(engine, text, "word")
     assert words == [
         "Superbly", "unremarkable", ",", "it", "wasn't", "great", "!!!", "A", "well-made", "film", ",",
         "$", "3.50", "in", "the", "U.S.",
     ]  # fmt: skip
     # "superbly" is several WordPiece tokens of the tiny vocabulary: all of them are unit 0.
     first = [t for t, (s, e) in enumerate(encoded.offsets) if 0 <= s < e <= len("Superbly")]
-    assert len(first) > 1 and set(job.player_of_token[first]) == {0}
+    assert len(first) > 1 and set(game.player_of_token[first]) == {0}
     # Boundary tokens are no unit (always kept); every other token is in exactly one unit.
-    assert job.player_of_token[0] == -1 and job.player_of_token[-1] == -1
-    assert (job.player_of_token[1:-1] >= 0).all()
+    assert game.player_of_token[0] == -1 and game.player_of_token[-1] == -1
+    assert (game.player_of_token[1:-1] >= 0).all()
 
 
 def test_scripts_without_spaces_are_not_one_giant_word(engine: Engine) -> None:
@@ -73,29 +73,29 @@ def test_paragraphs_are_blocks_between_blank_lines(engine: Engine) -> None:
 def test_spans_point_into_the_text_and_units_are_whole_tokens(engine: Engine) -> None:
     text = "The plot (such as it is) drags.\n\nBut the acting, frankly, is superb!"
     for granularity in ("word", "sentence", "paragraph"):
-        encoded, job, texts = units_of(engine, text, granularity)
-        for u, (start, end) in enumerate(job.spans):
+        encoded, game, texts = units_of(engine, text, granularity)
+        for u, (start, end) in enumerate(game.spans):
             assert texts[u] == text[start:end] and texts[u] == texts[u].strip() and texts[u]
-            tokens = np.flatnonzero(job.player_of_token == u)
+            tokens = np.flatnonzero(game.player_of_token == u)
             assert all(start <= encoded.offsets[t][0] < encoded.offsets[t][1] <= end for t in tokens)
-        assert [s for s, _ in job.spans] == sorted(s for s, _ in job.spans)
+        assert [s for s, _ in game.spans] == sorted(s for s, _ in game.spans)
 
 
 def test_the_tree_nests_words_inside_sentences_inside_paragraphs(engine: Engine) -> None:
     text = "good film . bad end .\n\nfunny cast . weak plot ."
-    _, job, words = units_of(engine, text, "word")
+    _, game, words = units_of(engine, text, "word")
     assert len(words) == 12
-    subtrees = {tuple(np.flatnonzero(row)) for row in mask_matrix(job.clustering)}
+    subtrees = {tuple(np.flatnonzero(row)) for row in mask_matrix(game.clustering)}
     for group in [(0, 1, 2), (3, 4, 5), (6, 7, 8), (9, 10, 11), tuple(range(6)), tuple(range(6, 12))]:
         assert group in subtrees, group
-    assert job.clustering[:, 3].max() == 12 and np.isclose(job.clustering[:, 2].max(), 1.0)
+    assert game.clustering[:, 3].max() == 12 and np.isclose(game.clustering[:, 2].max(), 1.0)
 
 
 def test_truncated_text_has_units_up_to_the_limit(engine: Engine) -> None:
     text = " ".join(["good film ."] * 40)  # far past the tiny model's 64 tokens
-    encoded, job, words = units_of(engine, text, "word")
+    encoded, game, words = units_of(engine, text, "word")
     assert encoded.truncated and 0 < len(words) < 120
-    assert job.spans[-1][1] <= encoded.offsets[-2][1]
+    assert game.spans[-1][1] <= encoded.offsets[-2][1]
 
 
 def test_unknown_granularity_is_a_400() -> None:
@@ -141,11 +141,11 @@ def test_two_units_get_their_shapley_values(engine: Engine) -> None:
 
 def test_every_row_masks_whole_units(engine: Engine) -> None:
     text = "superbly unremarkable , frankly .\n\nthe acting was superb ."
-    encoded, job, _ = units_of(engine, text, "word")
+    encoded, game, _ = units_of(engine, text, "word")
     rng = np.random.default_rng(0)
-    masks = rng.random((50, job.players)) < 0.5
-    for row, mask in zip(job.masked_ids(masks, engine.model), masks, strict=True):
-        for t, unit in enumerate(job.player_of_token):
+    masks = rng.random((50, game.players)) < 0.5
+    for row, mask in zip(game.masked_ids(masks, engine.model), masks, strict=True):
+        for t, unit in enumerate(game.player_of_token):
             expected = encoded.ids[t] if unit < 0 or mask[unit] else engine.model.mask_token_id
             assert row[t] == expected
 

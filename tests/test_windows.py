@@ -12,7 +12,7 @@ import pytest
 from shared.classifier import classify
 from shared.engine import Engine
 from shared.errors import InvalidRequest
-from shared.explainer import _new_job, explain_texts
+from shared.explainer import _new_game, explain_texts
 from shared.model import WINDOW_OVERLAP, window_spans
 from shared.schemas import ExplainOptions, SeedBody, parse_model
 from shared.settings import Settings
@@ -67,16 +67,16 @@ def test_the_document_scores_are_the_mean_of_its_windows(engine: Engine) -> None
 def test_masking_a_unit_masks_it_in_every_window(engine: Engine) -> None:
     model = engine.model
     (encoded,) = model.encode([DOCUMENT], "windows")
-    job = _new_job(model, encoded, windowed(granularity="sentence"))
+    game = _new_game(model, encoded, windowed(granularity="sentence"))
     windows_of_unit = {}
-    for u in range(job.players):
-        tokens = set(np.flatnonzero(job.player_of_token == u))
+    for u in range(game.players):
+        tokens = set(np.flatnonzero(game.player_of_token == u))
         windows_of_unit[u] = [w for w, (a, b) in enumerate(encoded.windows) if tokens & set(range(a, b))]
     shared = next(u for u, ws in windows_of_unit.items() if len(ws) > 1)  # a sentence two windows hold
-    mask = np.ones((1, job.players), dtype=bool)
+    mask = np.ones((1, game.players), dtype=bool)
     mask[0, shared] = False
-    (document,) = job.masked_ids(mask, model)
-    tokens = np.flatnonzero(job.player_of_token == shared)
+    (document,) = game.masked_ids(mask, model)
+    tokens = np.flatnonzero(game.player_of_token == shared)
     for w in windows_of_unit[shared]:
         start, end = encoded.windows[w]
         row = encoded.rows(document)[w]
@@ -105,13 +105,13 @@ def test_three_paragraphs_get_their_owen_values(engine: Engine) -> None:
     options = windowed(output="logit", max_evals=500, batch_size=64)
     (explanation,) = explain_texts(engine, [DOCUMENT], options)
     (encoded,) = model.encode([DOCUMENT], "windows")
-    job = _new_job(model, encoded, options)
-    assert job.players == 3
+    game = _new_game(model, encoded, options)
+    assert game.players == 3
 
     def value(kept: tuple[int, ...]) -> np.ndarray:
         mask = np.zeros((1, 3), dtype=bool)
         mask[0, list(kept)] = True
-        (document,) = job.masked_ids(mask, model)
+        (document,) = game.masked_ids(mask, model)
         return model.outputs(model.forward(encoded.rows(document)), "logit").mean(axis=0)
 
     owen = _owen_three(value)
