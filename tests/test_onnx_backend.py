@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from shared.errors import ModelLoadError
 from shared.model import TextModel, load_text_model
-from shared.onnx_backend import _check, onnx_exact
+from shared.onnx_backend import CHECK_TEXT, _check, onnx_exact
 from shared.service import ClarionService
 from shared.settings import Settings
 from tests.support import build_tiny_model
@@ -46,25 +49,198 @@ def test_logits_equal_torchs_padded_or_not(tiny: TextModel, tmp_path: Path) -> N
         tiny.exact_runner = None
 
 
-def test_a_bert_gets_its_own_graph_and_other_models_transformers_module(
-    tiny: TextModel, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    """A BERT classifier is exported as Clarion's graph (eager attention, its last layer at [CLS]
-    only) and runs every width there; another architecture is exported as transformers' module and
-    its widest passes stay on torch. Both give torch's logits, padded or not."""
-    distilbert_dir = build_tiny_model(
-        tmp_path_factory.mktemp("distilbert"), ["a", "b"], architecture="distilbert"
+# Tiny random-weight classifiers of each family with a graph of its own (and one without), saved beside
+# the BERT tiny model's WordPiece tokenizer (the graphs only need ids): 2 layers of width 32, 2 heads,
+# feed-forward 64, 128 positions. Weights 10x wider than the default initialisation: logits of order 1,
+# so that a graph wrong by a little differs from torch by far more than 1e-5.
+BERT_SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+MODERNBERT = {
+    **BERT_SIZES,
+    "local_attention": 16,
+    "global_attn_every_n_layers": 2,
+    **{f"{token}_token_id": i for token, i in (("bos", 2), ("cls", 2), ("eos", 3), ("sep", 3))},
+}
+# family: (config class, model class, sizes and options in its names, the graph's kind)
+FAMILIES: dict[str, tuple[str, str, dict[str, Any], str]] = {
+    "bert": ("BertConfig", "BertForSequenceClassification", BERT_SIZES, "cls-bert"),
+    # position ids start after the padding id: 128 tokens need 130 positions
+    "roberta": (
+        "RobertaConfig",
+        "RobertaForSequenceClassification",
+        {**BERT_SIZES, "max_position_embeddings": 130},
+        "cls-roberta",
+    ),
+    "xlm-roberta": (
+        "XLMRobertaConfig",
+        "XLMRobertaForSequenceClassification",
+        {**BERT_SIZES, "max_position_embeddings": 130},
+        "cls-roberta",
+    ),
+    "camembert": (
+        "CamembertConfig",
+        "CamembertForSequenceClassification",
+        {**BERT_SIZES, "max_position_embeddings": 130},
+        "cls-roberta",
+    ),
+    "electra": (
+        "ElectraConfig",
+        "ElectraForSequenceClassification",
+        {**BERT_SIZES, "embedding_size": 16},
+        "cls-electra",
+    ),
+    "distilbert": (
+        "DistilBertConfig",
+        "DistilBertForSequenceClassification",
+        {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64},
+        "cls-distilbert",
+    ),
+    "albert": (
+        "AlbertConfig",
+        "AlbertForSequenceClassification",
+        {**BERT_SIZES, "embedding_size": 16},
+        "cls-albert",
+    ),
+    # v3's: relative positions in log buckets past 8, shared keys, no absolute positions
+    "deberta-v3": (
+        "DebertaV2Config",
+        "DebertaV2ForSequenceClassification",
+        {
+            **BERT_SIZES,
+            "relative_attention": True,
+            "pos_att_type": ["p2c", "c2p"],
+            "position_buckets": 16,
+            "position_biased_input": False,
+            "share_att_key": True,
+            "norm_rel_ebd": "layer_norm",
+        },
+        "cls-deberta-v2",
+    ),
+    # v2-xlarge's: a convolution after the first layer, positions of their own projections, no buckets
+    "deberta-v2-conv": (
+        "DebertaV2Config",
+        "DebertaV2ForSequenceClassification",
+        {**BERT_SIZES, "relative_attention": True, "pos_att_type": ["p2c", "c2p"], "conv_kernel_size": 3},
+        "cls-deberta-v2",
+    ),
+    # a global layer, then one seeing 8 positions either side (the last: at [CLS] only, or whole)
+    "modernbert-cls": (
+        "ModernBertConfig",
+        "ModernBertForSequenceClassification",
+        {**MODERNBERT, "classifier_pooling": "cls"},
+        "cls-modernbert",
+    ),
+    "modernbert-mean": (
+        "ModernBertConfig",
+        "ModernBertForSequenceClassification",
+        {**MODERNBERT, "classifier_pooling": "mean"},
+        "full-modernbert",
+    ),
+    # none of Clarion's graphs: transformers' module
+    "mpnet": (
+        "MPNetConfig",
+        "MPNetForSequenceClassification",
+        {**BERT_SIZES, "max_position_embeddings": 130},
+        "module",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def wordpiece_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("wordpiece"), ["a", "b", "c"])
+
+
+def build_family(directory: Path, wordpiece_dir: Path, family: str) -> Path:
+    """The family's tiny classifier beside a copy of the WordPiece tokenizer, whose maximum length is
+    raised to the 128 positions."""
+    import torch
+    import transformers
+
+    config_class, model_class, options, _ = FAMILIES[family]
+    shutil.copytree(wordpiece_dir, directory)
+    tokenizer_config = directory / "tokenizer_config.json"
+    tokenizer_config.write_text(
+        json.dumps({**json.loads(tokenizer_config.read_text()), "model_max_length": 128})
     )
-    distilbert = load_text_model(Settings(model_dir=str(distilbert_dir), torch_threads=1))
-    for model, graph, max_width in ((tiny, "-bert-", 1 << 30), (distilbert, "-module-", 384)):
-        cache = tmp_path / graph.strip("-")
-        runner = onnx_exact(model, cache, threads=1)
-        assert [p.name for p in (cache / "onnx").glob(f"*{graph}*.onnx")], graph
-        assert runner.max_width == max_width
-        rows = rows_of(model, ["the film was great", "bad", "i loved it , not very boring at all", "a"])
+    config = getattr(transformers, config_class)(
+        **{"max_position_embeddings": 128, **options},
+        vocab_size=128,  # the tokenizer's ids are fewer
+        pad_token_id=0,  # the tokenizer's [PAD]: RoBERTa's position ids and padding embeddings follow it
+        initializer_range=0.2,
+        id2label={0: "a", 1: "b", 2: "c"},
+        label2id={"a": 0, "b": 1, "c": 2},
+    )
+    torch.manual_seed(0)
+    getattr(transformers, model_class)(config).eval().save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_each_family_gets_its_graph_with_torchs_logits_up_to_its_maximum_length(
+    family: str, wordpiece_dir: Path, tmp_path: Path
+) -> None:
+    """A classifier whose head reads one position gets a graph with its last layer at that position
+    only (a ModernBERT with mean pooling one with its last layer whole; another architecture,
+    transformers' module): torch's logits to 1e-5, padded or not, short rows and rows of the model's
+    maximum length, which its passes run to."""
+    model_dir = build_family(tmp_path / family, wordpiece_dir, family)
+    model = load_text_model(Settings(model_dir=str(model_dir), torch_threads=1))
+    assert model.max_length == 128
+    runner = onnx_exact(model, tmp_path / "cache", threads=1)
+    kind = FAMILIES[family][3]
+    assert [p.name for p in (tmp_path / "cache" / "onnx").glob(f"*-{kind}-torch*.onnx")], kind
+    assert runner.max_width >= model.max_length
+    longest = rows_of(model, [" ".join(["the film was not very good , i loved it"] * 20)])[0]
+    assert len(longest) == model.max_length
+    batches = [
+        rows_of(model, ["the film was great", "bad", "i loved it , not very boring at all", "a"]),
+        rows_of(model, ["the plot was boring and the acting awful"]) * 3,
+        [longest, longest[:70], longest[:5]],
+        [longest] * 2,
+    ]
+    for rows in batches:
         ids, attention = model.padded(rows)
         expected = model.torch_forward(ids, attention, "exact")
+        assert np.abs(expected).max() > 0.1  # logits far from 0: a wrong graph would not pass as right
         np.testing.assert_allclose(runner(ids, attention), expected, atol=1e-5, rtol=0)
+
+
+def test_a_graph_off_only_on_long_rows_keeps_the_narrower_passes(
+    wordpiece_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Right on short rows but off, or failing, on rows of the maximum length (128): its passes run up
+    to the widest narrower width it is right at (64, else the short rows'), wider ones stay on torch,
+    and the log says why."""
+    model_dir = build_family(tmp_path / "bert", wordpiece_dir, "bert")
+    model = load_text_model(Settings(model_dir=str(model_dir), torch_threads=1))
+
+    class OffWhenLong:
+        name, max_width = "onnxruntime", 1 << 30
+
+        def __init__(self, off: float | None, beyond: int) -> None:
+            self.off, self.beyond = off, beyond
+
+        def __call__(self, ids: np.ndarray, attention: np.ndarray) -> np.ndarray:
+            logits = model.torch_forward(ids, attention, "exact")
+            if ids.shape[1] <= self.beyond:
+                return logits
+            if self.off is None:
+                raise RuntimeError("indices element out of data bounds, idx=130")
+            return logits + self.off
+
+    checked = len(rows_of(model, [CHECK_TEXT])[0])  # the short check rows' width: right there
+    for off, beyond, widest, reason in (
+        (1e-4, 100, 64, "differs from torch by 1.0e-04"),
+        (None, 100, 64, "fails (indices element out"),
+        (1e-4, checked, checked, "differs from torch by 1.0e-04"),
+    ):
+        runner = OffWhenLong(off, beyond)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            _check(model, runner)
+        assert runner.max_width == widest
+        assert reason in caplog.text
+        assert f"at 128 tokens: passes wider than {widest} tokens stay on torch" in caplog.text
 
 
 def test_fast_takes_the_exact_runner_where_it_has_no_half_precision(tiny: TextModel) -> None:
