@@ -19,7 +19,7 @@ import numpy as np
 from shared.engine import EXPLAIN, Engine, Ticket
 from shared.errors import InvalidRequest
 from shared.kinds import Output
-from shared.masking import token_segments
+from shared.masking import TextMask, token_segments
 from shared.model import EncodedText, TextModel
 from shared.owen import OwenSteps, owen_values, text_clustering
 from shared.results import Explanation
@@ -56,8 +56,9 @@ class _Game:
     asked: list[bytes] = field(default_factory=list)  # the rows in flight
     rows_run: int = 0
     rows_memoised: int = 0
-    # masking "text": the text's token substrings, from which each masked text is rebuilt
+    # masking "text": the text's token substrings, from which each masked text is rebuilt, and how
     segments: list[str] | None = None
+    text_mask: TextMask | None = None
 
     def rows_needed(self, documents: list[np.ndarray]) -> list[np.ndarray]:
         """The model rows these (masked) documents need that this text has not run yet."""
@@ -94,10 +95,9 @@ class _Game:
         played = self.player_of_token >= 0
         present[:, played] = masks[:, self.player_of_token[played]]
         present |= self.keep
-        if self.segments is None:
+        if self.segments is None or self.text_mask is None:
             return list(np.where(present, self.encoded.ids, model.mask_token_id))
-        masker = model.text_mask
-        texts = [masker.masked_text(self.segments, row) for row in present]
+        texts = [self.text_mask.masked_text(self.segments, row) for row in present]
         return [e.ids for e in model.encode(texts)]
 
 
@@ -204,6 +204,7 @@ def _advance(game: _Game, outputs: np.ndarray | None) -> None:
 
 
 def _new_game(model: TextModel, encoded: EncodedText, options: ExplainOptions) -> _Game:
+    by_text = options.masking == "text"
     length = len(encoded.ids)
     keep = np.zeros(length, dtype=bool)
     keep[: model.keep_prefix] = True
@@ -224,7 +225,8 @@ def _new_game(model: TextModel, encoded: EncodedText, options: ExplainOptions) -
         spans=spans,
         clustering=clustering,
         label_indexes=[],
-        segments=token_segments(encoded.text, encoded.offsets) if options.masking == "text" else None,
+        segments=token_segments(encoded.text, encoded.offsets) if by_text else None,
+        text_mask=TextMask.of(model.tokenizer) if by_text else None,
     )
 
 

@@ -6,14 +6,12 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 import numpy as np
 
 from shared.errors import ModelLoadError
 from shared.kinds import Activation, LongText, Output, Precision
-from shared.masking import TextMask
 from shared.model_source import ModelLocation, resolve_model
 from shared.settings import Settings
 
@@ -137,11 +135,6 @@ class TextModel:
             prefix=self.keep_prefix,
             suffix=self.keep_suffix,
         )
-
-    @cached_property
-    def text_mask(self) -> TextMask:
-        """How masking "text" rebuilds a masked text for this tokenizer."""
-        return TextMask.of(self.tokenizer)
 
     @property
     def window_width(self) -> int:
