@@ -8,8 +8,8 @@ from flask import Flask
 
 from api.errors import register_error_handlers
 from api.routes import bp, request_ticket
-from shared.jobs import FolderJobRecords, InlineJobQueue, JobQueue
-from shared.service import ClarionService
+from shared.jobs.inline import FolderJobRecords, InlineJobQueue, JobQueue
+from shared.serving.service import ClarionService
 from shared.settings import Settings
 
 

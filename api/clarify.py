@@ -27,7 +27,7 @@ from jmespath.exceptions import JMESPathError
 from pydantic import BaseModel, Field
 
 from shared.errors import InvalidRequest
-from shared.results import Classification, Explanation
+from shared.io.results import Classification, Explanation
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)

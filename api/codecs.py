@@ -19,7 +19,7 @@ from typing import Any
 from flask import Request
 
 from shared.errors import InvalidRequest, UnsupportedMediaType
-from shared.schemas import HuggingFaceBody, InvocationParameters, SeedBody, parse_model
+from shared.io.schemas import HuggingFaceBody, InvocationParameters, SeedBody, parse_model
 from shared.settings import Settings
 
 _GENERIC_TYPES = {"", "application/x-www-form-urlencoded", "application/octet-stream", "*/*", "text/json"}

@@ -18,7 +18,7 @@ from shared.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from shared.results import ErrorBody, ErrorDetail, body
+from shared.io.results import ErrorBody, ErrorDetail, body
 
 log = logging.getLogger(__name__)
 

@@ -21,13 +21,13 @@ from api.clarify import (
 from api.codecs import body_text
 from api.negotiation import CSV, HTML, JSON, JSON_LINES, response_type
 from api.records import decode_records
-from api.render import content_security_policy, explanation_document, new_nonce
-from shared.engine import Ticket
 from shared.errors import InvalidRequest
-from shared.records import Record
-from shared.results import body, text_response
-from shared.schemas import InvocationParameters, parse_model, text_problem
-from shared.service import ClarionService
+from shared.io.records import Record
+from shared.io.results import body, text_response
+from shared.io.schemas import InvocationParameters, parse_model, text_problem
+from shared.render.html import content_security_policy, explanation_document, new_nonce
+from shared.runtime.engine import Ticket
+from shared.serving.service import ClarionService
 from shared.settings import Settings
 
 RESULT_TYPES = (JSON, JSON_LINES, CSV, HTML)  # a JSON body: JSON unless asked otherwise

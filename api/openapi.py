@@ -1,5 +1,5 @@
 """The OpenAPI 3.1 document, generated from the same pydantic models that validate requests and
-shape responses (shared/schemas.py, shared/results.py)."""
+shape responses (shared/io/schemas.py, shared/io/results.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from api.clarify import ClarifyResponse
-from shared.results import ErrorBody, Health, JobBody, TextResult
-from shared.schemas import HuggingFaceBody, SeedBody
+from shared.io.results import ErrorBody, Health, JobBody, TextResult
+from shared.io.schemas import HuggingFaceBody, SeedBody
 
 _JSON = "application/json"
 

@@ -14,7 +14,7 @@ import csv
 import io
 
 from api.negotiation import CSV, JSON_LINES
-from shared.records import EMPTY, Record, csv_records, json_lines
+from shared.io.records import EMPTY, Record, csv_records, json_lines
 
 # Every name JSON Lines goes by (SageMaker's first); a response is always in SageMaker's.
 JSON_LINES_TYPES = (JSON_LINES, "application/jsonl", "application/x-jsonlines", "application/json-lines")

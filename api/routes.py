@@ -25,14 +25,15 @@ from api.negotiation import (
 )
 from api.openapi import openapi_document
 from api.records import is_record_type
-from api.render import job_document, page_document
 from shared import metrics
-from shared.engine import Ticket
 from shared.errors import NotFound, Unauthorized
-from shared.explainer import check_options
-from shared.jobs import JobQueue, JobRecord, new_record
-from shared.results import body
-from shared.service import ClarionService
+from shared.explanation.explainer import check_options
+from shared.io.results import body
+from shared.jobs.inline import JobQueue
+from shared.jobs.record import JobRecord, new_record
+from shared.render.html import job_document, page_document
+from shared.runtime.engine import Ticket
+from shared.serving.service import ClarionService
 from shared.settings import Settings
 
 bp = Blueprint("clarion", __name__)

@@ -19,7 +19,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "bind": f"{settings.host}:{settings.port}",
         "workers": settings.worker_count,
         # Threads let one worker hold many connections; every forward pass of the process runs on its
-        # one engine thread (shared/engine.py), so request threads do not oversubscribe the cores.
+        # one engine thread (shared/runtime/engine.py), so request threads do not oversubscribe the cores.
         "worker_class": "gthread",
         "threads": settings.http_threads,
         # For gthread workers this is only a heartbeat, not a request limit (the engine thread keeps

@@ -45,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from bench.explain import _long_texts
-    from shared.engine import PassLimits
+    from shared.runtime.engine import PassLimits
 
     if args.smoke:
         args.texts, args.long, args.max_evals, args.batch_sizes = 2, 1, 64, "5"
@@ -93,8 +93,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _engine(model_dir: str, device: str, threads: int, limits: Any) -> Any:
-    from shared.engine import Engine, pass_limits_for
-    from shared.model import load_text_model
+    from shared.runtime.engine import Engine, pass_limits_for
+    from shared.runtime.model import load_text_model
     from shared.settings import Settings
 
     model = load_text_model(Settings(model_dir=model_dir, device=device, torch_threads=threads))
@@ -102,8 +102,8 @@ def _engine(model_dir: str, device: str, threads: int, limits: Any) -> Any:
 
 
 def _explain(engine: Any, text: str, max_evals: int, batch_size: int) -> Any:
-    from shared.explainer import explain_texts
-    from shared.schemas import ExplainOptions
+    from shared.explanation.explainer import explain_texts
+    from shared.io.schemas import ExplainOptions
 
     options = ExplainOptions(max_evals=max_evals, seed=0, precision="exact", batch_size=batch_size)
     return explain_texts(engine, [text], options)[0]

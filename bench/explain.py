@@ -102,8 +102,8 @@ def main(args: argparse.Namespace) -> int:
 
 def _load(name: str, threads: int, tmp: Path, pass_tokens: int | None, spare_tokens: int | None) -> Any:
     """The model and its engine, as a Clarion process runs them."""
-    from shared.engine import Engine, pass_limits_for
-    from shared.model import load_text_model
+    from shared.runtime.engine import Engine, pass_limits_for
+    from shared.runtime.model import load_text_model
     from shared.settings import Settings
 
     directory = MINILM_DIR if name == "minilm" else build_random_distilbert(tmp / name)
@@ -133,7 +133,7 @@ def _long_texts(model: Any, sentences: list[str], count: int, bounds: tuple[int,
 
 def _other_backends(model: Any, names: str, threads: int, tmp: Path) -> dict[str, Any]:
     """Exact runners besides torch, by name (onnxruntime only where the model is on a CPU)."""
-    from shared.onnx_backend import onnx_exact
+    from shared.runtime.onnx import onnx_exact
 
     wanted = [n.strip() for n in names.split(",") if n.strip()]
     unknown = sorted(set(wanted) - {"torch", "onnxruntime"})
@@ -156,14 +156,14 @@ def _seed_explainer(model: Any) -> Any:
 
 
 def _options(max_evals: int, precision: str, batch_size: int) -> Any:
-    from shared.schemas import ExplainOptions
+    from shared.io.schemas import ExplainOptions
 
     return ExplainOptions(max_evals=max_evals, seed=0, precision=precision, batch_size=batch_size)
 
 
 def _warm_up(engine: Any, seed: Any, text: str, batch_size: int, others: dict[str, Any]) -> None:
     """First calls allocate, pick kernels, quantize (fast on CPUs without bf16): keep that out of timings."""
-    from shared.explainer import explain_texts
+    from shared.explanation.explainer import explain_texts
 
     explain_texts(engine, [text], _options(16, "exact", batch_size))
     with _exact_runner(engine.model, others.get("onnxruntime")):
@@ -189,7 +189,7 @@ def _measure(
     engine: Any, seed: Any, text: str, max_evals: int, batch_size: int, others: dict[str, Any]
 ) -> list[dict[str, Any]]:
     """One row per exact backend: torch's first, then each other's right after it (side by side)."""
-    from shared.explainer import explain_texts
+    from shared.explanation.explainer import explain_texts
 
     model = engine.model
     ids = model.encode([text])[0].ids
@@ -255,7 +255,7 @@ def _measure(
 def _run(engine: Any, text: str, options: Any, ids: np.ndarray) -> tuple[Any, dict[str, Any]]:
     """One timed exact explanation on the engine's current backend, its passes and rows (computed
     ahead included), and the floor: its evaluations at that backend's best per-row cost."""
-    from shared.explainer import explain_texts
+    from shared.explanation.explainer import explain_texts
 
     before = engine.stats.snapshot()
     (explanation,), seconds = timed(lambda: explain_texts(engine, [text], options))
@@ -294,7 +294,7 @@ def _reference_values(model: Any, text: str, max_evals: int, batch_size: int) ->
 def _per_row_cost(model: Any, ids: np.ndarray, repeats: int = 2) -> float:
     """The model's best seconds per row on this text: one unpadded pass over copies of its ids, at
     whichever pass size runs best (the floor no pass size of the engine can beat)."""
-    from shared.engine import pass_limits_for
+    from shared.runtime.engine import pass_limits_for
 
     limits = pass_limits_for(model)  # a GPU's passes are far larger than a CPU's
     most_rows, most_tokens = max(64, limits.rows), max(FLOOR_MAX_TOKENS, limits.tokens)

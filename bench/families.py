@@ -76,9 +76,9 @@ def main(args: argparse.Namespace) -> int:
 
 def _family(name: str, tmp: Path, sentences: list[str], args: argparse.Namespace) -> dict[str, Any]:
     from bench.explain import _long_texts
-    from shared.engine import Engine, pass_limits_for
-    from shared.model import load_text_model
-    from shared.onnx_backend import onnx_exact
+    from shared.runtime.engine import Engine, pass_limits_for
+    from shared.runtime.model import load_text_model
+    from shared.runtime.onnx import onnx_exact
     from shared.settings import Settings
     from tests.families import build_family_model
 
@@ -167,8 +167,8 @@ def _seed_explainer(directory: Path) -> Any:
 
 def _explain(engine: Any, seed: Any, kind: str, text: str, max_evals: int) -> dict[str, Any]:
     """One text: Clarion exact (masking "tokens"), Clarion masking "text", then the seed."""
-    from shared.explainer import explain_texts
-    from shared.schemas import ExplainOptions
+    from shared.explanation.explainer import explain_texts
+    from shared.io.schemas import ExplainOptions
 
     tokens, text_masked = (ExplainOptions(max_evals=max_evals, masking=m) for m in ("tokens", "text"))
     (exact,), exact_s = timed(lambda: explain_texts(engine, [text], tokens))

@@ -63,7 +63,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _service(model_dir: str, window_tokens: int | None = None):  # type: ignore[no-untyped-def]
-    from shared.service import ClarionService
+    from shared.serving.service import ClarionService
     from shared.settings import Settings
 
     settings = Settings(model_dir=model_dir, explanation_cache_size=0, max_evals_limit=100_000)
@@ -75,7 +75,7 @@ def _service(model_dir: str, window_tokens: int | None = None):  # type: ignore[
 
 
 def _options(settings: Any, **values: Any) -> Any:
-    from shared.schemas import ExplainOptions, parse_model
+    from shared.io.schemas import ExplainOptions, parse_model
 
     return parse_model(ExplainOptions, {"labels": "all", **values}, settings)
 

@@ -110,7 +110,7 @@ def _env(name: str, parse: Callable[[str, str], Any], default: Any = None) -> An
 class Settings:
     """Everything Clarion reads from its environment. Build it with `Settings.from_env()`."""
 
-    # Where the model comes from (see shared.model_source for the precedence).
+    # Where the model comes from (see shared/runtime/source.py for the precedence).
     model_dir: str | None = _env("MODEL_DIR", _text)
     bucket_name: str | None = _env("BUCKET_NAME", _text)
     model_path: str | None = _env("MODEL_PATH", _text)

@@ -144,9 +144,9 @@ def build_tiny_model(
 def start_engine(model_dir: Path, threads: int | None = 1, backend: str = "torch", **limits: int):
     """Load a model in this process and start its engine (`limits`: PassLimits rows/tokens).
     `backend="onnxruntime"` runs its exact passes through an ONNX export (cached beside the model)."""
-    from shared.engine import CPU_PASS, Engine, PassLimits
-    from shared.model import load_text_model
-    from shared.onnx_backend import onnx_exact
+    from shared.runtime.engine import CPU_PASS, Engine, PassLimits
+    from shared.runtime.model import load_text_model
+    from shared.runtime.onnx import onnx_exact
     from shared.settings import Settings
 
     model = load_text_model(Settings(model_dir=str(model_dir), torch_threads=threads))

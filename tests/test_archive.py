@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.archive import extract_archive, find_model_root
 from shared.errors import ModelLoadError, UnsafeArchive
-from shared.model_source import resolve_model
+from shared.runtime.archive import extract_archive, find_model_root
+from shared.runtime.source import resolve_model
 from shared.settings import Settings
 
 
@@ -127,11 +127,11 @@ def test_precedence_local_then_s3_then_hub(tmp_path: Path, tiny_model_dir: Path)
 @pytest.fixture(params=["filters", "no filters"])
 def filters(request, monkeypatch: pytest.MonkeyPatch) -> bool:
     """Both extraction paths: Python's "data" filter, and the checks alone (Python < 3.11.4)."""
-    import shared.archive
+    import shared.runtime.archive
 
-    available = shared.archive.HAS_FILTERS
-    monkeypatch.setattr(shared.archive, "HAS_FILTERS", request.param == "filters" and available)
-    return shared.archive.HAS_FILTERS
+    available = shared.runtime.archive.HAS_FILTERS
+    monkeypatch.setattr(shared.runtime.archive, "HAS_FILTERS", request.param == "filters" and available)
+    return shared.runtime.archive.HAS_FILTERS
 
 
 def test_both_paths_refuse_what_is_unsafe_and_drop_unwanted_mode_bits(tmp_path: Path, filters: bool) -> None:

@@ -6,14 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from shared.cache import MemoryCache, RedisCache, explanation_key
-from shared.classifier import classify
-from shared.engine import Engine
-from shared.explainer import explain_texts
-from shared.job_store import redis_client
-from shared.schemas import ExplainOptions
-from shared.service import ClarionService
+from shared.explanation.explainer import explain_texts
+from shared.io.schemas import ExplainOptions
+from shared.runtime.engine import Engine
+from shared.serving.cache import RedisCache, explanation_key
+from shared.serving.classifier import classify
+from shared.serving.service import ClarionService
 from shared.settings import Settings
+from shared.storage.memory import MemoryCache
+from shared.storage.redis import redis_client
 from tests.support import RedisServer
 
 TEXTS = ["good film", "the plot was boring", "i loved the acting", "awful", "not very good at all , really"]
@@ -65,15 +66,17 @@ def test_cache_key_covers_everything_that_changes_the_numbers() -> None:
 
 
 def test_cache_key_changes_with_the_algorithm_version(monkeypatch: pytest.MonkeyPatch) -> None:
-    import shared.explainer
+    import shared.explanation.explainer
 
     before = explanation_key("model-a", "text", ExplainOptions())
-    monkeypatch.setattr(shared.explainer, "ALGORITHM_VERSION", shared.explainer.ALGORITHM_VERSION + 1)
+    monkeypatch.setattr(
+        shared.explanation.explainer, "ALGORITHM_VERSION", shared.explanation.explainer.ALGORITHM_VERSION + 1
+    )
     assert explanation_key("model-a", "text", ExplainOptions()) != before
 
 
 def test_memory_cache_evicts_least_recently_used(engine: Engine) -> None:
-    from shared.explainer import explain_texts
+    from shared.explanation.explainer import explain_texts
 
     explanation = explain_texts(engine, ["good"], ExplainOptions(max_evals=20))[0]
     cache = MemoryCache(capacity=2)
@@ -85,7 +88,7 @@ def test_memory_cache_evicts_least_recently_used(engine: Engine) -> None:
 
 
 def test_redis_cache_round_trips_and_tolerates_an_outage(engine: Engine, tmp_path: Path) -> None:
-    from shared.explainer import explain_texts
+    from shared.explanation.explainer import explain_texts
 
     explanation = explain_texts(engine, ["good film"], ExplainOptions(max_evals=20))[0]
     server = RedisServer(tmp_path)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from shared.classifier import classify
-from shared.engine import Engine, PassLimits
+from shared.runtime.engine import Engine, PassLimits
+from shared.serving.classifier import classify
 from tests.support import start_engine
 
 
@@ -80,7 +80,7 @@ def test_truncation_is_reported(engine, tiny) -> None:
 
 
 def test_half_precision_gpu_passes_are_padded_to_few_shapes() -> None:
-    from shared.model import _shape_bucket
+    from shared.runtime.model import _shape_bucket
 
     assert _shape_bucket(1, 10, 512) == (1, 16)
     assert _shape_bucket(5, 17, 512) == (8, 32)

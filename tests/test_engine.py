@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.classifier import classify
-from shared.engine import CLASSIFY, EXPLAIN, Engine, PassLimits, Ticket
 from shared.errors import ExplanationTimeout, JobCancelled
-from shared.explainer import explain_texts
-from shared.model import TextModel, load_text_model
-from shared.schemas import ExplainOptions
+from shared.explanation.explainer import explain_texts
+from shared.io.schemas import ExplainOptions
+from shared.runtime.engine import CLASSIFY, EXPLAIN, Engine, PassLimits, Ticket
+from shared.runtime.model import TextModel, load_text_model
+from shared.serving.classifier import classify
 from shared.settings import Settings
 
 TEXTS = ["good film", "the plot was boring", "i loved the acting", "awful", "not very good at all , really"]

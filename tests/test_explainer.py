@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from shared.engine import Engine
 from shared.errors import InvalidRequest
-from shared.explainer import explain_texts
-from shared.model import TextModel
-from shared.schemas import ExplainOptions
+from shared.explanation.explainer import explain_texts
+from shared.io.schemas import ExplainOptions
+from shared.runtime.engine import Engine
+from shared.runtime.model import TextModel
 
 TEXTS = [
     "i loved this film , the acting was superb .",
@@ -125,7 +125,7 @@ def test_additivity(engine: Engine, tiny: TextModel, output: str) -> None:
 
 
 def test_model_output_matches_classification(engine: Engine) -> None:
-    from shared.classifier import classify
+    from shared.serving.classifier import classify
 
     (explanation,) = explain(engine, [TEXTS[0]], ExplainOptions(), 32)
     (classification,) = classify(engine, [TEXTS[0]])
@@ -174,8 +174,8 @@ def test_truncated_text_is_explained_up_to_the_limit(engine: Engine, tiny: TextM
 def test_explanation_stops_at_its_deadline(engine: Engine, tiny: TextModel) -> None:
     import time
 
-    from shared.engine import Ticket
     from shared.errors import ExplanationTimeout
+    from shared.runtime.engine import Ticket
 
     ticket = Ticket(time.monotonic(), "past the request timeout")
     with pytest.raises(ExplanationTimeout, match="request timeout"):
@@ -204,7 +204,7 @@ def test_fast_precision_ranks_tokens_like_exact(sst2_dir: Path) -> None:
 
 def run_owen(clustering, value_of, max_evals: int, batch_size: int, lookahead: int, spare: int = 0):
     """Drive the recursion with a deterministic model of the masks; count rows and yields."""
-    from shared.owen import owen_values
+    from shared.explanation.owen import owen_values
 
     m = clustering.shape[0] + 1
     f00, f11 = value_of(np.zeros((1, m), dtype=bool))[0], value_of(np.ones((1, m), dtype=bool))[0]
@@ -225,8 +225,8 @@ def run_owen(clustering, value_of, max_evals: int, batch_size: int, lookahead: i
 
 @pytest.mark.parametrize("max_evals", [30, 120, 5000])
 def test_lookahead_changes_the_passes_not_the_numbers(tiny: TextModel, max_evals: int) -> None:
-    from shared.masking import token_segments
-    from shared.owen import text_clustering
+    from shared.explanation.masking import token_segments
+    from shared.explanation.owen import text_clustering
 
     encoded = tiny.encode([TEXTS[2]])[0]
     clustering = text_clustering(token_segments(encoded.text, encoded.offsets), "[SEP]")

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from shared.classifier import classify
-from shared.engine import CPU_PASS, Engine
-from shared.explainer import explain_texts
-from shared.model import TextModel, load_text_model
-from shared.onnx_backend import onnx_exact
-from shared.schemas import ExplainOptions
+from shared.explanation.explainer import explain_texts
+from shared.io.schemas import ExplainOptions
+from shared.runtime.engine import CPU_PASS, Engine
+from shared.runtime.model import TextModel, load_text_model
+from shared.runtime.onnx import onnx_exact
+from shared.serving.classifier import classify
 from shared.settings import Settings
 from tests.families import FAMILIES, build_family_model
 from tests.support import start_engine

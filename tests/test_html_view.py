@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from api.render import script_json
+from shared.render.html import script_json
 from tests.support import Service, running_service, wait_healthy
 
 XSS = "<img src=x onerror=alert(1)> </script><script>alert(2)</script> & \u2028 superb"

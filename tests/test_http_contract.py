@@ -324,7 +324,7 @@ def test_openapi_document_is_valid_and_describes_the_bodies(service: Service) ->
 def test_inline_jobs_honour_a_raised_max_evals_limit(tiny_model_dir: Path) -> None:
     """In-process (Flask's test client): options are validated once, against the operator's limits."""
     from api.app import create_app
-    from shared.service import ClarionService
+    from shared.serving.service import ClarionService
     from shared.settings import Settings
 
     settings = Settings(model_dir=str(tiny_model_dir), serverless=True, max_evals_limit=8000, torch_threads=1)

@@ -7,11 +7,13 @@ import json
 
 import pytest
 
-from shared.cache import REDIS_PREFIX, RedisCache, explanation_key
-from shared.job_store import KEY_PREFIX, RedisJobStore, redis_client
-from shared.jobs import CANCELLED, QUEUED, SUCCEEDED, JobRecord
-from shared.results import Explanation, body
-from shared.schemas import ExplainOptions
+from shared.io.results import Explanation, body
+from shared.io.schemas import ExplainOptions
+from shared.jobs.record import JobRecord
+from shared.jobs.store import KEY_PREFIX, RedisJobStore
+from shared.kinds import CANCELLED, QUEUED, SUCCEEDED
+from shared.serving.cache import REDIS_PREFIX, RedisCache, explanation_key
+from shared.storage.redis import redis_client
 from tests.support import RedisServer
 
 PREDICTION = {"prediction": [{"label": "POSITIVE", "score": 0.9}, {"label": "NEGATIVE", "score": 0.1}]}

@@ -113,10 +113,11 @@ def test_bad_job_input_is_rejected_before_queueing(stack) -> None:
 def test_a_job_whose_publisher_died_is_published_by_the_sweeper(stack) -> None:
     """The state an API leaves when it dies between recording a job and publishing it: the record
     (queued, noted unpublished) and no task. Another API process's sweeper publishes it."""
-    from shared.job_store import RedisJobStore, redis_client
-    from shared.jobs import new_record
-    from shared.results import Classification, LabelScore
-    from shared.schemas import ExplainOptions
+    from shared.io.results import Classification, LabelScore
+    from shared.io.schemas import ExplainOptions
+    from shared.jobs.record import new_record
+    from shared.jobs.store import RedisJobStore
+    from shared.storage.redis import redis_client
 
     api: Service = stack.api
     text = "A stranded job that must still run."

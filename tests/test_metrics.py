@@ -48,7 +48,7 @@ def test_the_counters_move_with_the_traffic(tiny_model_dir: Path, tmp_path: Path
     assert moved("clarion_forward_passes_total", priority="explain") > 0
     assert moved("clarion_forward_passes_total", priority="classify") >= 1
     assert moved("clarion_rows_total") > 0 and moved("clarion_tokens_total") > 0
-    assert total(after, "clarion_padding_tokens_total") >= 0
+    assert any(name == "clarion_padding_tokens_total" for name, _ in after)  # exported, whatever its value
     assert moved("clarion_queue_wait_seconds_count", priority="explain") > 0
     assert moved("clarion_cache_requests_total", cache="explanations", result="hit") == 1
     assert moved("clarion_cache_requests_total", cache="explanations", result="miss") == 1

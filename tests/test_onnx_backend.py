@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from shared.errors import ModelLoadError
-from shared.model import TextModel, load_text_model
-from shared.onnx_backend import CHECK_TEXT, _check, onnx_exact
-from shared.service import ClarionService
+from shared.runtime.model import TextModel, load_text_model
+from shared.runtime.onnx import CHECK_TEXT, _check, onnx_exact
+from shared.serving.service import ClarionService
 from shared.settings import Settings
 from tests.support import build_tiny_model
 

@@ -10,7 +10,7 @@ import boto3
 import pytest
 
 from shared.errors import UnsafeArchive
-from shared.model_source import resolve_model
+from shared.runtime.source import resolve_model
 from shared.settings import Settings
 from tests.support import free_port, run_cli, running_service, wait_healthy
 

@@ -123,7 +123,7 @@ def test_engine_and_batch_size_settings() -> None:
 def test_a_service_runs_the_threads_its_role_was_given(tiny_model_dir) -> None:
     import torch
 
-    from shared.service import ClarionService
+    from shared.serving.service import ClarionService
 
     before = torch.get_num_threads()
     try:
@@ -136,7 +136,7 @@ def test_a_service_runs_the_threads_its_role_was_given(tiny_model_dir) -> None:
 def test_the_default_max_evals_respects_a_lower_limit() -> None:
     """A request that leaves max_evals out must not be accepted with a default over the limit
     (with a broker, the worker would then fail the job the API accepted)."""
-    from shared.schemas import SeedBody, parse_model
+    from shared.io.schemas import SeedBody, parse_model
 
     assert parse_model(SeedBody, {"data": "x"}, Settings(max_evals_limit=40)).max_evals == 40
     assert parse_model(SeedBody, {"data": "x"}, Settings()).max_evals == 500

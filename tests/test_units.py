@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.engine import Engine
-from shared.explainer import _new_game, explain_texts
-from shared.owen import mask_matrix
-from shared.schemas import ExplainOptions
+from shared.explanation.explainer import _new_game, explain_texts
+from shared.explanation.owen import mask_matrix
+from shared.io.schemas import ExplainOptions
+from shared.runtime.engine import Engine
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,7 @@ def test_fewer_players_need_fewer_evaluations(engine: Engine) -> None:
 
 
 def test_the_cache_tells_granularities_apart(engine: Engine) -> None:
-    from shared.cache import explanation_key
+    from shared.serving.cache import explanation_key
 
     keys = {explanation_key("model", "text", ExplainOptions(granularity=g)) for g in ("token", "word")}
     assert len(keys) == 2

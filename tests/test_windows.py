@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.classifier import classify
-from shared.engine import Engine
 from shared.errors import InvalidRequest
-from shared.explainer import _new_game, explain_texts
-from shared.model import WINDOW_OVERLAP, window_spans
-from shared.schemas import ExplainOptions, SeedBody, parse_model
+from shared.explanation.explainer import _new_game, explain_texts
+from shared.io.schemas import ExplainOptions, SeedBody, parse_model
+from shared.runtime.engine import Engine
+from shared.runtime.model import WINDOW_OVERLAP, window_spans
+from shared.serving.classifier import classify
 from shared.settings import Settings
 
 # About 190 tokens for the tiny model (64 at most): four windows.
@@ -148,7 +148,7 @@ def test_options_and_limits(engine: Engine) -> None:
     assert body.long_text == "windows"
     with pytest.raises(InvalidRequest, match="the limit is 5000"):
         parse_model(SeedBody, {"data": long * 10, "long_text": "windows", "granularity": "word"}, settings)
-    from shared.cache import classification_key, explanation_key
+    from shared.serving.cache import classification_key, explanation_key
 
     assert classification_key("m", long) != classification_key("m", long, "windows")
     assert explanation_key("m", long, windowed()) != explanation_key(

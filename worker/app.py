@@ -2,7 +2,7 @@
 
 The worker process builds it once in `worker/main.py`; the API builds its own from the settings given
 to `create_app`, and only publishes to it, by task name. Celery keeps no results: each job's state and
-result live in the job store, written by the worker that runs it (shared/jobs.py).
+result live in the job store, written by the worker that runs it (shared/jobs/record.py).
 """
 
 from __future__ import annotations

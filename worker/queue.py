@@ -11,8 +11,9 @@ import redis
 from kombu.exceptions import KombuError
 
 from shared.errors import JobBackendUnavailable, NotFound
-from shared.job_store import job_store_for
-from shared.jobs import CANCELLED, FINISHED, QUEUED, JobRecord, utc_now
+from shared.jobs.record import JobRecord, utc_now
+from shared.jobs.store import job_store_for
+from shared.kinds import CANCELLED, FINISHED, QUEUED
 from shared.settings import Settings
 from worker.app import EXPLAIN_TASK, QUEUE, create_celery_app
 

@@ -25,12 +25,13 @@ from celery.signals import (
 )
 
 from shared import metrics
-from shared.engine import Ticket
 from shared.errors import ClarionError, JobBackendUnavailable, JobCancelled
-from shared.job_store import RedisJobStore, job_store_for
-from shared.jobs import CANCELLED, FAILED, FINISHED, RUNNING, SUCCEEDED, JobRecord, utc_now
-from shared.schemas import ExplainOptions, parse_model
-from shared.service import ClarionService
+from shared.io.schemas import ExplainOptions, parse_model
+from shared.jobs.record import JobRecord, utc_now
+from shared.jobs.store import RedisJobStore, job_store_for
+from shared.kinds import CANCELLED, FAILED, FINISHED, RUNNING, SUCCEEDED
+from shared.runtime.engine import Ticket
+from shared.serving.service import ClarionService
 from worker.app import EXPLAIN_TASK
 from worker.main import celery_app
 

@@ -36,7 +36,7 @@ import numpy as np
 from shared import metrics
 from shared.errors import ClarionError, EngineStopped, ExplanationTimeout, JobCancelled
 from shared.kinds import Precision
-from shared.model import TextModel
+from shared.runtime.model import TextModel
 
 log = logging.getLogger(__name__)
 

@@ -13,26 +13,18 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from shared import metrics
-from shared.cache import (
-    Cache,
-    ExplanationCache,
-    MemoryCache,
-    NoCache,
-    RedisCache,
-    classification_key,
-    explanation_key,
-    through_cache,
-)
-from shared.classifier import classification_of, run_unmasked
-from shared.engine import Engine, Ticket, pass_limits_for
 from shared.errors import ClarionError, ModelNotReady
-from shared.explainer import explain_encoded
+from shared.explanation.explainer import explain_encoded
+from shared.io.results import Classification, Explanation, Health, Prediction
+from shared.io.schemas import ExplainOptions
 from shared.kinds import LongText
-from shared.model import EncodedText, TextModel, load_text_model
-from shared.onnx_backend import onnx_exact
-from shared.results import Classification, Explanation, Health, Prediction
-from shared.schemas import ExplainOptions
+from shared.runtime.engine import Engine, Ticket, pass_limits_for
+from shared.runtime.model import EncodedText, TextModel, load_text_model
+from shared.runtime.onnx import onnx_exact
+from shared.serving.cache import ExplanationCache, RedisCache, classification_key, explanation_key
+from shared.serving.classifier import classification_of, run_unmasked
 from shared.settings import Settings
+from shared.storage.memory import Cache, MemoryCache, NoCache, through_cache
 
 log = logging.getLogger(__name__)
 ModelLoader = Callable[[Settings, int | None], TextModel]
@@ -174,13 +166,13 @@ class ClarionService:
             return [classification_of(model, encoded, logits) for encoded, logits in run(missing)]
 
         identity = model.cache_identity
-        timer = metrics.CLASSIFY_SECONDS if options is None else metrics.EXPLAIN_SECONDS
-        with timer.time():
-            explanations: list[Explanation | None] = [None] * len(texts)
-            if options is not None:
-                keys = [explanation_key(identity, text, options) for text in texts]
+        explanations: list[Explanation | None] = [None] * len(texts)
+        if options is not None:
+            keys = [explanation_key(identity, text, options) for text in texts]
+            with metrics.EXPLAIN_SECONDS.time():
                 explanations = list(through_cache(self._cache, keys, explain, "explanations"))
-            keys = [classification_key(identity, text, long_text) for text in texts]
+        keys = [classification_key(identity, text, long_text) for text in texts]
+        with metrics.CLASSIFY_SECONDS.time():  # after an explanation, its rows have run: no pass left
             classifications = through_cache(self._classifications, keys, classify, "classifications")
         return [
             Prediction(classification=c, explanation=e)
@@ -207,7 +199,7 @@ def _explanation_cache(settings: Settings) -> ExplanationCache:
     if settings.explanation_cache_size == 0:
         return NoCache()
     if settings.jobs_are_async and settings.redis_store_url:
-        from shared.job_store import redis_client
+        from shared.storage.redis import redis_client
 
         return RedisCache(redis_client(settings.redis_store_url), settings.job_result_ttl_s)
     return MemoryCache(settings.explanation_cache_size)

@@ -1,7 +1,7 @@
 """Texts read from records, one text per record: JSON Lines and CSV.
 
 One reader for both places that take records: the HTTP record bodies (api/records.py: SageMaker
-Clarify and Batch Transform) and the files of `clarion explain` (shared/batch.py). A record that
+Clarify and Batch Transform) and the files of `clarion explain` (shared/cli/explain.py). A record that
 cannot be read keeps its place, with the reason, so that every caller can answer line by line.
 """
 

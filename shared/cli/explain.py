@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import ClarionError, InvalidRequest
+from shared.io.records import EMPTY, Record, csv_records, json_lines
+from shared.io.schemas import SeedBody, parse_model, text_problem
 from shared.kinds import GRANULARITIES, LONG_TEXTS, MASKINGS, OUTPUTS, PRECISIONS
-from shared.records import EMPTY, Record, csv_records, json_lines
-from shared.schemas import SeedBody, parse_model, text_problem
 from shared.settings import Settings
 
 
@@ -118,9 +118,9 @@ Explain = Callable[[list[str]], list[dict[str, Any]]]
 
 
 def in_process(parameters: dict[str, Any], settings: Settings) -> Explain:
-    from shared.explainer import check_options
-    from shared.results import body, text_response
-    from shared.service import ClarionService
+    from shared.explanation.explainer import check_options
+    from shared.io.results import body, text_response
+    from shared.serving.service import ClarionService
 
     service = ClarionService(settings, threads=os.cpu_count() or 1)
     model = service.load()
@@ -230,7 +230,7 @@ def _explain_isolating(
 
 
 def write_report(out: Path, html_path: Path, title: str) -> int:
-    from api.render import explanation_document
+    from shared.render.html import explanation_document
 
     records = [r for r in read_records(out) if "prediction" in r]
     texts = [r["text"] for r in records]

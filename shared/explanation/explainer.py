@@ -16,15 +16,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shared.engine import EXPLAIN, Engine, Ticket
 from shared.errors import InvalidRequest
+from shared.explanation.masking import TextMask, token_segments
+from shared.explanation.owen import OwenSteps, owen_values, text_clustering
+from shared.explanation.units import stripped_span, text_units
+from shared.io.results import Explanation
+from shared.io.schemas import ExplainOptions
 from shared.kinds import Output
-from shared.masking import TextMask, token_segments
-from shared.model import EncodedText, TextModel
-from shared.owen import OwenSteps, owen_values, text_clustering
-from shared.results import Explanation
-from shared.schemas import ExplainOptions
-from shared.units import stripped_span, text_units
+from shared.runtime.engine import EXPLAIN, Engine, Ticket
+from shared.runtime.model import EncodedText, TextModel
 
 # Bumped whenever a change to the algorithm (owen.py, units.py, this module) or to the Explanation
 # format could change a number or a field: cache entries of another version are never served.

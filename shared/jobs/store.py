@@ -8,12 +8,12 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from shared.errors import JobBackendUnavailable
-from shared.jobs import FINISHED, JobRecord
+from shared.jobs.record import JobRecord
+from shared.kinds import FINISHED
 from shared.settings import Settings
+from shared.storage.redis import redis_client
 
 T = TypeVar("T")
 KEY_PREFIX = "clarion:job:"
@@ -35,18 +35,6 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
 """
-
-
-def redis_client(url: str) -> redis.Redis:
-    """A client that fails fast when Redis is down (a 503 now beats a hung request) and reconnects
-    by itself on the next call once Redis is back."""
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=1.0,
-        socket_timeout=5.0,
-        retry=Retry(NoBackoff(), 1),
-        health_check_interval=15,
-    )
 
 
 def job_store_for(settings: Settings) -> RedisJobStore:

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from shared.engine import CLASSIFY, Engine, Ticket
+from shared.io.results import Classification, LabelScore
 from shared.kinds import LongText
-from shared.model import EncodedText, TextModel
-from shared.results import Classification, LabelScore
+from shared.runtime.engine import CLASSIFY, Engine, Ticket
+from shared.runtime.model import EncodedText, TextModel
 
 
 def run_unmasked(

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from shared.errors import ModelLoadError
-from shared.model import TextModel
+from shared.runtime.model import TextModel
 
 log = logging.getLogger(__name__)
 

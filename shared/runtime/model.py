@@ -12,7 +12,7 @@ import numpy as np
 
 from shared.errors import ModelLoadError
 from shared.kinds import Activation, LongText, Output, Precision
-from shared.model_source import ModelLocation, resolve_model
+from shared.runtime.source import ModelLocation, resolve_model
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class TextModel:
     keep_suffix: int
     # Tokens per window of a windowed document (WINDOW_TOKENS, capped by max_length); 0: max_length.
     window_tokens: int = 0
-    # Set when exact passes run elsewhere than torch (shared/onnx_backend.py): (ids, attention) -> logits.
+    # Set when exact passes run elsewhere than torch (shared/runtime/onnx.py): (ids, attention) -> logits.
     exact_runner: Any = field(default=None, repr=False)
     _fast_model: Any = field(default=None, repr=False)
 
@@ -154,7 +154,7 @@ class TextModel:
 
     def forward(self, rows: Sequence[np.ndarray], precision: Precision = "exact") -> np.ndarray:
         """Raw logits (rows x labels, float32) of ONE forward pass over token-id rows, padded to the
-        longest. Only the engine (shared/engine.py) calls this while serving: it decides what
+        longest. Only the engine (shared/runtime/engine.py) calls this while serving: it decides what
         shares a pass, and it is the only thread that touches the model."""
         wanted, width = len(rows), max(len(r) for r in rows)
         if precision == "fast" and self.device.type == "cuda":

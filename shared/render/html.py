@@ -1,7 +1,7 @@
 """HTML: the self-contained explanation view (POST /invocations and GET /explanations/<id> with
 `Accept: text/html`, and the CLI's report) and the web page of GET /.
 
-One renderer: api/static/clarion.js draws an explanation from the same JSON the API returns, in the
+One renderer: shared/render/static/clarion.js draws an explanation from the same JSON the API returns, in the
 responses, the report and the page alike. Everything is inline (CSS, JS, data): deployments are often
 offline, and a report must open from a file. User text travels only as JSON inside a script element,
 escaped so that it cannot close that element, and the script puts it on the page as text, never as

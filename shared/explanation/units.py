@@ -3,7 +3,7 @@
 A unit is a span of the original text made of whole tokens, masked as a whole (all its tokens
 together, in token-id space). Units nest the way a reader sees text: words inside sentences inside
 paragraphs, and the partition tree follows that nesting, as SHAP's Text masker's tree follows the
-token structure. Token granularity is not here: it keeps SHAP's own clustering (shared/owen.py).
+token structure. Token granularity is not here: it keeps SHAP's own clustering (shared/explanation/owen.py).
 
 - paragraph: blocks separated by a blank line (or, in a text without blank lines, by line breaks);
 - sentence: pysbd's segmentation of each paragraph (abbreviations, decimals and quotes handled);
@@ -26,8 +26,8 @@ from functools import lru_cache
 import numpy as np
 import regex
 
+from shared.explanation.owen import Token, TokenGroup, merge_score
 from shared.kinds import Granularity
-from shared.owen import Token, TokenGroup, merge_score
 
 _SPACELESS = r"\p{Han}\p{Hiragana}\p{Katakana}"
 _DICTIONARY_SCRIPTS = regex.compile(r"[\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}]")

@@ -18,8 +18,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.archive import extract_archive, find_model_root
 from shared.errors import ModelLoadError
+from shared.runtime.archive import extract_archive, find_model_root
 from shared.settings import DEFAULT_HUB_MODEL, Settings
 
 log = logging.getLogger(__name__)

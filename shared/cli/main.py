@@ -1,5 +1,5 @@
 """Command line: `clarion serve` (gunicorn API), `clarion worker` (Celery), `clarion explain` (a file
-of texts, shared/batch.py), `serve` (SageMaker).
+of texts, shared/cli/explain.py), `serve` (SageMaker).
 
 Settings are validated and the model is fetched here, in the parent, so that a wrong setting or an
 unreachable bucket stops start-up with one clear line. No torch work happens before the fork.
@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import os
 import sys
 
 from shared.errors import ClarionError
-from shared.model_source import resolve_model
+from shared.runtime.source import resolve_model
 from shared.settings import Settings, load_settings
 
 
@@ -55,10 +56,10 @@ def _serve(settings: Settings) -> None:
         flush=True,
     )
     # gunicorn runs in this process (no second interpreter start: cold start matters on serverless),
-    # with these settings: its workers build their apps from them after the fork.
-    from api.server import Server
-
-    Server(settings).run()
+    # with these settings: its workers build their apps from them after the fork. The command line
+    # starts the API by name, as it starts the worker (`celery -A worker.main`): shared/ never depends
+    # on either.
+    importlib.import_module("api.server").Server(settings).run()
 
 
 def _worker(settings: Settings) -> None:
@@ -120,16 +121,16 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("serve", help="start the HTTP API (gunicorn) on 0.0.0.0:$PORT")
     sub.add_parser("worker", help="start a Celery worker for explanation jobs")
     sub.add_parser("config", help="print the effective settings and exit")
-    from shared import batch
+    from shared.cli import explain
 
-    batch.add_arguments(
+    explain.add_arguments(
         sub.add_parser("explain", help="explain a .txt, .jsonl or .csv file into JSON Lines (and HTML)")
     )
     args = parser.parse_args(argv)
     try:
         settings = load_settings()  # the one reading of the environment in this process
         if args.command == "explain":
-            sys.exit(batch.main(args, settings))
+            sys.exit(explain.main(args, settings))
         {"serve": _serve, "worker": _worker, "config": _show_config}[args.command](settings)
     except ClarionError as exc:
         print(f"clarion: {exc.message}", file=sys.stderr)

@@ -11,24 +11,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any
 
-from shared import metrics
-from shared.results import Explanation
-from shared.schemas import ExplainOptions
+from shared.io.results import Explanation
+from shared.io.schemas import ExplainOptions
+from shared.storage.memory import Cache
 
 log = logging.getLogger(__name__)
 REDIS_PREFIX = "clarion:explanation:"
-T = TypeVar("T")
+ExplanationCache = Cache[Explanation]
 
 
 def explanation_key(model_fingerprint: str, text: str, options: ExplainOptions) -> str:
     """Covers the algorithm's version, the model, the text and every option (SHAP's batch size
     included); not the pass size, which never changes a number."""
-    from shared.explainer import ALGORITHM_VERSION
+    from shared.explanation.explainer import ALGORITHM_VERSION
 
     material = json.dumps(
         [ALGORITHM_VERSION, model_fingerprint, text, list(options.cache_key())], default=str
@@ -39,67 +36,6 @@ def explanation_key(model_fingerprint: str, text: str, options: ExplainOptions) 
 def classification_key(model_fingerprint: str, text: str, long_text: str = "truncate") -> str:
     material = [model_fingerprint, text] if long_text == "truncate" else [model_fingerprint, text, long_text]
     return hashlib.sha256(json.dumps(material).encode()).hexdigest()
-
-
-class Cache(Protocol[T]):
-    def get(self, key: str) -> T | None: ...
-
-    def put(self, key: str, value: T) -> None: ...
-
-
-ExplanationCache = Cache[Explanation]
-
-
-class NoCache(Generic[T]):
-    def get(self, key: str) -> T | None:
-        return None
-
-    def put(self, key: str, value: T) -> None:
-        return None
-
-
-class MemoryCache(Generic[T]):
-    """A thread-safe LRU of at most `capacity` values."""
-
-    def __init__(self, capacity: int) -> None:
-        self._items: OrderedDict[str, T] = OrderedDict()
-        self._capacity = capacity
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> T | None:
-        with self._lock:
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
-            return item
-
-    def put(self, key: str, value: T) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self._capacity:
-                self._items.popitem(last=False)
-
-    def delete(self, key: str) -> None:
-        with self._lock:
-            self._items.pop(key, None)
-
-
-def through_cache(
-    cache: Cache[T], keys: Sequence[str], compute: Callable[[list[int]], list[T]], name: str = "cache"
-) -> list[T]:
-    """Values for `keys`: cached ones from `cache`; the missing ones computed together by
-    `compute(indexes)` (in key order) and stored. `name` labels the hit and miss counts."""
-    found = [cache.get(key) for key in keys]
-    missing = [i for i, item in enumerate(found) if item is None]
-    if not isinstance(cache, NoCache):
-        metrics.CACHE.labels(cache=name, result="hit").inc(len(keys) - len(missing))
-        metrics.CACHE.labels(cache=name, result="miss").inc(len(missing))
-    if missing:
-        for i, value in zip(missing, compute(missing), strict=True):
-            cache.put(keys[i], value)
-            found[i] = value
-    return [item for item in found if item is not None]
 
 
 class RedisCache:
@@ -115,7 +51,7 @@ class RedisCache:
     def get(self, key: str) -> Explanation | None:
         import redis
 
-        from shared.explainer import ALGORITHM_VERSION
+        from shared.explanation.explainer import ALGORITHM_VERSION
 
         try:
             raw = self._client.get(REDIS_PREFIX + key)
@@ -136,7 +72,7 @@ class RedisCache:
     def put(self, key: str, explanation: Explanation) -> None:
         import redis
 
-        from shared.explainer import ALGORITHM_VERSION
+        from shared.explanation.explainer import ALGORITHM_VERSION
 
         entry = {"version": ALGORITHM_VERSION, "explanation": explanation.model_dump(mode="json")}
         try:

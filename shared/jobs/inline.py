@@ -1,0 +1,112 @@
+"""Jobs without a broker: run inline, within their request; their records kept where every gunicorn
+worker of the server reads them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from shared.errors import NotFound
+from shared.io.schemas import ExplainOptions
+from shared.jobs.record import _JOB_ID, JobRecord, utc_now
+from shared.kinds import SUCCEEDED
+from shared.storage.memory import MemoryCache
+
+
+class JobQueue(Protocol):
+    """What the API needs from a job backend."""
+
+    asynchronous: bool
+
+    def submit(self, record: JobRecord) -> JobRecord: ...
+
+    def get(self, job_id: str) -> JobRecord: ...
+
+    def delete(self, job_id: str) -> JobRecord | None:
+        """Cancel a queued or running job (its record, now cancelled, is returned), or remove a
+        finished one, record and result (None: the job is gone, and its id a 404 from now on)."""
+        ...
+
+    def pending(self) -> int | None: ...
+
+
+class FolderJobRecords:
+    """Inline jobs' records as files in one folder, so every gunicorn worker of a server reads the
+    jobs any of them ran (a GET lands on whichever worker accepts it). Writes are atomic (a
+    rename); records older than `ttl_s` are removed as new ones are written."""
+
+    def __init__(self, folder: str, ttl_s: int) -> None:
+        self._folder = Path(folder)
+        self._folder.mkdir(parents=True, exist_ok=True)
+        self._ttl_s = ttl_s
+        self._next_sweep = 0.0
+
+    def get(self, job_id: str) -> JobRecord | None:
+        if not _JOB_ID.fullmatch(job_id):
+            return None  # never a path outside the folder
+        try:
+            return JobRecord.from_json((self._folder / f"{job_id}.json").read_bytes())
+        except FileNotFoundError:
+            return None
+
+    def delete(self, job_id: str) -> None:
+        if _JOB_ID.fullmatch(job_id):
+            (self._folder / f"{job_id}.json").unlink(missing_ok=True)
+
+    def put(self, job_id: str, record: JobRecord) -> None:
+        target = self._folder / f"{job_id}.json"
+        partial = target.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        partial.write_text(record.to_json(), encoding="utf-8")
+        os.replace(partial, target)
+        self._sweep()
+
+    def _sweep(self) -> None:
+        now = time.time()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + 60
+        for path in self._folder.glob("*.json"):
+            with contextlib.suppress(FileNotFoundError):
+                if now - path.stat().st_mtime > self._ttl_s:
+                    path.unlink()
+
+
+class InlineJobQueue:
+    """Single-process mode: a job runs to completion inside `submit`; recent jobs stay readable
+    from every worker of the server when `records` is a FolderJobRecords (what `clarion serve`
+    sets up), else from this process only."""
+
+    asynchronous = False
+
+    def __init__(self, explain: Any, records: Any = None, capacity: int = 1024) -> None:
+        self._explain = explain  # callable(texts, options) -> list[Explanation]
+        self._records = records if records is not None else MemoryCache(capacity)
+
+    def pending(self) -> int | None:
+        return 0  # inline jobs run within their request: none ever waits
+
+    def submit(self, record: JobRecord) -> JobRecord:
+        # Validated against the operator's limits when the request was decoded; not again here.
+        options = ExplainOptions.model_construct(**record.options)
+        record.started_at = utc_now()
+        explanations = self._explain(record.texts, options)
+        record.explanations = [e.model_dump(mode="json") for e in explanations]
+        record.status = SUCCEEDED
+        record.finished_at = utc_now()
+        self._records.put(record.id, record)
+        return record
+
+    def get(self, job_id: str) -> JobRecord:
+        record = self._records.get(job_id)
+        if record is None:
+            raise NotFound(f"no explanation job {job_id!r}")
+        return record
+
+    def delete(self, job_id: str) -> JobRecord | None:
+        self.get(job_id)  # a 404 for an unknown id
+        self._records.delete(job_id)  # inline jobs are finished before their id is known: removed
+        return None

@@ -1,0 +1,109 @@
+"""A job's record: what the API knows of a job from the moment it accepts it, and the worker updates."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.io.results import Classification, ErrorDetail, Explanation, JobBody, text_response
+from shared.io.schemas import ExplainOptions
+from shared.kinds import QUEUED, SUCCEEDED
+
+# The record format. Records live 24 h in Redis, across upgrades: a reader takes any version,
+# ignores fields it does not know, and fills the ones an older writer did not write.
+RECORD_VERSION = 2
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def iso_utc(moment: datetime) -> str:
+    """ISO 8601 in UTC with a Z; naive datetimes (Celery's date_done) are taken as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def utc_now() -> str:
+    return iso_utc(datetime.now(UTC))
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class JobRecord:
+    """What the API knows about a job from the moment it accepts it."""
+
+    id: str
+    submitted_at: str
+    model: str
+    single: bool
+    texts: list[str]
+    options: dict[str, Any]
+    predictions: list[dict[str, Any]]
+    status: str = QUEUED
+    started_at: str | None = None
+    finished_at: str | None = None
+    explanations: list[dict[str, Any]] | None = None
+    error: dict[str, str] | None = None
+    owner: str | None = None  # digest of the API key that submitted it (None without API keys)
+    version: int = RECORD_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> JobRecord:
+        data = json.loads(raw)
+        data.setdefault("version", 1)  # version 1 wrote no version (and had an `extra` field)
+        known = {f.name for f in fields(cls)}
+        return cls(**{name: value for name, value in data.items() if name in known})
+
+    def public(self) -> JobBody:
+        """The job as the API shows it."""
+        classifications = [Classification.model_validate(p) for p in self.predictions]
+        fields: dict[str, Any] = {
+            "id": self.id,
+            "status": self.status,
+            "submitted_at": self.submitted_at,
+            "finished_at": self.finished_at,
+            **({"started_at": self.started_at} if self.started_at else {}),
+            "prediction": _shape(self.single, [c.prediction for c in classifications]),
+        }
+        if self.status == SUCCEEDED and self.explanations and len(self.explanations) == len(classifications):
+            items = [
+                text_response(c, Explanation.model_validate(e), self.model)
+                for c, e in zip(classifications, self.explanations, strict=True)
+            ]
+            fields["result"] = _shape(self.single, items)
+        if self.error is not None:
+            fields["error"] = ErrorDetail.model_validate(self.error)
+        return JobBody(**fields)
+
+
+def _shape(single: bool, items: list[Any]) -> Any:
+    return items[0] if single else items
+
+
+def new_record(
+    model: str,
+    texts: list[str],
+    single: bool,
+    options: ExplainOptions,
+    predictions: list[Classification],
+    owner: str | None = None,
+) -> JobRecord:
+    return JobRecord(
+        id=new_job_id(),
+        submitted_at=utc_now(),
+        model=model,
+        single=single,
+        texts=texts,
+        options=options.model_dump(),
+        predictions=[p.model_dump(mode="json") for p in predictions],
+        owner=owner,
+    )

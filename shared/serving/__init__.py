@@ -1,0 +1,1 @@
+"""Serving: the one use case (classify, explain, combine), its caches, and the process's service."""

@@ -1,0 +1,80 @@
+"""The layout is the architecture: imports point one way. `shared/` imports nothing from `api/` or
+`worker/`, no Flask or Celery, and its subpackages form layers that never import one above them."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.support import REPO
+
+SHARED = REPO / "shared"
+# Lowest first. A module may import its own layer and the ones before it, never one after it.
+LAYERS = [
+    {"settings", "errors", "metrics", "kinds"},
+    {"io", "storage"},
+    {"runtime"},
+    {"explanation"},
+    {"serving", "jobs", "render"},
+    {"cli"},
+]
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module `path` imports, at the top or inside a function."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            if node.module == "shared":  # `from shared import metrics`
+                found |= {f"shared.{alias.name}" for alias in node.names}
+    return found
+
+
+def part_of(module: str) -> str | None:
+    """The shared/ subpackage (or foundation module) a module belongs to."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "shared" and len(parts) > 1 else None
+
+
+def layer_of(part: str) -> int:
+    return next(i for i, layer in enumerate(LAYERS) if part in layer)
+
+
+def shared_modules() -> list[Path]:
+    return sorted(p for p in SHARED.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def test_shared_imports_nothing_from_api_worker_flask_or_celery() -> None:
+    for path in shared_modules():
+        bad = {
+            m for m in imports_of(path) if m.split(".")[0] in {"api", "worker", "flask", "celery", "gunicorn"}
+        }
+        assert not bad, f"{path.relative_to(REPO)} imports {sorted(bad)}"
+
+
+def test_every_part_of_shared_has_a_layer() -> None:
+    parts = {p.relative_to(SHARED).parts[0].removesuffix(".py") for p in shared_modules()} - {"__init__"}
+    assert parts == set().union(*LAYERS)
+
+
+def test_no_subpackage_imports_one_above_it() -> None:
+    for path in shared_modules():
+        own = path.relative_to(SHARED).parts[0].removesuffix(".py")
+        if own == "__init__":
+            continue
+        for module in imports_of(path):
+            other = part_of(module)
+            if other is None or other == own:
+                continue
+            assert layer_of(other) <= layer_of(own), (
+                f"{path.relative_to(REPO)} ({own}) imports {module} ({other})"
+            )
+
+
+def test_api_publishes_jobs_by_name_and_never_imports_the_tasks() -> None:
+    for path in sorted((REPO / "api").rglob("*.py")):
+        assert "worker.tasks" not in imports_of(path), path
+        assert "worker.main" not in imports_of(path), path
