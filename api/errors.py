@@ -7,6 +7,7 @@ import logging
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from api.bodies import ErrorBody, error_detail
 from shared.errors import (
     ClarionError,
     ExplanationTimeout,
@@ -18,7 +19,6 @@ from shared.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from shared.io.results import ErrorBody, ErrorDetail, body
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ STATUS_OF: dict[type[ClarionError], int] = {
 
 
 def error_body(status: int, code: str, message: str) -> tuple[Response, int]:
-    return jsonify(body(ErrorBody(error=ErrorDetail(code=code, message=message)))), status
+    return jsonify(ErrorBody.model_validate(error_detail(code, message)).model_dump(mode="json")), status
 
 
 def _status_for(exc: ClarionError) -> int:

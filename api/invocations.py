@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from flask import Request, Response, jsonify
 
+from api.bodies import error_detail
 from api.clarify import (
     ENABLE_HEADER,
     clarify_body,
@@ -99,10 +100,7 @@ def invoke_records(call: Call, request: Request, options: dict[str, Any]) -> Res
     if kind == JSON_LINES:
         # One output line per input record, in order (Batch Transform joins them line by line); a
         # record that cannot be read gets its error on its own line instead of failing the batch.
-        lines = [
-            {"error": {"code": "invalid_request", "message": r.problem}} if r.problem else next(results)
-            for r in checked
-        ]
+        lines = [error_detail("invalid_request", r.problem) if r.problem else next(results) for r in checked]
         return json_lines(lines)
     return shaped(kind, texts, list(results), single=False)
 

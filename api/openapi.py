@@ -8,8 +8,9 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+from api.bodies import ErrorBody, JobBody
 from api.clarify import ClarifyResponse
-from shared.io.results import ErrorBody, Health, JobBody, TextResult
+from shared.io.results import Health, TextResult
 from shared.io.schemas import HuggingFaceBody, SeedBody
 
 _JSON = "application/json"

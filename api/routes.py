@@ -10,6 +10,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from api.bodies import job_body
 from api.codecs import Invocation, decode_invocation
 from api.invocations import RESULT_TYPES, Call, html_response, invoke_records, shaped
 from api.negotiation import (
@@ -186,7 +187,7 @@ def create_explanation() -> Any:
 @bp.get("/explanations/<job_id>")
 def get_explanation(job_id: str) -> Any:
     record = _own_job(job_id)
-    job = body(record.public())
+    job = body(job_body(record))
     if _wants_html():
         return html_response(lambda nonce: job_document(job, record.texts, nonce=nonce))
     return jsonify(job)
@@ -200,7 +201,7 @@ def delete_explanation(job_id: str) -> Any:
     record = _jobs().delete(job_id)
     if record is None:
         return Response(status=204)
-    return jsonify(body(record.public()))
+    return jsonify(body(job_body(record)))
 
 
 def _submit(invocation: Invocation, classifications: list[Any]) -> Any:
@@ -217,7 +218,7 @@ def _submit(invocation: Invocation, classifications: list[Any]) -> Any:
         owner=g.owner,
     )
     record = jobs.submit(record)
-    response = jsonify(body(record.public()))
+    response = jsonify(body(job_body(record)))
     if not jobs.asynchronous:
         return response, 200
     response.headers["Location"] = url_for("clarion.get_explanation", job_id=record.id)

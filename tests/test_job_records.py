@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from api.bodies import job_body
 from shared.io.results import Explanation, body
 from shared.io.schemas import ExplainOptions
 from shared.jobs.record import JobRecord
@@ -68,14 +69,14 @@ def test_a_record_of_the_previous_format_still_reads(store: RedisJobStore) -> No
     store._client.set(KEY_PREFIX + "a" * 32, json.dumps(version_1_record("a" * 32)))
     record = store.load("a" * 32)
     assert record is not None and record.version == 1
-    shown = body(record.public())
+    shown = body(job_body(record))
     assert shown["status"] == "succeeded" and shown["result"]["explanation"][1][0] == "good"
 
 
 def test_unknown_fields_of_a_newer_writer_are_ignored(store: RedisJobStore) -> None:
     data = version_1_record("b" * 32) | {"version": 9, "priority": "high"}
     store._client.set(KEY_PREFIX + "b" * 32, json.dumps(data))
-    assert store.load("b" * 32).public().status == "succeeded"
+    assert job_body(store.load("b" * 32)).status == "succeeded"
 
 
 def test_a_cancel_racing_a_refresh_stays_cancelled(store: RedisJobStore) -> None:
@@ -92,7 +93,7 @@ def test_a_cancel_racing_a_refresh_stays_cancelled(store: RedisJobStore) -> None
     assert not store.save_unless_finished(seen_by_get)  # the finished state is not overwritten
     stored = store.load(record.id)
     assert stored.status == CANCELLED
-    assert stored.public().status == "cancelled"
+    assert job_body(stored).status == "cancelled"
     # and the other way round: a job that succeeded first is not turned into a cancelled one
     done = JobRecord.from_json(json.dumps(version_1_record("d" * 32)))
     store.save(done)
@@ -103,7 +104,7 @@ def test_a_cancel_racing_a_refresh_stays_cancelled(store: RedisJobStore) -> None
 
 def test_a_succeeded_record_with_a_missing_result_answers_without_error() -> None:
     broken = JobRecord.from_json(json.dumps(version_1_record("e" * 32) | {"explanations": []}))
-    shown = body(broken.public())
+    shown = body(job_body(broken))
     assert shown["status"] == "succeeded" and "result" not in shown
 
 

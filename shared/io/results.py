@@ -8,20 +8,20 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from shared.kinds import ExactBackend, Granularity, JobStatus, LongText, Masking, Output, Precision
+from shared.kinds import ExactBackend, Granularity, LongText, Masking, Output, Precision
 
 
-class _Result(BaseModel):
+class Result(BaseModel):
     # frozen: results are shared by caches; ignore: a record written by a newer version still reads.
     model_config = ConfigDict(frozen=True, extra="ignore")
 
 
-class LabelScore(_Result):
+class LabelScore(Result):
     label: str
     score: float
 
 
-class Classification(_Result):
+class Classification(Result):
     """Every label's score for one text, highest first."""
 
     prediction: list[LabelScore]
@@ -32,7 +32,7 @@ class Classification(_Result):
         return self.prediction[0].label
 
 
-class Explanation(_Result):
+class Explanation(Result):
     """SHAP attributions for one text: per unit (token, word, sentence or paragraph), per label.
 
     `base_values[label] + sum(values[label])` reproduces `model_output[label]` (additivity).
@@ -66,14 +66,14 @@ class Explanation(_Result):
         return [(unit, {label: values[label][i] for label in labels}) for i, unit in enumerate(self.units)]
 
 
-class Prediction(_Result):
+class Prediction(Result):
     """One text's answer: its classification, and its explanation when one was asked for."""
 
     classification: Classification
     explanation: Explanation | None = None
 
 
-class ExplanationParameters(_Result):
+class ExplanationParameters(Result):
     output: Output
     granularity: Granularity = "token"
     long_text: LongText = "truncate"
@@ -93,7 +93,7 @@ class ExplanationParameters(_Result):
     )
 
 
-class TextResult(_Result):
+class TextResult(Result):
     """One text's response: the seed's fields (`prediction`, `explanation`) first, richer ones beside."""
 
     prediction: list[LabelScore]
@@ -152,16 +152,7 @@ def _window_counts(explanation: Explanation) -> dict[str, int]:
     }
 
 
-class ErrorDetail(_Result):
-    code: str = Field(description="stable, machine-readable")
-    message: str
-
-
-class ErrorBody(_Result):
-    error: ErrorDetail
-
-
-class Health(_Result):
+class Health(Result):
     status: Literal["healthy", "loading", "failed"]
     model: str | None = None
     labels: list[str] | None = None
@@ -169,19 +160,6 @@ class Health(_Result):
         None, description="what runs exact passes (torch until an onnxruntime export is ready)"
     )
     error: str | None = None
-
-
-class JobBody(_Result):
-    """An explanation job as the API shows it."""
-
-    id: str
-    status: JobStatus
-    submitted_at: str
-    started_at: str | None = Field(None, description="when a worker started it (absent while queued)")
-    finished_at: str | None
-    prediction: list[LabelScore] | list[list[LabelScore]]
-    result: TextResult | list[TextResult] | None = Field(None, description="when succeeded")
-    error: ErrorDetail | None = Field(None, description="when failed")
 
 
 def body(model: BaseModel) -> dict[str, Any]:

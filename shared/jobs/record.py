@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.io.results import Classification, ErrorDetail, Explanation, JobBody, text_response
+from shared.io.results import Classification
 from shared.io.schemas import ExplainOptions
-from shared.kinds import QUEUED, SUCCEEDED
+from shared.kinds import QUEUED
 
 # The record format. Records live 24 h in Redis, across upgrades: a reader takes any version,
 # ignores fields it does not know, and fills the ones an older writer did not write.
@@ -62,31 +62,6 @@ class JobRecord:
         data.setdefault("version", 1)  # version 1 wrote no version (and had an `extra` field)
         known = {f.name for f in fields(cls)}
         return cls(**{name: value for name, value in data.items() if name in known})
-
-    def public(self) -> JobBody:
-        """The job as the API shows it."""
-        classifications = [Classification.model_validate(p) for p in self.predictions]
-        fields: dict[str, Any] = {
-            "id": self.id,
-            "status": self.status,
-            "submitted_at": self.submitted_at,
-            "finished_at": self.finished_at,
-            **({"started_at": self.started_at} if self.started_at else {}),
-            "prediction": _shape(self.single, [c.prediction for c in classifications]),
-        }
-        if self.status == SUCCEEDED and self.explanations and len(self.explanations) == len(classifications):
-            items = [
-                text_response(c, Explanation.model_validate(e), self.model)
-                for c, e in zip(classifications, self.explanations, strict=True)
-            ]
-            fields["result"] = _shape(self.single, items)
-        if self.error is not None:
-            fields["error"] = ErrorDetail.model_validate(self.error)
-        return JobBody(**fields)
-
-
-def _shape(single: bool, items: list[Any]) -> Any:
-    return items[0] if single else items
 
 
 def new_record(

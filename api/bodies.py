@@ -1,0 +1,70 @@
+"""The HTTP bodies of jobs and errors. A text's result (`TextResult`) is the record format that the
+API, jobs and `clarion explain` all write, so it lives in shared/io/results.py; these exist only over
+HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from shared.io.results import Classification, Explanation, LabelScore, Result, TextResult, text_response
+from shared.jobs.record import JobRecord
+from shared.kinds import SUCCEEDED, JobStatus
+
+
+class ErrorDetail(Result):
+    code: str = Field(description="stable, machine-readable")
+    message: str
+
+
+class ErrorBody(Result):
+    error: ErrorDetail
+
+
+class JobBody(Result):
+    """An explanation job as the API shows it."""
+
+    id: str
+    status: JobStatus
+    submitted_at: str
+    started_at: str | None = Field(None, description="when a worker started it (absent while queued)")
+    finished_at: str | None
+    prediction: list[LabelScore] | list[list[LabelScore]]
+    result: TextResult | list[TextResult] | None = Field(None, description="when succeeded")
+    error: ErrorDetail | None = Field(None, description="when failed")
+
+
+def job_body(record: JobRecord) -> JobBody:
+    """The job as the API shows it."""
+    classifications = [Classification.model_validate(p) for p in record.predictions]
+    fields: dict[str, Any] = {
+        "id": record.id,
+        "status": record.status,
+        "submitted_at": record.submitted_at,
+        "finished_at": record.finished_at,
+        **({"started_at": record.started_at} if record.started_at else {}),
+        "prediction": _shape(record.single, [c.prediction for c in classifications]),
+    }
+    if (
+        record.status == SUCCEEDED
+        and record.explanations
+        and len(record.explanations) == len(classifications)
+    ):
+        items = [
+            text_response(c, Explanation.model_validate(e), record.model)
+            for c, e in zip(classifications, record.explanations, strict=True)
+        ]
+        fields["result"] = _shape(record.single, items)
+    if record.error is not None:
+        fields["error"] = ErrorDetail.model_validate(record.error)
+    return JobBody(**fields)
+
+
+def error_detail(code: str, message: str) -> dict[str, Any]:
+    """An error as every JSON error body and every failed record line carries it."""
+    return {"error": {"code": code, "message": message}}
+
+
+def _shape(single: bool, items: list[Any]) -> Any:
+    return items[0] if single else items
