@@ -10,7 +10,11 @@ from gunicorn.app.base import BaseApplication
 
 from shared.settings import Settings
 
-ACCESS_LOG_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" id=%({x-request-id}o)s'
+# gunicorn's default line, then the request id every response carries (api/routes.py) and the HTTP
+# process that answered.
+ACCESS_LOG_FORMAT = (
+    '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" id=%({x-request-id}o)s pid=%(p)s'
+)
 
 
 def gunicorn_options(settings: Settings) -> dict[str, Any]:
@@ -33,7 +37,6 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         # gunicorn >= 25 creates a control socket under ~/.gunicorn by default; Clarion does not use it.
         "control_socket_disable": True,
         "accesslog": "-" if settings.access_log else None,
-        # gunicorn's default line, then the request id every response carries (api/routes.py).
         "access_log_format": ACCESS_LOG_FORMAT,
         "errorlog": "-",
         "loglevel": settings.log_level.lower(),

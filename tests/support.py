@@ -156,6 +156,14 @@ def start_engine(model_dir: Path, threads: int | None = 1, backend: str = "torch
     return Engine(model, pass_limits)
 
 
+def answering_processes(log: str, method: str, path_prefix: str) -> set[str]:
+    """The HTTP processes (pids) whose access-log lines show `method path_prefix...` requests."""
+    import re
+
+    pattern = re.compile(rf'"{method} {re.escape(path_prefix)}[^"]*".* pid=<?(\d+)>?')
+    return {m.group(1) for m in pattern.finditer(log)}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

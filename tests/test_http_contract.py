@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import Service, running_service, wait_healthy, wait_until
+from tests.support import Service, answering_processes, running_service, wait_healthy, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -338,7 +338,12 @@ def test_inline_jobs_honour_a_raised_max_evals_limit(tiny_model_dir: Path) -> No
 
 def test_inline_jobs_are_found_by_every_gunicorn_worker(tiny_model_dir: Path, tmp_path: Path) -> None:
     """No broker and two gunicorn workers: a job run by one is readable from the other."""
-    env = {"MODEL_DIR": str(tiny_model_dir), "SAGEMAKER_MODEL_SERVER_WORKERS": "2", "TORCH_THREADS": "1"}
+    env = {
+        "MODEL_DIR": str(tiny_model_dir),
+        "SAGEMAKER_MODEL_SERVER_WORKERS": "2",
+        "TORCH_THREADS": "1",
+        "ACCESS_LOG": "true",  # each line names the process that answered
+    }
     with running_service(tmp_path, env) as svc:
         wait_healthy(svc)
         wait_until(lambda: svc.log().count("loaded from") >= 2, 60, what="both workers to load")
@@ -350,5 +355,7 @@ def test_inline_jobs_are_found_by_every_gunicorn_worker(tiny_model_dir: Path, tm
                 statuses.add(response.status_code)
                 assert response.json().get("status") == "succeeded", response.text
         assert statuses == {200}
+        # both HTTP processes answered GETs (each found jobs the other may have run)
+        assert len(answering_processes(svc.log(), "GET", "/explanations/")) == 2
         assert requests.get(f"{svc.url}/explanations/{'0' * 32}", timeout=10).status_code == 404
         assert requests.get(f"{svc.url}/explanations/..%2F..%2Fetc%2Fpasswd", timeout=10).status_code == 404

@@ -8,7 +8,7 @@ from pathlib import Path
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import free_port, job_stack, running_service, wait_healthy, wait_until
+from tests.support import answering_processes, free_port, job_stack, running_service, wait_healthy, wait_until
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -59,7 +59,12 @@ def test_the_counters_move_with_the_traffic(tiny_model_dir: Path, tmp_path: Path
 
 
 def test_every_gunicorn_worker_is_counted(tiny_model_dir: Path, tmp_path: Path) -> None:
-    env = {"MODEL_DIR": str(tiny_model_dir), "SAGEMAKER_MODEL_SERVER_WORKERS": "2", "TORCH_THREADS": "1"}
+    env = {
+        "MODEL_DIR": str(tiny_model_dir),
+        "SAGEMAKER_MODEL_SERVER_WORKERS": "2",
+        "TORCH_THREADS": "1",
+        "ACCESS_LOG": "true",  # each line names the process that answered
+    }
     with running_service(tmp_path, env) as service:
         wait_healthy(service)
         wait_until(lambda: service.log().count("loaded from") >= 2, 120, what="both workers' models")
@@ -70,6 +75,8 @@ def test_every_gunicorn_worker_is_counted(tiny_model_dir: Path, tmp_path: Path) 
             samples = scrape(service.url + "/metrics")
             assert total(samples, "clarion_requests_total", route="/invocations", status="200") == 20
         assert total(samples, "clarion_build_info", model=tiny_model_dir.name) == 1  # max over processes
+        # the 20 were answered by both processes, so the count above is a sum over them
+        assert len(answering_processes(service.log(), "POST", "/invocations")) == 2
 
 
 def test_a_celery_worker_serves_its_own_metrics(tiny_model_dir: Path, tmp_path: Path) -> None:
