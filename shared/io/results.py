@@ -60,8 +60,8 @@ class Explanation(Result):
     batch_size: int | None = None  # SHAP's batch size (None only in entries from before it was kept)
     masking: Masking = "tokens"
 
-    def seed_pairs(self) -> list[tuple[str, dict[str, float]]]:
-        """The seed's shape: `[[unit, {label: value, ...}], ...]`."""
+    def unit_pairs(self) -> list[tuple[str, dict[str, float]]]:
+        """The original project's shape: `[[unit, {label: value, ...}], ...]`."""
         values, labels = self.values, self.labels
         return [(unit, {label: values[label][i] for label in labels}) for i, unit in enumerate(self.units)]
 
@@ -121,7 +121,7 @@ def text_response(
         prediction=classification.prediction,
         truncated=classification.truncated,
         model=model_id,
-        explanation=explanation.seed_pairs(),
+        explanation=explanation.unit_pairs(),
         offsets=explanation.offsets,
         base_values=explanation.base_values,
         model_output=explanation.model_output,
