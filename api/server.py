@@ -21,7 +21,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     """gunicorn's settings, derived from Clarion's (never from a second source)."""
     return {
         "bind": f"{settings.host}:{settings.port}",
-        "workers": settings.worker_count,
+        "workers": settings.http_processes,
         # Threads let one worker hold many connections; every forward pass of the process runs on its
         # one engine thread (shared/runtime/engine.py), so request threads do not oversubscribe the cores.
         "worker_class": "gthread",

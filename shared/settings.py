@@ -293,24 +293,25 @@ class Settings:
     def concurrent_transforms(self) -> int:
         """Requests Batch Transform may send at once: one per gunicorn worker by default, since each
         worker's engine runs one pass at a time and more requests only queue behind it."""
-        return self.max_concurrent_transforms or self.worker_count
+        return self.max_concurrent_transforms or self.http_processes
 
     @property
-    def worker_count(self) -> int:
-        """gunicorn workers: 1 in single-process mode, else one per core, unless overridden."""
+    def http_processes(self) -> int:
+        """HTTP processes (gunicorn's workers): 1 in single-process mode, else one per core, unless
+        overridden."""
         if self.workers is not None:
             return self.workers
         return 1 if self.serverless else self.cpu_count
 
     @property
-    def threads_per_worker(self) -> int:
+    def threads_per_http_process(self) -> int:
         """torch threads per process so that processes x threads never exceeds the cores.
 
         Oversubscribing cores collapses throughput (measured 550 -> 23 requests/s on 2 cores).
         """
         if self.torch_threads is not None:
             return self.torch_threads
-        return max(1, self.cpu_count // self.worker_count)
+        return max(1, self.cpu_count // self.http_processes)
 
     @property
     def celery_concurrency(self) -> int:

@@ -54,15 +54,15 @@ def test_defaults() -> None:
 
 def test_worker_and_thread_counts_never_oversubscribe() -> None:
     serverless = Settings.from_env({"SERVERLESS": "true"})
-    assert serverless.worker_count == 1
-    assert serverless.threads_per_worker == serverless.cpu_count
+    assert serverless.http_processes == 1
+    assert serverless.threads_per_http_process == serverless.cpu_count
     many = Settings(cpu_count=8)
-    assert many.worker_count == 8 and many.threads_per_worker == 1
+    assert many.http_processes == 8 and many.threads_per_http_process == 1
     override = Settings(cpu_count=8, workers=2)
-    assert override.worker_count == 2 and override.threads_per_worker == 4
+    assert override.http_processes == 2 and override.threads_per_http_process == 4
     for workers in range(1, 12):
         s = Settings(cpu_count=8, workers=workers)
-        assert s.worker_count * s.threads_per_worker <= max(8, s.worker_count)
+        assert s.http_processes * s.threads_per_http_process <= max(8, s.http_processes)
 
 
 def test_jobs_run_inline_without_a_broker_or_when_serverless() -> None:
@@ -97,7 +97,7 @@ def test_job_records_need_a_redis() -> None:
 def test_celery_pool_threads_follow_the_pool_not_the_api() -> None:
     # The API's worker count must not size the Celery pool's threads (2 x 2 on 2 cores collapsed).
     settings = Settings(cpu_count=2, workers=1, worker_concurrency=2)
-    assert settings.threads_per_worker == 2
+    assert settings.threads_per_http_process == 2
     assert settings.celery_concurrency * settings.celery_threads_per_process <= 2
 
 

@@ -41,7 +41,7 @@ def _metrics_folder(owner: str) -> None:
 
 
 def _serve(settings: Settings) -> None:
-    _prepare(settings, settings.threads_per_worker)
+    _prepare(settings, settings.threads_per_http_process)
     _metrics_folder("api")
     if not settings.jobs_are_async and settings.inline_jobs_dir is None:
         # One folder per server, shared by its gunicorn workers, so a job run by one is found by all.
@@ -50,8 +50,8 @@ def _serve(settings: Settings) -> None:
         settings = dataclasses.replace(settings, inline_jobs_dir=tempfile.mkdtemp(prefix="clarion-jobs-"))
     mode = "single-process" if not settings.jobs_are_async else "async jobs via Celery"
     print(
-        f"clarion: serving on {settings.host}:{settings.port}, {settings.worker_count} worker(s) x "
-        f"{settings.threads_per_worker} torch thread(s), {mode}",
+        f"clarion: serving on {settings.host}:{settings.port}, {settings.http_processes} HTTP process(es) x "
+        f"{settings.threads_per_http_process} torch thread(s), {mode}",
         file=sys.stderr,
         flush=True,
     )
@@ -91,8 +91,8 @@ def _worker(settings: Settings) -> None:
 
 def _show_config(settings: Settings) -> None:
     derived = {
-        "worker_count": settings.worker_count,
-        "threads_per_worker": settings.threads_per_worker,
+        "http_processes": settings.http_processes,
+        "threads_per_http_process": settings.threads_per_http_process,
         "jobs_are_async": settings.jobs_are_async,
         "local_model_dir": str(settings.local_model_dir) if settings.local_model_dir else None,
     }

@@ -303,7 +303,7 @@ def load_text_model(settings: Settings, threads: int | None = None) -> TextModel
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     # The caller's role decides (API worker or Celery pool process); processes x threads <= cores.
-    threads = threads or settings.threads_per_worker
+    threads = threads or settings.threads_per_http_process
     torch.set_num_threads(threads)
     started = time.perf_counter()
     location = resolve_model(settings)

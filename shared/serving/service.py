@@ -91,7 +91,7 @@ class ClarionService:
 
     @property
     def _backend_threads(self) -> int:
-        return self._threads or self.settings.threads_per_worker
+        return self._threads or self.settings.threads_per_http_process
 
     def _attach_onnx(self, model: TextModel) -> None:
         try:
