@@ -1,3 +1,4 @@
 from shared.cli.main import main
 
-main()
+if __name__ == "__main__":  # python -m shared.cli (importing this module runs nothing)
+    main()
