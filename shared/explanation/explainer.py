@@ -254,47 +254,47 @@ def _predicted_label_indexes(model: TextModel, probabilities: np.ndarray) -> lis
     return [int(np.argmax(probabilities))]
 
 
-def _explanation(model: TextModel, job: _Game, options: ExplainOptions) -> Explanation:
-    f00, f11 = job.f00, job.f11
+def _explanation(model: TextModel, game: _Game, options: ExplainOptions) -> Explanation:
+    f00, f11 = game.f00, game.f11
     assert f00 is not None and f11 is not None
-    if job.values is None:  # a single player: no tree to walk, the whole difference is its credit
-        job.values = (f11 - f00)[job.label_indexes][None, :][: job.players]
-        job.evaluations = 2
-    units, spans = _token_units(model, job) if job.spans is None else _text_units(job)
-    labels = [model.labels[i] for i in job.label_indexes]
+    if game.values is None:  # a single player: no tree to walk, the whole difference is its credit
+        game.values = (f11 - f00)[game.label_indexes][None, :][: game.players]
+        game.evaluations = 2
+    units, spans = _token_units(model, game) if game.spans is None else _text_units(game)
+    labels = [model.labels[i] for i in game.label_indexes]
     return Explanation(
         units=units,
         offsets=spans,
         granularity=options.granularity,
         long_text=options.long_text,
-        windows=len(job.encoded.windows) or 1,
-        window_tokens=model.window_width if job.encoded.windows else None,
-        windows_run=job.rows_run if job.encoded.windows else None,
-        windows_memoised=job.rows_memoised if job.encoded.windows else None,
+        windows=len(game.encoded.windows) or 1,
+        window_tokens=model.window_width if game.encoded.windows else None,
+        windows_run=game.rows_run if game.encoded.windows else None,
+        windows_memoised=game.rows_memoised if game.encoded.windows else None,
         labels=labels,
-        values={label: [float(v) for v in job.values[:, k]] for k, label in enumerate(labels)},
-        base_values={label: float(f00[i]) for label, i in zip(labels, job.label_indexes, strict=True)},
-        model_output={label: float(f11[i]) for label, i in zip(labels, job.label_indexes, strict=True)},
+        values={label: [float(v) for v in game.values[:, k]] for k, label in enumerate(labels)},
+        base_values={label: float(f00[i]) for label, i in zip(labels, game.label_indexes, strict=True)},
+        model_output={label: float(f11[i]) for label, i in zip(labels, game.label_indexes, strict=True)},
         output=options.output,
         max_evals=options.max_evals,
-        evaluations=job.evaluations,
+        evaluations=game.evaluations,
         seed=options.seed,
         precision=options.precision,
         batch_size=options.batch_size,
-        truncated=job.encoded.truncated,
+        truncated=game.encoded.truncated,
         masking=options.masking,
     )
 
 
-def _token_units(model: TextModel, job: _Game) -> tuple[list[str], list[tuple[int, int]]]:
+def _token_units(model: TextModel, game: _Game) -> tuple[list[str], list[tuple[int, int]]]:
     """Token granularity: every token, the boundary ones ([CLS], [SEP]) by name at the text's edges.
     A token's text and span leave out the whitespace its offsets may hold (byte-level BPE and
     SentencePiece tokens start with the space before their word): a space marker alone is empty."""
-    text, offsets, ids = job.encoded.text, job.encoded.offsets, job.encoded.ids
+    text, offsets, ids = game.encoded.text, game.encoded.offsets, game.encoded.ids
     tokens, spans = [], []
     end_of_text = max((end for _, end in offsets), default=0)
     for i, (start, end) in enumerate(offsets):
-        if job.keep[i]:
+        if game.keep[i]:
             tokens.append(model.tokenizer.convert_ids_to_tokens(int(ids[i])))
             edge = 0 if i < model.keep_prefix else end_of_text
             spans.append((edge, edge))
@@ -305,6 +305,6 @@ def _token_units(model: TextModel, job: _Game) -> tuple[list[str], list[tuple[in
     return tokens, spans
 
 
-def _text_units(job: _Game) -> tuple[list[str], list[tuple[int, int]]]:
-    assert job.spans is not None
-    return [job.encoded.text[start:end] for start, end in job.spans], job.spans
+def _text_units(game: _Game) -> tuple[list[str], list[tuple[int, int]]]:
+    assert game.spans is not None
+    return [game.encoded.text[start:end] for start, end in game.spans], game.spans

@@ -126,19 +126,16 @@ def text_response(
         base_values=explanation.base_values,
         model_output=explanation.model_output,
         explanation_parameters=ExplanationParameters(
-            output=explanation.output,
-            granularity=explanation.granularity,
-            long_text=explanation.long_text,
-            windows=explanation.windows,
-            max_evals=explanation.max_evals,
-            evaluations=explanation.evaluations,
-            seed=explanation.seed,
-            precision=explanation.precision,
-            batch_size=explanation.batch_size,
-            masking=explanation.masking,
-            **_window_counts(explanation),
+            **explanation.model_dump(include=_PARAMETERS), **_window_counts(explanation)
         ),
     )
+
+
+# What explanation_parameters repeats of an explanation (the window counts only for windowed documents).
+_PARAMETERS = {
+    *("output", "granularity", "long_text", "windows", "max_evals", "evaluations", "seed"),
+    *("precision", "batch_size", "masking"),
+}
 
 
 def _window_counts(explanation: Explanation) -> dict[str, int]:
