@@ -7,7 +7,7 @@ import logging
 from flask import Flask
 
 from api.errors import register_error_handlers
-from api.routes import bp, request_ticket
+from api.routes import bp
 from shared.jobs.inline import FolderJobRecords, InlineJobQueue, JobQueue
 from shared.serving.service import ClarionService
 from shared.settings import Settings
@@ -38,15 +38,12 @@ def create_app(
 
 def _job_queue(settings: Settings, service: ClarionService) -> JobQueue:
     if not settings.jobs_are_async:
-        # Inline jobs answer within the request, so they stop at the request's deadline too.
         records = (
             FolderJobRecords(settings.inline_jobs_dir, settings.job_result_ttl_s)
             if settings.inline_jobs_dir
             else None
         )
-        return InlineJobQueue(
-            lambda texts, options: service.explain(texts, options, request_ticket()), records
-        )
+        return InlineJobQueue(service.explain, records)
     from worker.queue import CeleryJobQueue, start_sweeper  # only when a broker is configured
 
     queue = CeleryJobQueue(settings)

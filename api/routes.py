@@ -217,7 +217,7 @@ def _submit(invocation: Invocation, classifications: list[Any]) -> Any:
         classifications,
         owner=g.owner,
     )
-    record = jobs.submit(record)
+    record = jobs.submit(record, request_ticket())  # inline jobs stop at the request's deadline too
     response = jsonify(body(job_body(record)))
     if not jobs.asynchronous:
         return response, 200

@@ -14,6 +14,7 @@ from shared.errors import JobBackendUnavailable, NotFound
 from shared.jobs.record import JobRecord, utc_now
 from shared.jobs.store import job_store_for
 from shared.kinds import CANCELLED, FINISHED, QUEUED
+from shared.runtime.engine import Ticket
 from shared.settings import Settings
 from worker.app import EXPLAIN_TASK, QUEUE, create_celery_app
 
@@ -40,7 +41,8 @@ class CeleryJobQueue:
         # A publish takes milliseconds; the grace keeps a sweeper from racing a slow but live one.
         self.stranded_after_s = settings.job_publish_grace_s
 
-    def submit(self, record: JobRecord) -> JobRecord:
+    def submit(self, record: JobRecord, ticket: Ticket | None = None) -> JobRecord:
+        """Record and publish; the job runs on a worker, within its own time limit (not `ticket`)."""
         self._store.save_unpublished(record)
         try:
             self._publish(record)

@@ -7,14 +7,20 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from shared.errors import NotFound
+from shared.io.results import Explanation
 from shared.io.schemas import ExplainOptions
 from shared.jobs.record import _JOB_ID, JobRecord, utc_now
 from shared.kinds import SUCCEEDED
+from shared.runtime.engine import Ticket
 from shared.storage.memory import MemoryCache
+
+# ClarionService.explain: texts and options, within a ticket, to their explanations
+Explain = Callable[[Sequence[str], ExplainOptions, Ticket | None], list[Explanation]]
 
 
 class JobQueue(Protocol):
@@ -22,7 +28,9 @@ class JobQueue(Protocol):
 
     asynchronous: bool
 
-    def submit(self, record: JobRecord) -> JobRecord: ...
+    def submit(self, record: JobRecord, ticket: Ticket | None = None) -> JobRecord:
+        """Accept a job; an inline queue runs it now, within `ticket` (the request's deadline)."""
+        ...
 
     def get(self, job_id: str) -> JobRecord: ...
 
@@ -82,18 +90,18 @@ class InlineJobQueue:
 
     asynchronous = False
 
-    def __init__(self, explain: Any, records: Any = None, capacity: int = 1024) -> None:
-        self._explain = explain  # callable(texts, options) -> list[Explanation]
+    def __init__(self, explain: Explain, records: Any = None, capacity: int = 1024) -> None:
+        self._explain = explain
         self._records = records if records is not None else MemoryCache(capacity)
 
     def pending(self) -> int | None:
         return 0  # inline jobs run within their request: none ever waits
 
-    def submit(self, record: JobRecord) -> JobRecord:
+    def submit(self, record: JobRecord, ticket: Ticket | None = None) -> JobRecord:
         # Validated against the operator's limits when the request was decoded; not again here.
         options = ExplainOptions.model_construct(**record.options)
         record.started_at = utc_now()
-        explanations = self._explain(record.texts, options)
+        explanations = self._explain(record.texts, options, ticket)
         record.explanations = [e.model_dump(mode="json") for e in explanations]
         record.status = SUCCEEDED
         record.finished_at = utc_now()
