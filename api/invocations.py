@@ -23,6 +23,7 @@ from api.codecs import body_text
 from api.negotiation import CSV, HTML, JSON, JSON_LINES, response_type
 from api.records import decode_records
 from shared.errors import InvalidRequest
+from shared.explanation.explainer import check_options
 from shared.io.records import Record
 from shared.io.results import body, text_response
 from shared.io.schemas import InvocationParameters, parse_model, text_problem
@@ -48,6 +49,9 @@ class Call:
         """Each text's /invocations result, MAX_TEXTS_PER_REQUEST texts at a time: a batch of
         records is never refused for its size alone."""
         service, model_id = self.service, self.service.model.model_id
+        # Label names are checked whether or not the request explains: a name the model does not
+        # have is the client's mistake either way, as the OpenAPI document says.
+        check_options(service.model, parameters.explain_options())
         out: list[dict[str, Any]] = []
         options = parameters.explain_options() if parameters.explain else None
         for chunk in _chunks(texts, self.settings.max_texts):
@@ -83,7 +87,9 @@ def invoke_records(call: Call, request: Request, options: dict[str, Any]) -> Res
     """A JSON Lines or CSV body: one text per record."""
     records = decode_records(body_text(request), request.mimetype)
     if not records:
-        raise InvalidRequest("the body holds no records")
+        raise InvalidRequest(
+            "the body holds no records: every line is blank (in CSV: only whitespace, commas and quotes)"
+        )
     kind = response_type(request, RECORD_RESULT_TYPES)
     settings = call.settings
     if kind == JSON:  # Clarify's exchange: every record must be readable

@@ -1,17 +1,28 @@
 """The OpenAPI 3.1 document, generated from the same pydantic models that validate requests and
-shape responses (shared/io/schemas.py, shared/io/results.py)."""
+shape responses (shared/io/schemas.py, shared/io/results.py, api/bodies.py).
+
+It describes the deployment that serves it: the limits are those of its settings (MAX_TEXTS_PER_REQUEST,
+MAX_TEXT_CHARS, MAX_WINDOWED_TEXT_CHARS, MAX_EVALS_LIMIT, EXPLAIN_BATCH_SIZE_LIMIT) and the label
+names those of its model once loaded, so a request the document calls valid is accepted and one it
+calls invalid is refused (tests/test_fuzzing.py checks both ways).
+"""
 
 from __future__ import annotations
 
-from functools import cache
+import copy
+from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
+from flask import current_app, has_app_context
 from pydantic.json_schema import models_json_schema
 
 from api.bodies import ErrorBody, JobBody
 from api.clarify import ClarifyResponse
+from api.records import CSV_RECORD, JSON_LINES_RECORD
 from shared.io.results import Health, TextResult
-from shared.io.schemas import HuggingFaceBody, SeedBody
+from shared.io.schemas import TEXT_JSON_SCHEMA, HuggingFaceBody, SeedBody
+from shared.settings import Settings
 
 _JSON = "application/json"
 
@@ -45,23 +56,43 @@ def _error(description: str) -> dict[str, Any]:
     return _json(description, _ref("ErrorBody"))
 
 
-def _body(records: bool = False) -> dict[str, Any]:
+_RECORDS = (
+    "; a record whose text cannot be read or is refused (empty, too long) is answered by its error on "
+    "its own line of a JSON Lines response (a 400 for a CSV, HTML or Clarify response)"
+)
+
+
+def _body(settings: Settings, records: bool = False) -> dict[str, Any]:
     """A request body: JSON or text; with `records`, also JSON Lines and CSV (/invocations only)."""
+    plain = {
+        **TEXT_JSON_SCHEMA,
+        "maxLength": settings.max_text_chars,
+        "description": "one text (UTF-8 unless the Content-Type names a charset): at least one character "
+        "that is not whitespace, at most MAX_TEXT_CHARS characters",
+    }
     content = {
         _JSON: {"schema": {"oneOf": [_ref("SeedBody"), _ref("HuggingFaceBody")]}},
-        "text/plain": {"schema": {"type": "string", "description": "one text"}},
+        "text/plain": {"schema": plain},
     }
     if records:
         content |= {
             "application/jsonlines": {
                 "schema": {
                     "type": "string",
+                    "pattern": JSON_LINES_RECORD,
                     "description": 'one record per line: {"features": ["text"]} (Clarify), {"text": ...}, '
-                    '{"data": ...} or {"inputs": ...}',
+                    '{"data": ...}, {"inputs": ...} or a JSON string; blank lines are skipped, and a body '
+                    "of blank lines only is a 400" + _RECORDS,
                 }
             },
             "text/csv": {
-                "schema": {"type": "string", "description": "one text per record, in the first column"}
+                "schema": {
+                    "type": "string",
+                    "pattern": CSV_RECORD,
+                    "description": "one text per record, in the first column; blank rows are skipped, and "
+                    "a body with no character besides whitespace, commas and double quotes holds no "
+                    "record: a 400" + _RECORDS,
+                }
             },
         }
     return {"required": True, "content": content}
@@ -69,13 +100,34 @@ def _body(records: bool = False) -> dict[str, Any]:
 
 _UNAUTHORIZED = {"401": _error("API_KEYS are set and the request has no valid Authorization: Bearer key")}
 _REQUEST_ERRORS = {
-    "400": _error("malformed JSON, wrong types, empty texts, out-of-range options, unknown labels"),
+    "400": _error(
+        "a body this document calls invalid: malformed JSON, wrong types, unknown fields, empty texts or "
+        "lists, texts or lists over this deployment's limits, out-of-range options, label names the "
+        "model does not have, texts that are not valid Unicode"
+    ),
     **_UNAUTHORIZED,
     "413": _error("body larger than MAX_REQUEST_BYTES"),
-    "415": _error("content type other than JSON or text"),
+    "415": _error("content type other than JSON, text, JSON Lines or CSV"),
     "503": _error("model loading, job backend unavailable, or past the request timeout"),
 }
 _JOB = _json("the job", _ref("JobBody"))
+# The job a POST answers with leads to its GET and DELETE (schemathesis follows these links).
+_JOB_LINKS = {
+    "links": {
+        "GetExplanation": {
+            "operationId": "getExplanation",
+            "parameters": {"job_id": "$response.body#/id"},
+            "description": "the job: 200 while it exists, 404 once a DELETE removed it",
+        },
+        "DeleteExplanation": {
+            "operationId": "deleteExplanation",
+            "parameters": {"job_id": "$response.body#/id"},
+            "description": "200 and the job, now cancelled, while queued or running; 204 once finished "
+            "(record and result removed); 404 once removed",
+        },
+    }
+}
+_SUBMITTED = {**_JOB, **_JOB_LINKS}
 _JOB_ID = {
     "name": "job_id",
     "in": "path",
@@ -90,8 +142,21 @@ _JOB_ERRORS = {
 }
 
 
-@cache
-def openapi_document() -> dict[str, Any]:
+def openapi_document(settings: Settings | None = None, labels: Sequence[str] | None = None) -> dict[str, Any]:
+    """The document for a deployment with `settings` whose model has `labels`. Without settings,
+    inside a request: those of the app that serves it, and its model's labels once loaded (until
+    then, any label name is documented, and requests answer 503); outside: the defaults."""
+    if settings is None and has_app_context():
+        settings = current_app.extensions["clarion.settings"]
+        service = current_app.extensions["clarion.service"]
+        if labels is None and service.ready:
+            labels = service.model.labels
+    document = _document(settings or Settings(), None if labels is None else tuple(labels))
+    return copy.deepcopy(document)  # the cached one stays as built, whatever a caller does with its copy
+
+
+@lru_cache(maxsize=8)
+def _document(settings: Settings, labels: tuple[str, ...] | None) -> dict[str, Any]:
     _, schemas = models_json_schema(
         [
             (SeedBody, "validation"),
@@ -104,6 +169,7 @@ def openapi_document() -> dict[str, Any]:
         ],
         ref_template="#/components/schemas/{model}",
     )
+    schemas = _limited(copy.deepcopy(schemas["$defs"]), settings, labels)
     results = {"oneOf": [_ref("TextResult"), {"type": "array", "items": _ref("TextResult")}]}
     return {
         "openapi": "3.1.0",
@@ -137,8 +203,9 @@ def openapi_document() -> dict[str, Any]:
             },
             "/invocations": {
                 "post": {
+                    "operationId": "invoke",
                     "summary": "classify, and explain when asked",
-                    "requestBody": _body(records=True),
+                    "requestBody": _body(settings, records=True),
                     "responses": {
                         "200": _with_html(
                             _as_records(
@@ -152,7 +219,7 @@ def openapi_document() -> dict[str, Any]:
                             "the results drawn: scores, shaded units, label selector",
                         ),
                         "406": _error("the Accept header allows none of the response types"),
-                        "202": _json("explain + async: a queued job", _ref("JobBody")),
+                        "202": {**_json("explain + async: a queued job", _ref("JobBody")), **_JOB_LINKS},
                         **_REQUEST_ERRORS,
                     },
                 }
@@ -191,14 +258,17 @@ def openapi_document() -> dict[str, Any]:
             },
             "/explanations": {
                 "post": {
-                    "summary": "submit an explanation job",
-                    "requestBody": _body(),
-                    "responses": {"200": _JOB, "202": _JOB, **_REQUEST_ERRORS},
+                    "operationId": "submitExplanation",
+                    "summary": "submit an explanation job: 200 and the finished job without a broker, "
+                    "202 and the queued job with one",
+                    "requestBody": _body(settings),
+                    "responses": {"200": _SUBMITTED, "202": _SUBMITTED, **_REQUEST_ERRORS},
                 }
             },
             "/explanations/{job_id}": {
                 "parameters": [_JOB_ID],
                 "get": {
+                    "operationId": "getExplanation",
                     "summary": "a job",
                     "responses": {
                         "200": _with_html(_JOB, "the job's explanation, or its status"),
@@ -206,6 +276,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
                 "delete": {
+                    "operationId": "deleteExplanation",
                     "summary": "cancel a queued or running job (200: now cancelled); remove a finished one, "
                     "record and result (204: a GET is then a 404)",
                     "responses": {
@@ -216,5 +287,57 @@ def openapi_document() -> dict[str, Any]:
                 },
             },
         },
-        "components": {"schemas": dict(schemas["$defs"])},
+        "components": {"schemas": schemas},
     }
+
+
+def _limited(schemas: dict[str, Any], settings: Settings, labels: tuple[str, ...] | None) -> dict[str, Any]:
+    """The request schemas with this deployment's limits and label names (the validators check the
+    same settings: shared/io/schemas.py), each text's length by its long_text mode."""
+    for name in ("SeedBody", "InvocationParameters"):
+        options = schemas[name]["properties"]
+        _branch(options["max_evals"], "integer")["maximum"] = settings.max_evals_limit
+        _branch(options["batch_size"], "integer")["maximum"] = settings.explain_batch_size_limit
+        if labels is not None:
+            _branch(options["labels"], "array")["items"] = {"type": "string", "enum": list(labels)}
+    truncate, windows = settings.max_text_chars, settings.max_windowed_text_chars
+    seed = schemas["SeedBody"]
+    _limit_count(seed["properties"]["data"], settings.max_texts)
+    # SeedBody's two shapes (ExplainOptions' json_schema_extra): "truncate" (the default) and "windows".
+    for shape in seed["anyOf"]:
+        windowed = shape["properties"]["long_text"]["const"] == "windows"
+        shape["properties"]["data"] = _lengths(windows if windowed else truncate)
+    hf = schemas["HuggingFaceBody"]
+    _limit_count(hf["properties"]["inputs"], settings.max_texts)
+    hf["properties"]["parameters"]["default"] = {}  # no parameters: every option's default
+    hf["anyOf"] = [
+        {
+            "properties": {
+                "inputs": _lengths(truncate),
+                "parameters": {"properties": {"long_text": {"const": "truncate"}}},
+            }
+        },
+        {
+            "properties": {
+                "inputs": _lengths(windows),
+                "parameters": {"properties": {"long_text": {"const": "windows"}}, "required": ["long_text"]},
+            },
+            "required": ["parameters"],
+        },
+    ]
+    return schemas
+
+
+def _branch(schema: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The branch of an `anyOf` of this JSON type."""
+    return next(branch for branch in schema["anyOf"] if branch.get("type") == kind)
+
+
+def _limit_count(texts: dict[str, Any], max_texts: int) -> None:
+    _branch(texts, "array")["maxItems"] = max_texts
+
+
+def _lengths(max_chars: int) -> dict[str, Any]:
+    """At most `max_chars` characters per text, whether one text or a list of them (maxLength
+    constrains only strings and items only arrays)."""
+    return {"maxLength": max_chars, "items": {"maxLength": max_chars}}

@@ -5,21 +5,31 @@ These are the formats of SageMaker Clarify clients and of Batch Transform with `
   `text`, `data` or `inputs`; blank lines are skipped;
 - CSV: one record per row (quoted texts may hold commas and line breaks), the text in the first column.
 A record that cannot be read keeps its place with the reason, named by its line number, so that a
-response can keep one output line per input record.
+response can keep one output line per input record. A body with no record at all (only blank lines;
+for CSV, only whitespace, commas and double quotes) holds nothing to answer: the OpenAPI document
+says so with the patterns below.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 
 from api.negotiation import CSV, JSON_LINES
 from shared.io.records import EMPTY, Record, csv_records, json_lines
+from shared.io.schemas import NON_BLANK, WHITESPACE
 
 # Every name JSON Lines goes by (SageMaker's first); a response is always in SageMaker's.
 JSON_LINES_TYPES = (JSON_LINES, "application/jsonl", "application/x-jsonlines", "application/json-lines")
 RECORD_TYPES = (*JSON_LINES_TYPES, CSV)
 _TEXT_FIELDS = ("features", "text", "data", "inputs")
+# What a record body needs to hold a record: JSON Lines, a line that is not blank; CSV, a character
+# that is not whitespace, a comma or a double quote (every other character is part of a cell, so
+# its row is a record; without one, every cell is blank or quotes alone).
+JSON_LINES_RECORD = NON_BLANK
+CSV_RECORD = f'[^{WHITESPACE},"]'
+_CSV_RECORD = re.compile(CSV_RECORD)
 
 
 def is_record_type(mimetype: str) -> bool:
@@ -29,6 +39,8 @@ def is_record_type(mimetype: str) -> bool:
 def decode_records(body: str, mimetype: str) -> list[Record]:
     """The body's records, blank lines skipped; a problem names its line."""
     if mimetype == CSV:
+        if not _CSV_RECORD.search(body):
+            return []
         records = csv_records(csv.reader(io.StringIO(body, newline="")), column=0)
     else:
         # Lines end at "\n" only (as Batch Transform splits them): str.splitlines would also cut

@@ -10,21 +10,73 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
 from shared.errors import InvalidRequest
-from shared.kinds import Granularity, LongText, Masking, Output, Precision
+from shared.kinds import GRANULARITIES, Granularity, LongText, Masking, Output, Precision
 from shared.settings import Settings
 
-Texts = str | list[str]
+# The characters str.strip() removes (str.isspace()), spelt out: ECMAScript's `\s`, which JSON-schema
+# validators use, is a different set. A text needs one character outside them, or it is "empty".
+WHITESPACE = "\\t-\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+NON_BLANK = f"[^{WHITESPACE}]"
+TEXT_JSON_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "pattern": NON_BLANK,
+    "description": "A text: at least one character that is not whitespace, valid Unicode (no lone "
+    "surrogates), at most MAX_TEXT_CHARS characters (MAX_WINDOWED_TEXT_CHARS with long_text "
+    '"windows").',
+}
+TEXTS_JSON_SCHEMA: dict[str, Any] = {
+    "anyOf": [TEXT_JSON_SCHEMA, {"type": "array", "items": TEXT_JSON_SCHEMA, "minItems": 1}],
+    "description": "A text, or a list of texts (at least one, at most MAX_TEXTS_PER_REQUEST): a result "
+    "for a text, a list of results for a list.",
+}
+# Validated as `str | list[str]` (the messages clients read: "text 0 is empty", ...); documented
+# with the rules _check_texts enforces. api/openapi.py adds the limits of the settings it serves.
+Texts = Annotated[str | list[str], WithJsonSchema(TEXTS_JSON_SCHEMA)]
+LabelNames = Annotated[
+    list[str], WithJsonSchema({"type": "array", "items": {"type": "string"}, "minItems": 1})
+]
+# long_text "windows" explains units of the text, with the token masker: the rule of
+# ExplainOptions._windows_need_text_units, as the two shapes an options object may take.
+LONG_TEXT_JSON_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"properties": {"long_text": {"const": "truncate"}}},
+        {
+            "properties": {
+                "long_text": {"const": "windows"},
+                "granularity": {"enum": [g for g in GRANULARITIES if g != "token"]},
+                "masking": {"const": "tokens"},
+            },
+            "required": ["long_text", "granularity"],
+        },
+    ]
+}
 DEFAULT_MAX_EVALS = 500
 SHAP_TEXT_BATCH_SIZE = 5  # shap.maskers.Text's default_batch_size
+
+
+def _whole_number(value: Any) -> Any:
+    """A number without a fractional part is a JSON-schema integer, however it is written: 500.0 is
+    500 (as JSON Schema and JavaScript read it); 500.5, "500" and true stay errors of the strict int."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# On an integer option, after its constraints (so that they stay JSON-schema keywords): strict, but
+# 500.0 is 500 (the document says "integer", and so is 500.0 there).
+WholeNumber = BeforeValidator(_whole_number)
 
 
 class _Strict(BaseModel):
@@ -35,6 +87,8 @@ class _Strict(BaseModel):
 class ExplainOptions(_Strict):
     """How to explain: SHAP's Partition explainer parameters."""
 
+    model_config = ConfigDict(json_schema_extra=LONG_TEXT_JSON_SCHEMA)
+
     max_evals: Annotated[
         int | None,
         Field(
@@ -43,6 +97,7 @@ class ExplainOptions(_Strict):
             description=f"Model evaluations per text (SHAP's max_evals). Default: {DEFAULT_MAX_EVALS}, "
             "or MAX_EVALS_LIMIT when that is lower.",
         ),
+        WholeNumber,
     ] = None
     output: Output = "probability"
     long_text: LongText = Field(
@@ -56,10 +111,10 @@ class ExplainOptions(_Strict):
         description="The players of the explanation: model tokens (SHAP's own), or words, sentences or "
         "paragraphs of the text, each masked as a whole and returned with its character span.",
     )
-    labels: Literal["all", "predicted"] | list[str] = Field(
-        "all", description='"all", "predicted" or a list of label names to explain.'
+    labels: Literal["all", "predicted"] | LabelNames = Field(
+        "all", description='"all", "predicted" or a list of the model\'s label names to explain.'
     )
-    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1), WholeNumber] = 0
     precision: Precision = "exact"
     masking: Masking = Field(
         "tokens",
@@ -78,6 +133,7 @@ class ExplainOptions(_Strict):
             "it is part of the answer; it does not depend on the hardware. Default: EXPLAIN_BATCH_SIZE "
             "(5, SHAP's default for text).",
         ),
+        WholeNumber,
     ] = None
 
     @field_validator("batch_size")
