@@ -22,6 +22,15 @@ class ErrorBody(Result):
     error: ErrorDetail
 
 
+class JobProgress(Result):
+    """How far a job has come: model evaluations (masked documents) done, out of the most it may take
+    (`max_evals` per text, 2 for a text of one unit); a text whose tree is walked whole sooner
+    jumps to its end, so `done` can leap to `total` at the finish."""
+
+    done: int = Field(ge=0)
+    total: int = Field(ge=0)
+
+
 class JobBody(Result):
     """An explanation job as the API shows it."""
 
@@ -33,6 +42,9 @@ class JobBody(Result):
     prediction: list[LabelScore] | list[list[LabelScore]]
     result: TextResult | list[TextResult] | None = Field(None, description="when succeeded")
     error: ErrorDetail | None = Field(None, description="when failed")
+    progress: JobProgress | None = Field(
+        None, description="once its worker reports (about every second while it runs), and when succeeded"
+    )
 
 
 def job_body(record: JobRecord) -> JobBody:
@@ -44,6 +56,7 @@ def job_body(record: JobRecord) -> JobBody:
         "submitted_at": record.submitted_at,
         "finished_at": record.finished_at,
         **({"started_at": record.started_at} if record.started_at else {}),
+        **({"progress": JobProgress(**record.progress)} if record.progress else {}),
         "prediction": _shape(record.single, [c.prediction for c in classifications]),
     }
     if (

@@ -88,7 +88,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _in_process_throughput(model_dir: str, sentences: list[str], batches: int) -> float:
     """Sentences/s of padded forward passes in this process: what HTTP serving could at best reach."""
-    from shared.runtime.model import load_text_model
+    from shared.runtime.loading import load_text_model
     from shared.settings import Settings
 
     model = load_text_model(Settings(model_dir=model_dir, serverless=True))

@@ -94,7 +94,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _engine(model_dir: str, device: str, threads: int, limits: Any) -> Any:
     from shared.runtime.engine import Engine, pass_limits_for
-    from shared.runtime.model import load_text_model
+    from shared.runtime.loading import load_text_model
     from shared.settings import Settings
 
     model = load_text_model(Settings(model_dir=model_dir, device=device, torch_threads=threads))

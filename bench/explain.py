@@ -103,7 +103,7 @@ def main(args: argparse.Namespace) -> int:
 def _load(name: str, threads: int, tmp: Path, pass_tokens: int | None, spare_tokens: int | None) -> Any:
     """The model and its engine, as a Clarion process runs them."""
     from shared.runtime.engine import Engine, pass_limits_for
-    from shared.runtime.model import load_text_model
+    from shared.runtime.loading import load_text_model
     from shared.settings import Settings
 
     directory = MINILM_DIR if name == "minilm" else build_random_distilbert(tmp / name)

@@ -77,7 +77,7 @@ def main(args: argparse.Namespace) -> int:
 def _family(name: str, tmp: Path, sentences: list[str], args: argparse.Namespace) -> dict[str, Any]:
     from bench.explain import _long_texts
     from shared.runtime.engine import Engine, pass_limits_for
-    from shared.runtime.model import load_text_model
+    from shared.runtime.loading import load_text_model
     from shared.runtime.onnx import onnx_exact
     from shared.settings import Settings
     from tests.families import build_family_model

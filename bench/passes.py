@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     quiet_transformers()
-    from shared.runtime.model import load_text_model
+    from shared.runtime.loading import load_text_model
     from shared.settings import Settings
 
     if args.smoke:

@@ -145,7 +145,7 @@ def start_engine(model_dir: Path, threads: int | None = 1, backend: str = "torch
     """Load a model in this process and start its engine (`limits`: PassLimits rows/tokens).
     `backend="onnxruntime"` runs its exact passes through an ONNX export (cached beside the model)."""
     from shared.runtime.engine import CPU_PASS, Engine, PassLimits
-    from shared.runtime.model import load_text_model
+    from shared.runtime.loading import load_text_model
     from shared.runtime.onnx import onnx_exact
     from shared.settings import Settings
 

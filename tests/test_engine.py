@@ -15,7 +15,8 @@ from shared.errors import ExplanationTimeout, JobCancelled
 from shared.explanation.explainer import explain_texts
 from shared.io.schemas import ExplainOptions
 from shared.runtime.engine import CLASSIFY, EXPLAIN, Engine, PassLimits, Ticket
-from shared.runtime.model import TextModel, load_text_model
+from shared.runtime.loading import load_text_model
+from shared.runtime.model import TextModel
 from shared.serving.classifier import classify
 from shared.settings import Settings
 

@@ -19,7 +19,8 @@ import torch
 from shared.explanation.explainer import explain_texts
 from shared.io.schemas import ExplainOptions
 from shared.runtime.engine import CPU_PASS, Engine
-from shared.runtime.model import TextModel, load_text_model
+from shared.runtime.loading import load_text_model
+from shared.runtime.model import TextModel
 from shared.runtime.onnx import onnx_exact
 from shared.serving.classifier import classify
 from shared.settings import Settings

@@ -121,6 +121,7 @@ def test_single_process_explanation_job_is_finished_at_once(service: Service) ->
     job = response.json()
     assert job["status"] == "succeeded" and job["finished_at"]
     assert job["result"]["explanation"]
+    assert job["progress"]["done"] == job["progress"]["total"] > 0
     again = service.get(f"/explanations/{job['id']}")
     assert again.status_code == 200 and again.json() == job
     assert service.get("/explanations/0123456789abcdef").status_code == 404

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from shared.errors import ModelLoadError
-from shared.runtime.model import load_text_model
+from shared.runtime.loading import load_text_model
 from shared.settings import Settings
 from tests.support import build_tiny_model, running_service, wait_until
 

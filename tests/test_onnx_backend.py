@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from shared.errors import ModelLoadError
-from shared.runtime.model import TextModel, load_text_model
+from shared.runtime.loading import load_text_model
+from shared.runtime.model import TextModel
 from shared.runtime.onnx import CHECK_TEXT, _check, onnx_exact
 from shared.serving.service import ClarionService
 from shared.settings import Settings

@@ -3,6 +3,7 @@ mean of theirs, explanations of that mean (every window masked alike), and the m
 
 from __future__ import annotations
 
+from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 
@@ -12,8 +13,8 @@ import pytest
 from shared.errors import InvalidRequest
 from shared.explanation.explainer import _new_game, explain_texts
 from shared.io.schemas import ExplainOptions, SeedBody, parse_model
+from shared.runtime.encoding import WINDOW_OVERLAP, window_spans
 from shared.runtime.engine import Engine
-from shared.runtime.model import WINDOW_OVERLAP, window_spans
 from shared.serving.classifier import classify
 from shared.settings import Settings
 
@@ -160,15 +161,15 @@ def test_the_window_width_is_a_setting_and_part_of_the_cache_key(engine: Engine)
     model = engine.model
     wide = len(model.encode([DOCUMENT], "windows")[0].windows)
     identity = model.cache_identity
-    saved = model.window_tokens
+    saved = model.encoder
     try:
-        model.window_tokens = 32  # WINDOW_TOKENS=32: more, narrower windows
+        model.encoder = replace(saved, window_tokens=32)  # WINDOW_TOKENS=32: more, narrower windows
         (narrow,) = model.encode([DOCUMENT], "windows")
         assert len(narrow.windows) > wide and all(e - s == 30 for s, e in narrow.windows)
         assert model.cache_identity != identity  # another width, other numbers: never served from cache
         (explanation,) = explain_texts(engine, [DOCUMENT], windowed(granularity="sentence", max_evals=100))
         assert explanation.window_tokens == 32 and explanation.windows == len(narrow.windows)
-        model.window_tokens = 10_000  # capped by the model's maximum length
+        model.encoder = replace(saved, window_tokens=10_000)  # capped by the model's maximum length
         assert model.window_width == model.max_length
     finally:
-        model.window_tokens = saved
+        model.encoder = saved

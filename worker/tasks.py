@@ -27,7 +27,7 @@ from celery.signals import (
 from shared import metrics
 from shared.errors import ClarionError, JobBackendUnavailable, JobCancelled
 from shared.io.schemas import ExplainOptions, parse_model
-from shared.jobs.record import JobRecord, utc_now
+from shared.jobs.record import JobRecord, progress_of, utc_now
 from shared.jobs.store import RedisJobStore, job_store_for
 from shared.kinds import CANCELLED, FAILED, FINISHED, RUNNING, SUCCEEDED
 from shared.runtime.engine import Ticket
@@ -45,6 +45,9 @@ _loading = threading.Lock()
 # of losing the job just computed (found by tests/test_compose.py: a job finished while Redis
 # restarted).
 STATE_WRITE_TRIES = 30
+# A running job stores its progress this often at most: each write is one round trip of the whole
+# record, so pollers see it move without the job spending its time writing.
+PROGRESS_INTERVAL_S = 1.0
 
 
 @worker_init.connect
@@ -122,6 +125,29 @@ def _started(record: JobRecord) -> None:
     record.status, record.started_at = RUNNING, utc_now()
 
 
+class _Progress:
+    """Stores a running job's progress, at most every PROGRESS_INTERVAL_S, best effort: one try, and
+    a Redis blip skips a report rather than slowing the job (the next one catches up)."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self._next = time.monotonic() + PROGRESS_INTERVAL_S
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + PROGRESS_INTERVAL_S
+        assert _store is not None
+        try:
+            record = _store.load(self.job_id)
+            if record is not None and record.status == RUNNING:
+                record.progress = progress_of(done, total)
+                _store.save_unless_finished(record)
+        except JobBackendUnavailable:
+            pass
+
+
 @celery_app.task(name=EXPLAIN_TASK, bind=True)
 def explain_job(self: Any, texts: list[str], options: dict[str, Any]) -> None:
     """Explain `texts`: the same `ClarionService.explain` the single-process API calls."""
@@ -136,7 +162,9 @@ def explain_job(self: Any, texts: list[str], options: dict[str, Any]) -> None:
     timeout_message = f"the explanation exceeded the time limit ({limit}s)"
     # The engine stops the job's work within one pass of its soft limit or of a DELETE (polled
     # here, in the task's thread), without killing the process and its loaded model.
-    ticket = Ticket.within(limit, timeout_message, cancelled_by=lambda: _status(job_id) == CANCELLED)
+    ticket = Ticket.within(
+        limit, timeout_message, cancelled_by=lambda: _status(job_id) == CANCELLED, progress=_Progress(job_id)
+    )
     try:
         parsed = parse_model(ExplainOptions, options, _service.settings)
         with metrics.JOB_SECONDS.time():
@@ -157,6 +185,7 @@ def explain_job(self: Any, texts: list[str], options: dict[str, Any]) -> None:
 
     def succeeded(record: JobRecord) -> None:
         record.status, record.explanations, record.finished_at = SUCCEEDED, explanations, utc_now()
+        record.progress = progress_of(*ticket.progress) if ticket.progress else None
 
     _write(job_id, succeeded)
 

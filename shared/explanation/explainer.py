@@ -23,8 +23,9 @@ from shared.explanation.units import stripped_span, text_units
 from shared.io.results import Explanation
 from shared.io.schemas import ExplainOptions
 from shared.kinds import Output
+from shared.runtime.encoding import EncodedText
 from shared.runtime.engine import EXPLAIN, Engine, Ticket
-from shared.runtime.model import EncodedText, TextModel
+from shared.runtime.model import TextModel
 
 # Bumped whenever a change to the algorithm (owen.py, units.py, this module) or to the Explanation
 # format could change a number or a field: cache entries of another version are never served.
@@ -56,6 +57,8 @@ class _Game:
     asked: list[bytes] = field(default_factory=list)  # the rows in flight
     rows_run: int = 0
     rows_memoised: int = 0
+    documents: int = 0  # the (masked) documents evaluated so far, the two ends included
+    budget: int = 0  # the most documents it may take (progress)
     # masking "text": the text's token substrings, from which each masked text is rebuilt, and how
     segments: list[str] | None = None
     text_mask: TextMask | None = None
@@ -116,11 +119,18 @@ def explain_encoded(
 ) -> list[Explanation]:
     """Explain every text. `unmasked`: the logits of each text's rows as it is, when they already
     ran (to classify it): they are not run again. The ticket's deadline or cancellation stops the
-    work within one pass (its error is raised here, and the engine drops the rows still queued)."""
+    work within one pass (its error is raised here, and the engine drops the rows still queued).
+
+    Progress goes to `ticket.report` as documents evaluated out of the most the texts may take:
+    `max_evals` each (2 for a text of one unit). A text whose tree is walked whole sooner jumps to
+    its end."""
     model = engine.model
     ticket = ticket or Ticket()
     requested = _requested_label_indexes(model, options)  # unknown labels fail before any work
     games = [_new_game(model, e, options) for e in encoded]
+    for game in games:
+        game.budget = 2 if game.players <= 1 else options.max_evals
+    total, done = sum(game.budget for game in games), 0
     for game, logits in zip(games, unmasked or (), strict=False):
         game.memo.update(
             zip((row.tobytes() for row in game.encoded.rows(game.encoded.ids)), logits, strict=True)
@@ -136,7 +146,11 @@ def explain_encoded(
 
     def feed(game: _Game, documents: list[np.ndarray]) -> None:
         """Submit the rows these documents need; when every one was run already, step at once."""
+        nonlocal done
         while True:
+            counted = min(game.documents, game.budget)
+            game.documents += len(documents)
+            done += min(game.documents, game.budget) - counted
             rows = game.rows_needed(documents)
             if rows:
                 in_flight[engine.submit(rows, EXPLAIN, options.precision, ticket)] = game
@@ -153,8 +167,9 @@ def explain_encoded(
             feed(game, game.masked_ids(ends, model))
         while in_flight:
             ticket.check()
-            done, _ = wait(list(in_flight), timeout=ticket.wait_s(3600), return_when=FIRST_COMPLETED)
-            for future in done:
+            ticket.report(done, total)
+            back, _ = wait(list(in_flight), timeout=ticket.wait_s(3600), return_when=FIRST_COMPLETED)
+            for future in back:
                 game = in_flight.pop(future)
                 game.received(future.result())  # the ticket's error, if the engine dropped the rows
                 step(game)
@@ -163,6 +178,7 @@ def explain_encoded(
     except BaseException:
         engine.cancel(ticket)  # drop the other texts' queued rounds
         raise
+    ticket.report(total, total)
     return [_explanation(model, game, options) for game in games]
 
 

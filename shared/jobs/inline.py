@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from shared.errors import NotFound
 from shared.io.results import Explanation
 from shared.io.schemas import ExplainOptions
-from shared.jobs.record import _JOB_ID, JobRecord, utc_now
+from shared.jobs.record import _JOB_ID, JobRecord, progress_of, utc_now
 from shared.kinds import SUCCEEDED
 from shared.runtime.engine import Ticket
 from shared.storage.memory import MemoryCache
@@ -101,7 +101,9 @@ class InlineJobQueue:
         # Validated against the operator's limits when the request was decoded; not again here.
         options = ExplainOptions.model_construct(**record.options)
         record.started_at = utc_now()
+        ticket = ticket or Ticket()
         explanations = self._explain(record.texts, options, ticket)
+        record.progress = progress_of(*ticket.progress) if ticket.progress else None
         record.explanations = [e.model_dump(mode="json") for e in explanations]
         record.status = SUCCEEDED
         record.finished_at = utc_now()

@@ -30,6 +30,10 @@ def utc_now() -> str:
     return iso_utc(datetime.now(UTC))
 
 
+def progress_of(done: int, total: int) -> dict[str, int]:
+    return {"done": done, "total": total}
+
+
 def new_job_id() -> str:
     return uuid.uuid4().hex
 
@@ -50,6 +54,9 @@ class JobRecord:
     finished_at: str | None = None
     explanations: list[dict[str, Any]] | None = None
     error: dict[str, str] | None = None
+    # {"done": n, "total": m}: documents evaluated out of the most the job may take; the worker
+    # writes it as the job runs (at most every PROGRESS_INTERVAL_S), and the whole when it succeeds.
+    progress: dict[str, int] | None = None
     owner: str | None = None  # digest of the API key that submitted it (None without API keys)
     version: int = RECORD_VERSION
 

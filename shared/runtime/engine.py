@@ -82,7 +82,8 @@ class Ticket:
 
     `timeout_message` is what the caller is told when the deadline passes. `cancelled_by` is an
     optional check the *waiting* thread runs every `poll_s` (a job reads its record in Redis): the
-    engine thread itself never blocks on it.
+    engine thread itself never blocks on it. `progress` hears (done, total) from the work as it
+    advances, on the waiting thread too (a job stores it for its pollers).
     """
 
     def __init__(
@@ -91,6 +92,7 @@ class Ticket:
         timeout_message: str = "the work did not finish before its deadline",
         cancelled_by: Callable[[], bool] | None = None,
         poll_s: float = 0.5,
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
         self.deadline = deadline
         self.timeout_message = timeout_message
@@ -98,6 +100,14 @@ class Ticket:
         self._poll_s = poll_s
         self._next_poll = 0.0
         self._error: ClarionError | None = None
+        self._progress = progress
+        self.progress: tuple[int, int] | None = None  # the latest (done, total) reported
+
+    def report(self, done: int, total: int) -> None:
+        """The work's progress: `done` of at most `total` units (the listener throttles itself)."""
+        self.progress = (done, total)
+        if self._progress is not None:
+            self._progress(done, total)
 
     @classmethod
     def within(cls, seconds: float, timeout_message: str, **kwargs: Any) -> Ticket:

@@ -8,8 +8,9 @@ import numpy as np
 
 from shared.io.results import Classification, LabelScore
 from shared.kinds import LongText
+from shared.runtime.encoding import EncodedText
 from shared.runtime.engine import CLASSIFY, Engine, Ticket
-from shared.runtime.model import EncodedText, TextModel
+from shared.runtime.model import TextModel
 
 
 def run_unmasked(

@@ -18,8 +18,10 @@ from shared.explanation.explainer import explain_encoded
 from shared.io.results import Classification, Explanation, Health, Prediction
 from shared.io.schemas import ExplainOptions
 from shared.kinds import LongText
+from shared.runtime.encoding import EncodedText
 from shared.runtime.engine import Engine, Ticket, pass_limits_for
-from shared.runtime.model import EncodedText, TextModel, load_text_model
+from shared.runtime.loading import load_text_model
+from shared.runtime.model import TextModel
 from shared.runtime.onnx import onnx_exact
 from shared.serving.cache import ExplanationCache, RedisCache, classification_key, explanation_key
 from shared.serving.classifier import classification_of, run_unmasked

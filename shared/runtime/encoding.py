@@ -1,0 +1,162 @@
+"""Text as the model sees it: the tokenizer and its facts, truncated rows, windows over long texts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shared.kinds import LongText
+
+
+@dataclass(frozen=True)
+class EncodedText:
+    """A text as the model sees it: token ids and character offsets, either truncated to the model's
+    maximum length (one row) or whole, seen through overlapping windows of at most that length."""
+
+    text: str
+    ids: np.ndarray
+    offsets: list[tuple[int, int]]
+    special: np.ndarray  # True where the token is a special token ([CLS], [SEP], ...)
+    truncated: bool
+    # Windowed documents: each window's [start, end) over `ids`, between the boundary tokens that
+    # every window repeats ([CLS] ... [SEP]). Empty: `ids` is the one row.
+    windows: tuple[tuple[int, int], ...] = ()
+    prefix: int = 0  # boundary tokens at the start and end of `ids` (windowed documents)
+    suffix: int = 0
+
+    def rows(self, ids: np.ndarray) -> list[np.ndarray]:
+        """The rows the model runs for these ids (this text's, possibly masked): one, or a window each."""
+        if not self.windows:
+            return [ids]
+        head, tail = ids[: self.prefix], ids[len(ids) - self.suffix :]
+        return [np.concatenate([head, ids[start:end], tail]) for start, end in self.windows]
+
+
+# Windows overlap by a quarter, so that every token is seen with some context on either side.
+WINDOW_OVERLAP = 0.25
+
+
+def window_spans(content: int, width: int, first: int) -> tuple[tuple[int, int], ...]:
+    """Windows of `width` tokens over `content` tokens starting at index `first`, overlapping by at
+    least WINDOW_OVERLAP and spread evenly, so that every window is full (equal weight is fair)."""
+    if content <= width:
+        return ()
+    stride = max(1, int(width * (1 - WINDOW_OVERLAP)))
+    count = -(-(content - width) // stride) + 1
+    starts = [round(i * (content - width) / (count - 1)) for i in range(count)]
+    return tuple((first + start, first + start + width) for start in starts)
+
+
+@dataclass(frozen=True)
+class TextEncoder:
+    """The tokenizer and the facts about it that turn texts into rows. Build it with `text_encoder`."""
+
+    tokenizer: Any
+    max_length: int
+    mask_token_id: int
+    pad_token_id: int
+    keep_prefix: int
+    keep_suffix: int
+    # Tokens per window of a windowed document (WINDOW_TOKENS, capped by max_length); 0: max_length.
+    window_tokens: int = 0
+
+    def encode(self, texts: Sequence[str], long_text: LongText = "truncate") -> list[EncodedText]:
+        """Tokenize: truncated to the model's maximum length (saying which texts were), or whole and
+        cut into windows (`long_text="windows"`)."""
+        if long_text == "windows":
+            return [self._encode_whole(text) for text in texts]
+        enc = self.tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=self.max_length,
+            return_offsets_mapping=True,
+            return_overflowing_tokens=True,
+            return_special_tokens_mask=True,
+        )
+        sample_of_row = enc["overflow_to_sample_mapping"]
+        encoded: list[EncodedText | None] = [None] * len(texts)
+        truncated = [False] * len(texts)
+        for row, sample in enumerate(sample_of_row):
+            if encoded[sample] is not None:
+                truncated[sample] = True  # a second window means the text did not fit
+                continue
+            offsets = [(0, 0) if o is None else (int(o[0]), int(o[1])) for o in enc["offset_mapping"][row]]
+            encoded[sample] = EncodedText(
+                text=texts[sample],
+                ids=np.asarray(enc["input_ids"][row], dtype=np.int64),
+                offsets=offsets,
+                special=np.asarray(enc["special_tokens_mask"][row], dtype=bool),
+                truncated=False,
+            )
+        out = []
+        for item, was_truncated in zip(encoded, truncated, strict=True):
+            assert item is not None
+            out.append(EncodedText(item.text, item.ids, item.offsets, item.special, was_truncated))
+        return out
+
+    def _encode_whole(self, text: str) -> EncodedText:
+        enc = self.tokenizer(
+            text,
+            truncation=False,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+            verbose=False,
+        )
+        ids = np.asarray(enc["input_ids"], dtype=np.int64)
+        width = self.window_width - self.keep_prefix - self.keep_suffix
+        content = len(ids) - self.keep_prefix - self.keep_suffix
+        return EncodedText(
+            text=text,
+            ids=ids,
+            offsets=[(0, 0) if o is None else (int(o[0]), int(o[1])) for o in enc["offset_mapping"]],
+            special=np.asarray(enc["special_tokens_mask"], dtype=bool),
+            truncated=False,
+            windows=window_spans(content, width, self.keep_prefix),
+            prefix=self.keep_prefix,
+            suffix=self.keep_suffix,
+        )
+
+    @property
+    def window_width(self) -> int:
+        """Tokens per window, boundary tokens included: WINDOW_TOKENS, at most the maximum length."""
+        return min(self.window_tokens or self.max_length, self.max_length)
+
+
+def text_encoder(tokenizer: Any, config: Any, window_tokens: int) -> TextEncoder:
+    """The encoder for a loaded tokenizer and its model's config."""
+    return TextEncoder(
+        tokenizer=tokenizer,
+        max_length=_max_length(tokenizer, config),
+        window_tokens=window_tokens,
+        mask_token_id=_mask_token_id(tokenizer),
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+        **_boundary_tokens(tokenizer),
+    )
+
+
+def _max_length(tokenizer: Any, config: Any) -> int:
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 100_000:
+        return limit
+    return min(int(getattr(config, "max_position_embeddings", 512) or 512), 512)
+
+
+def _mask_token_id(tokenizer: Any) -> int:
+    """SHAP masks with the tokenizer's mask token, else with the id of "..."."""
+    if tokenizer.mask_token_id is not None:
+        return int(tokenizer.mask_token_id)
+    ids = tokenizer("...")["input_ids"]
+    return int(ids[_boundary_tokens(tokenizer)["keep_prefix"]])
+
+
+def _boundary_tokens(tokenizer: Any) -> dict[str, int]:
+    """How many special tokens the tokenizer puts before and after a text (kept unmasked by SHAP)."""
+    null_tokens = tokenizer("")["input_ids"]
+    if len(null_tokens) == 1:
+        eos = tokenizer.special_tokens_map.get("eos_token")
+        is_eos = eos is not None and tokenizer.decode(null_tokens[0]) == eos
+        return {"keep_prefix": 0 if is_eos else 1, "keep_suffix": 1 if is_eos else 0}
+    return {"keep_prefix": len(null_tokens) // 2, "keep_suffix": len(null_tokens) // 2}
