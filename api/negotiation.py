@@ -49,6 +49,7 @@ _OPTION_TYPES: dict[str, str] = {
     "long_text": "str",
     "precision": "str",
     "masking": "str",
+    "faithfulness": "bool",
     "labels": "labels",
 }
 

@@ -115,6 +115,29 @@ def test_explain_parameters_are_applied(service: Service) -> None:
     assert set(body["model_output"]) == {"positive"}
 
 
+def test_faithfulness_on_request_in_the_body_and_in_custom_attributes(service: Service) -> None:
+    text = "i loved this film , the acting was superb ."
+    plain = service.post("/invocations", json={"data": text, "explain": True, "granularity": "word"}).json()
+    assert "faithfulness" not in plain
+    asked = service.post(
+        "/invocations",
+        json={"data": [text], "explain": True, "granularity": "word", "faithfulness": True},
+    ).json()[0]
+    assert set(asked["faithfulness"]) == set(asked["model_output"]) == {"negative", "neutral", "positive"}
+    for measures in asked["faithfulness"].values():
+        assert set(measures) == {"comprehensiveness", "sufficiency"}
+        assert all(-1 <= value <= 1 for value in measures.values())
+    assert asked["explanation"] == plain["explanation"]  # the attributions are the same ones
+    headed = service.post(
+        "/invocations",
+        json={"data": text, "explain": True, "granularity": "word"},
+        headers={"X-Amzn-SageMaker-Custom-Attributes": "faithfulness=true"},
+    ).json()
+    assert headed["faithfulness"] == asked["faithfulness"]
+    refused = service.post("/invocations", json={"data": text, "explain": True, "faithfulness": "maybe"})
+    assert refused.status_code == 400 and "faithfulness" in refused.json()["error"]["message"]
+
+
 def test_single_process_explanation_job_is_finished_at_once(service: Service) -> None:
     response = service.post("/explanations", json={"data": "good film"})
     assert response.status_code == 200

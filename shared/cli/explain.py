@@ -265,6 +265,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--masking", choices=list(MASKINGS), default="tokens", help='"text": the seed\'s numbers (see docs)'
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--faithfulness", action="store_true", help="also measure ERASER comprehensiveness and sufficiency"
+    )
     parser.add_argument("--chunk", type=int, default=8, help="texts explained together (default 8)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per call with --url")
 
@@ -280,6 +283,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         "output": args.output,
         "masking": args.masking,
         "seed": args.seed,
+        "faithfulness": args.faithfulness,
     }
     if args.max_evals is not None:
         parameters["max_evals"] = args.max_evals

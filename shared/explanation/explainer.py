@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from shared.errors import InvalidRequest
+from shared.explanation.faithfulness import BINS, aopc, deletions
 from shared.explanation.masking import TextMask, token_segments
 from shared.explanation.owen import OwenSteps, owen_values, text_clustering
 from shared.explanation.units import stripped_span, text_units
-from shared.io.results import Explanation
+from shared.io.results import Explanation, Faithfulness
 from shared.io.schemas import ExplainOptions
 from shared.kinds import Output
 from shared.runtime.encoding import EncodedText
@@ -29,7 +30,7 @@ from shared.runtime.model import TextModel
 
 # Bumped whenever a change to the algorithm (owen.py, units.py, this module) or to the Explanation
 # format could change a number or a field: cache entries of another version are never served.
-ALGORITHM_VERSION = 4
+ALGORITHM_VERSION = 5
 
 
 @dataclass
@@ -179,7 +180,66 @@ def explain_encoded(
         engine.cancel(ticket)  # drop the other texts' queued rounds
         raise
     ticket.report(total, total)
-    return [_explanation(model, game, options) for game in games]
+    explanations = [_explanation(model, game, options) for game in games]
+    if not options.faithfulness:
+        return explanations
+    measures = _faithfulness(engine, games, options, ticket)
+    return [e.model_copy(update={"faithfulness": f}) for e, f in zip(explanations, measures, strict=True)]
+
+
+def _faithfulness(
+    engine: Engine, games: list[_Game], options: ExplainOptions, ticket: Ticket
+) -> list[dict[str, Faithfulness]]:
+    """Each text's ERASER measures per explained label (shared/explanation/faithfulness.py), from
+    one more submission to the engine: every deletion of every text, each distinct row once."""
+    model = engine.model
+    plans = []
+    rows: dict[bytes, np.ndarray] = {}
+    for game in games:
+        assert game.values is not None
+        plan = []
+        for deletion in deletions(game.values, game.label_indexes, game.player_of_token, game.keep):
+            documents = []
+            for kept in (*deletion.comprehensive, *deletion.sufficient):
+                keys = []
+                for row in game.encoded.rows_shortened(game.encoded.ids[kept]):
+                    keys.append(row.tobytes())
+                    rows.setdefault(keys[-1], row)
+                documents.append(keys)
+            plan.append((deletion.label_index, documents))
+        plans.append(plan)
+    logits = dict(zip(rows, _run_rows(engine, list(rows.values()), options, ticket), strict=True))
+
+    def score(game: _Game, keys: list[bytes], label_index: int) -> float:
+        document = np.stack([logits[k] if k in logits else game.memo[k] for k in keys])
+        return float(model.document_outputs(game.encoded, document, "probability")[label_index])
+
+    measures = []
+    for game, plan in zip(games, plans, strict=True):
+        whole = [row.tobytes() for row in game.encoded.rows(game.encoded.ids)]  # ran to classify it
+        by_label = {}
+        for label_index, documents in plan:
+            full = score(game, whole, label_index)
+            deleted = [score(game, keys, label_index) for keys in documents]
+            by_label[model.labels[label_index]] = Faithfulness(
+                comprehensiveness=aopc(full, deleted[: len(BINS)]),
+                sufficiency=aopc(full, deleted[len(BINS) :]),
+            )
+        measures.append(by_label)
+    return measures
+
+
+def _run_rows(engine: Engine, rows: list[np.ndarray], options: ExplainOptions, ticket: Ticket) -> np.ndarray:
+    """Run rows through the engine within the ticket (its deadline, its cancellation)."""
+    future = engine.submit(rows, EXPLAIN, options.precision, ticket)
+    try:
+        while not future.done():
+            ticket.check()
+            wait([future], timeout=ticket.wait_s(3600))
+        return future.result()
+    except BaseException:
+        engine.cancel(ticket)
+        raise
 
 
 def _start(game: _Game, engine: Engine, options: ExplainOptions, requested: list[int] | None) -> None:

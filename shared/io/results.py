@@ -32,6 +32,18 @@ class Classification(Result):
         return self.prediction[0].label
 
 
+class Faithfulness(Result):
+    """ERASER's measures of one label's ranking (AOPC over the top 1, 5, 10, 20 and 50 % of the units;
+    shared/explanation/faithfulness.py)."""
+
+    comprehensiveness: float = Field(
+        description="mean drop in the label's score when its top units are deleted (higher is better)"
+    )
+    sufficiency: float = Field(
+        description="mean drop in the label's score when only its top units are kept (lower is better)"
+    )
+
+
 class Explanation(Result):
     """SHAP attributions for one text: per unit (token, word, sentence or paragraph), per label.
 
@@ -59,6 +71,7 @@ class Explanation(Result):
     truncated: bool
     batch_size: int | None = None  # SHAP's batch size (None only in entries from before it was kept)
     masking: Masking = "tokens"
+    faithfulness: dict[str, Faithfulness] | None = None  # per explained label, when asked for
 
     def unit_pairs(self) -> list[tuple[str, dict[str, float]]]:
         """The original project's shape: `[[unit, {label: value, ...}], ...]`."""
@@ -108,6 +121,9 @@ class TextResult(Result):
     base_values: dict[str, float] | None = None
     model_output: dict[str, float] | None = None
     explanation_parameters: ExplanationParameters | None = None
+    faithfulness: dict[str, Faithfulness] | None = Field(
+        None, description="per explained label, with the option faithfulness: true"
+    )
 
 
 def text_response(
@@ -128,6 +144,7 @@ def text_response(
         explanation_parameters=ExplanationParameters(
             **explanation.model_dump(include=_PARAMETERS), **_window_counts(explanation)
         ),
+        **({"faithfulness": explanation.faithfulness} if explanation.faithfulness is not None else {}),
     )
 
 

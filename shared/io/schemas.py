@@ -123,6 +123,12 @@ class ExplainOptions(_Strict):
         "and tokenizes the masked text again (SHAP's default string masker: what "
         "shap.Explainer(pipeline) computes). Truncated texts only (no long_text windows).",
     )
+    faithfulness: bool = Field(
+        False,
+        description="Also measure the explanation's faithfulness (ERASER comprehensiveness and "
+        "sufficiency, AOPC over the top 1, 5, 10, 20 and 50 % of the units) for each explained label: "
+        "one more batch of passes with those units deleted.",
+    )
     batch_size: Annotated[
         int | None,
         Field(
@@ -190,6 +196,7 @@ class ExplainOptions(_Strict):
             self.granularity,
             self.long_text,
             self.masking,
+            self.faithfulness,
         )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,15 @@ class EncodedText:
             return [ids]
         head, tail = ids[: self.prefix], ids[len(ids) - self.suffix :]
         return [np.concatenate([head, ids[start:end], tail]) for start, end in self.windows]
+
+    def rows_shortened(self, ids: np.ndarray) -> list[np.ndarray]:
+        """The rows for this text with some tokens deleted (`ids` shorter than the text's): a
+        windowed document's windows are laid out afresh over what is left, at the same width."""
+        if not self.windows:
+            return [ids]
+        width = self.windows[0][1] - self.windows[0][0]
+        spans = window_spans(len(ids) - self.prefix - self.suffix, width, self.prefix)
+        return replace(self, ids=ids, windows=spans).rows(ids) if spans else [ids]
 
 
 # Windows overlap by a quarter, so that every token is seen with some context on either side.
