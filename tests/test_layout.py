@@ -15,6 +15,7 @@ LAYERS = [
     {"io", "storage"},
     {"runtime"},
     {"explanation"},
+    {"analysis"},
     {"serving", "jobs", "render"},
     {"cli"},
 ]

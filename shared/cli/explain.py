@@ -37,15 +37,21 @@ class ServerFailure(ClarionError):
 # ---- reading the input ----------------------------------------------------------------------------
 
 
-def read_lines(path: Path, field: str = "text", column: str = "text") -> Iterator[Record]:
+def read_lines(
+    path: Path, field: str = "text", column: str = "text", label: str | None = None, delimiter: str = ","
+) -> Iterator[Record]:
+    """The input's records: `field` of a .jsonl, `column` of a .csv (or tab-separated .tsv), each
+    line of a .txt; `label` names the field or column holding the true label (none in a .txt)."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return _jsonl_lines(path, field)
-    if suffix == ".csv":
-        return _csv_lines(path, column)
+        return _jsonl_lines(path, field, label)
+    if suffix in (".csv", ".tsv"):
+        return _csv_lines(path, column, label, "\t" if suffix == ".tsv" else delimiter)
     if suffix == ".txt":
+        if label:
+            raise ClarionError(f"{path}: a .txt input has no labels; use .jsonl or .csv for --label-field")
         return _txt_lines(path)
-    raise ClarionError(f"{path}: unknown input type {suffix!r}; use .txt, .jsonl or .csv")
+    raise ClarionError(f"{path}: unknown input type {suffix!r}; use .txt, .jsonl, .csv or .tsv")
 
 
 def _open_text(path: Path):  # type: ignore[no-untyped-def]
@@ -61,23 +67,25 @@ def _txt_lines(path: Path) -> Iterator[Record]:
             yield Record(number, text, None if text.strip() else EMPTY)
 
 
-def _jsonl_lines(path: Path, field: str) -> Iterator[Record]:
+def _jsonl_lines(path: Path, field: str, label: str | None) -> Iterator[Record]:
     with _open_text(path) as handle:
-        yield from json_lines(handle, (field,))
+        yield from json_lines(handle, (field,), label)
 
 
-def _csv_lines(path: Path, column: str) -> Iterator[Record]:
+def _csv_lines(path: Path, column: str, label: str | None, delimiter: str) -> Iterator[Record]:
     with _open_text(path) as handle:
-        reader = csv.reader(handle)
+        reader = csv.reader(handle, delimiter=delimiter)
         try:
             header = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
             raise ClarionError(f"{path}: unreadable CSV header: {exc}") from None
-        if column not in header:
-            raise ClarionError(f"{path}: no column {column!r} (columns: {header[:20]})")
-        yield from csv_records(reader, header.index(column), column)
+        for name in (column, label):
+            if name is not None and name not in header:
+                raise ClarionError(f"{path}: no column {name!r} (columns: {header[:20]})")
+        label_column = None if label is None else header.index(label)
+        yield from csv_records(reader, header.index(column), column, label_column)
 
 
 # ---- the output file ------------------------------------------------------------------------------
@@ -195,7 +203,8 @@ def explain_file(
         def flush() -> None:
             nonlocal explained
             for record, result in _explain_isolating(pending, explain, reject):
-                write({"line": record.line, "text": record.text, **result})
+                truth = {} if record.label is None else {"true_label": record.label}
+                write({"line": record.line, "text": record.text, **truth, **result})
                 explained += 1
                 bar.update(1)
             pending.clear()
@@ -245,14 +254,10 @@ def write_report(out: Path, html_path: Path, title: str) -> int:
 # ---- the command ----------------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", type=Path, help=".txt (a text per line), .jsonl or .csv")
-    parser.add_argument("--out", type=Path, required=True, help="JSON Lines results; resumed if it exists")
-    parser.add_argument("--html", type=Path, help="also write a self-contained HTML report here")
+def add_explanation_options(parser: argparse.ArgumentParser) -> None:
+    """The options of every command that explains a file (`explain`, `analyze`)."""
     parser.add_argument("--url", help="a running Clarion (default: explain in this process)")
     parser.add_argument("--api-key", default=os.environ.get("CLARION_API_KEY"), help="for --url")
-    parser.add_argument("--field", default="text", help="the text field of a .jsonl input")
-    parser.add_argument("--column", default="text", help="the text column of a .csv input")
     parser.add_argument("--granularity", choices=list(GRANULARITIES), default="word")
     parser.add_argument("--max-evals", type=int, help="model evaluations per text (default: the API's)")
     parser.add_argument("--labels", default="all", help='"all", "predicted" or label names, comma-separated')
@@ -265,14 +270,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--masking", choices=list(MASKINGS), default="tokens", help='"text": the seed\'s numbers (see docs)'
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--faithfulness", action="store_true", help="also measure ERASER comprehensiveness and sufficiency"
-    )
     parser.add_argument("--chunk", type=int, default=8, help="texts explained together (default 8)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per call with --url")
 
 
-def main(args: argparse.Namespace, settings: Settings) -> int:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", type=Path, help=".txt (a text per line), .jsonl, .csv or .tsv")
+    parser.add_argument("--out", type=Path, required=True, help="JSON Lines results; resumed if it exists")
+    parser.add_argument("--html", type=Path, help="also write a self-contained HTML report here")
+    parser.add_argument("--field", default="text", help="the text field of a .jsonl input")
+    parser.add_argument("--column", default="text", help="the text column of a .csv input")
+    add_explanation_options(parser)
+    parser.add_argument(
+        "--faithfulness", action="store_true", help="also measure ERASER comprehensiveness and sufficiency"
+    )
+
+
+def explanation_parameters(
+    args: argparse.Namespace, settings: Settings, faithfulness: bool
+) -> dict[str, Any]:
+    """The request options the arguments ask for, validated now (a wrong one stops the run here)."""
     labels = args.labels if args.labels in ("all", "predicted") else args.labels.split(",")
     parameters: dict[str, Any] = {
         "explain": True,
@@ -283,31 +300,54 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         "output": args.output,
         "masking": args.masking,
         "seed": args.seed,
-        "faithfulness": args.faithfulness,
+        "faithfulness": faithfulness,
     }
     if args.max_evals is not None:
         parameters["max_evals"] = args.max_evals
-    parse_model(SeedBody, {"data": "x", **parameters}, settings)  # a wrong option stops us now
-    if not args.input.is_file():
-        raise ClarionError(f"{args.input}: no such file")
-    done = finished_lines(args.out)
-    lines = [r for r in read_lines(args.input, args.field, args.column) if r.line not in done]
-    report = lambda message: print(f"clarion: {message}", file=sys.stderr, flush=True)  # noqa: E731
+    parse_model(SeedBody, {"data": "x", **parameters}, settings)
+    return parameters
+
+
+def report(message: str) -> None:
+    print(f"clarion: {message}", file=sys.stderr, flush=True)
+
+
+def explain_into(
+    args: argparse.Namespace,
+    settings: Settings,
+    parameters: dict[str, Any],
+    records: Iterator[Record],
+    out: Path,
+) -> int | None:
+    """Explain the records not yet in `out` (resuming), as `args` says (here or over --url).
+    None when done; an exit code when interrupted."""
+    done = finished_lines(out)
+    lines = [r for r in records if r.line not in done]
     if done:
-        report(f"{len(done)} line(s) already in {args.out}: resuming with {len(lines)}")
+        report(f"{len(done)} line(s) already in {out}: resuming with {len(lines)}")
     explain = (
         over_http(parameters, args.url, args.api_key, args.timeout)
         if args.url
         else in_process(parameters, settings)
     )
     try:
-        explained, bad = explain_file(
-            lines, args.out, explain, settings, parameters, max(1, args.chunk), report
-        )
+        explained, bad = explain_file(lines, out, explain, settings, parameters, max(1, args.chunk), report)
     except KeyboardInterrupt:
-        report(f"interrupted: {args.out} holds every line finished so far; rerun to resume")
+        report(f"interrupted: {out} holds every line finished so far; rerun to resume")
         return 130
-    report(f"{explained} explained, {bad} skipped; results in {args.out}")
+    report(f"{explained} explained, {bad} skipped; results in {out}")
+    return None
+
+
+def main(args: argparse.Namespace, settings: Settings) -> int:
+    parameters = explanation_parameters(args, settings, args.faithfulness)
+    if not args.input.is_file():
+        raise ClarionError(f"{args.input}: no such file")
+    interrupted = explain_into(
+        args, settings, parameters, read_lines(args.input, args.field, args.column), args.out
+    )
+    if interrupted is not None:
+        return interrupted
     if args.html:
         shown = write_report(args.out, args.html, f"Clarion report: {args.input.name}")
         report(f"HTML report of {shown} text(s): {args.html}")

@@ -1,5 +1,6 @@
 """Command line: `clarion serve` (gunicorn API), `clarion worker` (Celery), `clarion explain` (a file
-of texts, shared/cli/explain.py), `serve` (SageMaker).
+of texts, shared/cli/explain.py), `clarion analyze` and `clarion compare` (a dataset's explanation
+and its drift, shared/cli/analyze.py), `serve` (SageMaker).
 
 Settings are validated and the model is fetched here, in the parent, so that a wrong setting or an
 unreachable bucket stops start-up with one clear line. No torch work happens before the fork.
@@ -121,16 +122,26 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("serve", help="start the HTTP API (gunicorn) on 0.0.0.0:$PORT")
     sub.add_parser("worker", help="start a Celery worker for explanation jobs")
     sub.add_parser("config", help="print the effective settings and exit")
-    from shared.cli import explain
+    from shared.cli import analyze, explain
 
     explain.add_arguments(
         sub.add_parser("explain", help="explain a .txt, .jsonl or .csv file into JSON Lines (and HTML)")
     )
+    analyze.add_arguments(
+        sub.add_parser("analyze", help="a dataset's explanation: analysis.json, records.jsonl, report.html")
+    )
+    analyze.add_compare_arguments(
+        sub.add_parser("compare", help="attribution drift between two analyses (exit 1 below the threshold)")
+    )
     args = parser.parse_args(argv)
     try:
+        if args.command == "compare":  # two files: no model, no settings
+            sys.exit(analyze.compare_main(args))
         settings = load_settings()  # the one reading of the environment in this process
         if args.command == "explain":
             sys.exit(explain.main(args, settings))
+        if args.command == "analyze":
+            sys.exit(analyze.main(args, settings))
         {"serve": _serve, "worker": _worker, "config": _show_config}[args.command](settings)
     except ClarionError as exc:
         print(f"clarion: {exc.message}", file=sys.stderr)

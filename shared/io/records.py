@@ -21,11 +21,15 @@ class Record:
     line: int  # 1-based line where the record starts (a quoted CSV cell may span lines)
     text: str | None
     problem: str | None = None  # why no text could be read (then text is None); EMPTY for a blank line
+    label: str | None = None  # the true label, where the input names a field or column holding it
 
 
-def json_lines(lines: Iterable[str], fields: Sequence[str]) -> Iterator[Record]:
+def json_lines(
+    lines: Iterable[str], fields: Sequence[str], label_field: str | None = None
+) -> Iterator[Record]:
     """A record per line: a JSON object with a string in the first of `fields` it holds (a list of
-    one string counts: Clarify sends `{"features": ["text"]}`), or a JSON string."""
+    one string counts: Clarify sends `{"features": ["text"]}`), or a JSON string. `label_field`:
+    the true label's field (a string or a number; absent or null: no label)."""
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             yield Record(number, None, EMPTY)
@@ -44,7 +48,8 @@ def json_lines(lines: Iterable[str], fields: Sequence[str]) -> Iterator[Record]:
             listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
             yield Record(number, None, f"no string field {listed}")
         else:
-            yield Record(number, text)
+            label = value.get(label_field) if label_field and isinstance(value, dict) else None
+            yield Record(number, text, label=None if label is None else str(label))
 
 
 def _text_of(value: Any, fields: Sequence[str]) -> str | None:
@@ -61,8 +66,11 @@ def _text_of(value: Any, fields: Sequence[str]) -> str | None:
     return None
 
 
-def csv_records(reader: Any, column: int, column_name: str | None = None) -> Iterator[Record]:
-    """A record per row of a `csv.reader` (past any header the caller read), the text in `column`."""
+def csv_records(
+    reader: Any, column: int, column_name: str | None = None, label_column: int | None = None
+) -> Iterator[Record]:
+    """A record per row of a `csv.reader` (past any header the caller read), the text in `column`
+    (and the true label in `label_column`, when given: an empty cell is no label)."""
     while True:
         number = reader.line_num + 1
         try:
@@ -77,4 +85,5 @@ def csv_records(reader: Any, column: int, column_name: str | None = None) -> Ite
         elif len(row) <= column:
             yield Record(number, None, f"no value in column {column_name or column + 1!r}")
         else:
-            yield Record(number, row[column])
+            label = row[label_column].strip() if label_column is not None and label_column < len(row) else ""
+            yield Record(number, row[column], label=label or None)

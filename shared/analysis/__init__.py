@@ -1,0 +1,1 @@
+"""Dataset analyses: global attributions per label and cohort, faithfulness, and drift."""

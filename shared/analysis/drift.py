@@ -1,0 +1,97 @@
+"""Attribution drift between two analyses, as SageMaker Clarify's model monitor measures it.
+
+Per label, the current top-k units are scored by nDCG against the baseline's: with F the baseline's
+units in its order and F' the current ones in theirs, both cut at k, and a(f) a unit's baseline
+attribution (0 where the baseline's top list lacks it),
+
+    nDCG = sum_i a(F'_i) / log2(i + 1)  /  sum_i a(F_i) / log2(i + 1)      (i = 1..k)
+
+1.0 when the current ranking puts the baseline's top units in the baseline's order; Clarify raises
+an alert below 0.9. Relevance is taken at 0 or above (an aggregation such as the median can be
+negative), which keeps the score in [0, 1]. Both sides are read from `global_top_shap_text`, so a
+Clarify `analysis.json` compares too.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+DEFAULT_THRESHOLD = 0.9
+MOVED = 10  # units listed per label as those that moved most
+
+
+def top_units(document: dict[str, Any], label: str) -> dict[str, float]:
+    """A label's top units and values (the first text feature's), in the document's order."""
+    per_feature = document["explanations"]["kernel_shap"][label].get("global_top_shap_text") or {}
+    return dict(next(iter(per_feature.values()), {}))
+
+
+def ndcg(baseline: dict[str, float], current: dict[str, float], k: int) -> float:
+    relevance = {unit: max(0.0, value) for unit, value in baseline.items()}
+    ideal = sorted(relevance.values(), reverse=True)[:k]
+    ranked = sorted(current, key=lambda unit: -current[unit])[:k]
+    ideal_gain = sum(a / math.log2(i + 2) for i, a in enumerate(ideal))
+    if ideal_gain == 0:
+        return 1.0 if not ranked else 0.0
+    return sum(relevance.get(unit, 0.0) / math.log2(i + 2) for i, unit in enumerate(ranked)) / ideal_gain
+
+
+def moved(baseline: dict[str, float], current: dict[str, float], k: int) -> list[dict[str, Any]]:
+    """The units whose rank changed most (a unit outside a top list ranks k + 1 there)."""
+    base_rank = {u: i + 1 for i, u in enumerate(sorted(baseline, key=lambda u: -baseline[u])[:k])}
+    now_rank = {u: i + 1 for i, u in enumerate(sorted(current, key=lambda u: -current[u])[:k])}
+    entries = []
+    for unit in base_rank.keys() | now_rank.keys():
+        before, after = base_rank.get(unit), now_rank.get(unit)
+        shift = (after or k + 1) - (before or k + 1)
+        if shift:
+            entries.append(
+                {
+                    "unit": unit,
+                    "baseline_rank": before,
+                    "current_rank": after,
+                    "baseline_value": baseline.get(unit),
+                    "current_value": current.get(unit),
+                    "rank_change": shift,
+                }
+            )
+    entries.sort(key=lambda e: (-abs(e["rank_change"]), e["unit"]))
+    return entries[:MOVED]
+
+
+def compare(
+    baseline: dict[str, Any], current: dict[str, Any], top_k: int = 50, threshold: float = DEFAULT_THRESHOLD
+) -> dict[str, Any]:
+    """Per label shared by both analyses: nDCG, whether it drifted, and the units that moved most;
+    labels only one analysis has are listed as such. Clarify's `violations` follow."""
+    base_labels = list(baseline["explanations"]["kernel_shap"])
+    now_labels = list(current["explanations"]["kernel_shap"])
+    labels = {}
+    violations = []
+    for label in [label for label in base_labels if label in now_labels]:
+        before, after = top_units(baseline, label), top_units(current, label)
+        score = ndcg(before, after, top_k)
+        labels[label] = {
+            "ndcg": round(score, 6),
+            "drifted": score < threshold,
+            "moved": moved(before, after, top_k),
+        }
+        if score < threshold:
+            violations.append(
+                {
+                    "label": label,
+                    "metric_name": "shap",
+                    "constraint_check_type": "feature_attribution_drift_check",
+                    "description": f"Feature attribution drift {score:.4f} is below threshold {threshold}",
+                }
+            )
+    return {
+        "top_k": top_k,
+        "threshold": threshold,
+        "drifted": bool(violations),
+        "labels": labels,
+        "only_in_baseline": [label for label in base_labels if label not in now_labels],
+        "only_in_current": [label for label in now_labels if label not in base_labels],
+        "violations": violations,
+    }
