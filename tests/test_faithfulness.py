@@ -132,3 +132,22 @@ def test_the_measures_run_within_the_ticket(engine: Engine) -> None:
     assert ticket.progress is not None and ticket.progress[0] == ticket.progress[1]
     with pytest.raises(ExplanationTimeout, match="request timeout"):
         explain_texts(engine, TEXTS, options, Ticket(time.monotonic(), "past the request timeout"))
+
+
+def test_any_ranking_is_measured_as_an_explanation_is(engine: Engine) -> None:
+    """faithfulness_of scores given attributions (the benchmark's random and leave-one-out rankings)
+    with the same deletions: SHAP's own values give the explanation's own numbers."""
+    from shared.explanation.explainer import faithfulness_of, players_of
+
+    options = ExplainOptions(max_evals=200, granularity="word", faithfulness=True)
+    explanations = explain_texts(engine, TEXTS, options)
+    labels = [[engine.model.labels.index(label) for label in e.labels] for e in explanations]
+    values = [np.array([e.values[label] for label in e.labels]).T for e in explanations]
+    assert players_of(engine, TEXTS, options) == [len(e.units) for e in explanations]
+    measured = faithfulness_of(engine, TEXTS, options, values, labels)
+    for got, explanation in zip(measured, explanations, strict=True):  # up to float noise between passes
+        for label, own in explanation.faithfulness.items():
+            assert got[label].comprehensiveness == pytest.approx(own.comprehensiveness, rel=1e-4, abs=1e-9)
+            assert got[label].sufficiency == pytest.approx(own.sufficiency, rel=1e-4, abs=1e-9)
+    reversed_ranking = faithfulness_of(engine, TEXTS, options, [-v for v in values], labels)
+    assert reversed_ranking != measured

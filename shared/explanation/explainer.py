@@ -197,6 +197,9 @@ def _faithfulness(
     rows: dict[bytes, np.ndarray] = {}
     for game in games:
         assert game.values is not None
+        for row in game.encoded.rows(game.encoded.ids):  # the whole text: run to classify it, or now
+            if row.tobytes() not in game.memo:
+                rows.setdefault(row.tobytes(), row)
         plan = []
         for deletion in deletions(game.values, game.label_indexes, game.player_of_token, game.keep):
             documents = []
@@ -216,7 +219,7 @@ def _faithfulness(
 
     measures = []
     for game, plan in zip(games, plans, strict=True):
-        whole = [row.tobytes() for row in game.encoded.rows(game.encoded.ids)]  # ran to classify it
+        whole = [row.tobytes() for row in game.encoded.rows(game.encoded.ids)]
         by_label = {}
         for label_index, documents in plan:
             full = score(game, whole, label_index)
@@ -227,6 +230,32 @@ def _faithfulness(
             )
         measures.append(by_label)
     return measures
+
+
+def faithfulness_of(
+    engine: Engine,
+    texts: Sequence[str],
+    options: ExplainOptions,
+    values: Sequence[np.ndarray],
+    label_indexes: Sequence[list[int]],
+    ticket: Ticket | None = None,
+) -> list[dict[str, Faithfulness]]:
+    """The faithfulness of any attributions over the units `options` makes of each text (players x
+    labels, for those label indexes): how a ranking other than SHAP's (leave-one-out, random) fares,
+    measured exactly as an explanation's own is."""
+    games = [_new_game(engine.model, e, options) for e in engine.model.encode(texts, options.long_text)]
+    for game, given, labels in zip(games, values, label_indexes, strict=True):
+        if given.shape != (game.players, len(labels)):
+            raise ValueError(f"values of shape {given.shape}; the text has {game.players} units")
+        game.values, game.label_indexes = np.asarray(given, dtype=np.float64), list(labels)
+    return _faithfulness(engine, games, options, ticket or Ticket())
+
+
+def players_of(engine: Engine, texts: Sequence[str], options: ExplainOptions) -> list[int]:
+    """How many units (players) `options` makes of each text."""
+    return [
+        _new_game(engine.model, e, options).players for e in engine.model.encode(texts, options.long_text)
+    ]
 
 
 def _run_rows(engine: Engine, rows: list[np.ndarray], options: ExplainOptions, ticket: Ticket) -> np.ndarray:
