@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
+from typing import Any
 
 from flask import Flask
 
+from api import analyses
 from api.errors import register_error_handlers
 from api.routes import bp
+from shared.jobs.analysis import FolderAnalysisStore, InlineAnalyses
 from shared.jobs.inline import FolderJobRecords, InlineJobQueue, JobQueue
 from shared.serving.service import ClarionService
 from shared.settings import Settings
@@ -29,11 +34,24 @@ def create_app(
     app.extensions["clarion.settings"] = settings
     app.extensions["clarion.service"] = service
     app.extensions["clarion.jobs"] = jobs or _job_queue(settings, service)
+    app.extensions["clarion.analyses"] = _analyses(settings, service)
     app.register_blueprint(bp)
+    app.register_blueprint(analyses.bp)
     register_error_handlers(app)
     if load_model:
         service.start_loading()
     return app
+
+
+def _analyses(settings: Settings, service: ClarionService) -> Any:
+    """Where analyses run: chunk tasks on the workers, or within the request in single-process mode
+    (their files kept beside the inline jobs', so every HTTP process of the server reads them)."""
+    if settings.jobs_are_async:
+        from worker.queue import CeleryAnalyses
+
+        return CeleryAnalyses(settings)
+    folder = Path(settings.inline_jobs_dir or tempfile.mkdtemp(prefix="clarion-jobs-")) / "analyses"
+    return InlineAnalyses(FolderAnalysisStore(folder, settings.job_result_ttl_s), service)
 
 
 def _job_queue(settings: Settings, service: ClarionService) -> JobQueue:

@@ -4,11 +4,13 @@ HTTP."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import Field
 
 from shared.io.results import Classification, Explanation, LabelScore, Result, TextResult, text_response
+from shared.jobs.analysis import AnalysisRecord, AnalysisStore
 from shared.jobs.record import JobRecord
 from shared.kinds import SUCCEEDED, JobStatus
 
@@ -81,3 +83,46 @@ def error_detail(code: str, message: str) -> dict[str, Any]:
 
 def _shape(single: bool, items: list[Any]) -> Any:
     return items[0] if single else items
+
+
+class AnalysisBody(Result):
+    """A dataset analysis as the API shows it."""
+
+    id: str
+    status: JobStatus
+    submitted_at: str
+    started_at: str | None = Field(None, description="when its first chunk started (absent while queued)")
+    finished_at: str | None
+    model: str
+    lines: int = Field(description="lines read from the input")
+    texts: int = Field(description="lines explained (the others were refused, and are skipped)")
+    progress: JobProgress = Field(description="texts explained so far, of `texts`")
+    input: str | None = Field(None, description="the S3 object analysed (absent: the request body)")
+    output: str | None = Field(None, description="where analysis.json, records.jsonl and report.html go")
+    error: ErrorDetail | None = Field(None, description="when failed")
+    analysis: dict[str, Any] | None = Field(
+        None,
+        description="analysis.json, when succeeded (docs/analysis.md): Clarify's layout and Clarion's extras",
+    )
+
+
+def analysis_body(record: AnalysisRecord, store: AnalysisStore) -> AnalysisBody:
+    document = None
+    if record.status == SUCCEEDED:
+        raw = store.get(record.id, "analysis")
+        document = json.loads(raw) if raw is not None else None
+    return AnalysisBody(
+        id=record.id,
+        status=record.status,
+        submitted_at=record.submitted_at,
+        finished_at=record.finished_at,
+        model=record.model,
+        lines=record.lines,
+        texts=record.texts,
+        progress=JobProgress(**(record.progress or {"done": 0, "total": record.texts})),
+        **({"started_at": record.started_at} if record.started_at else {}),
+        **({"input": record.input} if record.input else {}),
+        **({"output": record.output} if record.output else {}),
+        **({"error": ErrorDetail.model_validate(record.error)} if record.error else {}),
+        **({"analysis": document} if document is not None else {}),
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from api.bodies import ErrorBody, error_detail
@@ -16,6 +16,8 @@ from shared.errors import (
     ModelNotReady,
     NotAcceptable,
     NotFound,
+    PayloadTooLarge,
+    StorageUnavailable,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -27,10 +29,12 @@ STATUS_OF: dict[type[ClarionError], int] = {
     Unauthorized: 401,
     NotFound: 404,
     NotAcceptable: 406,
+    PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
     ModelNotReady: 503,
     ExplanationTimeout: 503,
     JobBackendUnavailable: 503,
+    StorageUnavailable: 503,
 }
 
 
@@ -62,7 +66,8 @@ def register_error_handlers(app: Flask) -> None:
         code = (exc.name or "error").lower().replace(" ", "_")
         message = exc.description or exc.name
         if status == 413:
-            message = "the request body is larger than the limit (MAX_REQUEST_BYTES)"
+            limit = "ANALYSIS_MAX_BYTES" if request.path.startswith("/analyses") else "MAX_REQUEST_BYTES"
+            message = f"the request body is larger than the limit ({limit})"
         response, status = error_body(status, code, message)
         if status == 405 and exc.get_response().headers.get("Allow"):
             response.headers["Allow"] = exc.get_response().headers["Allow"]

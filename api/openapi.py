@@ -17,11 +17,13 @@ from typing import Any
 from flask import current_app, has_app_context
 from pydantic.json_schema import models_json_schema
 
-from api.bodies import ErrorBody, JobBody
+from api.bodies import AnalysisBody, ErrorBody, JobBody
 from api.clarify import ClarifyResponse
 from api.records import CSV_RECORD, JSON_LINES_RECORD
+from shared.analysis.aggregate import AGG_METHODS
 from shared.io.results import Health, TextResult
 from shared.io.schemas import TEXT_JSON_SCHEMA, HuggingFaceBody, SeedBody
+from shared.kinds import GRANULARITIES, LONG_TEXTS, MASKINGS, OUTPUTS, PRECISIONS
 from shared.settings import Settings
 
 _JSON = "application/json"
@@ -163,6 +165,7 @@ def _document(settings: Settings, labels: tuple[str, ...] | None) -> dict[str, A
             (HuggingFaceBody, "validation"),
             (TextResult, "serialization"),
             (JobBody, "serialization"),
+            (AnalysisBody, "serialization"),
             (ErrorBody, "serialization"),
             (Health, "serialization"),
             (ClarifyResponse, "serialization"),
@@ -286,9 +289,125 @@ def _document(settings: Settings, labels: tuple[str, ...] | None) -> dict[str, A
                     },
                 },
             },
+            **_analysis_paths(settings),
         },
         "components": {"schemas": schemas},
     }
+
+
+def _analysis_paths(settings: Settings) -> dict[str, Any]:
+    """POST /analyses and the analysis's GET and DELETE (api/analyses.py; docs/analysis.md)."""
+    query = [
+        _query(
+            "text_field", {"type": "string", "minLength": 1}, "the text's field (JSON Lines) or column (CSV)"
+        ),
+        _query("label_field", {"type": "string", "minLength": 1}, "the true label's field or column"),
+        _query("delimiter", {"type": "string", "minLength": 1, "maxLength": 1}, "a CSV body's delimiter"),
+        _query("granularity", {"enum": list(GRANULARITIES)}, 'the units (default "word")'),
+        _query(
+            "max_evals", {"type": "integer", "minimum": 4, "maximum": settings.max_evals_limit}, "per text"
+        ),
+        _query(
+            "labels",
+            {"type": "string", "minLength": 1},
+            '"all" (default), "predicted" or names, comma-separated',
+        ),
+        _query("seed", {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}, "SHAP's seed"),
+        _query("precision", {"enum": list(PRECISIONS)}, "exact or fast"),
+        _query("output", {"enum": list(OUTPUTS)}, "probability or logit"),
+        _query("masking", {"enum": list(MASKINGS)}, "tokens or text"),
+        _query("long_text", {"enum": list(LONG_TEXTS)}, "truncate or windows"),
+        _query("faithfulness", {"type": "boolean"}, "measure faithfulness (default true)"),
+        _query("agg_method", {"enum": list(AGG_METHODS)}, "how units aggregate (default mean_abs)"),
+        _query("top_k", {"type": "integer", "minimum": 1}, "top units per label (default 50)"),
+        _query(
+            "normalize",
+            {"type": "string", "minLength": 1},
+            '"case,punctuation" (default), "case", "punctuation", "none"',
+        ),
+    ]
+    file = (
+        "the dataset: one record per line, at most ANALYSIS_MAX_TEXTS lines and ANALYSIS_MAX_BYTES bytes; "
+        "a line whose text cannot be read or is refused is skipped (counted), and an input with no "
+        "text to explain is a 400"
+    )
+    body = {
+        "required": True,
+        "content": {
+            "application/jsonlines": {"schema": {"type": "string", "description": file + " (JSON objects)"}},
+            "text/csv": {"schema": {"type": "string", "description": file + " (a header row first)"}},
+            _JSON: {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "input": {
+                            "type": "string",
+                            "pattern": "^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+\\.(jsonl|csv|tsv|txt)$",
+                        },
+                        "output": {
+                            "type": "string",
+                            "pattern": "^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$",
+                        },
+                    },
+                    "required": ["input"],
+                    "additionalProperties": False,
+                    "description": "an S3 object to analyse, and where to write the files",
+                }
+            },
+        },
+    }
+    analysis = _json("the analysis", _ref("AnalysisBody"))
+    links = {
+        "links": {
+            "GetAnalysis": {
+                "operationId": "getAnalysis",
+                "parameters": {"analysis_id": "$response.body#/id"},
+            },
+            "DeleteAnalysis": {
+                "operationId": "deleteAnalysis",
+                "parameters": {"analysis_id": "$response.body#/id"},
+            },
+        }
+    }
+    errors = {**_JOB_ERRORS, "404": _error("no such analysis (or not the caller's)")}
+    return {
+        "/analyses": {
+            "post": {
+                "operationId": "submitAnalysis",
+                "summary": "a dataset's explanation: 200 and the finished analysis without a broker, 202 and "
+                "the queued analysis (its chunks on every worker) with one",
+                "parameters": query,
+                "requestBody": body,
+                "responses": {
+                    "200": {**analysis, **links},
+                    "202": {**analysis, **links},
+                    **_REQUEST_ERRORS,
+                    "413": _error("over ANALYSIS_MAX_TEXTS lines or ANALYSIS_MAX_BYTES bytes"),
+                    "415": _error("content type other than JSON Lines, CSV or JSON"),
+                    "503": _error(
+                        "model loading, job backend or S3 unavailable, or past the request timeout"
+                    ),
+                },
+            }
+        },
+        "/analyses/{analysis_id}": {
+            "parameters": [{**_JOB_ID, "name": "analysis_id"}],
+            "get": {
+                "operationId": "getAnalysis",
+                "summary": "an analysis: analysis.json once it succeeded (the report with Accept: text/html)",
+                "responses": {"200": _with_html(analysis, "the report, or the status"), **errors},
+            },
+            "delete": {
+                "operationId": "deleteAnalysis",
+                "summary": "cancel a queued or running analysis (200); remove a finished one (204)",
+                "responses": {"200": analysis, "204": {"description": "removed"}, **errors},
+            },
+        },
+    }
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
 def _limited(schemas: dict[str, Any], settings: Settings, labels: tuple[str, ...] | None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ COMMANDS = {
     "devices": "the same explanations on the CPU and on a GPU: the largest difference per Owen batch size",
     "explain": "seed SHAP pipeline vs Clarion exact/fast vs SHAP reference, per text",
     "families": "model families at base size: torch vs onnxruntime per row, seed vs exact, text masking",
+    "faithfulness": "ERASER comprehensiveness/sufficiency: Clarion SHAP vs leave-one-out vs random rankings",
     "classify": "HTTP requests/s and latency at several concurrencies, micro-batching on and off",
     "coldstart": "seconds from process start to healthy /ping, and peak RSS of the service",
     "jobs": "explanation jobs on Redis + Celery: submit-to-succeeded latency and jobs/min by worker count",

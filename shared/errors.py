@@ -45,6 +45,18 @@ class NotFound(ClarionError):
     code = "not_found"
 
 
+class PayloadTooLarge(ClarionError):
+    """More than a limit allows (an analysis's texts or bytes)."""
+
+    code = "payload_too_large"
+
+
+class StorageUnavailable(ClarionError):
+    """The object store (S3) could not be reached, or refused Clarion's own credentials."""
+
+    code = "storage_unavailable"
+
+
 class ModelNotReady(ClarionError):
     """The model is still loading (or failed to load) in this worker."""
 

@@ -150,6 +150,11 @@ class Settings:
     window_tokens: int = _env("WINDOW_TOKENS", _int_parser(8), 256)
     max_evals_limit: int = _env("MAX_EVALS_LIMIT", _int_parser(4), 5_000)
 
+    # Dataset analyses (POST /analyses): what one may hold, and the texts each worker task explains.
+    analysis_max_texts: int = _env("ANALYSIS_MAX_TEXTS", _int_parser(1), 100_000)
+    analysis_max_bytes: int = _env("ANALYSIS_MAX_BYTES", _int_parser(1), 64 * 1024 * 1024)
+    analysis_chunk_texts: int = _env("ANALYSIS_CHUNK_TEXTS", _int_parser(1, 10_000), 32)
+
     # The Prometheus port of `clarion worker` (the API serves GET /metrics); 0: none.
     metrics_port: int = _env("METRICS_PORT", _int_parser(0, 65535), 9101)
 

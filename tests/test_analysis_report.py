@@ -196,8 +196,8 @@ def test_the_report_draws_offline_in_a_browser(browser, report: str, tmp_path: P
         """return Array.from(document.querySelectorAll('article.label')).map(function (label) {
              return Array.from(label.querySelectorAll('.bar-row')).map(function (row) {
                var bar = row.querySelector('.hbar');
-               return {width: bar.getBoundingClientRect().width, cls: bar.className,
-                       colour: getComputedStyle(bar).backgroundColor,
+               return {width: bar.getBoundingClientRect().width, cls: bar.getAttribute('class'),
+                       colour: getComputedStyle(bar).fill,
                        value: parseFloat(row.querySelector('.num').textContent)}; }); });"""
     )
     assert len(bars) == 2

@@ -141,3 +141,14 @@ def test_readable_smoke(tmp_path: Path) -> None:
     assert parameters["long_text"] == "windows" and parameters["windows"] >= 2
     assert parameters["windows_memoised"] > 0
     assert document["in_process"]["rows_with_memo"] < document["in_process"]["rows_without_memo"]
+
+
+def test_faithfulness_smoke(tmp_path: Path) -> None:
+    by = run_bench("faithfulness", tmp_path)["granularity"]
+    assert set(by) == {"token", "word"}
+    for result in by.values():
+        assert result["texts"] == 3
+        assert set(result["rankings"]) == {"exact SHAP", "leave-one-out", "random"}
+        for ranking in result["rankings"].values():
+            assert len(ranking["per_text"]) == 3
+            assert -1 <= ranking["comprehensiveness"] <= 1 and -1 <= ranking["sufficiency"] <= 1

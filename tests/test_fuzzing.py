@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, seed, settings
@@ -33,7 +35,7 @@ from schemathesis.checks import (
 from schemathesis.config import SchemathesisConfig
 from schemathesis.core.transport import expand_status_codes
 
-from tests.support import job_stack, running_service, wait_healthy
+from tests.support import free_port, job_stack, running_service, wait_healthy
 
 SEED = 20261125
 CASES_PER_OPERATION_AND_MODE = 130  # x (4 operations x 2 modes) + 4 without parameters: 1,044 per service
@@ -49,6 +51,8 @@ LIMITS = {
     "EXPLAIN_BATCH_SIZE_LIMIT": "8",
     "SAGEMAKER_MODEL_SERVER_TIMEOUT": "20",
     "EXPLANATION_CACHE_SIZE": "0",
+    "ANALYSIS_MAX_TEXTS": "6",
+    "ANALYSIS_MAX_BYTES": "3000",
 }
 # What "accepted" and "refused" mean here. Accepted: a 2xx, nothing else (no 503: the model is loaded
 # and the limits keep every request far inside the deadline); a well-formed job id that names no job is
@@ -63,7 +67,17 @@ CONFIG = {
         {
             "include-path": "/explanations/{job_id}",
             "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "404"]}},
-        }
+        },
+        {
+            "include-path": "/analyses/{analysis_id}",
+            "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "404"]}},
+        },
+        # A dataset is a file: the document can say its size and its options, not which strings hold a
+        # line with a text to explain (a 400), nor which S3 objects exist (a 400) or are reachable (503).
+        {
+            "include-path": "/analyses",
+            "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "413"]}},
+        },
     ],
     # The stateful run follows the document's links and no inferred ones: links inferred from a GET's
     # or DELETE's answer would make the steps a scenario can draw depend on a job's timing (200 or
@@ -238,8 +252,28 @@ def report(counts: dict[str, int], calls: Counter[str], service_log: str) -> int
     return total
 
 
-def test_fuzz_the_single_process_service(tiny_model_dir: Path, tmp_path: Path) -> None:
-    env = {"MODEL_DIR": str(tiny_model_dir), "SERVERLESS": "true", **LIMITS}
+@pytest.fixture(scope="module")
+def s3_env() -> Iterator[dict[str, str]]:
+    """A real S3-compatible server on loopback, with no buckets: a generated s3:// input names an
+    object that does not exist (a 400), and never reaches the internet."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "fuzz",
+        "AWS_SECRET_ACCESS_KEY": "fuzz",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    server.stop()
+
+
+def test_fuzz_the_single_process_service(
+    tiny_model_dir: Path, tmp_path: Path, s3_env: dict[str, str]
+) -> None:
+    env = {"MODEL_DIR": str(tiny_model_dir), "SERVERLESS": "true", **LIMITS, **s3_env}
     with running_service(tmp_path, env) as service:
         wait_healthy(service)
         counts = fuzz(service.url)
@@ -249,8 +283,8 @@ def test_fuzz_the_single_process_service(tiny_model_dir: Path, tmp_path: Path) -
     assert total >= 1000
 
 
-def test_fuzz_the_service_with_a_broker(tiny_model_dir: Path, tmp_path: Path) -> None:
-    env = {"MODEL_DIR": str(tiny_model_dir), "WORKER_CONCURRENCY": "1", **LIMITS}
+def test_fuzz_the_service_with_a_broker(tiny_model_dir: Path, tmp_path: Path, s3_env: dict[str, str]) -> None:
+    env = {"MODEL_DIR": str(tiny_model_dir), "WORKER_CONCURRENCY": "1", **LIMITS, **s3_env}
     with job_stack(tmp_path, env) as stack:
         counts = fuzz(stack.api.url)
         calls = follow_links(stack.api.url)

@@ -12,6 +12,7 @@ from celery import Celery
 from shared.settings import Settings
 
 EXPLAIN_TASK = "clarion.explain"  # the task a job runs, published by name (worker/tasks.py defines it)
+ANALYZE_TASK = "clarion.analyze_chunk"  # one chunk of a dataset analysis (shared/jobs/analysis.py)
 QUEUE = "celery"  # Celery's default queue: a Redis list of the jobs no worker has taken yet
 
 

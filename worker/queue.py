@@ -3,6 +3,7 @@ task name, reads records and cancels. It never runs a job nor writes a job's pro
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -11,12 +12,13 @@ import redis
 from kombu.exceptions import KombuError
 
 from shared.errors import JobBackendUnavailable, NotFound
+from shared.jobs.analysis import AnalysisRecord, analysis_store_for, cancel_or_remove, fail
 from shared.jobs.record import JobRecord, utc_now
 from shared.jobs.store import job_store_for
 from shared.kinds import CANCELLED, FINISHED, QUEUED
 from shared.runtime.engine import Ticket
 from shared.settings import Settings
-from worker.app import EXPLAIN_TASK, QUEUE, create_celery_app
+from worker.app import ANALYZE_TASK, EXPLAIN_TASK, QUEUE, create_celery_app
 
 log = logging.getLogger(__name__)
 _BACKEND_ERRORS = (redis.RedisError, KombuError, OSError, TimeoutError)
@@ -131,3 +133,36 @@ def start_sweeper(queue: CeleryJobQueue) -> threading.Thread:
     thread = threading.Thread(target=sweep, name="clarion-job-sweeper", daemon=True)
     thread.start()
     return thread
+
+
+class CeleryAnalyses:
+    """Analyses on the workers: staged by the API into the store, then one task per chunk, all
+    published at once so that every worker takes chunks (shared/jobs/analysis.py runs them)."""
+
+    asynchronous = True
+
+    def __init__(self, settings: Settings) -> None:
+        self.store = analysis_store_for(settings)
+        self._celery = create_celery_app(settings)
+
+    def submit(self, record: AnalysisRecord, ticket: Ticket | None = None) -> AnalysisRecord:
+        try:
+            for index in range(record.chunks):
+                self._celery.send_task(
+                    ANALYZE_TASK, args=(record.id, index), task_id=f"{record.id}-{index}", retry=False
+                )
+        except _BACKEND_ERRORS as exc:
+            message = f"the job queue (Redis) is unavailable: {exc}"
+            with contextlib.suppress(JobBackendUnavailable):  # Redis is away: the record stays queued
+                fail(self.store, record.id, message)
+            raise JobBackendUnavailable(message) from None
+        return record
+
+    def delete(self, analysis_id: str) -> AnalysisRecord | None:
+        record = cancel_or_remove(self.store, analysis_id)
+        if record is not None:  # cancelled: chunks not started are dropped, running ones stop
+            try:
+                self._celery.control.revoke([f"{analysis_id}-{i}" for i in range(record.chunks)])
+            except _BACKEND_ERRORS as exc:
+                raise JobBackendUnavailable(f"the job queue (Redis) is unavailable: {exc}") from None
+        return record

@@ -27,17 +27,28 @@ from celery.signals import (
 from shared import metrics
 from shared.errors import ClarionError, JobBackendUnavailable, JobCancelled
 from shared.io.schemas import ExplainOptions, parse_model
+from shared.jobs.analysis import (
+    RedisAnalysisStore,
+    analysis_store_for,
+    fail,
+    is_cancelled,
+    load_or_404,
+    publish_to_s3,
+    record_explainer,
+    run_chunk,
+)
 from shared.jobs.record import JobRecord, progress_of, utc_now
 from shared.jobs.store import RedisJobStore, job_store_for
 from shared.kinds import CANCELLED, FAILED, FINISHED, RUNNING, SUCCEEDED
 from shared.runtime.engine import Ticket
 from shared.serving.service import ClarionService
-from worker.app import EXPLAIN_TASK
+from worker.app import ANALYZE_TASK, EXPLAIN_TASK
 from worker.main import celery_app
 
 log = logging.getLogger(__name__)
 _service: ClarionService | None = None
 _store: RedisJobStore | None = None
+_analyses: RedisAnalysisStore | None = None
 _loading = threading.Lock()
 
 # A job's state is written until Redis takes it: backoff doubles from 10 ms up to 10 s a try (with
@@ -78,11 +89,12 @@ def load_model_for_threads(**_: Any) -> None:
 
 
 def _load_model() -> None:
-    global _service, _store
+    global _service, _store, _analyses
     with _loading:
         if _service is None:
             settings = celery_app.clarion_settings
             _store = job_store_for(settings)
+            _analyses = analysis_store_for(settings)
             service = ClarionService(settings, threads=settings.celery_threads_per_process)
             service.load()
             service.explain(["warm up the explainer"], ExplainOptions(max_evals=16))
@@ -197,3 +209,34 @@ def _failed(job_id: str, message: str) -> None:
 
     log.info("job %s failed: %s", job_id, message)
     _write(job_id, failed)
+
+
+@celery_app.task(name=ANALYZE_TASK, bind=True, max_retries=None)
+def analyze_chunk(self: Any, analysis_id: str, index: int) -> None:
+    """Explain one chunk of an analysis (and merge the analysis when it was the last one)."""
+    if _service is None:
+        _load_model()
+    assert _service is not None and _analyses is not None
+    store = _analyses
+    limit = _service.settings.job_soft_time_limit_s
+    timeout_message = f"chunk {index} of the analysis exceeded the time limit ({limit}s)"
+    ticket = Ticket.within(limit, timeout_message, cancelled_by=lambda: is_cancelled(store, analysis_id))
+    try:
+        record = load_or_404(store, analysis_id)
+        explain = record_explainer(_service, record)
+        if run_chunk(store, analysis_id, index, explain, ticket, publish_to_s3) is None:
+            log.info("analysis %s chunk %d: not run (%s)", analysis_id, index, record.status)
+    except JobCancelled:
+        log.info("analysis %s cancelled while chunk %d ran: its work stopped", analysis_id, index)
+    except JobBackendUnavailable as exc:  # Redis away: the chunk runs again once it is back
+        log.warning("analysis %s chunk %d: %s; trying again", analysis_id, index, exc)
+        raise self.retry(countdown=min(30, 2 ** min(self.request.retries, 5))) from None
+    except SoftTimeLimitExceeded:
+        log.info("analysis %s failed: %s", analysis_id, timeout_message)
+        fail(store, analysis_id, timeout_message)
+    except ClarionError as exc:
+        log.info("analysis %s failed: %s", analysis_id, exc.message)
+        fail(store, analysis_id, exc.message)
+    except Exception as exc:  # a bug or a library error: the analysis fails visibly, the worker goes on
+        log.exception("analysis %s chunk %d failed", analysis_id, index)
+        fail(store, analysis_id, f"{type(exc).__name__}: {exc}")

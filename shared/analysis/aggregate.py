@@ -10,9 +10,11 @@ feature (`explanations.kernel_shap.<label>.global_top_shap_text`), and Clarion's
 from __future__ import annotations
 
 import heapq
+import json
 import math
 import random
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -275,6 +277,21 @@ class DatasetAnalysis:
         """Units by `key` (their aggregate or signed mean), highest first; ties by count, then name."""
         entries = [s.summary(unit, self.options.agg_method) for unit, s in stats.units.items()]
         return sorted(entries, key=lambda e: (-e[key], -e["count"], e["unit"]))
+
+
+def analyse_records(lines: Iterable[bytes | str], options: AnalysisOptions) -> DatasetAnalysis:
+    """Fold JSON Lines records (as `clarion explain` writes them) into an analysis, in their order."""
+    analysis = DatasetAnalysis(options)
+    for raw in lines:
+        if not raw.strip():
+            continue
+        record = json.loads(raw)
+        if "error" in record or "prediction" not in record:
+            analysis.skip()
+            continue
+        result = {k: v for k, v in record.items() if k not in ("line", "text", "true_label")}
+        analysis.add(record["line"], record["text"], result, record.get("true_label"))
+    return analysis
 
 
 def truth_label(value: Any, labels: list[str]) -> str | None:

@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from shared.analysis.aggregate import AGG_METHODS, AnalysisOptions, DatasetAnalysis
+from shared.analysis.aggregate import AGG_METHODS, AnalysisOptions, analyse_records
 from shared.analysis.drift import DEFAULT_THRESHOLD, compare
 from shared.analysis.units import Normalizer
 from shared.cli.explain import (
@@ -68,21 +67,6 @@ def analysis_options(args: argparse.Namespace) -> AnalysisOptions:
         )
     except ValueError as exc:
         raise ClarionError(str(exc)) from None
-
-
-def analyse_records(lines: Iterable[bytes | str], options: AnalysisOptions) -> DatasetAnalysis:
-    """Fold JSON Lines records (as `clarion explain` writes them) into an analysis, in their order."""
-    analysis = DatasetAnalysis(options)
-    for raw in lines:
-        if not raw.strip():
-            continue
-        record = json.loads(raw)
-        if "error" in record or "prediction" not in record:
-            analysis.skip()
-            continue
-        result = {k: v for k, v in record.items() if k not in ("line", "text", "true_label")}
-        analysis.add(record["line"], record["text"], result, record.get("true_label"))
-    return analysis
 
 
 def load_analysis(path: Path) -> dict[str, Any]:

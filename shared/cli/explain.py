@@ -13,7 +13,6 @@ resume). `--html` draws every record of `--out` with the API's renderer, after a
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import ClarionError, InvalidRequest
-from shared.io.records import EMPTY, Record, csv_records, json_lines
+from shared.io.records import EMPTY, Record, csv_table, json_lines
 from shared.io.schemas import SeedBody, parse_model, text_problem
 from shared.kinds import GRANULARITIES, LONG_TEXTS, MASKINGS, OUTPUTS, PRECISIONS
 from shared.settings import Settings
@@ -74,18 +73,7 @@ def _jsonl_lines(path: Path, field: str, label: str | None) -> Iterator[Record]:
 
 def _csv_lines(path: Path, column: str, label: str | None, delimiter: str) -> Iterator[Record]:
     with _open_text(path) as handle:
-        reader = csv.reader(handle, delimiter=delimiter)
-        try:
-            header = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            raise ClarionError(f"{path}: unreadable CSV header: {exc}") from None
-        for name in (column, label):
-            if name is not None and name not in header:
-                raise ClarionError(f"{path}: no column {name!r} (columns: {header[:20]})")
-        label_column = None if label is None else header.index(label)
-        yield from csv_records(reader, header.index(column), column, label_column)
+        yield from csv_table(handle, column, label, delimiter, str(path))
 
 
 # ---- the output file ------------------------------------------------------------------------------
@@ -127,7 +115,6 @@ Explain = Callable[[list[str]], list[dict[str, Any]]]
 
 def in_process(parameters: dict[str, Any], settings: Settings) -> Explain:
     from shared.explanation.explainer import check_options
-    from shared.io.results import body, text_response
     from shared.serving.service import ClarionService
 
     service = ClarionService(settings, threads=os.cpu_count() or 1)
@@ -136,8 +123,7 @@ def in_process(parameters: dict[str, Any], settings: Settings) -> Explain:
     check_options(model, options)  # unknown labels stop the run now, not line by line
 
     def explain(texts: list[str]) -> list[dict[str, Any]]:
-        predictions = service.predict(texts, options.long_text, options)
-        return [body(text_response(p.classification, p.explanation, model.model_id)) for p in predictions]
+        return service.explained_records(texts, options)
 
     return explain
 

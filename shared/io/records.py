@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from shared.errors import InvalidRequest
+
 EMPTY = "empty line"
 
 
@@ -87,3 +89,22 @@ def csv_records(
         else:
             label = row[label_column].strip() if label_column is not None and label_column < len(row) else ""
             yield Record(number, row[column], label=label or None)
+
+
+def csv_table(
+    lines: Iterable[str], column: str, label: str | None = None, delimiter: str = ",", source: str = "input"
+) -> Iterator[Record]:
+    """A CSV table with a header row: the text in the column named `column`, the true label in
+    `label`'s. A missing column is the input's error, raised before any record."""
+    reader = csv.reader(lines, delimiter=delimiter)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as exc:
+        raise InvalidRequest(f"{source}: unreadable CSV header: {exc}") from None
+    for name in (column, label):
+        if name is not None and name not in header:
+            raise InvalidRequest(f"{source}: no column {name!r} (columns: {header[:20]})")
+    label_column = None if label is None else header.index(label)
+    yield from csv_records(reader, header.index(column), column, label_column)

@@ -22,7 +22,7 @@ UNPUBLISHED = "clarion:unpublished"
 # Compare-and-set in one step on the server: write the record unless the stored one is finished.
 # A finished job never changes again (cancelled stays cancelled, succeeded stays succeeded), even
 # when a GET refreshing it and a DELETE cancelling it race.
-_SAVE_UNLESS_FINISHED = """
+SAVE_UNLESS_FINISHED = """
 local current = redis.call('GET', KEYS[1])
 if current then
   local ok, record = pcall(cjson.decode, current)
@@ -48,7 +48,7 @@ class RedisJobStore:
     def __init__(self, client: redis.Redis, ttl_s: int) -> None:
         self._client = client
         self._ttl_s = ttl_s
-        self._save_unless_finished = client.register_script(_SAVE_UNLESS_FINISHED)
+        self._save_unless_finished = client.register_script(SAVE_UNLESS_FINISHED)
 
     def save(self, record: JobRecord) -> None:
         self._call(lambda: self._client.set(KEY_PREFIX + record.id, record.to_json(), ex=self._ttl_s))
@@ -97,10 +97,15 @@ class RedisJobStore:
         self._call(lambda: self._client.delete(KEY_PREFIX + job_id))
 
     def _call(self, operation: Callable[[], T]) -> T:
-        try:
-            return operation()
-        except redis.RedisError as exc:
-            raise JobBackendUnavailable(f"the job store (Redis) is unavailable: {_reason(exc)}") from None
+        return backend_call(operation)
+
+
+def backend_call(operation: Callable[[], T]) -> T:
+    """Run a Redis operation of the job store; Redis's failure is the job backend's (a 503)."""
+    try:
+        return operation()
+    except redis.RedisError as exc:
+        raise JobBackendUnavailable(f"the job store (Redis) is unavailable: {_reason(exc)}") from None
 
 
 def _reason(exc: Any) -> str:

@@ -26,21 +26,27 @@ SHAP_LEGEND = "red raises the label's score, blue lowers it (SHAP's colours); &t
 
 
 def analysis_report(
-    document: dict[str, Any], comparison: dict[str, Any] | None = None, title: str = "Clarion analysis"
+    document: dict[str, Any],
+    comparison: dict[str, Any] | None = None,
+    title: str = "Clarion analysis",
+    nonce: str = "",
 ) -> str:
-    """The whole report: header, per-label charts, cohorts, faithfulness, worst errors, then drift."""
+    """The whole report: header, per-label charts, cohorts, faithfulness, worst errors, then drift.
+    Bars are SVG shapes sized by attributes, not inline styles, so the API's Content-Security-
+    Policy (styles by nonce only) still draws them; `nonce` marks the report's own style and script."""
     clarion = document["clarion"]
     sections = [
         _header(clarion, title),
         _label_charts(document, clarion),
         _cohort_tables(clarion),
         _faithfulness(clarion),
-        _worst_errors(clarion),
+        _worst_errors(clarion, nonce),
     ]
     if comparison is not None:
         sections.append(_drift(comparison))
     body = '<div class="report">\n' + "\n".join(sections) + "\n</div>\n"
-    return _document(title, body, head=f"<style>\n{_asset('report.css')}</style>")
+    attr = f' nonce="{escape(nonce)}"' if nonce else ""
+    return _document(title, body, head=f"<style{attr}>\n{_asset('report.css')}</style>")
 
 
 def _header(clarion: dict[str, Any], title: str) -> str:
@@ -87,8 +93,9 @@ def _label_charts(document: dict[str, Any], clarion: dict[str, Any]) -> str:
 def _chart(heading: str, entries: list[dict[str, Any]], scale: float) -> str:
     rows = "".join(
         f'<div class="bar-row"><span class="term" title="{escape(e["unit"])}">{escape(e["unit"])}</span>'
-        f'<span class="track"><span class="hbar {_direction(e["mean"])}" '
-        f'style="width:{100 * abs(e["mean"]) / scale:.2f}%"></span></span>'
+        f'<svg class="track" viewBox="0 0 100 10" preserveAspectRatio="none">'
+        f'<rect class="hbar {_direction(e["mean"])}" height="10" rx="1.5" '
+        f'width="{max(1.5, 100 * abs(e["mean"]) / scale):.2f}"></rect></svg>'
         f'<span class="num">{_signed(e["mean"])}</span><span class="count">&times;{e["count"]}</span></div>'
         for e in entries
     )
@@ -159,7 +166,7 @@ def _faithfulness(clarion: dict[str, Any]) -> str:
     return f'<section id="faithfulness"><h2>Faithfulness</h2><p class="note">{legend}</p>{table}</section>'
 
 
-def _worst_errors(clarion: dict[str, Any]) -> str:
+def _worst_errors(clarion: dict[str, Any], nonce: str) -> str:
     errors = clarion.get("worst_errors") or []
     if not errors:
         return f'<section id="errors"><h2>Worst errors</h2>{_NONE}</section>'
@@ -169,7 +176,10 @@ def _worst_errors(clarion: dict[str, Any]) -> str:
         for i, (e, p) in enumerate(zip(errors, predicted, strict=True))
     ]
     drawn = explanation_fragment(
-        [e["text"] for e in errors], [e["result"] for e in errors], title="The surest wrong predictions"
+        [e["text"] for e in errors],
+        [e["result"] for e in errors],
+        title="The surest wrong predictions",
+        nonce=nonce,
     )
     head = ["", "line", "true label", "predicted", "score"]
     return f'<section id="errors"><h2>Worst errors</h2>{_table(head, rows)}\n{drawn}</section>'
@@ -230,3 +240,15 @@ def _rank(rank: int | None) -> str:
 
 def _number(value: float | None) -> str:
     return "—" if value is None else f"{value:.4g}"
+
+
+def analysis_status_document(analysis_id: str, status: str, error: dict[str, str] | None) -> str:
+    """An analysis not finished (refreshing every 2 s), or one that ended without a report."""
+    title = f"Clarion analysis {analysis_id}"
+    refresh = '<meta http-equiv="refresh" content="2">' if status in ("queued", "running") else ""
+    detail = f"<p>{escape(error.get('message', ''))}</p>" if error else ""
+    body = (
+        f'<div class="report"><h1>{escape(title)}</h1><p>Status: <strong class="status">'
+        f"{escape(status)}</strong></p>{detail}</div>"
+    )
+    return _document(title, body, head=refresh)

@@ -9,13 +9,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from shared import metrics
 from shared.errors import ClarionError, ModelNotReady
 from shared.explanation.explainer import explain_encoded
-from shared.io.results import Classification, Explanation, Health, Prediction
+from shared.io.results import Classification, Explanation, Health, Prediction, body, text_response
 from shared.io.schemas import ExplainOptions
 from shared.kinds import LongText
 from shared.runtime.encoding import EncodedText
@@ -191,6 +192,17 @@ class ClarionService:
     ) -> list[Explanation]:
         explanations = [p.explanation for p in self.predict(texts, options.long_text, options, ticket)]
         return [e for e in explanations if e is not None]
+
+    def explained_records(
+        self, texts: Sequence[str], options: ExplainOptions, ticket: Ticket | None = None
+    ) -> list[dict[str, Any]]:
+        """Each text's result as the API's JSON body (classified and explained): what the records
+        of `clarion explain` and of an analysis hold."""
+        model_id = self.model.model_id
+        return [
+            body(text_response(p.classification, p.explanation, model_id))
+            for p in self.predict(texts, options.long_text, options, ticket)
+        ]
 
     def stop(self) -> None:
         if self._engine is not None:

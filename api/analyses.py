@@ -1,0 +1,193 @@
+"""HTTP views of dataset analyses: POST /analyses (a JSON Lines or CSV body, or an S3 object), GET and
+DELETE /analyses/<id>. The work itself is shared/jobs/analysis.py's, on the workers or inline."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
+
+from api.bodies import analysis_body
+from api.invocations import html_response
+from api.negotiation import HTML, JSON, response_type
+from api.records import JSON_LINES_TYPES
+from shared.analysis.aggregate import AGG_METHODS
+from shared.errors import InvalidRequest, NotFound, UnsupportedMediaType
+from shared.io.records import Record, csv_table, json_lines
+from shared.io.results import body
+from shared.jobs.analysis import AnalysisRecord, new_analysis, stage
+from shared.render.report import analysis_report, analysis_status_document
+from shared.settings import Settings
+
+bp = Blueprint("analyses", __name__)
+
+# Query parameters: the options of `clarion analyze`, with the type each is read as.
+_EXPLANATION_OPTIONS = {
+    "granularity": str,
+    "max_evals": int,
+    "labels": list,
+    "seed": int,
+    "precision": str,
+    "output": str,
+    "masking": str,
+    "long_text": str,
+    "faithfulness": bool,
+}
+_ANALYSIS_OPTIONS = {"agg_method": str, "top_k": int, "normalize": str, "text_field": str, "label_field": str}
+_INPUT_OPTIONS = {"delimiter": str}
+_DEFAULTS = {"granularity": "word", "labels": "all", "faithfulness": True}
+_ANALYSIS_DEFAULTS = {
+    "agg_method": "mean_abs",
+    "top_k": 50,
+    "normalize": "case,punctuation",
+    "text_field": "text",
+}
+
+
+def _settings() -> Settings:
+    return current_app.extensions["clarion.settings"]
+
+
+def _analyses() -> Any:
+    return current_app.extensions["clarion.analyses"]
+
+
+def _query() -> tuple[dict[str, Any], dict[str, Any], str]:
+    """The explanation options, the analysis options and the CSV delimiter, from the query string."""
+    known = {**_EXPLANATION_OPTIONS, **_ANALYSIS_OPTIONS, **_INPUT_OPTIONS}
+    unknown = sorted(set(request.args) - set(known))
+    if unknown:
+        raise InvalidRequest(f"unknown query parameter(s) {unknown}; known: {sorted(known)}")
+    values: dict[str, Any] = {}
+    for name, raw in request.args.items():
+        values[name] = _typed(name, raw, known[name])
+    parameters = {"explain": True, **_DEFAULTS}
+    parameters.update({k: v for k, v in values.items() if k in _EXPLANATION_OPTIONS})
+    analysis = {**_ANALYSIS_DEFAULTS, "label_field": None}
+    analysis.update({k: v for k, v in values.items() if k in _ANALYSIS_OPTIONS})
+    if analysis["agg_method"] not in AGG_METHODS:
+        raise InvalidRequest(f"agg_method: {analysis['agg_method']!r}; use one of {list(AGG_METHODS)}")
+    delimiter = values.get("delimiter", ",")
+    if len(delimiter) != 1:
+        raise InvalidRequest("delimiter: one character")
+    return parameters, analysis, delimiter
+
+
+def _typed(name: str, raw: str, kind: type) -> Any:
+    if kind is int:
+        if not raw.strip().lstrip("-").isdigit():
+            raise InvalidRequest(f"{name}: a whole number, not {raw!r}")
+        return int(raw)
+    if kind is bool:
+        if raw.lower() not in ("true", "false", "1", "0"):
+            raise InvalidRequest(f"{name}: true or false, not {raw!r}")
+        return raw.lower() in ("true", "1")
+    if kind is list:
+        return raw if raw in ("all", "predicted") else [part for part in raw.split(",") if part]
+    if not raw:
+        raise InvalidRequest(f"{name}: empty")
+    return raw
+
+
+def _records(data: bytes, kind: str, analysis: dict[str, Any], delimiter: str, source: str) -> list[Record]:
+    """The input's lines as records: JSON Lines, CSV (or tab-separated) with a header, or text lines."""
+    text = data.decode("utf-8", errors="replace")  # a bad byte becomes U+FFFD, as in `clarion analyze`
+    field, label = analysis["text_field"], analysis["label_field"]
+    if kind == "jsonl":
+        return list(json_lines(text.splitlines(), (field,), label))
+    if kind in ("csv", "tsv"):
+        lines = io.StringIO(text, newline="")
+        return list(csv_table(lines, field, label, "\t" if kind == "tsv" else delimiter, source))
+    if label:
+        raise InvalidRequest(f"{source}: a text file has no labels (label_field)")
+    return [
+        Record(n, line, None if line.strip() else "empty line") for n, line in enumerate(text.splitlines(), 1)
+    ]
+
+
+def _input(
+    settings: Settings, analysis: dict[str, Any], delimiter: str
+) -> tuple[list[Record], str | None, str | None]:
+    """The records to analyse, and the S3 input and output when the body names them."""
+    mimetype = request.mimetype
+    if mimetype == JSON:
+        spec = request.get_json(silent=True)
+        if (
+            not isinstance(spec, dict)
+            or not isinstance(spec.get("input"), str)
+            or set(spec) - {"input", "output"}
+        ):
+            raise InvalidRequest(
+                'a JSON body is {"input": "s3://bucket/key", "output": "s3://bucket/prefix/"}'
+            )
+        output = spec.get("output")
+        if output is not None and not isinstance(output, str):
+            raise InvalidRequest("output: an s3:// location")
+        from shared.storage.s3 import read_object, split_uri
+
+        if output is not None:
+            split_uri(output.rstrip("/") + "/x")
+        uri = spec["input"]
+        _, key = split_uri(uri)
+        kind = key.rsplit(".", 1)[-1].lower() if "." in key else ""
+        if kind not in ("jsonl", "csv", "tsv", "txt"):
+            raise InvalidRequest(f"{uri}: name the object .jsonl, .csv, .tsv or .txt")
+        data = read_object(uri, settings.analysis_max_bytes)
+        return _records(data, kind, analysis, delimiter, uri), uri, output
+    if mimetype in JSON_LINES_TYPES:
+        return _records(request.get_data(), "jsonl", analysis, delimiter, "body"), None, None
+    if mimetype == "text/csv":
+        return _records(request.get_data(), "csv", analysis, delimiter, "body"), None, None
+    raise UnsupportedMediaType(
+        f"POST /analyses takes JSON Lines ({JSON_LINES_TYPES[0]}), CSV (text/csv) or "
+        f'{{"input": "s3://..."}} ({JSON}), not {mimetype or "no Content-Type"!r}'
+    )
+
+
+@bp.post("/analyses")
+def create_analysis() -> Any:
+    settings = _settings()
+    request.max_content_length = settings.analysis_max_bytes  # a larger body is a 413
+    parameters, analysis, delimiter = _query()
+    service = current_app.extensions["clarion.service"]
+    record = new_analysis(service.model.model_id, parameters, analysis, settings, owner=g.owner)
+    lines, record.input, record.output = _input(settings, analysis, delimiter)
+    backend = _analyses()
+    stage(backend.store, record, lines, settings)
+    record = backend.submit(record, g.ticket)
+    response = jsonify(body(analysis_body(record, backend.store)))
+    response.headers["Location"] = url_for("analyses.get_analysis", analysis_id=record.id)
+    return response, 202 if backend.asynchronous else 200
+
+
+def _own(analysis_id: str) -> AnalysisRecord:
+    record = _analyses().store.load(analysis_id)
+    if record is None or record.owner != g.owner:
+        raise NotFound(f"no analysis {analysis_id!r}")
+    return record
+
+
+@bp.get("/analyses/<analysis_id>")
+def get_analysis(analysis_id: str) -> Any:
+    record = _own(analysis_id)
+    store = _analyses().store
+    if response_type(request, (JSON, HTML)) == HTML:
+        document = analysis_body(record, store).analysis
+        if document is not None:
+            title = f"Clarion analysis {record.id}"
+            return html_response(lambda nonce: analysis_report(document, title=title, nonce=nonce))
+        return html_response(lambda nonce: analysis_status_document(record.id, record.status, record.error))
+    return jsonify(body(analysis_body(record, store)))
+
+
+@bp.delete("/analyses/<analysis_id>")
+def delete_analysis(analysis_id: str) -> Any:
+    """Like an explanation job's: a queued or running analysis is cancelled (200); a finished one is
+    removed with everything it stored (204, then 404)."""
+    _own(analysis_id)
+    backend = _analyses()
+    record = backend.delete(analysis_id)
+    if record is None:
+        return Response(status=204)
+    return jsonify(body(analysis_body(record, backend.store)))

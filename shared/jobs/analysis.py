@@ -1,0 +1,463 @@
+"""A dataset analysis as a job: staged in chunks, each chunk explained by one task, merged at the end.
+
+The API stages the input (validating each line) into chunks of ANALYSIS_CHUNK_TEXTS and records the
+analysis; then a task per chunk runs (`run_chunk`: on the Celery workers, all at once, or one after
+the other within the request in single-process mode). A chunk stores its records before it counts
+as done, and a chunk already stored is not explained again, so a task that is delivered twice (a
+killed worker, a redelivery) costs at most its own chunk. Whichever task completes the last chunk
+merges: it folds every chunk's records, in input order, into `analysis.json` (shared/analysis/),
+stores it (and writes it, the records and the report to S3 when asked), and marks the analysis
+succeeded. Like an explanation job's, an analysis's state is written by compare-and-set and never
+moves out of a finished state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+import redis
+
+from shared.analysis.aggregate import AnalysisOptions, analyse_records
+from shared.analysis.units import Normalizer
+from shared.errors import ClarionError, InvalidRequest, JobBackendUnavailable, NotFound, PayloadTooLarge
+from shared.io.records import Record
+from shared.io.schemas import SeedBody, parse_model, text_problem
+from shared.jobs.record import _JOB_ID, new_job_id, progress_of, utc_now
+from shared.jobs.store import SAVE_UNLESS_FINISHED, backend_call
+from shared.kinds import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, SUCCEEDED
+from shared.runtime.engine import Ticket
+from shared.serving.service import ClarionService
+from shared.settings import Settings
+
+ANALYSIS_PREFIX = "clarion:analysis:"
+RECORD_VERSION = 1
+
+
+@dataclass
+class AnalysisRecord:
+    """What is known of an analysis from the moment it is accepted."""
+
+    id: str
+    submitted_at: str
+    model: str
+    parameters: dict[str, Any]  # the explanation options, as a request body holds them
+    analysis: dict[str, Any]  # agg_method, top_k, normalize, text_field, label_field
+    input: str | None = None  # s3://... or None (the request body)
+    output: str | None = None  # s3://... prefix the files are written under, or None
+    chunks: int = 0
+    texts: int = 0  # lines explained (the others were refused when staged, and are skipped)
+    lines: int = 0
+    status: str = QUEUED
+    started_at: str | None = None
+    finished_at: str | None = None
+    progress: dict[str, int] | None = None  # texts done of `texts`
+    error: dict[str, str] | None = None
+    owner: str | None = None
+    version: int = RECORD_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> AnalysisRecord:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(raw).items() if k in known})
+
+    def options(self) -> AnalysisOptions:
+        spec = self.analysis
+        return AnalysisOptions(
+            agg_method=spec["agg_method"],
+            top_k=spec["top_k"],
+            normalizer=Normalizer.parse(spec["normalize"]),
+            text_field=spec["text_field"],
+        )
+
+
+class AnalysisStore(Protocol):
+    """Where an analysis's record, chunks and results live: Redis with workers, a folder inline."""
+
+    def save(self, record: AnalysisRecord) -> None: ...
+    def save_unless_finished(self, record: AnalysisRecord) -> bool: ...
+    def load(self, analysis_id: str) -> AnalysisRecord | None: ...
+    def put(self, analysis_id: str, name: str, data: bytes) -> None: ...
+    def get(self, analysis_id: str, name: str) -> bytes | None: ...
+    def chunk_done(self, analysis_id: str, index: int, texts: int) -> tuple[int, int]:
+        """Count the chunk as done (once, however often it is told); (chunks done, texts done)."""
+        ...
+
+    def delete(self, analysis_id: str) -> None: ...
+
+
+class RedisAnalysisStore:
+    """`clarion:analysis:<id>` (the record), `...:<id>:<name>` (chunks, results, the document) and
+    `...:<id>:done` (a hash: chunk -> texts), all expiring with job results."""
+
+    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+        self._client = client
+        self._ttl_s = ttl_s
+        self._save_unless_finished = client.register_script(SAVE_UNLESS_FINISHED)
+
+    def save(self, record: AnalysisRecord) -> None:
+        backend_call(lambda: self._client.set(ANALYSIS_PREFIX + record.id, record.to_json(), ex=self._ttl_s))
+
+    def save_unless_finished(self, record: AnalysisRecord) -> bool:
+        finished = json.dumps(sorted(FINISHED))
+        args = [record.to_json(), self._ttl_s, finished]
+        return bool(
+            backend_call(lambda: self._save_unless_finished(keys=[ANALYSIS_PREFIX + record.id], args=args))
+        )
+
+    def load(self, analysis_id: str) -> AnalysisRecord | None:
+        raw = backend_call(lambda: self._client.get(ANALYSIS_PREFIX + analysis_id))
+        return None if raw is None else AnalysisRecord.from_json(raw)
+
+    def put(self, analysis_id: str, name: str, data: bytes) -> None:
+        key = f"{ANALYSIS_PREFIX}{analysis_id}:{name}"
+        backend_call(lambda: self._client.set(key, data, ex=self._ttl_s))
+
+    def get(self, analysis_id: str, name: str) -> bytes | None:
+        return backend_call(lambda: self._client.get(f"{ANALYSIS_PREFIX}{analysis_id}:{name}"))
+
+    def chunk_done(self, analysis_id: str, index: int, texts: int) -> tuple[int, int]:
+        key = f"{ANALYSIS_PREFIX}{analysis_id}:done"
+
+        def mark() -> tuple[int, int]:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.hsetnx(key, str(index), texts)
+                pipe.expire(key, self._ttl_s)
+                pipe.hvals(key)
+                _, _, counts = pipe.execute()
+            return len(counts), sum(int(c) for c in counts)
+
+        return backend_call(mark)
+
+    def delete(self, analysis_id: str) -> None:
+        def remove() -> None:
+            keys = list(self._client.scan_iter(f"{ANALYSIS_PREFIX}{analysis_id}:*", count=1000))
+            self._client.delete(ANALYSIS_PREFIX + analysis_id, *keys)
+
+        backend_call(remove)
+
+
+def analysis_store_for(settings: Settings) -> RedisAnalysisStore:
+    from shared.storage.redis import redis_client
+
+    assert settings.redis_store_url is not None, "validated by Settings"
+    return RedisAnalysisStore(redis_client(settings.redis_store_url), settings.job_result_ttl_s)
+
+
+class FolderAnalysisStore:
+    """Single-process mode: an analysis is a folder of files (every HTTP process of the server reads
+    it), written atomically; folders older than `ttl_s` are removed as new ones are made."""
+
+    def __init__(self, folder: str | Path, ttl_s: int) -> None:
+        self._folder = Path(folder)
+        self._folder.mkdir(parents=True, exist_ok=True)
+        self._ttl_s = ttl_s
+        self._lock = threading.Lock()
+
+    def _path(self, analysis_id: str, name: str) -> Path:
+        if not _JOB_ID.fullmatch(analysis_id):
+            raise NotFound(f"no analysis {analysis_id!r}")  # never a path outside the folder
+        return self._folder / analysis_id / name.replace(":", "-")
+
+    def _write(self, path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        partial.write_bytes(data)
+        os.replace(partial, path)
+
+    def save(self, record: AnalysisRecord) -> None:
+        self._sweep()
+        self._write(self._path(record.id, "record.json"), record.to_json().encode())
+
+    def save_unless_finished(self, record: AnalysisRecord) -> bool:
+        with self._lock:
+            stored = self.load(record.id)
+            if stored is not None and stored.status in FINISHED:
+                return False
+            self.save(record)
+            return True
+
+    def load(self, analysis_id: str) -> AnalysisRecord | None:
+        try:
+            return AnalysisRecord.from_json(self._path(analysis_id, "record.json").read_bytes())
+        except (FileNotFoundError, NotFound):
+            return None
+
+    def put(self, analysis_id: str, name: str, data: bytes) -> None:
+        self._write(self._path(analysis_id, name), data)
+
+    def get(self, analysis_id: str, name: str) -> bytes | None:
+        try:
+            return self._path(analysis_id, name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def chunk_done(self, analysis_id: str, index: int, texts: int) -> tuple[int, int]:
+        with self._lock:
+            done = json.loads(self.get(analysis_id, "done.json") or b"{}")
+            done.setdefault(str(index), texts)
+            self.put(analysis_id, "done.json", json.dumps(done).encode())
+        return len(done), sum(done.values())
+
+    def delete(self, analysis_id: str) -> None:
+        if _JOB_ID.fullmatch(analysis_id):
+            shutil.rmtree(self._folder / analysis_id, ignore_errors=True)
+
+    def _sweep(self) -> None:
+        now = time.time()
+        for path in self._folder.iterdir():
+            try:
+                if path.is_dir() and now - path.stat().st_mtime > self._ttl_s:
+                    shutil.rmtree(path, ignore_errors=True)
+            except FileNotFoundError:
+                continue
+
+
+# ---- accepting an analysis -------------------------------------------------------------------------
+
+
+def new_analysis(
+    model: str,
+    parameters: dict[str, Any],
+    analysis: dict[str, Any],
+    settings: Settings,
+    input_uri: str | None = None,
+    output_uri: str | None = None,
+    owner: str | None = None,
+) -> AnalysisRecord:
+    """A new analysis's record, its options checked (a wrong one is a 400 before anything is stored)."""
+    parse_model(SeedBody, {"data": "x", **parameters}, settings)
+    try:
+        AnalysisRecord("", "", model, parameters, analysis).options()
+    except (ValueError, KeyError) as exc:
+        raise InvalidRequest(str(exc)) from None
+    return AnalysisRecord(
+        id=new_job_id(),
+        submitted_at=utc_now(),
+        model=model,
+        parameters=parameters,
+        analysis=analysis,
+        input=input_uri,
+        output=output_uri,
+        owner=owner,
+    )
+
+
+def stage(store: AnalysisStore, record: AnalysisRecord, lines: Iterable[Record], settings: Settings) -> None:
+    """Check every line and store the lines in chunks of ANALYSIS_CHUNK_TEXTS texts (a refused line
+    is kept with its reason, and becomes an error record); then record the analysis."""
+    chunk: list[dict[str, Any]] = []
+    texts_in_chunk = 0
+
+    def flush() -> None:
+        nonlocal chunk, texts_in_chunk
+        if chunk:
+            store.put(record.id, f"input:{record.chunks}", json.dumps(chunk).encode())
+            record.chunks += 1
+            chunk, texts_in_chunk = [], 0
+
+    for line in lines:
+        record.lines += 1
+        if record.lines > settings.analysis_max_texts:
+            store.delete(record.id)
+            raise PayloadTooLarge(f"more than {settings.analysis_max_texts} lines (ANALYSIS_MAX_TEXTS)")
+        problem = line.problem or text_problem(line.text, record.parameters, settings)
+        if problem:
+            chunk.append({"line": line.line, "error": {"code": "invalid_line", "message": problem}})
+        else:
+            chunk.append({"line": line.line, "text": line.text, "label": line.label})
+            record.texts += 1
+            texts_in_chunk += 1
+            if texts_in_chunk == settings.analysis_chunk_texts:
+                flush()
+    flush()
+    if record.texts == 0:
+        store.delete(record.id)
+        raise InvalidRequest("the input holds no text that can be explained")
+    record.progress = progress_of(0, record.texts)
+    store.save(record)
+
+
+# ---- running it ------------------------------------------------------------------------------------
+
+# Texts of a chunk -> their records (the API's per-text bodies), within a ticket.
+ExplainRecords = Callable[[list[str], Ticket], list[dict[str, Any]]]
+# The files of a finished analysis -> written where its `output` says.
+Publish = Callable[[AnalysisRecord, dict[str, bytes]], None]
+
+
+def run_chunk(
+    store: AnalysisStore,
+    analysis_id: str,
+    index: int,
+    explain: ExplainRecords,
+    ticket: Ticket,
+    publish: Publish,
+) -> AnalysisRecord | None:
+    """Explain chunk `index` unless it is stored already, count it done, and merge when it was the
+    last. Returns the record as it now is (None: gone, or finished before this ran)."""
+    record = store.load(analysis_id)
+    if record is None or record.status in FINISHED:
+        return None
+    if record.status == QUEUED:
+        record.status, record.started_at = RUNNING, utc_now()
+        store.save_unless_finished(record)
+    raw = store.get(analysis_id, f"input:{index}")
+    if raw is None:
+        raise NotFound(f"analysis {analysis_id}: no chunk {index}")
+    entries = json.loads(raw)
+    if store.get(analysis_id, f"output:{index}") is None:
+        store.put(analysis_id, f"output:{index}", _explained(entries, explain, ticket))
+    texts = sum("text" in e for e in entries)
+    chunks_done, texts_done = store.chunk_done(analysis_id, index, texts)
+    record = store.load(analysis_id)
+    if record is None or record.status in FINISHED:
+        return record
+    record.progress = progress_of(texts_done, record.texts)
+    if chunks_done < record.chunks:
+        store.save_unless_finished(record)
+        return record
+    return merge(store, record, publish)
+
+
+def _explained(entries: list[dict[str, Any]], explain: ExplainRecords, ticket: Ticket) -> bytes:
+    """The chunk's records as JSON Lines, in input order: each text's explanation, each refused
+    line's error."""
+    lines = [e for e in entries if "text" in e]
+    results = iter(explain([e["text"] for e in lines], ticket)) if lines else iter(())
+    out = []
+    for entry in entries:
+        if "text" not in entry:
+            out.append({"line": entry["line"], "error": entry["error"]})
+            continue
+        truth = {} if entry.get("label") is None else {"true_label": entry["label"]}
+        out.append({"line": entry["line"], "text": entry["text"], **truth, **next(results)})
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out).encode()
+
+
+def records_of(store: AnalysisStore, record: AnalysisRecord) -> Iterator[bytes]:
+    """Every record of the analysis, chunk by chunk, in input order."""
+    for index in range(record.chunks):
+        yield from (store.get(record.id, f"output:{index}") or b"").splitlines()
+
+
+def merge(store: AnalysisStore, record: AnalysisRecord, publish: Publish) -> AnalysisRecord:
+    """Fold every record into analysis.json, store it, publish the files, and mark it succeeded.
+    Merging again (a redelivered last chunk) gives the same document."""
+    analysis = analyse_records(records_of(store, record), record.options())
+    document = analysis.document(
+        input=record.input or "request body", label_field=record.analysis.get("label_field")
+    )
+    encoded = (json.dumps(document, ensure_ascii=False) + "\n").encode()
+    store.put(record.id, "analysis", encoded)
+    if record.output:
+        publish(record, analysis_files(store, record, document))
+    record.status, record.finished_at = SUCCEEDED, utc_now()
+    store.save_unless_finished(record)
+    return record
+
+
+def analysis_files(
+    store: AnalysisStore, record: AnalysisRecord, document: dict[str, Any]
+) -> dict[str, bytes]:
+    """What `clarion analyze` writes: analysis.json, records.jsonl and report.html."""
+    from shared.render.report import analysis_report
+
+    return {
+        "analysis.json": (json.dumps(document, indent=1, ensure_ascii=False) + "\n").encode(),
+        "records.jsonl": b"".join(line + b"\n" for line in records_of(store, record)),
+        "report.html": analysis_report(document, title=f"Clarion analysis {record.id}").encode(),
+    }
+
+
+CONTENT_TYPES = {
+    "analysis.json": "application/json",
+    "records.jsonl": "application/jsonlines",
+    "report.html": "text/html; charset=utf-8",
+}
+
+
+def publish_to_s3(record: AnalysisRecord, files: dict[str, bytes]) -> None:
+    from shared.storage.s3 import write_objects
+
+    assert record.output is not None
+    write_objects(record.output, files, CONTENT_TYPES)
+
+
+def record_explainer(service: ClarionService, record: AnalysisRecord) -> ExplainRecords:
+    """The analysis's texts explained with its options, by this process's service."""
+    options = parse_model(SeedBody, {"data": "x", **record.parameters}, service.settings).explain_options()
+    return lambda texts, ticket: service.explained_records(texts, options, ticket)
+
+
+class InlineAnalyses:
+    """Single-process mode: an analysis runs chunk after chunk within its request (and its deadline)."""
+
+    asynchronous = False
+
+    def __init__(self, store: AnalysisStore, service: ClarionService) -> None:
+        self.store = store
+        self._service = service
+
+    def submit(self, record: AnalysisRecord, ticket: Ticket) -> AnalysisRecord:
+        explain = record_explainer(self._service, record)
+        try:
+            for index in range(record.chunks):
+                run_chunk(self.store, record.id, index, explain, ticket, publish_to_s3)
+        except ClarionError as exc:
+            fail(self.store, record.id, exc.message)
+            raise
+        return load_or_404(self.store, record.id)
+
+    def delete(self, analysis_id: str) -> AnalysisRecord | None:
+        return cancel_or_remove(self.store, analysis_id)
+
+
+def fail(store: AnalysisStore, analysis_id: str, message: str) -> None:
+    """Mark the analysis failed (unless it is finished already)."""
+    record = store.load(analysis_id)
+    if record is None or record.status in FINISHED:
+        return
+    record.status, record.finished_at = FAILED, utc_now()
+    record.error = {"code": "analysis_failed", "message": message}
+    store.save_unless_finished(record)
+
+
+def cancel_or_remove(store: AnalysisStore, analysis_id: str) -> AnalysisRecord | None:
+    """DELETE: a queued or running analysis is cancelled (its tasks stop within a pass); a finished
+    one is removed with everything it stored (None)."""
+    record = store.load(analysis_id)
+    if record is None:
+        raise NotFound(f"no analysis {analysis_id!r}")
+    if record.status not in FINISHED:
+        record.status, record.finished_at = CANCELLED, utc_now()
+        if store.save_unless_finished(record):
+            return record
+    store.delete(analysis_id)
+    return None
+
+
+def load_or_404(store: AnalysisStore, analysis_id: str) -> AnalysisRecord:
+    record = store.load(analysis_id)
+    if record is None:
+        raise NotFound(f"no analysis {analysis_id!r}")
+    return record
+
+
+def is_cancelled(store: AnalysisStore, analysis_id: str) -> bool:
+    """For a running chunk's ticket: a Redis blip counts as not cancelled."""
+    try:
+        record = store.load(analysis_id)
+    except JobBackendUnavailable:
+        return False
+    return record is None or record.status == CANCELLED
