@@ -132,3 +132,22 @@ def build_random_distilbert(directory: Path, tokenizer_dir: Path = MINILM_DIR, s
     DistilBertForSequenceClassification(config).eval().save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def rss_by_process(groups: list[int]) -> dict[str, float]:
+    """RSS (MiB) of every process in the given process groups, by "pid name"."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry)) not in groups:
+                continue
+            status = Path(f"/proc/{entry}/status").read_text()
+        except (OSError, ProcessLookupError):
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        rss_kib = int(fields.get("VmRSS", "0 kB").split()[0])
+        if rss_kib:
+            out[f"{entry} {fields.get('Name', '?').strip()}"] = rss_kib / 1024
+    return out

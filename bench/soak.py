@@ -10,7 +10,6 @@ Targets: no 5xx, every job finished, RSS growth after warm-up at most 5 %.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import tempfile
 import threading
@@ -28,6 +27,7 @@ from bench.common import (
     environment,
     fmt,
     quiet_transformers,
+    rss_by_process,
     sst2_sentences,
     table,
     write_results,
@@ -147,7 +147,7 @@ def _traffic(url: str, args: argparse.Namespace, warmup: float, groups: list[int
     def sample() -> None:
         started = time.perf_counter()
         while not stop.is_set():
-            rss.append({"t": time.perf_counter() - started, "rss_mib": _rss_by_process(groups)})
+            rss.append({"t": time.perf_counter() - started, "rss_mib": rss_by_process(groups)})
             stop.wait(5.0)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -193,25 +193,6 @@ def _wait_for_jobs(url: str, ids: list[str], timeout: float) -> dict[str, int]:
             else:
                 time.sleep(0.1)
     return {"succeeded": outcome["succeeded"], "failed": outcome["failed"], "unfinished": len(pending)}
-
-
-def _rss_by_process(groups: list[int]) -> dict[str, float]:
-    """RSS (MiB) of every process in the given process groups, by "pid name"."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if os.getpgid(int(entry)) not in groups:
-                continue
-            status = Path(f"/proc/{entry}/status").read_text()
-        except (OSError, ProcessLookupError):
-            continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        rss_kib = int(fields.get("VmRSS", "0 kB").split()[0])
-        if rss_kib:
-            out[f"{entry} {fields.get('Name', '?').strip()}"] = rss_kib / 1024
-    return out
 
 
 def _growth(samples: list[dict[str, Any]], warmup: float) -> dict[str, float | None]:

@@ -152,3 +152,10 @@ def test_faithfulness_smoke(tmp_path: Path) -> None:
         for ranking in result["rankings"].values():
             assert len(ranking["per_text"]) == 3
             assert -1 <= ranking["comprehensiveness"] <= 1 and -1 <= ranking["sufficiency"] <= 1
+
+
+def test_analyses_smoke(tmp_path: Path) -> None:
+    results = run_bench("analyses", tmp_path)
+    (run,) = results["runs"]
+    assert run["workers"] == 1 and run["analysed"] == run["texts"] == 12
+    assert run["texts_per_second"] > 0 and all(v > 50 for v in run["peak_rss_mib"].values())
