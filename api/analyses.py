@@ -16,7 +16,7 @@ from shared.analysis.aggregate import AGG_METHODS
 from shared.errors import InvalidRequest, NotFound, UnsupportedMediaType
 from shared.io.records import Record, csv_table, json_lines
 from shared.io.results import body
-from shared.jobs.analysis import AnalysisRecord, new_analysis, stage
+from shared.jobs.analysis import AnalysisRecord, new_analysis, record_explain_options, stage
 from shared.render.report import analysis_report, analysis_status_document
 from shared.settings import Settings
 
@@ -152,6 +152,7 @@ def create_analysis() -> Any:
     parameters, analysis, delimiter = _query()
     service = current_app.extensions["clarion.service"]
     record = new_analysis(service.model.model_id, parameters, analysis, settings, owner=g.owner)
+    service.check_options(record_explain_options(record, settings))  # labels, amortized: a 400 now
     lines, record.input, record.output = _input(settings, analysis, delimiter)
     backend = _analyses()
     stage(backend.store, record, lines, settings)

@@ -28,7 +28,6 @@ from api.openapi import openapi_document
 from api.records import is_record_type
 from shared import metrics
 from shared.errors import NotFound, Unauthorized
-from shared.explanation.explainer import check_options
 from shared.io.results import body
 from shared.jobs.inline import JobQueue
 from shared.jobs.record import JobRecord, new_record
@@ -208,7 +207,7 @@ def _submit(invocation: Invocation, classifications: list[Any]) -> Any:
     """Queue a job (202 + Location), or in single-process mode run it now (200, finished job)."""
     jobs = _jobs()
     options = invocation.parameters.explain_options()
-    check_options(_service().model, options)  # a job that cannot succeed is a 400 now, not a failure later
+    _service().check_options(options)  # a job that cannot succeed is a 400 now, not a failure later
     record: JobRecord = new_record(
         _service().model.model_id,
         invocation.texts,

@@ -10,6 +10,7 @@ COMMANDS = {
     "analyses": "a dataset analysis (POST /analyses) on 1 worker and on 2: throughput, peak memory",
     "devices": "the same explanations on the CPU and on a GPU: the largest difference per Owen batch size",
     "explain": "seed SHAP pipeline vs Clarion exact/fast vs SHAP reference, per text",
+    "fast": 'precision "fast" on this CPU (int8 graph) vs exact: per-row speed, Spearman and top-5 overlap',
     "families": "model families at base size: torch vs onnxruntime per row, seed vs exact, text masking",
     "faithfulness": "ERASER comprehensiveness/sufficiency: Clarion SHAP vs leave-one-out vs random rankings",
     "classify": "HTTP requests/s and latency at several concurrencies, micro-batching on and off",

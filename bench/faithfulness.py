@@ -140,13 +140,13 @@ def _leave_one_out(engine: Any, texts: list[str], options: Any, label_indexes: l
     """Each text's units x 1: the drop in the label's probability when that unit alone is deleted
     (its tokens removed, as the faithfulness deletions remove them); 0 for the boundary tokens that
     token granularity counts as players (never deleted, never ranked)."""
-    from shared.explanation.explainer import _new_game
+    from shared.explanation.explainer import new_game
     from shared.runtime.engine import EXPLAIN
 
     model = engine.model
     plans, rows = [], []
     for encoded in model.encode(texts, options.long_text):
-        game = _new_game(model, encoded, options)
+        game = new_game(model, encoded, options)
         playing = ~game.keep & (game.player_of_token >= 0)
         units = np.unique(game.player_of_token[playing])
         documents = [encoded.rows(encoded.ids)]  # the whole text first

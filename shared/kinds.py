@@ -9,7 +9,7 @@ Granularity = Literal["token", "word", "sentence", "paragraph"]
 GRANULARITIES: tuple[Granularity, ...] = get_args(Granularity)
 Masking = Literal["tokens", "text"]
 MASKINGS: tuple[Masking, ...] = get_args(Masking)
-Precision = Literal["exact", "fast"]
+Precision = Literal["exact", "fast", "amortized"]
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 LongText = Literal["truncate", "windows"]
 LONG_TEXTS: tuple[LongText, ...] = get_args(LongText)
@@ -18,6 +18,7 @@ OUTPUTS: tuple[Output, ...] = get_args(Output)
 # What turns a head's logits into scores, as transformers' text-classification pipeline decides it.
 Activation = Literal["softmax", "sigmoid", "none"]
 ExactBackend = Literal["torch", "onnxruntime"]
+FastBackend = Literal["torch", "onnxruntime", "onnxruntime-int8", "torch-half"]
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = get_args(JobStatus)

@@ -149,6 +149,12 @@ class Settings:
     # 64 s with 512 (216 against 333 window rows run, each about 2.5x cheaper).
     window_tokens: int = _env("WINDOW_TOKENS", _int_parser(8), 256)
     max_evals_limit: int = _env("MAX_EVALS_LIMIT", _int_parser(4), 5_000)
+    # precision "fast" on a CPU without bf16 runs the exact graph quantized to int8 (false: exact's own).
+    fast_int8: bool = _env("FAST_INT8", parse_bool, True)
+    # precision "amortized": the folder `clarion distill` wrote for this model, and the held-out
+    # Spearman below which an artifact is refused at load.
+    amortized_explainer: str | None = _env("AMORTIZED_EXPLAINER", _text)
+    amortized_min_spearman: float = _env("AMORTIZED_MIN_SPEARMAN", _float_parser(-1.0), 0.7)
 
     # Dataset analyses (POST /analyses): what one may hold, and the texts each worker task explains.
     analysis_max_texts: int = _env("ANALYSIS_MAX_TEXTS", _int_parser(1), 100_000)

@@ -159,3 +159,11 @@ def test_analyses_smoke(tmp_path: Path) -> None:
     (run,) = results["runs"]
     assert run["workers"] == 1 and run["analysed"] == run["texts"] == 12
     assert run["texts_per_second"] > 0 and all(v > 50 for v in run["peak_rss_mib"].values())
+
+
+def test_fast_smoke(tmp_path: Path) -> None:
+    results = run_bench("fast", tmp_path)
+    assert [s["shape"] for s in results["per_row"]] == ["32 x ~24", "2 x 270"]
+    assert all(s["fp32_ms_per_row"] > 0 and s["int8_ms_per_row"] > 0 for s in results["per_row"])
+    assert results["quality"]["sentences"]["texts"] == 3
+    assert -1 <= results["quality"]["sentences"]["spearman_median"] <= 1

@@ -343,3 +343,41 @@ def test_an_export_failure_leaves_torch_serving(
     assert service.status().exact_backend == "torch"
     assert service.classify(["good"])[0].prediction
     service.engine.stop()
+
+
+def test_fast_runs_an_int8_graph_cached_beside_the_fp32_one(
+    tiny: TextModel, tmp_path: Path, monkeypatch
+) -> None:
+    """precision "fast" on a CPU without bf16: the exact graph quantized to int8, made once and cached
+    under the fp32 export's name, scores close to torch's (checked at start), and used by fast passes."""
+    from shared.runtime import onnx
+
+    exact = onnx_exact(tiny, tmp_path, threads=1)
+    runner = onnx.onnx_int8(tiny, exact, threads=1)
+    assert runner.name == "onnxruntime-int8" and runner.max_width == exact.max_width
+    assert runner.path == exact.path.with_name(exact.path.stem + "-int8-qint8-perchannel.onnx")
+    assert runner.path.stat().st_size < exact.path.stat().st_size  # int8 weights
+    made = runner.path.stat().st_mtime_ns
+    again = onnx.onnx_int8(tiny, exact, threads=1)
+    assert again.path == runner.path and runner.path.stat().st_mtime_ns == made  # cached, not made again
+
+    rows = rows_of(tiny, ["the film was great", "bad", "i loved it , not very boring at all"])
+    ids, attention = tiny.padded(rows)
+    quantized, fp32 = runner(ids, attention), exact(ids, attention)
+    assert np.abs(quantized - fp32).max() > 0  # a different graph
+    scores = tiny.outputs(quantized, "probability") - tiny.outputs(fp32, "probability")
+    assert np.abs(scores).max() <= onnx.INT8_TOLERANCE
+    tiny.exact_runner, tiny.fast_runner = exact, runner
+    try:
+        if tiny.half_precision:  # a CPU with bf16: fast stays in torch's half precision
+            assert tiny.fast_backend == "torch-half"
+        else:
+            assert tiny.fast_backend == "onnxruntime-int8"
+            np.testing.assert_array_equal(tiny.forward(rows, "fast"), quantized)
+        np.testing.assert_allclose(tiny.forward(rows, "exact"), fp32, atol=1e-6)  # exact is untouched
+    finally:
+        tiny.exact_runner = tiny.fast_runner = None
+
+    monkeypatch.setattr(onnx, "INT8_TOLERANCE", 0.0)  # a quantization that moved scores is refused
+    with pytest.raises(ModelLoadError, match="int8 graph"):
+        onnx.onnx_int8(tiny, exact, threads=1)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.explanation.explainer import _new_game, explain_texts
+from shared.explanation.explainer import explain_texts, new_game
 from shared.explanation.owen import mask_matrix
 from shared.io.schemas import ExplainOptions
 from shared.runtime.engine import Engine
@@ -25,7 +25,7 @@ def engine(tiny_model_dir: Path) -> Engine:
 
 def units_of(engine: Engine, text: str, granularity: str):
     encoded = engine.model.encode([text])[0]
-    game = _new_game(engine.model, encoded, ExplainOptions(granularity=granularity))
+    game = new_game(engine.model, encoded, ExplainOptions(granularity=granularity))
     return encoded, game, [text[start:end] for start, end in game.spans]
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from shared.errors import InvalidRequest
-from shared.explanation.explainer import _new_game, explain_texts
+from shared.explanation.explainer import explain_texts, new_game
 from shared.io.schemas import ExplainOptions, SeedBody, parse_model
 from shared.runtime.encoding import WINDOW_OVERLAP, window_spans
 from shared.runtime.engine import Engine
@@ -68,7 +68,7 @@ def test_the_document_scores_are_the_mean_of_its_windows(engine: Engine) -> None
 def test_masking_a_unit_masks_it_in_every_window(engine: Engine) -> None:
     model = engine.model
     (encoded,) = model.encode([DOCUMENT], "windows")
-    game = _new_game(model, encoded, windowed(granularity="sentence"))
+    game = new_game(model, encoded, windowed(granularity="sentence"))
     windows_of_unit = {}
     for u in range(game.players):
         tokens = set(np.flatnonzero(game.player_of_token == u))
@@ -106,7 +106,7 @@ def test_three_paragraphs_get_their_owen_values(engine: Engine) -> None:
     options = windowed(output="logit", max_evals=500, batch_size=64)
     (explanation,) = explain_texts(engine, [DOCUMENT], options)
     (encoded,) = model.encode([DOCUMENT], "windows")
-    game = _new_game(model, encoded, options)
+    game = new_game(model, encoded, options)
     assert game.players == 3
 
     def value(kept: tuple[int, ...]) -> np.ndarray:

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("serve", help="start the HTTP API (gunicorn) on 0.0.0.0:$PORT")
     sub.add_parser("worker", help="start a Celery worker for explanation jobs")
     sub.add_parser("config", help="print the effective settings and exit")
-    from shared.cli import analyze, explain
+    from shared.cli import analyze, distill, explain
 
     explain.add_arguments(
         sub.add_parser("explain", help="explain a .txt, .jsonl or .csv file into JSON Lines (and HTML)")
@@ -133,6 +133,11 @@ def main(argv: list[str] | None = None) -> None:
     analyze.add_compare_arguments(
         sub.add_parser("compare", help="attribution drift between two analyses (exit 1 below the threshold)")
     )
+    distill.add_arguments(
+        sub.add_parser(
+            "distill", help="train the amortized explainer for the served model on a file of texts"
+        )
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "compare":  # two files: no model, no settings
@@ -142,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(explain.main(args, settings))
         if args.command == "analyze":
             sys.exit(analyze.main(args, settings))
+        if args.command == "distill":
+            sys.exit(distill.main(args, settings))
         {"serve": _serve, "worker": _worker, "config": _show_config}[args.command](settings)
     except ClarionError as exc:
         print(f"clarion: {exc.message}", file=sys.stderr)

@@ -127,8 +127,8 @@ def explain_encoded(
     its end."""
     model = engine.model
     ticket = ticket or Ticket()
-    requested = _requested_label_indexes(model, options)  # unknown labels fail before any work
-    games = [_new_game(model, e, options) for e in encoded]
+    requested = requested_label_indexes(model, options)  # unknown labels fail before any work
+    games = [new_game(model, e, options) for e in encoded]
     for game in games:
         game.budget = 2 if game.players <= 1 else options.max_evals
     total, done = sum(game.budget for game in games), 0
@@ -243,7 +243,7 @@ def faithfulness_of(
     """The faithfulness of any attributions over the units `options` makes of each text (players x
     labels, for those label indexes): how a ranking other than SHAP's (leave-one-out, random) fares,
     measured exactly as an explanation's own is."""
-    games = [_new_game(engine.model, e, options) for e in engine.model.encode(texts, options.long_text)]
+    games = [new_game(engine.model, e, options) for e in engine.model.encode(texts, options.long_text)]
     for game, given, labels in zip(games, values, label_indexes, strict=True):
         if given.shape != (game.players, len(labels)):
             raise ValueError(f"values of shape {given.shape}; the text has {game.players} units")
@@ -253,9 +253,7 @@ def faithfulness_of(
 
 def players_of(engine: Engine, texts: Sequence[str], options: ExplainOptions) -> list[int]:
     """How many units (players) `options` makes of each text."""
-    return [
-        _new_game(engine.model, e, options).players for e in engine.model.encode(texts, options.long_text)
-    ]
+    return [new_game(engine.model, e, options).players for e in engine.model.encode(texts, options.long_text)]
 
 
 def _run_rows(engine: Engine, rows: list[np.ndarray], options: ExplainOptions, ticket: Ticket) -> np.ndarray:
@@ -275,7 +273,7 @@ def _start(game: _Game, engine: Engine, options: ExplainOptions, requested: list
     model = engine.model
     ends = game.outputs(model, options.output)
     game.f00, game.f11 = ends[0], ends[1]
-    game.label_indexes = requested or _predicted_label_indexes(model, game.outputs(model, "probability")[1])
+    game.label_indexes = requested or predicted_label_indexes(model, game.outputs(model, "probability")[1])
     idx = game.label_indexes
     rng = np.random.RandomState(options.seed)
     assert options.batch_size is not None  # filled in from the settings when the options were parsed
@@ -308,7 +306,7 @@ def _advance(game: _Game, outputs: np.ndarray | None) -> None:
         game.pending = None
 
 
-def _new_game(model: TextModel, encoded: EncodedText, options: ExplainOptions) -> _Game:
+def new_game(model: TextModel, encoded: EncodedText, options: ExplainOptions) -> _Game:
     by_text = options.masking == "text"
     length = len(encoded.ids)
     keep = np.zeros(length, dtype=bool)
@@ -337,10 +335,10 @@ def _new_game(model: TextModel, encoded: EncodedText, options: ExplainOptions) -
 
 def check_options(model: TextModel, options: ExplainOptions) -> None:
     """Raise InvalidRequest for options this model cannot explain (before a job is accepted)."""
-    _requested_label_indexes(model, options)
+    requested_label_indexes(model, options)
 
 
-def _requested_label_indexes(model: TextModel, options: ExplainOptions) -> list[int] | None:
+def requested_label_indexes(model: TextModel, options: ExplainOptions) -> list[int] | None:
     """The labels asked for by name or "all"; None for "predicted" (known once the text ran)."""
     if options.labels == "all":
         return list(range(len(model.labels)))
@@ -352,7 +350,7 @@ def _requested_label_indexes(model: TextModel, options: ExplainOptions) -> list[
     return [model.labels.index(label) for label in dict.fromkeys(options.labels)]
 
 
-def _predicted_label_indexes(model: TextModel, probabilities: np.ndarray) -> list[int]:
+def predicted_label_indexes(model: TextModel, probabilities: np.ndarray) -> list[int]:
     if model.multi_label:
         chosen = [i for i, p in enumerate(probabilities) if p >= 0.5]
         return chosen or [int(np.argmax(probabilities))]
@@ -365,7 +363,7 @@ def _explanation(model: TextModel, game: _Game, options: ExplainOptions) -> Expl
     if game.values is None:  # a single player: no tree to walk, the whole difference is its credit
         game.values = (f11 - f00)[game.label_indexes][None, :][: game.players]
         game.evaluations = 2
-    units, spans = _token_units(model, game) if game.spans is None else _text_units(game)
+    units, spans = units_of(model, game)
     labels = [model.labels[i] for i in game.label_indexes]
     return Explanation(
         units=units,
@@ -389,6 +387,11 @@ def _explanation(model: TextModel, game: _Game, options: ExplainOptions) -> Expl
         truncated=game.encoded.truncated,
         masking=options.masking,
     )
+
+
+def units_of(model: TextModel, game: _Game) -> tuple[list[str], list[tuple[int, int]]]:
+    """The game's units as the response lists them: their text and their [start, end) spans."""
+    return _token_units(model, game) if game.spans is None else _text_units(game)
 
 
 def _token_units(model: TextModel, game: _Game) -> tuple[list[str], list[tuple[int, int]]]:

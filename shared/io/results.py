@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from shared.kinds import ExactBackend, Granularity, LongText, Masking, Output, Precision
+from shared.kinds import ExactBackend, FastBackend, Granularity, LongText, Masking, Output, Precision
 
 
 class Result(BaseModel):
@@ -72,6 +72,8 @@ class Explanation(Result):
     batch_size: int | None = None  # SHAP's batch size (None only in entries from before it was kept)
     masking: Masking = "tokens"
     faithfulness: dict[str, Faithfulness] | None = None  # per explained label, when asked for
+    additivity_correction: float | None = None  # precision "amortized": the largest shift per token
+    amortized_validation: dict[str, Any] | None = None  # precision "amortized": its artifact's figures
 
     def unit_pairs(self) -> list[tuple[str, dict[str, float]]]:
         """The original project's shape: `[[unit, {label: value, ...}], ...]`."""
@@ -103,6 +105,14 @@ class ExplanationParameters(Result):
     batch_size: int | None = Field(None, description="SHAP's batch size")
     masking: Masking = Field(
         "tokens", description="how masked tokens were masked: by id, or in the text then re-tokenized"
+    )
+    additivity_correction: float | None = Field(
+        None,
+        description='precision "amortized": the largest shift a token\'s predicted value got so that base '
+        "value + sum of attributions = output (the residual spread equally over the tokens)",
+    )
+    amortized_validation: dict[str, Any] | None = Field(
+        None, description='precision "amortized": the artifact\'s held-out figures against exact'
     )
 
 
@@ -142,7 +152,7 @@ def text_response(
         base_values=explanation.base_values,
         model_output=explanation.model_output,
         explanation_parameters=ExplanationParameters(
-            **explanation.model_dump(include=_PARAMETERS), **_window_counts(explanation)
+            **explanation.model_dump(include=_PARAMETERS, exclude_none=True), **_window_counts(explanation)
         ),
         **({"faithfulness": explanation.faithfulness} if explanation.faithfulness is not None else {}),
     )
@@ -151,7 +161,7 @@ def text_response(
 # What explanation_parameters repeats of an explanation (the window counts only for windowed documents).
 _PARAMETERS = {
     *("output", "granularity", "long_text", "windows", "max_evals", "evaluations", "seed"),
-    *("precision", "batch_size", "masking"),
+    *("precision", "batch_size", "masking", "additivity_correction", "amortized_validation"),
 }
 
 
@@ -172,6 +182,15 @@ class Health(Result):
     labels: list[str] | None = None
     exact_backend: ExactBackend | None = Field(
         None, description="what runs exact passes (torch until an onnxruntime export is ready)"
+    )
+    amortized: dict[str, Any] | None = Field(
+        None,
+        description="AMORTIZED_EXPLAINER: its held-out validation figures, or why it was refused",
+    )
+    fast_backend: FastBackend | None = Field(
+        None,
+        description='what runs "fast" passes: torch in half precision (a GPU, a CPU with bf16), else the '
+        "int8 graph once it is ready (onnxruntime-int8), else exact's own",
     )
     error: str | None = None
 

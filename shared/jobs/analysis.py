@@ -29,7 +29,7 @@ from shared.analysis.aggregate import AnalysisOptions, analyse_records
 from shared.analysis.units import Normalizer
 from shared.errors import ClarionError, InvalidRequest, JobBackendUnavailable, NotFound, PayloadTooLarge
 from shared.io.records import Record
-from shared.io.schemas import SeedBody, parse_model, text_problem
+from shared.io.schemas import ExplainOptions, SeedBody, parse_model, text_problem
 from shared.jobs.record import _JOB_ID, new_job_id, progress_of, utc_now
 from shared.jobs.store import SAVE_UNLESS_FINISHED, backend_call
 from shared.kinds import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, SUCCEEDED
@@ -394,9 +394,13 @@ def publish_to_s3(record: AnalysisRecord, files: dict[str, bytes]) -> None:
     write_objects(record.output, files, CONTENT_TYPES)
 
 
+def record_explain_options(record: AnalysisRecord, settings: Settings) -> ExplainOptions:
+    return parse_model(SeedBody, {"data": "x", **record.parameters}, settings).explain_options()
+
+
 def record_explainer(service: ClarionService, record: AnalysisRecord) -> ExplainRecords:
     """The analysis's texts explained with its options, by this process's service."""
-    options = parse_model(SeedBody, {"data": "x", **record.parameters}, service.settings).explain_options()
+    options = record_explain_options(record, service.settings)
     return lambda texts, ticket: service.explained_records(texts, options, ticket)
 
 

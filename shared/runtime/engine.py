@@ -428,7 +428,8 @@ class Engine:
         if self._observe_pass is not None:
             self._observe_pass(priority, [(item.seq, count) for item, _, count in batch])
         try:
-            logits = self.model.forward(rows, batch[0][0].precision)
+            with self.model.lock:
+                logits = self.model.forward(rows, batch[0][0].precision)
         except Exception as exc:  # a broken pass fails its items; the engine keeps serving
             log.exception("forward pass failed")
             self.stats.failed_passes += 1

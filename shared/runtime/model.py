@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -30,7 +32,12 @@ class TextModel:
     activation: Activation
     # Set when exact passes run elsewhere than torch (shared/runtime/onnx.py): (ids, attention) -> logits.
     exact_runner: Any = field(default=None, repr=False)
+    # Set when "fast" passes on a CPU without bf16 run the int8 graph (onnx.py: onnx_int8).
+    fast_runner: Any = field(default=None, repr=False)
     _fast_model: Any = field(default=None, repr=False)
+    # Held by every pass of the engine, and by `token_states` (the amortized explainer's features,
+    # computed in the request's thread): torch never runs two passes of this model at once.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # The encoder owns the tokenizer and the facts about it; the model is what most callers hold, so it
     # lends them read-only here and call sites need not reach through `encoder`.
@@ -91,15 +98,36 @@ class TextModel:
             count, width = _shape_bucket(wanted, width, self.max_length)
             rows = [*rows, *[rows[0]] * (count - wanted)]  # bucket fillers: copies, dropped below
         ids, attention = self.padded(rows, width)
-        runner = self.exact_runner  # read once: a background load may set it between passes
-        # Without a half-precision path (a CPU without bf16) "fast" runs the fp32 weights: then it
-        # takes the exact runner too, or fast would be slower than exact.
-        fp32 = precision == "exact" or self._model_for(precision) is self.model
-        if fp32 and runner is not None and width <= runner.max_width:
+        runner = self._runner(precision)
+        if runner is not None and width <= runner.max_width:
             logits = runner(ids, attention)
         else:
             logits = self.torch_forward(ids, attention, precision)
         return logits[:wanted]
+
+    def _runner(self, precision: Precision) -> Any:
+        """The graph outside torch that runs these passes, if any (read once per pass: a background
+        load may set one between passes). Without a half-precision path (a CPU without bf16), "fast"
+        runs the int8 graph once it is ready, else the fp32 one as exact does."""
+        if precision == "exact":
+            return self.exact_runner
+        if self.half_precision:
+            return None  # bf16 or fp16 weights in torch
+        return self.fast_runner or self.exact_runner
+
+    def token_states(self, rows: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Each row's last-layer hidden states (tokens x hidden, float32), from the fp32 torch model."""
+        import torch
+
+        ids, attention = self.padded(rows)
+        with self.lock, torch.inference_mode():
+            out = self.model(
+                input_ids=torch.from_numpy(ids).to(self.device),
+                attention_mask=torch.from_numpy(attention).to(self.device),
+                output_hidden_states=True,
+            )
+        hidden = out.hidden_states[-1].float().cpu().numpy()
+        return [hidden[i, : len(row)] for i, row in enumerate(rows)]
 
     def padded(self, rows: Sequence[np.ndarray], width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Token ids padded to `width` (default: the longest row) and their attention mask."""
@@ -124,6 +152,18 @@ class TextModel:
     @property
     def exact_backend(self) -> str:
         return "torch" if self.exact_runner is None else self.exact_runner.name
+
+    @property
+    def fast_backend(self) -> str:
+        """What runs "fast" passes: torch in half precision, the int8 graph, or exact's own."""
+        if self.half_precision:
+            return "torch-half"
+        return self.fast_runner.name if self.fast_runner is not None else self.exact_backend
+
+    @property
+    def half_precision(self) -> bool:
+        """This device has a fast half-precision path (a GPU, or a CPU with bf16)."""
+        return self.device.type == "cuda" or (self.device.type == "cpu" and _cpu_has_bf16())
 
     @property
     def multi_label(self) -> bool:
@@ -174,12 +214,13 @@ def _half_precision_copy(model: Any, device: Any) -> Any:
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     elif device.type == "cpu" and _cpu_has_bf16():
         dtype = torch.bfloat16
-    else:
-        log.warning("no fast half-precision path on %s: precision=fast runs in fp32", device)
+    else:  # fast runs the int8 graph when it is ready (onnx.py), else exact's passes
+        log.warning("no fast half-precision path on %s: precision=fast runs in int8 or fp32", device)
         return model
     return copy.deepcopy(model).to(dtype).eval()
 
 
+@cache
 def _cpu_has_bf16() -> bool:
     import torch
 

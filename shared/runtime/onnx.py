@@ -43,6 +43,11 @@ from shared.runtime.model import TextModel
 log = logging.getLogger(__name__)
 
 OPSET = 17
+# The int8 graph of `fast`: weights quantized per output channel, symmetric int8 (part of its file name).
+INT8_SCHEME = "qint8-perchannel"
+# Largest difference in a score (a probability) between the int8 graph and torch's fp32 on the check
+# rows that still serves `fast` (a broken quantization moves scores by far more).
+INT8_TOLERANCE = 0.05
 # Largest logit difference to torch's accepted on the check rows (measured: under 1e-6 on the tiny
 # models of every family and on a roberta-base-sized one at 510 tokens, ~3e-6 on minilm).
 TOLERANCE = 1e-5
@@ -70,7 +75,7 @@ CLS_KINDS = {
 }
 
 
-class OnnxExact:
+class OnnxRunner:
     """Runs one padded pass (ids, attention) through an onnxruntime session; returns float32 logits.
 
     Passes wider than `max_width` tokens stay on torch. Measured per row on this 2-core CPU (AVX2,
@@ -81,18 +86,18 @@ class OnnxExact:
     roberta-base-sized RoBERTa (random weights, 5 rounds): the cls-roberta graph 1.10x faster than
     transformers' export at 32 rows of 24 tokens, 1.20x at 2 rows of 270 (1.48x, 1.33x than torch)."""
 
-    name = "onnxruntime"
-
-    def __init__(self, session: Any, max_width: int) -> None:
+    def __init__(self, session: Any, max_width: int, name: str = "onnxruntime") -> None:
         self._session = session
         self.max_width = max_width
+        self.name = name
+        self.path: Path | None = None  # the graph's file (the int8 graph is made from the fp32 one)
 
     def __call__(self, ids: np.ndarray, attention: np.ndarray) -> np.ndarray:
         (logits,) = self._session.run(["logits"], {"input_ids": ids, "attention_mask": attention})
         return np.asarray(logits, dtype=np.float32)
 
 
-def onnx_exact(model: TextModel, cache_dir: str | Path, threads: int) -> OnnxExact:
+def onnx_exact(model: TextModel, cache_dir: str | Path, threads: int) -> OnnxRunner:
     """Export (or reuse the cached export of) `model`, open it, and check it against torch."""
     try:
         import onnxruntime
@@ -109,22 +114,64 @@ def onnx_exact(model: TextModel, cache_dir: str | Path, threads: int) -> OnnxExa
     exported = not path.is_file()
     if exported:
         _export(model, path, kind)
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    try:
-        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # a damaged cache file: drop it, so the next start exports again
-        path.unlink(missing_ok=True)
-        raise ModelLoadError(f"onnxruntime could not open {path.name}: {exc}") from None
-    runner = OnnxExact(session, max_width=384 if kind == MODULE else EAGER_MAX_WIDTH)
+    runner = OnnxRunner(_session(path, threads), max_width=384 if kind == MODULE else EAGER_MAX_WIDTH)
+    runner.path = path
     _check(model, runner)
     log.info(
         "exact passes run on onnxruntime (%s graph, %s in %.1fs)",
         kind,
         "exported" if exported else "cached",
         time.perf_counter() - started,
+    )
+    return runner
+
+
+def _session(path: Path, threads: int) -> Any:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # a damaged cache file: drop it, so the next start makes it again
+        path.unlink(missing_ok=True)
+        raise ModelLoadError(f"onnxruntime could not open {path.name}: {exc}") from None
+
+
+def onnx_int8(model: TextModel, exact: OnnxRunner, threads: int) -> OnnxRunner:
+    """`precision: "fast"` on a CPU without bf16: the exact graph with its weights quantized to int8
+    (onnxruntime's dynamic quantization: int8 weights per output channel, activations quantized per
+    pass), cached beside the fp32 export under the same name. Checked at start: on the check rows
+    its scores must stay within INT8_TOLERANCE of torch's fp32 ones, else fast keeps the fp32 graph."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    started = time.perf_counter()
+    assert exact.path is not None
+    path = exact.path.with_name(exact.path.stem + f"-int8-{INT8_SCHEME}.onnx")
+    made = not path.is_file()
+    if made:
+        with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+            partial_path = Path(scratch) / path.name
+            quantize_dynamic(
+                str(exact.path), str(partial_path), weight_type=QuantType.QInt8, per_channel=True
+            )
+            os.replace(partial_path, path)
+    runner = OnnxRunner(_session(path, threads), max_width=exact.max_width, name="onnxruntime-int8")
+    runner.path = path
+    long, short = (e.ids for e in model.encode([CHECK_TEXT, "Short"]))
+    ids, attention = model.padded([long, short])
+    quantized = model.outputs(runner(ids, attention), "probability")
+    reference = model.outputs(model.torch_forward(ids, attention, "exact"), "probability")
+    difference = float(np.max(np.abs(quantized - reference)))
+    if not difference <= INT8_TOLERANCE:
+        raise ModelLoadError(f"the int8 graph of {model.model_id} moves a score by {difference:.3f}")
+    log.info(
+        "fast passes run on onnxruntime int8 (%s in %.1fs; largest score difference %.4f on the check rows)",
+        "quantized" if made else "cached",
+        time.perf_counter() - started,
+        difference,
     )
     return runner
 
@@ -555,7 +602,7 @@ GRAPHS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _check(model: TextModel, runner: OnnxExact) -> None:
+def _check(model: TextModel, runner: OnnxRunner) -> None:
     """The exported graph must give torch's logits at shapes other than the traced one, padded or not
     (tracing records Python-level branches as constants; these rows would show a wrong one): refused
     otherwise. Then on rows as wide as the widest pass it would take (a position table, or the
@@ -582,7 +629,7 @@ def _check(model: TextModel, runner: OnnxExact) -> None:
     )
 
 
-def _failure(model: TextModel, runner: OnnxExact, ids: np.ndarray, width: int) -> str | None:
+def _failure(model: TextModel, runner: OnnxRunner, ids: np.ndarray, width: int) -> str | None:
     """How the graph is off on rows of `width` tokens (None: it is not)."""
     try:
         difference = _difference(model, runner, _long_rows(model, ids, width))
@@ -591,7 +638,7 @@ def _failure(model: TextModel, runner: OnnxExact, ids: np.ndarray, width: int) -
     return None if difference <= TOLERANCE else f"differs from torch by {difference:.1e}"
 
 
-def _difference(model: TextModel, runner: OnnxExact, rows: list[np.ndarray]) -> float:
+def _difference(model: TextModel, runner: OnnxRunner, rows: list[np.ndarray]) -> float:
     ids, attention = model.padded(rows)
     return float(np.max(np.abs(runner(ids, attention) - model.torch_forward(ids, attention, "exact"))))
 

@@ -15,7 +15,13 @@ import numpy as np
 
 from shared import metrics
 from shared.errors import ClarionError, ModelNotReady
-from shared.explanation.explainer import explain_encoded
+from shared.explanation.amortized import (
+    AmortizedExplainer,
+    AmortizedUnavailable,
+    explain_amortized,
+    load_amortized,
+)
+from shared.explanation.explainer import check_options, explain_encoded
 from shared.io.results import Classification, Explanation, Health, Prediction, body, text_response
 from shared.io.schemas import ExplainOptions
 from shared.kinds import LongText
@@ -23,7 +29,7 @@ from shared.runtime.encoding import EncodedText
 from shared.runtime.engine import Engine, Ticket, pass_limits_for
 from shared.runtime.loading import load_text_model
 from shared.runtime.model import TextModel
-from shared.runtime.onnx import onnx_exact
+from shared.runtime.onnx import onnx_exact, onnx_int8
 from shared.serving.cache import ExplanationCache, RedisCache, classification_key, explanation_key
 from shared.serving.classifier import classification_of, run_unmasked
 from shared.settings import Settings
@@ -45,6 +51,8 @@ class ClarionService:
         self._loader = loader
         self._engine: Engine | None = None
         self._error: str | None = None
+        self._amortized: AmortizedExplainer | None = None
+        self._amortized_error: str | None = None
         self._loading = threading.Event()
         self._cache = _explanation_cache(settings)
         self._classifications: Cache[Classification] = (
@@ -75,10 +83,12 @@ class ClarionService:
             metrics.build_info(model.model_id)
             if settings.exact_backend == "onnxruntime":  # asked for: loading fails without it
                 model.exact_runner = onnx_exact(model, settings.model_cache_dir, self._backend_threads)
+                self._attach_int8(model)
             limits = pass_limits_for(
                 model, settings.pass_rows, settings.pass_tokens, settings.pass_spare_tokens
             )
             self._engine = Engine(model, limits, merge_classifications=settings.micro_batching)
+            self._load_amortized(model)
             if settings.exact_backend == "auto" and model.device.type == "cpu":
                 # Serve with torch at once; exact passes move to onnxruntime once it is ready (the
                 # export takes seconds on a first start, and no cold start should wait for it).
@@ -92,6 +102,35 @@ class ClarionService:
             self._error = f"{type(exc).__name__}: {exc}"
             log.exception("model failed to load")
 
+    def _load_amortized(self, model: TextModel) -> None:
+        """AMORTIZED_EXPLAINER's artifact; one for another model, or too weak, is refused loudly (the
+        service still serves exact and fast; precision "amortized" is then a 400 saying why)."""
+        directory = self.settings.amortized_explainer
+        if not directory:
+            return
+        try:
+            self._amortized = load_amortized(directory, model, self.settings.amortized_min_spearman)
+            log.info("amortized explainer loaded from %s: %s", directory, self._amortized.validation)
+        except AmortizedUnavailable as exc:
+            self._amortized_error = exc.message
+            log.error("REFUSED the amortized explainer: %s", exc.message)
+
+    def amortized(self) -> AmortizedExplainer:
+        """The loaded artifact, or the 400 that says why there is none."""
+        if self._amortized is None:
+            raise AmortizedUnavailable(
+                self._amortized_error
+                or 'precision "amortized" needs AMORTIZED_EXPLAINER: the folder `clarion distill` '
+                "wrote for this model"
+            )
+        return self._amortized
+
+    def check_options(self, options: ExplainOptions) -> None:
+        """Raise InvalidRequest for options this service cannot explain (before a job is accepted)."""
+        check_options(self.model, options)
+        if options.precision == "amortized":
+            self.amortized()
+
     @property
     def _backend_threads(self) -> int:
         return self._threads or self.settings.threads_per_http_process
@@ -103,6 +142,19 @@ class ClarionService:
             log.warning("exact passes stay on torch: %s", exc.message)
         except Exception:  # any exporter or runtime error: torch keeps serving
             log.exception("exact passes stay on torch")
+        else:
+            self._attach_int8(model)
+
+    def _attach_int8(self, model: TextModel) -> None:
+        """On a CPU without bf16, "fast" runs the int8 graph (made from the exact one) once it is ready."""
+        if model.half_precision or not self.settings.fast_int8:
+            return
+        try:
+            model.fast_runner = onnx_int8(model, model.exact_runner, self._backend_threads)
+        except ClarionError as exc:
+            log.warning("fast passes run exact's graph: %s", exc.message)
+        except Exception:  # a quantizer or runtime error: fast runs exact's graph
+            log.exception("fast passes run exact's graph")
 
     @property
     def ready(self) -> bool:
@@ -123,11 +175,23 @@ class ClarionService:
         if self._engine is not None:
             model = self._engine.model
             return Health(
-                status="healthy", model=model.model_id, labels=model.labels, exact_backend=model.exact_backend
+                status="healthy",
+                model=model.model_id,
+                labels=model.labels,
+                exact_backend=model.exact_backend,
+                fast_backend=model.fast_backend,
+                **self._amortized_status(),
             )
         if self._error is not None:
             return Health(status="failed", error=self._error)
         return Health(status="loading")
+
+    def _amortized_status(self) -> dict[str, Any]:
+        if self._amortized is not None:
+            return {"amortized": {"status": "ready", "validation": self._amortized.validation}}
+        if self._amortized_error is not None:
+            return {"amortized": {"status": "refused", "error": self._amortized_error}}
+        return {}
 
     # ---- work ---------------------------------------------------------------------------------
 
@@ -159,9 +223,12 @@ class ClarionService:
         def explain(missing: list[int]) -> list[Explanation]:
             assert options is not None
             done = run(missing)
-            explanations = explain_encoded(
-                engine, [e for e, _ in done], options, ticket, [logits for _, logits in done]
-            )
+            encoded, logits = [e for e, _ in done], [row for _, row in done]
+            if options.precision == "amortized":
+                return explain_amortized(
+                    engine, self.amortized(), encoded, [r[0] for r in logits], options, ticket
+                )
+            explanations = explain_encoded(engine, encoded, options, ticket, logits)
             metrics.EVALUATIONS.inc(sum(e.evaluations for e in explanations))
             return explanations
 
