@@ -7,6 +7,7 @@ import importlib
 import sys
 
 COMMANDS = {
+    "amortized": "distill the amortized explainer; amortized vs exact: time, Spearman, comprehensiveness",
     "analyses": "a dataset analysis (POST /analyses) on 1 worker and on 2: throughput, peak memory",
     "devices": "the same explanations on the CPU and on a GPU: the largest difference per Owen batch size",
     "explain": "seed SHAP pipeline vs Clarion exact/fast vs SHAP reference, per text",

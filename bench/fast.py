@@ -10,8 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bench.common import (
     DEFAULT_OUT,
     MINILM_DIR,
@@ -145,8 +143,7 @@ def _per_row(model: Any, exact: Any, int8: Any, sentences: list[str], rounds: in
 
 def _quality(engine: Any, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
     """Explain each text exact and fast (alternating which goes first); compare the rankings."""
-    from scipy.stats import spearmanr
-
+    from shared.analysis.agreement import ranking_agreement
     from shared.explanation.explainer import explain_texts
     from shared.io.schemas import ExplainOptions
 
@@ -164,11 +161,10 @@ def _quality(engine: Any, texts: list[str], args: argparse.Namespace) -> dict[st
             spent[name] += time.perf_counter() - started
         exact, fast = results["exact"], results["fast"]
         label = max(exact.model_output, key=exact.model_output.get)
-        a, b = np.array(exact.values[label]), np.array(fast.values[label])
-        if len(a) > 2:
-            spearman.append(float(spearmanr(a, b).statistic))
-        k = min(5, len(a))
-        overlap.append(len(set(np.argsort(-a)[:k]) & set(np.argsort(-b)[:k])) / k)
+        rank, top = ranking_agreement(exact.values[label], fast.values[label])
+        if rank is not None:
+            spearman.append(rank)
+        overlap.append(top)
     return {
         "texts": len(texts),
         "exact_s_per_text": spent["exact"] / len(texts),

@@ -487,3 +487,45 @@ def image_exists(image: str) -> bool:
     if shutil.which("podman") is None or os.geteuid() != 0:
         return False
     return podman("image", "exists", image, check=False).returncode == 0
+
+
+# ---- S3 (moto) -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def s3_server(*buckets: str) -> Iterator[str]:
+    """A real S3-compatible server (moto) on loopback with these buckets; yields its endpoint."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        for bucket in buckets:
+            s3_client(endpoint).create_bucket(Bucket=bucket)
+        yield endpoint
+    finally:
+        server.stop()
+
+
+def s3_client(endpoint: str) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+
+
+def aws_env(endpoint: str) -> dict[str, str]:
+    """What a Clarion process needs to reach that server."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }

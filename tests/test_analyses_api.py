@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,12 @@ from tests.support import (
     REPO,
     Service,
     Worker,
+    aws_env,
     base_env,
-    free_port,
     job_stack,
     running_service,
+    s3_client,
+    s3_server,
     wait_healthy,
     wait_until,
 )
@@ -40,37 +43,9 @@ ROWS[4] = {"review": "   ", "gold": "negative"}  # refused: blank; counted, skip
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    s3_client(endpoint).create_bucket(Bucket=BUCKET)
-    yield endpoint
-    server.stop()
-
-
-def s3_client(endpoint: str):
-    import boto3
-
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
-
-
-def aws_env(endpoint: str) -> dict[str, str]:
-    return {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
+def s3_endpoint() -> Iterator[str]:
+    with s3_server(BUCKET) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="module")

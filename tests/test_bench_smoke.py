@@ -167,3 +167,11 @@ def test_fast_smoke(tmp_path: Path) -> None:
     assert all(s["fp32_ms_per_row"] > 0 and s["int8_ms_per_row"] > 0 for s in results["per_row"])
     assert results["quality"]["sentences"]["texts"] == 3
     assert -1 <= results["quality"]["sentences"]["spearman_median"] <= 1
+
+
+def test_amortized_smoke(tmp_path: Path) -> None:
+    results = run_bench("amortized", tmp_path)
+    assert results["artifact"]["trained_texts"] == 18 and results["training_s"] > 0
+    sentences = results["results"]["sentences"]
+    assert sentences["texts"] == 4 and sentences["speedup"] > 0
+    assert -1 <= sentences["spearman_median"] <= 1

@@ -35,7 +35,7 @@ from schemathesis.checks import (
 from schemathesis.config import SchemathesisConfig
 from schemathesis.core.transport import expand_status_codes
 
-from tests.support import free_port, job_stack, running_service, wait_healthy
+from tests.support import aws_env, job_stack, running_service, s3_server, wait_healthy
 
 SEED = 20261125
 CASES_PER_OPERATION_AND_MODE = 130  # x (4 operations x 2 modes) + 4 without parameters: 1,044 per service
@@ -256,18 +256,8 @@ def report(counts: dict[str, int], calls: Counter[str], service_log: str) -> int
 def s3_env() -> Iterator[dict[str, str]]:
     """A real S3-compatible server on loopback, with no buckets: a generated s3:// input names an
     object that does not exist (a 400), and never reaches the internet."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "fuzz",
-        "AWS_SECRET_ACCESS_KEY": "fuzz",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    server.stop()
+    with s3_server() as endpoint:
+        yield aws_env(endpoint)
 
 
 def test_fuzz_the_single_process_service(

@@ -4,57 +4,30 @@ from __future__ import annotations
 
 import io
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import pytest
 
 from shared.errors import UnsafeArchive
 from shared.runtime.source import resolve_model
 from shared.settings import Settings
-from tests.support import free_port, run_cli, running_service, wait_healthy
+from tests.support import aws_env, run_cli, running_service, s3_client, s3_server, wait_healthy
 
 BUCKET = "clarion-models"
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    client = _client(endpoint)
-    client.create_bucket(Bucket=BUCKET)
-    yield endpoint
-    server.stop()
-
-
-def _client(endpoint: str):
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
-
-
-def _aws_env(endpoint: str) -> dict[str, str]:
-    return {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
+def s3_endpoint() -> Iterator[str]:
+    with s3_server(BUCKET) as endpoint:
+        yield endpoint
 
 
 def _upload_model(endpoint: str, key: str, model_dir: Path, folder: str | None) -> None:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         tar.add(model_dir, arcname=folder or ".")
-    _client(endpoint).put_object(Bucket=BUCKET, Key=key, Body=buffer.getvalue())
+    s3_client(endpoint).put_object(Bucket=BUCKET, Key=key, Body=buffer.getvalue())
 
 
 @pytest.mark.parametrize("folder", [None, "my-model"], ids=["files-at-root", "one-top-folder"])
@@ -63,7 +36,7 @@ def test_service_loads_and_serves_a_model_from_s3(
 ) -> None:
     key = f"{folder or 'root'}/model.tar.gz"
     _upload_model(s3_endpoint, key, tiny_model_dir, folder)
-    env = {"BUCKET_NAME": BUCKET, "MODEL_PATH": key, "SERVERLESS": "true", **_aws_env(s3_endpoint)}
+    env = {"BUCKET_NAME": BUCKET, "MODEL_PATH": key, "SERVERLESS": "true", **aws_env(s3_endpoint)}
     with running_service(tmp_path, env) as svc:
         wait_healthy(svc)
         body = svc.post("/invocations", json={"data": "good film", "explain": True, "max_evals": 20}).json()
@@ -75,7 +48,7 @@ def test_model_path_may_be_a_prefix(
     s3_endpoint: str, tiny_model_dir: Path, tmp_path: Path, monkeypatch
 ) -> None:
     _upload_model(s3_endpoint, "prefixed/v1/model.tar.gz", tiny_model_dir, None)
-    for name, value in _aws_env(s3_endpoint).items():
+    for name, value in aws_env(s3_endpoint).items():
         monkeypatch.setenv(name, value)
     settings = Settings(bucket_name=BUCKET, model_path="prefixed/v1/", model_cache_dir=str(tmp_path))
     location = resolve_model(settings)
@@ -93,8 +66,8 @@ def _malicious_tar() -> bytes:
 
 
 def test_malicious_archive_from_s3_is_refused(s3_endpoint: str, tmp_path: Path, monkeypatch) -> None:
-    _client(s3_endpoint).put_object(Bucket=BUCKET, Key="evil/model.tar.gz", Body=_malicious_tar())
-    for name, value in _aws_env(s3_endpoint).items():
+    s3_client(s3_endpoint).put_object(Bucket=BUCKET, Key="evil/model.tar.gz", Body=_malicious_tar())
+    for name, value in aws_env(s3_endpoint).items():
         monkeypatch.setenv(name, value)
     cache = tmp_path / "cache"
     with pytest.raises(UnsafeArchive, match="escapes"):
@@ -108,7 +81,7 @@ def test_malicious_archive_from_s3_is_refused(s3_endpoint: str, tmp_path: Path, 
         BUCKET_NAME=BUCKET,
         MODEL_PATH="evil/model.tar.gz",
         MODEL_CACHE_DIR=str(cache),
-        **_aws_env(s3_endpoint),
+        **aws_env(s3_endpoint),
     )
     assert result.returncode == 2
     assert "refused" in result.stderr.strip().splitlines()[-1]
@@ -120,7 +93,7 @@ def test_missing_object_is_a_clear_error(s3_endpoint: str, tmp_path: Path) -> No
         BUCKET_NAME=BUCKET,
         MODEL_PATH="nothing/here.tar.gz",
         MODEL_CACHE_DIR=str(tmp_path),
-        **_aws_env(s3_endpoint),
+        **aws_env(s3_endpoint),
     )
     assert result.returncode == 2
     assert "could not download s3://clarion-models/nothing/here.tar.gz" in result.stderr

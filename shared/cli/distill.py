@@ -149,8 +149,7 @@ def _validate(
 ) -> dict[str, float]:
     """Held-out figures at word granularity, for each text's predicted label: Spearman and top-5
     overlap of the artifact's values against exact's, and both rankings' comprehensiveness."""
-    from scipy.stats import spearmanr
-
+    from shared.analysis.agreement import ranking_agreement
     from shared.explanation.amortized import AmortizedExplainer, explain_amortized
     from shared.explanation.explainer import explain_encoded, faithfulness_of
     from shared.serving.classifier import run_unmasked
@@ -166,11 +165,11 @@ def _validate(
     spearman, overlap, labels, values = [], [], [], []
     for e, p in zip(exact, predicted, strict=True):
         label = max(e.model_output, key=e.model_output.get)
-        a, b = np.array(e.values[label]), np.array(p.values[label])
-        if len(a) > 2:
-            spearman.append(float(spearmanr(a, b).statistic))
-        k = min(5, len(a))
-        overlap.append(len(set(np.argsort(-a)[:k]) & set(np.argsort(-b)[:k])) / k)
+        b = np.array(p.values[label])
+        rank, top = ranking_agreement(e.values[label], b)
+        if rank is not None:
+            spearman.append(rank)
+        overlap.append(top)
         labels.append([model.labels.index(label)])
         values.append(b[:, None])
     measured = faithfulness_of(engine, texts, options, values, labels)
