@@ -23,7 +23,7 @@ from api.records import CSV_RECORD, JSON_LINES_RECORD
 from shared.analysis.aggregate import AGG_METHODS
 from shared.io.results import Health, TextResult
 from shared.io.schemas import TEXT_JSON_SCHEMA, HuggingFaceBody, SeedBody
-from shared.kinds import GRANULARITIES, LONG_TEXTS, MASKINGS, OUTPUTS, PRECISIONS
+from shared.kinds import GRANULARITIES, LONG_TEXTS, MASKINGS, OUTPUTS
 from shared.settings import Settings
 
 _JSON = "application/json"
@@ -144,21 +144,29 @@ _JOB_ERRORS = {
 }
 
 
-def openapi_document(settings: Settings | None = None, labels: Sequence[str] | None = None) -> dict[str, Any]:
-    """The document for a deployment with `settings` whose model has `labels`. Without settings,
-    inside a request: those of the app that serves it, and its model's labels once loaded (until
-    then, any label name is documented, and requests answer 503); outside: the defaults."""
+def openapi_document(
+    settings: Settings | None = None,
+    labels: Sequence[str] | None = None,
+    precisions: Sequence[str] = ("exact", "fast"),
+) -> dict[str, Any]:
+    """The document for a deployment with `settings` whose model has `labels` and that serves these
+    `precisions` ("amortized" only with an artifact loaded). Without settings, inside a request:
+    those of the app that serves it, and its model's labels once loaded (until then, any label name
+    is documented, and requests answer 503); outside: the defaults."""
     if settings is None and has_app_context():
         settings = current_app.extensions["clarion.settings"]
         service = current_app.extensions["clarion.service"]
         if labels is None and service.ready:
             labels = service.model.labels
-    document = _document(settings or Settings(), None if labels is None else tuple(labels))
+        precisions = service.precisions
+    document = _document(settings or Settings(), None if labels is None else tuple(labels), tuple(precisions))
     return copy.deepcopy(document)  # the cached one stays as built, whatever a caller does with its copy
 
 
 @lru_cache(maxsize=8)
-def _document(settings: Settings, labels: tuple[str, ...] | None) -> dict[str, Any]:
+def _document(
+    settings: Settings, labels: tuple[str, ...] | None, precisions: tuple[str, ...]
+) -> dict[str, Any]:
     _, schemas = models_json_schema(
         [
             (SeedBody, "validation"),
@@ -172,7 +180,7 @@ def _document(settings: Settings, labels: tuple[str, ...] | None) -> dict[str, A
         ],
         ref_template="#/components/schemas/{model}",
     )
-    schemas = _limited(copy.deepcopy(schemas["$defs"]), settings, labels)
+    schemas = _limited(copy.deepcopy(schemas["$defs"]), settings, labels, precisions)
     results = {"oneOf": [_ref("TextResult"), {"type": "array", "items": _ref("TextResult")}]}
     return {
         "openapi": "3.1.0",
@@ -289,13 +297,13 @@ def _document(settings: Settings, labels: tuple[str, ...] | None) -> dict[str, A
                     },
                 },
             },
-            **_analysis_paths(settings),
+            **_analysis_paths(settings, precisions),
         },
         "components": {"schemas": schemas},
     }
 
 
-def _analysis_paths(settings: Settings) -> dict[str, Any]:
+def _analysis_paths(settings: Settings, precisions: tuple[str, ...]) -> dict[str, Any]:
     """POST /analyses and the analysis's GET and DELETE (api/analyses.py; docs/analysis.md)."""
     query = [
         _query(
@@ -313,7 +321,7 @@ def _analysis_paths(settings: Settings) -> dict[str, Any]:
             '"all" (default), "predicted" or names, comma-separated',
         ),
         _query("seed", {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}, "SHAP's seed"),
-        _query("precision", {"enum": list(PRECISIONS)}, "exact or fast"),
+        _query("precision", {"enum": list(precisions)}, "exact, fast (or amortized, with an artifact)"),
         _query("output", {"enum": list(OUTPUTS)}, "probability or logit"),
         _query("masking", {"enum": list(MASKINGS)}, "tokens or text"),
         _query("long_text", {"enum": list(LONG_TEXTS)}, "truncate or windows"),
@@ -410,11 +418,16 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
-def _limited(schemas: dict[str, Any], settings: Settings, labels: tuple[str, ...] | None) -> dict[str, Any]:
-    """The request schemas with this deployment's limits and label names (the validators check the
-    same settings: shared/io/schemas.py), each text's length by its long_text mode."""
+def _limited(
+    schemas: dict[str, Any], settings: Settings, labels: tuple[str, ...] | None, precisions: tuple[str, ...]
+) -> dict[str, Any]:
+    """The request schemas with this deployment's limits, label names and precisions (the validators
+    and the service check the same: shared/io/schemas.py), each text's length by its long_text mode
+    ("amortized" reads no windows)."""
+    windowed_precisions = [p for p in precisions if p != "amortized"]
     for name in ("SeedBody", "InvocationParameters"):
         options = schemas[name]["properties"]
+        options["precision"] = {**options["precision"], "enum": list(precisions)}
         _branch(options["max_evals"], "integer")["maximum"] = settings.max_evals_limit
         _branch(options["batch_size"], "integer")["maximum"] = settings.explain_batch_size_limit
         if labels is not None:
@@ -426,6 +439,8 @@ def _limited(schemas: dict[str, Any], settings: Settings, labels: tuple[str, ...
     for shape in seed["anyOf"]:
         windowed = shape["properties"]["long_text"]["const"] == "windows"
         shape["properties"]["data"] = _lengths(windows if windowed else truncate)
+        if windowed:
+            shape["properties"]["precision"] = {"enum": windowed_precisions}
     hf = schemas["HuggingFaceBody"]
     _limit_count(hf["properties"]["inputs"], settings.max_texts)
     hf["properties"]["parameters"]["default"] = {}  # no parameters: every option's default
@@ -439,7 +454,13 @@ def _limited(schemas: dict[str, Any], settings: Settings, labels: tuple[str, ...
         {
             "properties": {
                 "inputs": _lengths(windows),
-                "parameters": {"properties": {"long_text": {"const": "windows"}}, "required": ["long_text"]},
+                "parameters": {
+                    "properties": {
+                        "long_text": {"const": "windows"},
+                        "precision": {"enum": windowed_precisions},
+                    },
+                    "required": ["long_text"],
+                },
             },
             "required": ["parameters"],
         },

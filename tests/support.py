@@ -529,3 +529,9 @@ def aws_env(endpoint: str) -> dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
+
+
+def interruptible() -> None:
+    """In a child, before it runs: Ctrl-C (SIGINT) does what it does in a terminal, even when the
+    suite itself runs in the background, whose children inherit SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, TEAM_KIT, base_env, running_service, wait_healthy, wait_until
+from tests.support import REPO, TEAM_KIT, base_env, interruptible, running_service, wait_healthy, wait_until
 
 BAD_LINES = {17: "", 64: "x" * 30000, 150: "   "}  # empty, over MAX_TEXT_CHARS, blank
 
@@ -44,6 +44,7 @@ def cli(*args: str, model_dir: Path, **env: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=interruptible,
     )
 
 

@@ -125,6 +125,11 @@ class ClarionService:
             )
         return self._amortized
 
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The precisions this service explains with: "amortized" only with an artifact loaded."""
+        return ("exact", "fast", "amortized") if self._amortized is not None else ("exact", "fast")
+
     def check_options(self, options: ExplainOptions) -> None:
         """Raise InvalidRequest for options this service cannot explain (before a job is accepted)."""
         check_options(self.model, options)
