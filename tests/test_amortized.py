@@ -76,6 +76,7 @@ def served(artifact: Path, tiny_model_dir: Path, tmp_path_factory: pytest.TempPa
         "TORCH_THREADS": "1",
         "AMORTIZED_EXPLAINER": str(artifact),
         "AMORTIZED_MIN_SPEARMAN": "-1",  # the tiny random model's values are noise: accept any figure
+        "SAGEMAKER_MODEL_SERVER_WORKERS": "1",  # so that /ping's 200 means the process that answers is ready
     }
     with running_service(tmp_path_factory.mktemp("amortized"), env) as service:
         wait_healthy(service)
@@ -160,7 +161,8 @@ def test_a_missing_foreign_or_weak_artifact_is_a_clear_400(
 
 
 def test_the_http_answer_without_an_artifact(tiny_model_dir: Path, tmp_path: Path) -> None:
-    with running_service(tmp_path, {"MODEL_DIR": str(tiny_model_dir), "TORCH_THREADS": "1"}) as service:
+    env = {"MODEL_DIR": str(tiny_model_dir), "TORCH_THREADS": "1", "SAGEMAKER_MODEL_SERVER_WORKERS": "1"}
+    with running_service(tmp_path, env) as service:
         wait_healthy(service)
         response = requests.post(
             f"{service.url}/invocations",

@@ -51,7 +51,13 @@ def s3_endpoint() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def single(tiny_model_dir: Path, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("analyses-single")
-    env = {"MODEL_DIR": str(tiny_model_dir), "TORCH_THREADS": "1", **LIMITS, **aws_env(s3_endpoint)}
+    env = {
+        "MODEL_DIR": str(tiny_model_dir),
+        "TORCH_THREADS": "1",
+        "SAGEMAKER_MODEL_SERVER_WORKERS": "1",  # so that /ping's 200 means the process that answers is ready
+        **LIMITS,
+        **aws_env(s3_endpoint),
+    }
     with running_service(tmp, env) as service:
         wait_healthy(service)
         yield service
