@@ -105,8 +105,9 @@ def _records(path: Path) -> list[dict[str, Any]]:
 def _examples(service: Any, records: list[dict[str, Any]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Each text's token features and exact token values (kept tokens, [CLS] and [SEP], left out)."""
     from shared.explanation.amortized import token_features
+    from shared.explanation.explainer import new_game
 
-    model = service.model
+    model, options = service.model, ExplainOptions()  # token granularity, as the values were
     features, targets = [], []
     for start in range(0, len(records), 32):
         batch = records[start : start + 32]
@@ -115,10 +116,7 @@ def _examples(service: Any, records: list[dict[str, Any]]) -> tuple[list[np.ndar
             pairs = record["explanation"]
             if len(pairs) != len(text.ids):
                 continue  # another tokenization (the model changed since): not a training example
-            keep = np.zeros(len(text.ids), dtype=bool)
-            keep[: model.keep_prefix] = True
-            if model.keep_suffix:
-                keep[len(keep) - model.keep_suffix :] = True
+            keep = new_game(model, text, options).keep  # the boundary tokens, as the explainer keeps them
             values = np.array([[values[label] for label in model.labels] for _, values in pairs])
             features.append(states[~keep])
             targets.append(values[~keep])

@@ -15,7 +15,6 @@ shift a unit received over the labels). Units of any granularity are sums of the
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +33,6 @@ from shared.io.schemas import ExplainOptions
 from shared.runtime.encoding import EncodedText
 from shared.runtime.engine import EXPLAIN, Engine, Ticket
 from shared.runtime.model import TextModel
-
-log = logging.getLogger(__name__)
 
 ARTIFACT_VERSION = 1
 META = "amortized.json"
@@ -120,7 +117,8 @@ def explain_amortized(
     model = engine.model
     requested = requested_label_indexes(model, options)
     games = [new_game(model, e, options) for e in encoded]
-    masked = [np.where(game.keep, e.ids, model.mask_token_id) for game, e in zip(games, encoded, strict=True)]
+    none = [np.zeros((1, game.players), dtype=bool) for game in games]  # every unit masked: the base value
+    masked = [game.masked_ids(mask, model)[0] for game, mask in zip(games, none, strict=True)]
     future = engine.submit(masked, EXPLAIN, "exact", ticket or Ticket())
     features = token_features(model, encoded)
     base_logits = future.result()
