@@ -19,7 +19,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,7 +30,7 @@ from shared.analysis.units import Normalizer
 from shared.errors import ClarionError, InvalidRequest, JobBackendUnavailable, NotFound, PayloadTooLarge
 from shared.io.records import Record
 from shared.io.schemas import ExplainOptions, SeedBody, parse_model, text_problem
-from shared.jobs.record import _JOB_ID, new_job_id, progress_of, utc_now
+from shared.jobs.record import _JOB_ID, StoredRecord, new_job_id, progress_of, utc_now
 from shared.jobs.store import SAVE_UNLESS_FINISHED, backend_call
 from shared.kinds import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, SUCCEEDED
 from shared.runtime.engine import Ticket
@@ -42,7 +42,7 @@ RECORD_VERSION = 1
 
 
 @dataclass
-class AnalysisRecord:
+class AnalysisRecord(StoredRecord):
     """What is known of an analysis from the moment it is accepted."""
 
     id: str
@@ -62,14 +62,6 @@ class AnalysisRecord:
     error: dict[str, str] | None = None
     owner: str | None = None
     version: int = RECORD_VERSION
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, raw: str | bytes) -> AnalysisRecord:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in json.loads(raw).items() if k in known})
 
     def options(self) -> AnalysisOptions:
         spec = self.analysis

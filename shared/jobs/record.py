@@ -7,7 +7,7 @@ import re
 import uuid
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from shared.io.results import Classification
 from shared.io.schemas import ExplainOptions
@@ -17,6 +17,25 @@ from shared.kinds import QUEUED
 # ignores fields it does not know, and fills the ones an older writer did not write.
 RECORD_VERSION = 2
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
+
+
+T = TypeVar("T", bound="StoredRecord")
+
+
+class StoredRecord:
+    """A dataclass stored as JSON across upgrades: a reader takes fields it knows and ignores the
+    rest, and fields an older writer did not write take their defaults (or `UNWRITTEN`'s)."""
+
+    UNWRITTEN: ClassVar[dict[str, Any]] = {}
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls: type[T], raw: str | bytes) -> T:
+        data = {**cls.UNWRITTEN, **json.loads(raw)}
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{name: value for name, value in data.items() if name in known})
 
 
 def iso_utc(moment: datetime) -> str:
@@ -39,7 +58,7 @@ def new_job_id() -> str:
 
 
 @dataclass
-class JobRecord:
+class JobRecord(StoredRecord):
     """What the API knows about a job from the moment it accepts it."""
 
     id: str
@@ -60,15 +79,8 @@ class JobRecord:
     owner: str | None = None  # digest of the API key that submitted it (None without API keys)
     version: int = RECORD_VERSION
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, raw: str | bytes) -> JobRecord:
-        data = json.loads(raw)
-        data.setdefault("version", 1)  # version 1 wrote no version (and had an `extra` field)
-        known = {f.name for f in fields(cls)}
-        return cls(**{name: value for name, value in data.items() if name in known})
+    # version 1 wrote no version (and had an `extra` field)
+    UNWRITTEN: ClassVar[dict[str, Any]] = {"version": 1}
 
 
 def new_record(
