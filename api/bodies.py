@@ -47,6 +47,10 @@ class JobBody(Result):
     progress: JobProgress | None = Field(
         None, description="once its worker reports (about every second while it runs), and when succeeded"
     )
+    attempts: int | None = Field(
+        None,
+        description="times a worker started it: more than 1 when a worker was lost while it ran",
+    )
 
 
 def job_body(record: JobRecord) -> JobBody:
@@ -59,6 +63,7 @@ def job_body(record: JobRecord) -> JobBody:
         "finished_at": record.finished_at,
         **({"started_at": record.started_at} if record.started_at else {}),
         **({"progress": JobProgress(**record.progress)} if record.progress else {}),
+        **({"attempts": record.attempts} if record.attempts else {}),
         "prediction": _shape(record.single, [c.prediction for c in classifications]),
     }
     if (

@@ -199,6 +199,12 @@ class Settings:
     job_visibility_timeout_s: int | None = _env("JOB_VISIBILITY_TIMEOUT", _int_parser(1))
     worker_concurrency: int | None = _env("WORKER_CONCURRENCY", _int_parser(1, 256))
     worker_pool: str = _env("WORKER_POOL", _one_of("prefork", "threads"), "prefork")
+    # A running task's lease: its worker renews it every third of this; once it lapses (the whole
+    # worker died) the API's sweeper publishes the task again (shared/jobs/lease.py).
+    job_lease_s: int = _env("JOB_LEASE", _int_parser(3), 30)
+    # A job whose worker was lost this many times (each start counts) fails instead of running again:
+    # a text that kills its worker (out of memory) must not take down every worker in turn.
+    job_max_attempts: int = _env("JOB_MAX_ATTEMPTS", _int_parser(1), 3)
     # A job recorded this long ago and still not published lost its publisher: the API sweeps it.
     job_publish_grace_s: float = _env("JOB_PUBLISH_GRACE", _float_parser(0.1), 30.0)
     # Where inline jobs (no broker) keep their records so every gunicorn worker finds them;

@@ -19,6 +19,7 @@ QUEUE = "celery"  # Celery's default queue: a Redis list of the jobs no worker h
 def create_celery_app(settings: Settings) -> Celery:
     app = Celery("clarion", broker=settings.broker_url)
     restore_every = max(1, min(10, settings.visibility_timeout_s // 2))
+    redis_broker = (settings.broker_url or "").startswith(("redis://", "rediss://", "unix://"))
     app.conf.update(
         # JSON only: a pickle payload from a compromised broker would be code execution.
         task_serializer="json",
@@ -27,7 +28,10 @@ def create_celery_app(settings: Settings) -> Celery:
         # A job whose worker dies is redelivered: ack only after it finished, requeue on worker loss.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        # A worker reserves no task beyond the ones it runs, so every waiting job stays in the
+        # queue's Redis list, which is what KEDA's scaler counts (and another worker may take it).
         worker_prefetch_multiplier=1,
+        worker_disable_prefetch=redis_broker,
         task_ignore_result=True,
         task_soft_time_limit=settings.job_soft_time_limit_s,
         task_time_limit=settings.job_time_limit_s,

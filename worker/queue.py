@@ -13,6 +13,7 @@ from kombu.exceptions import KombuError
 
 from shared.errors import JobBackendUnavailable, NotFound
 from shared.jobs.analysis import AnalysisRecord, analysis_store_for, cancel_or_remove, fail
+from shared.jobs.lease import leases_for
 from shared.jobs.record import JobRecord, utc_now
 from shared.jobs.store import job_store_for
 from shared.kinds import CANCELLED, FINISHED, QUEUED
@@ -40,8 +41,11 @@ class CeleryJobQueue:
         self._store = job_store_for(settings)
         self._celery = create_celery_app(settings)  # from these settings: publish-only
         self._broker_url = settings.broker_url or ""
+        self._leases = leases_for(settings)
         # A publish takes milliseconds; the grace keeps a sweeper from racing a slow but live one.
         self.stranded_after_s = settings.job_publish_grace_s
+        # Sweep a few times per grace and per lease: a lapsed lease is found within a third of one.
+        self.sweep_every_s = min(10.0, self.stranded_after_s / 3, settings.job_lease_s / 3)
 
     def submit(self, record: JobRecord, ticket: Ticket | None = None) -> JobRecord:
         """Record and publish; the job runs on a worker, within its own time limit (not `ticket`)."""
@@ -75,6 +79,22 @@ class CeleryJobQueue:
                 self._publish(record)
             except _BACKEND_ERRORS:
                 self._store.save_unpublished(record)  # try again on the next sweep
+                raise
+            count += 1
+        return count
+
+    def rerun_lapsed(self) -> int:
+        """Publish again every task (job or analysis chunk) whose worker stopped renewing its lease:
+        the worker died whole, and its message would wait for Celery's visibility timeout. Say how
+        many. The job's own compare-and-set keeps a late redelivery from completing it twice."""
+        count = 0
+        for delivery in self._leases.lapsed():
+            task_id = delivery.task_id
+            log.warning("task %s: its worker stopped renewing its lease (lost?); running it again", task_id)
+            try:
+                self._celery.send_task(delivery.task, args=delivery.args, task_id=task_id, retry=False)
+            except _BACKEND_ERRORS:
+                self._leases.note(delivery)  # try again on the next sweep
                 raise
             count += 1
         return count
@@ -117,14 +137,14 @@ class CeleryJobQueue:
 
 
 def start_sweeper(queue: CeleryJobQueue) -> threading.Thread:
-    """Run `queue.republish_stranded` in a daemon thread of this API process, a few times per grace."""
-    every_s = min(10.0, queue.stranded_after_s / 3)
+    """Run `queue.republish_stranded` and `queue.rerun_lapsed` in a daemon thread of this API process."""
 
     def sweep() -> None:
         while True:
-            time.sleep(every_s)
+            time.sleep(queue.sweep_every_s)
             try:
                 queue.republish_stranded()
+                queue.rerun_lapsed()
             except (JobBackendUnavailable, *_BACKEND_ERRORS) as exc:
                 log.warning("stranded-job sweep skipped: %s", exc)
             except Exception:  # never let the sweeper die

@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import random
+import signal
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import (
@@ -37,6 +39,7 @@ from shared.jobs.analysis import (
     record_explainer,
     run_chunk,
 )
+from shared.jobs.lease import Delivery, Lease, LeaseKeeper, leases_for
 from shared.jobs.record import JobRecord, progress_of, utc_now
 from shared.jobs.store import RedisJobStore, job_store_for
 from shared.kinds import CANCELLED, FAILED, FINISHED, RUNNING, SUCCEEDED
@@ -46,9 +49,11 @@ from worker.app import ANALYZE_TASK, EXPLAIN_TASK
 from worker.main import celery_app
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 _service: ClarionService | None = None
 _store: RedisJobStore | None = None
 _analyses: RedisAnalysisStore | None = None
+_leases: LeaseKeeper | None = None
 _loading = threading.Lock()
 
 # A job's state is written until Redis takes it: backoff doubles from 10 ms up to 10 s a try (with
@@ -89,12 +94,13 @@ def load_model_for_threads(**_: Any) -> None:
 
 
 def _load_model() -> None:
-    global _service, _store, _analyses
+    global _service, _store, _analyses, _leases
     with _loading:
         if _service is None:
             settings = celery_app.clarion_settings
             _store = job_store_for(settings)
             _analyses = analysis_store_for(settings)
+            _leases = LeaseKeeper(leases_for(settings))
             service = ClarionService(settings, threads=settings.celery_threads_per_process)
             service.load()
             service.explain(["warm up the explainer"], ExplainOptions(max_evals=16))
@@ -111,29 +117,98 @@ def _status(job_id: str) -> str | None:
     return None if record is None else record.status
 
 
-def _write(job_id: str, change: Callable[[JobRecord], None]) -> bool:
+def _write(job_id: str, change: Callable[[JobRecord], None]) -> JobRecord | None:
     """Apply `change` to the stored record unless it is finished (or gone); keep trying while Redis
-    is away. Say whether it was written."""
+    is away. The record as written, or None when nothing was."""
     assert _store is not None
+    store = _store
+
+    def write() -> JobRecord | None:
+        record = store.load(job_id)
+        if record is None or record.status in FINISHED:
+            return None
+        change(record)
+        return record if store.save_unless_finished(record) else None
+
+    return _until_stored(write, f"job {job_id}")
+
+
+def _until_stored(operation: Callable[[], T], what: str) -> T:
+    """Run a Redis operation, trying again while Redis is away (a restart, a failover)."""
     for attempt in range(STATE_WRITE_TRIES):
         try:
-            record = _store.load(job_id)
-            if record is None or record.status in FINISHED:
-                return False
-            change(record)
-            return _store.save_unless_finished(record)
+            return operation()
         except JobBackendUnavailable as exc:
             if attempt == STATE_WRITE_TRIES - 1:
                 raise
             delay = min(10.0, 0.01 * 2**attempt) * random.uniform(0.5, 1.0)
-            log.warning(
-                "job %s: the job store is unavailable (%s); trying again in %.2fs", job_id, exc, delay
-            )
+            log.warning("%s: the job store is unavailable (%s); trying again in %.2fs", what, exc, delay)
             time.sleep(delay)
-    return False
+    raise AssertionError("unreachable")
 
 
-def _started(record: JobRecord) -> None:
+@contextmanager
+def _leased(task_id: str, task: str, args: list[Any]) -> Iterator[Lease | None]:
+    """Hold the task's lease while it runs (None: another delivery of it holds the lease and runs
+    it), and finish the task before a SIGTERM stops this process."""
+    assert _leases is not None
+    keeper = _leases
+    lease = _until_stored(lambda: keeper.hold(Delivery(task_id, task, args)), f"task {task_id}")
+    if lease is None:
+        log.info("task %s: another worker holds its lease and runs it; not run here", task_id)
+        yield None
+        return
+    try:
+        with _finishing_on_sigterm():
+            yield lease
+    finally:
+        keeper.drop(lease, on_error=lambda exc: log.warning("task %s: lease not released: %s", task_id, exc))
+
+
+@contextmanager
+def _finishing_on_sigterm() -> Iterator[None]:
+    """A SIGTERM that reaches this pool process while it runs a task (a whole process group
+    signalled: systemd, `tini -g`, `kill -- -PGID`) waits until the task is done, then ends the
+    process as it asked. The main process takes the same SIGTERM as a warm shutdown: it takes no
+    new task and waits for this one, so the job finishes within the grace period instead of being
+    lost with the process. The threads pool runs tasks off the main thread, where the main process
+    already waits for them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    received: list[int] = []
+
+    def defer(signum: int, _frame: Any) -> None:
+        if not received:
+            log.warning("SIGTERM: finishing the running task first (process %d)", os.getpid())
+        received.append(signum)
+
+    signal.signal(signal.SIGTERM, defer)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if received:
+            # Once this process has handed the result to the main process (moments from now) it
+            # waits for work again, and the pool's own handler ends it cleanly.
+            timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+            timer.daemon = True
+            timer.start()
+
+
+def _start(record: JobRecord) -> None:
+    """Running, one more attempt; a job whose worker was lost JOB_MAX_ATTEMPTS times fails."""
+    record.attempts += 1
+    limit = celery_app.clarion_settings.job_max_attempts
+    if record.attempts > limit:
+        record.status, record.finished_at = FAILED, utc_now()
+        record.error = {
+            "code": "explanation_failed",
+            "message": f"the job ran out of attempts: its worker was lost during each of its {limit} "
+            "(JOB_MAX_ATTEMPTS), out of memory? It is not run again",
+        }
+        return
     record.status, record.started_at = RUNNING, utc_now()
 
 
@@ -165,25 +240,39 @@ def explain_job(self: Any, texts: list[str], options: dict[str, Any]) -> None:
     """Explain `texts`: the same `ClarionService.explain` the single-process API calls."""
     if _service is None:  # the threads pool while it loads, or the solo pool
         _load_model()
-    assert _service is not None
     job_id = self.request.id
-    if not _write(job_id, _started):  # cancelled, finished by an earlier delivery, or expired
-        log.info("job %s: not run (%s)", job_id, _status(job_id) or "no record")
+    with _leased(job_id, EXPLAIN_TASK, [texts, options]) as lease:
+        if lease is not None:
+            _explain(job_id, texts, options, lease)
+
+
+def _explain(job_id: str, texts: list[str], options: dict[str, Any], lease: Lease) -> None:
+    assert _service is not None
+    started = _write(job_id, _start)
+    if started is None or started.status != RUNNING:  # cancelled, finished, expired, or out of attempts
+        state = started.status if started else _status(job_id) or "no record"
+        log.info("job %s: not run (%s)", job_id, state)
         return
     limit = _service.settings.job_soft_time_limit_s
     timeout_message = f"the explanation exceeded the time limit ({limit}s)"
-    # The engine stops the job's work within one pass of its soft limit or of a DELETE (polled
-    # here, in the task's thread), without killing the process and its loaded model.
+    # The engine stops the job's work within one pass of its soft limit, a DELETE or a lost lease
+    # (polled here, in the task's thread), without killing the process and its loaded model.
     ticket = Ticket.within(
-        limit, timeout_message, cancelled_by=lambda: _status(job_id) == CANCELLED, progress=_Progress(job_id)
+        limit,
+        timeout_message,
+        cancelled_by=lambda: lease.lost or _status(job_id) == CANCELLED,
+        progress=_Progress(job_id),
     )
     try:
         parsed = parse_model(ExplainOptions, options, _service.settings)
         with metrics.JOB_SECONDS.time():
             explanations = [e.model_dump(mode="json") for e in _service.explain(texts, parsed, ticket)]
     except JobCancelled:
-        log.info("job %s cancelled while it ran: its work stopped", job_id)
-        return  # the DELETE wrote the outcome
+        if lease.lost:
+            log.info("job %s: stopped, another worker runs it now", job_id)
+        else:
+            log.info("job %s cancelled while it ran: its work stopped", job_id)
+        return  # the DELETE wrote the outcome, or the other delivery will
     except SoftTimeLimitExceeded:
         _failed(job_id, timeout_message)
         return
@@ -199,7 +288,8 @@ def explain_job(self: Any, texts: list[str], options: dict[str, Any]) -> None:
         record.status, record.explanations, record.finished_at = SUCCEEDED, explanations, utc_now()
         record.progress = progress_of(*ticket.progress) if ticket.progress else None
 
-    _write(job_id, succeeded)
+    if _write(job_id, succeeded) is not None:
+        log.info("job %s succeeded", job_id)
 
 
 def _failed(job_id: str, message: str) -> None:
@@ -216,25 +306,37 @@ def analyze_chunk(self: Any, analysis_id: str, index: int) -> None:
     """Explain one chunk of an analysis (and merge the analysis when it was the last one)."""
     if _service is None:
         _load_model()
+    try:
+        with _leased(self.request.id, ANALYZE_TASK, [analysis_id, index]) as lease:
+            if lease is not None:
+                _analyze(analysis_id, index, lease)
+    except JobBackendUnavailable as exc:  # Redis away: the chunk runs again once it is back
+        log.warning("analysis %s chunk %d: %s; trying again", analysis_id, index, exc)
+        raise self.retry(countdown=min(30, 2 ** min(self.request.retries, 5))) from None
+
+
+def _analyze(analysis_id: str, index: int, lease: Lease) -> None:
     assert _service is not None and _analyses is not None
     store = _analyses
     limit = _service.settings.job_soft_time_limit_s
     timeout_message = f"chunk {index} of the analysis exceeded the time limit ({limit}s)"
-    ticket = Ticket.within(limit, timeout_message, cancelled_by=lambda: is_cancelled(store, analysis_id))
+    ticket = Ticket.within(
+        limit, timeout_message, cancelled_by=lambda: lease.lost or is_cancelled(store, analysis_id)
+    )
     try:
         record = load_or_404(store, analysis_id)
         explain = record_explainer(_service, record)
         if run_chunk(store, analysis_id, index, explain, ticket, publish_to_s3) is None:
             log.info("analysis %s chunk %d: not run (%s)", analysis_id, index, record.status)
     except JobCancelled:
-        log.info("analysis %s cancelled while chunk %d ran: its work stopped", analysis_id, index)
-    except JobBackendUnavailable as exc:  # Redis away: the chunk runs again once it is back
-        log.warning("analysis %s chunk %d: %s; trying again", analysis_id, index, exc)
-        raise self.retry(countdown=min(30, 2 ** min(self.request.retries, 5))) from None
+        reason = "another worker runs it now" if lease.lost else "the analysis was cancelled"
+        log.info("analysis %s chunk %d stopped: %s", analysis_id, index, reason)
     except SoftTimeLimitExceeded:
         log.info("analysis %s failed: %s", analysis_id, timeout_message)
         fail(store, analysis_id, timeout_message)
     except ClarionError as exc:
+        if isinstance(exc, JobBackendUnavailable):
+            raise
         log.info("analysis %s failed: %s", analysis_id, exc.message)
         fail(store, analysis_id, exc.message)
     except Exception as exc:  # a bug or a library error: the analysis fails visibly, the worker goes on

@@ -77,6 +77,7 @@ class JobRecord(StoredRecord):
     # writes it as the job runs (at most every PROGRESS_INTERVAL_S), and the whole when it succeeds.
     progress: dict[str, int] | None = None
     owner: str | None = None  # digest of the API key that submitted it (None without API keys)
+    attempts: int = 0  # starts by a worker: more than one when a worker was lost while it ran
     version: int = RECORD_VERSION
 
     # version 1 wrote no version (and had an `extra` field)

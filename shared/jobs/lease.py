@@ -1,0 +1,192 @@
+"""Leases on running tasks: how a task whose whole worker died runs again within a minute.
+
+A worker that starts a task (an explanation job, or one chunk of an analysis) takes the task's
+lease, a Redis key holding the worker's token that expires after `JOB_LEASE` seconds, and renews it
+every third of that while the task runs. Beside the lease, a hash (`LEASED`) notes how to publish
+the task again: its Celery name and arguments. A worker that stops normally releases both.
+
+A worker that dies whole (SIGKILL, out of memory, a node lost, a grace period run out) stops
+renewing. Its message stays unacknowledged in Redis until Celery's visibility timeout, which must
+outlast the longest job (minutes). The sweeper (`lapsed`, run by every API process) finds noted
+tasks whose lease expired, claims each in one atomic step (so one sweeper republishes it) and hands
+it back to be published again under the same task id.
+
+Two deliveries of one task never run at once: a delivery that finds the lease held by another token
+does not run. A late redelivery (the visibility timeout, once the dead worker's message comes back)
+finds the job finished and writes nothing: the job store's compare-and-set (store.py) keeps a
+finished job as it is, so no job completes twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from shared.jobs.store import backend_call
+from shared.settings import Settings
+from shared.storage.redis import redis_client
+
+log = logging.getLogger(__name__)
+LEASE_PREFIX = "clarion:lease:"
+LEASED = "clarion:leased"  # task id -> {"task": name, "args": [...]}: how to publish it again
+
+# Take or renew: set the lease unless another token holds it, and note the task (again: a sweeper
+# may have claimed the note while Redis was away from this worker). 1 when this token holds it.
+_TAKE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+return 1
+"""
+# Release: only this token's lease, and the note with it.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+local holder = redis.call('GET', KEYS[1])
+if not holder then redis.call('HDEL', KEYS[2], ARGV[2]) end
+return 1
+"""
+# Claim a lapsed task: its note, when no lease is held; removing the note decides who republishes.
+_CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local delivery = redis.call('HGET', KEYS[2], ARGV[1])
+if not delivery then return false end
+redis.call('HDEL', KEYS[2], ARGV[1])
+return delivery
+"""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What it takes to publish a task again: its id, Celery name and arguments."""
+
+    task_id: str
+    task: str
+    args: list[Any]
+
+    def to_json(self) -> str:
+        return json.dumps({"task": self.task, "args": self.args})
+
+    @classmethod
+    def from_json(cls, task_id: str, raw: str | bytes) -> Delivery:
+        data = json.loads(raw)
+        return cls(task_id, data["task"], list(data["args"]))
+
+
+@dataclass
+class Lease:
+    """One task's lease as its worker holds it. `lost` turns true when a renewal finds another
+    token holding it (the task was published again after this worker was away too long): the task
+    then stops, since the other delivery runs it."""
+
+    delivery: Delivery
+    token: str
+    lost: bool = False
+    _leases: Leases | None = field(default=None, repr=False)
+
+    def renew(self) -> None:
+        assert self._leases is not None
+        try:
+            if not self._leases.take(self.delivery, self.token):
+                if not self.lost:
+                    log.warning("task %s: its lease is held by another worker now", self.delivery.task_id)
+                self.lost = True
+        except redis.RedisError as exc:  # Redis away: the lease may lapse; renewals go on
+            log.warning("task %s: could not renew its lease (%s)", self.delivery.task_id, exc)
+
+
+def leases_for(settings: Settings) -> Leases:
+    assert settings.redis_store_url is not None, "validated by Settings"
+    return Leases(redis_client(settings.redis_store_url), settings.job_lease_s)
+
+
+class Leases:
+    """The leases of one Redis, `lease_s` seconds each."""
+
+    def __init__(self, client: redis.Redis, lease_s: float) -> None:
+        self._client = client
+        self.lease_s = lease_s
+        self._take = client.register_script(_TAKE)
+        self._release = client.register_script(_RELEASE)
+        self._claim = client.register_script(_CLAIM)
+
+    def take(self, delivery: Delivery, token: str) -> bool:
+        """Take or renew the lease for `token`; False when another token holds it."""
+        keys = [LEASE_PREFIX + delivery.task_id, LEASED]
+        args = [token, int(self.lease_s * 1000), delivery.task_id, delivery.to_json()]
+        return bool(self._take(keys=keys, args=args))
+
+    def acquire(self, delivery: Delivery) -> Lease | None:
+        """A new lease for this delivery, or None when another delivery holds one."""
+        token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        taken = backend_call(lambda: self.take(delivery, token))
+        return Lease(delivery, token, _leases=self) if taken else None
+
+    def release(self, lease: Lease) -> None:
+        keys = [LEASE_PREFIX + lease.delivery.task_id, LEASED]
+        backend_call(lambda: self._release(keys=keys, args=[lease.token, lease.delivery.task_id]))
+
+    def lapsed(self) -> list[Delivery]:
+        """Claim every noted task whose lease expired: each is handed to one caller only."""
+        noted = backend_call(lambda: self._client.hkeys(LEASED))
+        claimed = []
+        for raw in noted:
+            task_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+            keys = [LEASE_PREFIX + task_id, LEASED]
+            delivery = backend_call(lambda keys=keys, task_id=task_id: self._claim(keys=keys, args=[task_id]))
+            if delivery:
+                claimed.append(Delivery.from_json(task_id, delivery))
+        return claimed
+
+    def note(self, delivery: Delivery) -> None:
+        """Note a claimed task again (its republish failed): the next sweep retries it."""
+        backend_call(lambda: self._client.hset(LEASED, delivery.task_id, delivery.to_json()))
+
+
+class LeaseKeeper:
+    """Renews the leases a worker process holds, every third of a lease, from one daemon thread:
+    renewals go on while a task's thread is busy in a long pass."""
+
+    def __init__(self, leases: Leases) -> None:
+        self._leases = leases
+        self._held: dict[str, Lease] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, delivery: Delivery) -> Lease | None:
+        lease = self._leases.acquire(delivery)
+        if lease is not None:
+            with self._lock:
+                self._held[delivery.task_id] = lease
+                # Started on first use: after the fork, in the process that runs tasks.
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._renew, name="clarion-leases", daemon=True)
+                    self._thread.start()
+        return lease
+
+    def drop(self, lease: Lease, on_error: Callable[[Exception], None] | None = None) -> None:
+        with self._lock:
+            self._held.pop(lease.delivery.task_id, None)
+        try:
+            self._leases.release(lease)
+        except Exception as exc:  # the lease expires by itself; its note is claimed and found finished
+            if on_error is not None:
+                on_error(exc)
+
+    def _renew(self) -> None:
+        while True:
+            self._wake.wait(self._leases.lease_s / 3)
+            with self._lock:
+                held = list(self._held.values())
+            for lease in held:
+                lease.renew()
