@@ -17,6 +17,7 @@ LAYERS = [
     {"explanation"},
     {"analysis"},
     {"serving", "jobs", "render"},
+    {"client"},  # imports nothing of the layers below: see the test of its dependencies
     {"cli"},
 ]
 
@@ -73,6 +74,27 @@ def test_no_subpackage_imports_one_above_it() -> None:
             assert layer_of(other) <= layer_of(own), (
                 f"{path.relative_to(REPO)} ({own}) imports {module} ({other})"
             )
+
+
+def test_the_client_needs_only_the_standard_library_numpy_and_shap() -> None:
+    """The client runs in a user's notebook: no torch, Flask, pydantic, nor any of Clarion but itself."""
+    import sys
+
+    allowed = set(sys.stdlib_module_names) | {"numpy", "shap"}
+    for path in sorted((SHARED / "client").rglob("*.py")):
+        for module in imports_of(path):
+            if module == "shared.client" or module.startswith("shared.client."):
+                continue
+            assert module.split(".")[0] in allowed, f"{path.relative_to(REPO)} imports {module}"
+
+
+def test_importing_the_client_leaves_shap_unloaded() -> None:
+    """shap is imported only to convert an explanation (it takes seconds, and may be missing)."""
+    import subprocess
+    import sys
+
+    check = "import shared.client, sys; assert 'shap' not in sys.modules, 'shap loaded'"
+    subprocess.run([sys.executable, "-c", check], cwd=REPO, check=True)
 
 
 def test_api_publishes_jobs_by_name_and_never_imports_the_tasks() -> None:

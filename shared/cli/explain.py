@@ -16,8 +16,6 @@ import argparse
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -129,33 +127,28 @@ def in_process(parameters: dict[str, Any], settings: Settings) -> Explain:
 
 
 def over_http(parameters: dict[str, Any], url: str, api_key: str | None, timeout: float) -> Explain:
-    endpoint = url.rstrip("/") + "/invocations"
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
+    """Explain through a running Clarion with the client (shared/client), which retries what it
+    safely can; what is left is this text's fault (InvalidRequest) or the server's (ServerFailure)."""
+    from shared.client import APIError, Clarion, ClarionClientError
+
+    try:
+        clarion = Clarion(url, api_key=api_key, timeout=timeout)
+    except ValueError as exc:  # not an http(s) URL
+        raise ClarionError(f"--url: {exc}") from None
+    endpoint = clarion.url + "/invocations"
+    options = {name: value for name, value in parameters.items() if name != "explain"}
 
     def explain(texts: list[str]) -> list[dict[str, Any]]:
-        payload = json.dumps({"data": texts, **parameters}).encode()
-        request = urllib.request.Request(endpoint, data=payload, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            message = _error_message(exc)
-            if exc.code in (400, 413) or (exc.code == 503 and "timeout" in message):
-                raise InvalidRequest(message) from None  # this text's (or chunk's) fault
-            raise ServerFailure(f"{endpoint} answered {exc.code}: {message}") from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise ServerFailure(f"{endpoint}: {exc}") from None
+            return clarion.explain(texts, **options)
+        except APIError as exc:
+            if exc.status in (400, 413) or (exc.status == 503 and "timeout" in exc.message):
+                raise InvalidRequest(exc.message) from None  # this text's (or chunk's) fault
+            raise ServerFailure(f"{endpoint} answered {exc.status}: {exc.message}") from None
+        except ClarionClientError as exc:
+            raise ServerFailure(exc.message) from None
 
     return explain
-
-
-def _error_message(exc: urllib.error.HTTPError) -> str:
-    try:
-        return str(json.loads(exc.read())["error"]["message"])
-    except (ValueError, KeyError, TypeError, OSError):
-        return exc.reason or "error"
 
 
 def explain_file(

@@ -1,0 +1,155 @@
+"""One call to a Clarion server over HTTP, retried as the RetryPolicy says: the only module of the
+client that touches the network.
+
+The rule for a connection that fails: a request that never reached the server whole (refused,
+broken while sending) is tried again, whatever it is, since the server saw nothing. One that went
+out and got no answer (dropped, reset) is tried again only when it is replayable, i.e. repeating it
+cannot change what the server holds: GETs, and a synchronous POST /invocations (a computation that
+stores nothing). POST /explanations and POST /analyses create a job each time they are processed,
+and a second DELETE removes the job the first one cancelled, so these raise `ConnectionFailed`
+with `sent=True` instead of being silently duplicated.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from email.message import Message
+from typing import Any
+
+from shared.client.errors import APIError, ConnectionFailed, TimedOut, UnexpectedResponse, api_error
+from shared.client.retries import NOT_RETRIED_CODES, RETRIED_STATUSES, RetryPolicy, retry_after_seconds
+
+JSON = "application/json"
+USER_AGENT = "clarion-client/1"
+
+
+@dataclass(frozen=True)
+class Response:
+    """A server's answer: its status, headers and whole body."""
+
+    url: str
+    status: int
+    headers: Message = field(repr=False)
+    body: bytes = field(repr=False)
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            raise UnexpectedResponse(
+                f"{self.url} answered {self.status} with a body that is not JSON: {self.body[:200]!r}"
+            ) from None
+
+
+class Transport:
+    """Sends requests to one server with its API key, timeout and retry policy."""
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None,
+        timeout: float,
+        retry: RetryPolicy,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            raise ValueError(f"{url!r}: a Clarion server's URL starts with http:// or https://")
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
+        self.retry = retry
+        self._sleep = sleep
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        replayable: bool,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        accept: str = JSON,
+        query: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        answers: Collection[int] = (),
+    ) -> Response:
+        """The answer to one call (retried as the module docstring says). A status of 400 or more
+        raises its APIError, unless it is one of `answers` (a /ping's 503 is a state, not an error)."""
+        url = self.url + path + (f"?{urllib.parse.urlencode(query)}" if query else "")
+        # One request id for every try, so that the server's log ties the tries of one call together.
+        headers = {"Accept": accept, "User-Agent": USER_AGENT, "X-Request-Id": uuid.uuid4().hex}
+        if content_type:
+            headers["Content-Type"] = content_type
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(url, data=body, headers=headers, method=method)
+        seconds = self.timeout if timeout is None else timeout
+        for retry in range(max(1, self.retry.attempts)):
+            last = retry + 1 >= self.retry.attempts
+            try:
+                response = _exchange(request, seconds)
+            except ConnectionFailed as failure:
+                if isinstance(failure, TimedOut) or last or (failure.sent and not replayable):
+                    raise
+                self._sleep(self.retry.backoff_delay(retry))
+                continue
+            if response.status < 400 or response.status in answers:
+                return response
+            error = _error_of(response)
+            delay = self._retry_delay(error, retry)
+            if last or delay is None:
+                raise error
+            self._sleep(delay)
+        raise AssertionError("unreachable: the last try returns or raises")
+
+    def _retry_delay(self, error: APIError, retry: int) -> float | None:
+        """Seconds before trying again after this error; None when it is not retried."""
+        if error.status not in RETRIED_STATUSES or error.code in NOT_RETRIED_CODES:
+            return None
+        if error.retry_after is None:
+            return self.retry.backoff_delay(retry)
+        return error.retry_after if error.retry_after <= self.retry.max_retry_after else None
+
+
+def _exchange(request: urllib.request.Request, timeout: float) -> Response:
+    """One try: the answer, whatever its status; ConnectionFailed when none came."""
+    where = f"{request.get_method()} {request.full_url}"
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return Response(request.full_url, answer.status, answer.headers, answer.read())
+    except urllib.error.HTTPError as error:  # an answer with an error status
+        with error:
+            try:
+                body = error.read()
+            except (OSError, http.client.HTTPException):
+                body = b""
+            return Response(request.full_url, error.code, error.headers, body)
+    except urllib.error.URLError as error:
+        # urllib raises URLError only while connecting and sending: the server holds no whole request.
+        if isinstance(error.reason, TimeoutError):
+            raise TimedOut(f"{where}: no connection within {timeout:g} s", sent=False) from None
+        raise ConnectionFailed(f"{where}: {error.reason}", sent=False) from None
+    except TimeoutError:
+        raise TimedOut(f"{where}: no answer within {timeout:g} s", sent=True) from None
+    except (OSError, http.client.HTTPException) as error:  # sent, then dropped, reset or cut short
+        raise ConnectionFailed(f"{where}: no answer: {error!r}", sent=True) from None
+
+
+def _error_of(response: Response) -> APIError:
+    headers = response.headers
+    reason = http.client.responses.get(response.status, "")
+    return api_error(
+        response.status,
+        response.body,
+        headers.get("X-Request-Id"),
+        retry_after_seconds(headers.get("Retry-After")),
+        reason,
+    )
