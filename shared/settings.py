@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -57,6 +58,19 @@ def _float_parser(minimum: float) -> Callable[[str, str], float]:
 
 def _text(name: str, raw: str) -> str | None:
     return raw.strip() or None
+
+
+_SERVED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _served_name(name: str, raw: str) -> str | None:
+    """A model name that can stand in a URL path segment (KServe's /v2/models/<name>/infer)."""
+    value = raw.strip()
+    if value and not _SERVED_NAME.fullmatch(value):
+        raise ConfigurationError(
+            f"{name}={raw!r}: expected letters, digits, '.', '_' or '-' (it names the model in URLs)"
+        )
+    return value or None
 
 
 def _device(name: str, raw: str) -> str:
@@ -116,6 +130,9 @@ class Settings:
     model_path: str | None = _env("MODEL_PATH", _text)
     hub_model_name: str | None = _env("HUB_MODEL_NAME", _text)
     tokenizer: str | None = _env("TOKENIZER", _text)
+    # What responses, job records and KServe's paths call the model (default: its folder's name, its
+    # S3 location or its hub id). An InferenceService sets it to its own name.
+    model_name: str | None = _env("MODEL_NAME", _served_name)
     local: bool = _env("LOCAL", parse_bool, False)
     trust_remote_code: bool = _env("TRUST_REMOTE_CODE", parse_bool, False)
     model_cache_dir: str = _env("MODEL_CACHE_DIR", _text, "/tmp/clarion-models")

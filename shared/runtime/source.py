@@ -52,7 +52,10 @@ def resolve_model(settings: Settings) -> ModelLocation:
 
 def _location(model_ref: str, settings: Settings, source: str, model_id: str) -> ModelLocation:
     return ModelLocation(
-        model_ref=model_ref, tokenizer_ref=settings.tokenizer or model_ref, source=source, model_id=model_id
+        model_ref=model_ref,
+        tokenizer_ref=settings.tokenizer or model_ref,
+        source=source,
+        model_id=settings.model_name or model_id,
     )
 
 
