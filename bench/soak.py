@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     quiet_transformers()
     if args.smoke:
-        args.duration, args.rate, args.max_evals = 30.0, 4.0, 40
+        args.duration, args.rate, args.max_evals = 10.0, 4.0, 40
     warmup = args.warmup if args.warmup is not None else min(60.0, args.duration / 5)
     runs = [_soak(target, args, warmup) for target in args.targets.split(",") if target.strip()]
     data = {"config": vars(args) | {"warmup": warmup}, "environment": environment(), "runs": runs}

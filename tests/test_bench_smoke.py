@@ -117,7 +117,7 @@ def test_passes_smoke(tmp_path: Path) -> None:
 
 
 def test_soak_smoke(tmp_path: Path) -> None:
-    """Thirty seconds of mixed traffic on each target: no 5xx, every job finished, bad input 4xx."""
+    """Ten seconds of mixed traffic on each target: no 5xx, every job finished, bad input 4xx."""
     results = run_bench("soak", tmp_path)
     assert [r["target"] for r in results["runs"]] == ["single", "broker"]
     for run in results["runs"]:
