@@ -11,6 +11,7 @@ from flask import Flask
 
 from api import analyses
 from api.errors import register_error_handlers
+from api.kserve import v1, v2
 from api.routes import bp
 from shared.jobs.analysis import FolderAnalysisStore, InlineAnalyses
 from shared.jobs.inline import FolderJobRecords, InlineJobQueue, JobQueue
@@ -37,6 +38,8 @@ def create_app(
     app.extensions["clarion.analyses"] = _analyses(settings, service)
     app.register_blueprint(bp)
     app.register_blueprint(analyses.bp)
+    app.register_blueprint(v1.bp)
+    app.register_blueprint(v2.bp)
     register_error_handlers(app)
     if load_model:
         service.start_loading()

@@ -24,6 +24,12 @@ class ErrorBody(Result):
     error: ErrorDetail
 
 
+class ProtocolErrorBody(Result):
+    """An error on KServe's V1 and V2 paths, in the shape their clients read (KServe's and Triton's)."""
+
+    error: str = Field(description="the message")
+
+
 class JobProgress(Result):
     """How far a job has come: model evaluations (masked documents) done, out of the most it may take
     (`max_evals` per text, 2 for a text of one unit); a text whose tree is walked whole sooner

@@ -42,12 +42,26 @@ def decode_invocation(
     body = request.get_data(cache=True)
     if mimetype == "text/plain":
         return decode_payload({"data": body_text(request)}, settings, defaults)
-    if mimetype in _GENERIC_TYPES or mimetype == "application/json" or mimetype.endswith("+json"):
-        return decode_payload(_parse_json(body, _charset(request)), settings, defaults)
+    if is_json_type(mimetype):
+        return decode_payload(parse_json(body, _charset(request)), settings, defaults)
     raise UnsupportedMediaType(
         f"content type {mimetype!r} is not supported; send application/json, text/plain, "
         "application/jsonlines or text/csv"
     )
+
+
+def is_json_type(mimetype: str) -> bool:
+    """Whether a body of this type is read as JSON: JSON's own types, or one that claims nothing."""
+    return mimetype in _GENERIC_TYPES or mimetype == "application/json" or mimetype.endswith("+json")
+
+
+def json_body(request: Request, example: str) -> Any:
+    """A body that can only be JSON (the KServe protocols'), read as /invocations reads one;
+    `example`: the smallest valid body, for the message when it is empty."""
+    mimetype = request.mimetype or ""
+    if not is_json_type(mimetype):
+        raise UnsupportedMediaType(f"content type {mimetype!r} is not supported; send application/json")
+    return parse_json(request.get_data(cache=True), _charset(request), example)
 
 
 def body_text(request: Request) -> str:
@@ -99,9 +113,9 @@ def _decode_text(body: bytes, charset: str) -> str:
         raise InvalidRequest(f"the body is not valid {charset[:40]} text") from None
 
 
-def _parse_json(body: bytes, charset: str) -> Any:
+def parse_json(body: bytes, charset: str, example: str = '{"data": "text"}') -> Any:
     if not body.strip():
-        raise InvalidRequest('the body is empty; send a JSON object such as {"data": "text"}')
+        raise InvalidRequest(f"the body is empty; send a JSON object such as {example}")
     try:
         return json.loads(_decode_text(body, charset))
     except json.JSONDecodeError as exc:

@@ -1,4 +1,5 @@
-"""The one place errors become HTTP: Clarion's exceptions and Werkzeug's map to JSON bodies."""
+"""The one place errors become HTTP: Clarion's exceptions and Werkzeug's map to JSON bodies (on the
+KServe protocols' paths, in their shape)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import logging
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from api.bodies import ErrorBody, error_detail
+from api.bodies import ErrorBody, ProtocolErrorBody, error_detail
+from api.kserve import speaks_kserve
 from shared.errors import (
     ClarionError,
     ExplanationTimeout,
@@ -39,6 +41,10 @@ STATUS_OF: dict[type[ClarionError], int] = {
 
 
 def error_body(status: int, code: str, message: str) -> tuple[Response, int]:
+    """The same status and message everywhere; KServe's and Triton's clients read `error` as the
+    message itself, so their paths carry no code."""
+    if speaks_kserve(request.path):
+        return jsonify(ProtocolErrorBody(error=message).model_dump(mode="json")), status
     return jsonify(ErrorBody.model_validate(error_detail(code, message)).model_dump(mode="json")), status
 
 

@@ -17,8 +17,9 @@ from typing import Any
 from flask import current_app, has_app_context
 from pydantic.json_schema import models_json_schema
 
-from api.bodies import AnalysisBody, ErrorBody, JobBody
+from api.bodies import AnalysisBody, ErrorBody, JobBody, ProtocolErrorBody
 from api.clarify import ClarifyResponse
+from api.kserve.document import kserve_paths, kserve_schemas
 from api.records import CSV_RECORD, JSON_LINES_RECORD
 from shared.analysis.aggregate import AGG_METHODS
 from shared.io.results import Health, TextResult
@@ -148,24 +149,30 @@ def openapi_document(
     settings: Settings | None = None,
     labels: Sequence[str] | None = None,
     precisions: Sequence[str] = ("exact", "fast"),
+    model_name: str | None = None,
 ) -> dict[str, Any]:
-    """The document for a deployment with `settings` whose model has `labels` and that serves these
-    `precisions` ("amortized" only with an artifact loaded). Without settings, inside a request:
-    those of the app that serves it, and its model's labels once loaded (until then, any label name
-    is documented, and requests answer 503); outside: the defaults."""
+    """The document for a deployment with `settings` whose model has `labels` and `model_name` (the
+    KServe paths') and that serves these `precisions` ("amortized" only with an artifact loaded).
+    Without settings, inside a request: those of the app that serves it, and its model's labels and
+    name once loaded (until then, any label name or model name is documented, and requests answer
+    503); outside: the defaults."""
     if settings is None and has_app_context():
         settings = current_app.extensions["clarion.settings"]
         service = current_app.extensions["clarion.service"]
         if labels is None and service.ready:
             labels = service.model.labels
+        if model_name is None and service.ready:
+            model_name = service.model.model_id
         precisions = service.precisions
-    document = _document(settings or Settings(), None if labels is None else tuple(labels), tuple(precisions))
+    document = _document(
+        settings or Settings(), None if labels is None else tuple(labels), tuple(precisions), model_name
+    )
     return copy.deepcopy(document)  # the cached one stays as built, whatever a caller does with its copy
 
 
 @lru_cache(maxsize=8)
 def _document(
-    settings: Settings, labels: tuple[str, ...] | None, precisions: tuple[str, ...]
+    settings: Settings, labels: tuple[str, ...] | None, precisions: tuple[str, ...], model_name: str | None
 ) -> dict[str, Any]:
     _, schemas = models_json_schema(
         [
@@ -175,12 +182,14 @@ def _document(
             (JobBody, "serialization"),
             (AnalysisBody, "serialization"),
             (ErrorBody, "serialization"),
+            (ProtocolErrorBody, "serialization"),
             (Health, "serialization"),
             (ClarifyResponse, "serialization"),
         ],
         ref_template="#/components/schemas/{model}",
     )
     schemas = _limited(copy.deepcopy(schemas["$defs"]), settings, labels, precisions)
+    schemas |= kserve_schemas(schemas, settings)
     results = {"oneOf": [_ref("TextResult"), {"type": "array", "items": _ref("TextResult")}]}
     return {
         "openapi": "3.1.0",
@@ -298,6 +307,7 @@ def _document(
                 },
             },
             **_analysis_paths(settings, precisions),
+            **kserve_paths(model_name),
         },
         "components": {"schemas": schemas},
     }

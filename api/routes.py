@@ -69,13 +69,23 @@ def start_the_clock() -> None:
 
 
 # /ping for health checks; / is the static page, which sends the key it is given with each call;
-# /execution-parameters is what Batch Transform asks before it sends work.
-_OPEN_ENDPOINTS = {"clarion.ping", "clarion.page", "clarion.execution_parameters"}
+# /execution-parameters is what Batch Transform asks before it sends work; KServe's liveness and
+# readiness paths are what kubelet probes ask, and probes send no key.
+_OPEN_ENDPOINTS = {
+    "clarion.ping",
+    "clarion.page",
+    "clarion.execution_parameters",
+    "kserve_v1.model_ready",
+    "kserve_v2.live",
+    "kserve_v2.ready",
+    "kserve_v2.model_ready",
+}
 
 
 @bp.before_app_request
 def authenticate() -> None:
-    """With API_KEYS set, every route but /ping needs `Authorization: Bearer <key>`."""
+    """With API_KEYS set, every route but the open ones (health, readiness, the page) needs
+    `Authorization: Bearer <key>`."""
     keys = _settings().api_keys
     g.owner = None
     if not keys or request.endpoint in _OPEN_ENDPOINTS:

@@ -1,0 +1,382 @@
+"""The KServe V1 and V2 paths of the OpenAPI document (api/openapi.py builds it): their JSON forms,
+derived from /invocations' own schemas after this deployment's limits and label names are in, so a
+request the document calls valid is accepted and one it calls invalid is refused here too. The
+binary tensor data extension is not described (its bodies are bytes); the parameters that ask for
+it are, and a response that uses it is documented as bytes."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from api.kserve import EXPLANATION_FIELDS
+from api.kserve.infer import INPUT, OUTPUTS
+from shared.io.schemas import TEXT_JSON_SCHEMA
+from shared.settings import Settings
+
+_JSON = "application/json"
+_BINARY = "application/octet-stream"
+_TEXT = {k: v for k, v in TEXT_JSON_SCHEMA.items() if k != "description"}
+_PREDICTION_FIELDS = ("prediction", "truncated", "model")
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(description, _ref("ProtocolErrorBody"))
+
+
+def _object(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": required or list(properties)}
+
+
+def kserve_schemas(schemas: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The protocols' bodies, from the deployment's schemas (`_limited` already applied)."""
+    result = schemas["TextResult"]["properties"]
+    prediction = _object({name: result[name] for name in _PREDICTION_FIELDS})
+    explanation = _object(
+        {name: result[name] for name in EXPLANATION_FIELDS},
+        ["explanation", "offsets", "base_values", "model_output", "explanation_parameters"],
+    )
+    v1_body = _v1_body(schemas["SeedBody"], settings.max_texts)
+    v1_explain_body = copy.deepcopy(v1_body)
+    v1_explain_body["properties"]["explain"] = {
+        "const": True,
+        "default": True,
+        "description": ":explain explains",
+    }
+    return {
+        "KServeV1Body": v1_body,
+        "KServeV1ExplainBody": v1_explain_body,
+        "KServeV1Prediction": prediction,
+        "KServeV1Explanation": explanation,
+        "KServeV2Parameters": _v2_parameters(schemas["InvocationParameters"]),
+        "KServeV2InferRequest": _v2_request(schemas["HuggingFaceBody"], settings.max_texts),
+        "KServeV2InferResponse": _object(
+            {
+                "model_name": {"type": "string"},
+                "id": {"type": "string", "description": "the request's id, else its X-Request-Id"},
+                "outputs": {
+                    "type": "array",
+                    "items": _object(
+                        {
+                            "name": {"enum": list(OUTPUTS)},
+                            "datatype": {"enum": ["FP32", "BYTES"]},
+                            "shape": {"type": "array", "items": {"type": "integer"}},
+                            "data": {"type": "array", "items": {"type": ["number", "string"]}},
+                        }
+                    ),
+                },
+            }
+        ),
+        "KServeV2ModelMetadata": _object(
+            {
+                "name": {"type": "string"},
+                "platform": {"type": "string"},
+                "inputs": {"type": "array", "items": _ref("KServeV2TensorMetadata")},
+                "outputs": {"type": "array", "items": _ref("KServeV2TensorMetadata")},
+                "parameters": _object(
+                    {
+                        "labels": {
+                            "type": "string",
+                            "description": "the label names, in the order of scores' "
+                            "columns, as a JSON array",
+                        }
+                    }
+                ),
+            }
+        ),
+        "KServeV2TensorMetadata": _object(
+            {
+                "name": {"type": "string"},
+                "datatype": {"type": "string"},
+                "shape": {"type": "array", "items": {"type": "integer"}},
+            }
+        ),
+        "KServeReady": _object({"name": {"type": "string"}, "ready": {"type": "boolean"}}),
+    }
+
+
+def _v1_body(seed: dict[str, Any], max_texts: int) -> dict[str, Any]:
+    """SeedBody with `instances` for `data` (each a text or `{"text": ...}`), and no `async`."""
+    body = copy.deepcopy(seed)
+    body["title"] = "KServeV1Body"
+    body["description"] = (
+        '{"instances": [...], ...options}: each instance a text or {"text": <text>}, at most '
+        "MAX_TEXTS_PER_REQUEST; the options of /invocations beside them (no async)"
+    )
+    properties = body["properties"]
+    del properties["data"], properties["async"]
+    instance = {
+        "anyOf": [
+            _TEXT,
+            {
+                "type": "object",
+                "properties": {"text": _TEXT},
+                "required": ["text"],
+                "additionalProperties": False,
+            },
+        ]
+    }
+    properties["instances"] = {"type": "array", "items": instance, "minItems": 1, "maxItems": max_texts}
+    body["required"] = ["instances"]
+    for shape in body["anyOf"]:  # each text's length by its long_text mode
+        limit = shape["properties"].pop("data")["maxLength"]
+        shape["properties"]["instances"] = {
+            "items": {"maxLength": limit, "properties": {"text": {"maxLength": limit}}}
+        }
+    return body
+
+
+def _v2_parameters(options: dict[str, Any]) -> dict[str, Any]:
+    """InvocationParameters without `async`, with the protocol's binary_data_output."""
+    parameters = copy.deepcopy(options)
+    parameters["title"] = "KServeV2Parameters"
+    parameters["description"] = "the options of /invocations (no async), and binary_data_output"
+    properties = parameters["properties"]
+    del properties["async"]
+    properties["explain"] = {
+        **properties["explain"],
+        "description": "answer the attributions output too, when `outputs` names none (naming it explains)",
+    }
+    properties["binary_data_output"] = {
+        "type": "boolean",
+        "default": False,
+        "description": "every output as binary data (the binary tensor data extension) unless its own "
+        "binary_data says otherwise",
+    }
+    return parameters
+
+
+def _v2_request(hugging_face: dict[str, Any], max_texts: int) -> dict[str, Any]:
+    """One BYTES input `text` of shape [n] for n texts, the outputs to answer, and the options."""
+    text_input = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "shape", "datatype", "data"],
+        "properties": {
+            "name": {"const": INPUT},
+            "shape": {"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 1},
+            "datatype": {"const": "BYTES"},
+            "data": {"type": "array", "items": _TEXT, "minItems": 1, "maxItems": max_texts},
+            "parameters": {
+                "type": "object",
+                "additionalProperties": False,
+                "description": "binary_data_size, with the binary tensor data extension only",
+            },
+        },
+        # JSON Schema cannot say "shape [len(data)]" but it can list every n allowed.
+        "anyOf": [
+            {"properties": {"shape": {"const": [n]}, "data": {"minItems": n, "maxItems": n}}}
+            for n in range(1, max_texts + 1)
+        ],
+    }
+    output = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name"],
+        "properties": {
+            "name": {"enum": list(OUTPUTS)},
+            "parameters": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "binary_data": {"type": "boolean", "description": "this output as binary data"}
+                },
+            },
+        },
+    }
+    shapes = []
+    for shape in copy.deepcopy(hugging_face["anyOf"]):  # each text's length by its long_text mode
+        limit = shape["properties"].pop("inputs")["maxLength"]
+        shape["properties"]["inputs"] = {"items": {"properties": {"data": {"items": {"maxLength": limit}}}}}
+        shapes.append(shape)
+    return {
+        "title": "KServeV2InferRequest",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string", "description": "echoed in the response"},
+            "model_name": {"type": "string", "description": "as KServe's client sends it; the path decides"},
+            "model_version": {"type": "string"},
+            "inputs": {"type": "array", "items": text_input, "minItems": 1, "maxItems": 1},
+            "outputs": {
+                "type": "array",
+                "items": output,
+                "description": "the outputs to answer, in this order (default: scores and label, and "
+                "attributions with explain)",
+            },
+            "parameters": _ref("KServeV2Parameters"),
+        },
+        "anyOf": shapes,
+    }
+
+
+def kserve_paths(model_name: str | None) -> dict[str, Any]:
+    """V1 and V2 paths; `model_name`: the served model's, once loaded (until then, any name is
+    documented, and requests answer 503)."""
+    name = {
+        "name": "model_name",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "enum": [model_name]}
+        if model_name
+        else {"type": "string", "minLength": 1},
+        "description": "the served model's name: `model` in /ping (another name is a 404)",
+    }
+    unauthorized = {"401": _error("API_KEYS are set and the request has no valid Authorization: Bearer key")}
+    loading = {"503": _error("the model is loading, or failed to load")}
+    unknown = {"404": _error("another model's name")}
+    request_errors = {
+        "400": _error(
+            "a body this document calls invalid: malformed JSON, wrong types, names or shapes, unknown "
+            "fields or options, empty or blank texts, more than MAX_TEXTS_PER_REQUEST, label names the "
+            "model does not have"
+        ),
+        **unauthorized,
+        **unknown,
+        "413": _error("body larger than MAX_REQUEST_BYTES"),
+        "415": _error("a content type other than JSON"),
+        "503": _error("the model is loading, or past the request timeout"),
+    }
+    readiness = {
+        "200": _json("the model is ready", _ref("KServeReady")),
+        **unknown,
+        "503": _json("the model is loading (or failed to load): ready false", _ref("KServeReady")),
+    }
+
+    def body(schema: str) -> dict[str, Any]:
+        return {"required": True, "content": {_JSON: {"schema": _ref(schema)}}}
+
+    predictions = {"type": "array", "items": _ref("TextResult")}
+    return {
+        "/v1/models": {
+            "get": {
+                "summary": "KServe V1: the models served (one)",
+                "responses": {
+                    "200": _json(
+                        "their names", _object({"models": {"type": "array", "items": {"type": "string"}}})
+                    ),
+                    **unauthorized,
+                    **loading,
+                },
+            }
+        },
+        "/v1/models/{model_name}": {
+            "parameters": [name],
+            "get": {
+                "summary": "KServe V1: the model's readiness (no API key needed)",
+                "responses": readiness,
+            },
+        },
+        "/v1/models/{model_name}:predict": {
+            "parameters": [name],
+            "post": {
+                "summary": "KServe V1: each instance's /invocations result",
+                "requestBody": body("KServeV1Body"),
+                "responses": {
+                    "200": _json("one per instance", _object({"predictions": predictions})),
+                    **request_errors,
+                },
+            },
+        },
+        "/v1/models/{model_name}:explain": {
+            "parameters": [name],
+            "post": {
+                "summary": "KServe V1: each instance's prediction and explanation",
+                "requestBody": body("KServeV1ExplainBody"),
+                "responses": {
+                    "200": _json(
+                        "one of each per instance",
+                        _object(
+                            {
+                                "predictions": {"type": "array", "items": _ref("KServeV1Prediction")},
+                                "explanations": {"type": "array", "items": _ref("KServeV1Explanation")},
+                            }
+                        ),
+                    ),
+                    **request_errors,
+                },
+            },
+        },
+        "/v2": {
+            "get": {
+                "summary": "KServe V2: the server's metadata",
+                "responses": {
+                    "200": _json(
+                        "name, version and the protocol extensions spoken",
+                        _object(
+                            {
+                                "name": {"type": "string"},
+                                "version": {"type": "string"},
+                                "extensions": {"type": "array", "items": {"type": "string"}},
+                            }
+                        ),
+                    ),
+                    **unauthorized,
+                },
+            }
+        },
+        "/v2/health/live": {
+            "get": {
+                "summary": "KServe V2: liveness (no API key needed)",
+                "responses": {"200": _json("the process answers", _object({"live": {"type": "boolean"}}))},
+            }
+        },
+        "/v2/health/ready": {
+            "get": {
+                "summary": "KServe V2: readiness (no API key needed)",
+                "responses": {
+                    "200": _json("the model is ready", _object({"ready": {"type": "boolean"}})),
+                    "503": _json(
+                        "the model is loading (or failed to load)", _object({"ready": {"type": "boolean"}})
+                    ),
+                },
+            }
+        },
+        "/v2/models/{model_name}": {
+            "parameters": [name],
+            "get": {
+                "summary": "KServe V2: the model's input, outputs and label names",
+                "responses": {
+                    "200": _json("the model's metadata", _ref("KServeV2ModelMetadata")),
+                    **unauthorized,
+                    **unknown,
+                    **loading,
+                },
+            },
+        },
+        "/v2/models/{model_name}/ready": {
+            "parameters": [name],
+            "get": {
+                "summary": "KServe V2: the model's readiness (no API key needed)",
+                "responses": readiness,
+            },
+        },
+        "/v2/models/{model_name}/infer": {
+            "parameters": [name],
+            "post": {
+                "summary": "KServe V2: scores, label and (with explain) attributions per text",
+                "requestBody": body("KServeV2InferRequest"),
+                "responses": {
+                    "200": {
+                        "description": "the outputs asked for: JSON, or with an output as binary data, "
+                        "the binary tensor data extension (a JSON header of Inference-Header-Content-Length "
+                        "bytes, then the outputs' bytes)",
+                        "content": {
+                            _JSON: {"schema": _ref("KServeV2InferResponse")},
+                            _BINARY: {"schema": {"type": "string", "format": "binary"}},
+                        },
+                    },
+                    **request_errors,
+                },
+            },
+        },
+    }

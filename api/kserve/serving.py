@@ -1,0 +1,60 @@
+"""What V1 and V2 share: the served model, found by the name in the path, and the /invocations use
+case (the same options, validation, limits and code path) run on their texts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from flask import current_app
+
+from api.codecs import Invocation, decode_payload
+from api.invocations import Call
+from api.kserve import EXPLANATION_FIELDS
+from api.routes import request_ticket
+from shared.errors import InvalidRequest, NotFound
+from shared.io.schemas import InvocationParameters
+from shared.runtime.model import TextModel
+from shared.serving.service import ClarionService
+from shared.settings import Settings
+
+
+def service() -> ClarionService:
+    return current_app.extensions["clarion.service"]
+
+
+def settings() -> Settings:
+    return current_app.extensions["clarion.settings"]
+
+
+def served_model(name: str) -> TextModel:
+    """The model a path names: a 503 while it loads (or if it failed to), a 404 for another name.
+    Its name is the one /ping and job records give it (`model`)."""
+    model = service().model
+    if name != model.model_id:
+        raise NotFound(f"model {name!r} is not served here; this server serves {model.model_id!r}")
+    return model
+
+
+def invocation(texts: Sequence[Any], options: dict[str, Any]) -> Invocation:
+    """The texts and options as /invocations reads a Hugging Face body (texts in "inputs", options in
+    "parameters"): the same schema, messages and limits. Jobs are /explanations' business: the
+    protocols answer within the request."""
+    if "async" in options:
+        raise InvalidRequest(
+            "parameters.async: the KServe protocols answer in the request; submit jobs to POST /explanations"
+        )
+    return decode_payload({"inputs": list(texts), "parameters": options}, settings())
+
+
+def results(texts: Sequence[str], parameters: InvocationParameters) -> list[dict[str, Any]]:
+    """Each text's /invocations result, within this request's deadline."""
+    return Call(service(), settings(), request_ticket()).results(texts, parameters)
+
+
+def prediction_part(result: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in result.items() if name not in EXPLANATION_FIELDS}
+
+
+def explanation_part(result: dict[str, Any]) -> dict[str, Any]:
+    return {name: result[name] for name in EXPLANATION_FIELDS if name in result}

@@ -1,0 +1,97 @@
+"""KServe's V1 protocol: model readiness, :predict and :explain over the /invocations use case.
+
+A body is `{"instances": [...], ...options}`: each instance a text, or an object `{"text": ...}`
+(as a tabular client sends a row); the options are /invocations' own, beside `instances`."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from api.codecs import Invocation, json_body
+from api.kserve import V1_PREFIX
+from api.kserve.serving import (
+    explanation_part,
+    invocation,
+    prediction_part,
+    results,
+    served_model,
+    service,
+)
+from shared.errors import InvalidRequest
+
+bp = Blueprint("kserve_v1", __name__, url_prefix=V1_PREFIX + "models")
+_EXAMPLE = '{"instances": ["a text"]}'
+
+
+@bp.get("")
+def models() -> Any:
+    return jsonify({"models": [service().model.model_id]})
+
+
+# The model's name is its id, which may hold slashes (a hub id, an s3:// URL): `path`, and `//` kept.
+@bp.get("/<path:name>", merge_slashes=False)
+def model_ready(name: str) -> tuple[Response, int]:
+    if not service().ready:  # its name is not known before it loads
+        return jsonify({"name": name, "ready": False}), 503
+    return jsonify({"name": served_model(name).model_id, "ready": True}), 200
+
+
+@bp.post("/<path:name>:predict", merge_slashes=False)
+def predict(name: str) -> Any:
+    """Each instance's /invocations result (with its explanation when the body says explain: true)."""
+    served_model(name)
+    asked = _decode(explain=False)
+    return jsonify({"predictions": results(asked.texts, asked.parameters)})
+
+
+@bp.post("/<path:name>:explain", merge_slashes=False)
+def explain(name: str) -> Any:
+    """Each instance's prediction, and beside it its explanation (the /invocations result's
+    explanation fields)."""
+    served_model(name)
+    asked = _decode(explain=True)
+    found = results(asked.texts, asked.parameters)
+    return jsonify(
+        {
+            "predictions": [prediction_part(result) for result in found],
+            "explanations": [explanation_part(result) for result in found],
+        }
+    )
+
+
+def _decode(explain: bool) -> Invocation:
+    body = json_body(request, _EXAMPLE)
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"the body must be a JSON object such as {_EXAMPLE}")
+    options = dict(body)
+    if "instances" not in options:
+        raise InvalidRequest('missing field "instances": the list of texts (or {"text": ...} objects)')
+    texts = _texts(options.pop("instances"))
+    if explain and options.setdefault("explain", True) is not True:
+        raise InvalidRequest("explain: :explain always explains; leave it out (or use :predict)")
+    try:
+        return invocation(texts, options)
+    except InvalidRequest as exc:  # the Hugging Face body's names, as this body calls them
+        raise InvalidRequest(_v1_names(exc.message)) from None
+
+
+def _texts(instances: Any) -> list[str]:
+    if not isinstance(instances, list):
+        raise InvalidRequest('instances: must be a list of texts (or of {"text": ...} objects)')
+    texts = []
+    for i, instance in enumerate(instances):
+        if isinstance(instance, dict) and set(instance) == {"text"}:
+            instance = instance["text"]
+        if not isinstance(instance, str):
+            raise InvalidRequest(f'instances.{i}: an instance is a text, or an object {{"text": <text>}}')
+        texts.append(instance)
+    return texts
+
+
+def _v1_names(message: str) -> str:
+    """`inputs: text 0 is empty; parameters.seed: ...` as `instances: text 0 is empty; seed: ...`."""
+    message = re.sub(r"(^|; )inputs\b", r"\1instances", message)
+    return re.sub(r"(^|; )parameters\.", r"\1", message)

@@ -1,0 +1,107 @@
+"""KServe's V2 protocol (the Open Inference Protocol): health, server and model metadata, and infer
+over the /invocations use case. Attributions are an output (V2 has no explain endpoint)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify, request
+
+from api.kserve import V2_PREFIX
+from api.kserve.infer import ATTRIBUTIONS, INPUT, OutputTensor, decode_infer, infer_response
+from api.kserve.serving import explanation_part, invocation, results, served_model, service, settings
+from shared.runtime.model import TextModel
+
+bp = Blueprint("kserve_v2", __name__, url_prefix=V2_PREFIX)
+SERVER = "clarion"
+EXTENSIONS = ["binary_tensor_data"]
+DEFAULT_OUTPUTS = ("scores", "label")  # and the attributions with parameters.explain: true
+
+
+@bp.get("")
+def server_metadata() -> Any:
+    return jsonify({"name": SERVER, "version": _version(), "extensions": EXTENSIONS})
+
+
+def _version() -> str:
+    try:
+        return version("clarion")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+@bp.get("/health/live")
+def live() -> Any:
+    return jsonify({"live": True})
+
+
+@bp.get("/health/ready")
+def ready() -> tuple[Response, int]:
+    is_ready = service().ready
+    return jsonify({"ready": is_ready}), 200 if is_ready else 503
+
+
+# The model's name is its id, which may hold slashes (a hub id, an s3:// URL): `path`, and `//` kept.
+@bp.get("/models/<path:name>", merge_slashes=False)
+def model_metadata(name: str) -> Any:
+    return jsonify(metadata(served_model(name)))
+
+
+@bp.get("/models/<path:name>/ready", merge_slashes=False)
+def model_ready(name: str) -> tuple[Response, int]:
+    if not service().ready:  # its name is not known before it loads
+        return jsonify({"name": name, "ready": False}), 503
+    return jsonify({"name": served_model(name).model_id, "ready": True}), 200
+
+
+@bp.post("/models/<path:name>/infer", merge_slashes=False)
+def infer(name: str) -> Response:
+    model = served_model(name)
+    call = decode_infer(request, settings())
+    asked = invocation(call.texts, call.options)
+    answered = call.answered(DEFAULT_OUTPUTS + ((ATTRIBUTIONS,) if asked.parameters.explain else ()))
+    # Explaining is what the attributions output costs: it runs when they are answered, and only then.
+    parameters = asked.parameters.model_copy(update={"explain": ATTRIBUTIONS in answered})
+    tensors = output_tensors(results(asked.texts, parameters), model.labels, list(answered))
+    return infer_response(
+        model.model_id,
+        call.id or g.request_id,
+        [(tensors[name], binary) for name, binary in answered.items()],
+    )
+
+
+def metadata(model: TextModel) -> dict[str, Any]:
+    """The model's metadata. Its label names (the columns of `scores`) are a JSON array in its
+    parameters: the protocol's parameters hold strings, and a JSON text keeps any label name whole."""
+    return {
+        "name": model.model_id,
+        "platform": SERVER,
+        "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [
+            {"name": "scores", "datatype": "FP32", "shape": [-1, len(model.labels)]},
+            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+            {"name": ATTRIBUTIONS, "datatype": "BYTES", "shape": [-1]},
+        ],
+        "parameters": {"labels": json.dumps(model.labels, ensure_ascii=False)},
+    }
+
+
+def output_tensors(
+    found: Sequence[dict[str, Any]], labels: Sequence[str], names: Sequence[str]
+) -> dict[str, OutputTensor]:
+    """The named outputs of these /invocations results: each text's score per label in the model's
+    order, its top label, and its explanation as one JSON document."""
+    tensors: dict[str, OutputTensor] = {}
+    if "scores" in names:
+        by_label = [{item["label"]: item["score"] for item in result["prediction"]} for result in found]
+        scores = [scores[label] for scores in by_label for label in labels]
+        tensors["scores"] = OutputTensor.fp32("scores", [len(found), len(labels)], scores)
+    if "label" in names:
+        tensors["label"] = OutputTensor.strings("label", [r["prediction"][0]["label"] for r in found])
+    if ATTRIBUTIONS in names:
+        documents = [json.dumps(explanation_part(r), separators=(",", ":")) for r in found]
+        tensors[ATTRIBUTIONS] = OutputTensor.strings(ATTRIBUTIONS, documents)
+    return tensors
