@@ -39,6 +39,14 @@ STATUS_OF: dict[type[ClarionError], int] = {
     StorageUnavailable: 503,
 }
 
+# Seconds a client should wait before it tries again, on the 503s that pass by themselves: a model
+# loading, Redis or S3 away for a moment. A request past its deadline would only time out again.
+RETRY_AFTER_S: dict[type[ClarionError], int] = {
+    ModelNotReady: 5,
+    JobBackendUnavailable: 2,
+    StorageUnavailable: 2,
+}
+
 
 def error_body(status: int, code: str, message: str) -> tuple[Response, int]:
     """The same status and message everywhere; KServe's and Triton's clients read `error` as the
@@ -64,6 +72,9 @@ def register_error_handlers(app: Flask) -> None:
         response, status = error_body(status, exc.code, exc.message)
         if status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="clarion"'
+        retry_after = next((RETRY_AFTER_S[c] for c in type(exc).__mro__ if c in RETRY_AFTER_S), None)
+        if retry_after is not None and getattr(exc, "loading", True):
+            response.headers["Retry-After"] = str(retry_after)
         return response, status
 
     @app.errorhandler(HTTPException)

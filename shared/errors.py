@@ -62,6 +62,10 @@ class ModelNotReady(ClarionError):
 
     code = "model_not_ready"
 
+    def __init__(self, message: str, loading: bool = True) -> None:
+        super().__init__(message)
+        self.loading = loading  # False: the load failed, and asking again will not change that
+
 
 class ExplanationTimeout(ClarionError):
     """A synchronous explanation would run past the request timeout; it was stopped."""

@@ -250,6 +250,7 @@ def test_redis_outage_classification_survives_and_jobs_recover(stack) -> None:
         ):
             assert response.status_code == 503, response.text
             assert response.json()["error"]["code"] == "job_backend_unavailable"
+            assert response.headers["Retry-After"] == "2"  # Redis away for a moment
         assert api.get("/ping").status_code == 200
     finally:
         redis.start()  # same port, same append-only file

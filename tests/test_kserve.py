@@ -480,6 +480,7 @@ def test_readiness_is_false_while_the_model_loads(tiny_model_dir: Path) -> None:
             assert response.status_code == 503 and response.get_json() == {"name": "any", "ready": False}
         loading = client.post("/v2/models/any/infer", json=_v2()["json"])
         assert loading.status_code == 503 and loading.get_json() == {"error": "model is loading"}
+        assert loading.headers["Retry-After"] == "5"
         release.set()
         wait_until(lambda: service.ready, 60, what="the model to load")
         assert client.get(f"/v2/models/{name}/ready").status_code == 200

@@ -99,6 +99,7 @@ def test_the_service_says_why_on_ping_and_answers_503(tmp_path: Path) -> None:
         response = service.post("/invocations", json={"data": "a text", "explain": True})
         assert response.status_code == 503
         assert "no trained sequence-classification head" in response.json()["error"]["message"]
+        assert "Retry-After" not in response.headers  # a failed load does not pass by itself
 
 
 def test_custom_code_loads_with_trust_remote_code(tmp_path: Path) -> None:

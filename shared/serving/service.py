@@ -169,7 +169,7 @@ class ClarionService:
     def engine(self) -> Engine:
         if self._engine is None:
             reason = f"model failed to load: {self._error}" if self._error else "model is loading"
-            raise ModelNotReady(reason)
+            raise ModelNotReady(reason, loading=self._error is None)
         return self._engine
 
     @property
