@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from flask import current_app
+from flask import Response, current_app, jsonify
 
 from api.codecs import Invocation, decode_payload
 from api.invocations import Call
@@ -34,6 +34,14 @@ def served_model(name: str) -> TextModel:
     if name != model.model_id:
         raise NotFound(f"model {name!r} is not served here; this server serves {model.model_id!r}")
     return model
+
+
+def readiness(name: str) -> tuple[Response, int]:
+    """V1's and V2's model readiness: `{"name", "ready"}`, 503 while loading (its name is not known
+    before it loads, so any name is "not ready"), a 404 for another name once it is."""
+    if not service().ready:
+        return jsonify({"name": name, "ready": False}), 503
+    return jsonify({"name": served_model(name).model_id, "ready": True}), 200
 
 
 def invocation(texts: Sequence[Any], options: dict[str, Any]) -> Invocation:

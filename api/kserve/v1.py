@@ -16,6 +16,7 @@ from api.kserve.serving import (
     explanation_part,
     invocation,
     prediction_part,
+    readiness,
     results,
     served_model,
     service,
@@ -34,9 +35,7 @@ def models() -> Any:
 # The model's name is its id, which may hold slashes (a hub id, an s3:// URL): `path`, and `//` kept.
 @bp.get("/<path:name>", merge_slashes=False)
 def model_ready(name: str) -> tuple[Response, int]:
-    if not service().ready:  # its name is not known before it loads
-        return jsonify({"name": name, "ready": False}), 503
-    return jsonify({"name": served_model(name).model_id, "ready": True}), 200
+    return readiness(name)
 
 
 @bp.post("/<path:name>:predict", merge_slashes=False)

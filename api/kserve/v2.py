@@ -12,7 +12,15 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from api.kserve import V2_PREFIX
 from api.kserve.infer import ATTRIBUTIONS, INPUT, OutputTensor, decode_infer, infer_response
-from api.kserve.serving import explanation_part, invocation, results, served_model, service, settings
+from api.kserve.serving import (
+    explanation_part,
+    invocation,
+    readiness,
+    results,
+    served_model,
+    service,
+    settings,
+)
 from shared.runtime.model import TextModel
 
 bp = Blueprint("kserve_v2", __name__, url_prefix=V2_PREFIX)
@@ -52,9 +60,7 @@ def model_metadata(name: str) -> Any:
 
 @bp.get("/models/<path:name>/ready", merge_slashes=False)
 def model_ready(name: str) -> tuple[Response, int]:
-    if not service().ready:  # its name is not known before it loads
-        return jsonify({"name": name, "ready": False}), 503
-    return jsonify({"name": served_model(name).model_id, "ready": True}), 200
+    return readiness(name)
 
 
 @bp.post("/models/<path:name>/infer", merge_slashes=False)
