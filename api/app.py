@@ -36,6 +36,10 @@ def create_app(
     app.extensions["clarion.service"] = service
     app.extensions["clarion.jobs"] = jobs or _job_queue(settings, service)
     app.extensions["clarion.analyses"] = _analyses(settings, service)
+    if settings.jobs_are_async and jobs is None:
+        from worker.queue import start_sweeper  # only when a broker is configured
+
+        start_sweeper(app.extensions["clarion.jobs"], app.extensions["clarion.analyses"])
     app.register_blueprint(bp)
     app.register_blueprint(analyses.bp)
     app.register_blueprint(v1.bp)
@@ -65,8 +69,6 @@ def _job_queue(settings: Settings, service: ClarionService) -> JobQueue:
             else None
         )
         return InlineJobQueue(service.explain, records)
-    from worker.queue import CeleryJobQueue, start_sweeper  # only when a broker is configured
+    from worker.queue import CeleryJobQueue  # only when a broker is configured
 
-    queue = CeleryJobQueue(settings)
-    start_sweeper(queue)
-    return queue
+    return CeleryJobQueue(settings)

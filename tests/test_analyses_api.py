@@ -213,6 +213,8 @@ def brokered(tiny_model_dir: Path, s3_endpoint: str, tmp_path_factory: pytest.Te
         "JOB_SOFT_TIME_LIMIT": "30",
         "JOB_TIME_LIMIT": "35",
         "JOB_VISIBILITY_TIMEOUT": "36",
+        "JOB_LEASE": "3",  # a killed worker's chunk runs again within seconds
+        "JOB_PUBLISH_GRACE": "2",
         "EXPLANATION_CACHE_SIZE": "0",
         **LIMITS,
         "ANALYSIS_MAX_TEXTS": "400",
@@ -294,3 +296,43 @@ def test_a_running_analysis_is_cancelled(brokered) -> None:
     wait_until(
         lambda: requests.get(next_location, timeout=30).json()["status"] == "succeeded", 120, 0.2, "next"
     )
+
+
+def test_an_analysis_whose_publisher_died_is_published_by_the_sweeper(brokered) -> None:
+    """The state an API leaves when it dies after recording an analysis and before publishing its
+    chunk tasks: the staged record (queued, noted unpublished) and no task. Another API process's
+    sweeper publishes the chunks, and the analysis comes out as if nothing had happened."""
+    from dataclasses import replace
+
+    from shared.jobs.analysis import RedisAnalysisStore
+    from shared.jobs.record import new_job_id
+    from shared.storage.redis import redis_client
+
+    api: Service = brokered.api
+    response = post(api, jsonl(ROWS), "application/jsonlines", **QUERY)
+    location = f"{api.url}{response.headers['Location']}"
+    wait_until(lambda: requests.get(location, timeout=30).json()["status"] == "succeeded", 120, 0.2, "it")
+    reference = requests.get(location, timeout=30).json()
+
+    store = RedisAnalysisStore(redis_client(brokered.redis.url), 600)
+    published = store.load(reference["id"])
+    assert published is not None
+    stranded = replace(
+        published, id=new_job_id(), status="queued", started_at=None, finished_at=None, error=None,
+        progress={"done": 0, "total": published.texts},
+    )  # fmt: skip
+    for index in range(published.chunks):
+        store.put(stranded.id, f"input:{index}", store.get(published.id, f"input:{index}"))
+    store.save_new(stranded)
+    stranded_location = f"{api.url}/analyses/{stranded.id}"
+    assert requests.get(stranded_location, timeout=30).json()["status"] == "queued"
+
+    wait_until(
+        lambda: requests.get(stranded_location, timeout=30).json()["status"] in ("succeeded", "failed"),
+        120, 0.2, "the stranded analysis",
+    )  # fmt: skip
+    finished = requests.get(stranded_location, timeout=30).json()
+    assert finished["status"] == "succeeded", finished
+    assert finished["progress"] == reference["progress"]
+    assert_same_analysis(finished["analysis"], reference["analysis"])
+    assert f"publishing analysis {stranded.id}" in api.log()

@@ -136,14 +136,16 @@ class CeleryJobQueue:
             log.warning("could not remove the record of unpublished job %s", job_id)
 
 
-def start_sweeper(queue: CeleryJobQueue) -> threading.Thread:
-    """Run `queue.republish_stranded` and `queue.rerun_lapsed` in a daemon thread of this API process."""
+def start_sweeper(queue: CeleryJobQueue, analyses: CeleryAnalyses) -> threading.Thread:
+    """Publish what was recorded but never published (jobs, analyses) and run again what lost its
+    worker (tasks whose lease lapsed), from a daemon thread of this API process."""
 
     def sweep() -> None:
         while True:
             time.sleep(queue.sweep_every_s)
             try:
                 queue.republish_stranded()
+                analyses.republish_stranded()
                 queue.rerun_lapsed()
             except (JobBackendUnavailable, *_BACKEND_ERRORS) as exc:
                 log.warning("stranded-job sweep skipped: %s", exc)
@@ -164,19 +166,44 @@ class CeleryAnalyses:
     def __init__(self, settings: Settings) -> None:
         self.store = analysis_store_for(settings)
         self._celery = create_celery_app(settings)
+        self.stranded_after_s = settings.job_publish_grace_s
 
     def submit(self, record: AnalysisRecord, ticket: Ticket | None = None) -> AnalysisRecord:
+        """Publish every chunk task of a staged analysis (recorded as unpublished by `stage`)."""
         try:
-            for index in range(record.chunks):
-                self._celery.send_task(
-                    ANALYZE_TASK, args=(record.id, index), task_id=f"{record.id}-{index}", retry=False
-                )
+            self._publish(record)
         except _BACKEND_ERRORS as exc:
             message = f"the job queue (Redis) is unavailable: {exc}"
-            with contextlib.suppress(JobBackendUnavailable):  # Redis is away: the record stays queued
+            with contextlib.suppress(JobBackendUnavailable):  # Redis is away: the sweeper publishes it
                 fail(self.store, record.id, message)
+                self.store.mark_published(record.id)
             raise JobBackendUnavailable(message) from None
         return record
+
+    def republish_stranded(self) -> int:
+        """Publish the chunk tasks of analyses recorded over a grace ago whose publish never
+        completed (their API process died); say how many analyses. A chunk already done or running
+        is not done twice: its stored output and its lease say so."""
+        count = 0
+        for analysis_id in self.store.claim_unpublished(self.stranded_after_s):
+            record = self.store.load(analysis_id)
+            if record is None or record.status in FINISHED:
+                continue
+            log.warning("publishing analysis %s, recorded but never published (API died?)", analysis_id)
+            try:
+                self._publish(record)
+            except _BACKEND_ERRORS:
+                self.store.save_new(record)  # noted again: the next sweep tries again
+                raise
+            count += 1
+        return count
+
+    def _publish(self, record: AnalysisRecord) -> None:
+        for index in range(record.chunks):
+            self._celery.send_task(
+                ANALYZE_TASK, args=(record.id, index), task_id=f"{record.id}-{index}", retry=False
+            )
+        self.store.mark_published(record.id)
 
     def delete(self, analysis_id: str) -> AnalysisRecord | None:
         record = cancel_or_remove(self.store, analysis_id)

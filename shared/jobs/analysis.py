@@ -31,13 +31,15 @@ from shared.errors import ClarionError, InvalidRequest, JobBackendUnavailable, N
 from shared.io.records import Record
 from shared.io.schemas import ExplainOptions, SeedBody, parse_model, text_problem
 from shared.jobs.record import _JOB_ID, StoredRecord, new_job_id, progress_of, utc_now
-from shared.jobs.store import SAVE_UNLESS_FINISHED, backend_call
+from shared.jobs.store import SAVE_UNLESS_FINISHED, Unpublished, backend_call
 from shared.kinds import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, SUCCEEDED
 from shared.runtime.engine import Ticket
 from shared.serving.service import ClarionService
 from shared.settings import Settings
 
 ANALYSIS_PREFIX = "clarion:analysis:"
+# Analyses recorded whose chunk tasks are not all known to be published (see `Unpublished`).
+UNPUBLISHED_ANALYSES = "clarion:analyses:unpublished"
 RECORD_VERSION = 1
 
 
@@ -77,6 +79,10 @@ class AnalysisStore(Protocol):
     """Where an analysis's record, chunks and results live: Redis with workers, a folder inline."""
 
     def save(self, record: AnalysisRecord) -> None: ...
+    def save_new(self, record: AnalysisRecord) -> None:
+        """Record a staged analysis (with workers: noted unpublished until its tasks are out)."""
+        ...
+
     def save_unless_finished(self, record: AnalysisRecord) -> bool: ...
     def load(self, analysis_id: str) -> AnalysisRecord | None: ...
     def put(self, analysis_id: str, name: str, data: bytes) -> None: ...
@@ -96,9 +102,28 @@ class RedisAnalysisStore:
         self._client = client
         self._ttl_s = ttl_s
         self._save_unless_finished = client.register_script(SAVE_UNLESS_FINISHED)
+        self._unpublished = Unpublished(client, UNPUBLISHED_ANALYSES)
 
     def save(self, record: AnalysisRecord) -> None:
         backend_call(lambda: self._client.set(ANALYSIS_PREFIX + record.id, record.to_json(), ex=self._ttl_s))
+
+    def save_new(self, record: AnalysisRecord) -> None:
+        """Record the analysis and, in the same transaction, note it unpublished: an API process
+        that dies before all its chunk tasks are published leaves it to the sweeper."""
+
+        def save() -> None:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.set(ANALYSIS_PREFIX + record.id, record.to_json(), ex=self._ttl_s)
+                self._unpublished.add(pipe, record.id)
+                pipe.execute()
+
+        backend_call(save)
+
+    def mark_published(self, analysis_id: str) -> None:
+        self._unpublished.remove(analysis_id)
+
+    def claim_unpublished(self, older_than_s: float) -> list[str]:
+        return self._unpublished.claim(older_than_s)
 
     def save_unless_finished(self, record: AnalysisRecord) -> bool:
         finished = json.dumps(sorted(FINISHED))
@@ -170,6 +195,9 @@ class FolderAnalysisStore:
     def save(self, record: AnalysisRecord) -> None:
         self._sweep()
         self._write(self._path(record.id, "record.json"), record.to_json().encode())
+
+    def save_new(self, record: AnalysisRecord) -> None:
+        self.save(record)  # nothing to publish: it runs within its request
 
     def save_unless_finished(self, record: AnalysisRecord) -> bool:
         with self._lock:
@@ -277,7 +305,7 @@ def stage(store: AnalysisStore, record: AnalysisRecord, lines: Iterable[Record],
         store.delete(record.id)
         raise InvalidRequest("the input holds no text that can be explained")
     record.progress = progress_of(0, record.texts)
-    store.save(record)
+    store.save_new(record)
 
 
 # ---- running it ------------------------------------------------------------------------------------

@@ -37,6 +37,34 @@ return 1
 """
 
 
+class Unpublished:
+    """Ids recorded but not yet known to be published to the broker, scored by when they were
+    recorded (a sorted set): what a sweeper publishes when their publisher died or failed."""
+
+    def __init__(self, client: redis.Redis, key: str) -> None:
+        self._client = client
+        self.key = key
+
+    def add(self, pipe: Any, item_id: str) -> None:
+        """Note `item_id` in the same transaction (`pipe`) that records it."""
+        pipe.zadd(self.key, {item_id: time.time()})
+
+    def remove(self, item_id: str) -> None:
+        backend_call(lambda: self._client.zrem(self.key, item_id))
+
+    def claim(self, older_than_s: float, limit: int = 100) -> list[str]:
+        """Ids noted over `older_than_s` ago and never marked published. Each id is handed to one
+        caller only (the ZREM that removes it decides)."""
+        cutoff = time.time() - older_than_s
+        ids = backend_call(lambda: self._client.zrangebyscore(self.key, 0, cutoff, start=0, num=limit))
+        claimed = []
+        for raw in ids:
+            item_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if backend_call(lambda item_id=item_id: self._client.zrem(self.key, item_id)):
+                claimed.append(item_id)
+        return claimed
+
+
 def job_store_for(settings: Settings) -> RedisJobStore:
     assert settings.redis_store_url is not None, "validated by Settings"
     return RedisJobStore(redis_client(settings.redis_store_url), settings.job_result_ttl_s)
@@ -49,6 +77,7 @@ class RedisJobStore:
         self._client = client
         self._ttl_s = ttl_s
         self._save_unless_finished = client.register_script(SAVE_UNLESS_FINISHED)
+        self._unpublished = Unpublished(client, UNPUBLISHED)
 
     def save(self, record: JobRecord) -> None:
         self._call(lambda: self._client.set(KEY_PREFIX + record.id, record.to_json(), ex=self._ttl_s))
@@ -59,25 +88,18 @@ class RedisJobStore:
         def save() -> None:
             with self._client.pipeline(transaction=True) as pipe:
                 pipe.set(KEY_PREFIX + record.id, record.to_json(), ex=self._ttl_s)
-                pipe.zadd(UNPUBLISHED, {record.id: time.time()})
+                self._unpublished.add(pipe, record.id)
                 pipe.execute()
 
         self._call(save)
 
     def mark_published(self, job_id: str) -> None:
-        self._call(lambda: self._client.zrem(UNPUBLISHED, job_id))
+        self._unpublished.remove(job_id)
 
     def claim_unpublished(self, older_than_s: float, limit: int = 100) -> list[str]:
         """Ids recorded over `older_than_s` ago and never marked published: their publisher died
-        or failed. Each id is handed to one caller only (the ZREM that removes it decides)."""
-        cutoff = time.time() - older_than_s
-        ids = self._call(lambda: self._client.zrangebyscore(UNPUBLISHED, 0, cutoff, start=0, num=limit))
-        claimed = []
-        for raw in ids:
-            job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
-            if self._call(lambda job_id=job_id: self._client.zrem(UNPUBLISHED, job_id)):
-                claimed.append(job_id)
-        return claimed
+        or failed. Each id is handed to one caller only."""
+        return self._unpublished.claim(older_than_s, limit)
 
     def save_unless_finished(self, record: JobRecord) -> bool:
         """Store `record` unless the stored record is already finished; say whether it was stored."""
