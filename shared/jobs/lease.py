@@ -189,4 +189,7 @@ class LeaseKeeper:
             with self._lock:
                 held = list(self._held.values())
             for lease in held:
-                lease.renew()
+                try:
+                    lease.renew()
+                except Exception:  # never let the renewals stop: every lease of the process would lapse
+                    log.exception("task %s: renewing its lease failed", lease.delivery.task_id)
