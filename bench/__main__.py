@@ -17,6 +17,7 @@ COMMANDS = {
     "classify": "HTTP requests/s and latency at several concurrencies, micro-batching on and off",
     "coldstart": "seconds from process start to healthy /ping, and peak RSS of the service",
     "jobs": "explanation jobs on Redis + Celery: submit-to-succeeded latency and jobs/min by worker count",
+    "recovery": "workers stopped as Kubernetes stops them (SIGTERM, SIGKILL): every job once, and how soon",
     "load": "the engine under load: classification latency while explaining, deadlines, shared passes",
     "passes": "forward-pass time and per-row cost by rows and length: what sizes the engine's passes",
     "readable": "granularity's evaluations and seconds; a 2,000-word document through windows, as a job",

@@ -329,8 +329,10 @@ def _analyze(analysis_id: str, index: int, lease: Lease) -> None:
         if run_chunk(store, analysis_id, index, explain, ticket, publish_to_s3) is None:
             log.info("analysis %s chunk %d: not run (%s)", analysis_id, index, record.status)
     except JobCancelled:
-        reason = "another worker runs it now" if lease.lost else "the analysis was cancelled"
-        log.info("analysis %s chunk %d stopped: %s", analysis_id, index, reason)
+        if lease.lost:
+            log.info("analysis %s chunk %d: stopped, another worker runs it now", analysis_id, index)
+        else:
+            log.info("analysis %s cancelled while chunk %d ran: its work stopped", analysis_id, index)
     except SoftTimeLimitExceeded:
         log.info("analysis %s failed: %s", analysis_id, timeout_message)
         fail(store, analysis_id, timeout_message)
