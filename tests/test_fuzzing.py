@@ -40,9 +40,9 @@ from api.kserve import speaks_kserve
 from tests.support import aws_env, job_stack, running_service, s3_server, wait_healthy
 
 SEED = 20261125
-CASES_PER_OPERATION_AND_MODE = 130  # an operation without parameters has 1
+CASES_PER_OPERATION_AND_MODE = 80  # an operation without parameters has 1
 # KServe's paths decode into the same options and texts as /invocations, which the cases above cover:
-# fewer cases each keep the suite's time (about 1,900 cases per service in all).
+# fewer cases each keep the suite's time.
 KSERVE_CASES_PER_OPERATION_AND_MODE = 40
 STATEFUL_SCENARIOS = 25  # each up to STATEFUL_STEPS calls along the links
 STATEFUL_STEPS = 6
