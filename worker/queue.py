@@ -19,10 +19,25 @@ from shared.jobs.store import job_store_for
 from shared.kinds import CANCELLED, FINISHED, QUEUED
 from shared.runtime.engine import Ticket
 from shared.settings import Settings
+from shared.storage.redis import redis_client
 from worker.app import ANALYZE_TASK, EXPLAIN_TASK, QUEUE, create_celery_app
 
 log = logging.getLogger(__name__)
 _BACKEND_ERRORS = (redis.RedisError, KombuError, OSError, TimeoutError)
+# Move a task just published to the end of the queue's list that workers take from next. Celery on
+# Redis pushes on the left and workers pop from the right, so a task published again after its worker
+# died would otherwise wait behind every job accepted after it. (The newest 100 entries are searched:
+# it was pushed moments ago.)
+_TO_FRONT = """
+for _, item in ipairs(redis.call('LRANGE', KEYS[1], 0, 99)) do
+  if string.find(item, ARGV[1], 1, true) then
+    redis.call('LREM', KEYS[1], 1, item)
+    redis.call('RPUSH', KEYS[1], item)
+    return 1
+  end
+end
+return 0
+"""
 
 
 class CeleryJobQueue:
@@ -41,6 +56,7 @@ class CeleryJobQueue:
         self._store = job_store_for(settings)
         self._celery = create_celery_app(settings)  # from these settings: publish-only
         self._broker_url = settings.broker_url or ""
+        self._broker = _redis_broker(self._broker_url)
         self._leases = leases_for(settings)
         # A publish takes milliseconds; the grace keeps a sweeper from racing a slow but live one.
         self.stranded_after_s = settings.job_publish_grace_s
@@ -59,11 +75,10 @@ class CeleryJobQueue:
 
     def pending(self) -> int | None:
         """Jobs waiting in the broker's queue (None when the broker cannot say)."""
-        url = self._broker_url
-        if not url.startswith(("redis://", "rediss://", "unix://")):
+        if self._broker is None:
             return None
         try:
-            return int(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2).llen(QUEUE))
+            return int(self._broker.llen(QUEUE))
         except _BACKEND_ERRORS:
             return None
 
@@ -88,16 +103,28 @@ class CeleryJobQueue:
         the worker died whole, and its message would wait for Celery's visibility timeout. Say how
         many. The job's own compare-and-set keeps a late redelivery from completing it twice."""
         count = 0
-        for delivery in self._leases.lapsed():
+        for delivery in self._leases.lapsed():  # each claimed by this sweep alone: publish them all
             task_id = delivery.task_id
             log.warning("task %s: its worker stopped renewing its lease (lost?); running it again", task_id)
             try:
                 self._celery.send_task(delivery.task, args=delivery.args, task_id=task_id, retry=False)
-            except _BACKEND_ERRORS:
-                self._leases.note(delivery)  # try again on the next sweep
-                raise
+            except _BACKEND_ERRORS as exc:
+                log.warning("task %s: could not publish it again (%s); next sweep", task_id, exc)
+                with contextlib.suppress(JobBackendUnavailable):  # else the visibility timeout brings it
+                    self._leases.note(delivery)
+                continue
+            self._to_front(task_id)
             count += 1
         return count
+
+    def _to_front(self, task_id: str) -> None:
+        """It was accepted before the jobs waiting now: it goes first (best effort)."""
+        if self._broker is None:
+            return
+        try:
+            self._broker.eval(_TO_FRONT, 1, QUEUE, task_id)
+        except _BACKEND_ERRORS as exc:
+            log.warning("task %s: published again at the back of the queue (%s)", task_id, exc)
 
     def _publish(self, record: JobRecord) -> None:
         self._celery.send_task(
@@ -134,6 +161,13 @@ class CeleryJobQueue:
             self._store.delete(job_id)
         except JobBackendUnavailable:
             log.warning("could not remove the record of unpublished job %s", job_id)
+
+
+def _redis_broker(url: str) -> redis.Redis | None:
+    """A client of the broker when it is Redis (it reads and orders the queue's list)."""
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    return redis_client(url)
 
 
 def start_sweeper(queue: CeleryJobQueue, analyses: CeleryAnalyses) -> threading.Thread:
