@@ -176,14 +176,3 @@ def test_amortized_smoke(tmp_path: Path) -> None:
     assert sentences["texts"] == 4 and sentences["speedup"] > 0
     assert -1 <= sentences["spearman_median"] <= 1
 
-
-def test_recovery_smoke(tmp_path: Path) -> None:
-    results = run_bench("recovery", tmp_path)
-    assert results["lease_s"] == 3 and results["sigterm_exit_code"] == 0
-    assert [j["status"] for j in results["jobs"]] == ["succeeded"] * 4
-    assert all(j["completed"] == 1 for j in results["jobs"])  # each exactly once
-    roles = sorted(j["worker"] for j in results["jobs"])
-    assert roles == ["-", "-", "SIGKILL", "SIGTERM"]
-    killed = next(j for j in results["jobs"] if j["worker"] == "SIGKILL")
-    assert killed["attempts"] == 2
-    assert 0 < results["published_again_s"] <= results["started_again_s"] <= results["all_finished_s"]
