@@ -175,4 +175,3 @@ def test_amortized_smoke(tmp_path: Path) -> None:
     sentences = results["results"]["sentences"]
     assert sentences["texts"] == 4 and sentences["speedup"] > 0
     assert -1 <= sentences["spearman_median"] <= 1
-
