@@ -56,6 +56,9 @@ def _float_parser(minimum: float) -> Callable[[str, str], float]:
     return parse
 
 
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 def _text(name: str, raw: str) -> str | None:
     return raw.strip() or None
 
@@ -300,11 +303,17 @@ class Settings:
         return self.broker_url is not None
 
     @property
+    def redis_broker_url(self) -> str | None:
+        """The broker when it is Redis: its queue is a list that workers, KEDA and /metrics read."""
+        url = self.broker_url
+        return url if url and url.startswith(REDIS_SCHEMES) else None
+
+    @property
     def redis_store_url(self) -> str | None:
         """The Redis that keeps job records and cached explanations (REDIS_URL, else a Redis broker
         or result backend)."""
         for url in (self.redis_url, self.celery_result_backend, self.celery_broker_url):
-            if url and url.startswith(("redis://", "rediss://", "unix://")):
+            if url and url.startswith(REDIS_SCHEMES):
                 return url
         return None
 

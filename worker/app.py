@@ -19,7 +19,6 @@ QUEUE = "celery"  # Celery's default queue: a Redis list of the jobs no worker h
 def create_celery_app(settings: Settings) -> Celery:
     app = Celery("clarion", broker=settings.broker_url)
     restore_every = max(1, min(10, settings.visibility_timeout_s // 2))
-    redis_broker = (settings.broker_url or "").startswith(("redis://", "rediss://", "unix://"))
     app.conf.update(
         # JSON only: a pickle payload from a compromised broker would be code execution.
         task_serializer="json",
@@ -31,7 +30,7 @@ def create_celery_app(settings: Settings) -> Celery:
         # A worker reserves no task beyond the ones it runs, so every waiting job stays in the
         # queue's Redis list, which is what KEDA's scaler counts (and another worker may take it).
         worker_prefetch_multiplier=1,
-        worker_disable_prefetch=redis_broker,
+        worker_disable_prefetch=settings.redis_broker_url is not None,
         task_ignore_result=True,
         task_soft_time_limit=settings.job_soft_time_limit_s,
         task_time_limit=settings.job_time_limit_s,

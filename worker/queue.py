@@ -55,8 +55,9 @@ class CeleryJobQueue:
     def __init__(self, settings: Settings) -> None:
         self._store = job_store_for(settings)
         self._celery = create_celery_app(settings)  # from these settings: publish-only
-        self._broker_url = settings.broker_url or ""
-        self._broker = _redis_broker(self._broker_url)
+        # The broker's own client when it is Redis: it reads and orders the queue's list.
+        broker_url = settings.redis_broker_url
+        self._broker = redis_client(broker_url) if broker_url else None
         self._leases = leases_for(settings)
         # A publish takes milliseconds; the grace keeps a sweeper from racing a slow but live one.
         self.stranded_after_s = settings.job_publish_grace_s
@@ -161,13 +162,6 @@ class CeleryJobQueue:
             self._store.delete(job_id)
         except JobBackendUnavailable:
             log.warning("could not remove the record of unpublished job %s", job_id)
-
-
-def _redis_broker(url: str) -> redis.Redis | None:
-    """A client of the broker when it is Redis (it reads and orders the queue's list)."""
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        return None
-    return redis_client(url)
 
 
 def start_sweeper(queue: CeleryJobQueue, analyses: CeleryAnalyses) -> threading.Thread:

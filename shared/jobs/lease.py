@@ -24,6 +24,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -160,7 +161,6 @@ class LeaseKeeper:
         self._leases = leases
         self._held: dict[str, Lease] = {}
         self._lock = threading.Lock()
-        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def hold(self, delivery: Delivery) -> Lease | None:
@@ -185,7 +185,7 @@ class LeaseKeeper:
 
     def _renew(self) -> None:
         while True:
-            self._wake.wait(self._leases.lease_s / 3)
+            time.sleep(self._leases.lease_s / 3)
             with self._lock:
                 held = list(self._held.values())
             for lease in held:
