@@ -162,7 +162,7 @@ def _leased(task_id: str, task: str, args: list[Any]) -> Iterator[Lease | None]:
         with _finishing_on_sigterm():
             yield lease
     finally:
-        keeper.drop(lease, on_error=lambda exc: log.warning("task %s: lease not released: %s", task_id, exc))
+        keeper.drop(lease)
 
 
 @contextmanager
@@ -336,9 +336,9 @@ def _analyze(analysis_id: str, index: int, lease: Lease) -> None:
     except SoftTimeLimitExceeded:
         log.info("analysis %s failed: %s", analysis_id, timeout_message)
         fail(store, analysis_id, timeout_message)
+    except JobBackendUnavailable:
+        raise  # analyze_chunk retries the chunk once Redis is back
     except ClarionError as exc:
-        if isinstance(exc, JobBackendUnavailable):
-            raise
         log.info("analysis %s failed: %s", analysis_id, exc.message)
         fail(store, analysis_id, exc.message)
     except Exception as exc:  # a bug or a library error: the analysis fails visibly, the worker goes on

@@ -26,7 +26,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,14 +173,13 @@ class LeaseKeeper:
                     self._thread.start()
         return lease
 
-    def drop(self, lease: Lease, on_error: Callable[[Exception], None] | None = None) -> None:
+    def drop(self, lease: Lease) -> None:
         with self._lock:
             self._held.pop(lease.delivery.task_id, None)
         try:
             self._leases.release(lease)
         except Exception as exc:  # the lease expires by itself; its note is claimed and found finished
-            if on_error is not None:
-                on_error(exc)
+            log.warning("task %s: lease not released: %s", lease.delivery.task_id, exc)
 
     def _renew(self) -> None:
         while True:
