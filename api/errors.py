@@ -13,6 +13,8 @@ from api.kserve import speaks_kserve
 from shared.errors import (
     ClarionError,
     ExplanationTimeout,
+    Forbidden,
+    IdempotencyConflict,
     InvalidRequest,
     JobBackendUnavailable,
     ModelNotReady,
@@ -20,6 +22,7 @@ from shared.errors import (
     NotFound,
     PayloadTooLarge,
     StorageUnavailable,
+    TooBusy,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -29,10 +32,13 @@ log = logging.getLogger(__name__)
 STATUS_OF: dict[type[ClarionError], int] = {
     InvalidRequest: 400,
     Unauthorized: 401,
+    Forbidden: 403,
     NotFound: 404,
     NotAcceptable: 406,
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
+    IdempotencyConflict: 422,
+    TooBusy: 429,
     ModelNotReady: 503,
     ExplanationTimeout: 503,
     JobBackendUnavailable: 503,
@@ -73,6 +79,8 @@ def register_error_handlers(app: Flask) -> None:
         if status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="clarion"'
         retry_after = next((RETRY_AFTER_S[c] for c in type(exc).__mro__ if c in RETRY_AFTER_S), None)
+        if isinstance(exc, TooBusy):
+            retry_after = exc.retry_after_s
         if retry_after is not None and getattr(exc, "loading", True):
             response.headers["Retry-After"] = str(retry_after)
         return response, status

@@ -31,6 +31,29 @@ class Unauthorized(ClarionError):
     code = "unauthorized"
 
 
+class Forbidden(ClarionError):
+    """The request names something this deployment does not allow (an S3 location outside
+    S3_ALLOWED_PREFIXES); the message names the setting."""
+
+    code = "forbidden"
+
+
+class IdempotencyConflict(ClarionError):
+    """An Idempotency-Key already used with another request body."""
+
+    code = "idempotency_key_reused"
+
+
+class TooBusy(ClarionError):
+    """A limit on concurrent work is reached (ANALYSIS_MAX_RUNNING); try again later."""
+
+    code = "too_many_running"
+
+    def __init__(self, message: str, retry_after_s: int = 10) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class UnsupportedMediaType(ClarionError):
     code = "unsupported_media_type"
 

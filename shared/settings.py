@@ -180,6 +180,12 @@ class Settings:
     analysis_max_texts: int = _env("ANALYSIS_MAX_TEXTS", _int_parser(1), 100_000)
     analysis_max_bytes: int = _env("ANALYSIS_MAX_BYTES", _int_parser(1), 64 * 1024 * 1024)
     analysis_chunk_texts: int = _env("ANALYSIS_CHUNK_TEXTS", _int_parser(1, 10_000), 32)
+    # Analyses queued or running at once, across the deployment; one more is a 429 (Redis holds each
+    # one's chunks until it is merged).
+    analysis_max_running: int = _env("ANALYSIS_MAX_RUNNING", _int_parser(1), 8)
+    # The only S3 locations analyses may read and write (comma-separated s3://bucket/prefix/);
+    # none: every s3:// location is refused (a 403).
+    s3_allowed_prefixes: tuple[str, ...] = _env("S3_ALLOWED_PREFIXES", _names, ())
 
     # The Prometheus port of `clarion worker` (the API serves GET /metrics); 0: none.
     metrics_port: int = _env("METRICS_PORT", _int_parser(0, 65535), 9101)
