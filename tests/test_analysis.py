@@ -4,6 +4,7 @@ drift by nDCG, and `clarion analyze` / `clarion compare` run for real on the tin
 from __future__ import annotations
 
 import json
+import math
 import random
 import signal
 import subprocess
@@ -123,6 +124,30 @@ def test_ndcg_is_claritys() -> None:
     assert ndcg(baseline, {"rank": 0.7, "GPA": 0.5, "SAT": 0.05}, 3) == pytest.approx(0.6876, abs=1e-4)
     assert ndcg(baseline, dict(baseline), 3) == 1.0
     assert ndcg(baseline, {"other": 1.0}, 3) == 0.0
+
+
+def test_ndcg_of_an_analysis_with_itself_is_one_whatever_the_signs() -> None:
+    negative = {"dull": -0.1, "boring": -0.2, "awful": -0.5}  # a median can be negative throughout
+    zero = {"the": 0.0, "a": 0.0, "film": 0.0}
+    mixed = {"great": 0.3, "plot": 0.0, "dull": -0.4}
+    for top in (negative, zero, mixed):
+        assert ndcg(top, dict(top), 3) == pytest.approx(1.0)
+    reversed_negative = {"awful": -0.1, "boring": -0.2, "dull": -0.5}
+    assert ndcg(negative, reversed_negative, 3) < 0.9
+    assert ndcg(mixed, {"dull": 0.3, "plot": 0.0, "great": -0.4}, 3) < 0.9
+    # equal values rank nothing: swapping them keeps 1.0, losing them to other units does not
+    assert ndcg(zero, {"film": 0.0, "a": 0.0, "the": 0.0}, 3) == pytest.approx(1.0)
+    assert ndcg(zero, {"the": 0.0, "plot": 0.0, "dull": 0.0}, 3) == pytest.approx(
+        1 / (1 + 1 / math.log2(3) + 0.5)
+    )
+    assert ndcg(zero, {"other": 0.0}, 3) == 0.0
+
+
+def test_ndcg_of_empty_top_lists_is_defined() -> None:
+    assert ndcg({}, {}, 3) == 1.0
+    assert ndcg({}, {"good": 0.4}, 3) == 0.0
+    assert ndcg({"good": 0.4}, {}, 3) == 0.0
+    assert ndcg({"good": 0.4}, {"good": 0.4}, 0) == 1.0
 
 
 def analysis_of(top: dict[str, float]) -> dict:

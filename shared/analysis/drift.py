@@ -1,15 +1,17 @@
 """Attribution drift between two analyses, as SageMaker Clarify's model monitor measures it.
 
 Per label, the current top-k units are scored by nDCG against the baseline's: with F the baseline's
-units in its order and F' the current ones in theirs, both cut at k, and a(f) a unit's baseline
-attribution (0 where the baseline's top list lacks it),
+units in its order and F' the current ones in theirs, both cut at k, and a(f) a unit's gain,
 
     nDCG = sum_i a(F'_i) / log2(i + 1)  /  sum_i a(F_i) / log2(i + 1)      (i = 1..k)
 
 1.0 when the current ranking puts the baseline's top units in the baseline's order; Clarify raises
-an alert below 0.9. Relevance is taken at 0 or above (an aggregation such as the median can be
-negative), which keeps the score in [0, 1]. Both sides are read from `global_top_shap_text`, so a
-Clarify `analysis.json` compares too.
+an alert below 0.9. A unit's gain is its baseline attribution less the floor min(0, the lowest in
+F), and 0 where F lacks it: Clarify's own gains when the baseline's values are all 0 or above (as
+mean |SHAP| always is), and still a ranking when a median is negative. When every gain is 0 (the
+baseline's values all equal and at most 0), each unit of F gains 1: only which units stay counts.
+So the score is in [0, 1], and an analysis against itself scores 1.0. Both sides are read from
+`global_top_shap_text`, so a Clarify `analysis.json` compares too.
 """
 
 from __future__ import annotations
@@ -28,13 +30,23 @@ def top_units(document: dict[str, Any], label: str) -> dict[str, float]:
 
 
 def ndcg(baseline: dict[str, float], current: dict[str, float], k: int) -> float:
-    relevance = {unit: max(0.0, value) for unit, value in baseline.items()}
-    ideal = sorted(relevance.values(), reverse=True)[:k]
-    ranked = sorted(current, key=lambda unit: -current[unit])[:k]
-    ideal_gain = sum(a / math.log2(i + 2) for i, a in enumerate(ideal))
-    if ideal_gain == 0:
-        return 1.0 if not ranked else 0.0
-    return sum(relevance.get(unit, 0.0) / math.log2(i + 2) for i, unit in enumerate(ranked)) / ideal_gain
+    """The current top k's nDCG against the baseline's (the module's docstring has the gains); 1.0
+    when both lists are empty, 0.0 when only one is."""
+    ideal = _ranked(baseline, k)
+    ranked = _ranked(current, k)
+    if not ideal or not ranked:
+        return 0.0 if ideal or ranked else 1.0
+    floor = min(0.0, baseline[ideal[-1]])
+    gain = {unit: max(0.0, value - floor) for unit, value in baseline.items()}
+    if not any(gain[unit] for unit in ideal):  # equal values: nothing to rank, only membership
+        gain = dict.fromkeys(ideal, 1.0)
+    ideal_gain = sum(gain[unit] / math.log2(i + 2) for i, unit in enumerate(ideal))
+    return sum(gain.get(unit, 0.0) / math.log2(i + 2) for i, unit in enumerate(ranked)) / ideal_gain
+
+
+def _ranked(values: dict[str, float], k: int) -> list[str]:
+    """The top k units, highest value first (ties keep the document's order)."""
+    return sorted(values, key=lambda unit: -values[unit])[:k]
 
 
 def moved(baseline: dict[str, float], current: dict[str, float], k: int) -> list[dict[str, Any]]:
