@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
+import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from shared.explanation.explainer import explain_texts
+import shared.runtime.model
+import shared.serving.service
+from shared.explanation.amortized import ARTIFACT_VERSION, AmortizedExplainer, load_amortized
+from shared.explanation.explainer import ALGORITHM_VERSION, explain_texts
 from shared.io.schemas import ExplainOptions
 from shared.runtime.engine import Engine
-from shared.serving.cache import RedisCache, explanation_key
+from shared.runtime.model import TextModel
+from shared.serving.cache import REDIS_PREFIX, RedisCache, explanation_key
 from shared.serving.classifier import classify
 from shared.serving.service import ClarionService
 from shared.settings import Settings
@@ -73,6 +82,128 @@ def test_cache_key_changes_with_the_algorithm_version(monkeypatch: pytest.Monkey
         shared.explanation.explainer, "ALGORITHM_VERSION", shared.explanation.explainer.ALGORITHM_VERSION + 1
     )
     assert explanation_key("model-a", "text", ExplainOptions()) != before
+
+
+def test_cache_key_covers_the_fast_backend_and_leaves_exact_keys_as_they_were() -> None:
+    fast = ExplainOptions(precision="fast")
+    backends = ["torch-half-cpu-bf16", "torch-half-cuda-fp16", "onnxruntime-int8", "onnxruntime", "torch"]
+    assert len({explanation_key("model-a", "text", fast, backend) for backend in backends}) == len(backends)
+    # exact keys are the ones entries already cached under: the material before backends were in it
+    exact = ExplainOptions()
+    before = json.dumps([ALGORITHM_VERSION, "model-a", "text", list(exact.cache_key())], default=str)
+    assert explanation_key("model-a", "text", exact) == hashlib.sha256(before.encode()).hexdigest()
+
+
+def write_artifact(directory: Path, model: TextModel, seed: int) -> Path:
+    """An artifact as `clarion distill` writes it (tests/test_amortized.py trains a real one), with
+    random weights: what is tested here is which artifact's numbers are served, not how good they are."""
+    hidden = model.model.config.hidden_size
+    weights = np.random.default_rng(seed).normal(scale=0.05, size=(2 * hidden + 1, len(model.labels)))
+    meta = {
+        "version": ARTIFACT_VERSION,
+        "model_id": model.model_id,
+        "model_fingerprint": model.fingerprint,
+        "labels": model.labels,
+        "validation": {"spearman_median": 0.9},
+    }
+    AmortizedExplainer(weights, meta).save(directory)
+    return directory
+
+
+def test_an_artifacts_fingerprint_is_its_content_not_its_path(engine: Engine, tmp_path: Path) -> None:
+    model = engine.model
+    first = write_artifact(tmp_path / "a", model, seed=1)
+    moved = shutil.copytree(first, tmp_path / "elsewhere" / "a")
+    other = write_artifact(tmp_path / "b", model, seed=2)
+    a, a_again, b = (load_amortized(str(d), model, min_spearman=-1) for d in (first, moved, other))
+    assert a.fingerprint == a_again.fingerprint != b.fingerprint
+    amortized = ExplainOptions(precision="amortized")
+    keys = [explanation_key(model.cache_identity, "text", amortized, x.fingerprint) for x in (a, a_again, b)]
+    assert keys[0] == keys[1] != keys[2]
+
+
+def test_a_shared_cache_never_serves_another_artifacts_values(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Processes sharing one Redis: an entry computed with artifact A is not served by a process that
+    loaded artifact B, and is served by one that loaded A from another folder."""
+    from tests.support import start_engine
+
+    loaded = start_engine(tiny_model_dir)
+    first = write_artifact(tmp_path / "a", loaded.model, seed=1)
+    other = write_artifact(tmp_path / "b", loaded.model, seed=2)
+    moved = shutil.copytree(first, tmp_path / "elsewhere" / "a")
+    loaded.stop()
+    server = RedisServer(tmp_path)
+    server.start()
+    client = redis_client(server.url)
+    options = ExplainOptions(precision="amortized")
+
+    def explained_with(artifact: Path) -> list[float]:
+        settings = Settings(
+            model_dir=str(tiny_model_dir),
+            torch_threads=1,
+            exact_backend="torch",
+            redis_url=server.url,
+            amortized_explainer=str(artifact),
+            amortized_min_spearman=-1,
+        )
+        service = ClarionService(settings)
+        service.load()
+        try:
+            explanation = service.explain(["the plot was boring"], options)[0]
+            return explanation.values[explanation.labels[0]]
+        finally:
+            service.stop()
+
+    try:
+        with_a = explained_with(first)
+        with_b = explained_with(other)
+        assert len(client.keys(REDIS_PREFIX + "*")) == 2  # B computed its own entry
+        assert with_b != pytest.approx(with_a, abs=1e-6)
+        assert explained_with(moved) == with_a
+        assert len(client.keys(REDIS_PREFIX + "*")) == 2  # the same artifact elsewhere: A's entry
+    finally:
+        server.stop()
+
+
+def test_fast_explanations_are_cached_under_the_backend_that_computed_them(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CPU without bf16 runs fast passes in fp32 until the int8 graph attaches in the background:
+    nothing is cached meanwhile, and an entry made in int8 is not served once fast runs fp32."""
+    monkeypatch.setattr(shared.runtime.model, "_cpu_has_bf16", lambda: False)
+    gate = threading.Event()
+    export = shared.serving.service.onnx_exact
+
+    def gated_export(*args: object) -> object:
+        gate.wait(60)  # hold the background attach so that the test sees fast's provisional backend
+        return export(*args)
+
+    monkeypatch.setattr(shared.serving.service, "onnx_exact", gated_export)
+    settings = Settings(
+        model_dir=str(tiny_model_dir), torch_threads=1, serverless=True, model_cache_dir=str(tmp_path)
+    )
+    service = ClarionService(settings, threads=1)
+    service.load()
+    options = ExplainOptions(max_evals=60, precision="fast")
+    try:
+        provisional = service.explain(TEXTS[:1], options)
+        assert service.explain(TEXTS[:1], options)[0] is not provisional[0]  # not cached
+        gate.set()
+        for thread in threading.enumerate():
+            if thread.name == "clarion-onnx":
+                thread.join(120)
+        assert service.status().fast_backend == "onnxruntime-int8"
+        in_int8 = service.explain(TEXTS[:1], options)[0]
+        assert service.explain(TEXTS[:1], options)[0] is in_int8  # settled: cached
+
+        service.model.fast_runner = None  # fast now runs exact's fp32 graph
+        in_fp32 = service.explain(TEXTS[:1], options)[0]
+        assert in_fp32 is not in_int8
+        label = in_int8.labels[0]
+        assert in_fp32.values[label] != pytest.approx(in_int8.values[label], abs=1e-9)
+    finally:
+        gate.set()
+        service.stop()
 
 
 def test_memory_cache_evicts_least_recently_used(engine: Engine) -> None:

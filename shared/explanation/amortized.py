@@ -14,8 +14,9 @@ shift a unit received over the labels). Units of any granularity are sums of the
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,16 @@ class AmortizedExplainer:
 
     weights: np.ndarray
     meta: dict[str, Any]
+    # A hash of the weights and the metadata, made once here: explanation cache keys name the artifact
+    # by its content, so a changed AMORTIZED_EXPLAINER misses and the same artifact elsewhere hits.
+    fingerprint: str = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        weights = np.ascontiguousarray(self.weights, dtype=np.float64)
+        digest = hashlib.sha256(json.dumps(self.meta, sort_keys=True, default=str).encode())
+        digest.update(str(weights.shape).encode())
+        digest.update(weights.tobytes())
+        object.__setattr__(self, "fingerprint", digest.hexdigest())
 
     @property
     def validation(self) -> dict[str, Any]:

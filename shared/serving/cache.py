@@ -1,8 +1,9 @@
 """Finished explanations and classifications, cached so identical requests are not computed twice.
 
 The key covers everything that changes the numbers: the algorithm's version, the model's identity,
-the text and every explanation option (SHAP's batch size among them). Explanations: in-process LRU
-in single-process mode; Redis (shared by the API and all workers) when Redis is configured.
+the text, every explanation option (SHAP's batch size among them), and what computed them besides
+the model: the backend of "fast" passes, the artifact of "amortized" ones. Explanations: in-process
+LRU in single-process mode; Redis (shared by the API and all workers) when Redis is configured.
 Classifications (cheap, small): an in-process LRU. A cache failure never fails a request.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 from shared.io.results import Explanation
 from shared.io.schemas import ExplainOptions
+from shared.runtime.model import TextModel
 from shared.storage.memory import Cache
 
 log = logging.getLogger(__name__)
@@ -22,15 +24,30 @@ REDIS_PREFIX = "clarion:explanation:"
 ExplanationCache = Cache[Explanation]
 
 
-def explanation_key(model_fingerprint: str, text: str, options: ExplainOptions) -> str:
+def explanation_key(model_fingerprint: str, text: str, options: ExplainOptions, computed_by: str = "") -> str:
     """Covers the algorithm's version, the model, the text and every option (SHAP's batch size
-    included); not the pass size, which never changes a number."""
+    included); not the pass size, which never changes a number. `computed_by`: what else makes the
+    numbers (`computed_by` in shared/serving/service.py): the fast backend, or the artifact's
+    fingerprint; empty for "exact", whose keys stay as they were before it existed."""
     from shared.explanation.explainer import ALGORITHM_VERSION
 
-    material = json.dumps(
-        [ALGORITHM_VERSION, model_fingerprint, text, list(options.cache_key())], default=str
-    )
-    return hashlib.sha256(material.encode()).hexdigest()
+    material = [ALGORITHM_VERSION, model_fingerprint, text, list(options.cache_key())]
+    if computed_by:
+        material.append(computed_by)
+    return hashlib.sha256(json.dumps(material, default=str).encode()).hexdigest()
+
+
+def fast_backend_of(model: TextModel) -> str:
+    """What runs a "fast" pass, as precisely as its numbers differ: the graph (int8, or exact's fp32),
+    or torch's half precision with its device and type (bf16 and fp16, CPU and GPU round apart)."""
+    if not model.half_precision:
+        return model.fast_backend
+    if model.device.type != "cuda":
+        return f"{model.fast_backend}-cpu-bf16"
+    import torch
+
+    # the same choice as _half_precision_copy (shared/runtime/model.py), made without the copy
+    return f"{model.fast_backend}-cuda-{'bf16' if torch.cuda.is_bf16_supported() else 'fp16'}"
 
 
 def classification_key(model_fingerprint: str, text: str, long_text: str = "truncate") -> str:

@@ -30,7 +30,13 @@ from shared.runtime.engine import Engine, Ticket, pass_limits_for
 from shared.runtime.loading import load_text_model
 from shared.runtime.model import TextModel
 from shared.runtime.onnx import onnx_exact, onnx_int8
-from shared.serving.cache import ExplanationCache, RedisCache, classification_key, explanation_key
+from shared.serving.cache import (
+    ExplanationCache,
+    RedisCache,
+    classification_key,
+    explanation_key,
+    fast_backend_of,
+)
 from shared.serving.classifier import classification_of, run_unmasked
 from shared.settings import Settings
 from shared.storage.memory import Cache, MemoryCache, NoCache, through_cache
@@ -53,6 +59,9 @@ class ClarionService:
         self._error: str | None = None
         self._amortized: AmortizedExplainer | None = None
         self._amortized_error: str | None = None
+        # True while a background thread may still attach the int8 graph, which changes what "fast"
+        # passes compute: meanwhile fast explanations are not cached (see `_computed_by`).
+        self._fast_provisional = False
         self._loading = threading.Event()
         self._cache = _explanation_cache(settings)
         self._classifications: Cache[Classification] = (
@@ -84,12 +93,14 @@ class ClarionService:
             if settings.exact_backend == "onnxruntime":  # asked for: loading fails without it
                 model.exact_runner = onnx_exact(model, settings.model_cache_dir, self._backend_threads)
                 self._attach_int8(model)
+            attach_later = settings.exact_backend == "auto" and model.device.type == "cpu"
+            self._fast_provisional = attach_later and self._int8_wanted(model)  # before serving starts
             limits = pass_limits_for(
                 model, settings.pass_rows, settings.pass_tokens, settings.pass_spare_tokens
             )
             self._engine = Engine(model, limits, merge_classifications=settings.micro_batching)
             self._load_amortized(model)
-            if settings.exact_backend == "auto" and model.device.type == "cpu":
+            if attach_later:
                 # Serve with torch at once; exact passes move to onnxruntime once it is ready (the
                 # export takes seconds on a first start, and no cold start should wait for it).
                 # Not a daemon: a process that exits mid-export waits for it (seconds) rather than
@@ -149,10 +160,12 @@ class ClarionService:
             log.exception("exact passes stay on torch")
         else:
             self._attach_int8(model)
+        finally:
+            self._fast_provisional = False  # attached or not, fast's backend changes no more
 
     def _attach_int8(self, model: TextModel) -> None:
         """On a CPU without bf16, "fast" runs the int8 graph (made from the exact one) once it is ready."""
-        if model.half_precision or not self.settings.fast_int8:
+        if not self._int8_wanted(model):
             return
         try:
             model.fast_runner = onnx_int8(model, model.exact_runner, self._backend_threads)
@@ -160,6 +173,19 @@ class ClarionService:
             log.warning("fast passes run exact's graph: %s", exc.message)
         except Exception:  # a quantizer or runtime error: fast runs exact's graph
             log.exception("fast passes run exact's graph")
+
+    def _int8_wanted(self, model: TextModel) -> bool:
+        return not model.half_precision and self.settings.fast_int8
+
+    def _computed_by(self, model: TextModel, options: ExplainOptions) -> str | None:
+        """What makes an explanation's numbers besides the model and the options, for its cache key:
+        the artifact of "amortized" (its 400 if there is none), the backend of "fast", nothing for
+        "exact". None while fast's backend may still change mid-request: not cached then."""
+        if options.precision == "amortized":
+            return self.amortized().fingerprint
+        if options.precision == "fast":
+            return None if self._fast_provisional else fast_backend_of(model)
+        return ""
 
     @property
     def ready(self) -> bool:
@@ -243,9 +269,11 @@ class ClarionService:
         identity = model.cache_identity
         explanations: list[Explanation | None] = [None] * len(texts)
         if options is not None:
-            keys = [explanation_key(identity, text, options) for text in texts]
+            computed_by = self._computed_by(model, options)
+            cache = self._cache if computed_by is not None else NoCache()
+            keys = [explanation_key(identity, text, options, computed_by or "") for text in texts]
             with metrics.EXPLAIN_SECONDS.time():
-                explanations = list(through_cache(self._cache, keys, explain, "explanations"))
+                explanations = list(through_cache(cache, keys, explain, "explanations"))
         keys = [classification_key(identity, text, long_text) for text in texts]
         with metrics.CLASSIFY_SECONDS.time():  # after an explanation, its rows have run: no pass left
             classifications = through_cache(self._classifications, keys, classify, "classifications")
