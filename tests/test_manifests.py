@@ -189,7 +189,9 @@ class Pod:
         }
 
     def environment(self, rendered: Rendered, resolve_secrets: bool = True) -> dict[str, str]:
-        """The container's environment as the kubelet makes it: envFrom, then env over it."""
+        """The container's environment as the kubelet makes it: envFrom, then env over it, each value's
+        $(VAR) expanded from the variables before it. Without resolve_secrets, a Secret's variables
+        are left out, and references to them stay as written."""
         env: dict[str, str] = {}
         for source in self.container.get("envFrom", []):
             env.update(rendered.one("ConfigMap", source["configMapRef"]["name"]).get("data", {}))
@@ -207,8 +209,30 @@ class Pod:
             elif "resourceFieldRef" in source:
                 value = str(resource_field(self.container, source["resourceFieldRef"]))
             assert value is not None, f"{self.owner}: cannot resolve {var}"
-            env[var["name"]] = value
+            env[var["name"]] = expand(value, env) if "value" in var else value
         return env
+
+    def secret_refs(self) -> dict[str, tuple[str, str]]:
+        """Variable name -> (Secret, key) for the variables read from a Secret."""
+        return {
+            v["name"]: (ref["name"], ref["key"])
+            for v in self.container.get("env", [])
+            if (ref := v.get("valueFrom", {}).get("secretKeyRef"))
+        }
+
+
+# The kubelet's dependent variables: $(NAME) in an env value, a command or args; $$ escapes a $.
+REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """$(NAME) replaced as the kubelet does: by NAME's value if defined, else left as written."""
+    return REFERENCE.sub(lambda m: "$" if m[1] is None else env.get(m[1], m[0]), text)
+
+
+def references(text: str) -> list[str]:
+    """The variables that $(NAME) references in a value, a command or an argument."""
+    return [m[1] for m in REFERENCE.finditer(text) if m[1] is not None]
 
 
 def resource_field(container: dict[str, Any], ref: dict[str, Any]) -> int:
@@ -425,7 +449,9 @@ def test_keda_counts_the_celery_queue_on_clarions_redis(deployment: Rendered) ->
     assert trigger["type"] == "redis"
     assert trigger["metadata"]["listName"] == QUEUE
     worker = pods(deployment)["Deployment/clarion-worker"]
-    redis_url = urlsplit(worker.environment(deployment)["REDIS_URL"])
+    # The base has no Secret (`kubectl create secret`): there the URL's password stays $(...).
+    environment = worker.environment(deployment, resolve_secrets=bool(deployment.all("Secret")))
+    redis_url = urlsplit(environment["REDIS_URL"])
     assert int(trigger["metadata"].get("databaseIndex", "0")) == int(redis_url.path.strip("/") or 0)
     service = deployment.get("Service", "clarion-redis")
     if service is not None:  # in-cluster: KEDA's operator reaches the Service from its own namespace
@@ -447,7 +473,7 @@ def test_keda_counts_the_celery_queue_on_clarions_redis(deployment: Rendered) ->
         assert address == f"{redis_url.hostname}:{redis_url.port}"
         assert refs["password"]["key"] in secret["data"]
         assert deployment.get("StatefulSet", "clarion-redis") is None
-        assert "REDIS_URL" not in deployment.one("ConfigMap", "clarion-config")["data"]
+    assert "REDIS_URL" not in deployment.one("ConfigMap", "clarion-config")["data"], "it holds the password"
 
 
 def test_the_api_key_comes_from_a_secret(deployment: Rendered) -> None:
@@ -461,6 +487,218 @@ def test_the_api_key_comes_from_a_secret(deployment: Rendered) -> None:
         return
     keys = settings_of(api.environment(deployment)).api_keys
     assert keys, f"{deployment.label}: the Secret {ref['name']} has no key {ref['key']}"
+
+
+def test_every_variable_reference_is_defined_before_it(rendered: Rendered) -> None:
+    """The kubelet leaves a $(NAME) it cannot resolve as written: a URL would then carry the text
+    `$(REDIS_PASSWORD)` as its password. A value may reference only the variables before it."""
+    for pod in pods(rendered).values():
+        defined: set[str] = set()
+        for source in pod.container.get("envFrom", []):
+            defined |= set(rendered.one("ConfigMap", source["configMapRef"]["name"]).get("data", {}))
+        for var in pod.container.get("env", []):
+            missing = set(references(var.get("value", ""))) - defined
+            assert not missing, (
+                f"{rendered.label}: {pod.owner}'s {var['name']} references {missing} before it"
+            )
+            defined.add(var["name"])
+        for argument in pod.container.get("command", []) + pod.container.get("args", []):
+            missing = set(references(argument)) - defined
+            assert not missing, f"{rendered.label}: {pod.owner} runs {argument!r}, {missing} undefined"
+
+
+def redis_password_refs(deployment: Rendered) -> dict[str, tuple[str, str]]:
+    """Who -> the (Secret, key) it takes Redis's password from: Redis's --requirepass, the password
+    in the API's and the workers' REDIS_URL, and KEDA's TriggerAuthentication."""
+    found: dict[str, tuple[str, str]] = {}
+    redis = pods(deployment).get("StatefulSet/clarion-redis")
+    if redis is not None:
+        args = redis.container["args"]
+        (variable,) = references(args[args.index("--requirepass") + 1])
+        found[redis.owner] = redis.secret_refs()[variable]
+    for kind in ("api", "worker"):
+        pod = pods(deployment)[f"Deployment/clarion-{kind}"]
+        refs = pod.secret_refs()
+        if "REDIS_URL" in refs:  # external: the whole URL, password included, from the Secret
+            found[pod.owner] = refs["REDIS_URL"]
+            continue
+        (url,) = [v["value"] for v in pod.container["env"] if v["name"] == "REDIS_URL"]
+        password = urlsplit(url).password or ""
+        (variable,) = references(password)
+        assert password == f"$({variable})", f"{pod.owner}: the password is more than {variable}: {url}"
+        found[pod.owner] = refs[variable]
+    scaled = deployment.one("ScaledObject", "clarion-worker")
+    auth = deployment.one("TriggerAuthentication", scaled["spec"]["triggers"][0]["authenticationRef"]["name"])
+    (ref,) = [r for r in auth["spec"]["secretTargetRef"] if r["parameter"] == "password"]
+    found["TriggerAuthentication"] = (ref["name"], ref["key"])
+    return found
+
+
+def test_redis_api_workers_and_keda_share_one_password(deployment: Rendered) -> None:
+    refs = redis_password_refs(deployment)
+    secrets = {name for name, _ in refs.values()}
+    assert len(secrets) == 1, f"{deployment.label}: the password comes from several Secrets: {refs}"
+    if "StatefulSet/clarion-redis" in refs:
+        assert len(set(refs.values())) == 1, f"{deployment.label}: {refs}"
+        assert set(refs) == {
+            "StatefulSet/clarion-redis",
+            "Deployment/clarion-api",
+            "Deployment/clarion-worker",
+            "TriggerAuthentication",
+        }
+    if not deployment.all("Secret"):  # the base: created by `kubectl create secret` (docs/kubernetes.md)
+        assert secrets == {"clarion-redis"}
+        return
+    # The example Secrets: the URLs the pods end up with carry exactly the password Redis and KEDA get.
+    secret_name, key = refs["TriggerAuthentication"]
+    secret = deployment.one("Secret", secret_name)
+    password = base64.b64decode(secret["data"][key]).decode()
+    assert password, f"{deployment.label}: an empty password leaves Redis open"
+    for kind in ("api", "worker"):
+        url = pods(deployment)[f"Deployment/clarion-{kind}"].environment(deployment)["REDIS_URL"]
+        assert urlsplit(url).password == password, f"{deployment.label}: {kind} connects with {url}"
+    redis = pods(deployment).get("StatefulSet/clarion-redis")
+    if redis is not None:
+        environment = redis.environment(deployment)
+        args = [expand(a, environment) for a in redis.container["args"]]
+        assert args[args.index("--requirepass") + 1] == password
+        # The readiness probe's redis-cli authenticates from the environment, not a -a argument.
+        assert environment["REDISCLI_AUTH"] == password
+        assert "redis-cli" in " ".join(redis.container["readinessProbe"]["exec"]["command"])
+
+
+def test_the_redis_password_is_written_in_secrets_only(deployment: Rendered) -> None:
+    """Every other object names the password by reference: the Secrets' values appear nowhere else,
+    and no Redis URL or --requirepass outside a Secret holds a literal password."""
+    passwords: set[str] = set()
+    for secret in deployment.all("Secret"):
+        for key, value in secret.get("data", {}).items():
+            decoded = base64.b64decode(value).decode()
+            if key == "password":
+                passwords.add(decoded)
+            elif decoded.startswith(("redis://", "rediss://")):
+                passwords.add(urlsplit(decoded).password or "")
+    passwords.discard("")
+    assert passwords or not deployment.all("Secret"), f"{deployment.label}: no password in the Secrets"
+    for o in deployment.objects:
+        if o["kind"] == "Secret":
+            continue
+        text = json.dumps(o)
+        for password in passwords:
+            assert password not in text, f"{deployment.label}: {o['kind']}/{o['metadata']['name']} holds it"
+        for url in re.findall(r"rediss?://[^\"\s]*", text):
+            password = urlsplit(url).password
+            assert password is None or re.fullmatch(r"\$\([A-Za-z_][A-Za-z0-9_]*\)", password), url
+    redis = pods(deployment).get("StatefulSet/clarion-redis")
+    if redis is not None:
+        args = redis.container["args"]
+        assert re.fullmatch(r"\$\([A-Za-z_][A-Za-z0-9_]*\)", args[args.index("--requirepass") + 1])
+
+
+# Redis's memory units (redis.conf): k, m, g are powers of 1000, kb, mb, gb of 1024.
+REDIS_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
+# Kubernetes quantities (the ones a memory limit uses).
+QUANTITY_UNITS = {"": 1, "k": 1000, "M": 1000**2, "G": 1000**3, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
+
+
+def redis_bytes(text: str) -> int:
+    """A Redis memory setting (`1gb`) in bytes."""
+    match = re.fullmatch(r"(\d+)([a-z]*)", text.lower())
+    assert match is not None, text
+    return int(match[1]) * REDIS_UNITS[match[2]]
+
+
+def quantity_bytes(text: str) -> int:
+    """A Kubernetes memory quantity (`2Gi`) in bytes."""
+    match = re.fullmatch(r"(\d+)([a-zA-Z]*)", text)
+    assert match is not None, text
+    return int(match[1]) * QUANTITY_UNITS[match[2]]
+
+
+def test_redis_refuses_writes_when_full_rather_than_evicting(deployment: Rendered) -> None:
+    """Redis is the broker: an evicted key is a lost job. Full, it must refuse writes (noeviction),
+    and reach its maxmemory well under the container's limit, or the kernel kills it first (the
+    append-only file's rewrite forks)."""
+    redis = pods(deployment).get("StatefulSet/clarion-redis")
+    if redis is None:  # an external Redis: docs/kubernetes.md asks for noeviction there
+        return
+    args = redis.container["args"]
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    maxmemory = redis_bytes(args[args.index("--maxmemory") + 1])
+    limit = quantity_bytes(redis.container["resources"]["limits"]["memory"])
+    assert 0 < maxmemory <= 0.8 * limit, (maxmemory, limit)
+    assert redis_bytes("1gb") == 2**30 and quantity_bytes("2Gi") == 2**31  # the units as documented
+
+
+def policy_sources(policy: dict[str, Any], labels: dict[str, dict[str, str]]) -> set[tuple[Any, ...]]:
+    """A policy's ingress sources, each as ("pods", the templates its podSelector picks in this
+    namespace) or ("namespace", its namespaceSelector's labels); ("anywhere",) for a rule without
+    `from`. Pods of a namespace and pods by label in another are not used here."""
+    found: set[tuple[Any, ...]] = set()
+    for rule in policy["spec"].get("ingress", []):
+        if "from" not in rule:
+            found.add(("anywhere",))
+        for peer in rule.get("from", []):
+            assert set(peer) in ({"podSelector"}, {"namespaceSelector"}), peer
+            if "podSelector" in peer:
+                picked = frozenset(n for n, ls in labels.items() if selects(peer["podSelector"], ls))
+                found.add(("pods", picked))
+            else:
+                selector = peer["namespaceSelector"]
+                assert set(selector) == {"matchLabels"}, selector
+                found.add(("namespace", frozenset(selector["matchLabels"].items())))
+    return found
+
+
+def policy_ports(policy: dict[str, Any], pod: Pod) -> set[int]:
+    """The container ports a policy opens on the pod (a named port is the container's)."""
+    ports = {pod.port(p["port"]) for rule in policy["spec"].get("ingress", []) for p in rule.get("ports", [])}
+    assert all(rule.get("ports") for rule in policy["spec"].get("ingress", [])), "a rule opens every port"
+    return ports
+
+
+def test_network_policies_let_in_only_what_each_pod_needs(deployment: Rendered) -> None:
+    """Each pod is isolated by one policy, selected by its template's own labels: the API's port open
+    to any source; the workers' metrics port to this namespace (and the Prometheus's, with a
+    PodMonitor); Redis's port to the API, the workers and KEDA's operator (namespace keda) only."""
+    labels = {
+        o["metadata"]["name"]: o["spec"]["template"]["metadata"]["labels"]
+        for o in deployment.objects
+        if o["kind"] in {"Deployment", "StatefulSet"}
+    }
+    policies: dict[str, dict[str, Any]] = {}
+    for policy in deployment.all("NetworkPolicy"):
+        assert policy["spec"]["policyTypes"] == ["Ingress"], policy["metadata"]["name"]
+        (selected,) = [n for n, ls in labels.items() if selects(policy["spec"]["podSelector"], ls)]
+        assert selected not in policies, f"{selected}: selected by two policies"
+        policies[selected] = policy
+    assert set(policies) == set(labels), f"{deployment.label}: pods without a policy"
+    pod_of = {n.split("/")[1]: p for n, p in pods(deployment).items()}
+
+    api = pod_of["clarion-api"]
+    settings = settings_of(api.environment(deployment, resolve_secrets=False))
+    assert policy_sources(policies["clarion-api"], labels) == {("anywhere",)}
+    assert policy_ports(policies["clarion-api"], api) == {settings.port}
+
+    worker = pod_of["clarion-worker"]
+    settings = settings_of(worker.environment(deployment, resolve_secrets=False))
+    everyone_here = ("pods", frozenset(labels))
+    monitoring = ("namespace", frozenset({("kubernetes.io/metadata.name", "monitoring")}))
+    expected = {everyone_here, monitoring} if deployment.all("PodMonitor") else {everyone_here}
+    assert policy_sources(policies["clarion-worker"], labels) == expected
+    assert policy_ports(policies["clarion-worker"], worker) == {settings.metrics_port}
+
+    service = deployment.get("Service", "clarion-redis")
+    if service is None:  # external: no Redis here, and no policy for it
+        assert "clarion-redis" not in labels
+        return
+    keda = ("namespace", frozenset({("kubernetes.io/metadata.name", "keda")}))
+    api_pods, worker_pods = ("pods", frozenset({"clarion-api"})), ("pods", frozenset({"clarion-worker"}))
+    assert policy_sources(policies["clarion-redis"], labels) == {api_pods, worker_pods, keda}
+    redis = pod_of["clarion-redis"]
+    assert policy_ports(policies["clarion-redis"], redis) == {
+        redis.port(service["spec"]["ports"][0]["targetPort"])
+    }
 
 
 def test_every_image_is_tagged_by_a_kustomization(rendered: Rendered) -> None:
@@ -615,7 +853,7 @@ def stack(sst2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     podman("pod", "rm", "-f", pod_name, check=False)
     podman(
         "pod", "create", "--name", pod_name,
-        # The Service's name resolves inside the pod, as the ConfigMap's REDIS_URL expects.
+        # The Service's name resolves inside the pod, as the pods' REDIS_URL expects.
         "--add-host", "clarion-redis:127.0.0.1",
         "-p", f"127.0.0.1:{port}:{api.port('http')}",
         "-p", f"127.0.0.1:{metrics_port}:{worker.port('metrics')}",
@@ -626,6 +864,8 @@ def stack(sst2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         for kind, pod in (("redis", redis), ("api", api), ("worker", worker)):
             options = podman_options(pod, rendered, folder, claims)
             container = f"{pod_name}-{kind}"
+            # The kubelet expands $(VAR) in args (Redis's --requirepass); podman would not.
+            environment = pod.environment(rendered)
             podman(
                 "run",
                 "-d",
@@ -635,7 +875,7 @@ def stack(sst2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                 container,
                 *options,
                 images[kind],
-                *pod.container["args"],
+                *(expand(argument, environment) for argument in pod.container["args"]),
             )
             if kind == "redis":  # workers and the API start once the StatefulSet's probe passes
                 wait_until(partial(probe_passes, container, redis), 30, what="Redis's readiness probe")
@@ -650,7 +890,8 @@ def stack(sst2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def probe_passes(container: str, pod: Pod) -> bool:
-    """The pod's exec readiness probe, run in its container."""
+    """The pod's exec readiness probe, run in its container (podman exec, like the kubelet's, runs
+    it with the container's environment: REDISCLI_AUTH, Redis's password)."""
     command = pod.container["readinessProbe"]["exec"]["command"]
     return podman("exec", container, *command, check=False).returncode == 0
 
@@ -690,7 +931,8 @@ def test_the_api_serves_under_the_deployments_security_settings(stack: Stack) ->
 
 @pytest.mark.images
 def test_a_job_runs_on_a_worker_under_its_deployments_settings(stack: Stack) -> None:
-    """The worker, read-only root and all, takes a job from the Redis the ConfigMap names, and
+    """The worker, read-only root and all, takes a job from the Redis its REDIS_URL names, with the
+    Secret's password, and
     serves its metrics on the port the pod annotations give Prometheus."""
     wait_until(lambda: ping(stack).get("status") == "healthy", 300, interval=1, what="/ping")
     headers = {"Authorization": f"Bearer {stack.api_key}"}
