@@ -84,12 +84,22 @@ WORDS = [
 ]
 
 
+# The weights' standard deviation (transformers' default is 0.02). At 0.02 the tiny model's output
+# hardly depends on its input: every text gets logits within 0.01 of each other and attributions
+# of 1e-7 to 1e-5, within a few orders of float32 summation noise (a thread count, a backend), so
+# tests compared noise. At 0.5 logits span several units, predictions differ between texts, and
+# attributions are 0.01 to 1: five orders of magnitude above that noise. (The amortized explainer's
+# linear head needs a smoother encoder: tests/test_amortized.py builds its model at 0.1.)
+INITIALIZER_RANGE = 0.5
+
+
 def build_tiny_model(
     directory: Path,
     labels: list[str],
     problem_type: str = "single_label_classification",
     seed: int = 0,
     architecture: str = "bert",
+    initializer_range: float = INITIALIZER_RANGE,
 ) -> Path:
     """Save a random-weight 2-layer classifier (BERT, or `architecture="distilbert"`) and a WordPiece
     tokenizer built from WORDS."""
@@ -133,12 +143,31 @@ def build_tiny_model(
         ),
     }[architecture]
     config = config_class(
-        vocab_size=len(specials) + len(pieces), max_position_embeddings=64, **sizes, **heads
+        vocab_size=len(specials) + len(pieces),
+        max_position_embeddings=64,
+        initializer_range=initializer_range,
+        **sizes,
+        **heads,
     )
     model = model_class(config).eval()
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def assert_close_to_scale(actual: Any, expected: Any, rel: float) -> None:
+    """Every |actual - expected| is within `rel` of the largest |expected|: attributions computed in
+    another summation order (another thread count, backend or pass layout) differ by float32 noise
+    relative to the explanation's scale, not to each small value (an attribution near zero has no
+    relative precision of its own)."""
+    import numpy as np
+
+    actual, expected = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    scale = float(np.max(np.abs(expected), initial=0.0))
+    assert scale > 0, "nothing to compare against: every expected value is 0"
+    worst = float(np.max(np.abs(actual - expected), initial=0.0))
+    assert worst <= rel * scale, f"off by {worst:.3g}, more than {rel:g} of the scale {scale:.3g}"
 
 
 def start_engine(model_dir: Path, threads: int | None = 1, backend: str = "torch", **limits: int):

@@ -17,6 +17,7 @@ from shared.explanation.units import stripped_span
 from shared.io.schemas import ExplainOptions
 from shared.runtime.engine import Engine, Ticket
 from shared.runtime.model import TextModel
+from tests.support import assert_close_to_scale
 
 TEXTS = [
     "i loved this film , the acting was superb .",
@@ -75,13 +76,16 @@ def direct(model: TextModel, text: str, explanation, label: str) -> tuple[float,
 @pytest.mark.parametrize("granularity", ["word", "sentence"])
 def test_measures_equal_deleting_the_top_units(engine: Engine, granularity: str) -> None:
     options = ExplainOptions(max_evals=200, granularity=granularity, faithfulness=True)
+    measured, computed = [], []
     for text, explanation in zip(TEXTS, explain_texts(engine, TEXTS, options), strict=True):
         assert explanation.faithfulness is not None
         assert set(explanation.faithfulness) == set(explanation.labels) == set(engine.model.labels)
-        for label, measured in explanation.faithfulness.items():
-            comprehensiveness, sufficiency = direct(engine.model, text, explanation, label)
-            assert measured.comprehensiveness == pytest.approx(comprehensiveness, abs=1e-6)
-            assert measured.sufficiency == pytest.approx(sufficiency, abs=1e-6)
+        for label, measures in explanation.faithfulness.items():
+            measured.append([measures.comprehensiveness, measures.sufficiency])
+            computed.append(direct(engine.model, text, explanation, label))
+    # Padded rows in shared passes against one row at a time: float32 noise (under 1e-6 of the
+    # scale); deleting one wrong unit would move a measure by a percent of it or more.
+    assert_close_to_scale(measured, computed, rel=1e-4)
 
 
 def test_token_granularity_ranks_tokens_not_boundaries(engine: Engine) -> None:
@@ -107,8 +111,11 @@ def test_token_granularity_ranks_tokens_not_boundaries(engine: Engine) -> None:
         comprehensive.append(full - score(np.setdiff1d(np.arange(len(ids)), top)))
         sufficient.append(full - score(np.sort(np.concatenate([[0], top, [len(ids) - 1]]))))
     measured = explanation.faithfulness[label]
-    assert measured.comprehensiveness == pytest.approx(np.mean(comprehensive), abs=1e-6)
-    assert measured.sufficiency == pytest.approx(np.mean(sufficient), abs=1e-6)
+    assert_close_to_scale(
+        [measured.comprehensiveness, measured.sufficiency],
+        [np.mean(comprehensive), np.mean(sufficient)],
+        rel=1e-4,
+    )
 
 
 def test_windowed_documents_are_measured_over_their_windows(engine: Engine) -> None:
@@ -145,9 +152,12 @@ def test_any_ranking_is_measured_as_an_explanation_is(engine: Engine) -> None:
     values = [np.array([e.values[label] for label in e.labels]).T for e in explanations]
     assert players_of(engine, TEXTS, options) == [len(e.units) for e in explanations]
     measured = faithfulness_of(engine, TEXTS, options, values, labels)
-    for got, explanation in zip(measured, explanations, strict=True):  # up to float noise between passes
-        for label, own in explanation.faithfulness.items():
-            assert got[label].comprehensiveness == pytest.approx(own.comprehensiveness, rel=1e-4, abs=1e-9)
-            assert got[label].sufficiency == pytest.approx(own.sufficiency, rel=1e-4, abs=1e-9)
+    got, own = [], []
+    for scored, explanation in zip(measured, explanations, strict=True):
+        for label, measures in explanation.faithfulness.items():
+            got.append([scored[label].comprehensiveness, scored[label].sufficiency])
+            own.append([measures.comprehensiveness, measures.sufficiency])
+    # The same deletions in other passes: equal up to float32 noise of the measures' scale.
+    assert_close_to_scale(got, own, rel=1e-4)
     reversed_ranking = faithfulness_of(engine, TEXTS, options, [-v for v in values], labels)
     assert reversed_ranking != measured
