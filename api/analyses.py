@@ -124,16 +124,18 @@ def _input(
         output = spec.get("output")
         if output is not None and not isinstance(output, str):
             raise InvalidRequest("output: an s3:// location")
-        from shared.storage.s3 import read_object, split_uri
+        from shared.storage.s3 import check_allowed, read_object
 
+        # Both locations are checked before any S3 call: a forbidden output must not cost a read.
+        allowed = settings.s3_allowed_prefixes
         if output is not None:
-            split_uri(output.rstrip("/") + "/x")
+            check_allowed(output, allowed, folder=True)
         uri = spec["input"]
-        _, key = split_uri(uri)
+        _, key = check_allowed(uri, allowed)
         kind = key.rsplit(".", 1)[-1].lower() if "." in key else ""
         if kind not in ("jsonl", "csv", "tsv", "txt"):
             raise InvalidRequest(f"{uri}: name the object .jsonl, .csv, .tsv or .txt")
-        data = read_object(uri, settings.analysis_max_bytes)
+        data = read_object(uri, settings.analysis_max_bytes, allowed)
         return _records(data, kind, analysis, delimiter, uri), uri, output
     if mimetype in JSON_LINES_TYPES:
         return _records(request.get_data(), "jsonl", analysis, delimiter, "body"), None, None

@@ -400,6 +400,8 @@ def _analysis_paths(settings: Settings, precisions: tuple[str, ...]) -> dict[str
                     "200": {**analysis, **links},
                     "202": {**analysis, **links},
                     **_REQUEST_ERRORS,
+                    "403": _error("an S3 location outside S3_ALLOWED_PREFIXES"),
+                    "404": _error("no such S3 object, or the service may not read it"),
                     "413": _error("over ANALYSIS_MAX_TEXTS lines or ANALYSIS_MAX_BYTES bytes"),
                     "415": _error("content type other than JSON Lines, CSV or JSON"),
                     "503": _error(

@@ -101,6 +101,27 @@ def _names(name: str, raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+# An S3 location analyses may use: s3://bucket, optionally a prefix of plain segments (no '.', '..',
+# '//', '%', '\\' or control characters: the rules shared/storage/s3.py applies to every request).
+_S3_PREFIX = re.compile(r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/([^/%\\\x00-\x1f\x7f-\x9f]+/)*)?")
+
+
+def _s3_prefixes(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated s3://bucket/prefix/ locations, each normalised to end in '/': `s3://b/data`
+    is the folder `s3://b/data/`, so `s3://b/database/x` is not inside it."""
+    prefixes = []
+    for entry in _names(name, raw):
+        folder = entry if entry.endswith("/") else entry + "/"
+        segments = folder[len("s3://") :].split("/")[1:-1]
+        if not _S3_PREFIX.fullmatch(folder) or any(s in (".", "..") for s in segments):
+            raise ConfigurationError(
+                f"{name}: {entry!r} is not s3://bucket/prefix/ (a valid bucket name, then plain "
+                "segments: no '.', '..', '//', '%', '\\' or control characters)"
+            )
+        prefixes.append(folder)
+    return tuple(prefixes)
+
+
 def _strategy(name: str, raw: str) -> str:
     value = raw.strip().upper()
     if value not in ("MULTI_RECORD", "SINGLE_RECORD"):
@@ -185,7 +206,7 @@ class Settings:
     analysis_max_running: int = _env("ANALYSIS_MAX_RUNNING", _int_parser(1), 8)
     # The only S3 locations analyses may read and write (comma-separated s3://bucket/prefix/);
     # none: every s3:// location is refused (a 403).
-    s3_allowed_prefixes: tuple[str, ...] = _env("S3_ALLOWED_PREFIXES", _names, ())
+    s3_allowed_prefixes: tuple[str, ...] = _env("S3_ALLOWED_PREFIXES", _s3_prefixes, ())
 
     # The Prometheus port of `clarion worker` (the API serves GET /metrics); 0: none.
     metrics_port: int = _env("METRICS_PORT", _int_parser(0, 65535), 9101)

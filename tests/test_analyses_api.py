@@ -56,6 +56,7 @@ def single(tiny_model_dir: Path, s3_endpoint: str, tmp_path_factory: pytest.Temp
         "TORCH_THREADS": "1",
         "SAGEMAKER_MODEL_SERVER_WORKERS": "1",  # so that /ping's 200 means the process that answers is ready
         **LIMITS,
+        "S3_ALLOWED_PREFIXES": f"s3://{BUCKET}/in/,s3://{BUCKET}/out/",
         **aws_env(s3_endpoint),
     }
     with running_service(tmp, env) as service:
@@ -164,8 +165,9 @@ def test_a_csv_body_with_its_options(single: Service) -> None:
         (jsonl(ROWS * 5), "application/jsonlines", {}, 413, "ANALYSIS_MAX_TEXTS"),
         (b"x" * 30000, "application/jsonlines", {}, 413, "ANALYSIS_MAX_BYTES"),
         (b'{"input": 3}', "application/json", {}, 400, "s3://"),
-        (b'{"input": "s3://datasets/missing.jsonl"}', "application/json", {}, 400, "no such object"),
-        (b'{"input": "s3://datasets/x.parquet"}', "application/json", {}, 400, ".jsonl"),
+        (b'{"input": "s3://datasets/in/missing.jsonl"}', "application/json", {}, 404, "no such object"),
+        (b'{"input": "s3://datasets/other/x.jsonl"}', "application/json", {}, 403, "S3_ALLOWED_PREFIXES"),
+        (b'{"input": "s3://datasets/in/x.parquet"}', "application/json", {}, 400, ".jsonl"),
         (b'{"input": "http://example.com/x.jsonl"}', "application/json", {}, 400, "s3://"),
     ],
 )
@@ -220,6 +222,7 @@ def brokered(tiny_model_dir: Path, s3_endpoint: str, tmp_path_factory: pytest.Te
         "ANALYSIS_MAX_TEXTS": "400",
         "ANALYSIS_MAX_BYTES": "200000",
         "MAX_EVALS_LIMIT": "20000",
+        "S3_ALLOWED_PREFIXES": f"s3://{BUCKET}/",
         **aws_env(s3_endpoint),
     }
     with job_stack(tmp, env) as stack:

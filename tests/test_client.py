@@ -68,6 +68,7 @@ def service(tiny_model_dir: Path, s3_endpoint: str, tmp_path_factory: pytest.Tem
         "TORCH_THREADS": "1",
         "SAGEMAKER_MODEL_SERVER_WORKERS": "1",  # so that /ping's 200 means the process that answers is ready
         "API_KEYS": KEY,
+        "S3_ALLOWED_PREFIXES": f"s3://{BUCKET}/",
         **aws_env(s3_endpoint),
     }
     with running_service(tmp_path_factory.mktemp("client"), env) as running:

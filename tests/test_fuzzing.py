@@ -78,10 +78,10 @@ CONFIG = {
             "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "404"]}},
         },
         # A dataset is a file: the document can say its size and its options, not which strings hold a
-        # line with a text to explain (a 400), nor which S3 objects exist (a 400) or are reachable (503).
+        # line with a text to explain (a 400), nor which S3 locations this deployment allows (a 403).
         {
             "include-path": "/analyses",
-            "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "413"]}},
+            "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "403", "413"]}},
         },
     ],
     # The stateful run follows the document's links and no inferred ones: links inferred from a GET's
@@ -266,8 +266,8 @@ def report(counts: dict[str, int], calls: Counter[str], service_log: str) -> int
 
 @pytest.fixture(scope="module")
 def s3_env() -> Iterator[dict[str, str]]:
-    """A real S3-compatible server on loopback, with no buckets: a generated s3:// input names an
-    object that does not exist (a 400), and never reaches the internet."""
+    """A real S3-compatible server on loopback, with no buckets and no S3_ALLOWED_PREFIXES: a generated
+    s3:// input is refused (a 403) before any call, and never reaches the internet."""
     with s3_server() as endpoint:
         yield aws_env(endpoint)
 

@@ -408,10 +408,13 @@ CONTENT_TYPES = {
 
 
 def publish_to_s3(record: AnalysisRecord, files: dict[str, bytes]) -> None:
+    from shared.settings import load_settings
     from shared.storage.s3 import write_objects
 
     assert record.output is not None
-    write_objects(record.output, files, CONTENT_TYPES)
+    # Checked again where it is written: a record staged before S3_ALLOWED_PREFIXES narrowed, or by
+    # another process, must not write outside what this worker's settings allow.
+    write_objects(record.output, files, CONTENT_TYPES, load_settings().s3_allowed_prefixes)
 
 
 def record_explain_options(record: AnalysisRecord, settings: Settings) -> ExplainOptions:
