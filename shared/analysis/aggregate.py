@@ -1,10 +1,11 @@
 """A dataset's explanation: every text's attributions folded into global ones, per label and cohort.
 
-Texts stream through `DatasetAnalysis.add` one at a time, in input order; only per-unit sums (and a
-bounded sample per unit for the median) are kept, so memory grows with the vocabulary of units,
-not with the dataset. `document()` is `analysis.json`: SageMaker Clarify's layout for a text
-feature (`explanations.kernel_shap.<label>.global_top_shap_text`), and Clarion's extras under
-`clarion` (docs/analysis.md).
+Texts stream through `DatasetAnalysis.add` one at a time, in input order. Per unit, label and cohort
+only sums and a sample of at most MEDIAN_SAMPLE values (for the median; kept whatever the method) are
+kept, besides the few surest errors whole, so memory grows with the number of distinct units (times
+labels and cohorts), not with the number of texts. `document()` is `analysis.json`: SageMaker
+Clarify's layout for a text feature (`explanations.kernel_shap.<label>.global_top_shap_text`), and
+Clarion's extras under `clarion` (docs/analysis.md).
 """
 
 from __future__ import annotations

@@ -15,8 +15,10 @@ logits. One thread owns the model and builds each pass from what is waiting:
 - at every pass boundary, items whose ticket expired or was cancelled are dropped and their waiters
   told at once. No pass is interrupted: work stops within one pass.
 
-The numbers never depend on what else is in a pass: each row's logits are computed on their own,
-only the wall time is shared.
+Each row's logits are computed on their own, so what else is in a pass changes the wall time and at
+most the last bits: kernels round differently with the number of rows (about 1e-6 in a logit on
+CPU), a classification row is padded to its pass's longest, and a fast GPU pass pads to its shape
+bucket (model.py).
 """
 
 from __future__ import annotations

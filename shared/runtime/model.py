@@ -179,11 +179,14 @@ class TextModel:
 
     def _model_for(self, precision: Precision) -> Any:
         """The fp32 model, or for "fast" a half-precision copy made on first use (by the engine's
-        thread, the only one that runs passes).
+        thread, the only one that runs passes); without a half-precision path, the fp32 model itself.
 
         Measured on minilm (2 CPU threads, batch 64): bf16 weights run 2.0-2.4x faster than fp32 with
         a median Spearman of 0.999 between fast and exact attributions; bf16 autocast is ~12 % slower
-        than bf16 weights, and dynamic int8 loses too much (Spearman 0.80-0.88), so it is not used.
+        than bf16 weights, and torch's dynamic int8 loses too much (Spearman 0.80-0.88), so torch
+        never runs int8. On a CPU without bf16, "fast" passes run onnxruntime's int8 graph once it is
+        ready (per-channel weights, checked at start: onnx.py); before that, or for passes wider
+        than the graph takes, they run in fp32 as exact's do.
         """
         if precision == "exact":
             return self.model

@@ -1,10 +1,12 @@
 """Finished explanations and classifications, cached so identical requests are not computed twice.
 
-The key covers everything that changes the numbers: the algorithm's version, the model's identity,
+The key covers everything that changes the numbers beyond float rounding (which backend runs exact
+passes, or what shares a pass, moves only the last bits): the algorithm's version, the model's identity,
 the text, every explanation option (SHAP's batch size among them), and what computed them besides
-the model: the backend of "fast" passes, the artifact of "amortized" ones. Explanations: in-process
-LRU in single-process mode; Redis (shared by the API and all workers) when Redis is configured.
-Classifications (cheap, small): an in-process LRU. A cache failure never fails a request.
+the model: the backend of "fast" passes (not cached while it may still change), the artifact of
+"amortized" ones. Explanations: Redis (shared by the API and all workers) when Redis is configured,
+else an in-process LRU (each process its own). Classifications (cheap, small): an in-process LRU.
+Neither with EXPLANATION_CACHE_SIZE=0. A cache failure never fails a request.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ ExplanationCache = Cache[Explanation]
 
 def explanation_key(model_fingerprint: str, text: str, options: ExplainOptions, computed_by: str = "") -> str:
     """Covers the algorithm's version, the model, the text and every option (SHAP's batch size
-    included); not the pass size, which never changes a number. `computed_by`: what else makes the
-    numbers (`computed_by` in shared/serving/service.py): the fast backend, or the artifact's
-    fingerprint; empty for "exact", whose keys stay as they were before it existed."""
+    included); not the pass size, which moves a number only in its last bits (engine.py).
+    `computed_by`: what else makes the numbers (ClarionService._computed_by): the fast backend or
+    the artifact's fingerprint; empty for "exact", whose keys stay as they were before it existed."""
     from shared.explanation.explainer import ALGORITHM_VERSION
 
     material = [ALGORITHM_VERSION, model_fingerprint, text, list(options.cache_key())]
