@@ -314,11 +314,20 @@ def test_the_service_serves_with_torch_and_moves_to_onnxruntime(tiny_model_dir: 
 
 def test_torch_only_when_asked_and_onnxruntime_before_healthy(tiny_model_dir: Path, tmp_path: Path) -> None:
     torch_only = ClarionService(
-        Settings(model_dir=str(tiny_model_dir), model_cache_dir=str(tmp_path), exact_backend="torch")
+        Settings(
+            model_dir=str(tiny_model_dir), model_cache_dir=str(tmp_path / "torch"), exact_backend="torch"
+        )
     )
     torch_only.load()
-    time.sleep(1)
+    # Beside it, "auto" from its own cache: once that one has exported, checked and moved to
+    # onnxruntime, torch-only had the same time to do so and did not even export.
+    auto = ClarionService(Settings(model_dir=str(tiny_model_dir), model_cache_dir=str(tmp_path / "auto")))
+    auto.load()
+    wait_for_backend(auto, "onnxruntime")
+    assert list((tmp_path / "auto").rglob("*.onnx"))
     assert torch_only.status().exact_backend == "torch"
+    assert not (tmp_path / "torch").exists()
+    auto.engine.stop()
     torch_only.engine.stop()
     asked = ClarionService(
         Settings(model_dir=str(tiny_model_dir), model_cache_dir=str(tmp_path), exact_backend="onnxruntime")
