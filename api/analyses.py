@@ -10,7 +10,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 
 from api.bodies import analysis_body
 from api.invocations import html_response
-from api.negotiation import HTML, JSON, response_type
+from api.negotiation import HTML, JSON, REPLAYED, idempotency, response_type
 from api.records import JSON_LINES_TYPES
 from shared.analysis.aggregate import AGG_METHODS
 from shared.errors import InvalidRequest, NotFound, UnsupportedMediaType
@@ -155,12 +155,19 @@ def create_analysis() -> Any:
     service = current_app.extensions["clarion.service"]
     record = new_analysis(service.model.model_id, parameters, analysis, settings, owner=g.owner)
     service.check_options(record_explain_options(record, settings))  # labels, amortized: a 400 now
-    lines, record.input, record.output = _input(settings, analysis, delimiter)
     backend = _analyses()
-    stage(backend.store, record, lines, settings)
-    record = backend.submit(record, g.ticket)
-    response = jsonify(body(analysis_body(record, backend.store)))
-    response.headers["Location"] = url_for("analyses.get_analysis", analysis_id=record.id)
+    key = idempotency(request, g.owner)
+    made = backend.store.find(key)  # a retried submit: no second read of its input, no staging
+    replayed = made is not None
+    if made is None:
+        lines, record.input, record.output = _input(settings, analysis, delimiter)
+        made, replayed = stage(backend.store, record, lines, settings, key)
+    if not replayed:
+        made = backend.submit(made, g.ticket)
+    response = jsonify(body(analysis_body(made, backend.store)))
+    response.headers["Location"] = url_for("analyses.get_analysis", analysis_id=made.id)
+    if replayed:
+        response.headers[REPLAYED] = "true"
     return response, 202 if backend.asynchronous else 200
 
 

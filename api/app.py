@@ -14,7 +14,7 @@ from api.errors import register_error_handlers
 from api.kserve import v1, v2
 from api.routes import bp
 from shared.jobs.analysis import FolderAnalysisStore, InlineAnalyses
-from shared.jobs.inline import FolderJobRecords, InlineJobQueue, JobQueue
+from shared.jobs.inline import FolderJobRecords, FolderKeys, InlineJobQueue, JobQueue
 from shared.serving.service import ClarionService
 from shared.settings import Settings
 
@@ -37,9 +37,11 @@ def create_app(
     app.extensions["clarion.jobs"] = jobs or _job_queue(settings, service)
     app.extensions["clarion.analyses"] = _analyses(settings, service)
     if settings.jobs_are_async and jobs is None:
-        from worker.queue import start_sweeper  # only when a broker is configured
+        from api.queue import Sweeper  # only when a broker is configured
 
-        start_sweeper(app.extensions["clarion.jobs"], app.extensions["clarion.analyses"])
+        Sweeper.for_settings(
+            settings, [app.extensions["clarion.jobs"], app.extensions["clarion.analyses"]]
+        ).start()
     app.register_blueprint(bp)
     app.register_blueprint(analyses.bp)
     app.register_blueprint(v1.bp)
@@ -54,7 +56,7 @@ def _analyses(settings: Settings, service: ClarionService) -> Any:
     """Where analyses run: chunk tasks on the workers, or within the request in single-process mode
     (their files kept beside the inline jobs', so every HTTP process of the server reads them)."""
     if settings.jobs_are_async:
-        from worker.queue import CeleryAnalyses
+        from api.queue import CeleryAnalyses
 
         return CeleryAnalyses(settings)
     folder = Path(settings.inline_jobs_dir or tempfile.mkdtemp(prefix="clarion-jobs-")) / "analyses"
@@ -63,12 +65,13 @@ def _analyses(settings: Settings, service: ClarionService) -> Any:
 
 def _job_queue(settings: Settings, service: ClarionService) -> JobQueue:
     if not settings.jobs_are_async:
-        records = (
-            FolderJobRecords(settings.inline_jobs_dir, settings.job_result_ttl_s)
-            if settings.inline_jobs_dir
-            else None
+        folder = settings.inline_jobs_dir
+        if folder is None:
+            return InlineJobQueue(service.explain)
+        records = FolderJobRecords(folder, settings.job_result_ttl_s)
+        return InlineJobQueue(
+            service.explain, records, FolderKeys(Path(folder) / "keys", settings.job_result_ttl_s)
         )
-        return InlineJobQueue(service.explain, records)
-    from worker.queue import CeleryJobQueue  # only when a broker is configured
+    from api.queue import CeleryJobQueue  # only when a broker is configured
 
     return CeleryJobQueue(settings)

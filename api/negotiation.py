@@ -1,8 +1,9 @@
-"""Headers: what the client accepts, the options it sends in SageMaker's custom attributes, and the
-request id every response carries."""
+"""Headers: what the client accepts, the options it sends in SageMaker's custom attributes, the
+request id every response carries, and the Idempotency-Key of a submit."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from typing import Any
 from flask import Request
 
 from shared.errors import InvalidRequest, NotAcceptable
+from shared.jobs.record import Idempotency
 
 JSON = "application/json"
 JSON_LINES = "application/jsonlines"
@@ -20,6 +22,9 @@ _ALIASES = {"application/jsonl": JSON_LINES, "application/x-jsonlines": JSON_LIN
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 _VISIBLE_ASCII = re.compile(r"[\x20-\x7e]*")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+IDEMPOTENCY_KEY = "Idempotency-Key"
+REPLAYED = "Idempotent-Replayed"  # on the answer to a submit whose key made its job before
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 def response_type(request: Request, offered: tuple[str, ...]) -> str:
@@ -125,3 +130,21 @@ def request_id(request: Request) -> str:
     """The client's X-Request-Id when it is a sane token, else a new one."""
     given = request.headers.get("X-Request-Id", "")
     return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+def idempotency(request: Request, owner: str | None) -> Idempotency | None:
+    """The submit's Idempotency-Key (visible ASCII, at most 255 characters), with a digest of what
+    the request asks for: its path, query, media type, SageMaker's options and body. None without
+    the header."""
+    key = request.headers.get(IDEMPOTENCY_KEY)
+    if key is None:
+        return None
+    key = key.strip()
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise InvalidRequest(f"{IDEMPOTENCY_KEY}: 1 to 255 visible ASCII characters")
+    digest = hashlib.sha256()
+    for part in (request.path, request.query_string.decode("latin-1"), request.mimetype,
+                 request.headers.get(CUSTOM_ATTRIBUTES, "")):  # fmt: skip
+        digest.update(part.encode("utf-8", "surrogateescape") + b"\0")
+    digest.update(request.get_data(cache=True))
+    return Idempotency(key=key, owner=owner, request=digest.hexdigest())

@@ -17,10 +17,12 @@ from api.negotiation import (
     CUSTOM_ATTRIBUTES,
     HTML,
     JSON,
+    REPLAYED,
     CustomAttributes,
     custom_attribute_options,
     custom_attributes,
     echo_attributes,
+    idempotency,
     request_id,
     response_type,
 )
@@ -214,20 +216,26 @@ def delete_explanation(job_id: str) -> Any:
 
 
 def _submit(invocation: Invocation, classifications: list[Any]) -> Any:
-    """Queue a job (202 + Location), or in single-process mode run it now (200, finished job)."""
+    """Queue a job (202 + Location), or in single-process mode run it now (200, finished job). With
+    an Idempotency-Key used before with the same request, the job it made, with the same status."""
     jobs = _jobs()
     options = invocation.parameters.explain_options()
-    _service().check_options(options)  # a job that cannot succeed is a 400 now, not a failure later
+    service = _service()
+    service.check_options(options)  # a job that cannot succeed is a 400 now, not a failure later
     record: JobRecord = new_record(
-        _service().model.model_id,
+        service.model.model_id,
         invocation.texts,
         invocation.single,
         options,
         classifications,
         owner=g.owner,
+        model_fingerprint=service.model.fingerprint,
     )
-    record = jobs.submit(record, request_ticket())  # inline jobs stop at the request's deadline too
+    # Inline jobs stop at the request's deadline too.
+    record, replayed = jobs.submit(record, request_ticket(), idempotency(request, g.owner))
     response = jsonify(body(job_body(record)))
+    if replayed:
+        response.headers[REPLAYED] = "true"
     if not jobs.asynchronous:
         return response, 200
     response.headers["Location"] = url_for("clarion.get_explanation", job_id=record.id)

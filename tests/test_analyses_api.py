@@ -307,9 +307,10 @@ def test_an_analysis_whose_publisher_died_is_published_by_the_sweeper(brokered) 
     sweeper publishes the chunks, and the analysis comes out as if nothing had happened."""
     from dataclasses import replace
 
-    from shared.jobs.analysis import RedisAnalysisStore
+    from shared.io.records import json_lines
+    from shared.jobs.analysis import analysis_store_for, stage
     from shared.jobs.record import new_job_id
-    from shared.storage.redis import redis_client
+    from shared.settings import Settings
 
     api: Service = brokered.api
     response = post(api, jsonl(ROWS), "application/jsonlines", **QUERY)
@@ -317,16 +318,17 @@ def test_an_analysis_whose_publisher_died_is_published_by_the_sweeper(brokered) 
     wait_until(lambda: requests.get(location, timeout=30).json()["status"] == "succeeded", 120, 0.2, "it")
     reference = requests.get(location, timeout=30).json()
 
-    store = RedisAnalysisStore(redis_client(brokered.redis.url), 600)
+    settings = Settings.from_env({"REDIS_URL": brokered.redis.url, **LIMITS})
+    store = analysis_store_for(settings)
     published = store.load(reference["id"])
     assert published is not None
+    assert store.get(published.id, "input:0") is None  # merged: Redis keeps the document alone
     stranded = replace(
         published, id=new_job_id(), status="queued", started_at=None, finished_at=None, error=None,
-        progress={"done": 0, "total": published.texts},
+        chunks=0, texts=0, lines=0, revision=0, idempotency_key=None,
     )  # fmt: skip
-    for index in range(published.chunks):
-        store.put(stranded.id, f"input:{index}", store.get(published.id, f"input:{index}"))
-    store.save_new(stranded)
+    lines = json_lines(jsonl(ROWS).decode().splitlines(), ("review",), "gold")
+    stage(store, stranded, lines, settings)  # staged and recorded, noted unpublished; then the API died
     stranded_location = f"{api.url}/analyses/{stranded.id}"
     assert requests.get(stranded_location, timeout=30).json()["status"] == "queued"
 
@@ -338,4 +340,4 @@ def test_an_analysis_whose_publisher_died_is_published_by_the_sweeper(brokered) 
     assert finished["status"] == "succeeded", finished
     assert finished["progress"] == reference["progress"]
     assert_same_analysis(finished["analysis"], reference["analysis"])
-    assert f"publishing analysis {stranded.id}" in api.log()
+    assert f"analysis {stranded.id}: recorded, never published" in api.log()

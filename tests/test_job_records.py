@@ -11,8 +11,8 @@ from api.bodies import job_body
 from shared.io.results import Explanation, body
 from shared.io.schemas import ExplainOptions
 from shared.jobs.record import JobRecord
-from shared.jobs.store import KEY_PREFIX, RedisJobStore
-from shared.kinds import CANCELLED, QUEUED, SUCCEEDED
+from shared.jobs.store import JOBS, KEY_PREFIX, Moved, RecordStore
+from shared.kinds import CANCELLED, QUEUED, RUNNING, SUCCEEDED
 from shared.serving.cache import REDIS_PREFIX, RedisCache, explanation_key
 from shared.storage.redis import redis_client
 from tests.support import RedisServer
@@ -43,8 +43,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture
-def store(redis_url: str) -> RedisJobStore:
-    return RedisJobStore(redis_client(redis_url), ttl_s=600)
+def store(redis_url: str) -> RecordStore[JobRecord]:
+    return RecordStore(redis_client(redis_url), JOBS, ttl_s=600)
 
 
 def version_1_record(job_id: str, status: str = SUCCEEDED) -> dict:
@@ -65,7 +65,7 @@ def version_1_record(job_id: str, status: str = SUCCEEDED) -> dict:
     }
 
 
-def test_a_record_of_the_previous_format_still_reads(store: RedisJobStore) -> None:
+def test_a_record_of_the_previous_format_still_reads(store: RecordStore[JobRecord]) -> None:
     store._client.set(KEY_PREFIX + "a" * 32, json.dumps(version_1_record("a" * 32)))
     record = store.load("a" * 32)
     assert record is not None and record.version == 1
@@ -73,33 +73,44 @@ def test_a_record_of_the_previous_format_still_reads(store: RedisJobStore) -> No
     assert shown["status"] == "succeeded" and shown["result"]["explanation"][1][0] == "good"
 
 
-def test_unknown_fields_of_a_newer_writer_are_ignored(store: RedisJobStore) -> None:
+def test_unknown_fields_of_a_newer_writer_are_ignored(store: RecordStore[JobRecord]) -> None:
     data = version_1_record("b" * 32) | {"version": 9, "priority": "high"}
     store._client.set(KEY_PREFIX + "b" * 32, json.dumps(data))
     assert job_body(store.load("b" * 32)).status == "succeeded"
 
 
-def test_a_cancel_racing_a_refresh_stays_cancelled(store: RedisJobStore) -> None:
-    """The interleaving that used to store `succeeded` with an empty result: a GET reads the queued
-    record, a DELETE cancels it, then the GET saves what Celery said (SUCCESS, [])."""
+def test_a_cancel_racing_a_refresh_stays_cancelled(store: RecordStore[JobRecord]) -> None:
+    """The interleaving that used to store `succeeded` with an empty result: a writer reads the
+    queued record, a DELETE cancels it, then the first writer tries to finish it."""
     record = JobRecord.from_json(json.dumps(version_1_record("c" * 32, status=QUEUED)))
     record.explanations = None
-    store.save(record)
-    seen_by_get = store.load(record.id)
-    cancelling = store.load(record.id)
-    cancelling.status = CANCELLED
-    assert store.save_unless_finished(cancelling)
-    seen_by_get.status, seen_by_get.explanations = SUCCEEDED, []
-    assert not store.save_unless_finished(seen_by_get)  # the finished state is not overwritten
+    store.create(record)
+    seen_by_worker = store.load(record.id)
+    assert store.update(record.id, CANCELLED) is not None
+    seen_by_worker.explanations = []
+    assert store.move(seen_by_worker, SUCCEEDED) == Moved.REFUSED  # queued -> succeeded is no move
+    assert store.move(seen_by_worker, RUNNING) == Moved.REFUSED  # cancelled is finished
     stored = store.load(record.id)
     assert stored.status == CANCELLED
     assert job_body(stored).status == "cancelled"
     # and the other way round: a job that succeeded first is not turned into a cancelled one
     done = JobRecord.from_json(json.dumps(version_1_record("d" * 32)))
-    store.save(done)
-    done.status = CANCELLED
-    assert not store.save_unless_finished(done)
+    store._client.set(KEY_PREFIX + done.id, done.to_json())
+    assert store.update(done.id, CANCELLED) is None
     assert store.load(done.id).status == SUCCEEDED
+
+
+def test_a_write_from_a_stale_read_is_refused_and_update_reads_again(store: RecordStore[JobRecord]) -> None:
+    record = JobRecord.from_json(json.dumps(version_1_record("f" * 32, status=QUEUED)))
+    store.create(record)
+    first, second = store.load(record.id), store.load(record.id)
+    first.progress = {"done": 1, "total": 4}
+    assert store.move(first, RUNNING) == Moved.DONE
+    second.progress = {"done": 9, "total": 4}
+    assert store.move(second, RUNNING) == Moved.STALE  # it read revision 0; the store holds 1
+    assert store.load(record.id).progress == {"done": 1, "total": 4}
+    updated = store.update(record.id, RUNNING, lambda r: setattr(r, "attempts", r.attempts + 1))
+    assert updated is not None and updated.revision == 2 and updated.progress == {"done": 1, "total": 4}
 
 
 def test_a_succeeded_record_with_a_missing_result_answers_without_error() -> None:

@@ -15,11 +15,12 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import (
+    task_failure,
     worker_init,
     worker_process_init,
     worker_process_shutdown,
@@ -30,7 +31,7 @@ from shared import metrics
 from shared.errors import ClarionError, JobBackendUnavailable, JobCancelled
 from shared.io.schemas import ExplainOptions, parse_model
 from shared.jobs.analysis import (
-    RedisAnalysisStore,
+    AnalysisRecord,
     analysis_store_for,
     fail,
     is_cancelled,
@@ -41,8 +42,8 @@ from shared.jobs.analysis import (
 )
 from shared.jobs.lease import Delivery, Lease, LeaseKeeper, leases_for
 from shared.jobs.record import JobRecord, progress_of, utc_now
-from shared.jobs.store import RedisJobStore, job_store_for
-from shared.kinds import CANCELLED, FAILED, FINISHED, RUNNING, SUCCEEDED
+from shared.jobs.store import RecordStore, job_store_for
+from shared.kinds import CANCELLED, FAILED, RUNNING, SUCCEEDED
 from shared.runtime.engine import Ticket
 from shared.serving.service import ClarionService
 from worker.app import ANALYZE_TASK, EXPLAIN_TASK
@@ -51,8 +52,8 @@ from worker.main import celery_app
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _service: ClarionService | None = None
-_store: RedisJobStore | None = None
-_analyses: RedisAnalysisStore | None = None
+_store: RecordStore[JobRecord] | None = None
+_analyses: RecordStore[AnalysisRecord] | None = None
 _leases: LeaseKeeper | None = None
 _loading = threading.Lock()
 
@@ -72,6 +73,28 @@ def serve_metrics(**_: Any) -> None:
     port = celery_app.clarion_settings.metrics_port
     if port:
         metrics.serve(port)
+
+
+@task_failure.connect
+def fail_past_the_time_limit(
+    sender: Any = None, task_id: str | None = None, exception: Any = None, args: Any = None, **_: Any
+) -> None:
+    """Runs in the worker's main process when it killed a pool process at the hard time limit
+    (JOB_TIME_LIMIT): the task fails with that reason, and its lease goes, instead of the sweeper
+    running it again as if its worker had died."""
+    if not isinstance(exception, TimeLimitExceeded) or task_id is None:
+        return
+    settings = celery_app.clarion_settings
+    message = f"the task exceeded the hard time limit ({settings.job_time_limit_s}s, JOB_TIME_LIMIT)"
+    log.warning("task %s: %s; it fails", task_id, message)
+    try:
+        leases_for(settings).forget(task_id)
+        if getattr(sender, "name", None) == ANALYZE_TASK and args:
+            fail(analysis_store_for(settings), str(args[0]), message)
+        elif getattr(sender, "name", None) == EXPLAIN_TASK:
+            job_store_for(settings).update(task_id, FAILED, _failure(message))
+    except JobBackendUnavailable as exc:  # the lease lapses and the job runs again: the lesser harm
+        log.warning("task %s: could not record the time limit (%s)", task_id, exc)
 
 
 @worker_process_shutdown.connect
@@ -117,20 +140,12 @@ def _status(job_id: str) -> str | None:
     return None if record is None else record.status
 
 
-def _write(job_id: str, change: Callable[[JobRecord], None]) -> JobRecord | None:
-    """Apply `change` to the stored record unless it is finished (or gone); keep trying while Redis
-    is away. The record as written, or None when nothing was."""
+def _write(job_id: str, target: str, change: Callable[[JobRecord], None]) -> JobRecord | None:
+    """Move the job to `target` with `change` applied, if its state allows (shared/jobs/state.py);
+    keep trying while Redis is away. The record as written, or None when the move was refused."""
     assert _store is not None
     store = _store
-
-    def write() -> JobRecord | None:
-        record = store.load(job_id)
-        if record is None or record.status in FINISHED:
-            return None
-        change(record)
-        return record if store.save_unless_finished(record) else None
-
-    return _until_stored(write, f"job {job_id}")
+    return _until_stored(lambda: store.update(job_id, target, change), f"job {job_id}")
 
 
 def _until_stored(operation: Callable[[], T], what: str) -> T:
@@ -161,8 +176,15 @@ def _leased(task_id: str, task: str, args: list[Any]) -> Iterator[Lease | None]:
     try:
         with _finishing_on_sigterm():
             yield lease
-    finally:
+    except JobBackendUnavailable:
+        # Redis stayed away: keep the lease's note and let the lease lapse, so the sweeper publishes
+        # the task again even if handing it back (a Celery retry) fails too.
+        keeper.abandon(lease)
+        raise
+    except BaseException:
         keeper.drop(lease)
+        raise
+    keeper.drop(lease)
 
 
 @contextmanager
@@ -198,18 +220,25 @@ def _finishing_on_sigterm() -> Iterator[None]:
 
 
 def _start(record: JobRecord) -> None:
-    """Running, one more attempt; a job whose worker was lost JOB_MAX_ATTEMPTS times fails."""
+    """Running, one more attempt."""
     record.attempts += 1
+    record.started_at = utc_now()
+
+
+def _out_of_attempts(job_id: str) -> bool:
+    """A job whose worker was lost JOB_MAX_ATTEMPTS times fails instead of starting again."""
+    assert _store is not None
+    store = _store
     limit = celery_app.clarion_settings.job_max_attempts
-    if record.attempts > limit:
-        record.status, record.finished_at = FAILED, utc_now()
-        record.error = {
-            "code": "explanation_failed",
-            "message": f"the job ran out of attempts: its worker was lost during each of its {limit} "
-            "(JOB_MAX_ATTEMPTS), out of memory? It is not run again",
-        }
-        return
-    record.status, record.started_at = RUNNING, utc_now()
+    record = _until_stored(lambda: store.load(job_id), f"job {job_id}")
+    if record is None or record.attempts < limit:
+        return False
+    message = (
+        f"the job ran out of attempts: its worker was lost during each of its {limit} "
+        "(JOB_MAX_ATTEMPTS), out of memory? It is not run again"
+    )
+    _failed(job_id, message)
+    return True
 
 
 class _Progress:
@@ -226,13 +255,10 @@ class _Progress:
             return
         self._next = now + PROGRESS_INTERVAL_S
         assert _store is not None
-        try:
-            record = _store.load(self.job_id)
-            if record is not None and record.status == RUNNING:
-                record.progress = progress_of(done, total)
-                _store.save_unless_finished(record)
-        except JobBackendUnavailable:
-            pass
+        with suppress(JobBackendUnavailable):
+            _store.update(
+                self.job_id, RUNNING, lambda record: setattr(record, "progress", progress_of(done, total))
+            )
 
 
 @celery_app.task(name=EXPLAIN_TASK, bind=True)
@@ -248,10 +274,11 @@ def explain_job(self: Any, texts: list[str], options: dict[str, Any]) -> None:
 
 def _explain(job_id: str, texts: list[str], options: dict[str, Any], lease: Lease) -> None:
     assert _service is not None
-    started = _write(job_id, _start)
-    if started is None or started.status != RUNNING:  # cancelled, finished, expired, or out of attempts
-        state = started.status if started else _status(job_id) or "no record"
-        log.info("job %s: not run (%s)", job_id, state)
+    if _out_of_attempts(job_id):
+        return
+    started = _write(job_id, RUNNING, _start)
+    if started is None:  # cancelled, finished or expired
+        log.info("job %s: not run (%s)", job_id, _status(job_id) or "no record")
         return
     limit = _service.settings.job_soft_time_limit_s
     timeout_message = f"the explanation exceeded the time limit ({limit}s)"
@@ -263,10 +290,20 @@ def _explain(job_id: str, texts: list[str], options: dict[str, Any], lease: Leas
         cancelled_by=lambda: lease.lost or _status(job_id) == CANCELLED,
         progress=_Progress(job_id),
     )
+    fingerprint = _service.model.fingerprint
+    predictions = None
     try:
         parsed = parse_model(ExplainOptions, options, _service.settings)
+        if started.model_fingerprint not in (None, fingerprint):  # one model per job: classify again
+            log.warning("job %s: classified by model %s, explained by %s: classifying it again",
+                        job_id, started.model_fingerprint, fingerprint)  # fmt: skip
+            classified = _service.classify(texts, ticket, parsed.long_text)
+            predictions = [c.model_dump(mode="json") for c in classified]
         with metrics.JOB_SECONDS.time():
-            explanations = [e.model_dump(mode="json") for e in _service.explain(texts, parsed, ticket)]
+            explanations = [
+                e.model_copy(update={"model_fingerprint": fingerprint}).model_dump(mode="json")
+                for e in _service.explain(texts, parsed, ticket)
+            ]
     except JobCancelled:
         if lease.lost:
             log.info("job %s: stopped, another worker runs it now", job_id)
@@ -285,20 +322,26 @@ def _explain(job_id: str, texts: list[str], options: dict[str, Any], lease: Leas
         return
 
     def succeeded(record: JobRecord) -> None:
-        record.status, record.explanations, record.finished_at = SUCCEEDED, explanations, utc_now()
+        record.explanations, record.finished_at = explanations, utc_now()
+        if predictions is not None:
+            record.predictions, record.model_fingerprint = predictions, fingerprint
         record.progress = progress_of(*ticket.progress) if ticket.progress else None
 
-    if _write(job_id, succeeded) is not None:
+    if _write(job_id, SUCCEEDED, succeeded) is not None:
         log.info("job %s succeeded", job_id)
 
 
-def _failed(job_id: str, message: str) -> None:
+def _failure(message: str) -> Callable[[JobRecord], None]:
     def failed(record: JobRecord) -> None:
-        record.status, record.finished_at = FAILED, utc_now()
+        record.finished_at = utc_now()
         record.error = {"code": "explanation_failed", "message": message}
 
+    return failed
+
+
+def _failed(job_id: str, message: str) -> None:
     log.info("job %s failed: %s", job_id, message)
-    _write(job_id, failed)
+    _write(job_id, FAILED, _failure(message))
 
 
 @celery_app.task(name=ANALYZE_TASK, bind=True, max_retries=None)

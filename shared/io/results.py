@@ -74,6 +74,7 @@ class Explanation(Result):
     faithfulness: dict[str, Faithfulness] | None = None  # per explained label, when asked for
     additivity_correction: float | None = None  # precision "amortized": the largest shift per token
     amortized_validation: dict[str, Any] | None = None  # precision "amortized": its artifact's figures
+    model_fingerprint: str | None = None  # jobs: the model that classified and explained the text
 
     def unit_pairs(self) -> list[tuple[str, dict[str, float]]]:
         """The original project's shape: `[[unit, {label: value, ...}], ...]`."""
@@ -113,6 +114,11 @@ class ExplanationParameters(Result):
     )
     amortized_validation: dict[str, Any] | None = Field(
         None, description='precision "amortized": the artifact\'s held-out figures against exact'
+    )
+    model_fingerprint: str | None = Field(
+        None,
+        description="jobs: the fingerprint of the model that classified and explained the text (a worker "
+        "whose model differs from the one that classified it at submit classifies it again)",
     )
 
 
@@ -162,6 +168,7 @@ def text_response(
 _PARAMETERS = {
     *("output", "granularity", "long_text", "windows", "max_evals", "evaluations", "seed"),
     *("precision", "batch_size", "masking", "additivity_correction", "amortized_validation"),
+    "model_fingerprint",
 }
 
 

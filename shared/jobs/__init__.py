@@ -1,10 +1,10 @@
-"""Explanation jobs: the record of every issued job id, and the inline (single-process) job runner.
+"""Explanation jobs and dataset analyses: their records, their one state machine (state.py), their
+Redis store (store.py), inline jobs without a broker (inline.py), analyses (analysis.py) and running
+tasks' leases (lease.py).
 
-A job explains texts whose classification the API already returned. Its status goes
-`queued -> running -> succeeded | failed`, or to `cancelled` from either of the first two. The API
-records a job before it publishes it and afterwards only reads it; the worker that runs the job is
-the only writer of its state and result (worker/tasks.py). A finished job never changes again
-(the store's compare-and-set), so a late redelivery cannot complete it twice. The Celery-backed
-queue lives in worker/queue.py; both keep a `JobRecord` per issued id, so an unknown id is a 404 and
-never "pending forever".
+A job explains texts whose classification the API already returned; an analysis explains a dataset in
+chunks. Both move `queued -> running -> succeeded | failed`, or to `cancelled` from either of the
+first two, and every move is a compare-and-set made by its one writer (state.py says which). The
+API-side queue and its sweeper live in api/queue.py; every issued id has a record, so an unknown id
+is a 404 and never "pending forever".
 """

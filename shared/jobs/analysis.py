@@ -13,33 +13,42 @@ moves out of a finished state.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-
-import redis
 
 from shared.analysis.aggregate import AnalysisOptions, analyse_records
 from shared.analysis.units import Normalizer
 from shared.errors import ClarionError, InvalidRequest, JobBackendUnavailable, NotFound, PayloadTooLarge
 from shared.io.records import Record
 from shared.io.schemas import ExplainOptions, SeedBody, parse_model, text_problem
-from shared.jobs.record import _JOB_ID, StoredRecord, new_job_id, progress_of, utc_now
-from shared.jobs.store import SAVE_UNLESS_FINISHED, Unpublished, backend_call
+from shared.jobs.record import (
+    _JOB_ID,
+    Idempotency,
+    StoredRecord,
+    new_job_id,
+    progress_of,
+    stamp_finished,
+    utc_now,
+)
+from shared.jobs.state import MOVES
+from shared.jobs.store import ANALYSIS_PREFIX, Kind, RecordStore
 from shared.kinds import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, SUCCEEDED
 from shared.runtime.engine import Ticket
 from shared.serving.service import ClarionService
 from shared.settings import Settings
 
-ANALYSIS_PREFIX = "clarion:analysis:"
-# Analyses recorded whose chunk tasks are not all known to be published (see `Unpublished`).
+# Analyses recorded whose chunk tasks are not all known to be published (the store's ledger).
 UNPUBLISHED_ANALYSES = "clarion:analyses:unpublished"
+ACTIVE_ANALYSES = "clarion:analyses:active"  # queued or running: at most ANALYSIS_MAX_RUNNING
 RECORD_VERSION = 1
 
 
@@ -63,6 +72,8 @@ class AnalysisRecord(StoredRecord):
     progress: dict[str, int] | None = None  # texts done of `texts`
     error: dict[str, str] | None = None
     owner: str | None = None
+    revision: int = 0  # one more with every write: the store's compare-and-set
+    idempotency_key: str | None = None
     version: int = RECORD_VERSION
 
     def options(self) -> AnalysisOptions:
@@ -76,104 +87,52 @@ class AnalysisRecord(StoredRecord):
 
 
 class AnalysisStore(Protocol):
-    """Where an analysis's record, chunks and results live: Redis with workers, a folder inline."""
+    """Where an analysis's record, chunks and results live: Redis with workers, a folder inline.
+    Its record changes only by the state machine's checked moves (shared/jobs/state.py)."""
 
-    def save(self, record: AnalysisRecord) -> None: ...
-    def save_new(self, record: AnalysisRecord) -> None:
-        """Record a staged analysis (with workers: noted unpublished until its tasks are out)."""
-        ...
-
-    def save_unless_finished(self, record: AnalysisRecord) -> bool: ...
+    def create(
+        self, record: AnalysisRecord, idempotency: Idempotency | None = None
+    ) -> tuple[AnalysisRecord, bool]: ...
+    def find(self, idempotency: Idempotency | None) -> AnalysisRecord | None: ...
     def load(self, analysis_id: str) -> AnalysisRecord | None: ...
+    def update(
+        self, analysis_id: str, target: str, change: Callable[[AnalysisRecord], None] | None = None
+    ) -> AnalysisRecord | None: ...
+    def remove(self, analysis_id: str, parts: list[str] = ...) -> bool: ...
     def put(self, analysis_id: str, name: str, data: bytes) -> None: ...
     def get(self, analysis_id: str, name: str) -> bytes | None: ...
     def chunk_done(self, analysis_id: str, index: int, texts: int) -> tuple[int, int]:
         """Count the chunk as done (once, however often it is told); (chunks done, texts done)."""
         ...
 
-    def delete(self, analysis_id: str) -> None: ...
+    def drop(self, analysis_id: str, parts: list[str]) -> None: ...
 
 
-class RedisAnalysisStore:
-    """`clarion:analysis:<id>` (the record), `...:<id>:<name>` (chunks, results, the document) and
-    `...:<id>:done` (a hash: chunk -> texts), all expiring with job results."""
-
-    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
-        self._client = client
-        self._ttl_s = ttl_s
-        self._save_unless_finished = client.register_script(SAVE_UNLESS_FINISHED)
-        self._unpublished = Unpublished(client, UNPUBLISHED_ANALYSES)
-
-    def save(self, record: AnalysisRecord) -> None:
-        backend_call(lambda: self._client.set(ANALYSIS_PREFIX + record.id, record.to_json(), ex=self._ttl_s))
-
-    def save_new(self, record: AnalysisRecord) -> None:
-        """Record the analysis and, in the same transaction, note it unpublished: an API process
-        that dies before all its chunk tasks are published leaves it to the sweeper."""
-
-        def save() -> None:
-            with self._client.pipeline(transaction=True) as pipe:
-                pipe.set(ANALYSIS_PREFIX + record.id, record.to_json(), ex=self._ttl_s)
-                self._unpublished.add(pipe, record.id)
-                pipe.execute()
-
-        backend_call(save)
-
-    def mark_published(self, analysis_id: str) -> None:
-        self._unpublished.remove(analysis_id)
-
-    def claim_unpublished(self, older_than_s: float) -> list[str]:
-        return self._unpublished.claim(older_than_s)
-
-    def save_unless_finished(self, record: AnalysisRecord) -> bool:
-        finished = json.dumps(sorted(FINISHED))
-        args = [record.to_json(), self._ttl_s, finished]
-        return bool(
-            backend_call(lambda: self._save_unless_finished(keys=[ANALYSIS_PREFIX + record.id], args=args))
-        )
-
-    def load(self, analysis_id: str) -> AnalysisRecord | None:
-        raw = backend_call(lambda: self._client.get(ANALYSIS_PREFIX + analysis_id))
-        return None if raw is None else AnalysisRecord.from_json(raw)
-
-    def put(self, analysis_id: str, name: str, data: bytes) -> None:
-        key = f"{ANALYSIS_PREFIX}{analysis_id}:{name}"
-        backend_call(lambda: self._client.set(key, data, ex=self._ttl_s))
-
-    def get(self, analysis_id: str, name: str) -> bytes | None:
-        return backend_call(lambda: self._client.get(f"{ANALYSIS_PREFIX}{analysis_id}:{name}"))
-
-    def chunk_done(self, analysis_id: str, index: int, texts: int) -> tuple[int, int]:
-        key = f"{ANALYSIS_PREFIX}{analysis_id}:done"
-
-        def mark() -> tuple[int, int]:
-            with self._client.pipeline(transaction=True) as pipe:
-                pipe.hsetnx(key, str(index), texts)
-                pipe.expire(key, self._ttl_s)
-                pipe.hvals(key)
-                _, _, counts = pipe.execute()
-            return len(counts), sum(int(c) for c in counts)
-
-        return backend_call(mark)
-
-    def delete(self, analysis_id: str) -> None:
-        def remove() -> None:
-            keys = list(self._client.scan_iter(f"{ANALYSIS_PREFIX}{analysis_id}:*", count=1000))
-            self._client.delete(ANALYSIS_PREFIX + analysis_id, *keys)
-
-        backend_call(remove)
+def chunk_parts(record: AnalysisRecord) -> list[str]:
+    """What a running analysis keeps beside its record; nothing reads it once it is finished."""
+    return [f"{part}:{i}" for i in range(record.chunks) for part in ("input", "output")] + ["done"]
 
 
-def analysis_store_for(settings: Settings) -> RedisAnalysisStore:
+def all_parts(record: AnalysisRecord) -> list[str]:
+    return [*chunk_parts(record), "analysis"]
+
+
+ANALYSES = Kind("analysis", ANALYSIS_PREFIX, UNPUBLISHED_ANALYSES, AnalysisRecord, active=ACTIVE_ANALYSES)
+
+
+def analysis_store_for(settings: Settings) -> RecordStore[AnalysisRecord]:
     from shared.storage.redis import redis_client
 
     assert settings.redis_store_url is not None, "validated by Settings"
-    return RedisAnalysisStore(redis_client(settings.redis_store_url), settings.job_result_ttl_s)
+    client = redis_client(settings.redis_store_url)
+    return RecordStore(client, ANALYSES, settings.job_result_ttl_s, settings.analysis_max_running)
 
 
 class FolderAnalysisStore:
     """Single-process mode: an analysis is a folder of files (every HTTP process of the server reads
-    it), written atomically; folders older than `ttl_s` are removed as new ones are made."""
+    it), written atomically; a move holds the folder's lock (flock), so a DELETE from another HTTP
+    process and the running request never overwrite each other. Folders older than `ttl_s` are
+    removed as new ones are made."""
 
     def __init__(self, folder: str | Path, ttl_s: int) -> None:
         self._folder = Path(folder)
@@ -192,26 +151,51 @@ class FolderAnalysisStore:
         partial.write_bytes(data)
         os.replace(partial, path)
 
-    def save(self, record: AnalysisRecord) -> None:
+    @contextmanager
+    def _locked(self, analysis_id: str) -> Iterator[None]:
+        lock_path = self._path(analysis_id, ".lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(lock_path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    def create(
+        self, record: AnalysisRecord, idempotency: Idempotency | None = None
+    ) -> tuple[AnalysisRecord, bool]:
+        """Nothing to publish (it runs within its request); Idempotency-Key is for the broker's store."""
         self._sweep()
         self._write(self._path(record.id, "record.json"), record.to_json().encode())
+        return record, False
 
-    def save_new(self, record: AnalysisRecord) -> None:
-        self.save(record)  # nothing to publish: it runs within its request
-
-    def save_unless_finished(self, record: AnalysisRecord) -> bool:
-        with self._lock:
-            stored = self.load(record.id)
-            if stored is not None and stored.status in FINISHED:
-                return False
-            self.save(record)
-            return True
+    def find(self, idempotency: Idempotency | None) -> AnalysisRecord | None:
+        return None
 
     def load(self, analysis_id: str) -> AnalysisRecord | None:
         try:
             return AnalysisRecord.from_json(self._path(analysis_id, "record.json").read_bytes())
         except (FileNotFoundError, NotFound):
             return None
+
+    def update(
+        self, analysis_id: str, target: str, change: Callable[[AnalysisRecord], None] | None = None
+    ) -> AnalysisRecord | None:
+        with self._locked(analysis_id):
+            record = self.load(analysis_id)
+            if record is None or record.status not in MOVES[target]:
+                return None
+            if change is not None:
+                change(record)
+            record.status, record.revision = target, record.revision + 1
+            self._write(self._path(analysis_id, "record.json"), record.to_json().encode())
+            return record
+
+    def remove(self, analysis_id: str, parts: list[str] = ()) -> bool:  # type: ignore[assignment]
+        with self._locked(analysis_id):
+            record = self.load(analysis_id)
+            if record is not None and record.status not in FINISHED:
+                return False
+        shutil.rmtree(self._folder / analysis_id, ignore_errors=True)
+        return True
 
     def put(self, analysis_id: str, name: str, data: bytes) -> None:
         self._write(self._path(analysis_id, name), data)
@@ -223,15 +207,15 @@ class FolderAnalysisStore:
             return None
 
     def chunk_done(self, analysis_id: str, index: int, texts: int) -> tuple[int, int]:
-        with self._lock:
+        with self._locked(analysis_id):
             done = json.loads(self.get(analysis_id, "done.json") or b"{}")
             done.setdefault(str(index), texts)
             self.put(analysis_id, "done.json", json.dumps(done).encode())
         return len(done), sum(done.values())
 
-    def delete(self, analysis_id: str) -> None:
-        if _JOB_ID.fullmatch(analysis_id):
-            shutil.rmtree(self._folder / analysis_id, ignore_errors=True)
+    def drop(self, analysis_id: str, parts: list[str]) -> None:
+        for name in parts:
+            self._path(analysis_id, "done.json" if name == "done" else name).unlink(missing_ok=True)
 
     def _sweep(self) -> None:
         now = time.time()
@@ -273,9 +257,17 @@ def new_analysis(
     )
 
 
-def stage(store: AnalysisStore, record: AnalysisRecord, lines: Iterable[Record], settings: Settings) -> None:
+def stage(
+    store: AnalysisStore,
+    record: AnalysisRecord,
+    lines: Iterable[Record],
+    settings: Settings,
+    idempotency: Idempotency | None = None,
+) -> tuple[AnalysisRecord, bool]:
     """Check every line and store the lines in chunks of ANALYSIS_CHUNK_TEXTS texts (a refused line
-    is kept with its reason, and becomes an error record); then record the analysis."""
+    is kept with its reason, and becomes an error record); then record the analysis, noted
+    unpublished. The record, and whether its Idempotency-Key made it before (then the chunks staged
+    here are dropped, and the first one is the answer)."""
     chunk: list[dict[str, Any]] = []
     texts_in_chunk = 0
 
@@ -289,7 +281,7 @@ def stage(store: AnalysisStore, record: AnalysisRecord, lines: Iterable[Record],
     for line in lines:
         record.lines += 1
         if record.lines > settings.analysis_max_texts:
-            store.delete(record.id)
+            store.drop(record.id, chunk_parts(record))
             raise PayloadTooLarge(f"more than {settings.analysis_max_texts} lines (ANALYSIS_MAX_TEXTS)")
         problem = line.problem or text_problem(line.text, record.parameters, settings)
         if problem:
@@ -302,10 +294,17 @@ def stage(store: AnalysisStore, record: AnalysisRecord, lines: Iterable[Record],
                 flush()
     flush()
     if record.texts == 0:
-        store.delete(record.id)
+        store.drop(record.id, chunk_parts(record))
         raise InvalidRequest("the input holds no text that can be explained")
     record.progress = progress_of(0, record.texts)
-    store.save_new(record)
+    try:
+        created, replayed = store.create(record, idempotency)
+    except ClarionError:
+        store.drop(record.id, chunk_parts(record))
+        raise
+    if replayed:
+        store.drop(record.id, chunk_parts(record))
+    return created, replayed
 
 
 # ---- running it ------------------------------------------------------------------------------------
@@ -330,8 +329,7 @@ def run_chunk(
     if record is None or record.status in FINISHED:
         return None
     if record.status == QUEUED:
-        record.status, record.started_at = RUNNING, utc_now()
-        store.save_unless_finished(record)
+        store.update(analysis_id, RUNNING, _started)
     raw = store.get(analysis_id, f"input:{index}")
     if raw is None:
         raise NotFound(f"analysis {analysis_id}: no chunk {index}")
@@ -340,14 +338,21 @@ def run_chunk(
         store.put(analysis_id, f"output:{index}", _explained(entries, explain, ticket))
     texts = sum("text" in e for e in entries)
     chunks_done, texts_done = store.chunk_done(analysis_id, index, texts)
-    record = store.load(analysis_id)
-    if record is None or record.status in FINISHED:
-        return record
-    record.progress = progress_of(texts_done, record.texts)
+
+    def progressed(record: AnalysisRecord) -> None:
+        done = max(texts_done, (record.progress or {}).get("done", 0))  # a slower writer never goes back
+        record.progress = progress_of(done, record.texts)
+
+    record = store.update(analysis_id, RUNNING, progressed)
+    if record is None:  # finished (cancelled, failed) or gone meanwhile
+        return store.load(analysis_id)
     if chunks_done < record.chunks:
-        store.save_unless_finished(record)
         return record
     return merge(store, record, publish)
+
+
+def _started(record: AnalysisRecord) -> None:
+    record.started_at = record.started_at or utc_now()
 
 
 def _explained(entries: list[dict[str, Any]], explain: ExplainRecords, ticket: Ticket) -> bytes:
@@ -382,9 +387,15 @@ def merge(store: AnalysisStore, record: AnalysisRecord, publish: Publish) -> Ana
     store.put(record.id, "analysis", encoded)
     if record.output:
         publish(record, analysis_files(store, record, document))
-    record.status, record.finished_at = SUCCEEDED, utc_now()
-    store.save_unless_finished(record)
-    return record
+
+    def succeeded(record: AnalysisRecord) -> None:
+        record.finished_at = utc_now()
+
+    finished = store.update(record.id, SUCCEEDED, succeeded)
+    if finished is None:  # cancelled or failed meanwhile: that outcome stands
+        return store.load(record.id) or record
+    store.drop(record.id, chunk_parts(finished))  # Redis keeps the document alone from now on
+    return finished
 
 
 def analysis_files(
@@ -451,26 +462,26 @@ class InlineAnalyses:
 
 
 def fail(store: AnalysisStore, analysis_id: str, message: str) -> None:
-    """Mark the analysis failed (unless it is finished already)."""
-    record = store.load(analysis_id)
-    if record is None or record.status in FINISHED:
-        return
-    record.status, record.finished_at = FAILED, utc_now()
-    record.error = {"code": "analysis_failed", "message": message}
-    store.save_unless_finished(record)
+    """Mark the analysis failed (unless it is finished already), and drop its chunks."""
+
+    def failed(record: AnalysisRecord) -> None:
+        record.finished_at = utc_now()
+        record.error = {"code": "analysis_failed", "message": message}
+
+    record = store.update(analysis_id, FAILED, failed)
+    if record is not None:
+        store.drop(analysis_id, chunk_parts(record))
 
 
 def cancel_or_remove(store: AnalysisStore, analysis_id: str) -> AnalysisRecord | None:
     """DELETE: a queued or running analysis is cancelled (its tasks stop within a pass); a finished
     one is removed with everything it stored (None)."""
-    record = store.load(analysis_id)
-    if record is None:
-        raise NotFound(f"no analysis {analysis_id!r}")
-    if record.status not in FINISHED:
-        record.status, record.finished_at = CANCELLED, utc_now()
-        if store.save_unless_finished(record):
-            return record
-    store.delete(analysis_id)
+    record = load_or_404(store, analysis_id)
+    cancelled = store.update(analysis_id, CANCELLED, stamp_finished)
+    if cancelled is not None:
+        store.drop(analysis_id, chunk_parts(cancelled))  # its running chunks stop within a pass
+        return cancelled
+    store.remove(analysis_id, all_parts(record))  # finished (maybe moments ago): removed
     return None
 
 

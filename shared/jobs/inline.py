@@ -4,6 +4,7 @@ worker of the server reads them."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import time
@@ -11,10 +12,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from shared.errors import NotFound
+from shared.errors import IdempotencyConflict, NotFound
 from shared.io.results import Explanation
 from shared.io.schemas import ExplainOptions
-from shared.jobs.record import _JOB_ID, JobRecord, progress_of, utc_now
+from shared.jobs.record import _JOB_ID, Idempotency, JobRecord, progress_of, utc_now
 from shared.kinds import SUCCEEDED
 from shared.runtime.engine import Ticket
 from shared.storage.memory import MemoryCache
@@ -28,8 +29,11 @@ class JobQueue(Protocol):
 
     asynchronous: bool
 
-    def submit(self, record: JobRecord, ticket: Ticket | None = None) -> JobRecord:
-        """Accept a job; an inline queue runs it now, within `ticket` (the request's deadline)."""
+    def submit(
+        self, record: JobRecord, ticket: Ticket | None = None, idempotency: Idempotency | None = None
+    ) -> tuple[JobRecord, bool]:
+        """Accept a job (an inline queue runs it now, within `ticket`, the request's deadline), or
+        find the one its Idempotency-Key made before; and whether it was made before."""
         ...
 
     def get(self, job_id: str) -> JobRecord: ...
@@ -83,6 +87,31 @@ class FolderJobRecords:
                     path.unlink()
 
 
+class FolderKeys:
+    """Idempotency keys of inline jobs as files (every gunicorn worker of the server reads them):
+    the first request to finish with a key holds it. Keys expire with the job records (`ttl_s`)."""
+
+    def __init__(self, folder: str | Path, ttl_s: int) -> None:
+        self._folder = Path(folder)
+        self._folder.mkdir(parents=True, exist_ok=True)
+        self._ttl_s = ttl_s
+
+    def get(self, name: str) -> dict[str, str] | None:
+        try:
+            return json.loads((self._folder / name).read_bytes())
+        except FileNotFoundError:
+            return None
+
+    def put(self, name: str, value: dict[str, str]) -> None:
+        with contextlib.suppress(FileExistsError), open(self._folder / name, "x") as handle:
+            handle.write(json.dumps(value))
+        now = time.time()
+        for path in self._folder.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if now - path.stat().st_mtime > self._ttl_s:
+                    path.unlink()
+
+
 class InlineJobQueue:
     """Single-process mode: a job runs to completion inside `submit`; recent jobs stay readable
     from every worker of the server when `records` is a FolderJobRecords (what `clarion serve`
@@ -90,14 +119,27 @@ class InlineJobQueue:
 
     asynchronous = False
 
-    def __init__(self, explain: Explain, records: Any = None, capacity: int = 1024) -> None:
+    def __init__(self, explain: Explain, records: Any = None, keys: Any = None, capacity: int = 1024) -> None:
         self._explain = explain
         self._records = records if records is not None else MemoryCache(capacity)
+        self._keys = keys if keys is not None else MemoryCache(capacity)
 
     def pending(self) -> int | None:
         return 0  # inline jobs run within their request: none ever waits
 
-    def submit(self, record: JobRecord, ticket: Ticket | None = None) -> JobRecord:
+    def submit(
+        self, record: JobRecord, ticket: Ticket | None = None, idempotency: Idempotency | None = None
+    ) -> tuple[JobRecord, bool]:
+        if idempotency is not None:
+            held = self._keys.get(idempotency.digest)
+            made = None if held is None else self._records.get(held["id"])
+            if made is not None:  # a key whose job was removed is free again
+                if held["request"] != idempotency.request:
+                    raise IdempotencyConflict(
+                        f"the Idempotency-Key {idempotency.key!r} was used with another request; "
+                        "a new request needs a new key"
+                    )
+                return made, True
         # Validated against the operator's limits when the request was decoded; not again here.
         options = ExplainOptions.model_construct(**record.options)
         record.started_at = utc_now()
@@ -108,7 +150,9 @@ class InlineJobQueue:
         record.status = SUCCEEDED
         record.finished_at = utc_now()
         self._records.put(record.id, record)
-        return record
+        if idempotency is not None:
+            self._keys.put(idempotency.digest, {"id": record.id, "request": idempotency.request})
+        return record, False
 
     def get(self, job_id: str) -> JobRecord:
         record = self._records.get(job_id)

@@ -11,10 +11,12 @@ outlast the longest job (minutes). The sweeper (`lapsed`, run by every API proce
 tasks whose lease expired, claims each in one atomic step (so one sweeper republishes it) and hands
 it back to be published again under the same task id.
 
-Two deliveries of one task never run at once: a delivery that finds the lease held by another token
-does not run. A late redelivery (the visibility timeout, once the dead worker's message comes back)
-finds the job finished and writes nothing: the job store's compare-and-set (store.py) keeps a
-finished job as it is, so no job completes twice.
+A delivery that finds the lease held by another token does not run. Two deliveries run at once only
+when a worker is cut off from Redis for a whole lease while it runs: it stops its task within a pass
+of noticing (a lease not renewed for `JOB_LEASE` counts as lost), and the other delivery runs it. A
+late redelivery (the visibility timeout, once the dead worker's message comes back) finds the job
+finished and writes nothing: every write is a checked move (state.py, store.py) and a finished job
+never moves again, so no job completes twice.
 """
 
 from __future__ import annotations
@@ -85,23 +87,32 @@ class Delivery:
 @dataclass
 class Lease:
     """One task's lease as its worker holds it. `lost` turns true when a renewal finds another
-    token holding it (the task was published again after this worker was away too long): the task
-    then stops, since the other delivery runs it."""
+    token holding it (the task was published again after this worker was away too long), or when
+    no renewal has gone through for a whole lease (the sweeper may have published it again by now):
+    the task then stops, since another delivery runs it."""
 
     delivery: Delivery
     token: str
     lost: bool = False
     _leases: Leases | None = field(default=None, repr=False)
+    renewed_at: float = field(default_factory=time.monotonic)
 
     def renew(self) -> None:
         assert self._leases is not None
         try:
             if not self._leases.take(self.delivery, self.token):
-                if not self.lost:
-                    log.warning("task %s: its lease is held by another worker now", self.delivery.task_id)
-                self.lost = True
-        except redis.RedisError as exc:  # Redis away: the lease may lapse; renewals go on
+                self._lose("its lease is held by another worker now")
+                return
+            self.renewed_at = time.monotonic()
+        except redis.RedisError as exc:  # Redis away: renewals go on until the lease has lapsed
             log.warning("task %s: could not renew its lease (%s)", self.delivery.task_id, exc)
+            if time.monotonic() - self.renewed_at >= self._leases.lease_s:
+                self._lose(f"no renewal for {self._leases.lease_s}s (JOB_LEASE): another worker may run it")
+
+    def _lose(self, why: str) -> None:
+        if not self.lost:
+            log.warning("task %s: %s; stopping it here", self.delivery.task_id, why)
+        self.lost = True
 
 
 def leases_for(settings: Settings) -> Leases:
@@ -151,6 +162,18 @@ class Leases:
         """Note a claimed task again (its republish failed): the next sweep retries it."""
         backend_call(lambda: self._client.hset(LEASED, delivery.task_id, delivery.to_json()))
 
+    def forget(self, task_id: str) -> None:
+        """Drop a task's lease and note whoever holds them: it ended for good (its worker killed it
+        at the hard time limit), and must not run again."""
+
+        def drop() -> None:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.delete(LEASE_PREFIX + task_id)
+                pipe.hdel(LEASED, task_id)
+                pipe.execute()
+
+        backend_call(drop)
+
 
 class LeaseKeeper:
     """Renews the leases a worker process holds, every third of a lease, from one daemon thread:
@@ -174,20 +197,27 @@ class LeaseKeeper:
         return lease
 
     def drop(self, lease: Lease) -> None:
-        with self._lock:
-            self._held.pop(lease.delivery.task_id, None)
+        """The task ended here: stop renewing and release (after this, no renewal can bring it back:
+        renewals run under the same lock and only for leases still held)."""
+        self.abandon(lease)
         try:
             self._leases.release(lease)
         except Exception as exc:  # the lease expires by itself; its note is claimed and found finished
             log.warning("task %s: lease not released: %s", lease.delivery.task_id, exc)
 
+    def abandon(self, lease: Lease) -> None:
+        """Stop renewing without releasing: the lease lapses and the sweeper publishes the task again
+        (for a task that could neither finish nor hand itself back)."""
+        with self._lock:
+            if self._held.get(lease.delivery.task_id) is lease:
+                del self._held[lease.delivery.task_id]
+
     def _renew(self) -> None:
         while True:
             time.sleep(self._leases.lease_s / 3)
             with self._lock:
-                held = list(self._held.values())
-            for lease in held:
-                try:
-                    lease.renew()
-                except Exception:  # never let the renewals stop: every lease of the process would lapse
-                    log.exception("task %s: renewing its lease failed", lease.delivery.task_id)
+                for lease in list(self._held.values()):
+                    try:
+                        lease.renew()
+                    except Exception:  # never let the renewals stop: every lease of the process would lapse
+                        log.exception("task %s: renewing its lease failed", lease.delivery.task_id)

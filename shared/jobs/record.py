@@ -38,6 +38,22 @@ class StoredRecord:
         return cls(**{name: value for name, value in data.items() if name in known})
 
 
+@dataclass(frozen=True)
+class Idempotency:
+    """A submit's Idempotency-Key: who sent it, a digest of the key, and a digest of the request it
+    came with (the same key with another request is refused)."""
+
+    key: str
+    owner: str | None
+    request: str
+
+    @property
+    def digest(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(self.key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def iso_utc(moment: datetime) -> str:
     """ISO 8601 in UTC with a Z; naive datetimes (Celery's date_done) are taken as UTC."""
     if moment.tzinfo is None:
@@ -47,6 +63,11 @@ def iso_utc(moment: datetime) -> str:
 
 def utc_now() -> str:
     return iso_utc(datetime.now(UTC))
+
+
+def stamp_finished(record: Any) -> None:
+    """A move to a finished state: when it happened."""
+    record.finished_at = utc_now()
 
 
 def progress_of(done: int, total: int) -> dict[str, int]:
@@ -78,6 +99,10 @@ class JobRecord(StoredRecord):
     progress: dict[str, int] | None = None
     owner: str | None = None  # digest of the API key that submitted it (None without API keys)
     attempts: int = 0  # starts by a worker: more than one when a worker was lost while it ran
+    # The fingerprint of the model that classified it; a worker whose model differs classifies again.
+    model_fingerprint: str | None = None
+    revision: int = 0  # one more with every write: the store's compare-and-set
+    idempotency_key: str | None = None  # the store's key of the Idempotency-Key that made it
     version: int = RECORD_VERSION
 
     # version 1 wrote no version (and had an `extra` field)
@@ -91,6 +116,7 @@ def new_record(
     options: ExplainOptions,
     predictions: list[Classification],
     owner: str | None = None,
+    model_fingerprint: str | None = None,
 ) -> JobRecord:
     return JobRecord(
         id=new_job_id(),
@@ -101,4 +127,5 @@ def new_record(
         options=options.model_dump(),
         predictions=[p.model_dump(mode="json") for p in predictions],
         owner=owner,
+        model_fingerprint=model_fingerprint,
     )

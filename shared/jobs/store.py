@@ -1,129 +1,285 @@
-"""The Redis record of every issued job id (so unknown ids are 404s) and of cancellations."""
+"""The one Redis store of jobs and analyses: their records, written only through the state machine's
+checked moves (state.py), the ledger of what is not yet published, idempotency keys, and an analysis's
+parts (chunks, outputs, its document)."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import redis
 
-from shared.errors import JobBackendUnavailable
-from shared.jobs.record import JobRecord
+from shared.errors import IdempotencyConflict, JobBackendUnavailable, TooBusy
+from shared.jobs.record import Idempotency, JobRecord, StoredRecord
+from shared.jobs.state import MOVES, REMOVABLE
 from shared.kinds import FINISHED
 from shared.settings import Settings
 from shared.storage.redis import redis_client
 
 T = TypeVar("T")
+R = TypeVar("R", bound=StoredRecord)
 KEY_PREFIX = "clarion:job:"
-# Jobs recorded but not yet known to be published to the broker, scored by when they were recorded.
-UNPUBLISHED = "clarion:unpublished"
-# Compare-and-set in one step on the server: write the record unless the stored one is finished.
-# A finished job never changes again (cancelled stays cancelled, succeeded stays succeeded), even
-# when a GET refreshing it and a DELETE cancelling it race.
-SAVE_UNLESS_FINISHED = """
-local current = redis.call('GET', KEYS[1])
-if current then
-  local ok, record = pcall(cjson.decode, current)
-  if ok and type(record) == 'table' then
-    for _, finished in ipairs(cjson.decode(ARGV[3])) do
-      if record['status'] == finished then return 0 end
-    end
+ANALYSIS_PREFIX = "clarion:analysis:"
+IDEMPOTENCY_PREFIX = "clarion:idempotency:"
+# How often a move that lost a race to another writer reads the record again before giving up.
+MOVE_TRIES = 50
+
+# Create a record, noted unpublished, with its idempotency key, all at once; or say which record
+# already holds the key, or that the limit on active records is reached.
+_CREATE = """
+if KEYS[3] ~= '' then
+  local existing = redis.call('GET', KEYS[3])
+  if existing then return {'existing', existing} end
+end
+if KEYS[4] ~= '' then
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+    if redis.call('EXISTS', ARGV[6] .. id) == 0 then redis.call('ZREM', KEYS[4], id) end
   end
+  if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[5]) then return {'busy', ''} end
+  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+if KEYS[3] ~= '' then redis.call('SET', KEYS[3], ARGV[7], 'EX', ARGV[2]) end
+return {'created', ''}
+"""
+# A checked move: 1 done, 0 not allowed from the stored state (or no record), -1 the record changed
+# since the writer read it (read it again).
+_MOVE = """
+local current = redis.call('GET', KEYS[1])
+if not current then return 0 end
+local ok, record = pcall(cjson.decode, current)
+if not ok or type(record) ~= 'table' then return 0 end
+local allowed = false
+for _, state in ipairs(cjson.decode(ARGV[4])) do
+  if record['status'] == state then allowed = true end
+end
+if not allowed then return 0 end
+if (tonumber(record['revision']) or 0) ~= tonumber(ARGV[3]) then return -1 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if KEYS[2] ~= '' then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
+if KEYS[3] ~= '' and ARGV[5] == '1' then redis.call('ZREM', KEYS[3], ARGV[6]) end
 return 1
+"""
+# Remove a finished record with its idempotency key and notes: 1 removed, 0 not finished, -1 gone.
+_REMOVE = """
+local current = redis.call('GET', KEYS[1])
+if not current then return -1 end
+local ok, record = pcall(cjson.decode, current)
+if ok and type(record) == 'table' then
+  local finished = false
+  for _, state in ipairs(cjson.decode(ARGV[1])) do
+    if record['status'] == state then finished = true end
+  end
+  if not finished then return 0 end
+end
+redis.call('DEL', KEYS[1])
+if KEYS[2] ~= '' then redis.call('DEL', KEYS[2]) end
+redis.call('ZREM', KEYS[3], ARGV[2])
+if KEYS[4] ~= '' then redis.call('ZREM', KEYS[4], ARGV[2]) end
+return 1
+"""
+# Claim the ids noted over a grace ago: each one's note moves to now, so no other sweeper takes it
+# within the grace, and it stays noted until its publish is marked done. A sweeper that fails or
+# dies leaves it to the next sweep: nothing is taken out of the ledger before it is published.
+_CLAIM = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], 0, ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
+return ids
 """
 
 
-class Unpublished:
-    """Ids recorded but not yet known to be published to the broker, scored by when they were
-    recorded (a sorted set): what a sweeper publishes when their publisher died or failed."""
+@dataclass(frozen=True)
+class Kind(Generic[R]):
+    """What one store holds: jobs or analyses."""
 
-    def __init__(self, client: redis.Redis, key: str) -> None:
+    name: str
+    prefix: str
+    unpublished: str  # the ledger: ids recorded and not yet known to be published, by time noted
+    record: type[R]
+    active: str | None = None  # ids queued or running, when their number is limited
+
+
+class Moved:
+    """Outcomes of one compare-and-set."""
+
+    DONE, REFUSED, STALE = 1, 0, -1
+
+
+class RecordStore(Generic[R]):
+    """Records of one kind as JSON under `<prefix><id>`, expiring `ttl_s` after their last write."""
+
+    def __init__(self, client: redis.Redis, kind: Kind[R], ttl_s: int, max_active: int | None = None) -> None:
         self._client = client
-        self.key = key
-
-    def add(self, pipe: Any, item_id: str) -> None:
-        """Note `item_id` in the same transaction (`pipe`) that records it."""
-        pipe.zadd(self.key, {item_id: time.time()})
-
-    def remove(self, item_id: str) -> None:
-        backend_call(lambda: self._client.zrem(self.key, item_id))
-
-    def claim(self, older_than_s: float, limit: int = 100) -> list[str]:
-        """Ids noted over `older_than_s` ago and never marked published. Each id is handed to one
-        caller only (the ZREM that removes it decides)."""
-        cutoff = time.time() - older_than_s
-        ids = backend_call(lambda: self._client.zrangebyscore(self.key, 0, cutoff, start=0, num=limit))
-        claimed = []
-        for raw in ids:
-            item_id = raw.decode() if isinstance(raw, bytes) else str(raw)
-            if backend_call(lambda item_id=item_id: self._client.zrem(self.key, item_id)):
-                claimed.append(item_id)
-        return claimed
-
-
-def job_store_for(settings: Settings) -> RedisJobStore:
-    assert settings.redis_store_url is not None, "validated by Settings"
-    return RedisJobStore(redis_client(settings.redis_store_url), settings.job_result_ttl_s)
-
-
-class RedisJobStore:
-    """Job records as JSON under `clarion:job:<id>`, expiring with the job results."""
-
-    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
-        self._client = client
+        self.kind = kind
         self._ttl_s = ttl_s
-        self._save_unless_finished = client.register_script(SAVE_UNLESS_FINISHED)
-        self._unpublished = Unpublished(client, UNPUBLISHED)
+        self._max_active = max_active
+        self._create = client.register_script(_CREATE)
+        self._move = client.register_script(_MOVE)
+        self._remove = client.register_script(_REMOVE)
+        self._claim = client.register_script(_CLAIM)
 
-    def save(self, record: JobRecord) -> None:
-        self._call(lambda: self._client.set(KEY_PREFIX + record.id, record.to_json(), ex=self._ttl_s))
+    # ---- records ---------------------------------------------------------------------------------
 
-    def save_unpublished(self, record: JobRecord) -> None:
-        """Record a new job and, in the same transaction, note it as not published yet."""
+    def create(self, record: R, idempotency: Idempotency | None = None) -> tuple[R, bool]:
+        """Record a new one, noted unpublished, under its idempotency key when it has one; with
+        whether it was made before. The same key with the same request gives the record it made
+        first (True); with another request, a 422. With a limit on active records, one more is a 429."""
+        key_name = self.idempotency_key(idempotency)
+        record.idempotency_key = key_name  # type: ignore[attr-defined]
+        claim = json.dumps({"id": record.id, "request": idempotency.request}) if idempotency else ""
+        keys = [self._key(record.id), self.kind.unpublished, key_name or "", self._active_key]
+        args = [record.to_json(), self._ttl_s, record.id, time.time(), self._max_active or 0,
+                self.kind.prefix, claim]  # fmt: skip
+        outcome, held = backend_call(lambda: self._create(keys=keys, args=args))
+        outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
+        if outcome == "busy":
+            raise TooBusy(
+                f"{self._max_active} {self.kind.name}s are queued or running already (ANALYSIS_MAX_RUNNING); "
+                "try again once one finishes"
+            )
+        if outcome == "existing":
+            return self._replayed(json.loads(held), idempotency), True
+        return record, False
 
-        def save() -> None:
-            with self._client.pipeline(transaction=True) as pipe:
-                pipe.set(KEY_PREFIX + record.id, record.to_json(), ex=self._ttl_s)
-                self._unpublished.add(pipe, record.id)
-                pipe.execute()
+    def find(self, idempotency: Idempotency | None) -> R | None:
+        """The record an idempotency key already made (None: the key is new)."""
+        key_name = self.idempotency_key(idempotency)
+        if key_name is None:
+            return None
+        held = backend_call(lambda: self._client.get(key_name))
+        return None if held is None else self._replayed(json.loads(held), idempotency)
 
-        self._call(save)
+    def _replayed(self, held: dict[str, Any], idempotency: Idempotency | None) -> R:
+        assert idempotency is not None
+        if held.get("request") != idempotency.request:
+            raise IdempotencyConflict(
+                f"the Idempotency-Key {idempotency.key!r} was used with another request; "
+                "a new request needs a new key"
+            )
+        record = self.load(held["id"])
+        if record is None:  # removed (DELETE) moments ago, with its key
+            raise IdempotencyConflict(
+                f"the {self.kind.name} made with Idempotency-Key {idempotency.key!r} was removed; "
+                "a new request needs a new key"
+            )
+        return record
 
-    def mark_published(self, job_id: str) -> None:
-        self._unpublished.remove(job_id)
+    def idempotency_key(self, idempotency: Idempotency | None) -> str | None:
+        if idempotency is None:
+            return None
+        return f"{IDEMPOTENCY_PREFIX}{self.kind.name}:{idempotency.owner or '-'}:{idempotency.digest}"
+
+    def load(self, record_id: str) -> R | None:
+        raw = backend_call(lambda: self._client.get(self._key(record_id)))
+        return None if raw is None else self.kind.record.from_json(raw)
+
+    def move(self, record: R, target: str) -> int:
+        """One compare-and-set: `record` (as read, then changed) becomes the stored one in state
+        `target`, if the stored one is still the revision it was read at and may move there."""
+        expected = record.revision  # type: ignore[attr-defined]
+        record.status, record.revision = target, expected + 1  # type: ignore[attr-defined]
+        keys = [self._key(record.id), getattr(record, "idempotency_key", None) or "", self._active_key]  # type: ignore[attr-defined]
+        args = [record.to_json(), self._ttl_s, expected, json.dumps(sorted(MOVES[target])),
+                "1" if target in FINISHED else "0", record.id]  # type: ignore[attr-defined]  # fmt: skip
+        outcome = int(backend_call(lambda: self._move(keys=keys, args=args)))
+        if outcome != Moved.DONE:
+            record.revision = expected  # type: ignore[attr-defined]
+        return outcome
+
+    def update(self, record_id: str, target: str, change: Callable[[R], None] | None = None) -> R | None:
+        """Read, change and move to `target`, reading again while other writers win the race; the
+        record as stored, or None when the move is not allowed from its state (or it is gone)."""
+        for _ in range(MOVE_TRIES):
+            record = self.load(record_id)
+            if record is None or record.status not in MOVES[target]:  # type: ignore[attr-defined]
+                return None
+            if change is not None:
+                change(record)
+            outcome = self.move(record, target)
+            if outcome == Moved.DONE:
+                return record
+            if outcome == Moved.REFUSED:
+                return None
+        raise JobBackendUnavailable(f"{self.kind.name} {record_id}: too many concurrent writers")
+
+    def remove(self, record_id: str, parts: list[str] = ()) -> bool:  # type: ignore[assignment]
+        """Delete a finished record with its idempotency key and its parts; False when not finished.
+        A record already gone counts as removed."""
+        record = self.load(record_id)
+        key_name = getattr(record, "idempotency_key", None) if record else None
+        keys = [self._key(record_id), key_name or "", self.kind.unpublished, self._active_key]
+        args = [json.dumps(sorted(REMOVABLE)), record_id]
+        outcome = int(backend_call(lambda: self._remove(keys=keys, args=args)))
+        if outcome == 0:
+            return False
+        self.drop(record_id, parts)
+        return True
+
+    # ---- the ledger of unpublished records -------------------------------------------------------
 
     def claim_unpublished(self, older_than_s: float, limit: int = 100) -> list[str]:
-        """Ids recorded over `older_than_s` ago and never marked published: their publisher died
-        or failed. Each id is handed to one caller only."""
-        return self._unpublished.claim(older_than_s, limit)
+        """Ids noted over `older_than_s` ago and not marked published since: their publisher died or
+        failed. Each stays noted (its note moved to now) until `mark_published`."""
+        now = time.time()
+        args = [now - older_than_s, now, limit]
+        ids = backend_call(lambda: self._claim(keys=[self.kind.unpublished], args=args))
+        return [raw.decode() if isinstance(raw, bytes) else str(raw) for raw in ids]
 
-    def save_unless_finished(self, record: JobRecord) -> bool:
-        """Store `record` unless the stored record is already finished; say whether it was stored."""
-        finished = json.dumps(sorted(FINISHED))
-        stored = self._call(
-            lambda: self._save_unless_finished(
-                keys=[KEY_PREFIX + record.id], args=[record.to_json(), self._ttl_s, finished]
-            )
-        )
-        return bool(stored)
+    def mark_published(self, record_id: str) -> None:
+        backend_call(lambda: self._client.zrem(self.kind.unpublished, record_id))
 
-    def load(self, job_id: str) -> JobRecord | None:
-        raw = self._call(lambda: self._client.get(KEY_PREFIX + job_id))
-        return None if raw is None else JobRecord.from_json(raw)
+    # ---- an analysis's parts ---------------------------------------------------------------------
 
-    def delete(self, job_id: str) -> None:
-        self._call(lambda: self._client.delete(KEY_PREFIX + job_id))
+    def put(self, record_id: str, name: str, data: bytes) -> None:
+        backend_call(lambda: self._client.set(self._part(record_id, name), data, ex=self._ttl_s))
 
-    def _call(self, operation: Callable[[], T]) -> T:
-        return backend_call(operation)
+    def get(self, record_id: str, name: str) -> bytes | None:
+        return backend_call(lambda: self._client.get(self._part(record_id, name)))
+
+    def chunk_done(self, record_id: str, index: int, texts: int) -> tuple[int, int]:
+        """Count a chunk as done (once, however often it is told); (chunks done, texts done)."""
+        key = self._part(record_id, "done")
+
+        def mark() -> tuple[int, int]:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.hsetnx(key, str(index), texts)
+                pipe.expire(key, self._ttl_s)
+                pipe.hvals(key)
+                _, _, counts = pipe.execute()
+            return len(counts), sum(int(c) for c in counts)
+
+        return backend_call(mark)
+
+    def drop(self, record_id: str, parts: list[str]) -> None:
+        """Delete parts once nothing reads them again."""
+        if parts:
+            backend_call(lambda: self._client.delete(*(self._part(record_id, name) for name in parts)))
+
+    def _key(self, record_id: str) -> str:
+        return self.kind.prefix + record_id
+
+    def _part(self, record_id: str, name: str) -> str:
+        return f"{self.kind.prefix}{record_id}:{name}"
+
+    @property
+    def _active_key(self) -> str:
+        return self.kind.active if self.kind.active and self._max_active else ""
+
+
+JOBS = Kind("job", KEY_PREFIX, "clarion:unpublished", JobRecord)
+
+
+def job_store_for(settings: Settings) -> RecordStore[JobRecord]:
+    assert settings.redis_store_url is not None, "validated by Settings"
+    return RecordStore(redis_client(settings.redis_store_url), JOBS, settings.job_result_ttl_s)
 
 
 def backend_call(operation: Callable[[], T]) -> T:
-    """Run a Redis operation of the job store; Redis's failure is the job backend's (a 503)."""
+    """Run a Redis operation of the store; Redis's failure is the job backend's (a 503)."""
     try:
         return operation()
     except redis.RedisError as exc:

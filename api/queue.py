@@ -1,0 +1,289 @@
+"""Jobs and analyses on the workers, as the API sees them: record, publish by task name, read and
+cancel; and the sweeper that publishes what was recorded but never published, and runs again what
+lost its worker. Nothing here runs a task or writes a task's progress or result (shared/jobs/state.py
+says who writes what)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import redis
+from kombu.exceptions import KombuError
+
+from shared.errors import JobBackendUnavailable, NotFound
+from shared.jobs.analysis import (
+    AnalysisRecord,
+    analysis_store_for,
+    cancel_or_remove,
+)
+from shared.jobs.lease import Leases, leases_for
+from shared.jobs.record import Idempotency, JobRecord, stamp_finished
+from shared.jobs.store import RecordStore, job_store_for
+from shared.kinds import CANCELLED, FINISHED, QUEUED
+from shared.runtime.engine import Ticket
+from shared.settings import Settings
+from shared.storage.redis import redis_client
+from worker.app import ANALYZE_TASK, EXPLAIN_TASK, QUEUE, create_celery_app
+
+log = logging.getLogger(__name__)
+BACKEND_ERRORS = (redis.RedisError, KombuError, OSError, TimeoutError, JobBackendUnavailable)
+# Move a task just published to the end of the queue's list that workers take from next. Celery on
+# Redis pushes on the left and workers pop from the right, so a task published again after its worker
+# died would otherwise wait behind every job accepted after it. (The newest 100 entries are searched:
+# it was pushed moments ago.)
+_TO_FRONT = """
+for _, item in ipairs(redis.call('LRANGE', KEYS[1], 0, 99)) do
+  if string.find(item, ARGV[1], 1, true) then
+    redis.call('LREM', KEYS[1], 1, item)
+    redis.call('RPUSH', KEYS[1], item)
+    return 1
+  end
+end
+return 0
+"""
+
+
+class Broker(Protocol):
+    """What the API needs of Celery: publish a task by name, and revoke tasks."""
+
+    def send_task(self, name: str, args: Any = None, task_id: str | None = None, **options: Any) -> Any: ...
+
+    @property
+    def control(self) -> Any: ...
+
+
+class CeleryJobQueue:
+    """Explanation jobs as Celery tasks, with a Redis record per issued id.
+
+    Record first (noted unpublished, in one step), then publish, then mark published. Once the record
+    is stored the job is accepted: a publish that fails leaves it noted, and the sweeper publishes it,
+    so the answer is a 202 whatever fails after the record. A GET reads the record alone.
+    """
+
+    asynchronous = True
+
+    def __init__(
+        self, settings: Settings, broker: Broker | None = None, store: RecordStore[JobRecord] | None = None
+    ) -> None:
+        self.store = store or job_store_for(settings)
+        self._broker = broker or create_celery_app(settings)  # from these settings: publish-only
+        broker_url = settings.redis_broker_url  # its list is the queue: `pending` reads it
+        self._queue_list = redis_client(broker_url) if broker_url else None
+
+    def submit(
+        self, record: JobRecord, ticket: Ticket | None = None, idempotency: Idempotency | None = None
+    ) -> tuple[JobRecord, bool]:
+        """Record and publish (or, with a key used before, the job it made); the job runs on a
+        worker, within its own time limit (not `ticket`). Whether it was made before."""
+        record, replayed = self.store.create(record, idempotency)
+        if not replayed:
+            publish_now(self, record)
+        return record, replayed
+
+    def publish(self, record: JobRecord) -> None:
+        self._broker.send_task(
+            EXPLAIN_TASK, args=(record.texts, record.options), task_id=record.id, retry=False
+        )
+
+    def pending(self) -> int | None:
+        """Jobs waiting in the broker's queue (None when the broker cannot say)."""
+        if self._queue_list is None:
+            return None
+        try:
+            return int(self._queue_list.llen(QUEUE))
+        except BACKEND_ERRORS:
+            return None
+
+    def get(self, job_id: str) -> JobRecord:
+        record = self.store.load(job_id)
+        if record is None:
+            raise NotFound(f"no explanation job {job_id!r}")
+        return record
+
+    def delete(self, job_id: str) -> JobRecord | None:
+        """Cancel a queued or running job (the task checks before it starts and between passes, so
+        its work stops within one pass and the worker keeps its loaded model), or remove a finished
+        one. A cancel that was stored stands even when the revoke fails: the task reads it anyway."""
+        self.get(job_id)  # an unknown id is a 404
+        cancelled = self.store.update(job_id, CANCELLED, stamp_finished)
+        if cancelled is None:  # finished, maybe moments ago: removed
+            self.store.remove(job_id)
+            return None
+        revoke(self._broker, [job_id])
+        return cancelled
+
+
+class CeleryAnalyses:
+    """Analyses on the workers: staged by the API into the store, then one task per chunk, all
+    published at once so that every worker takes chunks (shared/jobs/analysis.py runs them)."""
+
+    asynchronous = True
+
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker | None = None,
+        store: RecordStore[AnalysisRecord] | None = None,
+    ) -> None:
+        self.store = store or analysis_store_for(settings)
+        self._broker = broker or create_celery_app(settings)
+
+    def submit(self, record: AnalysisRecord, ticket: Ticket | None = None) -> AnalysisRecord:
+        """Publish every chunk task of an analysis staged and recorded (noted unpublished)."""
+        publish_now(self, record)
+        return record
+
+    def publish(self, record: AnalysisRecord) -> None:
+        """Every chunk's task; a chunk done or running is not done twice (its output and lease say so)."""
+        for index in range(record.chunks):
+            self._broker.send_task(
+                ANALYZE_TASK, args=(record.id, index), task_id=f"{record.id}-{index}", retry=False
+            )
+
+    def delete(self, analysis_id: str) -> AnalysisRecord | None:
+        record = cancel_or_remove(self.store, analysis_id)
+        if record is not None:  # cancelled: chunks not started are dropped, running ones stop
+            revoke(self._broker, [f"{analysis_id}-{i}" for i in range(record.chunks)])
+        return record
+
+
+class Publishes(Protocol):
+    """A queue whose records the sweeper publishes: its store, and how to publish one record."""
+
+    store: RecordStore[Any]
+
+    def publish(self, record: Any) -> None: ...
+
+
+def publish_now(queue: Publishes, record: Any) -> None:
+    """Publish a record just stored, and mark it published. A failure is logged, not raised: the
+    record stays noted and the sweeper publishes it within a grace."""
+    try:
+        queue.publish(record)
+        queue.store.mark_published(record.id)
+    except BACKEND_ERRORS as exc:
+        log.warning(
+            "%s %s: accepted; not published yet (%s): the sweeper will", queue.store.kind.name, record.id, exc
+        )
+
+
+def revoke(broker: Broker, task_ids: list[str]) -> None:
+    """Best effort: a cancelled task is stopped by its stored state anyway, revoked only sooner."""
+    try:
+        broker.control.revoke(task_ids if len(task_ids) > 1 else task_ids[0])
+    except BACKEND_ERRORS as exc:
+        log.warning(
+            "tasks %s: cancelled, not revoked (%s); they stop when they read the cancel", task_ids, exc
+        )
+
+
+@dataclass
+class Sweeper:
+    """Every API process runs one: it publishes records whose publisher died or failed, and tasks
+    whose worker stopped renewing their lease. Each id is handled on its own: one that fails stays
+    noted (or is noted again) for the next sweep, and does not hold up the others."""
+
+    queues: list[Publishes]
+    leases: Leases
+    broker: Broker
+    queue_list: redis.Redis | None
+    grace_s: float
+    every_s: float
+
+    @classmethod
+    def for_settings(
+        cls, settings: Settings, queues: list[Publishes], broker: Broker | None = None
+    ) -> Sweeper:
+        broker_url = settings.redis_broker_url
+        return cls(
+            queues=queues,
+            leases=leases_for(settings),
+            broker=broker or create_celery_app(settings),
+            queue_list=redis_client(broker_url) if broker_url else None,
+            # A publish takes milliseconds; the grace keeps a sweeper from racing a slow but live one.
+            grace_s=settings.job_publish_grace_s,
+            # A few times per grace and per lease: a lapsed lease is found within a third of one.
+            every_s=min(10.0, settings.job_publish_grace_s / 3, settings.job_lease_s / 3),
+        )
+
+    def sweep(self) -> int:
+        """One sweep; how many records and tasks it published."""
+        return sum(self.republish_stranded(queue) for queue in self.queues) + self.rerun_lapsed()
+
+    def republish_stranded(self, queue: Publishes) -> int:
+        """Publish the records noted unpublished over a grace ago that are still waiting to run."""
+        store = queue.store
+        count = 0
+        for record_id in store.claim_unpublished(self.grace_s):
+            try:
+                record = store.load(record_id)
+                if record is not None and _waits(record):
+                    log.warning("%s %s: recorded, never published (its API process died?); publishing it",
+                                store.kind.name, record_id)  # fmt: skip
+                    queue.publish(record)
+                    count += 1
+                store.mark_published(record_id)
+            except BACKEND_ERRORS as exc:  # still noted (claimed for a grace): the next sweeps try again
+                log.warning("%s %s: not published (%s); next sweep", store.kind.name, record_id, exc)
+        return count
+
+    def rerun_lapsed(self) -> int:
+        """Publish again every task (job or analysis chunk) whose worker stopped renewing its lease:
+        the worker died whole, and its message would wait for Celery's visibility timeout. The
+        job's own compare-and-set keeps a late redelivery from completing it twice."""
+        count = 0
+        for delivery in self.leases.lapsed():  # each claimed by this sweep alone
+            task_id = delivery.task_id
+            log.warning("task %s: its worker stopped renewing its lease (lost?); running it again", task_id)
+            try:
+                self.broker.send_task(delivery.task, args=delivery.args, task_id=task_id, retry=False)
+            except BACKEND_ERRORS as exc:
+                log.warning("task %s: could not publish it again (%s); next sweep", task_id, exc)
+                try:
+                    self.leases.note(delivery)
+                except JobBackendUnavailable:  # Redis away too: the visibility timeout brings it back
+                    log.warning(
+                        "task %s: not noted again; the broker's visibility timeout redelivers it", task_id
+                    )
+                continue
+            self._to_front(task_id)
+            count += 1
+        return count
+
+    def _to_front(self, task_id: str) -> None:
+        """It was accepted before the jobs waiting now: it goes first (best effort)."""
+        if self.queue_list is None:
+            return
+        try:
+            self.queue_list.eval(_TO_FRONT, 1, QUEUE, task_id)
+        except BACKEND_ERRORS as exc:
+            log.warning("task %s: published again at the back of the queue (%s)", task_id, exc)
+
+    def start(self, sleep: Callable[[float], None] = time.sleep) -> threading.Thread:
+        """Sweep forever from a daemon thread of this API process."""
+
+        def run() -> None:
+            while True:
+                sleep(self.every_s)
+                try:
+                    self.sweep()
+                except BACKEND_ERRORS as exc:
+                    log.warning("sweep skipped: %s", exc)
+                except Exception:  # never let the sweeper die
+                    log.exception("sweep failed")
+
+        thread = threading.Thread(target=run, name="clarion-sweeper", daemon=True)
+        thread.start()
+        return thread
+
+
+def _waits(record: Any) -> bool:
+    """Still to run: a job only while queued; an analysis until it finishes (chunks may be left)."""
+    if isinstance(record, JobRecord):
+        return record.status == QUEUED
+    return record.status not in FINISHED
