@@ -399,3 +399,19 @@ def test_without_credentials_a_read_is_a_404_not_a_503(
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # the session of earlier tests holds their keys
     with pytest.raises(NotFound, match="may not read it"):
         read_object(f"s3://{ALLOWED}/in/reviews.jsonl", 1000, (f"s3://{ALLOWED}/in/",))
+
+
+def test_only_a_store_out_of_reach_is_a_503(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.errors import StorageUnavailable
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    with pytest.raises(StorageUnavailable, match="unavailable"):
+        read_object(f"s3://{ALLOWED}/in/reviews.jsonl", 1000, (f"s3://{ALLOWED}/in/",))
