@@ -6,6 +6,7 @@ shap.plots.text and shap.plots.bar."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -396,11 +397,22 @@ def test_retries_are_bounded_and_skip_what_would_fail_again() -> None:
 
 def test_a_dropped_connection_is_retried_only_where_repeating_is_safe() -> None:
     with ScriptedServer(DROP, answer(200, JOB)) as server:
-        with pytest.raises(ConnectionFailed) as dropped:
-            Clarion(server.url, retry=FAST).submit("good")
-        assert dropped.value.sent and len(server.requests) == 1  # it may hold a job now: not sent twice
+        job = Clarion(server.url, retry=FAST).submit("good")  # repeated with its Idempotency-Key
+        assert job.id == "j1" and len(server.requests) == 2
+        keys = [headers.get("Idempotency-Key") for _, _, headers, _ in server.requests]
+        assert keys[0] and keys[0] == keys[1]  # one key for every try: the server makes one job
         assert Clarion(server.url, retry=FAST).job("j1").id == "j1"  # a GET is repeated
-        assert len(server.requests) == 2
+    with ScriptedServer(answer(202, JOB), answer(202, JOB)) as server:
+        Clarion(server.url).submit("good")
+        Clarion(server.url).submit("good")
+        first, second = (headers["Idempotency-Key"] for _, _, headers, _ in server.requests)
+        assert first != second  # a new call is a new job
+
+    with ScriptedServer(DROP, answer(202, {"id": "a1", "status": "queued"})) as server:
+        with contextlib.suppress(Exception):
+            Clarion(server.url, retry=FAST).analyze([{"text": "good"}])
+        keys = [headers.get("Idempotency-Key") for _, _, headers, _ in server.requests]
+        assert len(keys) == 2 and keys[0] and keys[0] == keys[1]
 
     with ScriptedServer(DROP, answer(200, PREDICTION)) as server:
         assert Clarion(server.url, retry=FAST).explain("good") == PREDICTION  # /invocations stores nothing
@@ -411,6 +423,18 @@ def test_a_dropped_connection_is_retried_only_where_repeating_is_safe() -> None:
         with pytest.raises(ConnectionFailed):
             Clarion(server.url, retry=FAST).delete(job)  # a second DELETE would remove what it cancelled
         assert [method for method, *_ in server.requests] == ["GET", "DELETE"]
+
+    unavailable = error(503, "job_backend_unavailable", **{"Retry-After": "0"})
+    with ScriptedServer(answer(200, JOB), unavailable, answer(200, JOB)) as server:
+        job = Clarion(server.url).job("j1")
+        with pytest.raises(ServiceUnavailable):
+            Clarion(server.url, retry=FAST).delete(job)  # the cancel may be stored: not repeated
+        assert [method for method, *_ in server.requests] == ["GET", "DELETE"]
+    limited = error(429, "rate_limited", **{"Retry-After": "0"})
+    with ScriptedServer(answer(200, JOB), limited, answer(204, b"")) as server:
+        job = Clarion(server.url).job("j1")
+        assert Clarion(server.url, retry=FAST).delete(job) is None  # a 429 did nothing: repeated
+        assert [method for method, *_ in server.requests] == ["GET", "DELETE", "DELETE"]
 
     with pytest.raises(ConnectionFailed) as refused:  # nobody listens: the server saw nothing
         Clarion(f"http://127.0.0.1:{free_port()}", retry=FAST).submit("good")

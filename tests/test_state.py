@@ -277,3 +277,40 @@ def test_analyses_beyond_the_running_limit_are_refused_and_finished_ones_free_a_
         store.create(analysis())
     redis.Redis.from_url(redis_url).delete(ANALYSES.prefix + second.id)  # expired: forgotten
     store.create(analysis())
+
+
+def test_a_task_killed_at_the_hard_time_limit_fails_with_that_reason_and_is_not_run_again(
+    redis_url: str,
+) -> None:
+    """What the worker's main process does when it killed a pool process at JOB_TIME_LIMIT: Celery
+    sends task_failure with TimeLimitExceeded there, and the handler (run here in a process of its
+    own, as the worker's main process would) fails the job and drops its lease and note."""
+    import subprocess
+    import sys
+
+    redis.Redis.from_url(redis_url).flushdb()
+    client = redis.Redis.from_url(redis_url)
+    store = RecordStore(client, JOBS, ttl_s=600)
+    record = job("runs past the hard limit")
+    store.create(record)
+    assert store.update(record.id, RUNNING) is not None
+    leases = Leases(client, 30)
+    assert leases.acquire(Delivery(record.id, EXPLAIN_TASK, [record.texts, record.options])) is not None
+    handler = (
+        "from celery.exceptions import TimeLimitExceeded\n"
+        "from worker.tasks import explain_job, fail_past_the_time_limit\n"
+        f"fail_past_the_time_limit(sender=explain_job, task_id={record.id!r},\n"
+        "                         exception=TimeLimitExceeded(12))\n"
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "REDIS_URL": redis_url,
+        "JOB_TIME_LIMIT": "12",
+        "JOB_SOFT_TIME_LIMIT": "10",
+    }
+    subprocess.run([sys.executable, "-c", handler], env=env, check=True, timeout=120)
+    failed = store.load(record.id)
+    assert failed.status == FAILED
+    assert "hard time limit (12s, JOB_TIME_LIMIT)" in failed.error["message"]
+    assert leases.lapsed() == []  # nothing for the sweeper to run again
+    assert client.exists(f"clarion:lease:{record.id}") == 0

@@ -36,9 +36,9 @@ from shared.jobs.analysis import (
     fail,
     is_cancelled,
     load_or_404,
-    publish_to_s3,
     record_explainer,
     run_chunk,
+    s3_publisher,
 )
 from shared.jobs.lease import Delivery, Lease, LeaseKeeper, leases_for
 from shared.jobs.record import JobRecord, progress_of, utc_now
@@ -369,7 +369,7 @@ def _analyze(analysis_id: str, index: int, lease: Lease) -> None:
     try:
         record = load_or_404(store, analysis_id)
         explain = record_explainer(_service, record)
-        if run_chunk(store, analysis_id, index, explain, ticket, publish_to_s3) is None:
+        if run_chunk(store, analysis_id, index, explain, ticket, s3_publisher(_service.settings)) is None:
             log.info("analysis %s chunk %d: not run (%s)", analysis_id, index, record.status)
     except JobCancelled:
         if lease.lost:

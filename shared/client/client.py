@@ -12,7 +12,7 @@ from shared.client.errors import JobFailed, UnexpectedResponse, WaitTimedOut
 from shared.client.jobs import Analysis, Job, Tracked
 from shared.client.options import AnalysisOptions, ExplainOptions, body_options, query_options
 from shared.client.retries import RetryPolicy
-from shared.client.transport import JSON, Response, Transport
+from shared.client.transport import IDEMPOTENCY_KEY, JSON, Response, Transport, new_idempotency_key
 
 T = TypeVar("T", bound=Tracked)
 Texts = str | Sequence[str]
@@ -64,7 +64,7 @@ class Clarion:
 
     def _invoke(self, texts: Texts, options: Mapping[str, Any], timeout: float | None) -> Any:
         # A synchronous invocation stores nothing on the server: replaying it is safe.
-        response = self._post("/invocations", _texts_body(texts, options), timeout, replayable=True)
+        response = self._post("/invocations", _texts_body(texts, options), timeout)
         return response.json()
 
     # ---- explanation jobs: POST /explanations -----------------------------------------------
@@ -73,7 +73,8 @@ class Clarion:
         """An explanation job: the texts are classified at once (`prediction`), explained by a
         worker (`wait` for it). Without a broker the server runs it within the request and the job
         comes back finished, so the same code serves both deployments."""
-        response = self._post("/explanations", _texts_body(texts, options), timeout, replayable=False)
+        # One Idempotency-Key for every try: a try whose answer was lost is answered with its job.
+        response = self._post("/explanations", _texts_body(texts, options), timeout, idempotent=True)
         return _tracked(Job, response, texts=texts if isinstance(texts, str) else list(texts))
 
     def job(self, job_id: str, *, timeout: float | None = None) -> Job:
@@ -112,7 +113,8 @@ class Clarion:
         response = self._transport.send(
             "POST",
             Analysis.collection,
-            replayable=False,  # each one processed is a new analysis
+            replayable=True,  # its Idempotency-Key makes a repeat answer with the same analysis
+            headers={IDEMPOTENCY_KEY: new_idempotency_key()},
             body=body,
             content_type=content_type,
             query=query_options(options),
@@ -167,7 +169,8 @@ class Clarion:
     def delete(self, tracked: T, *, timeout: float | None = None) -> T | None:
         """DELETE: a queued or running job or analysis is cancelled (its new state is returned);
         a finished one is removed with everything it stored (None; it is a NotFound from now on)."""
-        # Not replayable: a second DELETE would remove the job the first one cancelled.
+        # Not replayable: a second DELETE would remove the job the first one cancelled. It is tried
+        # again only where the server surely did nothing (never sent, or a 429).
         response = self._transport.send("DELETE", tracked.path, replayable=False, timeout=timeout)
         if response.status == 204:
             return None
@@ -179,10 +182,15 @@ class Clarion:
     def _get(self, path: str, timeout: float | None, answers: tuple[int, ...] = ()) -> Response:
         return self._transport.send("GET", path, replayable=True, timeout=timeout, answers=answers)
 
-    def _post(self, path: str, body: dict[str, Any], timeout: float | None, replayable: bool) -> Response:
+    def _post(
+        self, path: str, body: dict[str, Any], timeout: float | None, idempotent: bool = False
+    ) -> Response:
+        """A synchronous POST stores nothing (replaying it is safe); a submit is safe to replay with
+        its Idempotency-Key."""
+        headers = {IDEMPOTENCY_KEY: new_idempotency_key()} if idempotent else {}
         payload = json.dumps(body).encode()
         return self._transport.send(
-            "POST", path, replayable=replayable, body=payload, content_type=JSON, timeout=timeout
+            "POST", path, replayable=True, headers=headers, body=payload, content_type=JSON, timeout=timeout
         )
 
 

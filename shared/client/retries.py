@@ -1,10 +1,10 @@
 """When a call is tried again: the bounded, backed-off retry policy and the server's Retry-After.
 
-Only answers that say the server did nothing are retried: 503 (loading, job backend away) and 429
-(a rate limit in front of it), never a 503 `explanation_timeout` (the same work would run into the
-same deadline). A connection failure is retried when the request never reached the server whole,
-and, when it did, only for a replayable request (see `Transport.send`). A timeout is never retried:
-the caller chose how long to wait.
+Retried answers: 503 (loading, job backend away) and 429 (a limit), never a 503
+`explanation_timeout` (the same work would run into the same deadline); a request that is not
+replayable only after a 429, the one answer that surely did nothing (see `Transport`). A connection
+failure is retried when the request never reached the server whole, and, when it did, only for a
+replayable request. A timeout is never retried: the caller chose how long to wait.
 """
 
 from __future__ import annotations

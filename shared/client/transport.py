@@ -1,13 +1,13 @@
 """One call to a Clarion server over HTTP, retried as the RetryPolicy says: the only module of the
 client that touches the network.
 
-The rule for a connection that fails: a request that never reached the server whole (refused,
-broken while sending) is tried again, whatever it is, since the server saw nothing. One that went
-out and got no answer (dropped, reset) is tried again only when it is replayable, i.e. repeating it
-cannot change what the server holds: GETs, and a synchronous POST /invocations (a computation that
-stores nothing). POST /explanations and POST /analyses create a job each time they are processed,
-and a second DELETE removes the job the first one cancelled, so these raise `ConnectionFailed`
-with `sent=True` instead of being silently duplicated.
+A replayable request is one whose repeat cannot change what the server holds: GETs, a synchronous
+POST /invocations (a computation that stores nothing), and POST /explanations and /analyses, which
+carry one Idempotency-Key for all their tries (the server answers a repeat with the job the first
+made). A replayable request is tried again after a connection failure, a 503 or a 429. Any other
+request (a DELETE: a second one removes the job the first one cancelled) is tried again only where
+the server surely did nothing: it never got the whole request, or a 429 turned it away; otherwise it
+raises (`ConnectionFailed` with `sent=True`, or the 503's APIError) instead of being duplicated.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from shared.client.errors import APIError, ConnectionFailed, TimedOut, Unexpecte
 from shared.client.retries import NOT_RETRIED_CODES, RETRIED_STATUSES, RetryPolicy, retry_after_seconds
 
 JSON = "application/json"
+IDEMPOTENCY_KEY = "Idempotency-Key"
 USER_AGENT = "clarion-client/1"
 
 
@@ -80,12 +81,18 @@ class Transport:
         query: Mapping[str, str] | None = None,
         timeout: float | None = None,
         answers: Collection[int] = (),
+        headers: Mapping[str, str] | None = None,
     ) -> Response:
         """The answer to one call (retried as the module docstring says). A status of 400 or more
         raises its APIError, unless it is one of `answers` (a /ping's 503 is a state, not an error)."""
         url = self.url + path + (f"?{urllib.parse.urlencode(query)}" if query else "")
         # One request id for every try, so that the server's log ties the tries of one call together.
-        headers = {"Accept": accept, "User-Agent": USER_AGENT, "X-Request-Id": uuid.uuid4().hex}
+        headers = {
+            "Accept": accept,
+            "User-Agent": USER_AGENT,
+            "X-Request-Id": uuid.uuid4().hex,
+            **(headers or {}),
+        }
         if content_type:
             headers["Content-Type"] = content_type
         if self.api_key:
@@ -104,7 +111,7 @@ class Transport:
             if response.status < 400 or response.status in answers:
                 return response
             error = _error_of(response)
-            delay = self._retry_delay(error, retry)
+            delay = self._retry_delay(error, retry) if replayable or error.status == 429 else None
             if last or delay is None:
                 raise error
             self._sleep(delay)
@@ -153,3 +160,7 @@ def _error_of(response: Response) -> APIError:
         retry_after_seconds(headers.get("Retry-After")),
         reason,
     )
+
+
+def new_idempotency_key() -> str:
+    return uuid.uuid4().hex

@@ -418,14 +418,17 @@ CONTENT_TYPES = {
 }
 
 
-def publish_to_s3(record: AnalysisRecord, files: dict[str, bytes]) -> None:
-    from shared.settings import load_settings
+def s3_publisher(settings: Settings) -> Publish:
+    """Writes a finished analysis's files under its `output`, checked again against this process's
+    S3_ALLOWED_PREFIXES where it is written: a record staged before the prefixes narrowed, or by
+    another process, must not write outside what these settings allow."""
     from shared.storage.s3 import write_objects
 
-    assert record.output is not None
-    # Checked again where it is written: a record staged before S3_ALLOWED_PREFIXES narrowed, or by
-    # another process, must not write outside what this worker's settings allow.
-    write_objects(record.output, files, CONTENT_TYPES, load_settings().s3_allowed_prefixes)
+    def publish(record: AnalysisRecord, files: dict[str, bytes]) -> None:
+        assert record.output is not None
+        write_objects(record.output, files, CONTENT_TYPES, settings.s3_allowed_prefixes)
+
+    return publish
 
 
 def record_explain_options(record: AnalysisRecord, settings: Settings) -> ExplainOptions:
@@ -449,9 +452,10 @@ class InlineAnalyses:
 
     def submit(self, record: AnalysisRecord, ticket: Ticket) -> AnalysisRecord:
         explain = record_explainer(self._service, record)
+        publish = s3_publisher(self._service.settings)
         try:
             for index in range(record.chunks):
-                run_chunk(self.store, record.id, index, explain, ticket, publish_to_s3)
+                run_chunk(self.store, record.id, index, explain, ticket, publish)
         except ClarionError as exc:
             fail(self.store, record.id, exc.message)
             raise
