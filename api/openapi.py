@@ -137,6 +137,16 @@ _JOB_ID = {
     "required": True,
     "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
 }
+# A submit's Idempotency-Key (docs/api.md#explanation-jobs): a repeat answers with the first job.
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "a repeat with the same key and request answers with the job the first one made "
+    "(Idempotent-Replayed: true); with another request, a 422",
+    "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
+}
+_REUSED_KEY = {"422": _error("the Idempotency-Key was used with another request")}
 _JOB_ERRORS = {
     **_UNAUTHORIZED,
     "406": _error("the Accept header allows neither JSON nor HTML"),
@@ -281,8 +291,9 @@ def _document(
                     "operationId": "submitExplanation",
                     "summary": "submit an explanation job: 200 and the finished job without a broker, "
                     "202 and the queued job with one",
+                    "parameters": [_IDEMPOTENCY_KEY],
                     "requestBody": _body(settings),
-                    "responses": {"200": _SUBMITTED, "202": _SUBMITTED, **_REQUEST_ERRORS},
+                    "responses": {"200": _SUBMITTED, "202": _SUBMITTED, **_REQUEST_ERRORS, **_REUSED_KEY},
                 }
             },
             "/explanations/{job_id}": {
@@ -394,7 +405,7 @@ def _analysis_paths(settings: Settings, precisions: tuple[str, ...]) -> dict[str
                 "operationId": "submitAnalysis",
                 "summary": "a dataset's explanation: 200 and the finished analysis without a broker, 202 and "
                 "the queued analysis (its chunks on every worker) with one",
-                "parameters": query,
+                "parameters": [*query, _IDEMPOTENCY_KEY],
                 "requestBody": body,
                 "responses": {
                     "200": {**analysis, **links},
@@ -404,6 +415,8 @@ def _analysis_paths(settings: Settings, precisions: tuple[str, ...]) -> dict[str
                     "404": _error("no such S3 object, or the service may not read it"),
                     "413": _error("over ANALYSIS_MAX_TEXTS lines or ANALYSIS_MAX_BYTES bytes"),
                     "415": _error("content type other than JSON Lines, CSV or JSON"),
+                    **_REUSED_KEY,
+                    "429": _error("ANALYSIS_MAX_RUNNING analyses are queued or running already"),
                     "503": _error(
                         "model loading, job backend or S3 unavailable, or past the request timeout"
                     ),

@@ -341,3 +341,29 @@ def test_an_analysis_whose_publisher_died_is_published_by_the_sweeper(brokered) 
     assert finished["progress"] == reference["progress"]
     assert_same_analysis(finished["analysis"], reference["analysis"])
     assert f"analysis {stranded.id}: recorded, never published" in api.log()
+
+
+@pytest.mark.parametrize("mode", ["single", "brokered"])
+def test_a_retried_analysis_with_the_same_key_gives_one_analysis(
+    mode: str, request: pytest.FixtureRequest
+) -> None:
+    """The answer to a POST /analyses was lost and the client sends it again, same Idempotency-Key:
+    the first analysis answers (its input is not staged again); another body with the key is a 422."""
+    service = request.getfixturevalue(mode)
+    service = service if isinstance(service, Service) else service.api
+    rows = ROWS[:6]
+    headers = {"Content-Type": "application/jsonlines", "Idempotency-Key": f"analysis-{mode}-1"}
+
+    def submit(data: bytes) -> requests.Response:
+        return requests.post(f"{service.url}/analyses", data=data, headers=headers, params=QUERY, timeout=300)
+
+    first, second = submit(jsonl(rows)), submit(jsonl(rows))
+    assert first.status_code == second.status_code == (200 if mode == "single" else 202), first.text
+    assert second.json()["id"] == first.json()["id"]
+    assert second.headers["Location"] == first.headers["Location"]
+    assert second.headers.get("Idempotent-Replayed") == "true"
+    other = submit(jsonl(ROWS[:5]))
+    assert other.status_code == 422 and other.json()["error"]["code"] == "idempotency_key_reused", other.text
+    location = f"{service.url}{first.headers['Location']}"
+    wait_until(lambda: requests.get(location, timeout=30).json()["status"] == "succeeded", 120, 0.2, "it")
+    assert requests.get(location, timeout=30).json()["lines"] == len(rows)

@@ -77,11 +77,18 @@ CONFIG = {
             "include-path": "/analyses/{analysis_id}",
             "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "404"]}},
         },
+        # The document cannot say which Idempotency-Keys earlier cases used with another body (a 422).
+        {
+            "include-path": "/explanations",
+            "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "422"]}},
+        },
         # A dataset is a file: the document can say its size and its options, not which strings hold a
         # line with a text to explain (a 400), nor which S3 locations this deployment allows (a 403).
         {
             "include-path": "/analyses",
-            "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "403", "413"]}},
+            "checks": {
+                "positive_data_acceptance": {"expected-statuses": ["2xx", "400", "403", "413", "422"]}
+            },
         },
     ],
     # The stateful run follows the document's links and no inferred ones: links inferred from a GET's

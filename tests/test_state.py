@@ -314,3 +314,43 @@ def test_a_task_killed_at_the_hard_time_limit_fails_with_that_reason_and_is_not_
     assert "hard time limit (12s, JOB_TIME_LIMIT)" in failed.error["message"]
     assert leases.lapsed() == []  # nothing for the sweeper to run again
     assert client.exists(f"clarion:lease:{record.id}") == 0
+
+
+def test_a_released_lease_stays_released_while_the_keeper_renews(redis_url: str) -> None:
+    from shared.jobs.lease import LeaseKeeper
+
+    client = redis.Redis.from_url(redis_url)
+    keeper = LeaseKeeper(Leases(client, 0.3))  # renewals every 0.1 s
+    delivery = Delivery("released-" + "0" * 23, EXPLAIN_TASK, [["text"], {}])
+    lease = keeper.hold(delivery)
+    assert lease is not None
+    time.sleep(0.35)  # renewed a few times: still held past its first expiry
+    assert client.exists(f"clarion:lease:{delivery.task_id}") == 1
+    keeper.drop(lease)
+    time.sleep(0.35)
+    assert client.exists(f"clarion:lease:{delivery.task_id}") == 0
+    assert client.hexists("clarion:leased", delivery.task_id) == 0
+
+
+def test_a_lease_not_renewed_for_a_whole_period_is_lost_and_an_abandoned_one_runs_again(
+    redis_url: str,
+) -> None:
+    from shared.jobs.lease import Lease, LeaseKeeper
+    from tests.support import free_port
+
+    unreachable = Leases(redis.Redis(port=free_port(), socket_connect_timeout=0.2), 30)
+    cut_off = Lease(Delivery("cut-off", EXPLAIN_TASK, []), "token", _leases=unreachable)
+    cut_off.renew()
+    assert not cut_off.lost  # one failed renewal: the lease may still be held
+    cut_off.renewed_at -= 30  # its last renewal went through a whole lease ago
+    cut_off.renew()
+    assert cut_off.lost  # the task stops: the sweeper may have published it again
+
+    client = redis.Redis.from_url(redis_url)
+    leases = Leases(client, 0.3)
+    keeper = LeaseKeeper(leases)
+    delivery = Delivery("abandoned-" + "0" * 22, EXPLAIN_TASK, [["text"], {}])
+    lease = keeper.hold(delivery)
+    keeper.abandon(lease)  # Redis stayed away for the task: neither finished nor handed back
+    time.sleep(0.45)
+    assert [d.task_id for d in leases.lapsed()] == [delivery.task_id]  # the sweeper publishes it again

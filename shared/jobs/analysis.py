@@ -30,12 +30,14 @@ from shared.analysis.units import Normalizer
 from shared.errors import ClarionError, InvalidRequest, JobBackendUnavailable, NotFound, PayloadTooLarge
 from shared.io.records import Record
 from shared.io.schemas import ExplainOptions, SeedBody, parse_model, text_problem
+from shared.jobs.inline import FolderKeys
 from shared.jobs.record import (
     _JOB_ID,
     Idempotency,
     StoredRecord,
     new_job_id,
     progress_of,
+    replayed,
     stamp_finished,
     utc_now,
 )
@@ -134,11 +136,12 @@ class FolderAnalysisStore:
     process and the running request never overwrite each other. Folders older than `ttl_s` are
     removed as new ones are made."""
 
-    def __init__(self, folder: str | Path, ttl_s: int) -> None:
+    def __init__(self, folder: str | Path, ttl_s: int, keys: FolderKeys | None = None) -> None:
         self._folder = Path(folder)
         self._folder.mkdir(parents=True, exist_ok=True)
         self._ttl_s = ttl_s
         self._lock = threading.Lock()
+        self._keys = keys or FolderKeys(self._folder.with_name(self._folder.name + "-keys"), ttl_s)
 
     def _path(self, analysis_id: str, name: str) -> Path:
         if not _JOB_ID.fullmatch(analysis_id):
@@ -162,13 +165,20 @@ class FolderAnalysisStore:
     def create(
         self, record: AnalysisRecord, idempotency: Idempotency | None = None
     ) -> tuple[AnalysisRecord, bool]:
-        """Nothing to publish (it runs within its request); Idempotency-Key is for the broker's store."""
+        """Nothing to publish: it runs within its request. A key's first request holds it."""
+        made = self.find(idempotency)
+        if made is not None:
+            return made, True
         self._sweep()
         self._write(self._path(record.id, "record.json"), record.to_json().encode())
+        if idempotency is not None:
+            self._keys.put(idempotency.key_name, {"id": record.id, "request": idempotency.request})
         return record, False
 
     def find(self, idempotency: Idempotency | None) -> AnalysisRecord | None:
-        return None
+        if idempotency is None:
+            return None
+        return replayed(self._keys.get(idempotency.key_name), idempotency, self.load)
 
     def load(self, analysis_id: str) -> AnalysisRecord | None:
         try:

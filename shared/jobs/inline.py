@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from shared.errors import IdempotencyConflict, NotFound
+from shared.errors import NotFound
 from shared.io.results import Explanation
 from shared.io.schemas import ExplainOptions
-from shared.jobs.record import _JOB_ID, Idempotency, JobRecord, progress_of, utc_now
+from shared.jobs.record import _JOB_ID, Idempotency, JobRecord, progress_of, replayed, utc_now
 from shared.kinds import SUCCEEDED
 from shared.runtime.engine import Ticket
 from shared.storage.memory import MemoryCache
@@ -131,14 +131,8 @@ class InlineJobQueue:
         self, record: JobRecord, ticket: Ticket | None = None, idempotency: Idempotency | None = None
     ) -> tuple[JobRecord, bool]:
         if idempotency is not None:
-            held = self._keys.get(idempotency.digest)
-            made = None if held is None else self._records.get(held["id"])
-            if made is not None:  # a key whose job was removed is free again
-                if held["request"] != idempotency.request:
-                    raise IdempotencyConflict(
-                        f"the Idempotency-Key {idempotency.key!r} was used with another request; "
-                        "a new request needs a new key"
-                    )
+            made = replayed(self._keys.get(idempotency.key_name), idempotency, self._records.get)
+            if made is not None:
                 return made, True
         # Validated against the operator's limits when the request was decoded; not again here.
         options = ExplainOptions.model_construct(**record.options)
@@ -151,7 +145,7 @@ class InlineJobQueue:
         record.finished_at = utc_now()
         self._records.put(record.id, record)
         if idempotency is not None:
-            self._keys.put(idempotency.digest, {"id": record.id, "request": idempotency.request})
+            self._keys.put(idempotency.key_name, {"id": record.id, "request": idempotency.request})
         return record, False
 
     def get(self, job_id: str) -> JobRecord:

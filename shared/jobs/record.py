@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
+from shared.errors import IdempotencyConflict
 from shared.io.results import Classification
 from shared.io.schemas import ExplainOptions
 from shared.kinds import QUEUED
@@ -40,18 +42,36 @@ class StoredRecord:
 
 @dataclass(frozen=True)
 class Idempotency:
-    """A submit's Idempotency-Key: who sent it, a digest of the key, and a digest of the request it
-    came with (the same key with another request is refused)."""
+    """A submit's Idempotency-Key: the key, who sent it, and a digest of the request it came with
+    (the same key with another request is refused)."""
 
     key: str
     owner: str | None
     request: str
 
     @property
-    def digest(self) -> str:
+    def key_name(self) -> str:
+        """Names the key for its owner only: two API keys' clients may choose the same key."""
         import hashlib
 
-        return hashlib.sha256(self.key.encode("utf-8", "surrogatepass")).hexdigest()
+        digest = hashlib.sha256(self.key.encode("utf-8", "surrogatepass")).hexdigest()
+        return f"{self.owner or '-'}.{digest}"
+
+
+def replayed(
+    held: dict[str, str] | None, idempotency: Idempotency, load: Callable[[str], T | None]
+) -> T | None:
+    """The record an Idempotency-Key made before (None: the key is free: never used, or its record
+    is gone); the same key with another request is a 422."""
+    if held is None:
+        return None
+    record = load(held["id"])
+    if record is not None and held.get("request") != idempotency.request:
+        raise IdempotencyConflict(
+            f"the Idempotency-Key {idempotency.key!r} was used with another request; "
+            "a new request needs a new key"
+        )
+    return record
 
 
 def iso_utc(moment: datetime) -> str:

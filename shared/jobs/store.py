@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 import redis
 
 from shared.errors import IdempotencyConflict, JobBackendUnavailable, TooBusy
-from shared.jobs.record import Idempotency, JobRecord, StoredRecord
+from shared.jobs.record import Idempotency, JobRecord, StoredRecord, replayed
 from shared.jobs.state import MOVES, REMOVABLE
 from shared.kinds import FINISHED
 from shared.settings import Settings
@@ -155,12 +155,7 @@ class RecordStore(Generic[R]):
 
     def _replayed(self, held: dict[str, Any], idempotency: Idempotency | None) -> R:
         assert idempotency is not None
-        if held.get("request") != idempotency.request:
-            raise IdempotencyConflict(
-                f"the Idempotency-Key {idempotency.key!r} was used with another request; "
-                "a new request needs a new key"
-            )
-        record = self.load(held["id"])
+        record = replayed(held, idempotency, self.load)
         if record is None:  # removed (DELETE) moments ago, with its key
             raise IdempotencyConflict(
                 f"the {self.kind.name} made with Idempotency-Key {idempotency.key!r} was removed; "
@@ -171,7 +166,7 @@ class RecordStore(Generic[R]):
     def idempotency_key(self, idempotency: Idempotency | None) -> str | None:
         if idempotency is None:
             return None
-        return f"{IDEMPOTENCY_PREFIX}{self.kind.name}:{idempotency.owner or '-'}:{idempotency.digest}"
+        return f"{IDEMPOTENCY_PREFIX}{self.kind.name}:{idempotency.key_name}"
 
     def load(self, record_id: str) -> R | None:
         raw = backend_call(lambda: self._client.get(self._key(record_id)))
