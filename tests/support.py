@@ -235,6 +235,9 @@ class Service:
     def get(self, path: str, **kwargs) -> requests.Response:
         return requests.get(self.url + path, timeout=kwargs.pop("timeout", 30), **kwargs)
 
+    def delete(self, path: str, **kwargs) -> requests.Response:
+        return requests.delete(self.url + path, timeout=kwargs.pop("timeout", 30), **kwargs)
+
 
 def run_cli(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
     """Run `clarion <args>` to completion (for start-up failures) with the test environment."""
