@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support import RedisServer, Service, Worker, job_stack, wait_until
+from tests.support import RedisServer, Service, Worker, assert_close_to_scale, job_stack, wait_until
 
 LONG_REVIEW = (
     "The first half of the film is a patient, beautifully shot character study , and the lead gives "
@@ -75,13 +75,17 @@ def poll_progress(api: Service, job_id: str, timeout: float = 60) -> dict:
     return state
 
 
-def assert_same_values(job_result: dict, synchronous: dict) -> None:
-    """A job's explanation equals the synchronous one for the same options (the tiny model's
-    attributions are small, so relative)."""
+def assert_same_values(job_result: dict, synchronous: dict, same_threads: bool = True) -> None:
+    """A job's explanation equals the synchronous one for the same options: bit for bit where the
+    worker and the API run the same passes with the same torch threads; within 1e-4 of the largest
+    value where the thread counts differ (another float32 summation order: up to 1e-5 of it)."""
     assert [t for t, _ in job_result["explanation"]] == [t for t, _ in synchronous["explanation"]]
     values = np.array([list(d.values()) for _, d in job_result["explanation"]])
     expected = np.array([list(d.values()) for _, d in synchronous["explanation"]])
-    np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-9)
+    if same_threads:
+        np.testing.assert_array_equal(values, expected)
+    else:
+        assert_close_to_scale(values, expected, rel=1e-4)
 
 
 def test_submit_poll_and_match_the_synchronous_explanation(stack) -> None:
@@ -306,4 +310,5 @@ def test_a_threads_pool_runs_several_jobs_at_once_into_one_engine(stack) -> None
         finished = api.get(f"/explanations/{job['id']}").json()
         assert finished["status"] == "succeeded", finished
         synchronous = api.post("/invocations", json={"data": text, "explain": True, **options}).json()
-        assert_same_values(finished["result"], synchronous)
+        # The worker ran 2 torch threads and 3 jobs' rows in shared passes, the API 1 thread.
+        assert_same_values(finished["result"], synchronous, same_threads=False)
