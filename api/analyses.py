@@ -124,17 +124,19 @@ def _input(
         output = spec.get("output")
         if output is not None and not isinstance(output, str):
             raise InvalidRequest("output: an s3:// location")
-        from shared.storage.s3 import check_allowed, read_object
+        from shared.storage.s3 import check_allowed, read_object, split_uri
 
-        # Both locations are checked before any S3 call: a forbidden output must not cost a read.
-        allowed = settings.s3_allowed_prefixes
-        if output is not None:
-            check_allowed(output, allowed, folder=True)
+        # A malformed location is a 400 first; then both are checked against the allowed prefixes,
+        # before any S3 call: a forbidden output must not cost a read.
         uri = spec["input"]
-        _, key = check_allowed(uri, allowed)
+        _, key = split_uri(uri)
         kind = key.rsplit(".", 1)[-1].lower() if "." in key else ""
         if kind not in ("jsonl", "csv", "tsv", "txt"):
             raise InvalidRequest(f"{uri}: name the object .jsonl, .csv, .tsv or .txt")
+        allowed = settings.s3_allowed_prefixes
+        if output is not None:
+            check_allowed(output, allowed, folder=True)
+        check_allowed(uri, allowed)
         data = read_object(uri, settings.analysis_max_bytes, allowed)
         return _records(data, kind, analysis, delimiter, uri), uri, output
     if mimetype in JSON_LINES_TYPES:

@@ -23,7 +23,9 @@ from tests.support import Service, free_port, running_service, s3_client, wait_h
 
 ALLOWED, OTHER = "clarion-a", "clarion-b"
 PREFIXES = f"s3://{ALLOWED}/in/,s3://{ALLOWED}/out/"
-MODEL_KEY = "models/tiny/model.tar.gz"  # the service's own model: same bucket, outside the prefixes
+# A file of the service's own model (MODEL_PATH is its folder): same bucket, outside the prefixes, and
+# named as an analysis input may be (.txt), so only the prefixes refuse it.
+MODEL_KEY = "models/tiny/vocab.txt"
 ROWS = b"".join(json.dumps({"text": t}).encode() + b"\n" for t in ["good film", "bad plot", "fine"] * 2)
 
 # ---- the rules, before any S3 call ----------------------------------------------------------------
@@ -242,7 +244,7 @@ def _serve(tmp: Path, model_dir: Path, env: dict[str, str]) -> Any:
             "MODEL_DIR": str(model_dir),
             # The model's S3 location is declared too; MODEL_DIR wins, and analyses may not read it.
             "BUCKET_NAME": ALLOWED,
-            "MODEL_PATH": MODEL_KEY,
+            "MODEL_PATH": MODEL_KEY.rsplit("/", 1)[0],
             "TORCH_THREADS": "1",
             "SAGEMAKER_MODEL_SERVER_WORKERS": "1",
             **env,
