@@ -75,18 +75,15 @@ def poll_progress(api: Service, job_id: str, timeout: float = 60) -> dict:
     return state
 
 
-def assert_same_values(job_result: dict, synchronous: dict, same_passes: bool = True) -> None:
-    """A job's explanation equals the synchronous one for the same options: bit for bit where the
-    worker and the API ran the same passes with the same torch threads (one text, one window: its
-    rounds in order); within 1e-4 of the largest value otherwise (another float32 summation order:
-    up to 1e-5 of it), as where windows' rounds share passes in whatever order they come."""
+def assert_same_values(job_result: dict, synchronous: dict) -> None:
+    """A job's explanation equals the synchronous one for the same options within 1e-4 of its largest
+    value. Not bit for bit: the worker's passes may group the rows otherwise (measured: 1 run in 4
+    for one short text) or run another thread count, so float32 sums in another order (up to 1e-5
+    of the largest value here)."""
     assert [t for t, _ in job_result["explanation"]] == [t for t, _ in synchronous["explanation"]]
     values = np.array([list(d.values()) for _, d in job_result["explanation"]])
     expected = np.array([list(d.values()) for _, d in synchronous["explanation"]])
-    if same_passes:
-        np.testing.assert_array_equal(values, expected)
-    else:
-        assert_close_to_scale(values, expected, rel=1e-4)
+    assert_close_to_scale(values, expected, rel=1e-4)
 
 
 def test_submit_poll_and_match_the_synchronous_explanation(stack) -> None:
@@ -236,7 +233,7 @@ def test_worker_killed_mid_job_the_job_still_succeeds(stack) -> None:
     assert replacement.log().count(f"job {job['id']} succeeded") == 1  # ran again on the new worker
     assert finished["attempts"] == 2
     synchronous = api.post("/invocations", json=dict(LONG_JOB, seed=2, explain=True)).json()
-    assert_same_values(finished["result"], synchronous, same_passes=False)  # windows
+    assert_same_values(finished["result"], synchronous)
 
 
 def test_redis_outage_classification_survives_and_jobs_recover(stack) -> None:
@@ -312,4 +309,4 @@ def test_a_threads_pool_runs_several_jobs_at_once_into_one_engine(stack) -> None
         assert finished["status"] == "succeeded", finished
         synchronous = api.post("/invocations", json={"data": text, "explain": True, **options}).json()
         # The worker ran 2 torch threads and 3 jobs' rows in shared passes, the API 1 thread.
-        assert_same_values(finished["result"], synchronous, same_passes=False)
+        assert_same_values(finished["result"], synchronous)
