@@ -14,7 +14,7 @@ from shared.errors import InvalidRequest
 from shared.explanation.explainer import explain_texts, new_game
 from shared.io.schemas import ExplainOptions, SeedBody, parse_model
 from shared.runtime.encoding import WINDOW_OVERLAP, window_spans
-from shared.runtime.engine import Engine
+from shared.runtime.engine import CPU_PASS, Engine
 from shared.serving.classifier import classify
 from shared.settings import Settings
 
@@ -134,7 +134,11 @@ def _owen_three(value) -> np.ndarray:
 def test_identical_window_rows_run_once(engine: Engine) -> None:
     (explanation,) = explain_texts(engine, [DOCUMENT], windowed(granularity="sentence", max_evals=300))
     rows_asked = explanation.windows_run + explanation.windows_memoised
-    assert rows_asked == explanation.evaluations * explanation.windows
+    masks, spread = divmod(rows_asked, explanation.windows)
+    assert spread == 0  # each mask's row is asked of every window
+    # SHAP's evaluations, plus the rows a cut tree's lookahead ran in vain: at most four passes'
+    # worth (tests/test_explainer.py), and how many depends on the model's values.
+    assert explanation.evaluations <= masks <= explanation.evaluations + 4 * CPU_PASS.rows
     assert explanation.windows_memoised > explanation.windows_run  # most masks leave most windows alone
 
 
