@@ -37,6 +37,7 @@ from shared.client import (
 from shared.client.retries import retry_after_seconds
 from tests.support import (
     Service,
+    assert_close_to_scale,
     aws_env,
     free_port,
     job_stack,
@@ -481,7 +482,8 @@ def test_a_job_on_a_worker_is_waited_for_with_its_progress(brokered: Clarion) ->
     synchronous = brokered.explain(TEXT, max_evals=300, seed=11)
     values = np.array([list(v.values()) for _, v in done.result["explanation"]])
     expected = np.array([list(v.values()) for _, v in synchronous["explanation"]])
-    np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-9)
+    # Another process, maybe other passes: float32 noise of the scale (tests/test_jobs.py).
+    assert_close_to_scale(values, expected, rel=1e-4)
     assert shap_explanation(done.result, done.texts).shape == (len(values), 3)  # the texts came along
     assert brokered.delete(done) is None
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.support import Worker, job_stack, wait_until
+from tests.support import Worker, assert_close_to_scale, job_stack, wait_until
 
 TEXTS = [
     f"{opening} film, {verdict} acting."
@@ -54,4 +54,4 @@ def test_jobs_answered_202_survive_a_redis_kill(sst2_dir: Path, tmp_path: Path) 
             synchronous = api.post("/invocations", json={"data": text, "explain": True, "max_evals": 64})
             values = np.array([list(d.values()) for _, d in job["result"]["explanation"]])
             expected = np.array([list(d.values()) for _, d in synchronous.json()["explanation"]])
-            np.testing.assert_allclose(values, expected, atol=1e-6)
+            assert_close_to_scale(values, expected, rel=1e-4)  # float32 noise, as in tests/test_jobs.py
