@@ -19,6 +19,7 @@ from shared.runtime.loading import load_text_model
 from shared.runtime.model import TextModel
 from shared.serving.classifier import classify
 from shared.settings import Settings
+from tests.support import assert_close_to_scale
 
 TEXTS = ["good film", "the plot was boring", "i loved the acting", "awful", "not very good at all , really"]
 LONG = "it 's played in the most straight faced fashion , with little humor to light things up ."
@@ -115,7 +116,8 @@ def test_rounds_of_concurrent_requests_share_passes(tiny: TextModel) -> None:
     assert max(len(items) for items in shared) >= 4
     for result in results[1:]:
         for label, values in result[0].values.items():
-            np.testing.assert_allclose(values, results[0][0].values[label], atol=1e-6, rtol=0)
+            # Rounds of other requests in its passes: float32 noise of the values' scale.
+            assert_close_to_scale(values, results[0][0].values[label], rel=1e-4)
 
 
 def test_passes_respect_the_row_and_token_limits(tiny: TextModel) -> None:
@@ -270,9 +272,10 @@ def test_the_same_request_gives_the_same_numbers_alone_merged_and_at_another_pas
     for a, s, m in zip(alone, small, merged, strict=True):
         assert a.evaluations == s.evaluations == m.evaluations < 200  # the tree was cut
         for label in a.labels:
-            # Float summation order inside a pass depends on its other rows: last-bit noise only.
-            np.testing.assert_allclose(a.values[label], s.values[label], atol=1e-6, rtol=0)
-            np.testing.assert_allclose(a.values[label], m.values[label], atol=1e-6, rtol=0)
+            # Float summation order inside a pass depends on its other rows: float32 noise of the
+            # values' scale only.
+            assert_close_to_scale(a.values[label], s.values[label], rel=1e-4)
+            assert_close_to_scale(a.values[label], m.values[label], rel=1e-4)
 
 
 def test_under_overload_the_earliest_deadline_goes_first(tiny: TextModel) -> None:
