@@ -149,7 +149,7 @@ def test_a_job_whose_publisher_died_is_published_by_the_sweeper(stack) -> None:
     from shared.io.results import Classification, LabelScore
     from shared.io.schemas import ExplainOptions
     from shared.jobs.record import new_record
-    from shared.jobs.store import RedisJobStore
+    from shared.jobs.store import JOBS, RecordStore
     from shared.storage.redis import redis_client
 
     api: Service = stack.api
@@ -157,7 +157,7 @@ def test_a_job_whose_publisher_died_is_published_by_the_sweeper(stack) -> None:
     scores = [LabelScore(label=label, score=1 / 3) for label in ("negative", "neutral", "positive")]
     classified = Classification(prediction=scores, truncated=False)
     record = new_record("tiny", [text], True, ExplainOptions(max_evals=120), [classified])
-    RedisJobStore(redis_client(stack.redis.url), 600).save_unpublished(record)
+    RecordStore(redis_client(stack.redis.url), JOBS, 600).create(record)  # then the API died
     assert api.get(f"/explanations/{record.id}").json()["status"] == "queued"
 
     finished = poll(api, record.id, {"succeeded", "failed"}, timeout=60)
@@ -310,3 +310,68 @@ def test_a_threads_pool_runs_several_jobs_at_once_into_one_engine(stack) -> None
         synchronous = api.post("/invocations", json={"data": text, "explain": True, **options}).json()
         # The worker ran 2 torch threads and 3 jobs' rows in shared passes, the API 1 thread.
         assert_same_values(finished["result"], synchronous)
+
+
+def test_a_retried_submit_with_the_same_key_gives_one_job(stack) -> None:
+    """The client sent a submit, lost the answer, and sends it again with the same Idempotency-Key:
+    one job, run once; the same key with another body is refused."""
+    api: Service = stack.api
+    body = {"data": "A submit whose answer was lost on the way.", "max_evals": 60}
+    headers = {"Idempotency-Key": "retry-me-0123456789"}
+    first = api.post("/explanations", json=body, headers=headers)
+    second = api.post("/explanations", json=body, headers=headers)
+    assert first.status_code == second.status_code == 202, (first.text, second.text)
+    assert second.json()["id"] == first.json()["id"]
+    assert second.headers["Location"] == first.headers["Location"]
+    assert second.headers.get("Idempotent-Replayed") == "true" and "Idempotent-Replayed" not in first.headers
+    finished = poll(api, first.json()["id"], {"succeeded", "failed"}, timeout=60)
+    assert finished["status"] == "succeeded" and finished["attempts"] == 1, finished
+    third = api.post("/explanations", json=body, headers=headers)  # finished: still the same job
+    assert third.status_code == 202 and third.json()["id"] == first.json()["id"]
+    assert third.json()["status"] == "succeeded"
+    assert stack.worker.log().count(f"job {first.json()['id']} succeeded") == 1
+
+    other = api.post("/explanations", json={**body, "max_evals": 61}, headers=headers)
+    assert other.status_code == 422, other.text
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+    for bad in ("x" * 256, "caf\u00e9", "two words"):
+        refused = api.post("/explanations", json=body, headers={"Idempotency-Key": bad.encode("utf-8")})
+        assert refused.status_code == 400, (bad, refused.text)
+    removed = api.delete(f"/explanations/{first.json()['id']}")
+    assert removed.status_code == 204
+    fresh = api.post("/explanations", json=body, headers=headers)  # the key went with its job
+    assert fresh.status_code == 202 and fresh.json()["id"] != first.json()["id"]
+
+
+def test_a_worker_with_another_model_classifies_the_job_again(stack) -> None:
+    """One model per job: the API classified it with a model the worker does not have (an upgrade
+    between submit and run), so the worker classifies it again with its own, and says which."""
+    from shared.io.results import Classification, LabelScore
+    from shared.io.schemas import ExplainOptions
+    from shared.jobs.record import new_record
+    from shared.jobs.store import JOBS, RecordStore
+    from shared.storage.redis import redis_client
+
+    api: Service = stack.api
+    text = "Classified by yesterday's model, explained by today's."
+    stale = Classification(
+        prediction=[LabelScore(label=label, score=1 / 3) for label in ("negative", "neutral", "positive")],
+        truncated=False,
+    )
+    record = new_record(
+        "tiny", [text], True, ExplainOptions(max_evals=80), [stale], model_fingerprint="yesterdays-model"
+    )
+    RecordStore(redis_client(stack.redis.url), JOBS, 600).create(record)  # the sweeper publishes it
+    finished = poll(api, record.id, {"succeeded", "failed"}, timeout=60)
+    assert finished["status"] == "succeeded", finished
+    synchronous = api.post("/invocations", json={"data": text, "explain": True, "max_evals": 80}).json()
+    assert finished["prediction"] != [s.model_dump() for s in stale.prediction]
+    assert [p["label"] for p in finished["prediction"]] == [p["label"] for p in synchronous["prediction"]]
+    assert_close_to_scale(
+        np.array([p["score"] for p in finished["prediction"]]),
+        np.array([p["score"] for p in synchronous["prediction"]]),
+        rel=1e-5,
+    )
+    fingerprint = finished["result"]["explanation_parameters"]["model_fingerprint"]
+    assert fingerprint and fingerprint != "yesterdays-model"
+    assert "classified by model yesterdays-model" in stack.worker.log()
