@@ -35,10 +35,10 @@ BACKEND_ERRORS = (redis.RedisError, KombuError, OSError, TimeoutError, JobBacken
 # Move a task just published to the end of the queue's list that workers take from next. Celery on
 # Redis pushes on the left and workers pop from the right, so a task published again after its worker
 # died would otherwise wait behind every job accepted after it. (The newest 100 entries are searched:
-# it was pushed moments ago.)
+# it was pushed moments ago; its id is matched in quotes, so chunk 1's is not chunk 10's.)
 _TO_FRONT = """
 for _, item in ipairs(redis.call('LRANGE', KEYS[1], 0, 99)) do
-  if string.find(item, ARGV[1], 1, true) then
+  if string.find(item, '"' .. ARGV[1] .. '"', 1, true) then
     redis.call('LREM', KEYS[1], 1, item)
     redis.call('RPUSH', KEYS[1], item)
     return 1
@@ -230,6 +230,8 @@ class Sweeper:
                 store.mark_published(record_id)
             except BACKEND_ERRORS as exc:  # still noted (claimed for a grace): the next sweeps try again
                 log.warning("%s %s: not published (%s); next sweep", store.kind.name, record_id, exc)
+            except Exception:  # one record that cannot be read must not hold up the others
+                log.exception("%s %s: not published; next sweep", store.kind.name, record_id)
         return count
 
     def rerun_lapsed(self) -> int:

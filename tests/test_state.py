@@ -17,7 +17,7 @@ from api.queue import CeleryJobQueue, Sweeper
 from shared.errors import ClarionError
 from shared.io.schemas import ExplainOptions
 from shared.jobs.lease import Delivery, Leases
-from shared.jobs.record import JobRecord, new_record
+from shared.jobs.record import Idempotency, JobRecord, new_record
 from shared.jobs.state import MOVES, may_move
 from shared.jobs.store import JOBS, RecordStore
 from shared.kinds import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, SUCCEEDED
@@ -312,7 +312,7 @@ def test_a_task_killed_at_the_hard_time_limit_fails_with_that_reason_and_is_not_
     failed = store.load(record.id)
     assert failed.status == FAILED
     assert "hard time limit (12s, JOB_TIME_LIMIT)" in failed.error["message"]
-    assert leases.lapsed() == []  # nothing for the sweeper to run again
+    assert list(leases.lapsed()) == []  # nothing for the sweeper to run again
     assert client.exists(f"clarion:lease:{record.id}") == 0
 
 
@@ -353,4 +353,32 @@ def test_a_lease_not_renewed_for_a_whole_period_is_lost_and_an_abandoned_one_run
     lease = keeper.hold(delivery)
     keeper.abandon(lease)  # Redis stayed away for the task: neither finished nor handed back
     time.sleep(0.45)
-    assert [d.task_id for d in leases.lapsed()] == [delivery.task_id]  # the sweeper publishes it again
+    assert [d.task_id for d in list(leases.lapsed())] == [delivery.task_id]  # the sweeper publishes it again
+
+
+def test_each_script_sent_again_after_its_reply_was_lost_reports_its_own_work(redis_url: str) -> None:
+    """redis-py sends a command again when the connection broke before its reply: a create, a move
+    or a claim that already ran must say it is done, not undo or refuse what it did."""
+    from shared.jobs.lease import _CLAIM, CLAIMED_PREFIX, LEASE_PREFIX, LEASED
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    store = RecordStore(client, JOBS, ttl_s=600)
+    record = job("sent twice")
+    idempotency = Idempotency(key="twice", owner=None, request="digest")
+    assert store.create(record, idempotency) == (record, False)
+    assert store.create(record, idempotency) == (record, False)  # its own record: made now, not replayed
+    started = store.load(record.id)
+    cancelling = store.load(record.id)
+    assert store.move(cancelling, CANCELLED) == 1
+    cancelling.revision -= 1  # the same write again, as it was sent
+    cancelling.status = QUEUED
+    assert store.move(cancelling, CANCELLED) == 1  # done, not "refused" (which DELETE would read as finished)
+    assert store.move(started, RUNNING) == 0
+
+    claim = client.register_script(_CLAIM)
+    client.hset(LEASED, "lapsed", '{"task": "t", "args": []}')
+    keys = [LEASE_PREFIX + "lapsed", LEASED, CLAIMED_PREFIX + "lapsed"]
+    first = claim(keys=keys, args=["lapsed", "token-1", 60000])
+    assert first == claim(keys=keys, args=["lapsed", "token-1", 60000]) == b'{"task": "t", "args": []}'
+    assert claim(keys=keys, args=["lapsed", "token-2", 60000]) is None  # another sweeper's claim

@@ -87,12 +87,12 @@ def fail_past_the_time_limit(
     settings = celery_app.clarion_settings
     message = f"the task exceeded the hard time limit ({settings.job_time_limit_s}s, JOB_TIME_LIMIT)"
     log.warning("task %s: %s; it fails", task_id, message)
-    try:
-        leases_for(settings).forget(task_id)
+    try:  # the outcome first: once it is stored, the lease may go
         if getattr(sender, "name", None) == ANALYZE_TASK and args:
             fail(analysis_store_for(settings), str(args[0]), message)
         elif getattr(sender, "name", None) == EXPLAIN_TASK:
             job_store_for(settings).update(task_id, FAILED, _failure(message))
+        leases_for(settings).forget(task_id)
     except JobBackendUnavailable as exc:  # the lease lapses and the job runs again: the lesser harm
         log.warning("task %s: could not record the time limit (%s)", task_id, exc)
 
@@ -184,7 +184,10 @@ def _leased(task_id: str, task: str, args: list[Any]) -> Iterator[Lease | None]:
     except BaseException:
         keeper.drop(lease)
         raise
-    keeper.drop(lease)
+    if lease.lost:  # stopped for another delivery, which runs it or will: its note must stay
+        keeper.abandon(lease)
+    else:
+        keeper.drop(lease)
 
 
 @contextmanager

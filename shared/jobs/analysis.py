@@ -170,6 +170,8 @@ class FolderAnalysisStore:
         if made is not None:
             return made, True
         self._sweep()
+        if idempotency is not None:
+            record.idempotency_key = idempotency.key_name
         self._write(self._path(record.id, "record.json"), record.to_json().encode())
         if idempotency is not None:
             self._keys.put(idempotency.key_name, {"id": record.id, "request": idempotency.request})
@@ -205,6 +207,8 @@ class FolderAnalysisStore:
             if record is not None and record.status not in FINISHED:
                 return False
         shutil.rmtree(self._folder / analysis_id, ignore_errors=True)
+        if record is not None and record.idempotency_key:  # the key goes with its analysis
+            self._keys.delete(record.idempotency_key)
         return True
 
     def put(self, analysis_id: str, name: str, data: bytes) -> None:
@@ -309,10 +313,12 @@ def stage(
     record.progress = progress_of(0, record.texts)
     try:
         created, replayed = store.create(record, idempotency)
-    except ClarionError:
+    except JobBackendUnavailable:
+        raise  # the record may be stored all the same: its chunks stay (they expire with it)
+    except ClarionError:  # refused (a limit, a key used with another request): nothing was recorded
         store.drop(record.id, chunk_parts(record))
         raise
-    if replayed:
+    if created.id != record.id:  # the key's first request made it: this one's chunks are not needed
         store.drop(record.id, chunk_parts(record))
     return created, replayed
 
@@ -381,9 +387,16 @@ def _explained(entries: list[dict[str, Any]], explain: ExplainRecords, ticket: T
 
 
 def records_of(store: AnalysisStore, record: AnalysisRecord) -> Iterator[bytes]:
-    """Every record of the analysis, chunk by chunk, in input order."""
+    """Every record of the analysis, chunk by chunk, in input order. A chunk's records gone (another
+    delivery merged it and dropped them, or it was cancelled) stop the merge: a document is made of
+    every chunk or not at all."""
     for index in range(record.chunks):
-        yield from (store.get(record.id, f"output:{index}") or b"").splitlines()
+        output = store.get(record.id, f"output:{index}")
+        if output is None:
+            raise NotFound(
+                f"analysis {record.id}: the records of chunk {index} are gone (merged or cancelled)"
+            )
+        yield from output.splitlines()
 
 
 def merge(store: AnalysisStore, record: AnalysisRecord, publish: Publish) -> AnalysisRecord:
@@ -507,9 +520,10 @@ def load_or_404(store: AnalysisStore, analysis_id: str) -> AnalysisRecord:
 
 
 def is_cancelled(store: AnalysisStore, analysis_id: str) -> bool:
-    """For a running chunk's ticket: a Redis blip counts as not cancelled."""
+    """For a running chunk's ticket: stop once the analysis is finished (cancelled, or failed by
+    another chunk) or gone; a Redis blip counts as not cancelled."""
     try:
         record = store.load(analysis_id)
     except JobBackendUnavailable:
         return False
-    return record is None or record.status == CANCELLED
+    return record is None or record.status in FINISHED

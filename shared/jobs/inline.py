@@ -99,12 +99,23 @@ class FolderKeys:
     def get(self, name: str) -> dict[str, str] | None:
         try:
             return json.loads((self._folder / name).read_bytes())
-        except FileNotFoundError:
+        except (FileNotFoundError, ValueError):
             return None
 
+    def delete(self, name: str) -> None:
+        (self._folder / name).unlink(missing_ok=True)
+
     def put(self, name: str, value: dict[str, str]) -> None:
-        with contextlib.suppress(FileExistsError), open(self._folder / name, "x") as handle:
-            handle.write(json.dumps(value))
+        """Hold the key for `value`, unless a request holds it already. Written whole, then linked
+        into place: no reader sees half a file."""
+        partial = self._folder / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        partial.write_text(json.dumps(value), encoding="utf-8")
+        try:
+            os.link(partial, self._folder / name)
+        except FileExistsError:
+            pass
+        finally:
+            partial.unlink(missing_ok=True)
         now = time.time()
         for path in self._folder.iterdir():
             with contextlib.suppress(FileNotFoundError):
@@ -143,6 +154,8 @@ class InlineJobQueue:
         record.explanations = [e.model_dump(mode="json") for e in explanations]
         record.status = SUCCEEDED
         record.finished_at = utc_now()
+        if idempotency is not None:
+            record.idempotency_key = idempotency.key_name
         self._records.put(record.id, record)
         if idempotency is not None:
             self._keys.put(idempotency.key_name, {"id": record.id, "request": idempotency.request})
@@ -155,6 +168,8 @@ class InlineJobQueue:
         return record
 
     def delete(self, job_id: str) -> JobRecord | None:
-        self.get(job_id)  # a 404 for an unknown id
+        record = self.get(job_id)  # a 404 for an unknown id
         self._records.delete(job_id)  # inline jobs are finished before their id is known: removed
+        if record.idempotency_key:  # the key goes with its job
+            self._keys.delete(record.idempotency_key)
         return None

@@ -28,6 +28,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,19 +53,29 @@ return 1
 """
 # Release: only this token's lease, and the note with it.
 _RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-local holder = redis.call('GET', KEYS[1])
-if not holder then redis.call('HDEL', KEYS[2], ARGV[2]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('HDEL', KEYS[2], ARGV[2])
+end
 return 1
 """
 # Claim a lapsed task: its note, when no lease is held; removing the note decides who republishes.
+# A marker of the claim (for a lease) answers the same claim sent again after its reply was lost.
 _CLAIM = """
+local claimed = redis.call('GET', KEYS[3])
+if claimed then
+  local cut = string.find(claimed, '\\n', 1, true)
+  if string.sub(claimed, 1, cut - 1) == ARGV[2] then return string.sub(claimed, cut + 1) end
+  return false
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local delivery = redis.call('HGET', KEYS[2], ARGV[1])
 if not delivery then return false end
 redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[3], ARGV[2] .. '\\n' .. delivery, 'PX', ARGV[3])
 return delivery
 """
+CLAIMED_PREFIX = "clarion:claimed:"
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,8 @@ class Lease:
 
     def renew(self) -> None:
         assert self._leases is not None
+        if self.lost:  # another delivery runs it, or may: taking it back would stop that one
+            return
         try:
             if not self._leases.take(self.delivery, self.token):
                 self._lose("its lease is held by another worker now")
@@ -146,21 +159,28 @@ class Leases:
         keys = [LEASE_PREFIX + lease.delivery.task_id, LEASED]
         backend_call(lambda: self._release(keys=keys, args=[lease.token, lease.delivery.task_id]))
 
-    def lapsed(self) -> list[Delivery]:
-        """Claim every noted task whose lease expired: each is handed to one caller only."""
+    def lapsed(self) -> Iterator[Delivery]:
+        """Claim, one at a time as the caller takes them, the noted tasks whose lease expired: each
+        is handed to one caller only, and at most one is claimed and not yet handled."""
         noted = backend_call(lambda: self._client.hkeys(LEASED))
-        claimed = []
         for raw in noted:
             task_id = raw.decode() if isinstance(raw, bytes) else str(raw)
-            keys = [LEASE_PREFIX + task_id, LEASED]
-            delivery = backend_call(lambda keys=keys, task_id=task_id: self._claim(keys=keys, args=[task_id]))
+            keys = [LEASE_PREFIX + task_id, LEASED, CLAIMED_PREFIX + task_id]
+            args = [task_id, uuid.uuid4().hex, int(self.lease_s * 1000)]
+            delivery = backend_call(lambda keys=keys, args=args: self._claim(keys=keys, args=args))
             if delivery:
-                claimed.append(Delivery.from_json(task_id, delivery))
-        return claimed
+                yield Delivery.from_json(task_id, delivery)
 
     def note(self, delivery: Delivery) -> None:
-        """Note a claimed task again (its republish failed): the next sweep retries it."""
-        backend_call(lambda: self._client.hset(LEASED, delivery.task_id, delivery.to_json()))
+        """Note a claimed task again (its republish failed): the next sweep claims it afresh."""
+
+        def note() -> None:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.hset(LEASED, delivery.task_id, delivery.to_json())
+                pipe.delete(CLAIMED_PREFIX + delivery.task_id)
+                pipe.execute()
+
+        backend_call(note)
 
     def forget(self, task_id: str) -> None:
         """Drop a task's lease and note whoever holds them: it ended for good (its worker killed it

@@ -28,8 +28,11 @@ IDEMPOTENCY_PREFIX = "clarion:idempotency:"
 MOVE_TRIES = 50
 
 # Create a record, noted unpublished, with its idempotency key, all at once; or say which record
-# already holds the key, or that the limit on active records is reached.
+# already holds the key, or that the limit on active records is reached. The client library sends a
+# command again when its reply was lost, so a script that finds its own work done says so (an id is
+# new: a record under it can only be this create's own).
 _CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'created', ''} end
 if KEYS[3] ~= '' then
   local existing = redis.call('GET', KEYS[3])
   if existing then return {'existing', existing} end
@@ -47,10 +50,12 @@ if KEYS[3] ~= '' then redis.call('SET', KEYS[3], ARGV[7], 'EX', ARGV[2]) end
 return {'created', ''}
 """
 # A checked move: 1 done, 0 not allowed from the stored state (or no record), -1 the record changed
-# since the writer read it (read it again).
+# since the writer read it (read it again). The stored record being this very one means it is done
+# (a command sent again after its reply was lost).
 _MOVE = """
 local current = redis.call('GET', KEYS[1])
 if not current then return 0 end
+if current == ARGV[1] then return 1 end
 local ok, record = pcall(cjson.decode, current)
 if not ok or type(record) ~= 'table' then return 0 end
 local allowed = false
