@@ -31,7 +31,9 @@ case "$command" in
     ;;
   test)
     ensure_venv
-    exec .venv/bin/python -m pytest "$@"
+    # Two test processes, one file each at a time (a file's servers and workers are started once):
+    # most tests wait on the servers, workers and Redis they start. `-n 0` runs in this process.
+    exec .venv/bin/python -m pytest -n "${TEST_PROCESSES:-2}" --dist loadfile "$@"
     ;;
   *)
     echo "usage: scripts/dev.sh serve | test [pytest arguments]" >&2
