@@ -113,7 +113,11 @@ def _s3_prefixes(name: str, raw: str) -> tuple[str, ...]:
     for entry in _names(name, raw):
         folder = entry if entry.endswith("/") else entry + "/"
         segments = folder[len("s3://") :].split("/")[1:-1]
-        if not _S3_PREFIX.fullmatch(folder) or any(s in (".", "..") for s in segments):
+        try:  # S3 keys are at most 1,024 bytes of UTF-8: a prefix past that could match nothing
+            key_bytes = len("/".join(segments).encode("utf-8"))
+        except UnicodeEncodeError:
+            key_bytes = 1025
+        if not _S3_PREFIX.fullmatch(folder) or any(s in (".", "..") for s in segments) or key_bytes > 1000:
             raise ConfigurationError(
                 f"{name}: {entry!r} is not s3://bucket/prefix/ (a valid bucket name, then plain "
                 "segments: no '.', '..', '//', '%', '\\' or control characters)"

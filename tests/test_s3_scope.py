@@ -16,7 +16,7 @@ import boto3
 import pytest
 import requests
 
-from shared.errors import ConfigurationError, Forbidden, InvalidRequest, NotFound, PayloadTooLarge
+from shared.errors import ConfigurationError, Forbidden, InvalidRequest, PayloadTooLarge
 from shared.settings import Settings
 from shared.storage.s3 import check_allowed, read_object, split_uri, write_objects
 from tests.support import Service, free_port, running_service, s3_client, wait_healthy
@@ -124,6 +124,7 @@ class CountingProxy:
         self.requests: list[tuple[str, str]] = []
         self.ranges: list[str | None] = []
         self.head_size: int | None = None  # when set, every HEAD reports this size (a store that lies)
+        self.cut_after: int | None = None  # when set, a GET's body stops after this many bytes (a reset)
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -149,7 +150,10 @@ class CountingProxy:
                         self.send_header(name, value)
                 self.send_header("Content-Length", length)
                 self.end_headers()
-                if self.command != "HEAD":
+                if self.command == "GET" and proxy.cut_after is not None:
+                    self.wfile.write(data[: proxy.cut_after])  # promised len(data), then the line drops
+                    self.close_connection = True
+                elif self.command != "HEAD":
                     self.wfile.write(data)
 
             do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
@@ -390,17 +394,39 @@ def test_a_read_never_takes_more_than_one_byte_over_the_limit(as_service: Counti
     assert read_object(f"s3://{ALLOWED}/in/empty.txt", 10, allowed) == b""
 
 
-def test_without_credentials_a_read_is_a_404_not_a_503(
+def test_a_download_cut_short_is_a_503_not_a_smaller_input(as_service: CountingProxy) -> None:
+    from shared.errors import StorageUnavailable
+
+    as_service.cut_after = len(ROWS) // 2
+    try:
+        with pytest.raises(StorageUnavailable):
+            read_object(f"s3://{ALLOWED}/in/reviews.jsonl", 10_000, (f"s3://{ALLOWED}/in/",))
+    finally:
+        as_service.cut_after = None
+
+
+def test_the_deployments_own_credentials_are_a_503_that_says_so(
     as_service: CountingProxy, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """Not the caller's business and the same for every object (so it tells nothing of what exists):
+    no credentials at all, or a key S3 does not know."""
+    from shared.errors import StorageUnavailable
+
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # the session of earlier tests holds their keys
-    with pytest.raises(NotFound, match="may not read it"):
-        read_object(f"s3://{ALLOWED}/in/reviews.jsonl", 1000, (f"s3://{ALLOWED}/in/",))
+    allowed = (f"s3://{ALLOWED}/in/",)
+    with pytest.raises(StorageUnavailable, match="no S3 credentials"):
+        read_object(f"s3://{ALLOWED}/in/reviews.jsonl", 1000, allowed)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNUNKNOWN12")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-secret-anyone-issued")
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    for key in ("in/reviews.jsonl", "in/no-such.jsonl"):
+        with pytest.raises(StorageUnavailable, match="credentials, clock or region: InvalidAccessKeyId"):
+            read_object(f"s3://{ALLOWED}/{key}", 1000, allowed)
 
 
 def test_only_a_store_out_of_reach_is_a_503(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,12 +6,13 @@ units in its order and F' the current ones in theirs, both cut at k, and a(f) a 
     nDCG = sum_i a(F'_i) / log2(i + 1)  /  sum_i a(F_i) / log2(i + 1)      (i = 1..k)
 
 1.0 when the current ranking puts the baseline's top units in the baseline's order; Clarify raises
-an alert below 0.9. A unit's gain is its baseline attribution less the floor min(0, the lowest in
-F), and 0 where F lacks it: Clarify's own gains when the baseline's values are all 0 or above (as
-mean |SHAP| always is), and still a ranking when a median is negative. When every gain is 0 (the
-baseline's values all equal and at most 0), each unit of F gains 1: only which units stay counts.
-So the score is in [0, 1], and an analysis against itself scores 1.0. Both sides are read from
-`global_top_shap_text`, so a Clarify `analysis.json` compares too.
+an alert below 0.9. A unit's gain is its baseline attribution less the floor min(0, the lowest in F)
+for the units the baseline's analysis lists (its top k and beyond), 0 for others: Clarify's own
+gains when the baseline's values are all 0 or above (as mean |SHAP| always is), and still a ranking
+when a median is negative. When every gain is 0 (the baseline's values all equal and at most 0),
+each unit of F gains 1: only which units stay counts. So the score is in [0, 1], and an analysis
+against itself scores 1.0. Both sides are read from `global_top_shap_text`, so a Clarify
+`analysis.json` compares too.
 """
 
 from __future__ import annotations

@@ -1,12 +1,15 @@
 """Finished explanations and classifications, cached so identical requests are not computed twice.
 
 The key covers everything that changes the numbers beyond float rounding (which backend runs exact
-passes, or what shares a pass, moves only the last bits): the algorithm's version, the model's identity,
-the text, every explanation option (SHAP's batch size among them), and what computed them besides
-the model: the backend of "fast" passes (not cached while it may still change), the artifact of
-"amortized" ones. Explanations: Redis (shared by the API and all workers) when Redis is configured,
-else an in-process LRU (each process its own). Classifications (cheap, small): an in-process LRU.
-Neither with EXPLANATION_CACHE_SIZE=0. A cache failure never fails a request.
+passes, or what shares an exact pass, moves only the last bits): the algorithm's version, the
+model's identity, the text, every explanation option (SHAP's batch size among them), and what
+computed them besides the model: the backend of "fast" passes (not cached while it may still
+change), the artifact of "amortized" ones. Not covered: an int8 pass quantizes its activations over
+the whole pass, so the rows that share it move its numbers by more than rounding, and a pass wider
+than the int8 graph runs in fp32; both stay within what precision "fast" promises. Explanations:
+Redis (shared by the API and all workers) when Redis is configured, else an in-process LRU (each
+process its own). Classifications (cheap, small): an in-process LRU. Neither with
+EXPLANATION_CACHE_SIZE=0. A cache failure never fails a request.
 """
 
 from __future__ import annotations

@@ -36,15 +36,24 @@ _NOT_READABLE = {
     "403",
     "Forbidden",
     "AllAccessDisabled",
+}
+# S3's answers about the service's own credentials, clock or region: the deployment's fault, the same
+# for every object (so they tell nothing of what exists), and a 503 that says so.
+_DEPLOYMENT_FAULTS = {
     "InvalidAccessKeyId",
     "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "TokenRefreshRequired",
+    "AuthorizationHeaderMalformed",
+    "RequestTimeTooSkewed",
 }
 _NOT_READABLE_MESSAGE = {
     "read": "no such object, or the service may not read it",
     "write": "no such bucket, or the service may not write there",
 }
 # 4xx codes that pass by themselves: S3 is busy, not the request wrong.
-_TRANSIENT = {"SlowDown", "RequestTimeout", "Throttling", "ThrottlingException", "RequestTimeTooSkewed"}
+_TRANSIENT = {"SlowDown", "RequestTimeout", "Throttling", "ThrottlingException"}
 
 
 def split_uri(uri: str, folder: bool = False) -> tuple[str, str]:
@@ -100,11 +109,12 @@ def _failure(uri: str, exc: Exception, verb: str = "read") -> Exception:
         return InvalidRequest(f"{uri}: {str(exc).splitlines()[-1]}")
     not_readable = NotFound(f"{uri}: {_NOT_READABLE_MESSAGE[verb]}")
     if isinstance(exc, NoCredentialsError):
-        log.warning("%s: no S3 credentials are configured", uri)
-        return not_readable
+        return StorageUnavailable(f"{uri}: the service has no S3 credentials (AWS_* settings)")
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        if code in _DEPLOYMENT_FAULTS:
+            return StorageUnavailable(f"{uri}: S3 refused the service's credentials, clock or region: {code}")
         if code in _NOT_READABLE or status in (403, 404):
             log.info("%s: S3 answered %s", uri, code or status)  # for the operator, not the caller
             return not_readable
@@ -125,7 +135,7 @@ def read_object(uri: str, max_bytes: int, allowed: Sequence[str]) -> bytes:
     too_large = f"over the limit of {max_bytes} bytes (ANALYSIS_MAX_BYTES)"
     try:
         client = _client()
-        size = int(client.head_object(Bucket=bucket, Key=key)["ContentLength"])
+        size = int(_head(client, bucket, key)["ContentLength"])
         if size > max_bytes:
             raise PayloadTooLarge(f"{uri}: {size} bytes, {too_large}")
         if size == 0:
@@ -133,6 +143,10 @@ def read_object(uri: str, max_bytes: int, allowed: Sequence[str]) -> bytes:
         body = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{max_bytes}")["Body"]
         try:
             data = body.read(max_bytes + 1)  # a store that ignores Range still sends no more
+            if len(data) <= max_bytes:
+                # At the end of the stream botocore checks the length it was promised: a download
+                # cut short raises (a 503) instead of being analysed as the whole input.
+                body.read(1)
         finally:
             body.close()
     except (BotoCoreError, ClientError) as exc:
@@ -140,6 +154,20 @@ def read_object(uri: str, max_bytes: int, allowed: Sequence[str]) -> bytes:
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"{uri}: {too_large}")
     return data
+
+
+def _head(client: Any, bucket: str, key: str) -> dict[str, Any]:
+    """HEAD the object. An error answer to a HEAD has no body, so S3's reason is lost: a 403 is asked
+    again as a one-byte GET, whose answer names it (the service's own credentials, or a refusal)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return client.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0) != 403:
+            raise
+    client.get_object(Bucket=bucket, Key=key, Range="bytes=0-0")["Body"].close()
+    return client.head_object(Bucket=bucket, Key=key)  # readable after all: HEAD again
 
 
 def write_objects(
