@@ -263,10 +263,11 @@ def test_redis_outage_classification_survives_and_jobs_recover(stack) -> None:
     assert poll(api, job.json()["id"], {"succeeded", "failed"}, timeout=90)["status"] == "succeeded"
 
 
-def test_a_job_cut_off_from_redis_for_a_lease_stops_and_runs_again_once_it_is_back(stack) -> None:
-    """Redis goes away mid-job for longer than the lease: the worker cannot know whether the sweeper
-    has published the job again, so it stops within a pass; once Redis is back the lease has lapsed,
-    its note is still there, and the job runs again and succeeds, once."""
+def test_a_job_cut_off_from_redis_for_a_lease_completes_once(stack) -> None:
+    """Redis goes away mid-job for longer than the lease. A job still computing stops within a pass
+    (the worker cannot know whether the sweeper published it again) and runs again once Redis is
+    back; one whose passes were done keeps trying to store its result instead. Either way it
+    succeeds, once."""
     api: Service = stack.api
     job = api.post("/explanations", json=LONG_JOB).json()
     poll_progress(api, job["id"])
@@ -276,13 +277,16 @@ def test_a_job_cut_off_from_redis_for_a_lease_stops_and_runs_again_once_it_is_ba
         wait_until(
             lambda: f"task {job['id']}: no renewal for" in stack.worker.log()[log_before:],
             60,
-            what="the worker to give the job up",
+            what="the worker to count the lease as lost",
         )
     finally:
         stack.redis.start()  # same port, same append-only file
     finished = poll(api, job["id"], {"succeeded", "failed"}, timeout=120)
-    assert finished["status"] == "succeeded" and finished["attempts"] == 2, finished
-    assert stack.worker.log().count(f"job {job['id']} succeeded") == 1
+    log = stack.worker.log()
+    gave_up = f"job {job['id']}: stopped, another worker runs it now" in log
+    assert finished["status"] == "succeeded", finished
+    assert finished["attempts"] == (2 if gave_up else 1), (gave_up, finished)
+    assert log.count(f"job {job['id']} succeeded") == 1
 
 
 def test_a_threads_pool_runs_several_jobs_at_once_into_one_engine(stack) -> None:
