@@ -40,8 +40,9 @@ if ! "$python" -c "import torch" 2>/dev/null; then
 fi
 pip_install -r "$requirements"
 if [ -n "$project" ]; then
-  # --no-deps: everything is pinned above; this only installs Clarion's own packages and scripts.
-  pip_install --no-deps $editable .
+  # --no-deps: everything is pinned above; this only installs Clarion's own packages and scripts,
+  # and the clarion-client distribution its command line talks to servers with (client/).
+  pip_install --no-deps $editable . $editable ./client
 fi
 if [ -n "$slim" ]; then
   site=$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')

@@ -1,4 +1,4 @@
-"""The Python client (shared/client) against a real `clarion serve` over a real socket: classify,
+"""The Python client (clarion_client) against a real `clarion serve` over a real socket: classify,
 explain with every option, jobs inline and on a real Redis and Celery worker, analyses inline and
 from and to S3, API keys and errors; retries and timeouts against loopback servers that answer 503,
 drop connections or stall on purpose; and the round trip of a served explanation through
@@ -18,11 +18,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-from shared.client import (
+from clarion_client import (
+    API_VERSION,
     BadRequest,
     Clarion,
     ConnectionFailed,
+    IncompatibleServer,
     JobFailed,
     NotFound,
     Progress,
@@ -34,7 +35,8 @@ from shared.client import (
     WaitTimedOut,
     shap_explanation,
 )
-from shared.client.retries import retry_after_seconds
+from clarion_client.retries import retry_after_seconds
+
 from tests.support import (
     Service,
     assert_close_to_scale,
@@ -298,10 +300,12 @@ def error(status: int, code: str, **headers: str) -> tuple[int, bytes, dict[str,
 
 class ScriptedServer:
     """An HTTP server on loopback that gives the scripted answers in turn (the last one again once
-    the script runs out) and records every request it read."""
+    the script runs out) and records every request it read; /ping answers as a Clarion of API
+    `api_version` does, outside the script (the client asks it once, first)."""
 
-    def __init__(self, *script: Any, delay: float = 0.0) -> None:
-        self.script, self.delay, self.requests = list(script), delay, []
+    def __init__(self, *script: Any, delay: float = 0.0, api_version: str | None = API_VERSION) -> None:
+        self.script, self.delay, self.requests, self.pings = list(script), delay, [], 0
+        ping = {"status": "healthy"} | ({"api_version": api_version} if api_version else {})
         scripted = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -312,6 +316,16 @@ class ScriptedServer:
                     return
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                self.close_connection = True
+                if self.path == "/ping":
+                    scripted.pings += 1
+                    status, raw, headers = answer(200, ping)
+                    self.send_response(status)
+                    for name, value in {**headers, "Content-Length": str(len(raw))}.items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    self.wfile.write(raw)
+                    return
                 scripted.requests.append((self.command, self.path, dict(self.headers), body))
                 step = scripted.script.pop(0) if len(scripted.script) > 1 else scripted.script[0]
                 time.sleep(scripted.delay)
@@ -508,3 +522,23 @@ def test_a_running_job_is_cancelled_from_its_progress_callback(brokered: Clarion
     assert brokered.delete(failed.value.job) is None  # a finished one's removes it (204)
     with pytest.raises(NotFound):
         brokered.job(job.id)
+
+
+def test_the_servers_api_version_is_checked_once_before_the_first_call() -> None:
+    with ScriptedServer(answer(200, PREDICTION)) as server:
+        clarion = Clarion(server.url, retry=FAST)
+        assert clarion.classify("good") == PREDICTION and clarion.classify("good") == PREDICTION
+        assert server.pings == 1 and [m for m, *_ in server.requests] == ["POST", "POST"]
+
+    with ScriptedServer(answer(200, PREDICTION), api_version="2.0") as server:
+        with pytest.raises(IncompatibleServer, match=r"API 2\.0.*speaks API 1\."):
+            Clarion(server.url, retry=FAST).classify("good")
+        assert server.requests == []  # refused before anything it would misread was sent
+
+    older = ScriptedServer(answer(200, PREDICTION), api_version=None)  # a server from before the check
+    with older as server, pytest.warns(UserWarning, match="does not say which Clarion API"):
+        assert Clarion(server.url, retry=FAST).classify("good") == PREDICTION
+
+
+def test_a_real_server_says_the_api_version_the_client_speaks(service: Service) -> None:
+    assert Clarion(service.url).health()["api_version"] == API_VERSION

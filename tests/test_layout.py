@@ -9,6 +9,7 @@ from pathlib import Path
 from tests.support import REPO
 
 SHARED = REPO / "shared"
+CLIENT = REPO / "client" / "clarion_client"  # the clarion-client distribution
 # Lowest first. A module may import its own layer and the ones before it, never one after it.
 LAYERS = [
     {"settings", "errors", "metrics", "kinds"},
@@ -17,7 +18,6 @@ LAYERS = [
     {"explanation"},
     {"analysis"},
     {"serving", "jobs", "render"},
-    {"client"},  # imports nothing of the layers below: see the test of its dependencies
     {"cli"},
 ]
 
@@ -77,24 +77,23 @@ def test_no_subpackage_imports_one_above_it() -> None:
 
 
 def test_the_client_needs_only_the_standard_library_numpy_and_shap() -> None:
-    """The client runs in a user's notebook: no torch, Flask, pydantic, nor any of Clarion but itself."""
+    """The client runs in a user's notebook: no torch, Flask, pydantic, nor any of Clarion but itself
+    (tests/test_client_package.py installs its wheel where nothing else is)."""
     import sys
 
-    allowed = set(sys.stdlib_module_names) | {"numpy", "shap"}
-    for path in sorted((SHARED / "client").rglob("*.py")):
+    allowed = set(sys.stdlib_module_names) | {"numpy", "shap", "clarion_client"}
+    for path in sorted(CLIENT.rglob("*.py")):
         for module in imports_of(path):
-            if module == "shared.client" or module.startswith("shared.client."):
-                continue
             assert module.split(".")[0] in allowed, f"{path.relative_to(REPO)} imports {module}"
 
 
-def test_importing_the_client_leaves_shap_unloaded() -> None:
-    """shap is imported only to convert an explanation (it takes seconds, and may be missing)."""
-    import subprocess
-    import sys
-
-    check = "import shared.client, sys; assert 'shap' not in sys.modules, 'shap loaded'"
-    subprocess.run([sys.executable, "-c", check], cwd=REPO, check=True)
+def test_only_the_command_line_uses_the_client() -> None:
+    """The API and the workers never call a Clarion server; `clarion explain --url` does."""
+    for path in sorted(
+        [*(REPO / "api").rglob("*.py"), *(REPO / "worker").rglob("*.py"), *SHARED.rglob("*.py")]
+    ):
+        uses = any(m.split(".")[0] == "clarion_client" for m in imports_of(path))
+        assert not uses or path.is_relative_to(SHARED / "cli"), f"{path.relative_to(REPO)} imports the client"
 
 
 def test_api_publishes_jobs_by_name_and_never_imports_the_tasks() -> None:

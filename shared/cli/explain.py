@@ -127,9 +127,9 @@ def in_process(parameters: dict[str, Any], settings: Settings) -> Explain:
 
 
 def over_http(parameters: dict[str, Any], url: str, api_key: str | None, timeout: float) -> Explain:
-    """Explain through a running Clarion with the client (shared/client), which retries what it
+    """Explain through a running Clarion with clarion-client (client/), which retries what it
     safely can; what is left is this text's fault (InvalidRequest) or the server's (ServerFailure)."""
-    from shared.client import APIError, Clarion, ClarionClientError
+    from clarion_client import APIError, Clarion, ClarionClientError
 
     try:
         clarion = Clarion(url, api_key=api_key, timeout=timeout)

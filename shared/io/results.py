@@ -183,8 +183,16 @@ def _window_counts(explanation: Explanation) -> dict[str, int]:
     }
 
 
+# The HTTP API's version: its major number changes only with a change that breaks clients (the
+# clarion-client distribution checks it once per server, from /ping).
+API_VERSION = "1.0"
+
+
 class Health(Result):
     status: Literal["healthy", "loading", "failed"]
+    api_version: str = Field(
+        API_VERSION, description="the HTTP API's version; its major number breaks clients"
+    )
     model: str | None = None
     labels: list[str] | None = None
     exact_backend: ExactBackend | None = Field(

@@ -22,7 +22,15 @@ from shared.explanation.amortized import (
     load_amortized,
 )
 from shared.explanation.explainer import check_options, explain_encoded
-from shared.io.results import Classification, Explanation, Health, Prediction, body, text_response
+from shared.io.results import (
+    API_VERSION,
+    Classification,
+    Explanation,
+    Health,
+    Prediction,
+    body,
+    text_response,
+)
 from shared.io.schemas import ExplainOptions
 from shared.kinds import LongText
 from shared.runtime.encoding import EncodedText
@@ -207,6 +215,7 @@ class ClarionService:
             model = self._engine.model
             return Health(
                 status="healthy",
+                api_version=API_VERSION,
                 model=model.model_id,
                 labels=model.labels,
                 exact_backend=model.exact_backend,
@@ -214,8 +223,8 @@ class ClarionService:
                 **self._amortized_status(),
             )
         if self._error is not None:
-            return Health(status="failed", error=self._error)
-        return Health(status="loading")
+            return Health(status="failed", api_version=API_VERSION, error=self._error)
+        return Health(status="loading", api_version=API_VERSION)
 
     def _amortized_status(self) -> dict[str, Any]:
         if self._amortized is not None:

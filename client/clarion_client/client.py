@@ -8,11 +8,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, Unpack
 
-from shared.client.errors import JobFailed, UnexpectedResponse, WaitTimedOut
-from shared.client.jobs import Analysis, Job, Tracked
-from shared.client.options import AnalysisOptions, ExplainOptions, body_options, query_options
-from shared.client.retries import RetryPolicy
-from shared.client.transport import IDEMPOTENCY_KEY, JSON, Response, Transport, new_idempotency_key
+from clarion_client.errors import JobFailed, UnexpectedResponse, WaitTimedOut
+from clarion_client.jobs import Analysis, Job, Tracked
+from clarion_client.options import AnalysisOptions, ExplainOptions, body_options, query_options
+from clarion_client.retries import RetryPolicy
+from clarion_client.transport import IDEMPOTENCY_KEY, JSON, Response, Transport, new_idempotency_key
 
 T = TypeVar("T", bound=Tracked)
 Texts = str | Sequence[str]

@@ -24,12 +24,14 @@ from dataclasses import dataclass, field
 from email.message import Message
 from typing import Any
 
-from shared.client.errors import APIError, ConnectionFailed, TimedOut, UnexpectedResponse, api_error
-from shared.client.retries import NOT_RETRIED_CODES, RETRIED_STATUSES, RetryPolicy, retry_after_seconds
+from clarion_client.errors import APIError, ConnectionFailed, TimedOut, UnexpectedResponse, api_error
+from clarion_client.retries import NOT_RETRIED_CODES, RETRIED_STATUSES, RetryPolicy, retry_after_seconds
+from clarion_client.version import __version__, check_api_version
 
 JSON = "application/json"
+PING = "/ping"
 IDEMPOTENCY_KEY = "Idempotency-Key"
-USER_AGENT = "clarion-client/1"
+USER_AGENT = f"clarion-client/{__version__}"
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class Transport:
         self.timeout = timeout
         self.retry = retry
         self._sleep = sleep
+        self._version_checked = False  # once per server: the first call asks /ping first
 
     def send(
         self,
@@ -84,7 +87,41 @@ class Transport:
         headers: Mapping[str, str] | None = None,
     ) -> Response:
         """The answer to one call (retried as the module docstring says). A status of 400 or more
-        raises its APIError, unless it is one of `answers` (a /ping's 503 is a state, not an error)."""
+        raises its APIError, unless it is one of `answers` (a /ping's 503 is a state, not an error).
+        The first call to a server checks its API version (`check_api_version`)."""
+        if not self._version_checked and path != PING:
+            self.send("GET", PING, replayable=True, answers=(503,))
+        response = self._send(
+            method,
+            path,
+            replayable=replayable,
+            body=body,
+            content_type=content_type,
+            accept=accept,
+            query=query,
+            timeout=timeout,
+            answers=answers,
+            headers=headers,
+        )
+        if path == PING and not self._version_checked:
+            check_api_version(self.url, response.json())
+            self._version_checked = True
+        return response
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        replayable: bool,
+        body: bytes | None,
+        content_type: str | None,
+        accept: str,
+        query: Mapping[str, str] | None,
+        timeout: float | None,
+        answers: Collection[int],
+        headers: Mapping[str, str] | None,
+    ) -> Response:
         url = self.url + path + (f"?{urllib.parse.urlencode(query)}" if query else "")
         # One request id for every try, so that the server's log ties the tries of one call together.
         headers = {

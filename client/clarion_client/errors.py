@@ -50,6 +50,14 @@ class Unauthorized(APIError):
     """401: the server has API keys and the call carried none, or a wrong one."""
 
 
+class Forbidden(APIError):
+    """403: the deployment does not allow it (an S3 location outside S3_ALLOWED_PREFIXES)."""
+
+
+class IdempotencyConflict(APIError):
+    """422: the Idempotency-Key was already used with another request."""
+
+
 class NotFound(APIError):
     """404: no such job or analysis (or it belongs to another API key, or was removed)."""
 
@@ -77,6 +85,10 @@ class ServiceUnavailable(APIError):
 
 class ServerError(APIError):
     """Any other 5xx: a failure of the server itself."""
+
+
+class IncompatibleServer(ClarionClientError):
+    """The server speaks a major version of Clarion's API this client does not."""
 
 
 class UnexpectedResponse(ClarionClientError):
@@ -122,10 +134,12 @@ class WaitTimedOut(ClarionClientError, TimeoutError):
 _BY_STATUS: dict[int, type[APIError]] = {
     400: BadRequest,
     401: Unauthorized,
+    403: Forbidden,
     404: NotFound,
     406: NotAcceptable,
     413: PayloadTooLarge,
     415: UnsupportedMediaType,
+    422: IdempotencyConflict,
     429: RateLimited,
     503: ServiceUnavailable,
 }
