@@ -22,7 +22,7 @@ from api.clarify import ClarifyResponse
 from api.kserve.document import kserve_paths, kserve_schemas
 from api.records import CSV_RECORD, JSON_LINES_RECORD
 from shared.analysis.aggregate import AGG_METHODS
-from shared.io.results import Health, TextResult
+from shared.io.results import API_VERSION, Health, TextResult
 from shared.io.schemas import TEXT_JSON_SCHEMA, HuggingFaceBody, SeedBody
 from shared.kinds import GRANULARITIES, LONG_TEXTS, MASKINGS, OUTPUTS
 from shared.settings import Settings
@@ -203,7 +203,11 @@ def _document(
     results = {"oneOf": [_ref("TextResult"), {"type": "array", "items": _ref("TextResult")}]}
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Clarion", "version": "0.1.0", "description": "Text classification that says why."},
+        "info": {
+            "title": "Clarion",
+            "version": API_VERSION,
+            "description": "Text classification that says why.",
+        },
         "paths": {
             "/": {
                 "get": {

@@ -9,7 +9,8 @@ repo=$(pwd)
 ensure_venv() {
   if [ ! -x .venv/bin/python ] || [ ! -f .venv/.clarion-installed ] \
      || [ requirements/dev.txt -nt .venv/.clarion-installed ] || [ requirements/runtime.txt -nt .venv/.clarion-installed ] \
-     || [ pyproject.toml -nt .venv/.clarion-installed ]; then
+     || [ pyproject.toml -nt .venv/.clarion-installed ] || [ client/pyproject.toml -nt .venv/.clarion-installed ] \
+     || ! .venv/bin/python -c 'import clarion_client' 2>/dev/null; then
     [ -x .venv/bin/python ] || python3 -m venv .venv
     PYTHON=.venv/bin/python scripts/install.sh --dev --editable
     touch .venv/.clarion-installed

@@ -303,9 +303,12 @@ class ScriptedServer:
     the script runs out) and records every request it read; /ping answers as a Clarion of API
     `api_version` does, outside the script (the client asks it once, first)."""
 
-    def __init__(self, *script: Any, delay: float = 0.0, api_version: str | None = API_VERSION) -> None:
+    def __init__(
+        self, *script: Any, delay: float = 0.0, api_version: str | None = API_VERSION, ping: Any = None
+    ) -> None:
         self.script, self.delay, self.requests, self.pings = list(script), delay, [], 0
-        ping = {"status": "healthy"} | ({"api_version": api_version} if api_version else {})
+        healthy = {"status": "healthy"} | ({"api_version": api_version} if api_version else {})
+        ping = ping or answer(200, healthy)
         scripted = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -319,7 +322,7 @@ class ScriptedServer:
                 self.close_connection = True
                 if self.path == "/ping":
                     scripted.pings += 1
-                    status, raw, headers = answer(200, ping)
+                    status, raw, headers = ping
                     self.send_response(status)
                     for name, value in {**headers, "Content-Length": str(len(raw))}.items():
                         self.send_header(name, value)
@@ -536,7 +539,15 @@ def test_the_servers_api_version_is_checked_once_before_the_first_call() -> None
         assert server.requests == []  # refused before anything it would misread was sent
 
     older = ScriptedServer(answer(200, PREDICTION), api_version=None)  # a server from before the check
-    with older as server, pytest.warns(UserWarning, match="does not say which Clarion API"):
+    with older as server, pytest.warns(UserWarning, match="does not say which Clarion API") as warned:
+        assert Clarion(server.url, retry=FAST).classify("good") == PREDICTION
+    assert warned[0].filename == __file__  # it names the caller's line, not the client's
+
+    # Not a Clarion's /ping (a gateway that exposes /invocations alone): the call goes on unchecked.
+    gateway = ScriptedServer(
+        answer(200, PREDICTION), ping=answer(404, b"<html>no</html>", **{"Content-Type": "text/html"})
+    )
+    with gateway as server:
         assert Clarion(server.url, retry=FAST).classify("good") == PREDICTION
 
 

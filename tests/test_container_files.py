@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILES = ["Dockerfile.api", "Dockerfile.worker", "Dockerfile.sagemaker"]
-CODE_DIRS = ("api/", "shared/", "worker/")
+CODE_DIRS = ("api/", "shared/", "worker/", "client/")
 
 
 def _tool(name: str) -> str:

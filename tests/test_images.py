@@ -128,8 +128,8 @@ def test_the_healthcheck_passes_and_the_user_is_not_root(container: Container) -
 
 def test_serving_never_needs_shap_and_every_module_imports() -> None:
     script = (
-        "import importlib, pkgutil, api, worker, shared\n"
-        "packages = (api, worker, shared)\n"
+        "import importlib, pkgutil, api, worker, shared, clarion_client\n"
+        "packages = (api, worker, shared, clarion_client)\n"
         "names = [m.name for p in packages for m in pkgutil.walk_packages(p.__path__, p.__name__ + '.')]\n"
         "[importlib.import_module(n) for n in names]\n"
         "import importlib.util as u; print(len(names), u.find_spec('shap') is None)\n"

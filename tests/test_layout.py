@@ -87,6 +87,15 @@ def test_the_client_needs_only_the_standard_library_numpy_and_shap() -> None:
             assert module.split(".")[0] in allowed, f"{path.relative_to(REPO)} imports {module}"
 
 
+def test_importing_the_client_leaves_shap_unloaded() -> None:
+    """shap is imported only to convert an explanation (it takes seconds), even where it is installed."""
+    import subprocess
+    import sys
+
+    check = "import clarion_client, sys; assert 'shap' not in sys.modules, 'shap loaded'"
+    subprocess.run([sys.executable, "-c", check], cwd=REPO, check=True)
+
+
 def test_only_the_command_line_uses_the_client() -> None:
     """The API and the workers never call a Clarion server; `clarion explain --url` does."""
     for path in sorted(

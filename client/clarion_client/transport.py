@@ -90,7 +90,7 @@ class Transport:
         raises its APIError, unless it is one of `answers` (a /ping's 503 is a state, not an error).
         The first call to a server checks its API version (`check_api_version`)."""
         if not self._version_checked and path != PING:
-            self.send("GET", PING, replayable=True, answers=(503,))
+            self._check_version(timeout)
         response = self._send(
             method,
             path,
@@ -104,9 +104,28 @@ class Transport:
             headers=headers,
         )
         if path == PING and not self._version_checked:
-            check_api_version(self.url, response.json())
-            self._version_checked = True
+            self._check(response)
         return response
+
+    def _check_version(self, timeout: float | None) -> None:
+        """Ask /ping which API the server speaks. An answer that is not a Clarion's (a gateway's 503
+        page, a 404 where only /invocations is exposed) leaves the check to a later call and lets this
+        one go on: its own answer, and its own retries, say what is wrong."""
+        try:
+            ping = self._send("GET", PING, replayable=True, body=None, content_type=None, accept=JSON,
+                              query=None, timeout=timeout, answers=(503,), headers=None)  # fmt: skip
+        except APIError:
+            return
+        self._check(ping)
+
+    def _check(self, ping: Response) -> None:
+        try:
+            answer = json.loads(ping.body)
+        except ValueError:
+            return
+        if isinstance(answer, dict) and "status" in answer:  # Clarion's /ping, healthy or not
+            check_api_version(self.url, answer)  # IncompatibleServer, or a warning for an old one
+            self._version_checked = True
 
     def _send(
         self,

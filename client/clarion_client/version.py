@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import Any
 
@@ -20,7 +21,7 @@ def check_api_version(url: str, ping: Any) -> None:
         warnings.warn(
             f"{url} does not say which Clarion API it serves (a server older than clarion-client "
             f"{__version__}?); this client speaks API {API_VERSION}",
-            stacklevel=4,
+            stacklevel=_callers_level(),
         )
         return
     if served.split(".")[0] != API_VERSION.split(".")[0]:
@@ -28,3 +29,11 @@ def check_api_version(url: str, ping: Any) -> None:
             f"{url} serves Clarion API {served}; this clarion-client ({__version__}) speaks API "
             f"{API_VERSION}: install the clarion-client that goes with the server"
         )
+
+
+def _callers_level() -> int:
+    """The stack level of the first frame outside clarion_client: a warning names the user's line."""
+    level, frame = 1, sys._getframe(1)  # 1: the function that warns
+    while frame is not None and str(frame.f_globals.get("__name__", "")).startswith("clarion_client"):
+        level, frame = level + 1, frame.f_back
+    return level

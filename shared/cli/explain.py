@@ -129,7 +129,10 @@ def in_process(parameters: dict[str, Any], settings: Settings) -> Explain:
 def over_http(parameters: dict[str, Any], url: str, api_key: str | None, timeout: float) -> Explain:
     """Explain through a running Clarion with clarion-client (client/), which retries what it
     safely can; what is left is this text's fault (InvalidRequest) or the server's (ServerFailure)."""
-    from clarion_client import APIError, Clarion, ClarionClientError
+    try:
+        from clarion_client import APIError, Clarion, ClarionClientError
+    except ImportError:  # a server installed without scripts/install.sh
+        raise ClarionError("--url needs clarion-client: pip install ./client") from None
 
     try:
         clarion = Clarion(url, api_key=api_key, timeout=timeout)
