@@ -6,6 +6,7 @@ says who writes what)."""
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +47,10 @@ for _, item in ipairs(redis.call('LRANGE', KEYS[1], 0, 99)) do
 end
 return 0
 """
+
+
+UNACKED = "unacked"  # kombu's Redis transport: messages taken by a worker, not yet acknowledged
+_TASK_ID = re.compile(rb'"id": "([0-9a-f]{32})"')  # a task message's id, in its headers
 
 
 class Broker(Protocol):
@@ -213,7 +218,8 @@ class Sweeper:
 
     def sweep(self) -> int:
         """One sweep; how many records and tasks it published."""
-        return sum(self.republish_stranded(queue) for queue in self.queues) + self.rerun_lapsed()
+        stranded = sum(self.republish_stranded(queue) for queue in self.queues)
+        return stranded + self.rerun_lapsed() + sum(self.rescue_lost(queue) for queue in self.queues)
 
     def republish_stranded(self, queue: Publishes) -> int:
         """Publish the records noted unpublished over a grace ago that are still waiting to run."""
@@ -256,6 +262,44 @@ class Sweeper:
             self._to_front(task_id)
             count += 1
         return count
+
+    def rescue_lost(self, queue: Publishes) -> int:
+        """Publish again the records still queued over a grace whose task the broker holds no more: a
+        message a worker popped just as its connection broke (a Redis restart) never reaches Celery's
+        list of unacknowledged ones, and nothing would bring it back. One found waiting in the queue
+        or taken by a worker is left alone; a duplicate is harmless (its lease and the checked moves
+        run it once)."""
+        if self.queue_list is None:
+            return 0
+        ids = queue.store.claim_waiting(self.grace_s)
+        if not ids:
+            return 0
+        held = self._ids_in_broker()
+        count = 0
+        for record_id in ids:
+            if record_id in held:
+                continue
+            try:
+                record = queue.store.load(record_id)
+                if record is None or record.status != QUEUED:
+                    continue
+                what = queue.store.kind.name
+                log.warning("%s %s: queued, its task in no queue (lost by the broker?); publishing it again",
+                            what, record_id)  # fmt: skip
+                queue.publish(record)
+                count += 1
+            except BACKEND_ERRORS as exc:  # claimed for a grace only: a later sweep looks again
+                log.warning(
+                    "%s %s: not published again (%s); next sweep", queue.store.kind.name, record_id, exc
+                )
+        return count
+
+    def _ids_in_broker(self) -> set[str]:
+        """Every task id in the queue's list or among the messages workers took and did not
+        acknowledge yet (kombu's `unacked` hash)."""
+        assert self.queue_list is not None
+        messages = [*self.queue_list.lrange(QUEUE, 0, -1), *self.queue_list.hvals(UNACKED)]
+        return {match.group(1).decode() for item in messages for match in _TASK_ID.finditer(item)}
 
     def _to_front(self, task_id: str) -> None:
         """It was accepted before the jobs waiting now: it goes first (best effort)."""

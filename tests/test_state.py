@@ -382,3 +382,30 @@ def test_each_script_sent_again_after_its_reply_was_lost_reports_its_own_work(re
     first = claim(keys=keys, args=["lapsed", "token-1", 60000])
     assert first == claim(keys=keys, args=["lapsed", "token-1", 60000]) == b'{"task": "t", "args": []}'
     assert claim(keys=keys, args=["lapsed", "token-2", 60000]) is None  # another sweeper's claim
+
+
+def test_a_queued_job_whose_task_the_broker_lost_is_published_again(redis_url: str) -> None:
+    """A message a worker popped just as its connection broke is in no list: the job would stay
+    queued forever. The sweeper looks for the task of every job queued over a grace in the queue and
+    among the unacknowledged ones, and publishes again what it finds in neither."""
+    import json
+
+    from worker.app import QUEUE
+
+    stack = make_stack(redis_url, Fault())
+    client = redis.Redis.from_url(redis_url)
+    stack.sweeper.queue_list = client
+    lost, waiting, taken, started = (stack.queue.submit(job(f"text {n}"))[0] for n in range(4))
+    client.lpush(QUEUE, json.dumps({"body": "...", "headers": {"task": EXPLAIN_TASK, "id": waiting.id}}))
+    client.hset("unacked", "tag-1", json.dumps([{"headers": {"id": taken.id}}, "", QUEUE]))
+    assert stack.store.update(started.id, RUNNING) is not None
+    stack.broker.sent.clear()
+    stack.sweeper.grace_s = 0.2
+    assert stack.sweeper.rescue_lost(stack.queue) == 0  # queued moments ago: not looked at yet
+    time.sleep(0.25)
+    assert stack.sweeper.rescue_lost(stack.queue) == 1
+    assert [task_id for _, task_id, _ in stack.broker.sent] == [lost.id]
+    assert stack.sweeper.rescue_lost(stack.queue) == 0  # claimed: looked at again a grace later only
+    stack.run_published()
+    assert stack.store.load(lost.id).status == SUCCEEDED
+    assert stack.sweeper.rescue_lost(stack.queue) == 0  # started: no longer waiting

@@ -15,7 +15,7 @@ import redis
 from shared.errors import IdempotencyConflict, JobBackendUnavailable, TooBusy
 from shared.jobs.record import Idempotency, JobRecord, StoredRecord, replayed
 from shared.jobs.state import MOVES, REMOVABLE
-from shared.kinds import FINISHED
+from shared.kinds import FINISHED, QUEUED
 from shared.settings import Settings
 from shared.storage.redis import redis_client
 
@@ -46,6 +46,7 @@ if KEYS[4] ~= '' then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+if KEYS[5] ~= '' then redis.call('ZADD', KEYS[5], ARGV[4], ARGV[3]) end
 if KEYS[3] ~= '' then redis.call('SET', KEYS[3], ARGV[7], 'EX', ARGV[2]) end
 return {'created', ''}
 """
@@ -67,6 +68,7 @@ if (tonumber(record['revision']) or 0) ~= tonumber(ARGV[3]) then return -1 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 if KEYS[2] ~= '' then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
 if KEYS[3] ~= '' and ARGV[5] == '1' then redis.call('ZREM', KEYS[3], ARGV[6]) end
+if KEYS[4] ~= '' then redis.call('ZREM', KEYS[4], ARGV[6]) end
 return 1
 """
 # Remove a finished record with its idempotency key and notes: 1 removed, 0 not finished, -1 gone.
@@ -85,6 +87,7 @@ redis.call('DEL', KEYS[1])
 if KEYS[2] ~= '' then redis.call('DEL', KEYS[2]) end
 redis.call('ZREM', KEYS[3], ARGV[2])
 if KEYS[4] ~= '' then redis.call('ZREM', KEYS[4], ARGV[2]) end
+if KEYS[5] ~= '' then redis.call('ZREM', KEYS[5], ARGV[2]) end
 return 1
 """
 # Claim the ids noted over a grace ago: each one's note moves to now, so no other sweeper takes it
@@ -106,6 +109,8 @@ class Kind(Generic[R]):
     unpublished: str  # the ledger: ids recorded and not yet known to be published, by time noted
     record: type[R]
     active: str | None = None  # ids queued or running, when their number is limited
+    # ids recorded and not yet started, by when (kinds whose task the broker could lose while queued)
+    waiting: str | None = None
 
 
 class Moved:
@@ -136,7 +141,13 @@ class RecordStore(Generic[R]):
         key_name = self.idempotency_key(idempotency)
         record.idempotency_key = key_name  # type: ignore[attr-defined]
         claim = json.dumps({"id": record.id, "request": idempotency.request}) if idempotency else ""
-        keys = [self._key(record.id), self.kind.unpublished, key_name or "", self._active_key]
+        keys = [
+            self._key(record.id),
+            self.kind.unpublished,
+            key_name or "",
+            self._active_key,
+            self._waiting_key,
+        ]
         args = [record.to_json(), self._ttl_s, record.id, time.time(), self._max_active or 0,
                 self.kind.prefix, claim]  # fmt: skip
         outcome, held = backend_call(lambda: self._create(keys=keys, args=args))
@@ -182,7 +193,13 @@ class RecordStore(Generic[R]):
         `target`, if the stored one is still the revision it was read at and may move there."""
         expected = record.revision  # type: ignore[attr-defined]
         record.status, record.revision = target, expected + 1  # type: ignore[attr-defined]
-        keys = [self._key(record.id), getattr(record, "idempotency_key", None) or "", self._active_key]  # type: ignore[attr-defined]
+        waiting = self._waiting_key if target != QUEUED else ""  # a move out of queued: started or ended
+        keys = [
+            self._key(record.id),
+            getattr(record, "idempotency_key", None) or "",
+            self._active_key,
+            waiting,
+        ]  # type: ignore[attr-defined]
         args = [record.to_json(), self._ttl_s, expected, json.dumps(sorted(MOVES[target])),
                 "1" if target in FINISHED else "0", record.id]  # type: ignore[attr-defined]  # fmt: skip
         outcome = int(backend_call(lambda: self._move(keys=keys, args=args)))
@@ -211,7 +228,13 @@ class RecordStore(Generic[R]):
         A record already gone counts as removed."""
         record = self.load(record_id)
         key_name = getattr(record, "idempotency_key", None) if record else None
-        keys = [self._key(record_id), key_name or "", self.kind.unpublished, self._active_key]
+        keys = [
+            self._key(record_id),
+            key_name or "",
+            self.kind.unpublished,
+            self._active_key,
+            self._waiting_key,
+        ]
         args = [json.dumps(sorted(REMOVABLE)), record_id]
         outcome = int(backend_call(lambda: self._remove(keys=keys, args=args)))
         if outcome == 0:
@@ -231,6 +254,16 @@ class RecordStore(Generic[R]):
 
     def mark_published(self, record_id: str) -> None:
         backend_call(lambda: self._client.zrem(self.kind.unpublished, record_id))
+
+    def claim_waiting(self, older_than_s: float, limit: int = 100) -> list[str]:
+        """Ids still queued over `older_than_s` after they were recorded (or last claimed): each one's
+        note moves to now, so one sweeper looks at it per grace (kinds that keep no such list: [])."""
+        if not self.kind.waiting:
+            return []
+        now = time.time()
+        args = [now - older_than_s, now, limit]
+        ids = backend_call(lambda: self._claim(keys=[self.kind.waiting], args=args))
+        return [raw.decode() if isinstance(raw, bytes) else str(raw) for raw in ids]
 
     # ---- an analysis's parts ---------------------------------------------------------------------
 
@@ -266,11 +299,15 @@ class RecordStore(Generic[R]):
         return f"{self.kind.prefix}{record_id}:{name}"
 
     @property
+    def _waiting_key(self) -> str:
+        return self.kind.waiting or ""
+
+    @property
     def _active_key(self) -> str:
         return self.kind.active if self.kind.active and self._max_active else ""
 
 
-JOBS = Kind("job", KEY_PREFIX, "clarion:unpublished", JobRecord)
+JOBS = Kind("job", KEY_PREFIX, "clarion:unpublished", JobRecord, waiting="clarion:jobs:waiting")
 
 
 def job_store_for(settings: Settings) -> RecordStore[JobRecord]:
