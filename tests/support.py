@@ -155,6 +155,15 @@ def build_tiny_model(
     return directory
 
 
+def assert_same_prediction(actual: list[dict], expected: list[dict]) -> None:
+    """The same labels in the same order, each score within float noise: two requests may run on
+    other backends (torch until the onnxruntime export is ready) or in other passes."""
+    import pytest
+
+    assert [p["label"] for p in actual] == [p["label"] for p in expected]
+    assert [p["score"] for p in actual] == pytest.approx([p["score"] for p in expected], rel=1e-5, abs=1e-7)
+
+
 def assert_close_to_scale(actual: Any, expected: Any, rel: float) -> None:
     """Every |actual - expected| is within `rel` of the largest |expected|: attributions computed in
     another summation order (another thread count, backend or pass layout) differ by float32 noise

@@ -40,6 +40,7 @@ from clarion_client.retries import retry_after_seconds
 from tests.support import (
     Service,
     assert_close_to_scale,
+    assert_same_prediction,
     aws_env,
     free_port,
     job_stack,
@@ -95,7 +96,8 @@ def test_classify_a_text_and_a_list(clarion: Clarion) -> None:
     assert sum(p["score"] for p in one["prediction"]) == pytest.approx(1.0, abs=1e-5)
     assert "explanation" not in one
     many = clarion.classify([TEXT, *TEXTS])
-    assert len(many) == 3 and many[0]["prediction"] == one["prediction"]
+    assert len(many) == 3
+    assert_same_prediction(many[0]["prediction"], one["prediction"])
 
 
 def test_explain_forwards_every_option(clarion: Clarion) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, job_stack
+from tests.support import REPO, assert_same_prediction, job_stack
 
 SERVER_PACKAGES = ("torch", "transformers", "flask", "celery", "shared", "api", "worker", "shap")
 
@@ -134,7 +134,7 @@ def test_from_the_fresh_environment_against_a_real_server(
                                                     "max_evals": 40}).json()  # fmt: skip
     assert seen["loaded_by_import"] == [] and seen["loaded_at_the_end"] == []
     assert "Clarion" in seen["names"] and "shap_explanation" in seen["names"]
-    assert seen["classified"]["prediction"] == same["prediction"]
+    assert_same_prediction(seen["classified"]["prediction"], same["prediction"])
     assert [unit for unit, _ in seen["explained"]["explanation"]] == [unit for unit, _ in same["explanation"]]
     assert seen["job"]["status"] == "succeeded" and len(seen["job"]["result"]) == 2
     labels = sorted(score["label"] for score in same["prediction"])

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import Service, answering_processes, running_service, wait_healthy, wait_until
+from tests.support import (
+    Service,
+    answering_processes,
+    assert_close_to_scale,
+    running_service,
+    wait_healthy,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
@@ -127,13 +134,22 @@ def test_faithfulness_on_request_in_the_body_and_in_custom_attributes(service: S
     for measures in asked["faithfulness"].values():
         assert set(measures) == {"comprehensiveness", "sufficiency"}
         assert all(-1 <= value <= 1 for value in measures.values())
-    assert asked["explanation"] == plain["explanation"]  # the attributions are the same ones
+    # The attributions are the same ones, up to the last bits: the two requests may run on another
+    # backend (exact passes move to onnxruntime once its export is ready) or in other passes.
+    assert [unit for unit, _ in asked["explanation"]] == [unit for unit, _ in plain["explanation"]]
+    assert_close_to_scale(
+        [list(values.values()) for _, values in asked["explanation"]],
+        [list(values.values()) for _, values in plain["explanation"]],
+        rel=1e-4,
+    )
     headed = service.post(
         "/invocations",
         json={"data": text, "explain": True, "granularity": "word"},
         headers={"X-Amzn-SageMaker-Custom-Attributes": "faithfulness=true"},
     ).json()
-    assert headed["faithfulness"] == asked["faithfulness"]
+    assert set(headed["faithfulness"]) == set(asked["faithfulness"])
+    for label, measures in asked["faithfulness"].items():
+        assert headed["faithfulness"][label] == pytest.approx(measures, rel=1e-4, abs=1e-6)
     refused = service.post("/invocations", json={"data": text, "explain": True, "faithfulness": "maybe"})
     assert refused.status_code == 400 and "faithfulness" in refused.json()["error"]["message"]
 

@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import REPO, TEAM_KIT, Service, running_service, wait_healthy, wait_until
+from tests.support import (
+    REPO,
+    TEAM_KIT,
+    Service,
+    assert_close_to_scale,
+    running_service,
+    wait_healthy,
+    wait_until,
+)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -131,7 +139,8 @@ def test_typed_text_is_explained_and_shaded_in_the_right_direction(
     ).json()
     assert api["prediction"][0]["label"] == "POSITIVE"
     positive = [values["POSITIVE"] for _, values in api["explanation"]]
-    assert [u["value"] for u in shown] == pytest.approx(positive, abs=1e-9)
+    # Another request, maybe another HTTP process or backend: the same numbers up to the last bits.
+    assert_close_to_scale([u["value"] for u in shown], positive, rel=1e-4)
     by_word = {u["text"]: u for u in shown}
     assert by_word["wonderful"]["value"] > 0 and rgb(by_word["wonderful"]["colour"]) == RED
     assert by_word["drags"]["value"] < 0 and rgb(by_word["drags"]["colour"]) == BLUE
@@ -150,7 +159,13 @@ def test_typed_text_is_explained_and_shaded_in_the_right_direction(
     browser.find_element(By.ID, "download").click()
     target = downloads / "clarion-explanation.json"
     wait_until(target.exists, 20, what="the downloaded JSON")
-    assert json.loads(target.read_text())["explanation"] == api["explanation"]
+    downloaded = json.loads(target.read_text())["explanation"]
+    assert [unit for unit, _ in downloaded] == [unit for unit, _ in api["explanation"]]
+    assert_close_to_scale(
+        [list(values.values()) for _, values in downloaded],
+        [list(values.values()) for _, values in api["explanation"]],
+        rel=1e-4,
+    )
 
 
 def test_user_text_stays_inert_on_the_page_and_in_the_view(browser, service: Service) -> None:
