@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import TEAM_KIT, build_tiny_model
+from tests.support import TEAM_KIT, RedisServer, build_tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -43,3 +43,12 @@ def sst2_dir() -> Path:
 @pytest.fixture(scope="session")
 def emotion_dir() -> Path:
     return _team_model("minilm-emotion")
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory):
+    """A real redis-server on loopback for one test module (its own data directory)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server.url
+    server.stop()

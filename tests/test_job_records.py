@@ -15,7 +15,6 @@ from shared.jobs.store import JOBS, KEY_PREFIX, Moved, RecordStore
 from shared.kinds import CANCELLED, QUEUED, RUNNING, SUCCEEDED
 from shared.serving.cache import REDIS_PREFIX, RedisCache, explanation_key
 from shared.storage.redis import redis_client
-from tests.support import RedisServer
 
 PREDICTION = {"prediction": [{"label": "POSITIVE", "score": 0.9}, {"label": "NEGATIVE", "score": 0.1}]}
 EXPLANATION = {
@@ -32,14 +31,6 @@ EXPLANATION = {
     "precision": "exact",
     "truncated": False,
 }
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory):
-    server = RedisServer(tmp_path_factory.mktemp("records"))
-    server.start()
-    yield server.url
-    server.stop()
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ from shared.jobs.state import MOVES, may_move
 from shared.jobs.store import JOBS, RecordStore
 from shared.kinds import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, SUCCEEDED
 from shared.settings import Settings
-from tests.support import RedisServer
 from worker.app import EXPLAIN_TASK
 
 
@@ -80,14 +79,6 @@ class FlakyBroker:
                 broker.revoked.append(ids)
 
         return Control()
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory):
-    server = RedisServer(tmp_path_factory.mktemp("state"))
-    server.start()
-    yield server.url
-    server.stop()
 
 
 @dataclass

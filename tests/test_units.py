@@ -62,6 +62,29 @@ def test_sentences_handle_abbreviations_decimals_and_quotes(engine: Engine) -> N
     assert sentences == ["Mr. Smith paid $3.50 for it.", '"Is it good?" she asked.', "It was great."]
 
 
+def test_threads_cutting_sentences_at_once_get_what_one_thread_gets(engine: Engine) -> None:
+    """pysbd's Segmenter keeps the text it segments on itself: shared by threads (a threads pool,
+    HTTP threads), one thread's sentences came from another's text (a windowed job's word unit
+    spanned 479 characters). Each thread has its own."""
+    import threading
+
+    texts = [" ".join(f"Sentence {i} of text {t} is here." for i in range(60)) for t in range(4)]
+    expected = [units_of(engine, text, "sentence")[2] for text in texts]
+    failures: list[int] = []
+
+    def cut(index: int) -> None:
+        for _ in range(10):
+            if units_of(engine, texts[index], "sentence")[2] != expected[index]:
+                failures.append(index)
+
+    threads = [threading.Thread(target=cut, args=(i,)) for i in range(len(texts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures[:5]
+
+
 def test_paragraphs_are_blocks_between_blank_lines(engine: Engine) -> None:
     text = "First one. Still first.\n\n  Second one.\nSame paragraph.\n\n\nThird."
     _, _, paragraphs = units_of(engine, text, "paragraph")

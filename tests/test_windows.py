@@ -177,3 +177,34 @@ def test_the_window_width_is_a_setting_and_part_of_the_cache_key(engine: Engine)
         assert model.window_width == model.max_length
     finally:
         model.encoder = saved
+
+
+def test_threads_encoding_at_once_get_what_one_thread_gets(engine: Engine) -> None:
+    """A fast tokenizer keeps its truncation setting in shared state and sets it on each call, so a
+    windowed document (untruncated) encoded while another thread truncates came back truncated, its
+    offsets wrong (found by the threads-pool job test: one word unit spanning 479 characters)."""
+    import threading
+
+    model = engine.model
+    long_text = " ".join(f"word{i % 97} and more." for i in range(400))
+    shorts = [f"a short text number {i}" for i in range(8)]
+    whole = model.encode([long_text], "windows")[0]
+    cut = model.encode(shorts)
+    failures: list[str] = []
+
+    def windows() -> None:
+        for _ in range(40):
+            if model.encode([long_text], "windows")[0].offsets != whole.offsets:
+                failures.append("windows")
+
+    def truncated() -> None:
+        for _ in range(40):
+            if [e.offsets for e in model.encode(shorts)] != [e.offsets for e in cut]:
+                failures.append("truncate")
+
+    threads = [threading.Thread(target=f) for f in (windows, truncated, windows, truncated)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures[:5]

@@ -19,9 +19,9 @@ word, say) is merged with it, since masking cannot split a token.
 from __future__ import annotations
 
 import bisect
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import regex
@@ -99,11 +99,19 @@ def _stripped(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(start, end) for start, end in stripped if start < end]
 
 
-@lru_cache(maxsize=1)
-def _segmenter():  # type: ignore[no-untyped-def]
-    import pysbd  # imported on first use: it compiles many patterns
+_PER_THREAD = threading.local()
 
-    return pysbd.Segmenter(language="en", clean=False)
+
+def _segmenter():  # type: ignore[no-untyped-def]
+    """This thread's pysbd segmenter. One per thread: a Segmenter keeps the text it is segmenting on
+    itself, so two threads sharing one (a threads pool, HTTP threads) got each other's sentences
+    (a windowed job's word unit spanning 479 characters)."""
+    segmenter = getattr(_PER_THREAD, "segmenter", None)
+    if segmenter is None:
+        import pysbd  # imported on first use: it compiles many patterns
+
+        segmenter = _PER_THREAD.segmenter = pysbd.Segmenter(language="en", clean=False)
+    return segmenter
 
 
 def _sentences(text: str, paragraph: tuple[int, int]) -> list[tuple[int, int]]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -71,20 +72,25 @@ class TextEncoder:
     keep_suffix: int
     # Tokens per window of a windowed document (WINDOW_TOKENS, capped by max_length); 0: max_length.
     window_tokens: int = 0
+    # A fast tokenizer sets truncation on its one Rust object before each call: two threads that
+    # encode at once (a threads pool, HTTP threads) with other settings get each other's (a windowed
+    # document came back truncated, its offsets wrong). Every call goes through this lock.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def encode(self, texts: Sequence[str], long_text: LongText = "truncate") -> list[EncodedText]:
         """Tokenize: truncated to the model's maximum length (saying which texts were), or whole and
         cut into windows (`long_text="windows"`)."""
         if long_text == "windows":
             return [self._encode_whole(text) for text in texts]
-        enc = self.tokenizer(
-            list(texts),
-            truncation=True,
-            max_length=self.max_length,
-            return_offsets_mapping=True,
-            return_overflowing_tokens=True,
-            return_special_tokens_mask=True,
-        )
+        with self._lock:
+            enc = self.tokenizer(
+                list(texts),
+                truncation=True,
+                max_length=self.max_length,
+                return_offsets_mapping=True,
+                return_overflowing_tokens=True,
+                return_special_tokens_mask=True,
+            )
         sample_of_row = enc["overflow_to_sample_mapping"]
         encoded: list[EncodedText | None] = [None] * len(texts)
         truncated = [False] * len(texts)
@@ -107,13 +113,14 @@ class TextEncoder:
         return out
 
     def _encode_whole(self, text: str) -> EncodedText:
-        enc = self.tokenizer(
-            text,
-            truncation=False,
-            return_offsets_mapping=True,
-            return_special_tokens_mask=True,
-            verbose=False,
-        )
+        with self._lock:
+            enc = self.tokenizer(
+                text,
+                truncation=False,
+                return_offsets_mapping=True,
+                return_special_tokens_mask=True,
+                verbose=False,
+            )
         ids = np.asarray(enc["input_ids"], dtype=np.int64)
         width = self.window_width - self.keep_prefix - self.keep_suffix
         content = len(ids) - self.keep_prefix - self.keep_suffix
