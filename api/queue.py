@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import redis
@@ -50,7 +51,8 @@ return 0
 
 
 UNACKED = "unacked"  # kombu's Redis transport: messages taken by a worker, not yet acknowledged
-_TASK_ID = re.compile(rb'"id": "([0-9a-f]{32})"')  # a task message's id, in its headers
+# A task message's id: a job's, or an analysis chunk's (<analysis id>-<chunk>).
+_TASK_ID = re.compile(rb'"id": "([0-9a-f]{32}(?:-[0-9]+)?)"')
 
 
 class Broker(Protocol):
@@ -94,6 +96,10 @@ class CeleryJobQueue:
         self._broker.send_task(
             EXPLAIN_TASK, args=(record.texts, record.options), task_id=record.id, retry=False
         )
+
+    def tasks_left(self, record: JobRecord) -> dict[str, Callable[[], None]]:
+        """A queued job's one task (its id is the job's), with how to publish it."""
+        return {record.id: partial(self.publish, record)} if record.status == QUEUED else {}
 
     def pending(self) -> int | None:
         """Jobs waiting in the broker's queue (None when the broker cannot say)."""
@@ -146,15 +152,32 @@ class CeleryAnalyses:
     def publish(self, record: AnalysisRecord) -> None:
         """Every chunk's task; a chunk done or running is not done twice (its output and lease say so)."""
         for index in range(record.chunks):
-            self._broker.send_task(
-                ANALYZE_TASK, args=(record.id, index), task_id=f"{record.id}-{index}", retry=False
-            )
+            self._publish_chunk(record.id, index)
+
+    def tasks_left(self, record: AnalysisRecord) -> dict[str, Callable[[], None]]:
+        """An unfinished analysis's chunks not counted done yet, by task id, with how to publish each."""
+        if record.status in FINISHED:
+            return {}
+        done = self.store.chunks_done(record.id)
+        return {
+            _chunk_task_id(record.id, index): partial(self._publish_chunk, record.id, index)
+            for index in range(record.chunks)
+            if index not in done
+        }
+
+    def _publish_chunk(self, analysis_id: str, index: int) -> None:
+        task_id = _chunk_task_id(analysis_id, index)
+        self._broker.send_task(ANALYZE_TASK, args=(analysis_id, index), task_id=task_id, retry=False)
 
     def delete(self, analysis_id: str) -> AnalysisRecord | None:
         record = cancel_or_remove(self.store, analysis_id)
         if record is not None:  # cancelled: chunks not started are dropped, running ones stop
-            revoke(self._broker, [f"{analysis_id}-{i}" for i in range(record.chunks)])
+            revoke(self._broker, [_chunk_task_id(analysis_id, i) for i in range(record.chunks)])
         return record
+
+
+def _chunk_task_id(analysis_id: str, index: int) -> str:
+    return f"{analysis_id}-{index}"
 
 
 class Publishes(Protocol):
@@ -163,6 +186,10 @@ class Publishes(Protocol):
     store: RecordStore[Any]
 
     def publish(self, record: Any) -> None: ...
+
+    def tasks_left(self, record: Any) -> dict[str, Callable[[], None]]:
+        """The tasks `record` still needs run, by task id, each with how to publish it alone."""
+        ...
 
 
 def publish_now(queue: Publishes, record: Any) -> None:
@@ -264,34 +291,35 @@ class Sweeper:
         return count
 
     def rescue_lost(self, queue: Publishes) -> int:
-        """Publish again the records still queued over a grace whose task the broker holds no more: a
-        message a worker popped just as its connection broke (a Redis restart) never reaches Celery's
-        list of unacknowledged ones, and nothing would bring it back. One found waiting in the queue
-        or taken by a worker is left alone; a duplicate is harmless (its lease and the checked moves
-        run it once)."""
+        """Publish again the tasks of records waiting over a grace (a queued job; an unfinished
+        analysis's chunks not done) that the broker holds no more and no worker runs: a message a
+        worker popped just as its connection broke (a Redis restart) never reaches Celery's list of
+        unacknowledged ones, and nothing would bring it back. A task found in the queue, taken by a
+        worker, or under a lease is left alone; a duplicate is harmless (its lease and the checked
+        moves run it once)."""
         if self.queue_list is None:
             return 0
         ids = queue.store.claim_waiting(self.grace_s)
         if not ids:
             return 0
         held = self._ids_in_broker()
+        what = queue.store.kind.name
         count = 0
         for record_id in ids:
-            if record_id in held:
-                continue
             try:
                 record = queue.store.load(record_id)
-                if record is None or record.status != QUEUED:
-                    continue
-                what = queue.store.kind.name
-                log.warning("%s %s: queued, its task in no queue (lost by the broker?); publishing it again",
-                            what, record_id)  # fmt: skip
-                queue.publish(record)
-                count += 1
+                tasks = queue.tasks_left(record) if record is not None else {}
+                unheld = [task_id for task_id in tasks if task_id not in held]
+                running = self.leases.known(unheld)
+                for task_id in unheld:
+                    if task_id in running:
+                        continue
+                    log.warning("%s %s: task %s in no queue and run by no worker (lost by the broker?); "
+                                "publishing it again", what, record_id, task_id)  # fmt: skip
+                    tasks[task_id]()
+                    count += 1
             except BACKEND_ERRORS as exc:  # claimed for a grace only: a later sweep looks again
-                log.warning(
-                    "%s %s: not published again (%s); next sweep", queue.store.kind.name, record_id, exc
-                )
+                log.warning("%s %s: not published again (%s); next sweep", what, record_id, exc)
         return count
 
     def _ids_in_broker(self) -> set[str]:

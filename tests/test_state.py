@@ -400,3 +400,45 @@ def test_a_queued_job_whose_task_the_broker_lost_is_published_again(redis_url: s
     stack.run_published()
     assert stack.store.load(lost.id).status == SUCCEEDED
     assert stack.sweeper.rescue_lost(stack.queue) == 0  # started: no longer waiting
+
+
+def test_an_analysis_chunk_whose_task_the_broker_lost_is_published_again(redis_url: str) -> None:
+    """An analysis's chunks start one by one, so any of them can be lost while the analysis already
+    runs: until it finishes, the sweeper publishes again each chunk not done whose task is in no
+    queue, taken by no worker and under no lease."""
+    import json
+
+    from api.queue import CeleryAnalyses
+    from shared.jobs.analysis import ANALYSES, AnalysisRecord
+    from shared.jobs.record import new_job_id, utc_now
+    from worker.app import ANALYZE_TASK, QUEUE
+
+    redis.Redis.from_url(redis_url).flushdb()
+    client = redis.Redis.from_url(redis_url)
+    store = RecordStore(client, ANALYSES, ttl_s=600)
+    broker = FlakyBroker(Fault())
+    analyses = CeleryAnalyses(Settings.from_env({"REDIS_URL": redis_url}), broker=broker, store=store)
+    leases = Leases(client, 30.0)
+    sweeper = Sweeper(
+        queues=[analyses], leases=leases, broker=broker, queue_list=client, grace_s=0.2, every_s=1
+    )
+    record = AnalysisRecord(new_job_id(), utc_now(), "tiny", {}, {}, chunks=5)
+    store.create(record)
+    analyses.submit(record)
+    assert store.update(record.id, RUNNING) is not None  # chunk 0 started: the analysis runs
+    store.chunk_done(record.id, 0, 10)  # done
+    client.lpush(QUEUE, json.dumps({"headers": {"task": ANALYZE_TASK, "id": f"{record.id}-1"}}))  # waiting
+    client.hset("unacked", "tag-1", json.dumps([{"headers": {"id": f"{record.id}-2"}}, "", QUEUE]))  # taken
+    assert leases.take(Delivery(f"{record.id}-3", ANALYZE_TASK, [record.id, 3]), "worker-1")  # running
+    broker.sent.clear()  # chunk 4: popped by a worker whose connection broke, in no list
+    assert sweeper.rescue_lost(analyses) == 0  # accepted moments ago: not looked at yet
+    time.sleep(0.25)
+    assert sweeper.rescue_lost(analyses) == 1
+    assert broker.sent == [(ANALYZE_TASK, f"{record.id}-4", (record.id, 4))]
+    assert sweeper.rescue_lost(analyses) == 0  # claimed: looked at again a grace later only
+    for index in range(1, 5):
+        store.chunk_done(record.id, index, 10)
+    assert store.update(record.id, SUCCEEDED) is not None
+    time.sleep(0.25)
+    assert sweeper.rescue_lost(analyses) == 0  # finished: no longer waiting
+    assert client.zscore(ANALYSES.waiting, record.id) is None

@@ -119,7 +119,16 @@ def all_parts(record: AnalysisRecord) -> list[str]:
     return [*chunk_parts(record), "analysis"]
 
 
-ANALYSES = Kind("analysis", ANALYSIS_PREFIX, UNPUBLISHED_ANALYSES, AnalysisRecord, active=ACTIVE_ANALYSES)
+WAITING_ANALYSES = "clarion:analyses:waiting"  # not finished: a chunk's task may still be lost
+ANALYSES = Kind(
+    "analysis",
+    ANALYSIS_PREFIX,
+    UNPUBLISHED_ANALYSES,
+    AnalysisRecord,
+    active=ACTIVE_ANALYSES,
+    waiting=WAITING_ANALYSES,
+    waits_until_finished=True,
+)
 
 
 def analysis_store_for(settings: Settings) -> RecordStore[AnalysisRecord]:

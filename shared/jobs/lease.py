@@ -171,6 +171,21 @@ class Leases:
             if delivery:
                 yield Delivery.from_json(task_id, delivery)
 
+    def known(self, task_ids: list[str]) -> set[str]:
+        """Those of `task_ids` a worker holds a lease on, or whose lapsed lease a sweep has noted or
+        claimed (rerun_lapsed's to publish again)."""
+
+        def ask() -> set[str]:
+            with self._client.pipeline(transaction=False) as pipe:
+                for task_id in task_ids:
+                    pipe.exists(LEASE_PREFIX + task_id, CLAIMED_PREFIX + task_id)
+                    pipe.hexists(LEASED, task_id)
+                answers = pipe.execute()
+            pairs = zip(answers[::2], answers[1::2], strict=True)
+            return {task_id for task_id, (live, noted) in zip(task_ids, pairs, strict=True) if live or noted}
+
+        return backend_call(ask) if task_ids else set()
+
     def note(self, delivery: Delivery) -> None:
         """Note a claimed task again (its republish failed): the next sweep claims it afresh."""
 

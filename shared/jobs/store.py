@@ -109,8 +109,10 @@ class Kind(Generic[R]):
     unpublished: str  # the ledger: ids recorded and not yet known to be published, by time noted
     record: type[R]
     active: str | None = None  # ids queued or running, when their number is limited
-    # ids recorded and not yet started, by when (kinds whose task the broker could lose while queued)
+    # ids recorded whose tasks the broker could still lose, by when: a job's until it starts, an
+    # analysis's until it finishes (its chunks start one by one)
     waiting: str | None = None
+    waits_until_finished: bool = False
 
 
 class Moved:
@@ -193,7 +195,8 @@ class RecordStore(Generic[R]):
         `target`, if the stored one is still the revision it was read at and may move there."""
         expected = record.revision  # type: ignore[attr-defined]
         record.status, record.revision = target, expected + 1  # type: ignore[attr-defined]
-        waiting = self._waiting_key if target != QUEUED else ""  # a move out of queued: started or ended
+        leaves = target in FINISHED if self.kind.waits_until_finished else target != QUEUED
+        waiting = self._waiting_key if leaves else ""
         keys = [
             self._key(record.id),
             getattr(record, "idempotency_key", None) or "",
@@ -256,8 +259,9 @@ class RecordStore(Generic[R]):
         backend_call(lambda: self._client.zrem(self.kind.unpublished, record_id))
 
     def claim_waiting(self, older_than_s: float, limit: int = 100) -> list[str]:
-        """Ids still queued over `older_than_s` after they were recorded (or last claimed): each one's
-        note moves to now, so one sweeper looks at it per grace (kinds that keep no such list: [])."""
+        """Ids still waiting (see Kind.waiting) over `older_than_s` after they were recorded (or last
+        claimed): each one's note moves to now, so one sweeper looks at it per grace (kinds that
+        keep no such list: [])."""
         if not self.kind.waiting:
             return []
         now = time.time()
@@ -286,6 +290,10 @@ class RecordStore(Generic[R]):
             return len(counts), sum(int(c) for c in counts)
 
         return backend_call(mark)
+
+    def chunks_done(self, record_id: str) -> set[int]:
+        """The chunks counted done so far."""
+        return {int(i) for i in backend_call(lambda: self._client.hkeys(self._part(record_id, "done")))}
 
     def drop(self, record_id: str, parts: list[str]) -> None:
         """Delete parts once nothing reads them again."""
