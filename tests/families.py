@@ -473,3 +473,51 @@ def build_family_model(
             json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
     return directory
+
+
+def build_gpt2_model(
+    directory: Path,
+    labels: list[str],
+    *,
+    config_pad: bool,
+    tokenizer_pad: bool,
+    seed: int = 0,
+    initializer_range: float = 0.5,
+) -> Path:
+    """Save a random-weight 2-layer GPT-2 classifier (a decoder head: it classifies each row's last
+    token, found by `config.pad_token_id`) and a GPT-2 byte-level BPE tokenizer, outside FAMILIES.
+
+    As in gpt2 on the hub, `<|endoftext|>` is the last id (not 0) and is bos, eos and unk. Its pad id
+    is `<|endoftext|>` too, where it is set at all: in the config (`config_pad`, as fine-tuned GPT-2
+    classifiers have it), in the tokenizer (`tokenizer_pad`), both or neither. `initializer_range`:
+    tests/support.py's wide default, so that logits span several units and texts differ."""
+    import torch
+    from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2Tokenizer
+
+    tokens, merges = _byte_level_bpe([])
+    vocab = {token: i for i, token in enumerate(tokens)}
+    eos = "<|endoftext|>"
+    vocab[eos] = len(vocab)
+    tokenizer = GPT2Tokenizer(
+        vocab=vocab, merges=merges, pad_token=eos if tokenizer_pad else None, model_max_length=128
+    )
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(vocab),
+        n_positions=136,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_inner=64,
+        bos_token_id=vocab[eos],
+        eos_token_id=vocab[eos],
+        pad_token_id=vocab[eos] if config_pad else None,
+        initializer_range=initializer_range,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        problem_type="single_label_classification",
+    )
+    GPT2ForSequenceClassification(config).eval().save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return Path(directory)

@@ -67,7 +67,8 @@ class TextEncoder:
     tokenizer: Any
     max_length: int
     mask_token_id: int
-    pad_token_id: int
+    # What pads the short rows of a pass (shared/runtime/padding.py decides); None: rows are never padded.
+    pad_token_id: int | None
     keep_prefix: int
     keep_suffix: int
     # Tokens per window of a windowed document (WINDOW_TOKENS, capped by max_length); 0: max_length.
@@ -141,14 +142,14 @@ class TextEncoder:
         return min(self.window_tokens or self.max_length, self.max_length)
 
 
-def text_encoder(tokenizer: Any, config: Any, window_tokens: int) -> TextEncoder:
-    """The encoder for a loaded tokenizer and its model's config."""
+def text_encoder(tokenizer: Any, config: Any, window_tokens: int, pad_token_id: int | None) -> TextEncoder:
+    """The encoder for a loaded tokenizer and its model's config; `pad_token_id`: padding.pad_token_id_for."""
     return TextEncoder(
         tokenizer=tokenizer,
         max_length=_max_length(tokenizer, config),
         window_tokens=window_tokens,
         mask_token_id=_mask_token_id(tokenizer),
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+        pad_token_id=pad_token_id,
         **_boundary_tokens(tokenizer),
     )
 

@@ -11,7 +11,9 @@ logits. One thread owns the model and builds each pass from what is waiting:
 - a pass is bounded by rows and by tokens (rows x padded width), sized to the device, so that a
   classification that arrives waits at most for the pass in flight;
 - explanation rows only share a pass with rows of the same length (no padding: a text's masked
-  variants all have the text's length, and padding would change the numbers in the last bits);
+  variants all have the text's length, and padding would change the numbers in the last bits); so
+  do classification rows of a model that is never padded (a decoder head without a pad id:
+  shared/runtime/padding.py);
 - at every pass boundary, items whose ticket expired or was cancelled are dropped and their waiters
   told at once. No pass is interrupted: work stops within one pass.
 
@@ -156,7 +158,7 @@ class _Item:
     precision: Precision
     ticket: Ticket
     seq: int
-    width: int  # rows of an explanation item all have this length; classification rows vary
+    width: int  # rows of a same_length item all have this length; other classification rows vary
     same_length: bool
     future: Future = field(default_factory=Future)
     submitted: float = field(default_factory=time.monotonic)
@@ -274,9 +276,11 @@ class Engine:
             future.set_result(np.empty((0, len(self.model.labels)), dtype=np.float32))
             return future
         widths = {len(r) for r in rows}
-        if priority != CLASSIFY and len(widths) > 1:
+        same_length = priority != CLASSIFY or not self.model.pads
+        if same_length and len(widths) > 1:
             # Explanation rows share a pass only with rows of their length (no padding), so rows of
-            # several lengths (masking "text" re-tokenizes) go in as one item per length.
+            # several lengths (masking "text" re-tokenizes; a batch of texts to classify where the
+            # model is never padded) go in as one item per length.
             return self._submit_by_width(rows, priority, precision, ticket)
         item = _Item(
             rows=rows,
@@ -285,7 +289,7 @@ class Engine:
             ticket=ticket,
             seq=0,
             width=max(widths),
-            same_length=priority != CLASSIFY,
+            same_length=same_length,
             future=future,
         )
         with self._cond:

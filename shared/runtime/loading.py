@@ -10,6 +10,7 @@ from shared.errors import ModelLoadError
 from shared.runtime.encoding import text_encoder
 from shared.runtime.heads import activation_of
 from shared.runtime.model import TextModel
+from shared.runtime.padding import pad_token_id_for
 from shared.runtime.source import ModelLocation, resolve_model
 from shared.settings import Settings
 
@@ -62,12 +63,14 @@ def load_text_model(settings: Settings, threads: int | None = None) -> TextModel
     model.to(device).eval()
     config = model.config
     labels = [str(config.id2label[i]) for i in range(config.num_labels)]
+    fingerprint = _fingerprint(location, config, tokenizer)  # the config as saved (before the line below)
+    pad_token_id = pad_token_id_for(model, tokenizer, location.model_id)
     text_model = TextModel(
         model_id=location.model_id,
         source=location.source,
-        fingerprint=_fingerprint(location, config, tokenizer),
+        fingerprint=_padded_fingerprint(fingerprint, pad_token_id, tokenizer),
         model=model,
-        encoder=text_encoder(tokenizer, config, settings.window_tokens),
+        encoder=text_encoder(tokenizer, config, settings.window_tokens, pad_token_id),
         device=device,
         labels=labels,
         activation=activation_of(config),
@@ -124,3 +127,16 @@ def _fingerprint(location: ModelLocation, config: Any, tokenizer: Any) -> str:
             stat = weights.stat()
             parts.append(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+def _padded_fingerprint(fingerprint: str, pad_token_id: int | None, tokenizer: Any) -> str:
+    """The fingerprint, changed where rows are padded otherwise than before issue 28 (with the
+    tokenizer's pad id, else 0), which gave decoder heads wrong scores: no cache entry nor job made
+    with that padding is taken for this model's. Where the padding is the same (nearly every encoder),
+    the fingerprint, and what was distilled for it, stay as they were."""
+    import hashlib
+
+    before = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if pad_token_id == before:
+        return fingerprint
+    return hashlib.sha256(f"{fingerprint}\npad:{pad_token_id}".encode()).hexdigest()[:32]

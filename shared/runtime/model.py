@@ -54,8 +54,24 @@ class TextModel:
         return self.encoder.mask_token_id
 
     @property
-    def pad_token_id(self) -> int:
+    def pad_token_id(self) -> int | None:
         return self.encoder.pad_token_id
+
+    @property
+    def pads(self) -> bool:
+        """Rows of several lengths may share a pass, the short ones padded. False for a decoder head
+        without a pad id (shared/runtime/padding.py): each of its passes holds rows of one length."""
+        return self.encoder.pad_token_id is not None
+
+    def pass_groups(self, rows: Sequence[np.ndarray]) -> list[list[int]]:
+        """The indexes of `rows` that may share a pass: all of them, or where rows are never padded,
+        those of each length."""
+        if self.pads:
+            return [list(range(len(rows)))]
+        lengths: dict[int, list[int]] = {}
+        for i, row in enumerate(rows):
+            lengths.setdefault(len(row), []).append(i)
+        return list(lengths.values())
 
     @property
     def keep_prefix(self) -> int:
@@ -91,12 +107,14 @@ class TextModel:
 
     def forward(self, rows: Sequence[np.ndarray], precision: Precision = "exact") -> np.ndarray:
         """Raw logits (rows x labels, float32) of ONE forward pass over token-id rows, padded to the
-        longest. Only the engine (shared/runtime/engine.py) calls this while serving: it decides what
-        shares a pass, and it is the only thread that touches the model."""
+        longest (rows of one length where the model is never padded: `pads`). Only the engine
+        (shared/runtime/engine.py) calls this while serving: it decides what shares a pass, and it is
+        the only thread that touches the model."""
         wanted, width = len(rows), max(len(r) for r in rows)
         if precision == "fast" and self.device.type == "cuda":
-            count, width = _shape_bucket(wanted, width, self.max_length)
+            count, bucket_width = _shape_bucket(wanted, width, self.max_length)
             rows = [*rows, *[rows[0]] * (count - wanted)]  # bucket fillers: copies, dropped below
+            width = bucket_width if self.pads else width
         ids, attention = self.padded(rows, width)
         runner = self._runner(precision)
         if runner is not None and width <= runner.max_width:
@@ -119,20 +137,27 @@ class TextModel:
         """Each row's last-layer hidden states (tokens x hidden, float32), from the fp32 torch model."""
         import torch
 
-        ids, attention = self.padded(rows)
-        with self.lock, torch.inference_mode():
-            out = self.model(
-                input_ids=torch.from_numpy(ids).to(self.device),
-                attention_mask=torch.from_numpy(attention).to(self.device),
-                output_hidden_states=True,
-            )
-        hidden = out.hidden_states[-1].float().cpu().numpy()
-        return [hidden[i, : len(row)] for i, row in enumerate(rows)]
+        states: list[np.ndarray] = [np.empty(0)] * len(rows)
+        for group in self.pass_groups(rows):
+            ids, attention = self.padded([rows[i] for i in group])
+            with self.lock, torch.inference_mode():
+                out = self.model(
+                    input_ids=torch.from_numpy(ids).to(self.device),
+                    attention_mask=torch.from_numpy(attention).to(self.device),
+                    output_hidden_states=True,
+                )
+            hidden = out.hidden_states[-1].float().cpu().numpy()
+            for j, i in enumerate(group):
+                states[i] = hidden[j, : len(rows[i])]
+        return states
 
     def padded(self, rows: Sequence[np.ndarray], width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Token ids padded to `width` (default: the longest row) and their attention mask."""
         width = width or max(len(r) for r in rows)
-        ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int64)
+        if not self.pads and any(len(r) != width for r in rows):
+            raise ValueError(f"rows of {self.model_id} are never padded: a pass holds rows of one length")
+        fill = self.pad_token_id if self.pad_token_id is not None else 0  # (unpadded: never written)
+        ids = np.full((len(rows), width), fill, dtype=np.int64)
         attention = np.zeros((len(rows), width), dtype=np.int64)
         for j, row in enumerate(rows):
             ids[j, : len(row)] = row
