@@ -26,6 +26,7 @@ bp = Blueprint("analyses", __name__)
 _EXPLANATION_OPTIONS = {
     "granularity": str,
     "max_evals": int,
+    "time_budget": float,
     "labels": list,
     "seed": int,
     "precision": str,
@@ -79,6 +80,11 @@ def _typed(name: str, raw: str, kind: type) -> Any:
         if not raw.strip().lstrip("-").isdigit():
             raise InvalidRequest(f"{name}: a whole number, not {raw!r}")
         return int(raw)
+    if kind is float:
+        try:
+            return float(raw)  # its range (and nan, inf) is the options' check
+        except ValueError:
+            raise InvalidRequest(f"{name}: a number of seconds, not {raw!r}") from None
     if kind is bool:
         if raw.lower() not in ("true", "false", "1", "0"):
             raise InvalidRequest(f"{name}: true or false, not {raw!r}")

@@ -47,6 +47,7 @@ _OPTION_TYPES: dict[str, str] = {
     "explain": "bool",
     "async": "bool",
     "max_evals": "int",
+    "time_budget": "float",
     "seed": "int",
     "batch_size": "int",
     "output": "str",
@@ -107,6 +108,12 @@ def _read(name: str, value: str) -> Any:
         if not re.fullmatch(r"-?\d{1,12}", value):
             raise InvalidRequest(f"{CUSTOM_ATTRIBUTES}: {name} must be an integer, not {value[:40]!r}")
         return int(value)
+    if kind == "float":
+        if not re.fullmatch(r"\d{1,6}(\.\d{1,6})?", value):
+            raise InvalidRequest(
+                f"{CUSTOM_ATTRIBUTES}: {name} must be a number of seconds, not {value[:40]!r}"
+            )
+        return float(value)
     if kind == "labels":  # all, predicted, or names separated by |
         return value if value in ("all", "predicted") else [label for label in value.split("|") if label]
     return value

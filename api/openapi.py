@@ -341,6 +341,11 @@ def _analysis_paths(settings: Settings, precisions: tuple[str, ...]) -> dict[str
             "max_evals", {"type": "integer", "minimum": 4, "maximum": settings.max_evals_limit}, "per text"
         ),
         _query(
+            "time_budget",
+            {"type": "number", "exclusiveMinimum": 0, "maximum": settings.time_budget_limit_s},
+            "seconds of exact refinement per chunk of texts (anytime values)",
+        ),
+        _query(
             "labels",
             {"type": "string", "minLength": 1},
             '"all" (default), "predicted" or names, comma-separated',
@@ -458,6 +463,7 @@ def _limited(
         options = schemas[name]["properties"]
         options["precision"] = {**options["precision"], "enum": list(precisions)}
         _branch(options["max_evals"], "integer")["maximum"] = settings.max_evals_limit
+        _branch(options["time_budget"], "number")["maximum"] = settings.time_budget_limit_s
         _branch(options["batch_size"], "integer")["maximum"] = settings.explain_batch_size_limit
         if labels is not None:
             _branch(options["labels"], "array")["items"] = {"type": "string", "enum": list(labels)}

@@ -9,6 +9,7 @@ import sys
 COMMANDS = {
     "amortized": "distill the amortized explainer; amortized vs exact: time, Spearman, comprehensiveness",
     "analyses": "a dataset analysis (POST /analyses) on 1 worker and on 2: throughput, peak memory",
+    "budget": "anytime exact values: evaluations and comprehensiveness reached at 2, 5, 10 and 20 s",
     "devices": "the same explanations on the CPU and on a GPU: the largest difference per Owen batch size",
     "explain": "seed SHAP pipeline vs Clarion exact/fast vs SHAP reference, per text",
     "fast": 'precision "fast" on this CPU (int8 graph) vs exact: per-row speed, Spearman and top-5 overlap',

@@ -317,6 +317,12 @@ class Settings:
         return None
 
     @property
+    def time_budget_limit_s(self) -> int:
+        """The largest time_budget a request may ask for: the longest a unit of work may run (the
+        request timeout; jobs and analysis chunks: their soft time limit)."""
+        return max(self.timeout_s, self.job_soft_time_limit_s if self.broker_url else 0)
+
+    @property
     def broker_url(self) -> str | None:
         """The Celery broker, or None when jobs run inline (SERVERLESS or nothing configured)."""
         if self.serverless:

@@ -48,6 +48,20 @@ def test_explain_smoke(tmp_path: Path) -> None:
             assert summary[key] is not None and summary[key] > 0
 
 
+def test_budget_smoke(tmp_path: Path) -> None:
+    results = run_bench("budget", tmp_path)
+    *budgeted, full = results["runs"]
+    assert full["budget_s"] is None and full["complete"] is None
+    for run in results["runs"]:
+        assert run["additivity_error"] < 1e-6, run  # whatever the budget reached adds up
+        assert 2 <= run["evaluations"] <= results["config"]["max_evals"]
+    for run in budgeted:
+        if run["complete"]:
+            assert run["evaluations"] == full["evaluations"], run  # the same walk, finished in time
+        else:
+            assert run["evaluations"] < full["evaluations"], run
+
+
 def test_families_smoke(tmp_path: Path) -> None:
     (family,) = run_bench("families", tmp_path)["families"]
     assert family["family"] == "roberta"

@@ -186,6 +186,24 @@ def test_explanation_stops_at_its_deadline(engine: Engine, tiny: TextModel) -> N
         explain_texts(engine, TEXTS, ExplainOptions(max_evals=500), ticket)
 
 
+def test_a_time_budget_gives_shaps_values_at_the_evaluations_reached(engine: Engine, tiny: TextModel) -> None:
+    """Anytime values on a real model: stopped by its budget, the answer says so, adds up, and is
+    SHAP's PartitionExplainer given max_evals = the evaluations reported."""
+    text = " ".join(TEXTS + TEXTS[:2])  # 57 tokens (the tiny model reads 64): thousands of evaluations
+    assert not tiny.encode([text])[0].truncated
+    options = ExplainOptions(max_evals=20_000, seed=5, time_budget=0.15)
+    (budgeted,) = explain(engine, [text], options)
+    assert budgeted.complete is False and 2 < budgeted.evaluations < 20_000
+    for label in budgeted.labels:
+        total = budgeted.base_values[label] + sum(budgeted.values[label])
+        assert total == pytest.approx(budgeted.model_output[label], abs=1e-6)
+    reached = options.model_copy(update={"max_evals": budgeted.evaluations})
+    ref_values, _ = shap_reference(tiny, text, reached, options.batch_size)
+    assert_close_to_scale(values_matrix(budgeted), ref_values, rel=1e-5)
+    (roomy,) = explain(engine, [TEXTS[1]], options.model_copy(update={"time_budget": 30.0}))
+    assert roomy.complete is True  # a short text finishes well within it
+
+
 def test_fast_precision_ranks_tokens_like_exact(sst2_dir: Path, tmp_path: Path) -> None:
     """On a real model (a random tiny one has ~1e-5 attributions, all rounding noise). fast runs bf16
     where the device has it, else the int8 graph: either way it ranks tokens like exact, and its
@@ -216,14 +234,16 @@ def test_fast_precision_ranks_tokens_like_exact(sst2_dir: Path, tmp_path: Path) 
     real.stop()
 
 
-def run_owen(clustering, value_of, max_evals: int, batch_size: int, lookahead: int, spare: int = 0):
+def run_owen(
+    clustering, value_of, max_evals: int, batch_size: int, lookahead: int, spare: int = 0, stop=None
+):
     """Drive the recursion with a deterministic model of the masks; count rows and yields."""
     from shared.explanation.owen import owen_values
 
     m = clustering.shape[0] + 1
     f00, f11 = value_of(np.zeros((1, m), dtype=bool))[0], value_of(np.ones((1, m), dtype=bool))[0]
     rng = np.random.RandomState(0)
-    steps = owen_values(clustering, f00, f11, max_evals, batch_size, rng, lookahead, spare)
+    steps = owen_values(clustering, f00, f11, max_evals, batch_size, rng, lookahead, spare, stop)
     rows = yields = 0
     outputs = None
     try:
@@ -233,12 +253,12 @@ def run_owen(clustering, value_of, max_evals: int, batch_size: int, lookahead: i
             yields += 1
             outputs = value_of(masks)
     except StopIteration as done:
-        values, evaluations = done.value
-    return values, evaluations, rows, yields
+        values, evaluations, stopped = done.value
+    return values, evaluations, rows, yields, stopped
 
 
-@pytest.mark.parametrize("max_evals", [30, 120, 5000])
-def test_lookahead_changes_the_passes_not_the_numbers(tiny: TextModel, max_evals: int) -> None:
+def exact_game(tiny: TextModel):
+    """A text's tree and a deterministic nonlinear "model" of which of its tokens are kept."""
     from shared.explanation.masking import token_segments
     from shared.explanation.owen import text_clustering
 
@@ -249,8 +269,36 @@ def test_lookahead_changes_the_passes_not_the_numbers(tiny: TextModel, max_evals
     # the batch's shape; a real model's passes are compared by scale elsewhere).
     weights = np.round(np.random.default_rng(1).normal(size=(clustering.shape[0] + 1, 2)) * 1024) / 1024
 
-    def value_of(masks: np.ndarray) -> np.ndarray:  # a nonlinear "model" of which tokens are kept
+    def value_of(masks: np.ndarray) -> np.ndarray:
         return np.tanh(masks.astype(float) @ weights) ** 3
+
+    return clustering, value_of
+
+
+@pytest.mark.parametrize("rounds", [0, 1, 3, 10, 40])
+@pytest.mark.parametrize("lookahead", [0, 32])
+def test_a_walk_stopped_after_any_round_is_shaps_at_the_evaluations_reached(
+    tiny: TextModel, rounds: int, lookahead: int
+) -> None:
+    """Anytime values: whenever the time budget ends the walk, the values are those of the walk
+    given max_evals = the evaluations it reached, bit for bit."""
+    clustering, value_of = exact_game(tiny)
+    asked = iter(range(10**6))
+    stopped = run_owen(clustering, value_of, 20_000, 5, lookahead, stop=lambda: next(asked) >= rounds)
+    values, evaluations = stopped[0], stopped[1]
+    assert stopped[4]  # it says it stopped early
+    assert (evaluations == 2) == (rounds == 0)  # stopped before the first round: only the two ends
+    budgeted = run_owen(clustering, value_of, evaluations, 5, lookahead=0)
+    np.testing.assert_array_equal(values, budgeted[0])
+    assert budgeted[1] == evaluations
+    whole = run_owen(clustering, value_of, 20_000, 5, lookahead=0)
+    assert evaluations < whole[1] and not whole[4]
+    np.testing.assert_allclose(values.sum(axis=0), whole[0].sum(axis=0), rtol=1e-12, atol=1e-12)  # additive
+
+
+@pytest.mark.parametrize("max_evals", [30, 120, 5000])
+def test_lookahead_changes_the_passes_not_the_numbers(tiny: TextModel, max_evals: int) -> None:
+    clustering, value_of = exact_game(tiny)
 
     plain = run_owen(clustering, value_of, max_evals, 5, lookahead=0)
     ahead = run_owen(clustering, value_of, max_evals, 5, lookahead=32)

@@ -287,6 +287,15 @@ BAD_INPUTS = [
         },
         400,
     ),
+    *[
+        (f"time_budget {value!r}", {"json": {"data": "x", "explain": True, "time_budget": value}}, 400)
+        for value in (0, -1, "soon", 10**9, "nan", True)
+    ],
+    (
+        "custom attributes bad time_budget",
+        {"json": {"data": "x"}, "headers": {"X-Amzn-SageMaker-Custom-Attributes": "time_budget=1e3"}},
+        400,
+    ),
     (
         "custom attributes bad int",
         {"json": {"data": "x"}, "headers": {"X-Amzn-SageMaker-Custom-Attributes": "seed=x"}},
@@ -405,3 +414,25 @@ def test_inline_jobs_are_found_by_every_gunicorn_worker(tiny_model_dir: Path, tm
         assert statuses == {200}
         assert requests.get(f"{svc.url}/explanations/{'0' * 32}", timeout=10).status_code == 404
         assert requests.get(f"{svc.url}/explanations/..%2F..%2Fetc%2Fpasswd", timeout=10).status_code == 404
+
+
+def test_a_time_budget_answers_in_time_with_what_it_reached(service: Service) -> None:
+    """Anytime values over HTTP (JSON body and custom attributes): 200 with complete false, the
+    evaluations reached, and values that add up; the same request without a budget runs whole."""
+    text = "the film was long , slow and yet strangely moving , with a cast that gave it everything . " * 2
+    body = {"data": text, "explain": True, "max_evals": 1000, "granularity": "token"}
+    response = service.post("/invocations", json={**body, "time_budget": 0.05})
+    assert response.status_code == 200, response.text
+    parameters = response.json()["explanation_parameters"]
+    assert parameters["complete"] is False and 2 <= parameters["evaluations"] < 1000
+    answer = response.json()
+    for label, base in answer["base_values"].items():
+        total = base + sum(values[label] for _, values in answer["explanation"])
+        assert total == pytest.approx(answer["model_output"][label], abs=1e-6)
+    header = {"X-Amzn-SageMaker-Custom-Attributes": "time_budget=0.05"}
+    assert (
+        service.post("/invocations", json=body, headers=header).json()["explanation_parameters"]["complete"]
+        is False
+    )
+    whole = service.post("/invocations", json=body).json()["explanation_parameters"]
+    assert "complete" not in whole and whole["evaluations"] == 1000

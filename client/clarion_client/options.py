@@ -17,6 +17,7 @@ class _Explanation(TypedDict, total=False):
     """What both a synchronous explanation or a job and an analysis take."""
 
     max_evals: int  # model evaluations per text (SHAP's max_evals); server default 500
+    time_budget: float  # seconds of exact refinement (anytime values: "complete": false if it ran out)
     granularity: Literal["token", "word", "sentence", "paragraph"]  # the players: tokens or text units
     labels: Labels  # the labels explained (shap's outputs): "all", "predicted" or names
     output: Literal["probability", "logit"]  # explain the scores, or the raw logits

@@ -242,6 +242,9 @@ def add_explanation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=os.environ.get("CLARION_API_KEY"), help="for --url")
     parser.add_argument("--granularity", choices=list(GRANULARITIES), default="word")
     parser.add_argument("--max-evals", type=int, help="model evaluations per text (default: the API's)")
+    parser.add_argument(
+        "--time-budget", type=float, help="seconds of exact refinement per --chunk of texts (anytime values)"
+    )
     parser.add_argument("--labels", default="all", help='"all", "predicted" or label names, comma-separated')
     parser.add_argument("--precision", choices=list(PRECISIONS), default="exact")
     parser.add_argument(
@@ -286,6 +289,8 @@ def explanation_parameters(
     }
     if args.max_evals is not None:
         parameters["max_evals"] = args.max_evals
+    if args.time_budget is not None:
+        parameters["time_budget"] = args.time_budget
     parse_model(SeedBody, {"data": "x", **parameters}, settings)
     return parameters
 

@@ -10,6 +10,7 @@ request in flight into shared passes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
@@ -49,6 +50,11 @@ class _Game:
     pending: np.ndarray | None = None
     values: np.ndarray | None = None
     evaluations: int = 0
+    stopped: bool = False  # the time budget ended the walk before max_evals or the whole tree
+    # time_budget: when refinement must end (monotonic), and how long this text's last round took
+    stop_at: float | None = None
+    round_started: float = 0.0
+    last_round_s: float = 0.0
     f00: np.ndarray | None = None
     f11: np.ndarray | None = None
     # The model rows this text ran, by their ids: a windowed document's mask changes only the
@@ -79,6 +85,11 @@ class _Game:
         self.rows_memoised += sum(map(len, self.wanted)) - len(missing)
         self.asked = list(missing)
         return list(missing.values())
+
+    def out_of_time(self) -> bool:
+        """Anytime values: would one more round like the last end past the time budget?"""
+        assert self.stop_at is not None
+        return time.monotonic() + self.last_round_s > self.stop_at
 
     def received(self, logits: np.ndarray) -> None:
         self.memo.update(zip(self.asked, logits, strict=True))
@@ -129,8 +140,10 @@ def explain_encoded(
     ticket = ticket or Ticket()
     requested = requested_label_indexes(model, options)  # unknown labels fail before any work
     games = [new_game(model, e, options) for e in encoded]
+    stop_at = _stop_at(ticket, options)
     for game in games:
         game.budget = 2 if game.players <= 1 else options.max_evals
+        game.stop_at = stop_at
     total, done = sum(game.budget for game in games), 0
     for game, logits in zip(games, unmasked or (), strict=False):
         game.memo.update(
@@ -154,6 +167,7 @@ def explain_encoded(
             done += min(game.documents, game.budget) - counted
             rows = game.rows_needed(documents)
             if rows:
+                game.round_started = time.monotonic()
                 in_flight[engine.submit(rows, EXPLAIN, options.precision, ticket)] = game
                 return
             step(game)
@@ -172,6 +186,7 @@ def explain_encoded(
             back, _ = wait(list(in_flight), timeout=ticket.wait_s(3600), return_when=FIRST_COMPLETED)
             for future in back:
                 game = in_flight.pop(future)
+                game.last_round_s = time.monotonic() - game.round_started
                 game.received(future.result())  # the ticket's error, if the engine dropped the rows
                 step(game)
                 if game.pending is not None:
@@ -269,6 +284,15 @@ def _run_rows(engine: Engine, rows: list[np.ndarray], options: ExplainOptions, t
         raise
 
 
+def _stop_at(ticket: Ticket, options: ExplainOptions) -> float | None:
+    """When a time_budget ends refinement: that long after the request (or job) started, and never
+    after its own deadline (which would make it a 503 instead)."""
+    if options.time_budget is None:
+        return None
+    stop_at = ticket.started + options.time_budget
+    return stop_at if ticket.deadline is None else min(stop_at, ticket.deadline)
+
+
 def _start(game: _Game, engine: Engine, options: ExplainOptions, requested: list[int] | None) -> None:
     model = engine.model
     ends = game.outputs(model, options.output)
@@ -293,6 +317,7 @@ def _start(game: _Game, engine: Engine, options: ExplainOptions, requested: list
         rng,
         lookahead=rows_per_pass,
         spare=engine.limits.spare_tokens // length,
+        stop=game.out_of_time if game.stop_at is not None else None,
     )
     _advance(game, None)
 
@@ -302,7 +327,7 @@ def _advance(game: _Game, outputs: np.ndarray | None) -> None:
     try:
         game.pending = game.steps.send(outputs)  # type: ignore[arg-type]
     except StopIteration as done:
-        game.values, game.evaluations = done.value
+        game.values, game.evaluations, game.stopped = done.value
         game.pending = None
 
 
@@ -381,6 +406,7 @@ def _explanation(model: TextModel, game: _Game, options: ExplainOptions) -> Expl
         output=options.output,
         max_evals=options.max_evals,
         evaluations=game.evaluations,
+        complete=None if options.time_budget is None else not game.stopped,
         seed=options.seed,
         precision=options.precision,
         batch_size=options.batch_size,

@@ -18,7 +18,7 @@ import heapq
 import math
 import re
 from collections import deque
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 
 import numpy as np
 
@@ -169,7 +169,8 @@ def _lower_credit(values: np.ndarray, clustering: np.ndarray, m: int) -> None:
 
 # ---- the Owen recursion (shap.explainers._partition.PartitionExplainer.owen) -----------------
 
-OwenSteps = Generator[np.ndarray, np.ndarray, tuple[np.ndarray, int]]
+# Yields mask batches, is sent their outputs, returns (values, evaluations, stopped early).
+OwenSteps = Generator[np.ndarray, np.ndarray, tuple[np.ndarray, int, bool]]
 
 
 def owen_values(
@@ -181,8 +182,10 @@ def owen_values(
     rng: np.random.RandomState,
     lookahead: int = 0,
     spare: int = 0,
+    stop: Callable[[], bool] | None = None,
 ) -> OwenSteps:
-    """Yield boolean mask batches (rows x tokens), receive their outputs, return (values, evaluations).
+    """Yield boolean mask batches (rows x tokens), receive their outputs, return (values, evaluations,
+    stopped early).
 
     `f00`/`f11` are the outputs with every token masked / none masked; `max_evals` counts them too,
     as in SHAP. `batch_size` is SHAP's: masks are taken from the queue while fewer than it are pending.
@@ -195,6 +198,12 @@ def owen_values(
     is expanded, so nothing is wasted; on a cut tree at most four batches' worth of rows are.
     Rows computed ahead stay within the `max_evals` budget, plus `spare` rows where the device runs
     them almost for free (a GPU's short rows); the waste stays bounded by four batches either way.
+
+    `stop` (anytime values): asked before each round; True ends the walk there, as running out of
+    `max_evals` does. The values are then exactly SHAP's for `max_evals` = the evaluations returned:
+    SHAP's rounds before that point are these rounds (a round takes nodes while fewer than
+    `batch_size` masks are pending and the budget is not reached, so a budget equal to the count
+    after a round changes none of them), and the nodes left share out their differences as below.
     """
     m = clustering.shape[0] + 1
     masks = mask_matrix(clustering)
@@ -207,8 +216,10 @@ def owen_values(
     eval_count = 0
     known: dict[bytes, np.ndarray] = {}  # mask -> output, for every row run
     rows_run = 0
+    stopped = False
     while heap:
-        if eval_count >= budget:
+        if eval_count >= budget or (stop is not None and eval_count < budget and stop()):
+            stopped = eval_count < budget and any(entry[3][3] >= m for entry in heap)  # nodes unsplit
             while heap:
                 _, _, _, (_, lo, hi, ind, weight) = heapq.heappop(heap)
                 dvalues[ind] += (hi - lo) * weight
@@ -269,7 +280,7 @@ def owen_values(
                 heapq.heappush(heap, (priority, rng.randn(), counter, args))
     values = dvalues.copy()
     _lower_credit(values, clustering, m)
-    return values[:m], eval_count + 2
+    return values[:m], eval_count + 2, stopped
 
 
 def _likely_next(

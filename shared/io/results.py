@@ -66,6 +66,7 @@ class Explanation(Result):
     output: str
     max_evals: int
     evaluations: int
+    complete: bool | None = None  # time_budget given: False when it ended refinement early
     seed: int
     precision: str
     truncated: bool
@@ -101,6 +102,11 @@ class ExplanationParameters(Result):
     )
     max_evals: int
     evaluations: int = Field(description="model evaluations SHAP's algorithm counted")
+    complete: bool | None = Field(
+        None,
+        description="time_budget given: false when the budget ended Owen's refinement before max_evals "
+        "(the values are then SHAP's for max_evals = evaluations), true when it did not",
+    )
     seed: int
     precision: Precision
     batch_size: int | None = Field(None, description="SHAP's batch size")
@@ -166,7 +172,7 @@ def text_response(
 
 # What explanation_parameters repeats of an explanation (the window counts only for windowed documents).
 _PARAMETERS = {
-    *("output", "granularity", "long_text", "windows", "max_evals", "evaluations", "seed"),
+    *("output", "granularity", "long_text", "windows", "max_evals", "evaluations", "complete", "seed"),
     *("precision", "batch_size", "masking", "additivity_correction", "amortized_validation"),
     "model_fingerprint",
 }

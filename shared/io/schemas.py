@@ -142,6 +142,30 @@ class ExplainOptions(_Strict):
         WholeNumber,
     ] = None
 
+    time_budget: Annotated[
+        float | None,
+        Field(
+            gt=0,
+            allow_inf_nan=False,
+            description="Seconds (anytime values): Owen's refinement runs best first, as SHAP's does, and "
+            "stops before a round that would end past this long after the request (a job: after it "
+            "started); the answer then has complete: false and the values are SHAP's for max_evals = "
+            "the evaluations reached. At most the request's own limit (SAGEMAKER_MODEL_SERVER_TIMEOUT; "
+            "jobs: JOB_SOFT_TIME_LIMIT). Without it, work past the limit is a 503.",
+        ),
+    ] = None
+
+    @field_validator("time_budget")
+    @classmethod
+    def _budget_within_limits(cls, value: float | None, info: ValidationInfo) -> float | None:
+        settings = _operator_settings(info)
+        if value is None or settings is None:
+            return value
+        limit = settings.time_budget_limit_s
+        if value > limit:
+            raise ValueError(f"time_budget must be <= {limit} (seconds)")
+        return value
+
     @field_validator("batch_size")
     @classmethod
     def _default_batch_size(cls, value: int | None, info: ValidationInfo) -> int:

@@ -98,6 +98,7 @@ class Ticket:
         poll_s: float = 0.5,
         progress: Callable[[int, int], None] | None = None,
     ) -> None:
+        self.started = time.monotonic()  # what a time_budget counts from
         self.deadline = deadline
         self.timeout_message = timeout_message
         self._cancelled_by = cancelled_by

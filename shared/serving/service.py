@@ -282,7 +282,7 @@ class ClarionService:
             cache = self._cache if computed_by is not None else NoCache()
             keys = [explanation_key(identity, text, options, computed_by or "") for text in texts]
             with metrics.EXPLAIN_SECONDS.time():
-                explanations = list(through_cache(cache, keys, explain, "explanations"))
+                explanations = list(through_cache(cache, keys, explain, "explanations", keep=_finished))
         keys = [classification_key(identity, text, long_text) for text in texts]
         with metrics.CLASSIFY_SECONDS.time():  # after an explanation, its rows have run: no pass left
             classifications = through_cache(self._classifications, keys, classify, "classifications")
@@ -316,6 +316,12 @@ class ClarionService:
     def stop(self) -> None:
         if self._engine is not None:
             self._engine.stop()
+
+
+def _finished(explanation: Explanation) -> bool:
+    """Worth caching: not stopped by its time budget (another request, even the same one, may get
+    further)."""
+    return explanation.complete is not False
 
 
 def _explanation_cache(settings: Settings) -> ExplanationCache:

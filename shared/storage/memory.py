@@ -54,10 +54,15 @@ class MemoryCache(Generic[T]):
 
 
 def through_cache(
-    cache: Cache[T], keys: Sequence[str], compute: Callable[[list[int]], list[T]], name: str = "cache"
+    cache: Cache[T],
+    keys: Sequence[str],
+    compute: Callable[[list[int]], list[T]],
+    name: str = "cache",
+    keep: Callable[[T], bool] | None = None,
 ) -> list[T]:
     """Values for `keys`: cached ones from `cache`; the missing ones computed together by
-    `compute(indexes)` (in key order) and stored. `name` labels the hit and miss counts."""
+    `compute(indexes)` (in key order) and stored, those `keep` accepts (default: all). `name`
+    labels the hit and miss counts."""
     found = [cache.get(key) for key in keys]
     missing = [i for i, item in enumerate(found) if item is None]
     if not isinstance(cache, NoCache):
@@ -65,6 +70,7 @@ def through_cache(
         metrics.CACHE.labels(cache=name, result="miss").inc(len(missing))
     if missing:
         for i, value in zip(missing, compute(missing), strict=True):
-            cache.put(keys[i], value)
+            if keep is None or keep(value):
+                cache.put(keys[i], value)
             found[i] = value
     return [item for item in found if item is not None]
