@@ -194,7 +194,12 @@ class Settings:
     # 64 s with 512 (216 against 333 window rows run, each about 2.5x cheaper).
     window_tokens: int = _env("WINDOW_TOKENS", _int_parser(8), 256)
     max_evals_limit: int = _env("MAX_EVALS_LIMIT", _int_parser(4), 5_000)
-    # precision "fast" on a CPU without bf16 runs the exact graph quantized to int8 (false: exact's own).
+    # precision "fast": "auto" measures the candidates at start and runs the fastest that keeps
+    # exact's ranking (shared/runtime/fast.py); a name forces that one ("exact": exact's own path).
+    fast_backend: str = _env(
+        "FAST_BACKEND", _one_of("auto", "exact", "torch-half", "onnxruntime-int8"), "auto"
+    )
+    # false: the int8 graph is not made, so it is no candidate.
     fast_int8: bool = _env("FAST_INT8", parse_bool, True)
     # precision "amortized": the folder `clarion distill` wrote for this model, and the held-out
     # Spearman below which an artifact is refused at load.

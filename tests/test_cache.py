@@ -168,9 +168,8 @@ def test_a_shared_cache_never_serves_another_artifacts_values(tiny_model_dir: Pa
 def test_fast_explanations_are_cached_under_the_backend_that_computed_them(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A CPU without bf16 runs fast passes in fp32 until the int8 graph attaches in the background:
-    nothing is cached meanwhile, and an entry made in int8 is not served once fast runs fp32."""
-    monkeypatch.setattr(shared.runtime.model, "_cpu_has_bf16", lambda: False)
+    """fast runs exact's passes until its runner is chosen in the background (here the int8 graph,
+    forced): nothing is cached meanwhile, and an entry made in int8 is not served once fast runs fp32."""
     gate = threading.Event()
     export = shared.serving.service.onnx_exact
 
@@ -180,7 +179,11 @@ def test_fast_explanations_are_cached_under_the_backend_that_computed_them(
 
     monkeypatch.setattr(shared.serving.service, "onnx_exact", gated_export)
     settings = Settings(
-        model_dir=str(tiny_model_dir), torch_threads=1, serverless=True, model_cache_dir=str(tmp_path)
+        model_dir=str(tiny_model_dir),
+        torch_threads=1,
+        serverless=True,
+        model_cache_dir=str(tmp_path),
+        fast_backend="onnxruntime-int8",
     )
     service = ClarionService(settings, threads=1)
     service.load()
@@ -190,7 +193,7 @@ def test_fast_explanations_are_cached_under_the_backend_that_computed_them(
         assert service.explain(TEXTS[:1], options)[0] is not provisional[0]  # not cached
         gate.set()
         for thread in threading.enumerate():
-            if thread.name == "clarion-onnx":
+            if thread.name == "clarion-backends":
                 thread.join(120)
         assert service.status().fast_backend == "onnxruntime-int8"
         in_int8 = service.explain(TEXTS[:1], options)[0]

@@ -204,20 +204,26 @@ def test_a_time_budget_gives_shaps_values_at_the_evaluations_reached(engine: Eng
     assert roomy.complete is True  # a short text finishes well within it
 
 
-def test_fast_precision_ranks_tokens_like_exact(sst2_dir: Path, tmp_path: Path) -> None:
-    """On a real model (a random tiny one has ~1e-5 attributions, all rounding noise). fast runs bf16
-    where the device has it, else the int8 graph: either way it ranks tokens like exact, and its
-    explanations stay additive."""
+@pytest.mark.parametrize("candidate", ["torch-half", "onnxruntime-int8"])
+def test_fast_precision_ranks_tokens_like_exact(sst2_dir: Path, tmp_path: Path, candidate: str) -> None:
+    """On a real model (a random tiny one ranks noise). Each path fast may take (bf16 where the device
+    has it, the int8 graph) ranks tokens like exact, and its explanations stay additive."""
     from scipy.stats import spearmanr
 
+    from shared.runtime.model import HalfPrecisionRunner
     from shared.runtime.onnx import onnx_exact, onnx_int8
     from tests.support import start_engine
 
     real = start_engine(sst2_dir, threads=None)
-    if not real.model.half_precision:
+    if candidate == "torch-half":
+        if not HalfPrecisionRunner.available(real.model):
+            real.stop()
+            pytest.skip("no half-precision path on this device")
+        real.model.fast_runner = HalfPrecisionRunner(real.model)
+    else:
         real.model.exact_runner = onnx_exact(real.model, tmp_path, 2)
         real.model.fast_runner = onnx_int8(real.model, real.model.exact_runner, 2)
-        assert real.model.fast_backend == "onnxruntime-int8"
+    assert real.model.fast_backend == candidate
     texts = ["I loved this film, the acting was superb.", TEXTS[2]]
     options = ExplainOptions(max_evals=300)
     exact = explain(real, texts, options, 64)

@@ -244,23 +244,29 @@ def test_a_graph_off_only_on_long_rows_keeps_the_narrower_passes(
         assert f"at 128 tokens: passes wider than {widest} tokens stay on torch" in caplog.text
 
 
-def test_fast_takes_the_exact_runner_where_it_has_no_half_precision(tiny: TextModel) -> None:
-    calls: list[int] = []
+def test_fast_runs_its_chosen_runner_else_exacts(tiny: TextModel) -> None:
+    calls: list[str] = []
 
     class Counting:
-        name, max_width = "onnxruntime", 1 << 30
+        max_width = 1 << 30
+
+        def __init__(self, name: str) -> None:
+            self.name = name
 
         def __call__(self, ids: np.ndarray, attention: np.ndarray) -> np.ndarray:
-            calls.append(len(ids))
-            return tiny.torch_forward(ids, attention, "exact")
+            calls.append(self.name)
+            return tiny.torch_forward(ids, attention)
 
-    tiny.exact_runner = Counting()
+    rows = rows_of(tiny, ["good", "not good at all"])
+    tiny.exact_runner = Counting("onnxruntime")
     try:
-        tiny.forward(rows_of(tiny, ["good", "not good at all"]), "fast")
+        tiny.forward(rows, "fast")  # no runner chosen for fast (yet, or none passed): exact's
+        tiny.fast_runner = Counting("onnxruntime-int8")
+        tiny.forward(rows, "fast")
+        tiny.forward(rows, "exact")
     finally:
-        tiny.exact_runner = None
-    half_precision = tiny._model_for("fast") is not tiny.model  # bf16 on this CPU, or not
-    assert calls == ([] if half_precision else [2])
+        tiny.exact_runner = tiny.fast_runner = None
+    assert calls == ["onnxruntime", "onnxruntime-int8", "onnxruntime"]
 
 
 def test_the_export_is_cached_and_a_damaged_one_is_replaced(tiny: TextModel, tmp_path: Path) -> None:
@@ -378,11 +384,8 @@ def test_fast_runs_an_int8_graph_cached_beside_the_fp32_one(
     assert np.abs(scores).max() <= onnx.INT8_TOLERANCE
     tiny.exact_runner, tiny.fast_runner = exact, runner
     try:
-        if tiny.half_precision:  # a CPU with bf16: fast stays in torch's half precision
-            assert tiny.fast_backend == "torch-half"
-        else:
-            assert tiny.fast_backend == "onnxruntime-int8"
-            np.testing.assert_array_equal(tiny.forward(rows, "fast"), quantized)
+        assert tiny.fast_backend == "onnxruntime-int8"
+        np.testing.assert_array_equal(tiny.forward(rows, "fast"), quantized)
         np.testing.assert_allclose(tiny.forward(rows, "exact"), fp32, atol=1e-6)  # exact is untouched
     finally:
         tiny.exact_runner = tiny.fast_runner = None

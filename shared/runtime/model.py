@@ -32,9 +32,9 @@ class TextModel:
     activation: Activation
     # Set when exact passes run elsewhere than torch (shared/runtime/onnx.py): (ids, attention) -> logits.
     exact_runner: Any = field(default=None, repr=False)
-    # Set when "fast" passes on a CPU without bf16 run the int8 graph (onnx.py: onnx_int8).
+    # What runs "fast" passes, chosen by measurement (shared/runtime/fast.py): torch in half
+    # precision, the int8 graph, ...; None: exact's own path.
     fast_runner: Any = field(default=None, repr=False)
-    _fast_model: Any = field(default=None, repr=False)
     # Held by every pass of the engine, and by `token_states` (the amortized explainer's features,
     # computed in the request's thread): torch never runs two passes of this model at once.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -120,18 +120,16 @@ class TextModel:
         if runner is not None and width <= runner.max_width:
             logits = runner(ids, attention)
         else:
-            logits = self.torch_forward(ids, attention, precision)
+            logits = self.torch_forward(ids, attention)
         return logits[:wanted]
 
     def _runner(self, precision: Precision) -> Any:
-        """The graph outside torch that runs these passes, if any (read once per pass: a background
-        load may set one between passes). Without a half-precision path (a CPU without bf16), "fast"
-        runs the int8 graph once it is ready, else the fp32 one as exact does."""
-        if precision == "exact":
-            return self.exact_runner
-        if self.half_precision:
-            return None  # bf16 or fp16 weights in torch
-        return self.fast_runner or self.exact_runner
+        """What runs these passes besides torch's fp32 model, if anything (read once per pass: a
+        background thread may attach one between passes): "fast" runs the runner chosen for it, else
+        exact's."""
+        if precision == "fast" and self.fast_runner is not None:
+            return self.fast_runner
+        return self.exact_runner
 
     def token_states(self, rows: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Each row's last-layer hidden states (tokens x hidden, float32), from the fp32 torch model."""
@@ -164,15 +162,12 @@ class TextModel:
             attention[j, : len(row)] = 1
         return ids, attention
 
-    def torch_forward(self, ids: np.ndarray, attention: np.ndarray, precision: Precision) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            model = self._model_for(precision)
-            inputs = {"input_ids": torch.from_numpy(ids).to(self.device)}
-            if not attention.all():
-                inputs["attention_mask"] = torch.from_numpy(attention).to(self.device)
-            return model(**inputs).logits.float().cpu().numpy()
+    def torch_forward(
+        self, ids: np.ndarray, attention: np.ndarray, precision: Precision = "exact"
+    ) -> np.ndarray:
+        """One pass through the fp32 torch model, whatever `precision` (a half-precision pass is a
+        fast runner's: HalfPrecisionRunner)."""
+        return torch_logits(self.model, self.device, ids, attention)
 
     @property
     def exact_backend(self) -> str:
@@ -180,15 +175,9 @@ class TextModel:
 
     @property
     def fast_backend(self) -> str:
-        """What runs "fast" passes: torch in half precision, the int8 graph, or exact's own."""
-        if self.half_precision:
-            return "torch-half"
+        """What runs "fast" passes: the chosen runner (torch in half precision, the int8 graph), or
+        exact's own."""
         return self.fast_runner.name if self.fast_runner is not None else self.exact_backend
-
-    @property
-    def half_precision(self) -> bool:
-        """This device has a fast half-precision path (a GPU, or a CPU with bf16)."""
-        return self.device.type == "cuda" or (self.device.type == "cpu" and _cpu_has_bf16())
 
     @property
     def multi_label(self) -> bool:
@@ -201,23 +190,6 @@ class TextModel:
         if kind == "logit":
             return logits.astype(np.float64)
         return scores(logits, self.activation)
-
-    def _model_for(self, precision: Precision) -> Any:
-        """The fp32 model, or for "fast" a half-precision copy made on first use (by the engine's
-        thread, the only one that runs passes); without a half-precision path, the fp32 model itself.
-
-        Measured on minilm (2 CPU threads, batch 64): bf16 weights run 2.0-2.4x faster than fp32 with
-        a median Spearman of 0.999 between fast and exact attributions; bf16 autocast is ~12 % slower
-        than bf16 weights, and torch's dynamic int8 loses too much (Spearman 0.80-0.88), so torch
-        never runs int8. On a CPU without bf16, "fast" passes run onnxruntime's int8 graph once it is
-        ready (per-channel weights, checked at start: onnx.py); before that, or for passes wider
-        than the graph takes, they run in fp32 as exact's do.
-        """
-        if precision == "exact":
-            return self.model
-        if self._fast_model is None:
-            self._fast_model = _half_precision_copy(self.model, self.device)
-        return self._fast_model
 
 
 def _shape_bucket(rows: int, width: int, max_width: int) -> tuple[int, int]:
@@ -233,19 +205,57 @@ def _shape_bucket(rows: int, width: int, max_width: int) -> tuple[int, int]:
     return rows, min(-(-width // 16) * 16, max(width, max_width))
 
 
-def _half_precision_copy(model: Any, device: Any) -> Any:
-    import copy
-
+def torch_logits(module: Any, device: Any, ids: np.ndarray, attention: np.ndarray) -> np.ndarray:
+    """One pass of a torch classifier (fp32 or a half-precision copy): float32 logits."""
     import torch
 
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    elif device.type == "cpu" and _cpu_has_bf16():
-        dtype = torch.bfloat16
-    else:  # fast runs the int8 graph when it is ready (onnx.py), else exact's passes
-        log.warning("no fast half-precision path on %s: precision=fast runs in int8 or fp32", device)
-        return model
-    return copy.deepcopy(model).to(dtype).eval()
+    with torch.inference_mode():
+        inputs = {"input_ids": torch.from_numpy(ids).to(device)}
+        if not attention.all():
+            inputs["attention_mask"] = torch.from_numpy(attention).to(device)
+        return module(**inputs).logits.float().cpu().numpy()
+
+
+class HalfPrecisionRunner:
+    """Torch in half precision, a "fast" candidate where the device has such a path: bf16 (a CPU
+    with bf16, a GPU that has it) or fp16 (other GPUs). The copy of the weights is made on first use
+    (by the thread that first runs it: the chooser's check, or the engine's).
+
+    Measured on minilm (2 CPU threads, batch 64): bf16 weights ran 2.0-2.4x faster than fp32 per
+    pass on a CPU with AMX or AVX512-BF16; bf16 autocast ~12 % slower than bf16 weights, and torch's
+    dynamic int8 lost too much (Spearman 0.80-0.88), so torch never runs int8. Whether it beats the
+    other candidates end to end is measured where it runs (shared/runtime/fast.py)."""
+
+    name = "torch-half"
+    max_width = 1 << 30
+
+    def __init__(self, model: TextModel) -> None:
+        import torch
+
+        self._model = model
+        self._device = model.device
+        if model.device.type == "cuda":
+            self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            self.dtype = torch.bfloat16
+        # What its numbers depend on (the cache key): bf16 and fp16, CPU and GPU round apart.
+        kind = "bf16" if self.dtype == torch.bfloat16 else "fp16"
+        self.identity = f"{self.name}-{model.device.type}-{kind}"
+        self._copy: Any = None
+        self._made = threading.Lock()
+
+    @classmethod
+    def available(cls, model: TextModel) -> bool:
+        """The device has a half-precision path worth trying: a GPU, or a CPU with bf16."""
+        return model.device.type == "cuda" or (model.device.type == "cpu" and _cpu_has_bf16())
+
+    def __call__(self, ids: np.ndarray, attention: np.ndarray) -> np.ndarray:
+        with self._made:
+            if self._copy is None:
+                import copy
+
+                self._copy = copy.deepcopy(self._model.model).to(self.dtype).eval()
+        return torch_logits(self._copy, self._device, ids, attention)
 
 
 @cache

@@ -45,14 +45,7 @@ def explanation_key(model_fingerprint: str, text: str, options: ExplainOptions, 
 def fast_backend_of(model: TextModel) -> str:
     """What runs a "fast" pass, as precisely as its numbers differ: the graph (int8, or exact's fp32),
     or torch's half precision with its device and type (bf16 and fp16, CPU and GPU round apart)."""
-    if not model.half_precision:
-        return model.fast_backend
-    if model.device.type != "cuda":
-        return f"{model.fast_backend}-cpu-bf16"
-    import torch
-
-    # the same choice as _half_precision_copy (shared/runtime/model.py), made without the copy
-    return f"{model.fast_backend}-cuda-{'bf16' if torch.cuda.is_bf16_supported() else 'fp16'}"
+    return getattr(model.fast_runner, "identity", None) or model.fast_backend
 
 
 def classification_key(model_fingerprint: str, text: str, long_text: str = "truncate") -> str:

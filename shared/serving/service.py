@@ -35,9 +35,10 @@ from shared.io.schemas import ExplainOptions
 from shared.kinds import LongText
 from shared.runtime.encoding import EncodedText
 from shared.runtime.engine import Engine, Ticket, pass_limits_for
+from shared.runtime.fast import Candidate, FastChoice, choose
 from shared.runtime.loading import load_text_model
-from shared.runtime.model import TextModel
-from shared.runtime.onnx import onnx_exact, onnx_int8
+from shared.runtime.model import HalfPrecisionRunner, TextModel
+from shared.runtime.onnx import OnnxRunner, onnx_exact, onnx_int8
 from shared.serving.cache import (
     ExplanationCache,
     RedisCache,
@@ -67,9 +68,10 @@ class ClarionService:
         self._error: str | None = None
         self._amortized: AmortizedExplainer | None = None
         self._amortized_error: str | None = None
-        # True while a background thread may still attach the int8 graph, which changes what "fast"
-        # passes compute: meanwhile fast explanations are not cached (see `_computed_by`).
+        # True until "fast" has its runner (measured in the background after the exact graph
+        # attaches): meanwhile fast explanations are not cached (see `_computed_by`).
         self._fast_provisional = False
+        self._fast_choice = FastChoice("measuring")
         self._loading = threading.Event()
         self._cache = _explanation_cache(settings)
         self._classifications: Cache[Classification] = (
@@ -100,20 +102,20 @@ class ClarionService:
             metrics.build_info(model.model_id)
             if settings.exact_backend == "onnxruntime":  # asked for: loading fails without it
                 model.exact_runner = onnx_exact(model, settings.model_cache_dir, self._backend_threads)
-                self._attach_int8(model)
             attach_later = settings.exact_backend == "auto" and model.device.type == "cpu"
-            self._fast_provisional = attach_later and self._int8_wanted(model)  # before serving starts
+            self._fast_provisional = True  # before serving starts
             limits = pass_limits_for(
                 model, settings.pass_rows, settings.pass_tokens, settings.pass_spare_tokens
             )
             self._engine = Engine(model, limits, merge_classifications=settings.micro_batching)
             self._load_amortized(model)
-            if attach_later:
-                # Serve with torch at once; exact passes move to onnxruntime once it is ready (the
-                # export takes seconds on a first start, and no cold start should wait for it).
-                # Not a daemon: a process that exits mid-export waits for it (seconds) rather than
-                # killing the exporter's native threads, which aborts the interpreter.
-                threading.Thread(target=self._attach_onnx, args=(model,), name="clarion-onnx").start()
+            # Serve with torch at once; exact passes move to onnxruntime once it is ready (the export
+            # takes seconds on a first start, and no cold start should wait for it), then "fast" is
+            # chosen by measuring. Not a daemon: a process that exits mid-export waits for it
+            # (seconds) rather than killing the exporter's native threads, which aborts the interpreter.
+            threading.Thread(
+                target=self._prepare_backends, args=(model, attach_later), name="clarion-backends"
+            ).start()
         except ClarionError as exc:
             self._error = exc.message
             log.error("model failed to load: %s", exc.message)
@@ -159,6 +161,17 @@ class ClarionService:
     def _backend_threads(self) -> int:
         return self._threads or self.settings.threads_per_http_process
 
+    def _prepare_backends(self, model: TextModel, attach_onnx: bool) -> None:
+        try:
+            if attach_onnx:
+                self._attach_onnx(model)
+            self._choose_fast(model)
+        except Exception:  # never leave fast provisional for good: it runs exact's path
+            log.exception("fast: no runner chosen; it runs exact's path")
+            self._fast_choice = FastChoice("chosen", "exact", "choosing failed (see the log): exact's path")
+        finally:
+            self._fast_provisional = False  # fast's backend changes no more
+
     def _attach_onnx(self, model: TextModel) -> None:
         try:
             model.exact_runner = onnx_exact(model, self.settings.model_cache_dir, self._backend_threads)
@@ -166,24 +179,51 @@ class ClarionService:
             log.warning("exact passes stay on torch: %s", exc.message)
         except Exception:  # any exporter or runtime error: torch keeps serving
             log.exception("exact passes stay on torch")
+
+    def _choose_fast(self, model: TextModel) -> None:
+        """Give "fast" its runner: FAST_BACKEND's, or the candidate that measured best here."""
+        candidates = self._fast_candidates(model)
+        forced = self.settings.fast_backend
+        if forced == "auto":
+            choice = choose(model, candidates, self._explain_with)
+        elif forced == "exact":
+            choice = FastChoice("forced", "exact", "FAST_BACKEND=exact")
+        elif any(c.name == forced for c in candidates):
+            choice = FastChoice("forced", forced, f"FAST_BACKEND={forced}")
         else:
-            self._attach_int8(model)
-        finally:
-            self._fast_provisional = False  # attached or not, fast's backend changes no more
+            have = [c.name for c in candidates] or "none"
+            choice = FastChoice("forced", "exact", f"FAST_BACKEND={forced} is not available here "
+                                f"(candidates: {have}): fast runs exact's path")  # fmt: skip
+        model.fast_runner = next((c.runner for c in candidates if c.name == choice.chosen), None)
+        self._fast_choice = choice
+        log.info("fast: %s (%s)", choice.chosen, choice.reason)
 
-    def _attach_int8(self, model: TextModel) -> None:
-        """On a CPU without bf16, "fast" runs the int8 graph (made from the exact one) once it is ready."""
-        if not self._int8_wanted(model):
-            return
+    def _fast_candidates(self, model: TextModel) -> list[Candidate]:
+        """The paths "fast" could take on this device: torch in half precision where it has one, the
+        int8 graph where exact runs on onnxruntime (FAST_INT8)."""
+        candidates = []
+        if HalfPrecisionRunner.available(model):
+            candidates.append(Candidate("torch-half", HalfPrecisionRunner(model)))
+        if isinstance(model.exact_runner, OnnxRunner) and self.settings.fast_int8:
+            try:
+                int8 = onnx_int8(model, model.exact_runner, self._backend_threads)
+                candidates.append(Candidate(int8.name, int8))
+            except ClarionError as exc:
+                log.warning("no int8 graph for fast: %s", exc.message)
+            except Exception:  # a quantizer or runtime error: no int8 candidate
+                log.exception("no int8 graph for fast")
+        return candidates
+
+    def _explain_with(self, model: TextModel, texts: Sequence[str], precision: str) -> list[Explanation]:
+        """The check's explanations (shared/runtime/fast.py), through an engine of their own over
+        `model` (the served one, or a copy whose fast runner is a candidate): passes still take turns
+        with the serving engine's (the model's lock)."""
+        engine = Engine(model, self.engine.limits)
         try:
-            model.fast_runner = onnx_int8(model, model.exact_runner, self._backend_threads)
-        except ClarionError as exc:
-            log.warning("fast passes run exact's graph: %s", exc.message)
-        except Exception:  # a quantizer or runtime error: fast runs exact's graph
-            log.exception("fast passes run exact's graph")
-
-    def _int8_wanted(self, model: TextModel) -> bool:
-        return not model.half_precision and self.settings.fast_int8
+            options = ExplainOptions(max_evals=200, granularity="word", labels="all", precision=precision)
+            return explain_encoded(engine, model.encode(texts), options)
+        finally:
+            engine.stop()
 
     def _computed_by(self, model: TextModel, options: ExplainOptions) -> str | None:
         """What makes an explanation's numbers besides the model and the options, for its cache key:
@@ -220,6 +260,7 @@ class ClarionService:
                 labels=model.labels,
                 exact_backend=model.exact_backend,
                 fast_backend=model.fast_backend,
+                fast=self._fast_choice.report(),
                 **self._amortized_status(),
             )
         if self._error is not None:
