@@ -1,6 +1,8 @@
-"""`python -m bench fast`: precision "fast" on this CPU (the int8 graph, without bf16) against exact:
-per-row speed at 24 and 270 tokens, interleaved, and how it ranks units (Spearman, top-5 overlap)
-on SST-2 sentences and on reviews."""
+"""`python -m bench fast`: precision "fast" as the service chooses it on this machine. Each
+candidate (torch in half precision where the device has it, the int8 graph) against exact's path:
+what the service measured at start and chose, per-row speed at 24 and 270 tokens, interleaved, and
+explanations end to end (the service's own path) on SST-2 sentences and on reviews, with how each
+ranks units against exact (Spearman, top-5 overlap)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from bench.common import (
 )
 from bench.explain import _long_texts
 
+EXACT = "exact"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--texts", type=int, default=40, help="SST-2 dev sentences")
@@ -35,9 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from shared.runtime.engine import Engine, pass_limits_for
-    from shared.runtime.loading import load_text_model
-    from shared.runtime.onnx import onnx_exact, onnx_int8
+    from shared.serving.service import ClarionService
     from shared.settings import Settings
 
     if args.smoke:
@@ -48,128 +50,172 @@ def main(args: argparse.Namespace) -> int:
             from tests.support import build_tiny_model
 
             model_dir = str(build_tiny_model(Path(tmp) / "tiny", labels=["negative", "positive"]))
-        model = load_text_model(Settings(model_dir=model_dir, torch_threads=args.threads))
-        exact = onnx_exact(model, Path(tmp) / "cache", args.threads)
-        int8 = onnx_int8(model, exact, args.threads)
-        model.exact_runner, model.fast_runner = exact, int8
+        settings = Settings(
+            model_dir=model_dir,
+            torch_threads=args.threads,
+            serverless=True,
+            explanation_cache_size=0,
+            model_cache_dir=str(Path(tmp) / "cache"),
+        )
+        service = ClarionService(settings, threads=args.threads)
+        service.load()
+        while service.fast_choice.status == "measuring":
+            time.sleep(0.2)
+        choice = service.fast_choice
+        model = service.model
+        paths = {c.name: c.runner for c in choice.candidates}
         sentences = sst2_sentences()
         texts = sentences[: args.texts]
         reviews = _long_texts(model, sentences[args.texts :], args.long, (250, 300)) if args.long else []
-        speed = _per_row(model, exact, int8, sentences, args.rounds)
-        engine = Engine(model, pass_limits_for(model))
-        try:
-            quality = {
-                "sentences": _quality(engine, texts, args),
-                **({"reviews": _quality(engine, reviews, args)} if reviews else {}),
-            }
-        finally:
-            engine.stop()
+        speed = _per_row(model, paths, sentences, args.rounds)
+        quality = {
+            "sentences": _quality(service, paths, texts, args),
+            **({"reviews": _quality(service, paths, reviews, args)} if reviews else {}),
+        }
+        service.stop()
 
-    headers = ["rows x tokens", "fp32 ms/row", "int8 ms/row", "int8 speed-up"]
-    rows = [
+    names = list(paths)
+    measured = [
         [
-            s["shape"],
-            fmt(s["fp32_ms_per_row"], ".3f"),
-            fmt(s["int8_ms_per_row"], ".3f"),
-            fmt(s["speedup"], ".2f", "x"),
+            c.name,
+            fmt(c.speedup_short, ".2f", "x"),
+            fmt(c.speedup_long, ".2f", "x"),
+            fmt(c.spearman, ".3f"),
+            fmt(c.top5_overlap, ".2f"),
+            "chosen" if c.name == choice.chosen else (c.why_not or "passed"),
         ]
+        for c in choice.candidates
+    ]
+    per_row = [
+        [s["shape"], fmt(s["ms_per_row"][EXACT], ".3f")]
+        + [f"{fmt(s['ms_per_row'][n], '.3f')} ({fmt(s['speedup'][n], '.2f', 'x')})" for n in names]
         for s in speed
     ]
-    headers2 = [
-        "texts",
-        "n",
-        "exact s/text",
-        "fast s/text",
-        "speed-up",
-        "Spearman median",
-        "top-5 overlap median",
-    ]
-    rows2 = [
+    end_to_end = [
         [
-            name,
+            f"{kind}/{name}",
             str(q["texts"]),
             fmt(q["exact_s_per_text"], ".3f"),
-            fmt(q["fast_s_per_text"], ".3f"),
-            fmt(ratio(q["exact_s_per_text"], q["fast_s_per_text"]), ".2f", "x"),
-            fmt(q["spearman_median"], ".3f"),
-            fmt(q["top5_overlap_median"], ".2f"),
+            fmt(q["paths"][name]["s_per_text"], ".3f"),
+            fmt(ratio(q["exact_s_per_text"], q["paths"][name]["s_per_text"]), ".2f", "x"),
+            fmt(q["paths"][name]["spearman_median"], ".3f"),
+            fmt(q["paths"][name]["top5_overlap_median"], ".2f"),
         ]
-        for name, q in quality.items()
+        for kind, q in quality.items()
+        for name in names
     ]
     text = (
-        table(headers, rows)
+        f"chosen at start: {choice.chosen} ({choice.reason}; measured in {fmt(choice.seconds, '.1f')} s)\n\n"
+        + table(["candidate", "speed-up ~24 tok", "speed-up long", "Spearman", "top-5", "verdict"], measured)
         + "\n\n"
-        + table(headers2, rows2)
-        + f"\n\nper row: medians of {args.rounds} interleaved rounds; explanations: "
-        f"{args.granularity} granularity, max_evals {args.max_evals}, the predicted label, "
-        f"{args.threads} threads; int8: onnxruntime dynamic quantization, per-channel int8 weights"
+        + table(["rows x tokens", "exact ms/row", *[f"{n} ms/row" for n in names]], per_row)
+        + "\n\n"
+        + table(
+            [
+                "texts (path)",
+                "n",
+                "exact s/text",
+                "path s/text",
+                "speed-up",
+                "Spearman median",
+                "top-5 median",
+            ],
+            end_to_end,
+        )
+        + f"\n\nper row: medians of {args.rounds} interleaved rounds; explanations: {args.granularity} "
+        f"granularity, max_evals {args.max_evals}, the predicted label, {args.threads} threads, "
+        "through the service (exact and each path alternating which goes first)"
     )
-    data = {"config": vars(args), "environment": environment(), "per_row": speed, "quality": quality}
+    data = {
+        "config": vars(args),
+        "environment": environment(),
+        "choice": choice.report(),
+        "per_row": speed,
+        "quality": quality,
+    }
     write_results(Path(args.out or DEFAULT_OUT), "fast", data, text)
-    print(text)
     return 0
 
 
-def _per_row(model: Any, exact: Any, int8: Any, sentences: list[str], rounds: int) -> list[dict[str, Any]]:
-    """ms per row of one pass, fp32 graph against int8 graph, alternating which goes first."""
+def _per_row(model: Any, paths: dict[str, Any], sentences: list[str], rounds: int) -> list[dict[str, Any]]:
+    """ms per row of one pass: exact's path and each candidate, rotating which goes first."""
+    from shared.runtime.fast import _exact_pass
+
     short = [e.ids for e in model.encode(sentences[:64])]
     short = [r for r in short if 20 <= len(r) <= 28][:32] or short[:32]
-    review = model.encode([" ".join(sentences[200:230])])[0].ids[:270]
-    shapes = {"32 x ~24": short, "2 x 270": [review, review]}
+    review = model.encode([" ".join(sentences[200:230])])[0].ids[: min(270, model.max_length)]
+    shapes = {"32 x ~24": short, f"2 x {len(review)}": [review, review]}
+    runners = {EXACT: lambda ids, attention: _exact_pass(model, ids, attention), **paths}
     out = []
     for shape, rows in shapes.items():
         ids, attention = model.padded(rows)
-        times: dict[str, list[float]] = {"fp32": [], "int8": []}
-        for runner in (exact, int8):
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        for runner in runners.values():
             runner(ids, attention)  # warm
+        names = list(runners)
         for round_ in range(rounds):
-            order = [("fp32", exact), ("int8", int8)][:: 1 if round_ % 2 == 0 else -1]
-            for name, runner in order:
+            shift = round_ % len(names)
+            for name in names[shift:] + names[:shift]:
                 started = time.perf_counter()
                 for _ in range(3):
-                    runner(ids, attention)
+                    runners[name](ids, attention)
                 times[name].append((time.perf_counter() - started) / 3 / len(rows) * 1000)
-        fp32, int8_ms = median(times["fp32"]), median(times["int8"])
+        ms = {name: median(values) for name, values in times.items()}
         out.append(
             {
                 "shape": shape,
-                "fp32_ms_per_row": fp32,
-                "int8_ms_per_row": int8_ms,
-                "speedup": ratio(fp32, int8_ms),
+                "ms_per_row": ms,
+                "speedup": {name: ratio(ms[EXACT], ms[name]) for name in paths},
             }
         )
     return out
 
 
-def _quality(engine: Any, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
-    """Explain each text exact and fast (alternating which goes first); compare the rankings."""
+def _quality(
+    service: Any, paths: dict[str, Any], texts: list[str], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Explain each text exact and through each path (the path as fast's runner, alternating which
+    goes first); compare the rankings of exact's predicted label."""
     from shared.analysis.agreement import ranking_agreement
-    from shared.explanation.explainer import explain_texts
     from shared.io.schemas import ExplainOptions
 
-    # Every label (the same passes): int8 may predict another label than exact, and the exact
-    # prediction's values are the ones compared.
+    model = service.model
+    served = model.fast_runner
+    # Every label (the same passes): another path may predict another label than exact, and the
+    # exact prediction's values are the ones compared.
     options = ExplainOptions(max_evals=args.max_evals, granularity=args.granularity, labels="all")
     fast_options = options.model_copy(update={"precision": "fast"})
-    spent = {"exact": 0.0, "fast": 0.0}
-    spearman, overlap = [], []
-    for i, text in enumerate(texts):
-        results = {}
-        for name, opts in [("exact", options), ("fast", fast_options)][:: 1 if i % 2 == 0 else -1]:
-            started = time.perf_counter()
-            (results[name],) = explain_texts(engine, [text], opts)
-            spent[name] += time.perf_counter() - started
-        exact, fast = results["exact"], results["fast"]
-        label = max(exact.model_output, key=exact.model_output.get)
-        rank, top = ranking_agreement(exact.values[label], fast.values[label])
-        if rank is not None:
-            spearman.append(rank)
-        overlap.append(top)
+    spent = {name: 0.0 for name in [EXACT, *paths]}
+    spearman: dict[str, list[float]] = {name: [] for name in paths}
+    overlap: dict[str, list[float]] = {name: [] for name in paths}
+    try:
+        for i, text in enumerate(texts):
+            results = {}
+            order = [EXACT, *paths]
+            for name in order[i % len(order) :] + order[: i % len(order)]:
+                model.fast_runner = paths.get(name)
+                started = time.perf_counter()
+                (results[name],) = service.explain([text], options if name == EXACT else fast_options)
+                spent[name] += time.perf_counter() - started
+            exact = results[EXACT]
+            label = max(exact.model_output, key=exact.model_output.get)
+            for name in paths:
+                rank, top = ranking_agreement(exact.values[label], results[name].values[label])
+                if rank is not None:
+                    spearman[name].append(rank)
+                overlap[name].append(top)
+    finally:
+        model.fast_runner = served
     return {
         "texts": len(texts),
-        "exact_s_per_text": spent["exact"] / len(texts),
-        "fast_s_per_text": spent["fast"] / len(texts),
-        "spearman_median": median(spearman),
-        "top5_overlap_median": median(overlap),
-        "spearman_all": spearman,
+        "exact_s_per_text": spent[EXACT] / len(texts),
+        "paths": {
+            name: {
+                "s_per_text": spent[name] / len(texts),
+                "spearman_median": median(spearman[name]),
+                "top5_overlap_median": median(overlap[name]),
+                "spearman_all": spearman[name],
+            }
+            for name in paths
+        },
     }

@@ -208,15 +208,21 @@ def test_analyses_smoke(tmp_path: Path) -> None:
 
 def test_fast_smoke(tmp_path: Path) -> None:
     results = run_bench("fast", tmp_path)
-    assert [s["shape"] for s in results["per_row"]] == ["32 x ~24", "2 x 270"]
-    assert all(s["fp32_ms_per_row"] > 0 and s["int8_ms_per_row"] > 0 for s in results["per_row"])
+    choice = results["choice"]
+    assert choice["status"] == "chosen" and "onnxruntime-int8" in choice["candidates"]
+    paths = set(choice["candidates"])
+    assert choice["chosen"] in paths | {"exact"}
+    assert [s["shape"] for s in results["per_row"]] == ["32 x ~24", "2 x 64"]  # the tiny model reads 64
+    for shape in results["per_row"]:
+        assert set(shape["ms_per_row"]) == paths | {"exact"} and min(shape["ms_per_row"].values()) > 0
     sentences = results["quality"]["sentences"]
-    assert sentences["texts"] == 3
-    assert sentences["spearman_median"] == statistics.median(sentences["spearman_all"])
+    assert sentences["texts"] == 3 and set(sentences["paths"]) == paths
+    int8 = sentences["paths"]["onnxruntime-int8"]
+    assert int8["spearman_median"] == statistics.median(int8["spearman_all"])
     # int8 weights rank units nearly as fp32 does (a random ranking's Spearman is about 0).
-    assert sentences["spearman_median"] > 0.8 and sentences["top5_overlap_median"] >= 0.6
-    row = printed_row(table_cells((tmp_path / "fast.txt").read_text()), "sentences")
-    assert row[:2] == ["sentences", "3"] and row[5] == f"{sentences['spearman_median']:.3f}"
+    assert int8["spearman_median"] > 0.8 and int8["top5_overlap_median"] >= 0.6
+    row = printed_row(table_cells((tmp_path / "fast.txt").read_text()), "sentences/onnxruntime-int8")
+    assert row[1] == "3" and row[5] == f"{int8['spearman_median']:.3f}"
 
 
 def test_amortized_smoke(tmp_path: Path) -> None:

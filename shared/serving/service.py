@@ -267,6 +267,11 @@ class ClarionService:
             return Health(status="failed", api_version=API_VERSION, error=self._error)
         return Health(status="loading", api_version=API_VERSION)
 
+    @property
+    def fast_choice(self) -> FastChoice:
+        """How "fast" was chosen (status "measuring" until it is), with the candidates measured."""
+        return self._fast_choice
+
     def _amortized_status(self) -> dict[str, Any]:
         if self._amortized is not None:
             return {"amortized": {"status": "ready", "validation": self._amortized.validation}}
