@@ -11,7 +11,7 @@ from flask import Flask
 
 from api import analyses
 from api.errors import register_error_handlers
-from api.kserve import v1, v2
+from api.kserve import CONVERTERS, v1, v2
 from api.routes import bp
 from shared.jobs.analysis import FolderAnalysisStore, InlineAnalyses
 from shared.jobs.inline import FolderJobRecords, FolderKeys, InlineJobQueue, JobQueue
@@ -42,6 +42,7 @@ def create_app(
         Sweeper.for_settings(
             settings, [app.extensions["clarion.jobs"], app.extensions["clarion.analyses"]]
         ).start()
+    app.url_map.converters.update(CONVERTERS)  # before the routes that use them
     app.register_blueprint(bp)
     app.register_blueprint(analyses.bp)
     app.register_blueprint(v1.bp)

@@ -22,6 +22,7 @@ from api.clarify import ClarifyResponse
 from api.kserve.document import kserve_paths, kserve_schemas
 from api.records import CSV_RECORD, JSON_LINES_RECORD
 from shared.analysis.aggregate import AGG_METHODS
+from shared.analysis.units import NORMALIZE_PATTERN
 from shared.io.results import API_VERSION, Health, TextResult
 from shared.io.schemas import TEXT_JSON_SCHEMA, HuggingFaceBody, SeedBody
 from shared.kinds import GRANULARITIES, LONG_TEXTS, MASKINGS, OUTPUTS
@@ -360,7 +361,7 @@ def _analysis_paths(settings: Settings, precisions: tuple[str, ...]) -> dict[str
         _query("top_k", {"type": "integer", "minimum": 1}, "top units per label (default 50)"),
         _query(
             "normalize",
-            {"type": "string", "minLength": 1},
+            {"type": "string", "pattern": NORMALIZE_PATTERN},
             '"case,punctuation" (default), "case", "punctuation", "none"',
         ),
     ]

@@ -436,3 +436,30 @@ def test_a_time_budget_answers_in_time_with_what_it_reached(service: Service) ->
     )
     whole = service.post("/invocations", json=body).json()["explanation_parameters"]
     assert "complete" not in whole and whole["evaluations"] == 1000
+
+
+def test_every_documented_path_answers_other_methods_with_405_and_the_documented_allow(
+    service: Service,
+) -> None:
+    """Each path's Allow names exactly the methods the document gives it (with HEAD and OPTIONS
+    beside a GET): a route that swallowed another's path (a model named `tiny:predict`) advertised a
+    GET the document does not have."""
+    import re
+
+    document = service.get("/openapi.json").json()
+    model = service.get("/ping").json()["model"]
+    checked = 0
+    for path, item in document["paths"].items():
+        documented = {m.upper() for m in item if m in ("get", "post", "put", "delete", "patch")}
+        concrete = re.sub(r"\{model_name\}", model, path)
+        concrete = re.sub(r"\{[^}]+\}", "0123456789abcdef0123456789abcdef", concrete)
+        for method in {"GET", "POST", "PUT", "DELETE", "PATCH"} - documented:
+            response = requests.request(method, service.url + concrete, timeout=30)
+            allow = {m.strip() for m in response.headers.get("Allow", "").split(",")} - {
+                "HEAD",
+                "OPTIONS",
+                "",
+            }
+            assert (response.status_code, allow) == (405, documented), (method, concrete)
+            checked += 1
+    assert checked > 40

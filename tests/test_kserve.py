@@ -438,9 +438,13 @@ def test_a_key_is_needed_to_infer_and_the_error_is_the_protocols(service: Servic
     assert service.get("/v1/models").status_code == 401
     assert service.get("/v1/models", headers=auth()).json() == {"models": [model_name]}
     assert service.get(f"/v1/models/{model_name}").json() == {"name": model_name, "ready": True}
-    # A model's name may hold slashes: a GET of .../infer asks for the metadata of "<name>/infer".
+    # A model's name may hold slashes, but never ends in an operation: a GET of .../infer is that
+    # operation's wrong method, as the document says, not the metadata of a model "<name>/infer".
     wrong = service.get(f"/v2/models/{model_name}/infer", headers=auth())
-    assert wrong.status_code == 404 and "not served here" in wrong.json()["error"]
+    assert wrong.status_code == 405 and wrong.headers["Allow"] == "OPTIONS, POST", wrong.headers
+    assert wrong.json() == {"error": "The method is not allowed for the requested URL."}
+    other = service.get(f"/v2/models/{model_name}/other", headers=auth())
+    assert other.status_code == 404 and "not served here" in other.json()["error"]
     assert service.post("/v2/health/live", headers=auth()).json() == {
         "error": "The method is not allowed for the requested URL."
     }

@@ -3,8 +3,35 @@ use case that /invocations serves (docs/api.md, "KServe V1 and V2")."""
 
 from __future__ import annotations
 
+from werkzeug.routing import BaseConverter, Map
+
 V1_PREFIX = "/v1/"
 V2_PREFIX = "/v2"
+
+
+class _ModelName(BaseConverter):
+    """A model's name in a path: its id, which may hold slashes and colons (a hub id, an s3:// URL),
+    but never ends in what follows a name in a longer route of the protocol. Werkzeug's `path`
+    would take `tiny:predict` (or `tiny/infer`) for a name, so the model's GET route matched every
+    operation's path: a wrong method there was a 404, or a 405 whose Allow named GET."""
+
+    part_isolating = False
+    endings: tuple[str, ...] = ()
+
+    def __init__(self, url_map: Map) -> None:
+        super().__init__(url_map)
+        self.regex = ".+" + "".join(f"(?<!{ending})" for ending in self.endings)
+
+
+class V1ModelName(_ModelName):
+    endings = (":predict", ":explain")
+
+
+class V2ModelName(_ModelName):
+    endings = ("/ready", "/infer")
+
+
+CONVERTERS = {"v1_model": V1ModelName, "v2_model": V2ModelName}
 
 
 def speaks_kserve(path: str) -> bool:

@@ -32,13 +32,14 @@ def models() -> Any:
     return jsonify({"models": [service().model.model_id]})
 
 
-# The model's name is its id, which may hold slashes (a hub id, an s3:// URL): `path`, and `//` kept.
-@bp.get("/<path:name>", merge_slashes=False)
+# The model's name is its id, which may hold slashes and colons (a hub id, an s3:// URL): see
+# api/kserve/__init__.py's converters; `//` kept.
+@bp.get("/<v1_model:name>", merge_slashes=False)
 def model_ready(name: str) -> tuple[Response, int]:
     return readiness(name)
 
 
-@bp.post("/<path:name>:predict", merge_slashes=False)
+@bp.post("/<v1_model:name>:predict", merge_slashes=False)
 def predict(name: str) -> Any:
     """Each instance's /invocations result (with its explanation when the body says explain: true)."""
     served_model(name)
@@ -46,7 +47,7 @@ def predict(name: str) -> Any:
     return jsonify({"predictions": results(asked.texts, asked.parameters)})
 
 
-@bp.post("/<path:name>:explain", merge_slashes=False)
+@bp.post("/<v1_model:name>:explain", merge_slashes=False)
 def explain(name: str) -> Any:
     """Each instance's prediction, and beside it its explanation (the /invocations result's
     explanation fields)."""

@@ -52,18 +52,19 @@ def ready() -> tuple[Response, int]:
     return jsonify({"ready": is_ready}), 200 if is_ready else 503
 
 
-# The model's name is its id, which may hold slashes (a hub id, an s3:// URL): `path`, and `//` kept.
-@bp.get("/models/<path:name>", merge_slashes=False)
+# The model's name is its id, which may hold slashes and colons (a hub id, an s3:// URL): see
+# api/kserve/__init__.py's converters; `//` kept.
+@bp.get("/models/<v2_model:name>", merge_slashes=False)
 def model_metadata(name: str) -> Any:
     return jsonify(metadata(served_model(name)))
 
 
-@bp.get("/models/<path:name>/ready", merge_slashes=False)
+@bp.get("/models/<v2_model:name>/ready", merge_slashes=False)
 def model_ready(name: str) -> tuple[Response, int]:
     return readiness(name)
 
 
-@bp.post("/models/<path:name>/infer", merge_slashes=False)
+@bp.post("/models/<v2_model:name>/infer", merge_slashes=False)
 def infer(name: str) -> Response:
     model = served_model(name)
     call = decode_infer(request, settings())

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass
 
 NORMALIZATIONS = ("case", "punctuation")
+# The grammar of a normalize spec, as the parser reads it and the OpenAPI document states it.
+_ONE = "(?:" + "|".join(NORMALIZATIONS) + ")"
+NORMALIZE_PATTERN = rf"^\s*(?:none|{_ONE}(?:\s*,\s*{_ONE})*)\s*$"
 
 
 @dataclass(frozen=True)
@@ -19,12 +23,9 @@ class Normalizer:
     @classmethod
     def parse(cls, spec: str) -> Normalizer:
         """ "case,punctuation" (the default), "case", "punctuation" or "none"."""
-        parts = {p.strip() for p in spec.split(",") if p.strip()}
-        if parts == {"none"}:
-            return cls(False, False)
-        unknown = parts - set(NORMALIZATIONS)
-        if unknown or not parts:
+        if not re.fullmatch(NORMALIZE_PATTERN, spec):
             raise ValueError(f"normalize: {spec!r}; use none or a comma-separated subset of {NORMALIZATIONS}")
+        parts = {p.strip() for p in spec.split(",")}
         return cls("case" in parts, "punctuation" in parts)
 
     @property
