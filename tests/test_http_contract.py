@@ -3,6 +3,7 @@ and a battery of bad inputs that must each get a JSON 4xx, never a 500 and never
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -463,3 +464,47 @@ def test_every_documented_path_answers_other_methods_with_405_and_the_documented
             assert (response.status_code, allow) == (405, documented), (method, concrete)
             checked += 1
     assert checked > 40
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"data": {"text": "is it raining?", "text_pair": "the sky is clear"}},
+        {"data": [["is it raining?", "the sky is clear"]]},
+        {"data": ["one text", {"text": "is it raining?", "text_pair": "the sky is clear"}]},
+        {"inputs": {"text": "is it raining?", "text_pair": "the sky is clear"}},
+    ],
+)
+def test_a_text_pair_is_refused_saying_so(service: Service, body: dict) -> None:
+    """Pairs are not served yet: a 400 that says so, never the first text alone."""
+    response = service.post("/invocations", json=body)
+    assert response.status_code == 400, response.text
+    assert "text pairs" in response.json()["error"]["message"]
+
+
+def test_a_record_with_a_text_pair_gets_its_error_never_the_first_texts_answer(service: Service) -> None:
+    lines = b'{"text": "one text"}\n{"text": "is it raining?", "text_pair": "the sky is clear"}\n'
+    lines += b'{"features": ["is it raining?", "the sky is clear"]}\n'
+    headers = {"Content-Type": "application/jsonlines", "Accept": "application/jsonlines"}
+    response = service.post("/invocations", data=lines, headers=headers)
+    assert response.status_code == 200, response.text
+    first, pair, clarify = (json.loads(line) for line in response.text.splitlines())
+    assert "prediction" in first
+    for answer in (pair, clarify):
+        assert answer["error"]["code"] == "invalid_request" and "text pairs" in answer["error"]["message"]
+    as_clarify = service.post(
+        "/invocations",
+        data=lines,
+        headers={"Content-Type": "application/jsonlines", "Accept": "application/json"},
+    )
+    assert as_clarify.status_code == 400 and "text pairs" in as_clarify.json()["error"]["message"]
+
+
+def test_kserve_pairs_are_refused_saying_so(service: Service) -> None:
+    model = service.get("/ping").json()["model"]
+    v1 = service.post(f"/v1/models/{model}:predict", json={"instances": [{"text": "a", "text_pair": "b"}]})
+    assert v1.status_code == 400 and "text pairs" in v1.json()["error"]
+    tensor = {"shape": [1], "datatype": "BYTES"}
+    inputs = [{"name": "text", "data": ["a"], **tensor}, {"name": "text_pair", "data": ["b"], **tensor}]
+    v2 = service.post(f"/v2/models/{model}/infer", json={"inputs": inputs})
+    assert v2.status_code == 400 and "text pairs" in v2.json()["error"]

@@ -22,6 +22,7 @@ from api.kserve.serving import (
     service,
 )
 from shared.errors import InvalidRequest
+from shared.io.schemas import PAIRS_UNSUPPORTED, is_pair
 
 bp = Blueprint("kserve_v1", __name__, url_prefix=V1_PREFIX + "models")
 _EXAMPLE = '{"instances": ["a text"]}'
@@ -83,6 +84,8 @@ def _texts(instances: Any) -> list[str]:
         raise InvalidRequest('instances: must be a list of texts (or of {"text": ...} objects)')
     texts = []
     for i, instance in enumerate(instances):
+        if is_pair(instance):
+            raise InvalidRequest(f"instances.{i}: {PAIRS_UNSUPPORTED}")
         if isinstance(instance, dict) and set(instance) == {"text"}:
             instance = instance["text"]
         if not isinstance(instance, str):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.errors import InvalidRequest
+from shared.io.schemas import PAIRS_UNSUPPORTED, is_pair
 
 EMPTY = "empty line"
 
@@ -44,6 +45,9 @@ def json_lines(
         except RecursionError:
             yield Record(number, None, "not JSON (nested too deeply)")
             continue
+        if _holds_a_pair(value, fields):
+            yield Record(number, None, PAIRS_UNSUPPORTED)
+            continue
         text = _text_of(value, fields)
         if text is None:
             names = [f'"{name}"' for name in fields]
@@ -52,6 +56,15 @@ def json_lines(
         else:
             label = value.get(label_field) if label_field and isinstance(value, dict) else None
             yield Record(number, text, label=None if label is None else str(label))
+
+
+def _holds_a_pair(value: Any, fields: Sequence[str]) -> bool:
+    """A record of a text pair: a text_pair beside the text, or (Clarify) two feature columns."""
+    if not isinstance(value, dict):
+        return False
+    if value.get("text_pair") is not None:
+        return True
+    return any(is_pair(value.get(name)) for name in fields)
 
 
 def _text_of(value: Any, fields: Sequence[str]) -> str | None:
