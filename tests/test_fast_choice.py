@@ -128,6 +128,15 @@ def test_the_service_measures_its_candidates_and_ping_shows_them(
         assert service.explain(["a settled choice is cached"], options)[0] is first
     finally:
         service.stop()
+    # The next process of the deployment reads the choice instead of measuring again.
+    again = ClarionService(settings, threads=1)
+    again.load()
+    try:
+        kept = wait_chosen(again)
+        assert kept.pop("cached") is True and kept == fast
+        assert again.status().fast_backend == service.status().fast_backend
+    finally:
+        again.stop()
 
 
 @pytest.mark.parametrize(

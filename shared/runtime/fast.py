@@ -16,17 +16,24 @@ device has it, onnxruntime's int8 graph where exact runs on onnxruntime) is
 exact's speed (the geometric mean of the two lengths' speed-ups), else exact's own path, and the
 choice says why. FAST_BACKEND forces one (no measuring). The choice is made once per process, in
 the background after the exact graph attaches; until then "fast" runs exact's passes, and nothing
-"fast" is cached (ClarionService._computed_by).
+"fast" is cached (ClarionService._computed_by). The choice is kept under MODEL_CACHE_DIR, named by
+what it depends on (the model's fingerprint, exact's backend, the CPU's capability or the GPU, the
+threads, the torch and onnxruntime versions): later processes of the same deployment reuse it
+instead of measuring again (delete the file to measure afresh).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,9 +102,10 @@ class FastChoice:
     reason: str | None = None
     candidates: list[Candidate] = field(default_factory=list)
     seconds: float | None = None  # how long measuring took
+    cached: bool = False  # read from an earlier process's measurement
 
     def report(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"status": self.status}
+        out: dict[str, Any] = {"status": self.status, **({"cached": True} if self.cached else {})}
         if self.chosen is not None:
             out["chosen"] = self.chosen
         if self.reason is not None:
@@ -142,6 +150,61 @@ def choose(
         candidates,
         seconds,
     )
+
+
+def choice_path(model: TextModel, cache_dir: str | Path, threads: int) -> Path:
+    """Where this deployment's choice is kept: named by everything the measurement depends on."""
+    import torch
+
+    try:
+        import onnxruntime
+
+        versions = f"torch{torch.__version__}-ort{onnxruntime.__version__}"
+    except ImportError:
+        versions = f"torch{torch.__version__}"
+    if model.device.type == "cuda":
+        device = torch.cuda.get_device_name(model.device).replace(" ", "_")
+    else:
+        device = f"cpu-{torch.backends.cpu.get_cpu_capability()}"
+    name = f"{model.fingerprint}-{model.exact_backend}-{device}-t{threads}-{versions}.json"
+    return Path(cache_dir) / "fast" / name.replace("+", "_").replace("/", "_")
+
+
+def saved_choice(path: Path, candidates: Sequence[Candidate]) -> FastChoice | None:
+    """The choice an earlier process measured here, if it names a path this process has."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    names = {c.name: c for c in candidates}
+    chosen = saved.get("chosen")
+    if chosen != "exact" and chosen not in names:
+        return None
+    restored = []
+    for name, measured in saved.get("candidates", {}).items():
+        if name in names:
+            candidate = names[name]
+            candidate.speedup_short = measured.get("speedup_short")
+            candidate.speedup_long = measured.get("speedup_long")
+            candidate.spearman, candidate.top5_overlap = (
+                measured.get("spearman"),
+                measured.get("top5_overlap"),
+            )
+            candidate.passed, candidate.why_not = bool(measured.get("passed")), measured.get("why_not")
+            restored.append(candidate)
+    return FastChoice("chosen", chosen, saved.get("reason"), restored, saved.get("seconds"), cached=True)
+
+
+def save_choice(path: Path, choice: FastChoice) -> None:
+    """Keep a measured choice for later processes (best effort: an unwritable cache measures again)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, partial = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as out:
+            json.dump(choice.report(), out)
+        os.replace(partial, path)
+    except OSError as exc:
+        log.warning("fast: the choice was not kept (%s); the next process measures again", exc)
 
 
 def _time(model: TextModel, candidates: list[Candidate], rounds: int) -> None:

@@ -35,7 +35,7 @@ from shared.io.schemas import ExplainOptions
 from shared.kinds import LongText
 from shared.runtime.encoding import EncodedText
 from shared.runtime.engine import Engine, Ticket, pass_limits_for
-from shared.runtime.fast import Candidate, FastChoice, choose
+from shared.runtime.fast import Candidate, FastChoice, choice_path, choose, save_choice, saved_choice
 from shared.runtime.loading import load_text_model
 from shared.runtime.model import HalfPrecisionRunner, TextModel
 from shared.runtime.onnx import OnnxRunner, onnx_exact, onnx_int8
@@ -185,7 +185,11 @@ class ClarionService:
         candidates = self._fast_candidates(model)
         forced = self.settings.fast_backend
         if forced == "auto":
-            choice = choose(model, candidates, self._explain_with)
+            path = choice_path(model, self.settings.model_cache_dir, self._backend_threads)
+            choice = saved_choice(path, candidates)
+            if choice is None:
+                choice = choose(model, candidates, self._explain_with)
+                save_choice(path, choice)
         elif forced == "exact":
             choice = FastChoice("forced", "exact", "FAST_BACKEND=exact")
         elif any(c.name == forced for c in candidates):
