@@ -13,6 +13,7 @@ COMMANDS = {
     "devices": "the same explanations on the CPU and on a GPU: the largest difference per Owen batch size",
     "explain": "seed SHAP pipeline vs Clarion exact/fast vs SHAP reference, per text",
     "fast": 'precision "fast" on this CPU (int8 graph) vs exact: per-row speed, Spearman and top-5 overlap',
+    "fusion": "exact graph fused by onnxruntime's transformer optimizer vs unfused: speed per row, logits",
     "families": "model families at base size: torch vs onnxruntime per row, seed vs exact, text masking",
     "faithfulness": "ERASER comprehensiveness/sufficiency: Clarion SHAP vs leave-one-out vs random rankings",
     "classify": "HTTP requests/s and latency at several concurrencies, micro-batching on and off",

@@ -167,6 +167,9 @@ class Settings:
     device: str = _env("DEVICE", _device, "auto")
     # How exact passes run: auto is onnxruntime on CPU (when the model exports), torch on GPU.
     exact_backend: str = _env("EXACT_BACKEND", _one_of("auto", "torch", "onnxruntime"), "auto")
+    # onnxruntime's transformer optimizer on the exact graph (shared/runtime/fusion.py): auto runs the
+    # fused graph where it is faster with the same logits, on whenever it has the same logits.
+    onnx_fusion: str = _env("ONNX_FUSION", _one_of("auto", "on", "off"), "auto")
 
     # Serving.
     serverless: bool = _env("SERVERLESS", parse_bool, False)

@@ -240,3 +240,12 @@ def test_amortized_smoke(tmp_path: Path) -> None:
         and row[6] == f"{sentences['top5_overlap_median']:.2f}"
     )
     assert row[8] == f"{sentences['comprehensiveness_exact']:.3f}"
+
+
+def test_fusion_smoke(tmp_path: Path) -> None:
+    results = run_bench("fusion", tmp_path)
+    assert results["operators"]["Attention"] == 1  # the tiny BERT's first layer (the last is [CLS]'s)
+    assert results["max_logit_difference"] <= 1e-5 * results["logit_scale"]
+    for runner in ("unfused", "fused"):
+        assert list(results["per_row_ms"][runner]) == ["32 x 24", "2 x 64"]  # the tiny model reads 64
+        assert min(results["per_row_ms"][runner].values()) > 0

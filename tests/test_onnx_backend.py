@@ -270,19 +270,19 @@ def test_fast_runs_its_chosen_runner_else_exacts(tiny: TextModel) -> None:
 
 
 def test_the_export_is_cached_and_a_damaged_one_is_replaced(tiny: TextModel, tmp_path: Path) -> None:
-    onnx_exact(tiny, tmp_path, threads=1)
+    onnx_exact(tiny, tmp_path, threads=1, fusion="off")
     (graph,) = (tmp_path / "onnx").glob("*.onnx")
     assert tiny.fingerprint in graph.name
     exported_at = graph.stat().st_mtime_ns
-    onnx_exact(tiny, tmp_path, threads=1)
+    onnx_exact(tiny, tmp_path, threads=1, fusion="off")
     assert graph.stat().st_mtime_ns == exported_at  # reused, not exported again
     assert [p.name for p in (tmp_path / "onnx").iterdir()] == [graph.name]  # no temporary files left
 
     graph.write_bytes(b"not a graph")
     with pytest.raises(ModelLoadError, match="could not open"):
-        onnx_exact(tiny, tmp_path, threads=1)
+        onnx_exact(tiny, tmp_path, threads=1, fusion="off")
     assert not graph.exists()  # dropped: the next start exports again
-    onnx_exact(tiny, tmp_path, threads=1)
+    onnx_exact(tiny, tmp_path, threads=1, fusion="off")
     assert graph.exists()
 
 
@@ -370,8 +370,8 @@ def test_fast_runs_an_int8_graph_cached_beside_the_fp32_one(
     exact = onnx_exact(tiny, tmp_path, threads=1)
     runner = onnx.onnx_int8(tiny, exact, threads=1)
     assert runner.name == "onnxruntime-int8" and runner.max_width == exact.max_width
-    assert runner.path == exact.path.with_name(exact.path.stem + "-int8-qint8-perchannel.onnx")
-    assert runner.path.stat().st_size < exact.path.stat().st_size  # int8 weights
+    assert runner.path == exact.export.with_name(exact.export.stem + "-int8-qint8-perchannel.onnx")
+    assert runner.path.stat().st_size < exact.export.stat().st_size  # int8 weights
     made = runner.path.stat().st_mtime_ns
     again = onnx.onnx_int8(tiny, exact, threads=1)
     assert again.path == runner.path and runner.path.stat().st_mtime_ns == made  # cached, not made again
@@ -393,3 +393,164 @@ def test_fast_runs_an_int8_graph_cached_beside_the_fp32_one(
     monkeypatch.setattr(onnx, "INT8_TOLERANCE", 0.0)  # a quantization that moved scores is refused
     with pytest.raises(ModelLoadError, match="int8 graph"):
         onnx.onnx_int8(tiny, exact, threads=1)
+
+
+# The fused graph (shared/runtime/fusion.py): onnxruntime's transformer optimizer on each graph kind.
+FUSED_OPERATORS = {"Attention", "SkipLayerNormalization", "EmbedLayerNormalization"}
+
+
+def operators(path: Path) -> dict[str, int]:
+    """How many nodes of each operator the graph at `path` holds."""
+    import onnx
+
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path)).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def test_the_fused_graph_fuses_attention_and_layer_norms_with_the_same_logits(
+    tiny: TextModel, tmp_path: Path
+) -> None:
+    """The tiny BERT (2 layers): attention fused in the first layer (the last one's queries are [CLS]
+    only, which the fused operator cannot take), both residual LayerNorms of each layer, and the
+    embeddings; the export itself holds none of these, so the counts are the optimizer's. Its logits
+    are the unfused graph's to 1e-5 of their scale; it is cached beside the export, and int8 is still
+    made from the export."""
+    from shared.runtime import onnx
+
+    fused = onnx_exact(tiny, tmp_path, threads=1, fusion="on")
+    unfused = onnx_exact(tiny, tmp_path, threads=1, fusion="off")
+    assert fused.fused is not None
+    counts = {"Attention": 1, "SkipLayerNormalization": 4, "EmbedLayerNormalization": 1}
+    assert {op: fused.fused.get(op, 0) for op in FUSED_OPERATORS} == counts
+    assert {op: operators(fused.path).get(op, 0) for op in FUSED_OPERATORS} == counts  # in the file
+    assert not set(operators(unfused.path)) & FUSED_OPERATORS
+    assert fused.export == unfused.path and unfused.fused is None
+    assert fused.path == unfused.path.with_name(unfused.path.stem + "-fused-bert-mask.onnx")
+    assert fused.max_width == unfused.max_width
+
+    for rows in (
+        rows_of(tiny, ["the film was great", "bad", "i loved it , not very boring at all"]),
+        rows_of(tiny, ["the plot was boring and the acting awful"]) * 7,
+        rows_of(tiny, [" ".join(["the film was not very good , i loved it"] * 20), "a"]),
+    ):
+        ids, attention = tiny.padded(rows)
+        expected = unfused(ids, attention)
+        assert np.abs(fused(ids, attention) - expected).max() <= 1e-5 * np.abs(expected).max()
+        np.testing.assert_allclose(fused(ids, attention), tiny.torch_forward(ids, attention), atol=1e-5)
+
+    int8 = onnx.onnx_int8(tiny, fused, threads=1)
+    assert int8.path == unfused.path.with_name(unfused.path.stem + "-int8-qint8-perchannel.onnx")
+
+    fused.path.write_bytes(b"not a graph")  # a damaged fused graph: the unfused one runs, ...
+    assert onnx_exact(tiny, tmp_path, threads=1, fusion="on").fused is None
+    assert not fused.path.exists()  # ... and the next start makes it again
+    assert onnx_exact(tiny, tmp_path, threads=1, fusion="on").fused == fused.fused
+
+
+# What the optimizer fuses in each graph kind's tiny model (2 layers; None: not tried). Attention in
+# the first layer of the BERT-shaped graphs; DeBERTa's disentangled and ModernBERT's rotary attention
+# are not its pattern, nor RoBERTa's embeddings (positions counted from the padding id): only their
+# LayerNorms fuse.
+FUSED = {
+    "bert": {"Attention": 1, "SkipLayerNormalization": 4, "EmbedLayerNormalization": 1},
+    "roberta": {"Attention": 1, "SkipLayerNormalization": 4, "EmbedLayerNormalization": 0},
+    "electra": {"Attention": 1, "SkipLayerNormalization": 4, "EmbedLayerNormalization": 1},
+    "distilbert": {"Attention": 1, "SkipLayerNormalization": 4, "EmbedLayerNormalization": 1},
+    "albert": {"Attention": 1, "SkipLayerNormalization": 4, "EmbedLayerNormalization": 1},
+    "deberta-v3": {"Attention": 0, "SkipLayerNormalization": 4, "EmbedLayerNormalization": 0},
+    "modernbert-cls": {"Attention": 0, "SkipLayerNormalization": 4, "EmbedLayerNormalization": 0},
+    "modernbert-mean": {"Attention": 0, "SkipLayerNormalization": 4, "EmbedLayerNormalization": 0},
+    "mpnet": None,  # transformers' module: the optimizer's patterns are Clarion's encoder graphs'
+}
+
+
+@pytest.mark.parametrize("family", list(FUSED))
+def test_each_graph_kind_fuses_what_the_optimizer_recognises(
+    family: str, wordpiece_dir: Path, tmp_path: Path
+) -> None:
+    model_dir = build_family(tmp_path / family, wordpiece_dir, family)
+    model = load_text_model(Settings(model_dir=str(model_dir), torch_threads=1))
+    fused = onnx_exact(model, tmp_path / "cache", threads=1, fusion="on")
+    if FUSED[family] is None:
+        assert fused.fused is None and not list((tmp_path / "cache").rglob("*-fused-*"))
+        return
+    assert fused.fused is not None
+    assert {op: fused.fused.get(op, 0) for op in FUSED_OPERATORS} == FUSED[family]
+    unfused = onnx_exact(model, tmp_path / "cache", threads=1, fusion="off")
+    assert not set(operators(unfused.path)) & FUSED_OPERATORS
+    longest = rows_of(model, [" ".join(["the film was not very good , i loved it"] * 20)])[0]
+    for rows in (
+        rows_of(model, ["the film was great", "bad", "i loved it , not very boring at all", "a"]),
+        [longest, longest[:70], longest[:5]],
+    ):
+        ids, attention = model.padded(rows)
+        expected = unfused(ids, attention)
+        assert np.abs(fused(ids, attention) - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_auto_runs_the_fused_graph_only_where_faster_and_remembers_the_decision(
+    tiny: TextModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """auto: the fused graph runs where it is faster at both widths and by 5 % on their geometric
+    mean; the decision is recorded beside it, and later starts read it without timing again."""
+    from shared.runtime import fusion
+
+    calls: list[int] = []
+
+    def timed(unfused: tuple[float, float], fused: tuple[float, float]) -> Any:
+        def per_row_ms(runners: Any, passes: dict[str, Any], rounds: int, repeats: int = 1) -> Any:
+            calls.append(rounds)
+            return {
+                "unfused": dict(zip(passes, unfused, strict=True)),
+                "fused": dict(zip(passes, fused, strict=True)),
+            }
+
+        return per_row_ms
+
+    for case, unfused_ms, fused_ms, kept in (
+        ("faster", (2.0, 30.0), (1.5, 25.0), True),
+        ("4 % faster", (2.0, 30.0), (1.92, 28.85), False),
+        ("faster at one width", (2.0, 30.0), (1.0, 31.0), False),
+    ):
+        monkeypatch.setattr(fusion, "per_row_ms", timed(unfused_ms, fused_ms))
+        calls.clear()
+        with caplog.at_level(logging.INFO):
+            runner = onnx_exact(tiny, tmp_path / case, threads=1, fusion="auto")
+        assert calls and (runner.fused is not None) == kept, case
+        assert "made and measured" in caplog.text and "ms/row" in caplog.text
+        (record,) = (tmp_path / case).glob("onnx/*-fused-*.json")
+        assert json.loads(record.read_text())["verdict"] == ("faster" if kept else "slower")
+        calls.clear()
+        again = onnx_exact(tiny, tmp_path / case, threads=1, fusion="auto")
+        assert not calls and again.path == runner.path, case
+        if not kept:  # the graph that checked out is kept for ONNX_FUSION=on
+            assert onnx_exact(tiny, tmp_path / case, threads=1, fusion="on").fused is not None
+
+
+def test_onnx_fusion_off_makes_no_fused_graph(
+    tiny: TextModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.errors import ConfigurationError
+
+    monkeypatch.setenv("ONNX_FUSION", "off")  # what onnx_exact reads when its caller does not say
+    runner = onnx_exact(tiny, tmp_path, threads=1)
+    assert runner.fused is None and [p.name for p in (tmp_path / "onnx").iterdir()] == [runner.path.name]
+    assert Settings.from_env({}).onnx_fusion == "auto"
+    with pytest.raises(ConfigurationError, match="ONNX_FUSION"):
+        Settings.from_env({"ONNX_FUSION": "yes"})
+
+
+def test_a_fused_graph_whose_logits_move_is_refused(
+    tiny: TextModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.runtime import fusion
+
+    monkeypatch.setattr(fusion, "TOLERANCE", 0.0)  # any difference from the unfused logits refuses it
+    runner = onnx_exact(tiny, tmp_path, threads=1, fusion="on")
+    assert runner.fused is None and runner.path == runner.export
+    (record,) = (tmp_path / "onnx").glob("*-fused-*.json")
+    found = json.loads(record.read_text())
+    assert found["difference"] > 0 and found["verdict"].startswith("refused: logits off by")
+    assert not list((tmp_path / "onnx").glob("*-fused-*.onnx"))  # dropped: it will never run

@@ -20,7 +20,9 @@ rows keeps the passes as narrow as the widest width it passes at, and wider ones
 
 Exporting takes about 2 s for minilm, so the graph is cached under MODEL_CACHE_DIR, named by the
 model's fingerprint, the graph's kind and the torch and onnxruntime versions, and written atomically
-(several processes may export at once; the last rename wins with the same bytes).
+(several processes may export at once; the last rename wins with the same bytes). Clarion's graphs
+then go through onnxruntime's transformer optimizer once (fusion.py): the fused graph runs the exact
+passes where it gives the same logits and is faster, decided at the first start (ONNX_FUSION).
 """
 
 from __future__ import annotations
@@ -39,11 +41,15 @@ from typing import Any
 import numpy as np
 
 from shared.errors import ModelLoadError
+from shared.runtime.fusion import configured_mode, fused_if_faster
 from shared.runtime.model import TextModel
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
+# Part of the export's file name: raised when Clarion's graphs change, so that no start reuses an
+# export of an earlier version (2: attention's scale divides, which the transformer optimizer fuses).
+GRAPH_VERSION = 2
 # The int8 graph of `fast`: weights quantized per output channel, symmetric int8 (part of its file name).
 INT8_SCHEME = "qint8-perchannel"
 # Largest difference in a score (a probability) between the int8 graph and torch's fp32 on the check
@@ -91,15 +97,20 @@ class OnnxRunner:
         self._session = session
         self.max_width = max_width
         self.name = name
-        self.path: Path | None = None  # the graph's file (the int8 graph is made from the fp32 one)
+        self.path: Path | None = None  # the graph's file
+        self.export: Path | None = None  # the fp32 export it is (or was fused from): int8's source
+        self.fused: dict[str, int] | None = None  # the fused graph's operators (fusion.py), if fused
 
     def __call__(self, ids: np.ndarray, attention: np.ndarray) -> np.ndarray:
         (logits,) = self._session.run(["logits"], {"input_ids": ids, "attention_mask": attention})
         return np.asarray(logits, dtype=np.float32)
 
 
-def onnx_exact(model: TextModel, cache_dir: str | Path, threads: int) -> OnnxRunner:
-    """Export (or reuse the cached export of) `model`, open it, and check it against torch."""
+def onnx_exact(
+    model: TextModel, cache_dir: str | Path, threads: int, fusion: str | None = None
+) -> OnnxRunner:
+    """Export (or reuse the cached export of) `model`, open it, and check it against torch; then its
+    fused graph where `fusion` (ONNX_FUSION when None: auto, on or off) and fusion.py decide so."""
     try:
         import onnxruntime
         import torch
@@ -109,21 +120,33 @@ def onnx_exact(model: TextModel, cache_dir: str | Path, threads: int) -> OnnxRun
         raise ModelLoadError(f"the onnxruntime backend runs on CPU; this model is on {model.device}")
     started = time.perf_counter()
     kind = _graph_kind(model.model)
-    versions = f"torch{torch.__version__}-ort{onnxruntime.__version__}-opset{OPSET}"
+    versions = f"torch{torch.__version__}-ort{onnxruntime.__version__}-opset{OPSET}-g{GRAPH_VERSION}"
     name = f"{model.fingerprint}-{kind}-{versions}.onnx"
     path = Path(cache_dir) / "onnx" / name.replace("+", "_")
     exported = not path.is_file()
     if exported:
         _export(model, path, kind)
-    runner = OnnxRunner(_session(path, threads), max_width=384 if kind == MODULE else EAGER_MAX_WIDTH)
-    runner.path = path
-    _check(model, runner)
+    reopen = partial(_opened, model, max_width=384 if kind == MODULE else EAGER_MAX_WIDTH, threads=threads)
+    runner = reopen(path)
+    runner.export = path
+    if kind != MODULE:  # the optimizer's patterns are an encoder's (fusion.py)
+        mode = configured_mode() if fusion is None else fusion
+        runner = fused_if_faster(model, runner, reopen, mode, threads)
     log.info(
-        "exact passes run on onnxruntime (%s graph, %s in %.1fs)",
+        "exact passes run on onnxruntime (%s graph%s, %s in %.1fs)",
         kind,
+        ", fused" if runner.fused else "",
         "exported" if exported else "cached",
         time.perf_counter() - started,
     )
+    return runner
+
+
+def _opened(model: TextModel, path: Path, max_width: int, threads: int) -> OnnxRunner:
+    """The graph at `path` opened, and checked against torch."""
+    runner = OnnxRunner(_session(path, threads), max_width=max_width)
+    runner.path = path
+    _check(model, runner)
     return runner
 
 
@@ -142,21 +165,22 @@ def _session(path: Path, threads: int) -> Any:
 
 
 def onnx_int8(model: TextModel, exact: OnnxRunner, threads: int) -> OnnxRunner:
-    """`precision: "fast"` on a CPU without bf16: the exact graph with its weights quantized to int8
-    (onnxruntime's dynamic quantization: int8 weights per output channel, activations quantized per
-    pass), cached beside the fp32 export under the same name. Checked at start: on the check rows
-    its scores must stay within INT8_TOLERANCE of torch's fp32 ones, else fast keeps the fp32 graph."""
+    """`precision: "fast"` on a CPU without bf16: the exact export (unfused, whichever graph exact
+    runs) with its weights quantized to int8 (onnxruntime's dynamic quantization: int8 weights per
+    output channel, activations quantized per pass), cached beside it under the same name. Checked
+    at start: on the check rows its scores must stay within INT8_TOLERANCE of torch's fp32 ones, else
+    fast keeps the fp32 graph."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     started = time.perf_counter()
-    assert exact.path is not None
-    path = exact.path.with_name(exact.path.stem + f"-int8-{INT8_SCHEME}.onnx")
+    assert exact.export is not None
+    path = exact.export.with_name(exact.export.stem + f"-int8-{INT8_SCHEME}.onnx")
     made = not path.is_file()
     if made:
         with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
             partial_path = Path(scratch) / path.name
             quantize_dynamic(
-                str(exact.path), str(partial_path), weight_type=QuantType.QInt8, per_channel=True
+                str(exact.export), str(partial_path), weight_type=QuantType.QInt8, per_channel=True
             )
             os.replace(partial_path, path)
     runner = OnnxRunner(_session(path, threads), max_width=exact.max_width, name="onnxruntime-int8")
@@ -283,10 +307,13 @@ def _heads(x: Any, heads: int) -> Any:
 
 
 def _attend(q: Any, k: Any, v: Any, mask: Any, scaling: float) -> Any:
-    """Eager attention of split heads, merged again: (rows, queries, heads * size)."""
+    """Eager attention of split heads, merged again: (rows, queries, heads * size). The scores are
+    divided by 1 / scaling, not multiplied by scaling as transformers does (minilm's logits are the
+    same bit for bit): onnxruntime's transformer optimizer (fusion.py) takes the first Mul above the
+    mask's Add for the scale, and with two (the scale's and the mask's) it recognises no attention."""
     import torch
 
-    scores = torch.matmul(q, k.transpose(2, 3)) * scaling + mask
+    scores = torch.matmul(q, k.transpose(2, 3)) / (1 / scaling) + mask
     context = torch.matmul(scores.softmax(-1), v).transpose(1, 2)
     return context.reshape(context.shape[0], context.shape[1], -1)
 
@@ -393,7 +420,10 @@ def _albert_layer(layer: Any, queries: Any, hidden: Any, mask: Any) -> Any:
     heads = attention.num_attention_heads
     q = _heads(attention.query(queries), heads)
     k, v = _heads(attention.key(hidden), heads), _heads(attention.value(hidden), heads)
-    attended = attention.LayerNorm(queries + attention.dense(_attend(q, k, v, mask, attention.scaling)))
+    # The residual second, as in BERT's graph (the same sum): the transformer optimizer (fusion.py)
+    # looks for attention above the first of the sum's inputs that an Add makes, and in the first
+    # layer the residual is one (the embeddings' projection).
+    attended = attention.LayerNorm(attention.dense(_attend(q, k, v, mask, attention.scaling)) + queries)
     return layer.full_layer_layer_norm(layer.ff_chunk(attended) + attended)
 
 
