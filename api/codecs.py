@@ -19,6 +19,7 @@ from typing import Any
 from flask import Request
 
 from shared.errors import InvalidRequest, UnsupportedMediaType
+from shared.io.inputs import Input
 from shared.io.schemas import HuggingFaceBody, InvocationParameters, SeedBody, parse_model
 from shared.settings import Settings
 
@@ -29,8 +30,8 @@ _GENERIC_TYPES = {"", "application/x-www-form-urlencoded", "application/octet-st
 class Invocation:
     """What a request asks for, whichever body format it used."""
 
-    texts: list[str]
-    single: bool  # the request sent one string, so the response is one object, not a list
+    texts: list[Input]
+    single: bool  # the request sent one text (or pair), so the response is one object, not a list
     parameters: InvocationParameters
 
 
@@ -88,15 +89,15 @@ def decode_payload(payload: Any, settings: Settings, defaults: dict[str, Any] | 
             payload = {**defaults, **payload}
     if "inputs" in payload:
         hf: HuggingFaceBody = parse_model(HuggingFaceBody, payload, settings)
-        return Invocation(_as_list(hf.inputs), isinstance(hf.inputs, str), hf.parameters)
+        return Invocation(_as_list(hf.inputs), not isinstance(hf.inputs, list), hf.parameters)
     if "data" not in payload:
         raise InvalidRequest('missing field "data" (or "inputs"): the text or list of texts to classify')
     seed: SeedBody = parse_model(SeedBody, payload, settings)  # a SeedBody is InvocationParameters
-    return Invocation(_as_list(seed.data), isinstance(seed.data, str), seed)
+    return Invocation(_as_list(seed.data), not isinstance(seed.data, list), seed)
 
 
-def _as_list(texts: str | list[str]) -> list[str]:
-    return [texts] if isinstance(texts, str) else list(texts)
+def _as_list(texts: Input | list[Input]) -> list[Input]:
+    return list(texts) if isinstance(texts, list) else [texts]
 
 
 def _decode_text(body: bytes, charset: str) -> str:

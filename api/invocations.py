@@ -24,6 +24,7 @@ from api.negotiation import CSV, HTML, JSON, JSON_LINES, response_type
 from api.records import decode_records
 from shared.errors import InvalidRequest
 from shared.explanation.explainer import check_options
+from shared.io.inputs import TextPair
 from shared.io.records import Record
 from shared.io.results import body, text_response
 from shared.io.schemas import InvocationParameters, parse_model, text_problem
@@ -133,6 +134,8 @@ def _valid(record: Record, options: dict[str, Any], settings: Settings) -> str:
 def shaped(kind: str, texts: Sequence[str], results: list[dict[str, Any]], single: bool) -> Response:
     """Results in the response type the client accepts."""
     if kind == HTML:
+        if any(isinstance(text, TextPair) for text in texts):
+            raise InvalidRequest("the HTML view shows one text per result: ask for JSON for text pairs")
         return html_response(lambda nonce: explanation_document(list(texts), results, nonce=nonce))
     if kind == JSON_LINES:
         return json_lines(results)

@@ -66,8 +66,15 @@ _RECORDS = (
 )
 
 
-def _body(settings: Settings, records: bool = False) -> dict[str, Any]:
-    """A request body: JSON or text; with `records`, also JSON Lines and CSV (/invocations only)."""
+_ONE_TEXT = "OneText"  # a body's name without text pairs: what jobs take
+
+
+def _body(settings: Settings, records: bool = False, pairs: bool = True) -> dict[str, Any]:
+    """A request body: JSON or text; with `records`, also JSON Lines and CSV (/invocations only);
+    without `pairs`, single texts only (jobs)."""
+    shapes = (
+        ("SeedBody", "HuggingFaceBody") if pairs else (f"SeedBody{_ONE_TEXT}", f"HuggingFaceBody{_ONE_TEXT}")
+    )
     plain = {
         **TEXT_JSON_SCHEMA,
         "maxLength": settings.max_text_chars,
@@ -75,7 +82,7 @@ def _body(settings: Settings, records: bool = False) -> dict[str, Any]:
         "that is not whitespace, at most MAX_TEXT_CHARS characters",
     }
     content = {
-        _JSON: {"schema": {"oneOf": [_ref("SeedBody"), _ref("HuggingFaceBody")]}},
+        _JSON: {"schema": {"oneOf": [_ref(name) for name in shapes]}},
         "text/plain": {"schema": plain},
     }
     if records:
@@ -297,7 +304,7 @@ def _document(
                     "summary": "submit an explanation job: 200 and the finished job without a broker, "
                     "202 and the queued job with one",
                     "parameters": [_IDEMPOTENCY_KEY],
-                    "requestBody": _body(settings),
+                    "requestBody": _body(settings, pairs=False),  # jobs explain single texts
                     "responses": {"200": _SUBMITTED, "202": _SUBMITTED, **_REQUEST_ERRORS, **_REUSED_KEY},
                 }
             },
@@ -471,25 +478,41 @@ def _limited(
     truncate, windows = settings.max_text_chars, settings.max_windowed_text_chars
     seed = schemas["SeedBody"]
     _limit_count(seed["properties"]["data"], settings.max_texts)
-    # SeedBody's two shapes (ExplainOptions' json_schema_extra): "truncate" (the default) and "windows".
-    for shape in seed["anyOf"]:
-        windowed = shape["properties"]["long_text"]["const"] == "windows"
-        shape["properties"]["data"] = _lengths(windows if windowed else truncate)
-        if windowed:
-            shape["properties"]["precision"] = {"enum": windowed_precisions}
+    # SeedBody's shapes (ExplainOptions' json_schema_extra): "truncate" (the default) and "windows";
+    # text pairs only truncated, masked by token, explained exact or fast, without faithfulness.
+    pair_precisions = [p for p in precisions if p != "amortized"]
+    pairs = {
+        "masking": {"const": "tokens"},
+        "precision": {"enum": pair_precisions},
+        "faithfulness": {"const": False},
+    }
+    truncated, windowed = seed["anyOf"]
+    seed["anyOf"] = [
+        _shape(truncated, {"data": _lengths(truncate, pairs=False)}),
+        _shape(truncated, {"data": _lengths(truncate, pairs=True), **pairs}),
+        _shape(
+            windowed, {"data": _lengths(windows, pairs=False), "precision": {"enum": windowed_precisions}}
+        ),
+    ]
     hf = schemas["HuggingFaceBody"]
     _limit_count(hf["properties"]["inputs"], settings.max_texts)
     hf["properties"]["parameters"]["default"] = {}  # no parameters: every option's default
     hf["anyOf"] = [
         {
             "properties": {
-                "inputs": _lengths(truncate),
+                "inputs": _lengths(truncate, pairs=False),
                 "parameters": {"properties": {"long_text": {"const": "truncate"}}},
             }
         },
         {
             "properties": {
-                "inputs": _lengths(windows),
+                "inputs": _lengths(truncate, pairs=True),
+                "parameters": {"properties": {"long_text": {"const": "truncate"}, **pairs}},
+            }
+        },
+        {
+            "properties": {
+                "inputs": _lengths(windows, pairs=False),
                 "parameters": {
                     "properties": {
                         "long_text": {"const": "windows"},
@@ -501,7 +524,16 @@ def _limited(
             "required": ["parameters"],
         },
     ]
+    for name in ("SeedBody", "HuggingFaceBody"):  # the same bodies without their pairs' shape (jobs)
+        one_text = copy.deepcopy(schemas[name])
+        del one_text["anyOf"][1]
+        schemas[f"{name}{_ONE_TEXT}"] = {**one_text, "title": f"{name}{_ONE_TEXT}"}
     return schemas
+
+
+def _shape(shape: dict[str, Any], properties: dict[str, Any]) -> dict[str, Any]:
+    """One of a body's shapes, with more of its properties constrained."""
+    return {**shape, "properties": {**shape["properties"], **properties}}
 
 
 def _branch(schema: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -513,7 +545,12 @@ def _limit_count(texts: dict[str, Any], max_texts: int) -> None:
     _branch(texts, "array")["maxItems"] = max_texts
 
 
-def _lengths(max_chars: int) -> dict[str, Any]:
-    """At most `max_chars` characters per text, whether one text or a list of them (maxLength
-    constrains only strings and items only arrays)."""
-    return {"maxLength": max_chars, "items": {"maxLength": max_chars}}
+def _lengths(max_chars: int, pairs: bool) -> dict[str, Any]:
+    """At most `max_chars` characters per text, whether one text, a pair, or a list of them
+    (maxLength constrains only strings, properties only objects and items only arrays); `pairs`
+    False: no pair at all."""
+    text = {"maxLength": max_chars}
+    if not pairs:
+        return {**text, "not": {"type": "object"}, "items": {**text, "not": {"type": ["object", "array"]}}}
+    pair = {**text, "properties": {"text": text, "text_pair": text}}
+    return {**pair, "items": {**pair, "items": text}}

@@ -29,7 +29,8 @@ from api.negotiation import (
 from api.openapi import openapi_document
 from api.records import is_record_type
 from shared import metrics
-from shared.errors import NotFound, Unauthorized
+from shared.errors import InvalidRequest, NotFound, Unauthorized
+from shared.io.inputs import TextPair
 from shared.io.results import body
 from shared.jobs.inline import JobQueue
 from shared.jobs.record import JobRecord, new_record
@@ -218,6 +219,10 @@ def delete_explanation(job_id: str) -> Any:
 def _submit(invocation: Invocation, classifications: list[Any]) -> Any:
     """Queue a job (202 + Location), or in single-process mode run it now (200, finished job). With
     an Idempotency-Key used before with the same request, the job it made, with the same status."""
+    if any(isinstance(text, TextPair) for text in invocation.texts):
+        raise InvalidRequest(
+            "jobs explain single texts: explain text pairs in the request (POST /invocations)"
+        )
     jobs = _jobs()
     options = invocation.parameters.explain_options()
     service = _service()

@@ -139,7 +139,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _per_row(model: Any, paths: dict[str, Any], sentences: list[str], rounds: int) -> list[dict[str, Any]]:
     """ms per row of one pass: exact's path and each candidate, rotating which goes first."""
-    from shared.runtime.fast import _exact_pass
+    from shared.serving.fast import _exact_pass
 
     short = [e.ids for e in model.encode(sentences[:64])]
     short = [r for r in short if 20 <= len(r) <= 28][:32] or short[:32]

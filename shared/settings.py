@@ -198,7 +198,7 @@ class Settings:
     window_tokens: int = _env("WINDOW_TOKENS", _int_parser(8), 256)
     max_evals_limit: int = _env("MAX_EVALS_LIMIT", _int_parser(4), 5_000)
     # precision "fast": "auto" measures the candidates at start and runs the fastest that keeps
-    # exact's ranking (shared/runtime/fast.py); a name forces that one ("exact": exact's own path).
+    # exact's ranking (shared/serving/fast.py); a name forces that one ("exact": exact's own path).
     fast_backend: str = _env(
         "FAST_BACKEND", _one_of("auto", "exact", "torch-half", "onnxruntime-int8"), "auto"
     )

@@ -1,5 +1,5 @@
 """precision "fast" is chosen by measuring where it runs: each candidate's speed against exact's path
-and its explanations against exact's (shared/runtime/fast.py)."""
+and its explanations against exact's (shared/serving/fast.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import shared.runtime.model
 from shared.explanation.explainer import explain_encoded
 from shared.io.schemas import ExplainOptions
 from shared.runtime.engine import Engine, pass_limits_for
-from shared.runtime.fast import MIN_SPEARMAN, MIN_SPEEDUP, Candidate, choose
 from shared.runtime.model import TextModel
+from shared.serving.fast import MIN_SPEARMAN, MIN_SPEEDUP, Candidate, choose
 from shared.serving.service import ClarionService
 from shared.settings import Settings
 

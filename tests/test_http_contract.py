@@ -466,22 +466,6 @@ def test_every_documented_path_answers_other_methods_with_405_and_the_documented
     assert checked > 40
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        {"data": {"text": "is it raining?", "text_pair": "the sky is clear"}},
-        {"data": [["is it raining?", "the sky is clear"]]},
-        {"data": ["one text", {"text": "is it raining?", "text_pair": "the sky is clear"}]},
-        {"inputs": {"text": "is it raining?", "text_pair": "the sky is clear"}},
-    ],
-)
-def test_a_text_pair_is_refused_saying_so(service: Service, body: dict) -> None:
-    """Pairs are not served yet: a 400 that says so, never the first text alone."""
-    response = service.post("/invocations", json=body)
-    assert response.status_code == 400, response.text
-    assert "text pairs" in response.json()["error"]["message"]
-
-
 def test_a_record_with_a_text_pair_gets_its_error_never_the_first_texts_answer(service: Service) -> None:
     lines = b'{"text": "one text"}\n{"text": "is it raining?", "text_pair": "the sky is clear"}\n'
     lines += b'{"features": ["is it raining?", "the sky is clear"]}\n'
@@ -500,11 +484,9 @@ def test_a_record_with_a_text_pair_gets_its_error_never_the_first_texts_answer(s
     assert as_clarify.status_code == 400 and "text pairs" in as_clarify.json()["error"]["message"]
 
 
-def test_kserve_pairs_are_refused_saying_so(service: Service) -> None:
+def test_a_v2_text_pair_input_is_refused_saying_so(service: Service) -> None:
     model = service.get("/ping").json()["model"]
-    v1 = service.post(f"/v1/models/{model}:predict", json={"instances": [{"text": "a", "text_pair": "b"}]})
-    assert v1.status_code == 400 and "text pairs" in v1.json()["error"]
     tensor = {"shape": [1], "datatype": "BYTES"}
     inputs = [{"name": "text", "data": ["a"], **tensor}, {"name": "text_pair", "data": ["b"], **tensor}]
     v2 = service.post(f"/v2/models/{model}/infer", json={"inputs": inputs})
-    assert v2.status_code == 400 and "text pairs" in v2.json()["error"]
+    assert v2.status_code == 400 and "text_pair is not read yet" in v2.json()["error"]

@@ -108,7 +108,8 @@ def _v1_body(seed: dict[str, Any], max_texts: int) -> dict[str, Any]:
     body = copy.deepcopy(seed)
     body["title"] = "KServeV1Body"
     body["description"] = (
-        '{"instances": [...], ...options}: each instance a text or {"text": <text>}, at most '
+        '{"instances": [...], ...options}: each instance a text, {"text": <text>} or a text pair '
+        '{"text": <text>, "text_pair": <text>}, at most '
         "MAX_TEXTS_PER_REQUEST; the options of /invocations beside them (no async)"
     )
     properties = body["properties"]
@@ -122,15 +123,23 @@ def _v1_body(seed: dict[str, Any], max_texts: int) -> dict[str, Any]:
                 "required": ["text"],
                 "additionalProperties": False,
             },
+            {  # a text pair, as the pipeline takes it
+                "type": "object",
+                "properties": {"text": _TEXT, "text_pair": _TEXT},
+                "required": ["text", "text_pair"],
+                "additionalProperties": False,
+            },
         ]
     }
     properties["instances"] = {"type": "array", "items": instance, "minItems": 1, "maxItems": max_texts}
     body["required"] = ["instances"]
-    for shape in body["anyOf"]:  # each text's length by its long_text mode
-        limit = shape["properties"].pop("data")["maxLength"]
-        shape["properties"]["instances"] = {
-            "items": {"maxLength": limit, "properties": {"text": {"maxLength": limit}}}
-        }
+    for shape in body["anyOf"]:  # each text's length by its long_text mode; pairs where it takes them
+        data = shape["properties"].pop("data")
+        limit = {"maxLength": data["maxLength"]}
+        items: dict[str, Any] = {**limit, "properties": {"text": limit, "text_pair": limit}}
+        if "not" in data:  # a shape without pairs
+            items["not"] = {"type": "object", "required": ["text_pair"]}
+        shape["properties"]["instances"] = {"items": items}
     return body
 
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.codecs import is_json_type, json_body, parse_json
 from api.kserve.binary import HEADER_LENGTH, bytes_elements, bytes_tensor, fp32_tensor, split_body
 from shared.errors import InvalidRequest, UnsupportedMediaType
-from shared.io.schemas import PAIRS_UNSUPPORTED, WholeNumber, parse_model
+from shared.io.schemas import WholeNumber, parse_model
 from shared.settings import Settings
 
 INPUT = "text"
@@ -110,7 +110,10 @@ def decode_infer(request: Request, settings: Settings) -> InferCall:
         raise InvalidRequest(f"the body must be a JSON object such as {_EXAMPLE}")
     inputs = document.get("inputs")
     if isinstance(inputs, list) and any(isinstance(i, dict) and i.get("name") == "text_pair" for i in inputs):
-        raise InvalidRequest(f"inputs: {PAIRS_UNSUPPORTED}")
+        raise InvalidRequest(
+            "inputs: a second input text_pair is not read yet: send text pairs to /invocations or to V1 "
+            '({"instances": [{"text": ..., "text_pair": ...}]})'
+        )
     parsed: InferenceRequest = parse_model(InferenceRequest, document, settings)
     options = dict(parsed.parameters)
     binary_output = options.pop("binary_data_output", False)

@@ -22,7 +22,8 @@ from api.kserve.serving import (
     service,
 )
 from shared.errors import InvalidRequest
-from shared.io.schemas import PAIRS_UNSUPPORTED, is_pair
+from shared.io.inputs import Input, TextPair
+from shared.io.schemas import PAIR_SHAPE, is_pair
 
 bp = Blueprint("kserve_v1", __name__, url_prefix=V1_PREFIX + "models")
 _EXAMPLE = '{"instances": ["a text"]}'
@@ -79,19 +80,26 @@ def _decode(explain: bool) -> Invocation:
         raise InvalidRequest(_v1_names(exc.message)) from None
 
 
-def _texts(instances: Any) -> list[str]:
+def _texts(instances: Any) -> list[Input]:
     if not isinstance(instances, list):
         raise InvalidRequest('instances: must be a list of texts (or of {"text": ...} objects)')
     texts = []
     for i, instance in enumerate(instances):
-        if is_pair(instance):
-            raise InvalidRequest(f"instances.{i}: {PAIRS_UNSUPPORTED}")
+        if is_pair(instance) and isinstance(instance, dict):  # {"text", "text_pair"}, as the pipeline takes
+            texts.append(_pair(instance, i))
+            continue
         if isinstance(instance, dict) and set(instance) == {"text"}:
             instance = instance["text"]
         if not isinstance(instance, str):
             raise InvalidRequest(f'instances.{i}: an instance is a text, or an object {{"text": <text>}}')
         texts.append(instance)
     return texts
+
+
+def _pair(instance: dict[str, Any], i: int) -> TextPair:
+    if set(instance) != {"text", "text_pair"} or not all(isinstance(v, str) for v in instance.values()):
+        raise InvalidRequest(f"instances.{i}: {PAIR_SHAPE}")
+    return TextPair(instance["text"], instance["text_pair"])
 
 
 def _v1_names(message: str) -> str:

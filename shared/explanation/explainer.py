@@ -21,7 +21,8 @@ from shared.errors import InvalidRequest
 from shared.explanation.faithfulness import BINS, aopc, deletions
 from shared.explanation.masking import TextMask, token_segments
 from shared.explanation.owen import OwenSteps, owen_values, text_clustering
-from shared.explanation.units import stripped_span, text_units
+from shared.explanation.units import joined_clustering, pair_units, stripped_span, text_units
+from shared.io.inputs import Input
 from shared.io.results import Explanation, Faithfulness
 from shared.io.schemas import ExplainOptions
 from shared.kinds import Output
@@ -69,6 +70,8 @@ class _Game:
     # masking "text": the text's token substrings, from which each masked text is rebuilt, and how
     segments: list[str] | None = None
     text_mask: TextMask | None = None
+    # A text pair: each player's text (0: text, 1: text_pair)
+    sides: list[int] | None = None
 
     def rows_needed(self, documents: list[np.ndarray]) -> list[np.ndarray]:
         """The model rows these (masked) documents need that this text has not run yet."""
@@ -117,7 +120,7 @@ class _Game:
 
 
 def explain_texts(
-    engine: Engine, texts: Sequence[str], options: ExplainOptions, ticket: Ticket | None = None
+    engine: Engine, texts: Sequence[Input], options: ExplainOptions, ticket: Ticket | None = None
 ) -> list[Explanation]:
     return explain_encoded(engine, engine.model.encode(texts, options.long_text), options, ticket)
 
@@ -332,6 +335,8 @@ def _advance(game: _Game, outputs: np.ndarray | None) -> None:
 
 
 def new_game(model: TextModel, encoded: EncodedText, options: ExplainOptions) -> _Game:
+    if encoded.text_pair is not None:
+        return _pair_game(model, encoded, options)
     by_text = options.masking == "text"
     length = len(encoded.ids)
     keep = np.zeros(length, dtype=bool)
@@ -356,6 +361,66 @@ def new_game(model: TextModel, encoded: EncodedText, options: ExplainOptions) ->
         segments=token_segments(encoded.text, encoded.offsets) if by_text else None,
         text_mask=TextMask.of(model.tokenizer) if by_text else None,
     )
+
+
+def _pair_game(model: TextModel, encoded: EncodedText, options: ExplainOptions) -> _Game:
+    """A text pair's game: players from both texts, the tree's first split between the two texts
+    (each text's own tree under its half), every special token kept ([CLS], the [SEP]s between and
+    after the texts: SHAP never masks its separator)."""
+    check_pair_options(options)
+    assert encoded.text_pair is not None and encoded.sequence is not None
+    keep = encoded.sequence < 0
+    texts = (encoded.text, encoded.text_pair)
+    if options.granularity == "token":
+        split = int(np.argmax(encoded.sequence == 1))  # the second text's first token
+        segments = _pair_segments(encoded)
+        sep = model.tokenizer.sep_token
+        halves = [segments[:split], segments[split:]]
+        trees = [text_clustering(half, sep) if len(half) > 1 else np.zeros((0, 4)) for half in halves]
+        clustering = joined_clustering(trees[0], len(halves[0]), trees[1], len(halves[1]))
+        players, spans = np.arange(len(encoded.ids)), None
+        sides = [int(s) if s >= 0 else int(i >= split) for i, s in enumerate(encoded.sequence)]
+    else:
+        units, sides = pair_units(texts, encoded.offsets, encoded.sequence, keep, options.granularity)
+        players, spans, clustering = units.of_token, units.spans, units.clustering
+    return _Game(
+        encoded=encoded,
+        keep=keep,
+        player_of_token=players,
+        players=len(encoded.ids) if spans is None else len(spans),
+        spans=spans,
+        clustering=clustering,
+        label_indexes=[],
+        sides=sides,
+    )
+
+
+def check_pair_options(options: ExplainOptions) -> None:
+    """What a text pair's explanation cannot take (each a 400; long_text "windows": TextEncoder)."""
+    if options.masking == "text":
+        raise InvalidRequest('masking "text" explains one text: a text pair is masked by its tokens')
+    if options.precision == "amortized":
+        raise InvalidRequest('precision "amortized" learnt single texts: explain a text pair exact or fast')
+    if options.faithfulness:
+        raise InvalidRequest("faithfulness deletes units of one text: it is not measured on text pairs")
+
+
+def _pair_segments(encoded: EncodedText) -> list[str]:
+    """Each token's substring of its own text (special tokens: empty), as SHAP's Text masker cuts one
+    text's tokens."""
+    assert encoded.text_pair is not None and encoded.sequence is not None
+    texts = {0: encoded.text, 1: encoded.text_pair}
+    segments = [""] * len(encoded.offsets)
+    next_start: dict[int, int | None] = {0: None, 1: None}  # the next token's start, in each text
+    for i in range(len(encoded.offsets) - 1, -1, -1):
+        side = int(encoded.sequence[i])
+        if side < 0:
+            continue
+        start, end = encoded.offsets[i]
+        following = next_start[side]
+        segments[i] = texts[side][start : end if following is None else max(end, following)]
+        next_start[side] = start
+    return segments
 
 
 def check_options(model: TextModel, options: ExplainOptions) -> None:
@@ -393,6 +458,7 @@ def _explanation(model: TextModel, game: _Game, options: ExplainOptions) -> Expl
     return Explanation(
         units=units,
         offsets=spans,
+        segments=game.sides,
         granularity=options.granularity,
         long_text=options.long_text,
         windows=len(game.encoded.windows) or 1,
@@ -425,6 +491,8 @@ def _token_units(model: TextModel, game: _Game) -> tuple[list[str], list[tuple[i
     A token's text and span leave out the whitespace its offsets may hold (byte-level BPE and
     SentencePiece tokens start with the space before their word): a space marker alone is empty."""
     text, offsets, ids = game.encoded.text, game.encoded.offsets, game.encoded.ids
+    if game.sides is not None:
+        return _pair_token_units(model, game)
     tokens, spans = [], []
     end_of_text = max((end for _, end in offsets), default=0)
     for i, (start, end) in enumerate(offsets):
@@ -439,6 +507,32 @@ def _token_units(model: TextModel, game: _Game) -> tuple[list[str], list[tuple[i
     return tokens, spans
 
 
+def _pair_token_units(model: TextModel, game: _Game) -> tuple[list[str], list[tuple[int, int]]]:
+    """A pair's tokens: each in its own text; a special token by name, at the start of the first
+    text ([CLS]) or at the end of the text it closes."""
+    encoded, sides = game.encoded, game.sides
+    assert sides is not None and encoded.text_pair is not None
+    texts = (encoded.text, encoded.text_pair)
+    ends = [max((e for (_, e), s in zip(encoded.offsets, encoded.sequence, strict=True) if s == i), default=0)
+            for i in (0, 1)]  # fmt: skip
+    tokens, spans = [], []
+    for i, (start, end) in enumerate(encoded.offsets):
+        if game.keep[i]:
+            tokens.append(model.tokenizer.convert_ids_to_tokens(int(encoded.ids[i])))
+            edge = 0 if i == 0 else ends[sides[i]]
+            spans.append((edge, edge))
+        else:
+            start, end = stripped_span(texts[sides[i]], start, end)
+            tokens.append(texts[sides[i]][start:end])
+            spans.append((start, end))
+    return tokens, spans
+
+
 def _text_units(game: _Game) -> tuple[list[str], list[tuple[int, int]]]:
     assert game.spans is not None
-    return [game.encoded.text[start:end] for start, end in game.spans], game.spans
+    if game.sides is None:
+        return [game.encoded.text[start:end] for start, end in game.spans], game.spans
+    texts = (game.encoded.text, game.encoded.text_pair or "")
+    return [
+        texts[side][start:end] for side, (start, end) in zip(game.sides, game.spans, strict=True)
+    ], game.spans

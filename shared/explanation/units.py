@@ -297,3 +297,56 @@ def _merge_adjacent(
         if i < len(groups) - 1:
             scores[i] = score(groups[i], groups[i + 1])
     return groups[0]
+
+
+def pair_units(
+    texts: tuple[str, str],
+    offsets: Sequence[tuple[int, int]],
+    sequence: np.ndarray,
+    keep: np.ndarray,
+    granularity: Granularity,
+) -> tuple[Units, list[int]]:
+    """The units of a text pair: each text's own (their offsets index into their own text), the
+    first text's before the second's, and a tree whose first split separates the two texts, each
+    text's own tree under its half. With each unit's text (0 or 1)."""
+    halves = [
+        text_units(
+            texts[i],
+            [o if s == i else (0, 0) for o, s in zip(offsets, sequence, strict=True)],  # its own text's
+            keep | (sequence != i),
+            granularity,
+        )
+        for i in (0, 1)
+    ]
+    first, second = halves
+    n = len(first.spans)
+    of_token = np.where(
+        sequence == 0, first.of_token, np.where(second.of_token >= 0, second.of_token + n, -1)
+    )
+    of_token = np.where(keep, -1, of_token)
+    clustering = joined_clustering(first.clustering, n, second.clustering, len(second.spans))
+    units = Units(spans=first.spans + second.spans, of_token=of_token, clustering=clustering)
+    return units, [0] * n + [1] * len(second.spans)
+
+
+def joined_clustering(left: np.ndarray, m_left: int, right: np.ndarray, m_right: int) -> np.ndarray:
+    """Two trees (SHAP's linkage format) under one new root: the left's leaves first, then the
+    right's; the root's distance above every other, so that it is the first split."""
+    m = m_left + m_right
+    if m_left == 0 or m_right == 0:
+        return left if m_right == 0 else right
+    rows = []
+
+    def moved(node: float, side: str) -> int:
+        node = int(node)
+        if side == "left":
+            return node if node < m_left else m + (node - m_left)
+        return node + m_left if node < m_right else m + (m_left - 1) + (node - m_right)
+
+    for side, tree in (("left", left), ("right", right)):
+        for a, b, distance, size in tree:
+            rows.append([moved(a, side), moved(b, side), distance, size])
+    roots = [m + m_left - 2 if m_left > 1 else 0, m + m - 3 if m_right > 1 else m_left]
+    top = max((row[2] for row in rows), default=0.0) + 1.0
+    rows.append([roots[0], roots[1], top, m])
+    return np.asarray(rows, dtype=float).reshape(-1, 4)

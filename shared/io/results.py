@@ -26,6 +26,9 @@ class Classification(Result):
 
     prediction: list[LabelScore]
     truncated: bool = Field(description="the text was longer than the model's maximum length")
+    truncated_texts: list[str] | None = Field(
+        None, description='a text pair: which of its texts truncation shortened ("text", "text_pair")'
+    )
 
     @property
     def top_label(self) -> str:
@@ -53,6 +56,7 @@ class Explanation(Result):
     # Records and cache entries written before granularity existed call the units "tokens".
     units: list[str] = Field(validation_alias=AliasChoices("units", "tokens"))
     offsets: list[tuple[int, int]]
+    segments: list[int] | None = None  # a text pair: each unit's text (0: text, 1: text_pair)
     granularity: Granularity = "token"
     long_text: LongText = "truncate"
     windows: int = 1  # the rows the model reads the text in: 1, or its windows
@@ -139,7 +143,16 @@ class TextResult(Result):
         description="each unit (token, word, sentence or paragraph: see explanation_parameters."
         "granularity) with its attribution per explained label (when explained)",
     )
-    offsets: list[tuple[int, int]] | None = Field(None, description="each unit's [start, end) in the text")
+    offsets: list[tuple[int, int]] | None = Field(
+        None, description="each unit's [start, end) in the text (a text pair: in its own text, see segments)"
+    )
+    segments: list[int] | None = Field(
+        None,
+        description="a text pair: each unit's text, 0 for text and 1 for text_pair (parallel to offsets)",
+    )
+    truncated_texts: list[str] | None = Field(
+        None, description='a text pair: which of its texts truncation shortened ("text", "text_pair")'
+    )
     base_values: dict[str, float] | None = None
     model_output: dict[str, float] | None = None
     explanation_parameters: ExplanationParameters | None = None
@@ -151,9 +164,14 @@ class TextResult(Result):
 def text_response(
     classification: Classification, explanation: Explanation | None, model_id: str
 ) -> TextResult:
+    pair = (
+        {"truncated_texts": classification.truncated_texts}
+        if classification.truncated_texts is not None
+        else {}
+    )
     if explanation is None:
         return TextResult(
-            prediction=classification.prediction, truncated=classification.truncated, model=model_id
+            prediction=classification.prediction, truncated=classification.truncated, model=model_id, **pair
         )
     return TextResult(
         prediction=classification.prediction,
@@ -161,6 +179,8 @@ def text_response(
         model=model_id,
         explanation=explanation.unit_pairs(),
         offsets=explanation.offsets,
+        **({"segments": explanation.segments} if explanation.segments is not None else {}),
+        **pair,
         base_values=explanation.base_values,
         model_output=explanation.model_output,
         explanation_parameters=ExplanationParameters(

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from shared.errors import InvalidRequest
+from shared.io.inputs import TextPair
 from shared.kinds import GRANULARITIES, Granularity, LongText, Masking, Output, Precision
 from shared.settings import Settings
 
@@ -36,17 +37,40 @@ TEXT_JSON_SCHEMA: dict[str, Any] = {
     "surrogates), at most MAX_TEXT_CHARS characters (MAX_WINDOWED_TEXT_CHARS with long_text "
     '"windows").',
 }
-TEXTS_JSON_SCHEMA: dict[str, Any] = {
-    "anyOf": [TEXT_JSON_SCHEMA, {"type": "array", "items": TEXT_JSON_SCHEMA, "minItems": 1}],
-    "description": "A text, or a list of texts (at least one, at most MAX_TEXTS_PER_REQUEST): a result "
-    "for a text, a list of results for a list.",
+PAIR_JSON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"text": TEXT_JSON_SCHEMA, "text_pair": TEXT_JSON_SCHEMA},
+    "required": ["text", "text_pair"],
+    "additionalProperties": False,
+    "description": "A text pair (NLI, cross-encoders): classified together, with token types, as "
+    'transformers\' pipeline classifies {"text", "text_pair"}.',
 }
-# Text pairs (NLI, cross-encoders: a text and its text_pair, with token types) are not served yet:
-# every way in says so, rather than refusing the shape in general terms or reading the first text
-# alone (a JSON Lines record's text_pair was once dropped without a word).
+# In a list of inputs, a pair may also be [text, text_pair].
+PAIR_LIST_JSON_SCHEMA: dict[str, Any] = {
+    "type": "array",
+    "items": TEXT_JSON_SCHEMA,
+    "minItems": 2,
+    "maxItems": 2,
+}
+INPUT_JSON_SCHEMA: dict[str, Any] = {"anyOf": [TEXT_JSON_SCHEMA, PAIR_JSON_SCHEMA, PAIR_LIST_JSON_SCHEMA]}
+TEXTS_JSON_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        TEXT_JSON_SCHEMA,
+        PAIR_JSON_SCHEMA,
+        {"type": "array", "items": INPUT_JSON_SCHEMA, "minItems": 1},
+    ],
+    "description": "A text or a text pair, or a list of them (at least one, at most MAX_TEXTS_PER_REQUEST): "
+    "a result for one, a list of results for a list.",
+}
+# Where a text pair cannot be served (records, analyses, jobs' files: one text per record), the
+# answer says so rather than reading the first text alone (a JSON Lines record's text_pair was once
+# dropped without a word).
 PAIRS_UNSUPPORTED = (
-    "text pairs (a text with a text_pair) are not served: this deployment classifies one text per "
-    "input, and reading only the first text would give another answer than the pair's"
+    "text pairs (a text with a text_pair) are not read from records: send them in a JSON body "
+    '({"data": {"text": ..., "text_pair": ...}}); reading only the first text would answer another question'
+)
+PAIR_SHAPE = (
+    'a text pair is {"text": <text>, "text_pair": <text>} (or, in a list of inputs, [<text>, <text>])'
 )
 
 
@@ -58,16 +82,29 @@ def is_pair(item: Any) -> bool:
     return isinstance(item, list) and len(item) == 2 and all(isinstance(v, str) for v in item)
 
 
-def _no_pairs(value: Any) -> Any:
-    """A clear 400 for pairs: one ({"text", "text_pair"}), or any item of a list of inputs."""
-    if (isinstance(value, dict) and is_pair(value)) or (isinstance(value, list) and any(map(is_pair, value))):
-        raise ValueError(PAIRS_UNSUPPORTED)
-    return value
+def _as_pair(item: Any) -> Any:
+    """A pair as sent, as a TextPair; anything else as it is (its type is checked after)."""
+    if isinstance(item, dict):
+        if set(item) != {"text", "text_pair"} or not all(isinstance(v, str) for v in item.values()):
+            raise ValueError(PAIR_SHAPE)
+        return TextPair(item["text"], item["text_pair"])
+    if isinstance(item, list) and len(item) == 2 and all(isinstance(v, str) for v in item):
+        return TextPair(item[0], item[1])
+    return item
 
 
-# Validated as `str | list[str]` (the messages clients read: "text 0 is empty", ...); documented
+def _read_pairs(value: Any) -> Any:
+    """Texts and pairs: one input (a text, or a pair object), or a list of inputs."""
+    if isinstance(value, list):
+        return [_as_pair(item) for item in value]
+    return _as_pair(value) if isinstance(value, dict) else value
+
+
+# Validated as texts and TextPairs (the messages clients read: "text 0 is empty", ...); documented
 # with the rules _check_texts enforces. api/openapi.py adds the limits of the settings it serves.
-Texts = Annotated[str | list[str], BeforeValidator(_no_pairs), WithJsonSchema(TEXTS_JSON_SCHEMA)]
+Texts = Annotated[
+    str | TextPair | list[str | TextPair], BeforeValidator(_read_pairs), WithJsonSchema(TEXTS_JSON_SCHEMA)
+]
 LabelNames = Annotated[
     list[str], WithJsonSchema({"type": "array", "items": {"type": "string"}, "minItems": 1})
 ]
@@ -266,21 +303,31 @@ def _settings(info: ValidationInfo) -> Settings:
     return settings
 
 
+def _inputs(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _texts_of(item: Any) -> tuple[str, ...]:
+    """An input's texts: a pair's two in turn."""
+    return (item.text, item.text_pair) if isinstance(item, TextPair) else (item,)
+
+
 def _check_texts(value: Texts, info: ValidationInfo) -> Texts:
     settings = _settings(info)
-    texts = [value] if isinstance(value, str) else value
-    if not texts:
+    inputs = _inputs(value)
+    if not inputs:
         raise ValueError("must contain at least one text")
-    if len(texts) > settings.max_texts:
+    if len(inputs) > settings.max_texts:
         raise ValueError(f"at most {settings.max_texts} texts per request")
-    for i, text in enumerate(texts):
-        if not _is_unicode(text):  # JSON can carry "\ud800"; the tokenizer cannot encode it
-            raise ValueError(f"text {i} is not valid Unicode: it holds a lone surrogate (U+D800-U+DFFF)")
-        if not text.strip():
-            raise ValueError(f"text {i} is empty")
-        limit = max(settings.max_text_chars, settings.max_windowed_text_chars)
-        if len(text) > limit:  # the limit of the texts' mode is checked once the options are known
-            raise ValueError(f"text {i} has {len(text)} characters; the limit is {limit}")
+    limit = max(settings.max_text_chars, settings.max_windowed_text_chars)
+    for i, item in enumerate(inputs):
+        for text in _texts_of(item):
+            if not _is_unicode(text):  # JSON can carry "\ud800"; the tokenizer cannot encode it
+                raise ValueError(f"text {i} is not valid Unicode: it holds a lone surrogate (U+D800-U+DFFF)")
+            if not text.strip():
+                raise ValueError(f"text {i} is empty")
+            if len(text) > limit:  # the limit of the texts' mode is checked once the options are known
+                raise ValueError(f"text {i} has {len(text)} characters; the limit is {limit}")
     return value
 
 
@@ -288,10 +335,13 @@ def _check_lengths(texts: Texts, long_text: str, info: ValidationInfo) -> None:
     settings = _settings(info)
     windows = long_text == "windows"
     limit = settings.max_windowed_text_chars if windows else settings.max_text_chars
-    for i, text in enumerate([texts] if isinstance(texts, str) else texts):
-        if len(text) > limit:
-            hint = "" if windows else f'; long_text "windows" takes up to {settings.max_windowed_text_chars}'
-            raise ValueError(f"text {i} has {len(text)} characters; the limit is {limit}{hint}")
+    for i, item in enumerate(_inputs(texts)):
+        for text in _texts_of(item):
+            if len(text) > limit:
+                hint = (
+                    "" if windows else f'; long_text "windows" takes up to {settings.max_windowed_text_chars}'
+                )
+                raise ValueError(f"text {i} has {len(text)} characters; the limit is {limit}{hint}")
 
 
 def _is_unicode(text: str) -> bool:

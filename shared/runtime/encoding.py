@@ -9,7 +9,14 @@ from typing import Any
 
 import numpy as np
 
+from shared.errors import InvalidRequest
+from shared.io.inputs import Input, TextPair
 from shared.kinds import LongText
+
+# A row of a text pair carries each token's type (transformers' token_type_ids) beside its id: id +
+# TYPE_STRIDE * type. A masked token keeps its type, rows of pairs never collide with rows of single
+# texts in a memo or a cache, and the model splits them apart again (TextModel.forward).
+TYPE_STRIDE = 1 << 40
 
 
 @dataclass(frozen=True)
@@ -27,9 +34,18 @@ class EncodedText:
     windows: tuple[tuple[int, int], ...] = ()
     prefix: int = 0  # boundary tokens at the start and end of `ids` (windowed documents)
     suffix: int = 0
+    # A text pair: the second text, each token's sequence (0, 1; -1 for special tokens, whose
+    # offsets are (0, 0)), its token types where the model reads them, and which texts truncation
+    # shortened ("text", "text_pair"). A token's offsets index into its own sequence's text.
+    text_pair: str | None = None
+    sequence: np.ndarray | None = None
+    types: np.ndarray | None = None
+    truncated_texts: tuple[str, ...] = ()
 
     def rows(self, ids: np.ndarray) -> list[np.ndarray]:
         """The rows the model runs for these ids (this text's, possibly masked): one, or a window each."""
+        if self.types is not None:
+            return [ids + self.types * TYPE_STRIDE]
         if not self.windows:
             return [ids]
         head, tail = ids[: self.prefix], ids[len(ids) - self.suffix :]
@@ -78,9 +94,16 @@ class TextEncoder:
     # document came back truncated, its offsets wrong). Every call goes through this lock.
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def encode(self, texts: Sequence[str], long_text: LongText = "truncate") -> list[EncodedText]:
+    def encode(self, texts: Sequence[Input], long_text: LongText = "truncate") -> list[EncodedText]:
         """Tokenize: truncated to the model's maximum length (saying which texts were), or whole and
-        cut into windows (`long_text="windows"`)."""
+        cut into windows (`long_text="windows"`); a pair as transformers' pipeline encodes one."""
+        if any(isinstance(text, TextPair) for text in texts):
+            singles = [t for t in texts if isinstance(t, str)]
+            encoded = iter(self.encode(singles, long_text) if singles else [])
+            return [
+                self._encode_pair(t, long_text) if isinstance(t, TextPair) else next(encoded) for t in texts
+            ]
+        texts = [str(text) for text in texts]
         if long_text == "windows":
             return [self._encode_whole(text) for text in texts]
         with self._lock:
@@ -112,6 +135,53 @@ class TextEncoder:
             assert item is not None
             out.append(EncodedText(item.text, item.ids, item.offsets, item.special, was_truncated))
         return out
+
+    @property
+    def takes_pairs(self) -> bool:
+        """The tokenizer has a template for pairs: special tokens that set the second text apart
+        (a GPT-2 tokenizer only concatenates the two, so its classifier cannot tell them apart)."""
+        tokenizer = self.tokenizer
+        return tokenizer.num_special_tokens_to_add(pair=True) > tokenizer.num_special_tokens_to_add(
+            pair=False
+        )
+
+    def _encode_pair(self, pair: TextPair, long_text: LongText) -> EncodedText:
+        """A pair as the pipeline encodes it: the tokenizer's pair template, its token types, and its
+        truncation strategy for pairs (longest first), saying which text it shortened."""
+        if long_text == "windows":
+            raise InvalidRequest('long_text "windows" reads one text: a text pair is truncated to the model')
+        if not self.takes_pairs:
+            raise InvalidRequest("this model's tokenizer has no template for text pairs: send one text")
+        with self._lock:
+            enc = self.tokenizer(
+                pair.text,
+                pair.text_pair,
+                truncation=True,
+                max_length=self.max_length,
+                return_offsets_mapping=True,
+                return_special_tokens_mask=True,
+            )
+            whole = [
+                len(self.tokenizer(t, add_special_tokens=False)["input_ids"])
+                for t in (pair.text, pair.text_pair)
+            ]
+        sequence = np.array([-1 if s is None else s for s in enc.sequence_ids()], dtype=np.int64)
+        kept = [int((sequence == i).sum()) for i in (0, 1)]
+        truncated = tuple(
+            name for name, n, w in zip(("text", "text_pair"), kept, whole, strict=True) if n < w
+        )
+        types = np.asarray(enc["token_type_ids"], dtype=np.int64) if "token_type_ids" in enc else None
+        return EncodedText(
+            text=pair.text,
+            ids=np.asarray(enc["input_ids"], dtype=np.int64),
+            offsets=[(0, 0) if o is None else (int(o[0]), int(o[1])) for o in enc["offset_mapping"]],
+            special=np.asarray(enc["special_tokens_mask"], dtype=bool),
+            truncated=bool(truncated),
+            text_pair=pair.text_pair,
+            sequence=sequence,
+            types=types if types is not None and types.any() else None,
+            truncated_texts=truncated,
+        )
 
     def _encode_whole(self, text: str) -> EncodedText:
         with self._lock:

@@ -31,14 +31,12 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from shared.runtime.model import TextModel
-from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +54,6 @@ MARGIN = 1.05
 TIMED = ((8, 24), (2, 256))
 ROUNDS = 4
 TEXT = "The film was not very good, but I loved the acting and the music."
-
-
-def configured_mode() -> str:
-    """ONNX_FUSION, parsed as Settings parses it (onnx_exact's callers hand it no Settings)."""
-    (spec,) = (f for f in fields(Settings) if f.name == "onnx_fusion")
-    name = spec.metadata["env"]
-    return spec.default if name not in os.environ else spec.metadata["parse"](name, os.environ[name])
 
 
 def fused_if_faster(

@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from shared.io.inputs import Input
 from shared.kinds import Activation, LongText, Output, Precision
-from shared.runtime.encoding import EncodedText, TextEncoder
+from shared.runtime.encoding import TYPE_STRIDE, EncodedText, TextEncoder
 from shared.runtime.heads import scores
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class TextModel:
     activation: Activation
     # Set when exact passes run elsewhere than torch (shared/runtime/onnx.py): (ids, attention) -> logits.
     exact_runner: Any = field(default=None, repr=False)
-    # What runs "fast" passes, chosen by measurement (shared/runtime/fast.py): torch in half
+    # What runs "fast" passes, chosen by measurement (shared/serving/fast.py): torch in half
     # precision, the int8 graph, ...; None: exact's own path.
     fast_runner: Any = field(default=None, repr=False)
     # Held by every pass of the engine, and by `token_states` (the amortized explainer's features,
@@ -90,7 +91,7 @@ class TextModel:
         """Tokens per window, boundary tokens included: WINDOW_TOKENS, at most the maximum length."""
         return self.encoder.window_width
 
-    def encode(self, texts: Sequence[str], long_text: LongText = "truncate") -> list[EncodedText]:
+    def encode(self, texts: Sequence[Input], long_text: LongText = "truncate") -> list[EncodedText]:
         """Tokenize (TextEncoder.encode): truncated to the maximum length, or whole and in windows."""
         return self.encoder.encode(texts, long_text)
 
@@ -116,11 +117,12 @@ class TextModel:
             rows = [*rows, *[rows[0]] * (count - wanted)]  # bucket fillers: copies, dropped below
             width = bucket_width if self.pads else width
         ids, attention = self.padded(rows, width)
+        ids, types = split_types(ids)
         runner = self._runner(precision)
-        if runner is not None and width <= runner.max_width:
+        if types is None and runner is not None and width <= runner.max_width:
             logits = runner(ids, attention)
-        else:
-            logits = self.torch_forward(ids, attention)
+        else:  # the graphs and the half-precision copy read no token types: pairs run here
+            logits = self.torch_forward(ids, attention, types=types)
         return logits[:wanted]
 
     def _runner(self, precision: Precision) -> Any:
@@ -163,11 +165,15 @@ class TextModel:
         return ids, attention
 
     def torch_forward(
-        self, ids: np.ndarray, attention: np.ndarray, precision: Precision = "exact"
+        self,
+        ids: np.ndarray,
+        attention: np.ndarray,
+        precision: Precision = "exact",
+        types: np.ndarray | None = None,
     ) -> np.ndarray:
         """One pass through the fp32 torch model, whatever `precision` (a half-precision pass is a
-        fast runner's: HalfPrecisionRunner)."""
-        return torch_logits(self.model, self.device, ids, attention)
+        fast runner's: HalfPrecisionRunner); `types`: token types (a text pair's rows)."""
+        return torch_logits(self.model, self.device, ids, attention, types)
 
     @property
     def exact_backend(self) -> str:
@@ -205,7 +211,16 @@ def _shape_bucket(rows: int, width: int, max_width: int) -> tuple[int, int]:
     return rows, min(-(-width // 16) * 16, max(width, max_width))
 
 
-def torch_logits(module: Any, device: Any, ids: np.ndarray, attention: np.ndarray) -> np.ndarray:
+def split_types(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Padded rows as token ids and token types (None: no row carries any; see TYPE_STRIDE)."""
+    if ids.size == 0 or ids.max() < TYPE_STRIDE:
+        return ids, None
+    return ids % TYPE_STRIDE, ids // TYPE_STRIDE
+
+
+def torch_logits(
+    module: Any, device: Any, ids: np.ndarray, attention: np.ndarray, types: np.ndarray | None = None
+) -> np.ndarray:
     """One pass of a torch classifier (fp32 or a half-precision copy): float32 logits."""
     import torch
 
@@ -213,6 +228,8 @@ def torch_logits(module: Any, device: Any, ids: np.ndarray, attention: np.ndarra
         inputs = {"input_ids": torch.from_numpy(ids).to(device)}
         if not attention.all():
             inputs["attention_mask"] = torch.from_numpy(attention).to(device)
+        if types is not None:
+            inputs["token_type_ids"] = torch.from_numpy(types).to(device)
         return module(**inputs).logits.float().cpu().numpy()
 
 
@@ -224,7 +241,7 @@ class HalfPrecisionRunner:
     Measured on minilm (2 CPU threads, batch 64): bf16 weights ran 2.0-2.4x faster than fp32 per
     pass on a CPU with AMX or AVX512-BF16; bf16 autocast ~12 % slower than bf16 weights, and torch's
     dynamic int8 lost too much (Spearman 0.80-0.88), so torch never runs int8. Whether it beats the
-    other candidates end to end is measured where it runs (shared/runtime/fast.py)."""
+    other candidates end to end is measured where it runs (shared/serving/fast.py)."""
 
     name = "torch-half"
     max_width = 1 << 30

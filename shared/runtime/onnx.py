@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from shared.errors import ModelLoadError
-from shared.runtime.fusion import configured_mode, fused_if_faster
+from shared.runtime.fusion import fused_if_faster
 from shared.runtime.model import TextModel
 
 log = logging.getLogger(__name__)
@@ -106,11 +106,10 @@ class OnnxRunner:
         return np.asarray(logits, dtype=np.float32)
 
 
-def onnx_exact(
-    model: TextModel, cache_dir: str | Path, threads: int, fusion: str | None = None
-) -> OnnxRunner:
+def onnx_exact(model: TextModel, cache_dir: str | Path, threads: int, fusion: str = "off") -> OnnxRunner:
     """Export (or reuse the cached export of) `model`, open it, and check it against torch; then its
-    fused graph where `fusion` (ONNX_FUSION when None: auto, on or off) and fusion.py decide so."""
+    fused graph where `fusion` (ONNX_FUSION, which the service passes: auto, on or off; off by
+    default) and fusion.py decide so."""
     try:
         import onnxruntime
         import torch
@@ -130,7 +129,7 @@ def onnx_exact(
     runner = reopen(path)
     runner.export = path
     if kind != MODULE:  # the optimizer's patterns are an encoder's (fusion.py)
-        mode = configured_mode() if fusion is None else fusion
+        mode = fusion
         runner = fused_if_faster(model, runner, reopen, mode, threads)
     log.info(
         "exact passes run on onnxruntime (%s graph%s, %s in %.1fs)",

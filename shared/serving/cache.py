@@ -19,6 +19,7 @@ import json
 import logging
 from typing import Any
 
+from shared.io.inputs import Input, input_key
 from shared.io.results import Explanation
 from shared.io.schemas import ExplainOptions
 from shared.runtime.model import TextModel
@@ -29,14 +30,16 @@ REDIS_PREFIX = "clarion:explanation:"
 ExplanationCache = Cache[Explanation]
 
 
-def explanation_key(model_fingerprint: str, text: str, options: ExplainOptions, computed_by: str = "") -> str:
+def explanation_key(
+    model_fingerprint: str, text: Input, options: ExplainOptions, computed_by: str = ""
+) -> str:
     """Covers the algorithm's version, the model, the text and every option (SHAP's batch size
     included); not the pass size, which moves a number only in its last bits (engine.py).
     `computed_by`: what else makes the numbers (ClarionService._computed_by): the fast backend or
     the artifact's fingerprint; empty for "exact", whose keys stay as they were before it existed."""
     from shared.explanation.explainer import ALGORITHM_VERSION
 
-    material = [ALGORITHM_VERSION, model_fingerprint, text, list(options.cache_key())]
+    material = [ALGORITHM_VERSION, model_fingerprint, input_key(text), list(options.cache_key())]
     if computed_by:
         material.append(computed_by)
     return hashlib.sha256(json.dumps(material, default=str).encode()).hexdigest()
@@ -48,8 +51,9 @@ def fast_backend_of(model: TextModel) -> str:
     return getattr(model.fast_runner, "identity", None) or model.fast_backend
 
 
-def classification_key(model_fingerprint: str, text: str, long_text: str = "truncate") -> str:
-    material = [model_fingerprint, text] if long_text == "truncate" else [model_fingerprint, text, long_text]
+def classification_key(model_fingerprint: str, text: Input, long_text: str = "truncate") -> str:
+    key = input_key(text)
+    material = [model_fingerprint, key] if long_text == "truncate" else [model_fingerprint, key, long_text]
     return hashlib.sha256(json.dumps(material).encode()).hexdigest()
 
 

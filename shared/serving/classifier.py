@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from shared.io.inputs import Input
 from shared.io.results import Classification, LabelScore
 from shared.kinds import LongText
 from shared.runtime.encoding import EncodedText
@@ -36,6 +37,7 @@ def classification_of(model: TextModel, encoded: EncodedText, logits: np.ndarray
     return Classification(
         prediction=[LabelScore(label=model.labels[i], score=float(scores[i])) for i in order],
         truncated=encoded.truncated,
+        **({"truncated_texts": list(encoded.truncated_texts)} if encoded.text_pair is not None else {}),
     )
 
 
@@ -48,6 +50,6 @@ def classify_encoded(
 
 
 def classify(
-    engine: Engine, texts: Sequence[str], ticket: Ticket | None = None, long_text: LongText = "truncate"
+    engine: Engine, texts: Sequence[Input], ticket: Ticket | None = None, long_text: LongText = "truncate"
 ) -> list[Classification]:
     return classify_encoded(engine, engine.model.encode(texts, long_text), ticket)

@@ -21,7 +21,8 @@ from shared.explanation.amortized import (
     explain_amortized,
     load_amortized,
 )
-from shared.explanation.explainer import check_options, explain_encoded
+from shared.explanation.explainer import check_options, check_pair_options, explain_encoded
+from shared.io.inputs import Input, TextPair
 from shared.io.results import (
     API_VERSION,
     Classification,
@@ -35,7 +36,6 @@ from shared.io.schemas import ExplainOptions
 from shared.kinds import LongText
 from shared.runtime.encoding import EncodedText
 from shared.runtime.engine import Engine, Ticket, pass_limits_for
-from shared.runtime.fast import Candidate, FastChoice, choice_path, choose, save_choice, saved_choice
 from shared.runtime.loading import load_text_model
 from shared.runtime.model import HalfPrecisionRunner, TextModel
 from shared.runtime.onnx import OnnxRunner, onnx_exact, onnx_int8
@@ -47,6 +47,7 @@ from shared.serving.cache import (
     fast_backend_of,
 )
 from shared.serving.classifier import classification_of, run_unmasked
+from shared.serving.fast import Candidate, FastChoice, choice_path, choose, save_choice, saved_choice
 from shared.settings import Settings
 from shared.storage.memory import Cache, MemoryCache, NoCache, through_cache
 
@@ -101,7 +102,9 @@ class ClarionService:
             metrics.MODEL_LOAD_SECONDS.set(time.monotonic() - started)
             metrics.build_info(model.model_id)
             if settings.exact_backend == "onnxruntime":  # asked for: loading fails without it
-                model.exact_runner = onnx_exact(model, settings.model_cache_dir, self._backend_threads)
+                model.exact_runner = onnx_exact(
+                    model, settings.model_cache_dir, self._backend_threads, settings.onnx_fusion
+                )
             attach_later = settings.exact_backend == "auto" and model.device.type == "cpu"
             self._fast_provisional = True  # before serving starts
             limits = pass_limits_for(
@@ -174,7 +177,10 @@ class ClarionService:
 
     def _attach_onnx(self, model: TextModel) -> None:
         try:
-            model.exact_runner = onnx_exact(model, self.settings.model_cache_dir, self._backend_threads)
+            settings = self.settings
+            model.exact_runner = onnx_exact(
+                model, settings.model_cache_dir, self._backend_threads, settings.onnx_fusion
+            )
         except ClarionError as exc:
             log.warning("exact passes stay on torch: %s", exc.message)
         except Exception:  # any exporter or runtime error: torch keeps serving
@@ -219,7 +225,7 @@ class ClarionService:
         return candidates
 
     def _explain_with(self, model: TextModel, texts: Sequence[str], precision: str) -> list[Explanation]:
-        """The check's explanations (shared/runtime/fast.py), through an engine of their own over
+        """The check's explanations (shared/serving/fast.py), through an engine of their own over
         `model` (the served one, or a copy whose fast runner is a candidate): passes still take turns
         with the serving engine's (the model's lock)."""
         engine = Engine(model, self.engine.limits)
@@ -287,7 +293,7 @@ class ClarionService:
 
     def predict(
         self,
-        texts: Sequence[str],
+        texts: Sequence[Input],
         long_text: LongText = "truncate",
         options: ExplainOptions | None = None,
         ticket: Ticket | None = None,
@@ -299,6 +305,8 @@ class ClarionService:
         model = engine.model
         if options is not None:
             long_text = options.long_text
+            if any(isinstance(text, TextPair) for text in texts):
+                check_pair_options(options)
         ran: dict[int, tuple[EncodedText, np.ndarray]] = {}
 
         def run(indexes: list[int]) -> list[tuple[EncodedText, np.ndarray]]:
@@ -342,12 +350,12 @@ class ClarionService:
         ]
 
     def classify(
-        self, texts: Sequence[str], ticket: Ticket | None = None, long_text: LongText = "truncate"
+        self, texts: Sequence[Input], ticket: Ticket | None = None, long_text: LongText = "truncate"
     ) -> list[Classification]:
         return [p.classification for p in self.predict(texts, long_text, None, ticket)]
 
     def explain(
-        self, texts: Sequence[str], options: ExplainOptions, ticket: Ticket | None = None
+        self, texts: Sequence[Input], options: ExplainOptions, ticket: Ticket | None = None
     ) -> list[Explanation]:
         explanations = [p.explanation for p in self.predict(texts, options.long_text, options, ticket)]
         return [e for e in explanations if e is not None]
