@@ -24,7 +24,7 @@ from api.records import CSV_RECORD, JSON_LINES_RECORD
 from shared.analysis.aggregate import AGG_METHODS
 from shared.analysis.units import NORMALIZE_PATTERN
 from shared.io.results import API_VERSION, Health, TextResult
-from shared.io.schemas import TEXT_JSON_SCHEMA, HuggingFaceBody, SeedBody
+from shared.io.schemas import TEXT_JSON_SCHEMA, ZERO_SHOT_OPTIONS, HuggingFaceBody, SeedBody
 from shared.kinds import GRANULARITIES, LONG_TEXTS, MASKINGS, OUTPUTS
 from shared.settings import Settings
 
@@ -467,14 +467,19 @@ def _limited(
     and the service check the same: shared/io/schemas.py), each text's length by its long_text mode
     ("amortized" reads no windows)."""
     windowed_precisions = [p for p in precisions if p != "amortized"]
+    # Zero-shot labels need an NLI model (an entailment label): elsewhere they are unknown options.
+    nli = labels is not None and any(label.lower().startswith("entail") for label in labels)
     for name in ("SeedBody", "InvocationParameters"):
         options = schemas[name]["properties"]
         options["precision"] = {**options["precision"], "enum": list(precisions)}
         _branch(options["max_evals"], "integer")["maximum"] = settings.max_evals_limit
         _branch(options["time_budget"], "number")["maximum"] = settings.time_budget_limit_s
         _branch(options["batch_size"], "integer")["maximum"] = settings.explain_batch_size_limit
-        if labels is not None:
+        if labels is not None and not nli:  # with zero-shot, `labels` may name the candidates
             _branch(options["labels"], "array")["items"] = {"type": "string", "enum": list(labels)}
+        if not nli:
+            for option in ZERO_SHOT_OPTIONS:
+                options.pop(option, None)
     truncate, windows = settings.max_text_chars, settings.max_windowed_text_chars
     seed = schemas["SeedBody"]
     _limit_count(seed["properties"]["data"], settings.max_texts)
@@ -486,14 +491,31 @@ def _limited(
         "precision": {"enum": pair_precisions},
         "faithfulness": {"const": False},
     }
+    # Zero-shot texts take what pairs take; the other shapes take no candidate labels, and their
+    # `labels` name the model's.
+    model_labels: dict[str, Any] = {}
+    if nli:
+        assert labels is not None
+        named = {"type": "array", "items": {"type": "string", "enum": list(labels)}}
+        model_labels = {
+            "labels": {"anyOf": [{"enum": ["all", "predicted"]}, named]},
+            "candidate_labels": {"type": "null"},
+        }
     truncated, windowed = seed["anyOf"]
     seed["anyOf"] = [
-        _shape(truncated, {"data": _lengths(truncate, pairs=False)}),
-        _shape(truncated, {"data": _lengths(truncate, pairs=True), **pairs}),
+        _shape(truncated, {"data": _lengths(truncate, pairs=False), **model_labels}),
+        _shape(truncated, {"data": _lengths(truncate, pairs=True), **pairs, **model_labels}),
         _shape(
-            windowed, {"data": _lengths(windows, pairs=False), "precision": {"enum": windowed_precisions}}
+            windowed,
+            {
+                "data": _lengths(windows, pairs=False),
+                "precision": {"enum": windowed_precisions},
+                **model_labels,
+            },
         ),
     ]
+    if nli:
+        seed["anyOf"].append(_shape(truncated, {"data": _lengths(truncate, pairs=False), **pairs}))
     hf = schemas["HuggingFaceBody"]
     _limit_count(hf["properties"]["inputs"], settings.max_texts)
     hf["properties"]["parameters"]["default"] = {}  # no parameters: every option's default
@@ -501,13 +523,13 @@ def _limited(
         {
             "properties": {
                 "inputs": _lengths(truncate, pairs=False),
-                "parameters": {"properties": {"long_text": {"const": "truncate"}}},
+                "parameters": {"properties": {"long_text": {"const": "truncate"}, **model_labels}},
             }
         },
         {
             "properties": {
                 "inputs": _lengths(truncate, pairs=True),
-                "parameters": {"properties": {"long_text": {"const": "truncate"}, **pairs}},
+                "parameters": {"properties": {"long_text": {"const": "truncate"}, **pairs, **model_labels}},
             }
         },
         {
@@ -517,6 +539,7 @@ def _limited(
                     "properties": {
                         "long_text": {"const": "windows"},
                         "precision": {"enum": windowed_precisions},
+                        **model_labels,
                     },
                     "required": ["long_text"],
                 },
@@ -524,8 +547,19 @@ def _limited(
             "required": ["parameters"],
         },
     ]
+    if nli:  # zero-shot texts
+        hf["anyOf"].append(
+            {
+                "properties": {
+                    "inputs": _lengths(truncate, pairs=False),
+                    "parameters": {"properties": {"long_text": {"const": "truncate"}, **pairs}},
+                }
+            }
+        )
     for name in ("SeedBody", "HuggingFaceBody"):  # the same bodies without their pairs' shape (jobs)
         one_text = copy.deepcopy(schemas[name])
+        if nli:
+            one_text["anyOf"].pop()  # zero-shot texts: jobs explain on the model's labels
         del one_text["anyOf"][1]
         schemas[f"{name}{_ONE_TEXT}"] = {**one_text, "title": f"{name}{_ONE_TEXT}"}
     return schemas

@@ -219,9 +219,10 @@ def delete_explanation(job_id: str) -> Any:
 def _submit(invocation: Invocation, classifications: list[Any]) -> Any:
     """Queue a job (202 + Location), or in single-process mode run it now (200, finished job). With
     an Idempotency-Key used before with the same request, the job it made, with the same status."""
-    if any(isinstance(text, TextPair) for text in invocation.texts):
+    if any(isinstance(text, TextPair) for text in invocation.texts) or invocation.parameters.candidate_labels:
         raise InvalidRequest(
-            "jobs explain single texts: explain text pairs in the request (POST /invocations)"
+            "jobs explain single texts on the model's labels: explain text pairs and zero-shot labels in "
+            "the request (POST /invocations)"
         )
     jobs = _jobs()
     options = invocation.parameters.explain_options()

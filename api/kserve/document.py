@@ -11,7 +11,7 @@ from typing import Any
 
 from api.kserve import EXPLANATION_FIELDS
 from api.kserve.infer import INPUT, OUTPUTS
-from shared.io.schemas import TEXT_JSON_SCHEMA
+from shared.io.schemas import TEXT_JSON_SCHEMA, ZERO_SHOT_OPTIONS
 from shared.settings import Settings
 
 _JSON = "application/json"
@@ -144,12 +144,16 @@ def _v1_body(seed: dict[str, Any], max_texts: int) -> dict[str, Any]:
 
 
 def _v2_parameters(options: dict[str, Any]) -> dict[str, Any]:
-    """InvocationParameters without `async`, with the protocol's binary_data_output."""
+    """InvocationParameters without `async` and zero-shot labels (V2's scores are the model's labels,
+    as its metadata says), with the protocol's binary_data_output."""
     parameters = copy.deepcopy(options)
     parameters["title"] = "KServeV2Parameters"
-    parameters["description"] = "the options of /invocations (no async), and binary_data_output"
+    parameters["description"] = (
+        "the options of /invocations (no async, no zero-shot labels), and binary_data_output"
+    )
     properties = parameters["properties"]
-    del properties["async"]
+    for name in ("async", *ZERO_SHOT_OPTIONS):
+        properties.pop(name, None)
     properties["explain"] = {
         **properties["explain"],
         "description": "answer the attributions output too, when `outputs` names none (naming it explains)",

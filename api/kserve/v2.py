@@ -21,6 +21,7 @@ from api.kserve.serving import (
     service,
     settings,
 )
+from shared.errors import InvalidRequest
 from shared.runtime.model import TextModel
 
 bp = Blueprint("kserve_v2", __name__, url_prefix=V2_PREFIX)
@@ -69,6 +70,11 @@ def infer(name: str) -> Response:
     model = served_model(name)
     call = decode_infer(request, settings())
     asked = invocation(call.texts, call.options)
+    if asked.parameters.candidate_labels is not None:
+        raise InvalidRequest(
+            "parameters.candidate_labels: V2's scores are the model's labels (its metadata); send zero-shot "
+            "labels to /invocations or V1"
+        )
     answered = call.answered(DEFAULT_OUTPUTS + ((ATTRIBUTIONS,) if asked.parameters.explain else ()))
     # Explaining is what the attributions output costs: it runs when they are answered, and only then.
     parameters = asked.parameters.model_copy(update={"explain": ATTRIBUTIONS in answered})

@@ -126,7 +126,7 @@ def explain_amortized(
     if options.long_text == "windows":
         raise InvalidRequest('precision "amortized" explains texts up to the model\'s length (no windows)')
     model = engine.model
-    requested = requested_label_indexes(model, options)
+    requested = requested_label_indexes(model.labels, options)
     games = [new_game(model, e, options) for e in encoded]
     none = [np.zeros((1, game.players), dtype=bool) for game in games]  # every unit masked: the base value
     masked = [game.masked_ids(mask, model)[0] for game, mask in zip(games, none, strict=True)]
@@ -138,7 +138,7 @@ def explain_amortized(
         output = model.outputs(unmasked[index][None], options.output)[0]
         base = model.outputs(base_logits[index][None], options.output)[0]
         labels = requested or predicted_label_indexes(
-            model, model.outputs(unmasked[index][None], "probability")[0]
+            model.multi_label, model.outputs(unmasked[index][None], "probability")[0]
         )
         playing = ~game.keep & (game.player_of_token >= 0)
         tokens = explainer.token_values(features[index])[:, labels]

@@ -72,6 +72,7 @@ class _Game:
     text_mask: TextMask | None = None
     # A text pair: each player's text (0: text, 1: text_pair)
     sides: list[int] | None = None
+    requested: list[int] | None = None  # the label indexes asked for; None: the predicted ones
 
     def rows_needed(self, documents: list[np.ndarray]) -> list[np.ndarray]:
         """The model rows these (masked) documents need that this text has not run yet."""
@@ -141,8 +142,11 @@ def explain_encoded(
     its end."""
     model = engine.model
     ticket = ticket or Ticket()
-    requested = requested_label_indexes(model, options)  # unknown labels fail before any work
+    # Unknown labels fail before any work (a zero-shot text's labels are its candidates).
+    requested = [requested_label_indexes(model.labels_of(e), options) for e in encoded]
     games = [new_game(model, e, options) for e in encoded]
+    for game, wanted in zip(games, requested, strict=True):
+        game.requested = wanted
     stop_at = _stop_at(ticket, options)
     for game in games:
         game.budget = 2 if game.players <= 1 else options.max_evals
@@ -157,7 +161,7 @@ def explain_encoded(
     def step(game: _Game) -> None:
         """Hand the pending documents' outputs to the text's recursion, which asks for the next."""
         if game.steps is None:
-            _start(game, engine, options, requested)
+            _start(game, engine, options)
         else:
             _advance(game, game.outputs(model, options.output)[:, game.label_indexes])
 
@@ -296,11 +300,13 @@ def _stop_at(ticket: Ticket, options: ExplainOptions) -> float | None:
     return stop_at if ticket.deadline is None else min(stop_at, ticket.deadline)
 
 
-def _start(game: _Game, engine: Engine, options: ExplainOptions, requested: list[int] | None) -> None:
+def _start(game: _Game, engine: Engine, options: ExplainOptions) -> None:
     model = engine.model
     ends = game.outputs(model, options.output)
     game.f00, game.f11 = ends[0], ends[1]
-    game.label_indexes = requested or predicted_label_indexes(model, game.outputs(model, "probability")[1])
+    game.label_indexes = game.requested or predicted_label_indexes(
+        model.multi_label_of(game.encoded), game.outputs(model, "probability")[1]
+    )
     idx = game.label_indexes
     rng = np.random.RandomState(options.seed)
     assert options.batch_size is not None  # filled in from the settings when the options were parsed
@@ -343,6 +349,9 @@ def new_game(model: TextModel, encoded: EncodedText, options: ExplainOptions) ->
     keep[: model.keep_prefix] = True
     if model.keep_suffix:
         keep[length - model.keep_suffix :] = True
+    if encoded.zero_shot is not None:  # the text's part of a pair row: every special token is kept
+        check_pair_options(options)
+        keep |= encoded.special
     if options.granularity == "token":  # SHAP's players and tree, boundary tokens included
         segments = token_segments(encoded.text, encoded.offsets)
         clustering = text_clustering(segments, model.tokenizer.sep_token) if length > 1 else np.zeros((0, 4))
@@ -396,13 +405,20 @@ def _pair_game(model: TextModel, encoded: EncodedText, options: ExplainOptions) 
 
 
 def check_pair_options(options: ExplainOptions) -> None:
-    """What a text pair's explanation cannot take (each a 400; long_text "windows": TextEncoder)."""
+    """What the explanation of a text pair or a zero-shot text (rows of two texts) cannot take,
+    each a 400 (long_text "windows": TextEncoder)."""
     if options.masking == "text":
-        raise InvalidRequest('masking "text" explains one text: a text pair is masked by its tokens')
+        raise InvalidRequest(
+            'masking "text" re-tokenizes one text: text pairs and zero-shot labels mask by token'
+        )
     if options.precision == "amortized":
-        raise InvalidRequest('precision "amortized" learnt single texts: explain a text pair exact or fast')
+        raise InvalidRequest(
+            'precision "amortized" learnt single texts: explain text pairs and zero-shot labels exact or fast'
+        )
     if options.faithfulness:
-        raise InvalidRequest("faithfulness deletes units of one text: it is not measured on text pairs")
+        raise InvalidRequest(
+            "faithfulness is measured on single texts, not on text pairs or zero-shot labels"
+        )
 
 
 def _pair_segments(encoded: EncodedText) -> list[str]:
@@ -423,25 +439,28 @@ def _pair_segments(encoded: EncodedText) -> list[str]:
     return segments
 
 
-def check_options(model: TextModel, options: ExplainOptions) -> None:
-    """Raise InvalidRequest for options this model cannot explain (before a job is accepted)."""
-    requested_label_indexes(model, options)
+def check_options(model: TextModel, options: ExplainOptions, labels: Sequence[str] | None = None) -> None:
+    """Raise InvalidRequest for options this model cannot explain (before a job is accepted);
+    `labels`: the labels the texts are scored on, when not the model's (zero-shot candidates)."""
+    requested_label_indexes(list(labels) if labels is not None else model.labels, options)
 
 
-def requested_label_indexes(model: TextModel, options: ExplainOptions) -> list[int] | None:
+def requested_label_indexes(labels: list[str], options: ExplainOptions) -> list[int] | None:
     """The labels asked for by name or "all"; None for "predicted" (known once the text ran)."""
     if options.labels == "all":
-        return list(range(len(model.labels)))
+        return list(range(len(labels)))
     if options.labels == "predicted":
         return None
-    unknown = [label for label in options.labels if label not in model.labels]
+    unknown = [label for label in options.labels if label not in labels]
     if unknown:
-        raise InvalidRequest(f"parameters.labels: unknown label(s) {unknown}; the model has {model.labels}")
-    return [model.labels.index(label) for label in dict.fromkeys(options.labels)]
+        raise InvalidRequest(
+            f"parameters.labels: unknown label(s) {unknown}; the texts are scored on {labels}"
+        )
+    return [labels.index(label) for label in dict.fromkeys(options.labels)]
 
 
-def predicted_label_indexes(model: TextModel, probabilities: np.ndarray) -> list[int]:
-    if model.multi_label:
+def predicted_label_indexes(multi_label: bool, probabilities: np.ndarray) -> list[int]:
+    if multi_label:
         chosen = [i for i, p in enumerate(probabilities) if p >= 0.5]
         return chosen or [int(np.argmax(probabilities))]
     return [int(np.argmax(probabilities))]
@@ -454,7 +473,7 @@ def _explanation(model: TextModel, game: _Game, options: ExplainOptions) -> Expl
         game.values = (f11 - f00)[game.label_indexes][None, :][: game.players]
         game.evaluations = 2
     units, spans = units_of(model, game)
-    labels = [model.labels[i] for i in game.label_indexes]
+    labels = [model.labels_of(game.encoded)[i] for i in game.label_indexes]
     return Explanation(
         units=units,
         offsets=spans,

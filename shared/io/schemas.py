@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from shared.errors import InvalidRequest
-from shared.io.inputs import TextPair
+from shared.io.inputs import DEFAULT_HYPOTHESIS, Input, TextPair, ZeroShot
 from shared.kinds import GRANULARITIES, Granularity, LongText, Masking, Output, Precision
 from shared.settings import Settings
 
@@ -352,17 +352,59 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
+ZERO_SHOT_OPTIONS = ("candidate_labels", "hypothesis_template", "multi_label")
+
+
 class InvocationParameters(ExplainOptions):
     """Everything a request may say besides its texts."""
 
     explain: bool = False
     asynchronous: bool = Field(False, alias="async")
+    candidate_labels: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=200, pattern=NON_BLANK)]] | None,
+        Field(
+            min_length=1,
+            max_length=64,
+            description="Zero-shot (an NLI model): score each text against these labels, as transformers' "
+            "zero-shot-classification pipeline does (each label's hypothesis entailed by the text); the "
+            "answer's labels are these, and an explanation explains each of them.",
+        ),
+    ] = None
+    hypothesis_template: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=500,
+            pattern=r"\{\}",
+            description="Zero-shot: the hypothesis, with {} where each label goes (the pipeline's default).",
+        ),
+    ] = DEFAULT_HYPOTHESIS
+    multi_label: bool = Field(
+        False, description="Zero-shot: score each label on its own (entailment against contradiction)"
+    )
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("candidate_labels")
+    @classmethod
+    def _distinct_labels(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("candidate_labels: each label once")
+        return value
 
     def explain_options(self) -> ExplainOptions:
         return ExplainOptions.model_construct(
             **{name: getattr(self, name) for name in ExplainOptions.model_fields}
         )
+
+    def inputs(self, texts: list[Input]) -> list[Input]:
+        """The texts as this request classifies them: with candidate_labels, each a zero-shot text
+        (text pairs take none)."""
+        if self.candidate_labels is None:
+            return texts
+        if any(not isinstance(text, str) for text in texts):
+            raise InvalidRequest("candidate_labels score single texts: a text pair takes none")
+        labels = tuple(self.candidate_labels)
+        return [ZeroShot(str(t), labels, self.hypothesis_template, self.multi_label) for t in texts]
 
 
 class SeedBody(InvocationParameters):

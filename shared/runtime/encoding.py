@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from shared.errors import InvalidRequest
-from shared.io.inputs import Input, TextPair
+from shared.io.inputs import Input, TextPair, ZeroShot
 from shared.kinds import LongText
 
 # A row of a text pair carries each token's type (transformers' token_type_ids) beside its id: id +
@@ -41,9 +41,16 @@ class EncodedText:
     sequence: np.ndarray | None = None
     types: np.ndarray | None = None
     truncated_texts: tuple[str, ...] = ()
+    # Zero-shot: `ids` are the text's part of each (text, hypothesis) row, which every row shares and
+    # masks alike; each hypothesis's part (its token types in it) follows it in its row.
+    zero_shot: ZeroShot | None = None
+    hypotheses: tuple[np.ndarray, ...] = ()
 
     def rows(self, ids: np.ndarray) -> list[np.ndarray]:
-        """The rows the model runs for these ids (this text's, possibly masked): one, or a window each."""
+        """The rows the model runs for these ids (this text's, possibly masked): one, a window each, or
+        (zero-shot) one per candidate label."""
+        if self.zero_shot is not None:
+            return [np.concatenate([ids, hypothesis]) for hypothesis in self.hypotheses]
         if self.types is not None:
             return [ids + self.types * TYPE_STRIDE]
         if not self.windows:
@@ -97,11 +104,11 @@ class TextEncoder:
     def encode(self, texts: Sequence[Input], long_text: LongText = "truncate") -> list[EncodedText]:
         """Tokenize: truncated to the model's maximum length (saying which texts were), or whole and
         cut into windows (`long_text="windows"`); a pair as transformers' pipeline encodes one."""
-        if any(isinstance(text, TextPair) for text in texts):
+        if any(not isinstance(text, str) for text in texts):
             singles = [t for t in texts if isinstance(t, str)]
             encoded = iter(self.encode(singles, long_text) if singles else [])
             return [
-                self._encode_pair(t, long_text) if isinstance(t, TextPair) else next(encoded) for t in texts
+                self._encode_other(t, long_text) if not isinstance(t, str) else next(encoded) for t in texts
             ]
         texts = [str(text) for text in texts]
         if long_text == "windows":
@@ -145,13 +152,9 @@ class TextEncoder:
             pair=False
         )
 
-    def _encode_pair(self, pair: TextPair, long_text: LongText) -> EncodedText:
+    def _encode_pair(self, pair: TextPair) -> EncodedText:
         """A pair as the pipeline encodes it: the tokenizer's pair template, its token types, and its
         truncation strategy for pairs (longest first), saying which text it shortened."""
-        if long_text == "windows":
-            raise InvalidRequest('long_text "windows" reads one text: a text pair is truncated to the model')
-        if not self.takes_pairs:
-            raise InvalidRequest("this model's tokenizer has no template for text pairs: send one text")
         with self._lock:
             enc = self.tokenizer(
                 pair.text,
@@ -181,6 +184,56 @@ class TextEncoder:
             sequence=sequence,
             types=types if types is not None and types.any() else None,
             truncated_texts=truncated,
+        )
+
+    def _encode_other(self, item: TextPair | ZeroShot, long_text: LongText) -> EncodedText:
+        if long_text == "windows":
+            raise InvalidRequest(
+                'long_text "windows" reads one text: a text pair or zero-shot text is truncated'
+            )
+        if not self.takes_pairs:
+            raise InvalidRequest(
+                "this model's tokenizer has no template for text pairs: send one text (no zero-shot labels)"
+            )
+        return self._encode_pair(item) if isinstance(item, TextPair) else self._encode_zero_shot(item)
+
+    def _encode_zero_shot(self, item: ZeroShot) -> EncodedText:
+        """The text paired with each label's hypothesis, as the zero-shot pipeline pairs them. Every
+        row shares the text's part (with the separators after it), so that one mask masks it alike
+        in all of them; where the text must be truncated (only the text is: the pipeline's
+        "only_first"), the part is the one that fits beside the longest hypothesis."""
+        with self._lock:
+            pairs = [
+                self.tokenizer(
+                    item.text,
+                    hypothesis,
+                    truncation="only_first",
+                    max_length=self.max_length,
+                    return_offsets_mapping=True,
+                    return_special_tokens_mask=True,
+                )
+                for hypothesis in item.hypotheses
+            ]
+            whole = len(self.tokenizer(item.text, add_special_tokens=False)["input_ids"])
+        starts = [list(enc.sequence_ids()).index(1) for enc in pairs]  # each hypothesis's first token
+        shortest = min(range(len(pairs)), key=lambda k: starts[k])
+        cut, base = starts[shortest], pairs[shortest]
+        hypotheses = []
+        for enc, start in zip(pairs, starts, strict=True):
+            ids = np.asarray(enc["input_ids"][start:], dtype=np.int64)
+            types = (
+                np.asarray(enc["token_type_ids"][start:], dtype=np.int64) if "token_type_ids" in enc else 0
+            )
+            hypotheses.append(ids + types * TYPE_STRIDE)
+        kept = sum(1 for s in base.sequence_ids()[:cut] if s == 0)
+        return EncodedText(
+            text=item.text,
+            ids=np.asarray(base["input_ids"][:cut], dtype=np.int64),
+            offsets=[(0, 0) if o is None else (int(o[0]), int(o[1])) for o in base["offset_mapping"][:cut]],
+            special=np.asarray(base["special_tokens_mask"][:cut], dtype=bool),
+            truncated=kept < whole,
+            zero_shot=item,
+            hypotheses=tuple(hypotheses),
         )
 
     def _encode_whole(self, text: str) -> EncodedText:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.errors import InvalidRequest
 from shared.io.inputs import Input
 from shared.kinds import Activation, LongText, Output, Precision
 from shared.runtime.encoding import TYPE_STRIDE, EncodedText, TextEncoder
@@ -103,8 +104,32 @@ class TextModel:
     def document_outputs(self, encoded: EncodedText, logits: np.ndarray, kind: Output) -> np.ndarray:
         """A text's outputs from the logits of its rows: a windowed document's is the mean of its
         windows' outputs (probabilities: the mean probability, as if each window voted with its
-        confidence; no window's length or position weighs more, since all are full)."""
+        confidence; no window's length or position weighs more, since all are full); a zero-shot
+        text's, its candidate labels' scores from its rows (one per label)."""
+        if encoded.zero_shot is not None:
+            return zero_shot_outputs(logits, self.entailment_ids(), encoded.zero_shot.multi_label, kind)
         return self.outputs(logits, kind).mean(axis=0)
+
+    def labels_of(self, encoded: EncodedText) -> list[str]:
+        """The labels a text is scored on: the model's, or a zero-shot text's candidate labels."""
+        return list(encoded.zero_shot.candidate_labels) if encoded.zero_shot is not None else self.labels
+
+    def multi_label_of(self, encoded: EncodedText) -> bool:
+        return encoded.zero_shot.multi_label if encoded.zero_shot is not None else self.multi_label
+
+    def entailment_ids(self) -> tuple[int, int]:
+        """(entailment, contradiction) logit indexes, found as transformers' zero-shot pipeline finds
+        them: the first label whose name starts with "entail", and 0 (or the last, if entailment is
+        0); InvalidRequest for a model without one (it is not an NLI model)."""
+        entailment = next(
+            (i for i, label in enumerate(self.labels) if label.lower().startswith("entail")), None
+        )
+        if entailment is None:
+            raise InvalidRequest(
+                "zero-shot labels need an NLI model with an entailment label (a name starting with "
+                f"'entail'); {self.model_id} has {self.labels}"
+            )
+        return entailment, (len(self.labels) - 1 if entailment == 0 else 0)
 
     def forward(self, rows: Sequence[np.ndarray], precision: Precision = "exact") -> np.ndarray:
         """Raw logits (rows x labels, float32) of ONE forward pass over token-id rows, padded to the
@@ -209,6 +234,25 @@ def _shape_bucket(rows: int, width: int, max_width: int) -> tuple[int, int]:
     """
     rows = 1 << (rows - 1).bit_length() if rows <= 256 else -(-rows // 256) * 256
     return rows, min(-(-width // 16) * 16, max(width, max_width))
+
+
+def zero_shot_outputs(
+    logits: np.ndarray, ids: tuple[int, int], multi_label: bool, kind: Output
+) -> np.ndarray:
+    """Each candidate label's score from its (text, hypothesis) row's logits, as transformers'
+    zero-shot pipeline computes it: a softmax of the entailment logits across the labels, or with
+    `multi_label` (or a single label) each label's softmax of (contradiction, entailment). "logit":
+    the entailment logits, or each label's entailment-minus-contradiction log-odds."""
+    entailment, contradiction = ids
+    rows = logits.astype(np.float64)
+    if multi_label or len(rows) == 1:
+        odds = rows[:, entailment] - rows[:, contradiction]
+        return odds if kind == "logit" else 1.0 / (1.0 + np.exp(-odds))
+    entailed = rows[:, entailment]
+    if kind == "logit":
+        return entailed
+    shifted = np.exp(entailed - entailed.max())
+    return shifted / shifted.sum()
 
 
 def split_types(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

@@ -35,7 +35,7 @@ def classification_of(model: TextModel, encoded: EncodedText, logits: np.ndarray
     scores = model.document_outputs(encoded, logits, "probability")
     order = np.argsort(-scores, kind="stable")
     return Classification(
-        prediction=[LabelScore(label=model.labels[i], score=float(scores[i])) for i in order],
+        prediction=[LabelScore(label=model.labels_of(encoded)[i], score=float(scores[i])) for i in order],
         truncated=encoded.truncated,
         **({"truncated_texts": list(encoded.truncated_texts)} if encoded.text_pair is not None else {}),
     )

@@ -22,7 +22,7 @@ from shared.explanation.amortized import (
     load_amortized,
 )
 from shared.explanation.explainer import check_options, check_pair_options, explain_encoded
-from shared.io.inputs import Input, TextPair
+from shared.io.inputs import Input
 from shared.io.results import (
     API_VERSION,
     Classification,
@@ -305,7 +305,7 @@ class ClarionService:
         model = engine.model
         if options is not None:
             long_text = options.long_text
-            if any(isinstance(text, TextPair) for text in texts):
+            if any(not isinstance(text, str) for text in texts):  # text pairs, zero-shot texts
                 check_pair_options(options)
         ran: dict[int, tuple[EncodedText, np.ndarray]] = {}
 

@@ -1,0 +1,172 @@
+"""Zero-shot labels: an NLI model scores a text against labels chosen per request, as transformers'
+zero-shot-classification pipeline does, and the explanation explains each candidate label."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.errors import InvalidRequest
+from shared.explanation.explainer import explain_encoded, new_game
+from shared.io.inputs import ZeroShot
+from shared.io.schemas import ExplainOptions
+from shared.runtime.engine import Engine
+from shared.serving.classifier import classify
+from tests.support import assert_close_to_scale, running_service, start_engine, wait_healthy
+
+NLI = ["contradiction", "neutral", "entailment"]
+TEXT = "the match went to extra time and the crowd went wild"  # with a hypothesis: within 64 tokens
+CANDIDATES = ("sports", "politics", "music")
+
+
+@pytest.fixture(scope="module")
+def nli_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.support import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("nli"), labels=NLI, seed=3)
+
+
+@pytest.fixture(scope="module")
+def engine(nli_dir: Path) -> Engine:
+    engine = start_engine(nli_dir)
+    yield engine
+    engine.stop()
+
+
+def pipeline_scores(model_dir: Path, text: str, labels, multi_label: bool, template: str) -> dict[str, float]:
+    from transformers import pipeline
+
+    classifier = pipeline("zero-shot-classification", model=str(model_dir), tokenizer=str(model_dir))
+    found = classifier(
+        text, candidate_labels=list(labels), multi_label=multi_label, hypothesis_template=template
+    )
+    return dict(zip(found["labels"], found["scores"], strict=True))
+
+
+@pytest.mark.parametrize(
+    ("labels", "multi_label", "template"),
+    [
+        (CANDIDATES, False, "This example is {}."),
+        (CANDIDATES, True, "This example is {}."),
+        (("sports",), False, "The topic is {}."),  # one label: the pipeline scores it on its own
+    ],
+)
+def test_scores_equal_the_zero_shot_pipeline(
+    engine: Engine, nli_dir: Path, labels, multi_label, template
+) -> None:
+    (classification,) = classify(engine, [ZeroShot(TEXT, labels, template, multi_label)])
+    mine = {s.label: s.score for s in classification.prediction}
+    expected = pipeline_scores(nli_dir, TEXT, labels, multi_label, template)
+    assert set(mine) == set(labels)
+    assert max(abs(mine[k] - expected[k]) for k in labels) <= 1e-5
+    if not multi_label and len(labels) > 1:
+        assert sum(mine.values()) == pytest.approx(1.0)
+
+
+def shap_reference(engine: Engine, encoded, game, options: ExplainOptions) -> np.ndarray:
+    """SHAP's PartitionExplainer over the game's players and tree, whose model is the zero-shot
+    score itself: each masked text paired with every hypothesis, scored as the pipeline scores."""
+    import shap
+    import torch
+
+    from shared.runtime.model import split_types
+
+    model = engine.model
+    keep, player_of_token = game.keep, game.player_of_token
+
+    def masker(mask: np.ndarray, x: np.ndarray) -> tuple[np.ndarray]:
+        present = np.zeros(len(x), dtype=bool)
+        played = player_of_token >= 0
+        present[played] = mask[player_of_token[played]]
+        present |= keep
+        return (np.where(present, x, model.mask_token_id)[None, :],)
+
+    masker.shape = (1, game.players)
+    masker.mask_shapes = lambda x: [(game.players,)]
+    masker.clustering = game.clustering
+
+    def f(texts: np.ndarray) -> np.ndarray:
+        out = []
+        for ids in np.asarray(texts, dtype=np.int64):
+            rows = encoded.rows(ids)
+            logits = []
+            for row in rows:  # one at a time: no padding to reason about
+                tokens, types = split_types(row[None, :])
+                with torch.inference_mode():
+                    kinds = None if types is None else torch.tensor(types)
+                    logits.append(
+                        model.model(input_ids=torch.tensor(tokens), token_type_ids=kinds).logits.numpy()[0]
+                    )
+            out.append(model.document_outputs(encoded, np.stack(logits), options.output))
+        return np.array(out)
+
+    explainer = shap.explainers.PartitionExplainer(f, masker)
+    np.random.seed(options.seed)
+    result = explainer(
+        encoded.ids[None, :], max_evals=options.max_evals, batch_size=options.batch_size, silent=True
+    )
+    return result.values[0]
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_each_candidate_is_explained_as_shaps_partition_explains_the_zero_shot_score(
+    engine: Engine, multi_label: bool
+) -> None:
+    item = ZeroShot(TEXT, CANDIDATES, "This example is {}.", multi_label)
+    options = ExplainOptions(max_evals=300, granularity="word", labels="all", seed=2)
+    (encoded,) = engine.model.encode([item])
+    (explanation,) = explain_encoded(engine, [encoded], options)
+    assert explanation.labels == list(CANDIDATES)
+    assert explanation.units[:3] == ["the", "match", "went"]  # the text's words only
+    for label in CANDIDATES:
+        total = explanation.base_values[label] + sum(explanation.values[label])
+        assert total == pytest.approx(explanation.model_output[label], abs=1e-6)
+    game = new_game(engine.model, encoded, options)
+    mine = np.array([explanation.values[label] for label in explanation.labels]).T
+    assert_close_to_scale(mine, shap_reference(engine, encoded, game, options), rel=1e-5)
+
+
+def test_a_model_without_an_entailment_label_is_a_clear_400(tiny_model_dir: Path) -> None:
+    plain = start_engine(tiny_model_dir)
+    try:
+        with pytest.raises(InvalidRequest, match="entailment label"):
+            classify(plain, [ZeroShot(TEXT, CANDIDATES)])
+    finally:
+        plain.stop()
+
+
+def test_zero_shot_over_http(nli_dir: Path, tmp_path: Path) -> None:
+    env = {"MODEL_DIR": str(nli_dir), "SERVERLESS": "true"}
+    with running_service(tmp_path, env) as service:
+        wait_healthy(service)
+        body = {"data": TEXT, "candidate_labels": list(CANDIDATES), "explain": True, "max_evals": 100}
+        answer = service.post("/invocations", json=body)
+        assert answer.status_code == 200, answer.text
+        result = answer.json()
+        assert {p["label"] for p in result["prediction"]} == set(CANDIDATES)
+        assert set(result["base_values"]) == set(CANDIDATES)
+        chosen = service.post("/invocations", json={**body, "labels": ["music"]}).json()
+        assert list(chosen["base_values"]) == ["music"]
+        model = service.get("/ping").json()["model"]
+        v1 = service.post(
+            f"/v1/models/{model}:predict", json={"instances": [TEXT], "candidate_labels": ["sports"]}
+        )
+        assert v1.status_code == 200 and v1.json()["predictions"][0]["prediction"][0]["label"] == "sports"
+        for refused in (
+            {"hypothesis_template": "no slot"},
+            {"candidate_labels": ["a", "a"]},
+            {"candidate_labels": []},
+            {"precision": "amortized"},
+            {"faithfulness": True},
+            {"masking": "text"},
+        ):
+            bad = service.post("/invocations", json={**body, **refused})
+            assert bad.status_code == 400, (refused, bad.text)
+        job = service.post("/explanations", json={"data": TEXT, "candidate_labels": ["sports"]})
+        assert job.status_code == 400 and "zero-shot" in job.json()["error"]["message"]
+        pair = {"text": "a", "text_pair": "b"}
+        assert service.post("/invocations", json={"data": pair, "candidate_labels": ["x"]}).status_code == 400
+        document = service.get("/openapi.json").json()
+        assert "candidate_labels" in document["components"]["schemas"]["SeedBody"]["properties"]
