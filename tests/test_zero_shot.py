@@ -170,3 +170,11 @@ def test_zero_shot_over_http(nli_dir: Path, tmp_path: Path) -> None:
         assert service.post("/invocations", json={"data": pair, "candidate_labels": ["x"]}).status_code == 400
         document = service.get("/openapi.json").json()
         assert "candidate_labels" in document["components"]["schemas"]["SeedBody"]["properties"]
+
+        from clarion_client import Clarion  # the client speaks both: zero-shot labels and text pairs
+
+        client = Clarion(service.url)
+        scored = client.classify(TEXT, candidate_labels=list(CANDIDATES), multi_label=True)
+        assert {p["label"] for p in scored["prediction"]} == set(CANDIDATES)
+        explained = client.explain({"text": "a man plays", "text_pair": "music is made"}, max_evals=60)
+        assert set(explained["segments"]) == {0, 1}

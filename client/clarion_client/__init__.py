@@ -30,7 +30,7 @@ from clarion_client.errors import (
 )
 from clarion_client.explanations import shap_explanation, text_pieces
 from clarion_client.jobs import Analysis, Job, Progress
-from clarion_client.options import AnalysisOptions, ExplainOptions
+from clarion_client.options import AnalysisOptions, ExplainOptions, ZeroShotOptions
 from clarion_client.retries import RetryPolicy
 from clarion_client.version import API_VERSION, __version__
 
@@ -60,6 +60,7 @@ __all__ = [
     "TimedOut",
     "Unauthorized",
     "UnexpectedResponse",
+    "ZeroShotOptions",
     "UnsupportedMediaType",
     "WaitTimedOut",
     "__version__",

@@ -10,12 +10,20 @@ from typing import Any, TypeVar, Unpack
 
 from clarion_client.errors import JobFailed, UnexpectedResponse, WaitTimedOut
 from clarion_client.jobs import Analysis, Job, Tracked
-from clarion_client.options import AnalysisOptions, ExplainOptions, body_options, query_options
+from clarion_client.options import (
+    AnalysisOptions,
+    ExplainOptions,
+    ZeroShotOptions,
+    body_options,
+    query_options,
+)
 from clarion_client.retries import RetryPolicy
 from clarion_client.transport import IDEMPOTENCY_KEY, JSON, Response, Transport, new_idempotency_key
 
 T = TypeVar("T", bound=Tracked)
-Texts = str | Sequence[str]
+# A text, a text pair {"text": ..., "text_pair": ...} (NLI, cross-encoders), or a list of them.
+Input = str | Mapping[str, str]
+Texts = Input | Sequence[Input]
 Result = dict[str, Any]
 
 
@@ -49,10 +57,16 @@ class Clarion:
     # ---- synchronous: POST /invocations -------------------------------------------------------
 
     def classify(
-        self, texts: Texts, *, long_text: str | None = None, timeout: float | None = None
+        self,
+        texts: Texts,
+        *,
+        long_text: str | None = None,
+        timeout: float | None = None,
+        **zero_shot: Unpack[ZeroShotOptions],
     ) -> Result | list[Result]:
-        """Every label's score: {"prediction": [{"label", "score"}, ...], "truncated", "model"}."""
-        return self._invoke(texts, {"long_text": long_text}, timeout)
+        """Every label's score: {"prediction": [{"label", "score"}, ...], "truncated", "model"};
+        with `candidate_labels` (an NLI model), every candidate's zero-shot score."""
+        return self._invoke(texts, {"long_text": long_text, **zero_shot}, timeout)
 
     def explain(
         self, texts: Texts, *, timeout: float | None = None, **options: Unpack[ExplainOptions]
@@ -196,7 +210,7 @@ class Clarion:
 
 def _texts_body(texts: Texts, options: Mapping[str, Any]) -> dict[str, Any]:
     """The original project's body: {"data": text | [texts], ...options}."""
-    data = texts if isinstance(texts, str) else list(texts)
+    data = texts if isinstance(texts, str | Mapping) else list(texts)
     return {"data": data, **body_options(options)}
 
 

@@ -28,8 +28,17 @@ class _Explanation(TypedDict, total=False):
     faithfulness: bool  # also ERASER comprehensiveness and sufficiency per explained label
 
 
-class ExplainOptions(_Explanation, total=False):
-    """The options of `explain` and `submit` (POST /invocations, POST /explanations)."""
+class ZeroShotOptions(TypedDict, total=False):
+    """Zero-shot labels (an NLI model; synchronous calls only): score the texts on these labels."""
+
+    candidate_labels: list[str]  # each label's hypothesis entailed by the text, as transformers' pipeline
+    hypothesis_template: str  # with {} where the label goes; default "This example is {}."
+    multi_label: bool  # each label on its own (entailment against contradiction)
+
+
+class ExplainOptions(_Explanation, ZeroShotOptions, total=False):
+    """The options of `explain` and `submit` (POST /invocations, POST /explanations; a job takes no
+    zero-shot labels)."""
 
     batch_size: int  # SHAP's batch size: tree nodes the Partition explainer expands per round
 
