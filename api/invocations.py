@@ -99,6 +99,10 @@ def invoke_records(call: Call, request: Request, options: dict[str, Any]) -> Res
     settings = call.settings
     if kind == JSON:  # Clarify's exchange: every record must be readable
         texts = [_valid(record, {}, settings) for record in records]
+        if any(isinstance(text, TextPair) for text in texts):
+            raise InvalidRequest(
+                "Clarify's exchange explains one text per record: ask for JSON Lines for text pairs"
+            )
         return jsonify(call.clarify(texts, request))
     parameters: InvocationParameters = parse_model(InvocationParameters, options, settings)
     if parameters.asynchronous:
@@ -125,7 +129,7 @@ def _checked(record: Record, options: dict[str, Any], settings: Settings) -> Rec
         return Record(record.line, None, exc.message)
 
 
-def _valid(record: Record, options: dict[str, Any], settings: Settings) -> str:
+def _valid(record: Record, options: dict[str, Any], settings: Settings) -> Input:
     """The record's text, checked as a text of a JSON body would be (empty, too long, not Unicode)."""
     if record.problem:
         raise InvalidRequest(record.problem)

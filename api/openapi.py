@@ -490,6 +490,7 @@ def _limited(
         "masking": {"const": "tokens"},
         "precision": {"enum": pair_precisions},
         "faithfulness": {"const": False},
+        "async": {"const": False},  # jobs explain single texts on the model's labels
     }
     # Zero-shot texts take what pairs take; the other shapes take no candidate labels, and their
     # `labels` name the model's.

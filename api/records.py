@@ -45,7 +45,7 @@ def decode_records(body: str, mimetype: str) -> list[Record]:
     else:
         # Lines end at "\n" only (as Batch Transform splits them): str.splitlines would also cut
         # at U+2028 and the like, which JSON strings may hold unescaped.
-        records = json_lines((line.rstrip("\r") for line in body.split("\n")), _TEXT_FIELDS)
+        records = json_lines((line.rstrip("\r") for line in body.split("\n")), _TEXT_FIELDS, pairs=True)
     return [
         r if r.problem is None else Record(r.line, None, f"line {r.line}: {r.problem}")
         for r in records

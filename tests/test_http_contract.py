@@ -3,7 +3,6 @@ and a battery of bad inputs that must each get a JSON 4xx, never a 500 and never
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -464,24 +463,6 @@ def test_every_documented_path_answers_other_methods_with_405_and_the_documented
             assert (response.status_code, allow) == (405, documented), (method, concrete)
             checked += 1
     assert checked > 40
-
-
-def test_a_record_with_a_text_pair_gets_its_error_never_the_first_texts_answer(service: Service) -> None:
-    lines = b'{"text": "one text"}\n{"text": "is it raining?", "text_pair": "the sky is clear"}\n'
-    lines += b'{"features": ["is it raining?", "the sky is clear"]}\n'
-    headers = {"Content-Type": "application/jsonlines", "Accept": "application/jsonlines"}
-    response = service.post("/invocations", data=lines, headers=headers)
-    assert response.status_code == 200, response.text
-    first, pair, clarify = (json.loads(line) for line in response.text.splitlines())
-    assert "prediction" in first
-    for answer in (pair, clarify):
-        assert answer["error"]["code"] == "invalid_request" and "text pairs" in answer["error"]["message"]
-    as_clarify = service.post(
-        "/invocations",
-        data=lines,
-        headers={"Content-Type": "application/jsonlines", "Accept": "application/json"},
-    )
-    assert as_clarify.status_code == 400 and "text pairs" in as_clarify.json()["error"]["message"]
 
 
 def test_a_v2_text_pair_input_is_refused_saying_so(service: Service) -> None:

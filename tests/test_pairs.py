@@ -5,6 +5,7 @@ tree."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +211,20 @@ def test_pairs_over_http(nli_dir: Path, tmp_path: Path) -> None:
         model = service.get("/ping").json()["model"]
         v1 = service.post(f"/v1/models/{model}:predict", json={"instances": [pair]})
         assert v1.status_code == 200 and v1.json()["predictions"][0]["prediction"] == body["prediction"]
+        # JSON Lines records (Batch Transform): a text_pair beside the text, or Clarify's two features.
+        lines = json.dumps(pair) + "\n" + json.dumps({"features": [PAIRS[0].text, PAIRS[0].text_pair]}) + "\n"
+        lines += json.dumps({"text": "one text"}) + "\n" + json.dumps({"text": "a", "text_pair": 3}) + "\n"
+        headers = {"Content-Type": "application/jsonlines", "Accept": "application/jsonlines"}
+        answered = service.post("/invocations", data=lines.encode(), headers=headers)
+        assert answered.status_code == 200, answered.text
+        first, clarify, single, bad = (json.loads(line) for line in answered.text.splitlines())
+        assert first["prediction"] == clarify["prediction"] == body["prediction"]
+        assert "truncated_texts" not in single and "text pair record" in bad["error"]["message"]
+        as_clarify = {"Content-Type": "application/jsonlines", "Accept": "application/json"}
+        refused = service.post(
+            "/invocations", data=lines.encode()[: lines.index("\n") + 1], headers=as_clarify
+        )
+        assert refused.status_code == 400 and "Clarify" in refused.json()["error"]["message"]
         job = service.post("/explanations", json={"data": pair})
         assert job.status_code == 400 and "single texts" in job.json()["error"]["message"]
         bad = service.post("/invocations", json={"data": {"text": "a", "text_pair": "b", "extra": 1}})

@@ -14,25 +14,28 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.errors import InvalidRequest
+from shared.io.inputs import TextPair
 from shared.io.schemas import PAIRS_UNSUPPORTED, is_pair
 
 EMPTY = "empty line"
+PAIR_RECORD = 'a text pair record is {"text": <text>, "text_pair": <text>} (or Clarify\'s two features)'
 
 
 @dataclass(frozen=True)
 class Record:
     line: int  # 1-based line where the record starts (a quoted CSV cell may span lines)
-    text: str | None
+    text: str | TextPair | None  # a TextPair only where the reader was asked for pairs
     problem: str | None = None  # why no text could be read (then text is None); EMPTY for a blank line
     label: str | None = None  # the true label, where the input names a field or column holding it
 
 
 def json_lines(
-    lines: Iterable[str], fields: Sequence[str], label_field: str | None = None
+    lines: Iterable[str], fields: Sequence[str], label_field: str | None = None, pairs: bool = False
 ) -> Iterator[Record]:
     """A record per line: a JSON object with a string in the first of `fields` it holds (a list of
     one string counts: Clarify sends `{"features": ["text"]}`), or a JSON string. `label_field`:
-    the true label's field (a string or a number; absent or null: no label)."""
+    the true label's field (a string or a number; absent or null: no label). `pairs`: a record with
+    a `text_pair` beside its text (or two features) is a TextPair; otherwise such a record is refused."""
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             yield Record(number, None, EMPTY)
@@ -46,7 +49,11 @@ def json_lines(
             yield Record(number, None, "not JSON (nested too deeply)")
             continue
         if _holds_a_pair(value, fields):
-            yield Record(number, None, PAIRS_UNSUPPORTED)
+            pair = _pair_of(value, fields) if pairs else None
+            if pair is not None:
+                yield Record(number, pair)
+            else:
+                yield Record(number, None, PAIRS_UNSUPPORTED if not pairs else PAIR_RECORD)
             continue
         text = _text_of(value, fields)
         if text is None:
@@ -65,6 +72,17 @@ def _holds_a_pair(value: Any, fields: Sequence[str]) -> bool:
     if value.get("text_pair") is not None:
         return True
     return any(is_pair(value.get(name)) for name in fields)
+
+
+def _pair_of(value: dict[str, Any], fields: Sequence[str]) -> TextPair | None:
+    second = value.get("text_pair")
+    for name in fields:
+        field = value.get(name)
+        if is_pair(field):  # Clarify's two feature columns
+            return TextPair(field[0], field[1])
+        if isinstance(field, str):
+            return TextPair(field, second) if isinstance(second, str) else None
+    return None
 
 
 def _text_of(value: Any, fields: Sequence[str]) -> str | None:
