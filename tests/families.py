@@ -1,5 +1,6 @@
-"""Tiny random-weight text classifiers of eight Hugging Face model families, each saved with a fast
-tokenizer of that family trained offline at call time (nothing is downloaded).
+"""Tiny random-weight text classifiers of twelve Hugging Face model families (eight encoders, four
+decoders), each saved with a fast tokenizer of that family trained offline at call time (nothing is
+downloaded).
 
 `build_family_model(directory, family, labels)` writes a directory that `AutoTokenizer`,
 `AutoModelForSequenceClassification` and `pipeline("text-classification")` load like a hub checkpoint of
@@ -15,6 +16,19 @@ pre-tokenizer and post-processor (hence whose offsets) follow the real one:
   start at the space before it, and stand-alone `▁` tokens occur.
 - modernbert: byte-level BPE (OLMo style) with a plain `[CLS] $A [SEP]` template: offsets include the
   space before a word, and a run of spaces can give a stand-alone `Ġ` token.
+
+And four decoder classifiers (their head reads each row's last token, found by the config's pad id,
+which each has as these families' fine-tuned classifiers are deployed), each without a mask token:
+
+- gpt2: byte-level BPE, `<|endoftext|>` the last id and bos, eos and pad (in the config only); no
+  special token added to a text.
+- llama (Llama 2): SentencePiece BPE with byte fallback, `▁` prepended to the text (Metaspace),
+  `<unk>`=0 `<s>`=1 `</s>`=2; `<s>` starts every row; pad = `</s>`.
+- qwen2: byte-level BPE after Qwen2's own split (digits one by one), `<|endoftext|>` pad and eos; no
+  special token added to a text; grouped-query attention (one key-value head).
+- gemma: SentencePiece BPE with byte fallback, spaces made `▁` without a prepended one,
+  `<pad>`=0 `<eos>`=1 `<bos>`=2 `<unk>`=3 `<mask>`=4; `<bos>` starts every row; pad = `<pad>`;
+  one key-value head of a width other than hidden / heads.
 """
 
 from __future__ import annotations
@@ -27,7 +41,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-FAMILIES: tuple[str, ...] = (
+ENCODER_FAMILIES: tuple[str, ...] = (
     "bert",
     "distilbert",
     "electra",
@@ -37,6 +51,8 @@ FAMILIES: tuple[str, ...] = (
     "albert",
     "modernbert",
 )
+DECODER_FAMILIES: tuple[str, ...] = ("gpt2", "llama", "qwen2", "gemma")
+FAMILIES: tuple[str, ...] = ENCODER_FAMILIES + DECODER_FAMILIES
 
 # Movie-review-like English plus the text that tokenizers disagree on: apostrophes, accents, emoji,
 # CJK, digits and punctuation.
@@ -165,6 +181,32 @@ def _byte_level_bpe(specials: list[str]) -> tuple[list[str], list[tuple[str, str
     vocab = model["vocab"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     return sorted(vocab, key=vocab.__getitem__), merges
+
+
+def _sentencepiece_bpe(specials: list[str], prepend: str) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """(vocabulary, merges) of a SentencePiece-style BPE with byte fallback (Llama, Gemma) trained on the
+    corpus: `specials`, the 256 byte pieces `<0x00>`..`<0xFF>` that an unknown character falls back to,
+    then the learnt pieces. `prepend`: Metaspace's scheme, "first" (Llama's `▁` before the text) or
+    "never" (Gemma's)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    # Training splits at every `▁`, and punctuation and single digits off (SentencePiece's script and
+    # digit splits), so that no piece spans two words: at inference the family's own pre-tokenizer,
+    # which splits nothing, picks from these pieces.
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=prepend, split=True),
+            pre_tokenizers.Punctuation(behavior="isolated"),
+            pre_tokenizers.Digits(individual_digits=True),
+        ]
+    )
+    trainer = trainers.BpeTrainer(vocab_size=_vocab_size(800), show_progress=False)
+    model = _train(tokenizer, trainer)
+    learnt = sorted(model["vocab"], key=model["vocab"].__getitem__)
+    pieces = [*specials, *(f"<0x{byte:02X}>" for byte in range(256)), *learnt]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return {piece: i for i, piece in enumerate(pieces)}, merges
 
 
 def _unigram_pieces(lowercase: bool, unk: str) -> list[tuple[str, float]]:
@@ -329,6 +371,57 @@ def _modernbert_tokenizer(family: str, max_length: int) -> Any:
     )
 
 
+_GPT2_EOS = "<|endoftext|>"
+
+
+def _gpt2_tokenizer(family: str, max_length: int, pad: bool = False) -> Any:
+    from transformers import GPT2Tokenizer
+
+    # gpt2: `<|endoftext|>` is the last id, and bos, eos and unk; no pad token (`pad`: the eos)
+    tokens, merges = _byte_level_bpe([])
+    vocab = {token: i for i, token in enumerate(tokens)}
+    vocab[_GPT2_EOS] = len(vocab)
+    return GPT2Tokenizer(
+        vocab=vocab, merges=merges, pad_token=_GPT2_EOS if pad else None, model_max_length=max_length
+    )
+
+
+def _llama_tokenizer(family: str, max_length: int) -> Any:
+    from transformers import LlamaTokenizer
+
+    # Llama 2: <unk>=0 <s>=1 </s>=2, byte pieces, then the learnt ones; `<s>` starts every text. Its
+    # classifiers are fine-tuned with pad = eos.
+    vocab, merges = _sentencepiece_bpe(["<unk>", "<s>", "</s>"], prepend="first")
+    return LlamaTokenizer(
+        vocab=vocab,
+        merges=merges,
+        add_bos_token=True,
+        add_eos_token=False,
+        pad_token="</s>",
+        model_max_length=max_length,
+    )
+
+
+def _qwen2_tokenizer(family: str, max_length: int) -> Any:
+    from transformers import Qwen2Tokenizer
+
+    # Qwen2: byte-level BPE, `<|endoftext|>` after it (eos, unk and pad); nothing added to a text
+    tokens, merges = _byte_level_bpe([])
+    vocab = {token: i for i, token in enumerate([*tokens, "<|endoftext|>"])}
+    return Qwen2Tokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+
+
+def _gemma_tokenizer(family: str, max_length: int) -> Any:
+    from transformers import GemmaTokenizer
+
+    # Gemma: <pad>=0 <eos>=1 <bos>=2 <unk>=3 <mask>=4, byte pieces, then the learnt ones; `<bos>` starts
+    # every text
+    vocab, merges = _sentencepiece_bpe(["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"], prepend="never")
+    return GemmaTokenizer(
+        vocab=vocab, merges=merges, add_bos_token=True, add_eos_token=False, model_max_length=max_length
+    )
+
+
 _TOKENIZERS = {
     "bert": _bert_tokenizer,
     "distilbert": _bert_tokenizer,
@@ -338,6 +431,10 @@ _TOKENIZERS = {
     "deberta-v2": _deberta_v2_tokenizer,
     "albert": _albert_tokenizer,
     "modernbert": _modernbert_tokenizer,
+    "gpt2": _gpt2_tokenizer,
+    "llama": _llama_tokenizer,
+    "qwen2": _qwen2_tokenizer,
+    "gemma": _gemma_tokenizer,
 }
 
 # ------------------------------------------------------------------------------------ models
@@ -348,6 +445,8 @@ def _model(
 ) -> Any:
     import transformers as tf
 
+    if family in DECODER_FAMILIES:
+        return _decoder_model(family, tokenizer, heads, positions)
     sizes = _BASE_SIZES if base else _SIZES
 
     ids = {
@@ -410,6 +509,34 @@ def _model(
     raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
 
 
+def _decoder_model(family: str, tokenizer: Any, heads: dict[str, Any], positions: int) -> Any:
+    """A decoder classifier with its pad id in the config: the tokenizer's, or (GPT-2's tokenizer has
+    none) its eos, as fine-tuned GPT-2 classifiers have it."""
+    import transformers as tf
+
+    eos = tokenizer.eos_token_id
+    ids = {
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos,
+        "eos_token_id": eos,
+        "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
+    }
+    if family == "gpt2":
+        names = ("n_embd", "n_layer", "n_head", "n_inner")
+        own = dict(zip(names, _SIZES.values(), strict=True))  # the same shape under GPT-2's names
+        config = tf.GPT2Config(**own, n_positions=positions, **ids, **heads)
+        return tf.GPT2ForSequenceClassification(config)
+    shape = {**_SIZES, "max_position_embeddings": positions, **ids, **heads}
+    if family == "llama":  # Llama 2's multi-head attention
+        return tf.LlamaForSequenceClassification(tf.LlamaConfig(**shape, num_key_value_heads=2))
+    if family == "qwen2":  # grouped-query attention, biased query/key/value projections
+        return tf.Qwen2ForSequenceClassification(tf.Qwen2Config(**shape, num_key_value_heads=1))
+    if family == "gemma":  # multi-query attention, heads wider than hidden / heads (as gemma-7b's)
+        config = tf.GemmaConfig(**shape, num_key_value_heads=1, head_dim=24)
+        return tf.GemmaForSequenceClassification(config)
+    raise ValueError(f"unknown decoder family {family!r}")
+
+
 def build_family_model(
     directory: Path,
     family: str,
@@ -455,6 +582,8 @@ def build_family_model(
     directory.mkdir(parents=True, exist_ok=True)
     if size not in ("tiny", "base"):
         raise ValueError(f"size must be tiny or base, not {size!r}")
+    if size == "base" and family in DECODER_FAMILIES:
+        raise ValueError("size base applies to encoder families only")
     training = _TRAINING.set(None if corpus is None else (list(corpus), vocab_size))
     try:
         tokenizer = _TOKENIZERS[family](family, max_length)
@@ -485,33 +614,29 @@ def build_gpt2_model(
     initializer_range: float = 0.5,
 ) -> Path:
     """Save a random-weight 2-layer GPT-2 classifier (a decoder head: it classifies each row's last
-    token, found by `config.pad_token_id`) and a GPT-2 byte-level BPE tokenizer, outside FAMILIES.
+    token, found by `config.pad_token_id`) and a GPT-2 byte-level BPE tokenizer, with its pad id
+    wherever a test wants it (FAMILIES' gpt2 has it in its config only).
 
     As in gpt2 on the hub, `<|endoftext|>` is the last id (not 0) and is bos, eos and unk. Its pad id
     is `<|endoftext|>` too, where it is set at all: in the config (`config_pad`, as fine-tuned GPT-2
     classifiers have it), in the tokenizer (`tokenizer_pad`), both or neither. `initializer_range`:
     tests/support.py's wide default, so that logits span several units and texts differ."""
     import torch
-    from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2Tokenizer
+    from transformers import GPT2Config, GPT2ForSequenceClassification
 
-    tokens, merges = _byte_level_bpe([])
-    vocab = {token: i for i, token in enumerate(tokens)}
-    eos = "<|endoftext|>"
-    vocab[eos] = len(vocab)
-    tokenizer = GPT2Tokenizer(
-        vocab=vocab, merges=merges, pad_token=eos if tokenizer_pad else None, model_max_length=128
-    )
+    tokenizer = _gpt2_tokenizer("gpt2", 128, pad=tokenizer_pad)
+    eos = tokenizer.eos_token_id
     torch.manual_seed(seed)
     config = GPT2Config(
-        vocab_size=len(vocab),
+        vocab_size=len(tokenizer),
         n_positions=136,
         n_embd=32,
         n_layer=2,
         n_head=2,
         n_inner=64,
-        bos_token_id=vocab[eos],
-        eos_token_id=vocab[eos],
-        pad_token_id=vocab[eos] if config_pad else None,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=eos if config_pad else None,
         initializer_range=initializer_range,
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),

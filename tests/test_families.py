@@ -1,10 +1,12 @@
 """Every family people bring: BERT, DistilBERT, ELECTRA, RoBERTa, XLM-R, DeBERTa-v2/v3, ALBERT and
-ModernBERT, each a tiny random-weight model with a tokenizer of its family trained offline.
+ModernBERT, and the decoder classifiers GPT-2, Llama, Qwen2 and Gemma (their head reads each row's last
+token), each a tiny random-weight model with a tokenizer of its family trained offline.
 
 For each: classification equals transformers' pipeline for every head kind; token attributions equal
 SHAP's (token-id masker) and masking "text" equals `shap.Explainer(pipeline)`, the seed's own call;
 word units are the text's words without the spaces the tokenizers' offsets carry; additivity holds
-at every granularity; onnxruntime gives torch's logits up to the model's maximum length.
+at every granularity; onnxruntime gives torch's logits up to the model's maximum length. Every check
+applies to the decoders as it is: none is skipped for them.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The tiny models of tests/families.py load like hub checkpoints of their family, with that family's
-tokenizer class and offset conventions, and run in a text-classification pipeline."""
+"""The tiny encoder models of tests/families.py load like hub checkpoints of their family, with that
+family's tokenizer class and offset conventions, and run in a text-classification pipeline (the
+decoders': tests/test_decoder_families.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.families import FAMILIES, build_family_model
+from tests.families import ENCODER_FAMILIES, build_family_model
 
 LABELS = ["negative", "neutral", "positive"]
 MODEL_CLASSES = {
@@ -54,7 +55,7 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
+@pytest.fixture(scope="module", params=ENCODER_FAMILIES)
 def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     family = request.param
     return family, build_family_model(tmp_path_factory.mktemp(family), family, LABELS)
@@ -167,7 +168,7 @@ def test_pipeline_scores_every_label_on_tricky_texts(built: tuple[str, Path]) ->
         assert sum(item["score"] for item in scores) == pytest.approx(1.0, abs=1e-4)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ENCODER_FAMILIES)
 def test_default_label_names_and_regression_configs_load(family: str, tmp_path: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
@@ -213,4 +214,4 @@ def test_modernbert_pooling(pooling: str, tmp_path: Path) -> None:
 
 def test_unknown_family_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown family"):
-        build_family_model(tmp_path, "gpt2", LABELS)
+        build_family_model(tmp_path, "t5", LABELS)

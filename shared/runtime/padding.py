@@ -33,7 +33,7 @@ PROBE_TEXT = "A check of the head, once more."
 def pad_token_id_for(model: Any, tokenizer: Any, model_id: str) -> int | None:
     """The id this model's rows are padded with, or None: they are never padded (a decoder head
     without a pad id in its config, which this marks with NO_TOKEN)."""
-    config = _text_config(model.config)
+    config = text_config(model.config)
     if config.pad_token_id is not None:
         return int(config.pad_token_id)
     row = np.asarray(tokenizer(PROBE_TEXT)["input_ids"], dtype=np.int64)
@@ -60,7 +60,7 @@ def _reads_last_positions(model: Any, row: np.ndarray, alone: np.ndarray) -> boo
     return bool(np.allclose(together, np.vstack([alone, alone]), rtol=1e-3, atol=1e-4))
 
 
-def _text_config(config: Any) -> Any:
+def text_config(config: Any) -> Any:
     """The config a text head reads its pad id from (a multimodal model's text part: transformers'
     generic heads read `config.get_text_config()`)."""
     get = getattr(config, "get_text_config", None)
