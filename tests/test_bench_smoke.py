@@ -1,38 +1,17 @@
-"""The benchmarks run end to end in --smoke mode and write parseable results with sane key numbers."""
+"""The benchmarks run end to end in --smoke mode and write parseable results with sane key numbers
+(those that start services and workers are in test_bench_smoke_services.py, so that the two files
+run on both test processes)."""
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-MINILM = REPO.parent / "shared" / "models" / "minilm-sst2"
+from tests.bench_runs import needs_minilm, printed_row, run_bench, table_cells
 
-pytestmark = pytest.mark.skipif(
-    not (MINILM / "config.json").is_file(), reason="team kit model minilm-sst2 not found beside the repo"
-)
-
-
-def run_bench(command: str, out: Path) -> dict[str, Any]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", command, "--smoke", "--out", str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
-    assert (out / f"{command}.txt").is_file()
-    return json.loads((out / f"{command}.json").read_text())
+pytestmark = needs_minilm
 
 
 def test_explain_smoke(tmp_path: Path) -> None:
@@ -80,20 +59,6 @@ def test_devices_smoke(tmp_path: Path) -> None:
         assert row["max_abs_diff"] < 1e-6, row
 
 
-def test_classify_smoke(tmp_path: Path) -> None:
-    results = run_bench("classify", tmp_path)
-    assert results["in_process_sentences_per_s"] > 0
-    assert results["repeated_explanation_ms"] > 0
-    assert {(r["mode"], r["concurrency"]) for r in results["runs"]} == {
-        (mode, c) for mode in ("batching", "no-batching") for c in (1, 4)
-    }
-    for run in results["runs"]:
-        assert run["errors"] == 0 and run["requests"] == 20
-        assert run["requests_per_s"] > 0 and 0 < run["p50_ms"] <= run["p99_ms"]
-    assert results["ratios"]["throughput_batching_over_no_batching"] > 0
-    assert results["ratios"]["p50_batching_over_no_batching"] > 0
-
-
 def test_coldstart_smoke(tmp_path: Path) -> None:
     results = run_bench("coldstart", tmp_path)
     (run,) = results["runs"]
@@ -102,71 +67,11 @@ def test_coldstart_smoke(tmp_path: Path) -> None:
     assert 50 < run["peak_rss_mib"] < 16_000
 
 
-def test_jobs_smoke(tmp_path: Path) -> None:
-    results = run_bench("jobs", tmp_path)
-    assert [(r["pool"], r["workers"]) for r in results["runs"]] == [("prefork", 1), ("threads", 2)]
-    for run in results["runs"]:
-        assert 0 < run["latency_s_median"] < 60
-        assert run["jobs_per_minute"] > 0
-
-
-def test_load_smoke(tmp_path: Path) -> None:
-    results = run_bench("load", tmp_path)
-    assert [r["clients"] for r in results["load"]] == [0, 2]
-    for run in results["load"]:
-        assert run["classify"]["requests"] > 0 and not run["classify"]["errors"]
-        assert run["ping"]["requests"] > 0
-    deadline = results["deadline"]
-    assert deadline["status"] == 503 and deadline["next_status"] == 200
-    assert deadline["answered_after_s"] >= deadline["timeout_s"] - 0.5
-    concurrency = results["concurrency"]
-    assert concurrency["statuses"] == {"200": 24} or concurrency["statuses"] == {200: 24}
-    assert concurrency["concurrent_over_sequential"] > 0
-
-
 def test_passes_smoke(tmp_path: Path) -> None:
     results = run_bench("passes", tmp_path)
     assert {c["length"] for c in results["cells"]} == {24, 64}
     assert all(c["pass_ms"] > 0 and c["row_ms"] > 0 for c in results["cells"])
     assert [b["tokens"] for b in results["budgets"]]
-
-
-def test_soak_smoke(tmp_path: Path) -> None:
-    """Ten seconds of mixed traffic on each target: no 5xx, every job finished, bad input 4xx."""
-    results = run_bench("soak", tmp_path)
-    assert [r["target"] for r in results["runs"]] == ["single", "broker"]
-    for run in results["runs"]:
-        assert run["server_errors"] == 0, run["statuses"]
-        assert run["jobs"]["unfinished"] == 0 and run["jobs"]["failed"] == 0, run["jobs"]
-        assert run["jobs"]["accepted"] > 0 and run["jobs"]["succeeded"] == run["jobs"]["accepted"]
-        assert set(run["statuses"]["bad input"]) <= {"400", "415"}
-        assert run["rss"] and all(sample["rss_mib"] for sample in run["rss"])
-
-
-def test_readable_smoke(tmp_path: Path) -> None:
-    results = run_bench("readable", tmp_path)
-    by = results["granularity"]
-    assert set(by) == {"token", "word", "sentence"}
-    assert by["sentence"]["median_exact_evals"] <= by["word"]["median_exact_evals"]
-    assert by["word"]["median_exact_evals"] <= by["token"]["median_exact_evals"]
-    document = results["document"]
-    assert document["job_status"] == "succeeded", document
-    assert document["additivity_error"] < 1e-5
-    parameters = document["parameters"]
-    assert parameters["long_text"] == "windows" and parameters["windows"] >= 2
-    assert parameters["windows_memoised"] > 0
-    assert document["in_process"]["rows_with_memo"] < document["in_process"]["rows_without_memo"]
-
-
-def table_cells(text: str) -> list[list[str]]:
-    """The cells of each line of a written table (`|`-separated or space-aligned), header rows too."""
-    return [[c for c in line.replace("|", " ").split() if c] for line in text.splitlines() if line.strip()]
-
-
-def printed_row(cells: list[list[str]], first: str) -> list[str]:
-    """The one table row whose first cell is `first`."""
-    (row,) = [r for r in cells if r and r[0] == first]
-    return row
 
 
 def test_faithfulness_smoke(tmp_path: Path) -> None:
@@ -197,13 +102,6 @@ def test_faithfulness_smoke(tmp_path: Path) -> None:
         values = [m[measure] for m in one_word]
         assert values == pytest.approx([values[0]] * 3, rel=1e-5, abs=1e-6)
     assert one_word[0]["comprehensiveness"] > 0.1  # deleting its only word changes the score
-
-
-def test_analyses_smoke(tmp_path: Path) -> None:
-    results = run_bench("analyses", tmp_path)
-    (run,) = results["runs"]
-    assert run["workers"] == 1 and run["analysed"] == run["texts"] == 12
-    assert run["texts_per_second"] > 0 and all(v > 50 for v in run["peak_rss_mib"].values())
 
 
 def test_fast_smoke(tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ import inspect
 import logging
 import os
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -218,6 +219,9 @@ def onnx_int8(model: TextModel, exact: OnnxRunner, threads: int) -> OnnxRunner:
     return runner
 
 
+_EXPORTING = threading.Lock()
+
+
 def _export(model: TextModel, path: Path, kind: str) -> None:
     import torch
 
@@ -239,7 +243,10 @@ def _export(model: TextModel, path: Path, kind: str) -> None:
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", module=r"torch\.onnx")
         module = model.model if kind == MODULE else GRAPHS[kind](model.model)
-        with torch.inference_mode():
+        # torch's exporter keeps its state in globals ("GLOBALS.in_onnx_export must be False" when
+        # two threads export at once: two services in one process, a test beside a service's
+        # background export): one export at a time per process.
+        with _EXPORTING, torch.inference_mode():
             torch.onnx.export(
                 module,
                 (),
