@@ -71,6 +71,19 @@ def api(sst2_dir: Path) -> Iterator[str]:
                 podman(kind, "rm", "-f", *listed, check=False)
 
 
+def submit_when_loaded(api: str, body: dict, seconds: float = 120) -> requests.Response:
+    """POST /explanations as a client does: a 503 model_not_ready (this request reached an HTTP
+    worker process still loading its model, while another answered /ping healthy) is retried after
+    its Retry-After."""
+    deadline = time.monotonic() + seconds
+    while True:
+        response = requests.post(api + "/explanations", json=body, timeout=30)
+        loading = response.status_code == 503 and response.json()["error"]["code"] == "model_not_ready"
+        if not loading or time.monotonic() > deadline:
+            return response
+        time.sleep(float(response.headers.get("Retry-After", "1")))
+
+
 def test_jobs_survive_a_killed_worker_and_a_restarted_redis(api: str) -> None:
     assert len(containers("worker")) == 2
     sentences = [f"The {adjective} film kept me watching until the end." for adjective in (
@@ -78,7 +91,7 @@ def test_jobs_survive_a_killed_worker_and_a_restarted_redis(api: str) -> None:
     )]  # fmt: skip
     ids = []
     for sentence in sentences:
-        response = requests.post(api + "/explanations", json={"data": sentence, "max_evals": 300}, timeout=30)
+        response = submit_when_loaded(api, {"data": sentence, "max_evals": 300})
         assert response.status_code == 202, response.text
         ids.append(response.json()["id"])
 
