@@ -12,7 +12,16 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import DEFAULT_OUT, MINILM_DIR, environment, fmt, sst2_sentences, table, write_results
+from bench.common import (
+    DEFAULT_OUT,
+    MINILM_DIR,
+    environment,
+    fmt,
+    settled_service,
+    sst2_sentences,
+    table,
+    write_results,
+)
 from bench.explain import _long_texts
 
 
@@ -28,28 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from shared.explanation.explainer import faithfulness_of
     from shared.io.schemas import ExplainOptions
-    from shared.serving.service import ClarionService
-    from shared.settings import Settings
 
     budgets = [float(b) for b in args.budgets.split(",")]
     low, high = (int(t) for t in args.tokens.split(","))
     with tempfile.TemporaryDirectory(prefix="clarion-bench-") as tmp:
-        model_dir = args.model_dir
         if args.smoke:
-            from tests.support import build_tiny_model
-
-            model_dir = str(build_tiny_model(Path(tmp) / "tiny", labels=["negative", "positive"]))
             budgets, args.max_evals, low, high = [0.2, 0.5], 2000, 40, 60
-        settings = Settings(
-            model_dir=model_dir,
-            torch_threads=args.threads,
-            serverless=True,
-            explanation_cache_size=0,
-            model_cache_dir=str(Path(tmp) / "cache"),
-        )
-        service = ClarionService(settings, threads=args.threads)
-        service.load()
-        _wait_for_backend(service)
+        service = settled_service(args.model_dir, Path(tmp), args.threads, args.smoke)
         model = service.model
         (review,) = _long_texts(model, sst2_sentences(), 1, (low, high))
         tokens = len(model.encode([review])[0].ids)
@@ -110,13 +104,3 @@ def main(args: argparse.Namespace) -> int:
     data = {"config": vars(args), "environment": environment(), "tokens": tokens, "runs": runs}
     write_results(Path(args.out or DEFAULT_OUT), "budget", data, text)
     return 0
-
-
-def _wait_for_backend(service: Any, longest_s: float = 300.0) -> None:
-    """Exact passes move to onnxruntime once its export is checked: measure on the backend that
-    serves, not on torch in the seconds before."""
-    if service.settings.exact_backend == "torch":
-        return
-    deadline = time.monotonic() + longest_s
-    while service.model.exact_runner is None and time.monotonic() < deadline:
-        time.sleep(0.5)

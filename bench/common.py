@@ -151,3 +151,29 @@ def rss_by_process(groups: list[int]) -> dict[str, float]:
         if rss_kib:
             out[f"{entry} {fields.get('Name', '?').strip()}"] = rss_kib / 1024
     return out
+
+
+def settled_service(model_dir: str, tmp: Path, threads: int, smoke: bool) -> Any:
+    """A single-process ClarionService as the API runs one (no cache, its own model cache under
+    `tmp`; with `smoke`, a tiny random model instead of `model_dir`), once its backends have
+    settled: exact's graph attached (or not) and fast's path chosen, so that nothing is measured on
+    torch in the seconds before the switch."""
+    from shared.serving.service import ClarionService
+    from shared.settings import Settings
+
+    if smoke:
+        from tests.support import build_tiny_model
+
+        model_dir = str(build_tiny_model(tmp / "tiny", labels=["negative", "positive"]))
+    settings = Settings(
+        model_dir=model_dir,
+        torch_threads=threads,
+        serverless=True,
+        explanation_cache_size=0,
+        model_cache_dir=str(tmp / "cache"),
+    )
+    service = ClarionService(settings, threads=threads)
+    service.load()
+    while service.fast_choice.status == "measuring":  # chosen after exact's graph attaches
+        time.sleep(0.2)
+    return service

@@ -19,6 +19,7 @@ from bench.common import (
     fmt,
     median,
     ratio,
+    settled_service,
     sst2_sentences,
     table,
     write_results,
@@ -39,28 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from shared.serving.service import ClarionService
-    from shared.settings import Settings
 
     if args.smoke:
         args.texts, args.long, args.max_evals, args.rounds = 3, 1, 60, 2
     with tempfile.TemporaryDirectory(prefix="clarion-bench-") as tmp:
-        model_dir = args.model_dir
-        if args.smoke:
-            from tests.support import build_tiny_model
-
-            model_dir = str(build_tiny_model(Path(tmp) / "tiny", labels=["negative", "positive"]))
-        settings = Settings(
-            model_dir=model_dir,
-            torch_threads=args.threads,
-            serverless=True,
-            explanation_cache_size=0,
-            model_cache_dir=str(Path(tmp) / "cache"),
-        )
-        service = ClarionService(settings, threads=args.threads)
-        service.load()
-        while service.fast_choice.status == "measuring":
-            time.sleep(0.2)
+        service = settled_service(args.model_dir, Path(tmp), args.threads, args.smoke)
         choice = service.fast_choice
         model = service.model
         paths = {c.name: c.runner for c in choice.candidates}
