@@ -126,7 +126,7 @@ def _per_row_costs(model: Any, runner: Any, rounds: int, rows_at: dict[int, int]
     for length, count in rows_at.items():
         ids, attention = model.padded([_row(model, length)] * count)
         runs = {
-            "torch": lambda ids=ids, attention=attention: model.torch_forward(ids, attention, "exact"),
+            "torch": lambda ids=ids, attention=attention: model.torch_forward(ids, attention),
             "onnxruntime": lambda ids=ids, attention=attention: runner(ids, attention),
         }
         samples: dict[str, list[float]] = {k: [] for k in runs}

@@ -209,13 +209,13 @@ def test_onnxruntime_equals_torch_up_to_the_maximum_length(
     short = model.encode(TEXTS)
     for rows in ([e.ids for e in short], [long.ids, short[0].ids], [long.ids]):
         ids, attention = model.padded(rows)
-        expected = model.torch_forward(ids, attention, "exact")
+        expected = model.torch_forward(ids, attention)
         if ids.shape[1] <= runner.max_width:
             np.testing.assert_allclose(runner(ids, attention), expected, atol=1e-5, rtol=0)
     # whatever the graph covers, the model's own pass (as the engine calls it) gives torch's logits
     model.exact_runner = runner
     try:
-        expected = model.torch_forward(*model.padded([long.ids]), "exact")
+        expected = model.torch_forward(*model.padded([long.ids]))
         np.testing.assert_allclose(model.forward([long.ids]), expected, atol=1e-5, rtol=0)
     finally:
         model.exact_runner = None

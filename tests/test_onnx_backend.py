@@ -37,14 +37,14 @@ def test_logits_equal_torchs_padded_or_not(tiny: TextModel, tmp_path: Path) -> N
         rows_of(tiny, ["the plot was boring and the acting awful"]) * 7,
     ):
         ids, attention = tiny.padded(rows)
-        expected = tiny.torch_forward(ids, attention, "exact")
+        expected = tiny.torch_forward(ids, attention)
         np.testing.assert_allclose(runner(ids, attention), expected, atol=1e-5, rtol=0)
     tiny.exact_runner = runner  # and through the model's own pass, as the engine calls it
     try:
         assert tiny.exact_backend == "onnxruntime"
         rows = rows_of(tiny, ["good", "not good at all"])
         np.testing.assert_allclose(
-            tiny.forward(rows), tiny.torch_forward(*tiny.padded(rows), "exact"), atol=1e-5, rtol=0
+            tiny.forward(rows), tiny.torch_forward(*tiny.padded(rows)), atol=1e-5, rtol=0
         )
     finally:
         tiny.exact_runner = None
@@ -201,7 +201,7 @@ def test_each_family_gets_its_graph_with_torchs_logits_up_to_its_maximum_length(
     ]
     for rows in batches:
         ids, attention = model.padded(rows)
-        expected = model.torch_forward(ids, attention, "exact")
+        expected = model.torch_forward(ids, attention)
         assert np.abs(expected).max() > 0.1  # logits far from 0: a wrong graph would not pass as right
         np.testing.assert_allclose(runner(ids, attention), expected, atol=1e-5, rtol=0)
 
@@ -222,7 +222,7 @@ def test_a_graph_off_only_on_long_rows_keeps_the_narrower_passes(
             self.off, self.beyond = off, beyond
 
         def __call__(self, ids: np.ndarray, attention: np.ndarray) -> np.ndarray:
-            logits = model.torch_forward(ids, attention, "exact")
+            logits = model.torch_forward(ids, attention)
             if ids.shape[1] <= self.beyond:
                 return logits
             if self.off is None:
@@ -291,7 +291,7 @@ def test_a_graph_that_disagrees_with_torch_is_refused(tiny: TextModel) -> None:
         name = "onnxruntime"
 
         def __call__(self, ids: np.ndarray, attention: np.ndarray) -> np.ndarray:
-            return tiny.torch_forward(ids, attention, "exact") + 1e-3
+            return tiny.torch_forward(ids, attention) + 1e-3
 
     with pytest.raises(ModelLoadError, match="differs from torch"):
         _check(tiny, Wrong())

@@ -190,14 +190,10 @@ class TextModel:
         return ids, attention
 
     def torch_forward(
-        self,
-        ids: np.ndarray,
-        attention: np.ndarray,
-        precision: Precision = "exact",
-        types: np.ndarray | None = None,
+        self, ids: np.ndarray, attention: np.ndarray, types: np.ndarray | None = None
     ) -> np.ndarray:
-        """One pass through the fp32 torch model, whatever `precision` (a half-precision pass is a
-        fast runner's: HalfPrecisionRunner); `types`: token types (a text pair's rows)."""
+        """One pass through the fp32 torch model (a half-precision pass is a fast runner's:
+        HalfPrecisionRunner); `types`: token types (a text pair's rows)."""
         return torch_logits(self.model, self.device, ids, attention, types)
 
     @property

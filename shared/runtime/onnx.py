@@ -206,7 +206,7 @@ def onnx_int8(model: TextModel, exact: OnnxRunner, threads: int) -> OnnxRunner:
     difference = 0.0
     for ids, attention in _passes(model, [long, short]):
         quantized = model.outputs(runner(ids, attention), "probability")
-        reference = model.outputs(model.torch_forward(ids, attention, "exact"), "probability")
+        reference = model.outputs(model.torch_forward(ids, attention), "probability")
         difference = max(difference, float(np.max(np.abs(quantized - reference))))
     if not difference <= INT8_TOLERANCE:
         raise ModelLoadError(f"the int8 graph of {model.model_id} moves a score by {difference:.3f}")
@@ -828,7 +828,7 @@ def _failure(model: TextModel, runner: OnnxRunner, ids: np.ndarray, width: int) 
 
 def _difference(model: TextModel, runner: OnnxRunner, rows: list[np.ndarray]) -> float:
     return max(
-        float(np.max(np.abs(runner(ids, attention) - model.torch_forward(ids, attention, "exact"))))
+        float(np.max(np.abs(runner(ids, attention) - model.torch_forward(ids, attention))))
         for ids, attention in _passes(model, rows)
     )
 
