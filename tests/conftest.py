@@ -20,6 +20,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_nli_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT with two token types (BertConfig's default) and NLI's three labels: text pairs
+    and zero-shot labels."""
+    return build_tiny_model(
+        tmp_path_factory.mktemp("tiny-nli"), labels=["contradiction", "neutral", "entailment"], seed=3
+    )
+
+
+@pytest.fixture(scope="session")
 def tiny_multilabel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(
         tmp_path_factory.mktemp("tiny-multilabel"),

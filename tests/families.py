@@ -646,3 +646,13 @@ def build_gpt2_model(
     GPT2ForSequenceClassification(config).eval().save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return Path(directory)
+
+
+def token_pieces(tokenizer: Any, text: str) -> list[tuple[str, tuple[int, int]]]:
+    """Each token of `text` as its tokenizer names it, with its character offsets."""
+    encoding = tokenizer(text, return_offsets_mapping=True)
+    tokens = tokenizer.convert_ids_to_tokens(encoding["input_ids"])
+    return [
+        (token, (int(start), int(end)))
+        for token, (start, end) in zip(tokens, encoding["offset_mapping"], strict=True)
+    ]

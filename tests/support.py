@@ -576,3 +576,30 @@ def interruptible() -> None:
     """In a child, before it runs: Ctrl-C (SIGINT) does what it does in a terminal, even when the
     suite itself runs in the background, whose children inherit SIGINT ignored."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def shap_partition_reference(game: Any, mask_token_id: int, f: Any, options: Any) -> Any:
+    """SHAP's PartitionExplainer over a game's own players and tree (`shared.explanation.explainer`'s
+    _Game): a mask over the players masks their tokens by id (tokens the game keeps never are), and
+    `f` maps the masked token-id rows to outputs. The reference for a tree Clarion builds itself
+    (text pairs, zero-shot texts), as SHAP's Text masker is for one text's."""
+    import numpy as np
+    import shap
+
+    keep, player_of_token, ids = game.keep, game.player_of_token, game.encoded.ids
+
+    def masker(mask: np.ndarray, x: np.ndarray) -> tuple[np.ndarray]:
+        present = np.zeros(len(x), dtype=bool)
+        played = player_of_token >= 0
+        present[played] = mask[player_of_token[played]]
+        present |= keep  # never masked, player or not ([CLS] and the [SEP]s)
+        return (np.where(present, x, mask_token_id)[None, :],)
+
+    masker.shape = (1, game.players)  # type: ignore[attr-defined]
+    masker.mask_shapes = lambda x: [(game.players,)]  # type: ignore[attr-defined]
+    masker.clustering = game.clustering  # type: ignore[attr-defined]
+    explainer = shap.explainers.PartitionExplainer(f, masker)
+    np.random.seed(options.seed)
+    # The players are what the masker masks: SHAP walks the tree over them (one row: the text's ids).
+    result = explainer(ids[None, :], max_evals=options.max_evals, batch_size=options.batch_size, silent=True)
+    return result.values[0]

@@ -16,7 +16,7 @@ from shared.runtime.loading import load_text_model
 from shared.runtime.onnx import _graph_kind, onnx_exact
 from shared.serving.service import ClarionService
 from shared.settings import Settings
-from tests.families import DECODER_FAMILIES, build_family_model
+from tests.families import DECODER_FAMILIES, build_family_model, token_pieces
 from tests.support import wait_until
 
 LABELS = ["negative", "neutral", "positive"]
@@ -73,14 +73,6 @@ def loaded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     )
 
 
-def _pieces(tokenizer, text: str) -> list[tuple[str, tuple[int, int]]]:
-    encoding = tokenizer(text, return_offsets_mapping=True)
-    tokens = tokenizer.convert_ids_to_tokens(encoding["input_ids"])
-    return [
-        (token, (int(s), int(e))) for token, (s, e) in zip(tokens, encoding["offset_mapping"], strict=True)
-    ]
-
-
 def test_loads_as_the_family_classes_with_the_pad_id_in_its_config(loaded) -> None:
     family, tokenizer, model = loaded
     assert type(model).__name__ == MODEL_CLASSES[family]
@@ -99,7 +91,7 @@ def test_loads_as_the_family_classes_with_the_pad_id_in_its_config(loaded) -> No
 def test_a_text_starts_with_bos_or_nothing_and_its_offsets_cover_it(loaded) -> None:
     family, tokenizer, _ = loaded
     for text in TRICKY:
-        pieces = _pieces(tokenizer, text)
+        pieces = token_pieces(tokenizer, text)
         if BOS[family] is None:
             assert tokenizer.convert_tokens_to_ids(pieces[0][0]) not in tokenizer.all_special_ids
         else:
@@ -114,7 +106,7 @@ def test_a_text_starts_with_bos_or_nothing_and_its_offsets_cover_it(loaded) -> N
 def test_space_convention_of_the_family(loaded) -> None:
     family, tokenizer, _ = loaded
     text = "I  don't like it. But then"
-    pieces = _pieces(tokenizer, text)
+    pieces = token_pieces(tokenizer, text)
     if family in ("gpt2", "qwen2"):
         # byte-level BPE: `Ġ` is the space before a word, and the offsets include it
         assert ("Ġdon", (2, 6)) in pieces and ("ĠBut", (17, 21)) in pieces
@@ -124,7 +116,7 @@ def test_space_convention_of_the_family(loaded) -> None:
         first = "▁I" if family == "llama" else "I"
         assert pieces[1] == (first, (0, 1))
         # a character the vocabulary lacks falls back to its UTF-8 bytes
-        assert [token for token, _ in _pieces(tokenizer, "ß")[1:]][-2:] == ["<0xC3>", "<0x9F>"]
+        assert [token for token, _ in token_pieces(tokenizer, "ß")[1:]][-2:] == ["<0xC3>", "<0x9F>"]
 
 
 def pipeline_scores(model_dir: Path, texts: list[str]) -> np.ndarray:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.families import ENCODER_FAMILIES, build_family_model
+from tests.families import ENCODER_FAMILIES, build_family_model, token_pieces
 
 LABELS = ["negative", "neutral", "positive"]
 MODEL_CLASSES = {
@@ -74,15 +74,6 @@ def loaded(built: tuple[str, Path]):
     )
 
 
-def _pieces(tokenizer, text: str) -> list[tuple[str, tuple[int, int]]]:
-    encoding = tokenizer(text, return_offsets_mapping=True)
-    tokens = tokenizer.convert_ids_to_tokens(encoding["input_ids"])
-    return [
-        (token, (int(start), int(end)))
-        for token, (start, end) in zip(tokens, encoding["offset_mapping"], strict=True)
-    ]
-
-
 def test_loads_as_the_family_classes(loaded) -> None:
     family, _, tokenizer, model = loaded
     assert type(model).__name__ == MODEL_CLASSES[family]
@@ -104,7 +95,7 @@ def test_offsets_cover_the_text_with_specials_at_the_edges(loaded) -> None:
     masked = tokenizer(f"I {tokenizer.mask_token} it.")["input_ids"]
     assert masked.count(tokenizer.mask_token_id) == 1
     for text in TRICKY:
-        pieces = _pieces(tokenizer, text)
+        pieces = token_pieces(tokenizer, text)
         assert pieces[0] == (tokenizer.cls_token, (0, 0))
         assert pieces[-1] == (tokenizer.sep_token, (0, 0))
         inner = [offsets for _, offsets in pieces[1:-1]]
@@ -117,7 +108,7 @@ def test_offsets_cover_the_text_with_specials_at_the_edges(loaded) -> None:
 def test_space_convention_of_the_family(loaded) -> None:
     family, _, tokenizer, _ = loaded
     text = DOUBLE_SPACE
-    pieces = _pieces(tokenizer, text)
+    pieces = token_pieces(tokenizer, text)
     spans = {token: text[start:end] for token, (start, end) in pieces[1:-1]}
     if family in ("bert", "distilbert", "electra"):
         # WordPiece: lower case, no space marker, offsets never include a space
@@ -140,7 +131,7 @@ def test_space_convention_of_the_family(loaded) -> None:
         assert ("▁don", (3, 6)) in pieces and (word, (18, 21)) in pieces
         assert not any(text[start:end] != text[start:end].strip() for _, (start, end) in pieces)
         # a stand-alone `▁` shares the offsets of the piece after it
-        emoji = _pieces(tokenizer, "Loved it 🎬 so much")
+        emoji = token_pieces(tokenizer, "Loved it 🎬 so much")
         bare = [i for i, (token, _) in enumerate(emoji) if token == "▁"]
         assert bare and all(emoji[i][1] == emoji[i + 1][1] for i in bare), emoji
     elif family == "deberta-v2":
@@ -149,7 +140,7 @@ def test_space_convention_of_the_family(loaded) -> None:
         assert ("▁don", (2, 6)) in pieces and ("▁But", (17, 21)) in pieces
         assert spans["▁don"] == " don"
         emoji_text = "Loved it 🎬 so much"
-        emoji = _pieces(tokenizer, emoji_text)
+        emoji = token_pieces(tokenizer, emoji_text)
         bare = [offsets for token, offsets in emoji[2:-1] if token == "▁"]
         assert bare and all(emoji_text[start:end] == " " for start, end in bare), emoji
     else:  # pragma: no cover

@@ -17,7 +17,13 @@ from shared.io.inputs import TextPair
 from shared.io.schemas import ExplainOptions
 from shared.runtime.engine import Engine
 from shared.runtime.model import TextModel
-from tests.support import assert_close_to_scale, running_service, start_engine, wait_healthy
+from tests.support import (
+    assert_close_to_scale,
+    running_service,
+    shap_partition_reference,
+    start_engine,
+    wait_healthy,
+)
 
 PAIRS = [
     TextPair("is it raining outside today?", "the sky is clear and blue, not a cloud anywhere."),
@@ -27,16 +33,8 @@ NLI = ["contradiction", "neutral", "entailment"]
 
 
 @pytest.fixture(scope="module")
-def nli_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny BERT with two token types (BertConfig's default) and three NLI labels."""
-    from tests.support import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("nli"), labels=NLI, seed=3)
-
-
-@pytest.fixture(scope="module")
-def engine(nli_dir: Path) -> Engine:
-    engine = start_engine(nli_dir)
+def engine(tiny_nli_dir: Path) -> Engine:
+    engine = start_engine(tiny_nli_dir)
     yield engine
     engine.stop()
 
@@ -54,13 +52,13 @@ def pipeline_scores(model_dir: Path, inputs) -> list[dict[str, float]]:
     return out
 
 
-def test_a_pair_is_classified_as_the_pipeline_classifies_it(engine: Engine, nli_dir: Path) -> None:
+def test_a_pair_is_classified_as_the_pipeline_classifies_it(engine: Engine, tiny_nli_dir: Path) -> None:
     from shared.serving.classifier import classify
 
     mixed = [PAIRS[0], "one text on its own", PAIRS[1]]
     mine = classify(engine, mixed)
-    expected = pipeline_scores(nli_dir, mixed)
-    first_alone = pipeline_scores(nli_dir, [p.text for p in PAIRS])
+    expected = pipeline_scores(tiny_nli_dir, mixed)
+    first_alone = pipeline_scores(tiny_nli_dir, [p.text for p in PAIRS])
     for classification, reference in zip(mine, expected, strict=True):
         scores = {s.label: s.score for s in classification.prediction}
         assert max(abs(scores[k] - reference[k]) for k in NLI) <= 1e-5
@@ -71,13 +69,13 @@ def test_a_pair_is_classified_as_the_pipeline_classifies_it(engine: Engine, nli_
     assert mine[0].truncated_texts == [] and mine[1].truncated_texts is None
 
 
-def test_truncation_says_which_text_it_shortened(engine: Engine, nli_dir: Path) -> None:
+def test_truncation_says_which_text_it_shortened(engine: Engine, tiny_nli_dir: Path) -> None:
     from shared.serving.classifier import classify
 
     long_pair = TextPair("short premise", " ".join(["a very long hypothesis"] * 40))
     (classification,) = classify(engine, [long_pair])
     assert classification.truncated and classification.truncated_texts == ["text_pair"]
-    (expected,) = pipeline_scores(nli_dir, [long_pair])  # the pipeline truncates longest first too
+    (expected,) = pipeline_scores(tiny_nli_dir, [long_pair])  # the pipeline truncates longest first too
     scores = {s.label: s.score for s in classification.prediction}
     assert max(abs(scores[k] - expected[k]) for k in NLI) <= 1e-5
 
@@ -121,36 +119,16 @@ def test_the_trees_first_split_separates_the_two_texts(engine: Engine) -> None:
 def shap_partition_values(model: TextModel, encoded, game, options: ExplainOptions) -> np.ndarray:
     """SHAP's PartitionExplainer over the game's players and tree, with the model called on token
     ids and the pair's token types: the reference for "the same hierarchy"."""
-    import shap
     import torch
-
-    ids, types = encoded.ids, encoded.types
-    keep, player_of_token = game.keep, game.player_of_token
-
-    def masker(mask: np.ndarray, x: np.ndarray) -> tuple[np.ndarray]:
-        present = np.zeros(len(x), dtype=bool)
-        played = player_of_token >= 0
-        present[played] = mask[player_of_token[played]]
-        present |= keep  # never masked, player or not ([CLS] and the [SEP]s)
-        return (np.where(present, x, model.mask_token_id)[None, :],)
-
-    masker.shape = (1, game.players)
-    masker.mask_shapes = lambda x: [(game.players,)]
-    masker.clustering = game.clustering
 
     def f(rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
-        tokens = torch.tensor(rows)
-        kinds = torch.tensor(np.broadcast_to(types, rows.shape).copy())
+        kinds = torch.tensor(np.broadcast_to(encoded.types, rows.shape).copy())
         with torch.inference_mode():
-            logits = model.model(input_ids=tokens, token_type_ids=kinds).logits.numpy()
+            logits = model.model(input_ids=torch.tensor(rows), token_type_ids=kinds).logits.numpy()
         return model.outputs(logits, options.output)
 
-    explainer = shap.explainers.PartitionExplainer(f, masker)
-    np.random.seed(options.seed)
-    # The players are what the masker masks: SHAP walks the tree over them (one row: the text's ids).
-    result = explainer(ids[None, :], max_evals=options.max_evals, batch_size=options.batch_size, silent=True)
-    return result.values[0]
+    return shap_partition_reference(game, model.mask_token_id, f, options)
 
 
 @pytest.mark.parametrize("granularity", ["token", "word"])
@@ -192,10 +170,10 @@ def test_a_tokenizer_without_a_pair_template_refuses_pairs(tmp_path: Path) -> No
         gpt2.stop()
 
 
-def test_pairs_over_http(nli_dir: Path, tmp_path: Path) -> None:
+def test_pairs_over_http(tiny_nli_dir: Path, tmp_path: Path) -> None:
     """/invocations (one pair, a list mixing pairs and texts, [q, p]) and KServe V1 instances give
     the same answers; jobs and records say they take single texts."""
-    env = {"MODEL_DIR": str(nli_dir), "SERVERLESS": "true"}
+    env = {"MODEL_DIR": str(tiny_nli_dir), "SERVERLESS": "true"}
     with running_service(tmp_path, env) as service:
         wait_healthy(service)
         pair = {"text": PAIRS[0].text, "text_pair": PAIRS[0].text_pair}

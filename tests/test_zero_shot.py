@@ -14,7 +14,13 @@ from shared.io.inputs import ZeroShot
 from shared.io.schemas import ExplainOptions
 from shared.runtime.engine import Engine
 from shared.serving.classifier import classify
-from tests.support import assert_close_to_scale, running_service, start_engine, wait_healthy
+from tests.support import (
+    assert_close_to_scale,
+    running_service,
+    shap_partition_reference,
+    start_engine,
+    wait_healthy,
+)
 
 NLI = ["contradiction", "neutral", "entailment"]
 TEXT = "the match went to extra time and the crowd went wild"  # with a hypothesis: within 64 tokens
@@ -22,15 +28,8 @@ CANDIDATES = ("sports", "politics", "music")
 
 
 @pytest.fixture(scope="module")
-def nli_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.support import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("nli"), labels=NLI, seed=3)
-
-
-@pytest.fixture(scope="module")
-def engine(nli_dir: Path) -> Engine:
-    engine = start_engine(nli_dir)
+def engine(tiny_nli_dir: Path) -> Engine:
+    engine = start_engine(tiny_nli_dir)
     yield engine
     engine.stop()
 
@@ -54,11 +53,11 @@ def pipeline_scores(model_dir: Path, text: str, labels, multi_label: bool, templ
     ],
 )
 def test_scores_equal_the_zero_shot_pipeline(
-    engine: Engine, nli_dir: Path, labels, multi_label, template
+    engine: Engine, tiny_nli_dir: Path, labels, multi_label, template
 ) -> None:
     (classification,) = classify(engine, [ZeroShot(TEXT, labels, template, multi_label)])
     mine = {s.label: s.score for s in classification.prediction}
-    expected = pipeline_scores(nli_dir, TEXT, labels, multi_label, template)
+    expected = pipeline_scores(tiny_nli_dir, TEXT, labels, multi_label, template)
     assert set(mine) == set(labels)
     assert max(abs(mine[k] - expected[k]) for k in labels) <= 1e-5
     if not multi_label and len(labels) > 1:
@@ -68,31 +67,17 @@ def test_scores_equal_the_zero_shot_pipeline(
 def shap_reference(engine: Engine, encoded, game, options: ExplainOptions) -> np.ndarray:
     """SHAP's PartitionExplainer over the game's players and tree, whose model is the zero-shot
     score itself: each masked text paired with every hypothesis, scored as the pipeline scores."""
-    import shap
     import torch
 
     from shared.runtime.model import split_types
 
     model = engine.model
-    keep, player_of_token = game.keep, game.player_of_token
-
-    def masker(mask: np.ndarray, x: np.ndarray) -> tuple[np.ndarray]:
-        present = np.zeros(len(x), dtype=bool)
-        played = player_of_token >= 0
-        present[played] = mask[player_of_token[played]]
-        present |= keep
-        return (np.where(present, x, model.mask_token_id)[None, :],)
-
-    masker.shape = (1, game.players)
-    masker.mask_shapes = lambda x: [(game.players,)]
-    masker.clustering = game.clustering
 
     def f(texts: np.ndarray) -> np.ndarray:
         out = []
         for ids in np.asarray(texts, dtype=np.int64):
-            rows = encoded.rows(ids)
             logits = []
-            for row in rows:  # one at a time: no padding to reason about
+            for row in encoded.rows(ids):  # one at a time: no padding to reason about
                 tokens, types = split_types(row[None, :])
                 with torch.inference_mode():
                     kinds = None if types is None else torch.tensor(types)
@@ -102,12 +87,7 @@ def shap_reference(engine: Engine, encoded, game, options: ExplainOptions) -> np
             out.append(model.document_outputs(encoded, np.stack(logits), options.output))
         return np.array(out)
 
-    explainer = shap.explainers.PartitionExplainer(f, masker)
-    np.random.seed(options.seed)
-    result = explainer(
-        encoded.ids[None, :], max_evals=options.max_evals, batch_size=options.batch_size, silent=True
-    )
-    return result.values[0]
+    return shap_partition_reference(game, model.mask_token_id, f, options)
 
 
 @pytest.mark.parametrize("multi_label", [False, True])
@@ -137,8 +117,8 @@ def test_a_model_without_an_entailment_label_is_a_clear_400(tiny_model_dir: Path
         plain.stop()
 
 
-def test_zero_shot_over_http(nli_dir: Path, tmp_path: Path) -> None:
-    env = {"MODEL_DIR": str(nli_dir), "SERVERLESS": "true"}
+def test_zero_shot_over_http(tiny_nli_dir: Path, tmp_path: Path) -> None:
+    env = {"MODEL_DIR": str(tiny_nli_dir), "SERVERLESS": "true"}
     with running_service(tmp_path, env) as service:
         wait_healthy(service)
         body = {"data": TEXT, "candidate_labels": list(CANDIDATES), "explain": True, "max_evals": 100}
