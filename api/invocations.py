@@ -139,12 +139,19 @@ def _valid(record: Record, options: dict[str, Any], settings: Settings) -> Input
     return record.text or ""
 
 
-def shaped(kind: str, texts: Sequence[str], results: list[dict[str, Any]], single: bool) -> Response:
+def html_texts(texts: Sequence[Input]) -> list[str]:
+    """The texts an HTML view highlights, one per result (a zero-shot text's own): a text pair's
+    units index two texts, which the view does not show."""
+    if any(isinstance(text, TextPair) for text in texts):
+        raise InvalidRequest("the HTML view shows one text per result: ask for JSON for text pairs")
+    return [text if isinstance(text, str) else text.text for text in texts]
+
+
+def shaped(kind: str, texts: Sequence[Input], results: list[dict[str, Any]], single: bool) -> Response:
     """Results in the response type the client accepts."""
     if kind == HTML:
-        if any(isinstance(text, TextPair) for text in texts):
-            raise InvalidRequest("the HTML view shows one text per result: ask for JSON for text pairs")
-        return html_response(lambda nonce: explanation_document(list(texts), results, nonce=nonce))
+        shown = html_texts(texts)
+        return html_response(lambda nonce: explanation_document(shown, results, nonce=nonce))
     if kind == JSON_LINES:
         return json_lines(results)
     if kind == CSV:  # one line per text: its top label and that label's score

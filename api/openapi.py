@@ -66,15 +66,9 @@ _RECORDS = (
 )
 
 
-_ONE_TEXT = "OneText"  # a body's name without text pairs: what jobs take
-
-
-def _body(settings: Settings, records: bool = False, pairs: bool = True) -> dict[str, Any]:
-    """A request body: JSON or text; with `records`, also JSON Lines and CSV (/invocations only);
-    without `pairs`, single texts only (jobs)."""
-    shapes = (
-        ("SeedBody", "HuggingFaceBody") if pairs else (f"SeedBody{_ONE_TEXT}", f"HuggingFaceBody{_ONE_TEXT}")
-    )
+def _body(settings: Settings, records: bool = False) -> dict[str, Any]:
+    """A request body: JSON or text; with `records`, also JSON Lines and CSV (/invocations only)."""
+    shapes = ("SeedBody", "HuggingFaceBody")
     plain = {
         **TEXT_JSON_SCHEMA,
         "maxLength": settings.max_text_chars,
@@ -304,7 +298,7 @@ def _document(
                     "summary": "submit an explanation job: 200 and the finished job without a broker, "
                     "202 and the queued job with one",
                     "parameters": [_IDEMPOTENCY_KEY],
-                    "requestBody": _body(settings, pairs=False),  # jobs explain single texts
+                    "requestBody": _body(settings),
                     "responses": {"200": _SUBMITTED, "202": _SUBMITTED, **_REQUEST_ERRORS, **_REUSED_KEY},
                 }
             },
@@ -490,7 +484,6 @@ def _limited(
         "masking": {"const": "tokens"},
         "precision": {"enum": pair_precisions},
         "faithfulness": {"const": False},
-        "async": {"const": False},  # jobs explain single texts on the model's labels
     }
     # Zero-shot texts take what pairs take; the other shapes take no candidate labels, and their
     # `labels` name the model's.
@@ -557,12 +550,6 @@ def _limited(
                 }
             }
         )
-    for name in ("SeedBody", "HuggingFaceBody"):  # the same bodies without their pairs' shape (jobs)
-        one_text = copy.deepcopy(schemas[name])
-        if nli:
-            one_text["anyOf"].pop()  # zero-shot texts: jobs explain on the model's labels
-        del one_text["anyOf"][1]
-        schemas[f"{name}{_ONE_TEXT}"] = {**one_text, "title": f"{name}{_ONE_TEXT}"}
     return schemas
 
 

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.bodies import job_body
 from api.codecs import Invocation, decode_invocation
-from api.invocations import RESULT_TYPES, Call, html_response, invoke_records, shaped
+from api.invocations import RESULT_TYPES, Call, html_response, html_texts, invoke_records, shaped
 from api.negotiation import (
     CUSTOM_ATTRIBUTES,
     HTML,
@@ -29,8 +29,8 @@ from api.negotiation import (
 from api.openapi import openapi_document
 from api.records import is_record_type
 from shared import metrics
-from shared.errors import InvalidRequest, NotFound, Unauthorized
-from shared.io.inputs import TextPair
+from shared.errors import NotFound, Unauthorized
+from shared.io.inputs import restored
 from shared.io.results import body
 from shared.jobs.inline import JobQueue
 from shared.jobs.record import JobRecord, new_record
@@ -185,15 +185,14 @@ def invocations() -> Any:
     invocation = decode_invocation(request, settings, options)
     parameters = invocation.parameters
     if parameters.explain and parameters.asynchronous:
-        return _submit(invocation, call.service.classify(invocation.texts, call.ticket, parameters.long_text))
+        return _submit(invocation, call.ticket)
     return shaped(kind, invocation.texts, call.results(invocation.texts, parameters), invocation.single)
 
 
 @bp.post("/explanations")
 def create_explanation() -> Any:
     invocation = decode_invocation(request, _settings(), custom_attribute_options(request))
-    parameters = invocation.parameters
-    return _submit(invocation, _service().classify(invocation.texts, request_ticket(), parameters.long_text))
+    return _submit(invocation, request_ticket())
 
 
 @bp.get("/explanations/<job_id>")
@@ -201,7 +200,8 @@ def get_explanation(job_id: str) -> Any:
     record = _own_job(job_id)
     job = body(job_body(record))
     if _wants_html():
-        return html_response(lambda nonce: job_document(job, record.texts, nonce=nonce))
+        texts = html_texts([restored(text) for text in record.texts])
+        return html_response(lambda nonce: job_document(job, texts, nonce=nonce))
     return jsonify(job)
 
 
@@ -216,29 +216,27 @@ def delete_explanation(job_id: str) -> Any:
     return jsonify(body(job_body(record)))
 
 
-def _submit(invocation: Invocation, classifications: list[Any]) -> Any:
-    """Queue a job (202 + Location), or in single-process mode run it now (200, finished job). With
-    an Idempotency-Key used before with the same request, the job it made, with the same status."""
-    if any(isinstance(text, TextPair) for text in invocation.texts) or invocation.parameters.candidate_labels:
-        raise InvalidRequest(
-            "jobs explain single texts on the model's labels: explain text pairs and zero-shot labels in "
-            "the request (POST /invocations)"
-        )
+def _submit(invocation: Invocation, ticket: Ticket) -> Any:
+    """Classify the texts, then queue a job that explains them (202 + Location), or in single-process
+    mode run it now (200, finished job). With an Idempotency-Key used before with the same request,
+    the job it made, with the same status."""
     jobs = _jobs()
-    options = invocation.parameters.explain_options()
+    parameters = invocation.parameters
+    options = parameters.explain_options()
+    inputs = parameters.inputs(invocation.texts)  # zero-shot texts carry their labels into the job
     service = _service()
-    service.check_options(options)  # a job that cannot succeed is a 400 now, not a failure later
+    service.check_options(options, inputs)  # a job that cannot succeed is a 400 now, not a failure later
     record: JobRecord = new_record(
         service.model.model_id,
-        invocation.texts,
+        inputs,
         invocation.single,
         options,
-        classifications,
+        service.classify(inputs, ticket, parameters.long_text),
         owner=g.owner,
         model_fingerprint=service.model.fingerprint,
     )
     # Inline jobs stop at the request's deadline too.
-    record, replayed = jobs.submit(record, request_ticket(), idempotency(request, g.owner))
+    record, replayed = jobs.submit(record, ticket, idempotency(request, g.owner))
     response = jsonify(body(job_body(record)))
     if replayed:
         response.headers[REPLAYED] = "true"

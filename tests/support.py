@@ -179,6 +179,16 @@ def assert_close_to_scale(actual: Any, expected: Any, rel: float) -> None:
     assert worst <= rel * scale, f"off by {worst:.3g}, more than {rel:g} of the scale {scale:.3g}"
 
 
+def assert_same_explanation(actual: dict, expected: dict, rel: float = 1e-4) -> None:
+    """Two answers explain the same units (and texts of a pair) with the same values, within `rel`
+    of the largest. Not bit for bit: another process, thread count or grouping of the rows into
+    passes sums float32 in another order (up to 1e-5 of the largest value measured on tiny models)."""
+    assert [t for t, _ in actual["explanation"]] == [t for t, _ in expected["explanation"]]
+    assert actual.get("segments") == expected.get("segments")
+    values = [list(d.values()) for _, d in actual["explanation"]]
+    assert_close_to_scale(values, [list(d.values()) for _, d in expected["explanation"]], rel)
+
+
 def start_engine(model_dir: Path, threads: int | None = 1, backend: str = "torch", **limits: int):
     """Load a model in this process and start its engine (`limits`: PassLimits rows/tokens).
     `backend="onnxruntime"` runs its exact passes through an ONNX export (cached beside the model)."""

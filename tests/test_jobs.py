@@ -15,6 +15,7 @@ from tests.support import (
     Service,
     Worker,
     assert_close_to_scale,
+    assert_same_explanation,
     assert_same_prediction,
     job_stack,
     wait_until,
@@ -102,17 +103,6 @@ def poll_progress(api: Service, job_id: str, timeout: float = 60) -> dict:
     return state
 
 
-def assert_same_values(job_result: dict, synchronous: dict) -> None:
-    """A job's explanation equals the synchronous one for the same options within 1e-4 of its largest
-    value. Not bit for bit: the worker's passes may group the rows otherwise (measured: 1 run in 4
-    for one short text) or run another thread count, so float32 sums in another order (up to 1e-5
-    of the largest value here)."""
-    assert [t for t, _ in job_result["explanation"]] == [t for t, _ in synchronous["explanation"]]
-    values = np.array([list(d.values()) for _, d in job_result["explanation"]])
-    expected = np.array([list(d.values()) for _, d in synchronous["explanation"]])
-    assert_close_to_scale(values, expected, rel=1e-4)
-
-
 def test_submit_poll_and_match_the_synchronous_explanation(stack) -> None:
     api: Service = stack.api
     text = "I loved this film, the acting was superb."
@@ -135,7 +125,7 @@ def test_submit_poll_and_match_the_synchronous_explanation(stack) -> None:
     synchronous = api.post(
         "/invocations", json={"data": text, "explain": True, "seed": 11, "max_evals": 300}
     ).json()
-    assert_same_values(result, synchronous)
+    assert_same_explanation(result, synchronous)
     assert result["prediction"] == job["prediction"]
 
 
@@ -192,7 +182,7 @@ def test_a_job_whose_publisher_died_is_published_by_the_sweeper(stack) -> None:
     finished = poll(api, record.id, {"succeeded", "failed"}, timeout=60)
     assert finished["status"] == "succeeded", finished
     synchronous = api.post("/invocations", json={"data": text, "explain": True, "max_evals": 120}).json()
-    assert_same_values(finished["result"], synchronous)
+    assert_same_explanation(finished["result"], synchronous)
 
 
 def test_cancel_a_queued_and_a_running_job(stack) -> None:
@@ -262,7 +252,7 @@ def test_worker_killed_mid_job_the_job_still_succeeds(stack) -> None:
     assert replacement.log().count(f"job {job['id']} succeeded") == 1  # ran again on the new worker
     assert finished["attempts"] == 2
     synchronous = api.post("/invocations", json=dict(LONG_JOB, seed=2, explain=True)).json()
-    assert_same_values(finished["result"], synchronous)
+    assert_same_explanation(finished["result"], synchronous)
 
 
 def test_redis_outage_classification_survives_and_jobs_recover(stack) -> None:
@@ -348,7 +338,7 @@ def test_a_threads_pool_runs_several_jobs_at_once_into_one_engine(stack) -> None
         assert finished["status"] == "succeeded", finished
         synchronous = api.post("/invocations", json={"data": text, "explain": True, **options}).json()
         # The worker ran 2 torch threads and 3 jobs' rows in shared passes, the API 1 thread.
-        assert_same_values(finished["result"], synchronous)
+        assert_same_explanation(finished["result"], synchronous)
 
 
 def test_a_retried_submit_with_the_same_key_gives_one_job(stack) -> None:

@@ -19,6 +19,7 @@ from shared.runtime.engine import Engine
 from shared.runtime.model import TextModel
 from tests.support import (
     assert_close_to_scale,
+    assert_same_explanation,
     running_service,
     shap_partition_reference,
     start_engine,
@@ -172,7 +173,7 @@ def test_a_tokenizer_without_a_pair_template_refuses_pairs(tmp_path: Path) -> No
 
 def test_pairs_over_http(tiny_nli_dir: Path, tmp_path: Path) -> None:
     """/invocations (one pair, a list mixing pairs and texts, [q, p]) and KServe V1 instances give
-    the same answers; jobs and records say they take single texts."""
+    the same answers, and so do jobs; Clarify's exchange and the HTML view say they take single texts."""
     env = {"MODEL_DIR": str(tiny_nli_dir), "SERVERLESS": "true"}
     with running_service(tmp_path, env) as service:
         wait_healthy(service)
@@ -203,8 +204,16 @@ def test_pairs_over_http(tiny_nli_dir: Path, tmp_path: Path) -> None:
             "/invocations", data=lines.encode()[: lines.index("\n") + 1], headers=as_clarify
         )
         assert refused.status_code == 400 and "Clarify" in refused.json()["error"]["message"]
-        job = service.post("/explanations", json={"data": pair})
-        assert job.status_code == 400 and "single texts" in job.json()["error"]["message"]
+        # A job explains the pair as the request does; async on /invocations submits one too.
+        job = service.post("/explanations", json={"data": pair, "max_evals": 100})
+        assert job.status_code == 200 and job.json()["status"] == "succeeded", job.text
+        assert_same_explanation(job.json()["result"], body)
+        submitted = service.post("/invocations", json={"data": [pair], "explain": True, "async": True})
+        assert submitted.status_code == 200 and submitted.json()["status"] == "succeeded"
+        page = service.get(f"/explanations/{job.json()['id']}", headers={"Accept": "text/html"})
+        assert page.status_code == 400 and "text pairs" in page.json()["error"]["message"]
+        refused_job = service.post("/explanations", json={"data": pair, "masking": "text"})
+        assert refused_job.status_code == 400 and "masking" in refused_job.json()["error"]["message"]
         bad = service.post("/invocations", json={"data": {"text": "a", "text_pair": "b", "extra": 1}})
         assert bad.status_code == 400 and "text_pair" in bad.json()["error"]["message"]
         for refused in ({"precision": "amortized"}, {"faithfulness": True}, {"masking": "text"}):

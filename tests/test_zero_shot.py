@@ -16,6 +16,7 @@ from shared.runtime.engine import Engine
 from shared.serving.classifier import classify
 from tests.support import (
     assert_close_to_scale,
+    assert_same_explanation,
     running_service,
     shap_partition_reference,
     start_engine,
@@ -144,8 +145,14 @@ def test_zero_shot_over_http(tiny_nli_dir: Path, tmp_path: Path) -> None:
         ):
             bad = service.post("/invocations", json={**body, **refused})
             assert bad.status_code == 400, (refused, bad.text)
-        job = service.post("/explanations", json={"data": TEXT, "candidate_labels": ["sports"]})
-        assert job.status_code == 400 and "zero-shot" in job.json()["error"]["message"]
+        job = service.post("/explanations", json=body)  # a job explains each candidate label too
+        assert job.status_code == 200 and job.json()["status"] == "succeeded", job.text
+        assert_same_explanation(job.json()["result"], result)
+        assert job.json()["prediction"] == result["prediction"]
+        page = service.get(f"/explanations/{job.json()['id']}", headers={"Accept": "text/html"})
+        assert page.status_code == 200 and "sports" in page.text
+        no_nli = service.post("/explanations", json={**body, "masking": "text"})
+        assert no_nli.status_code == 400, no_nli.text
         pair = {"text": "a", "text_pair": "b"}
         assert service.post("/invocations", json={"data": pair, "candidate_labels": ["x"]}).status_code == 400
         document = service.get("/openapi.json").json()
@@ -158,3 +165,36 @@ def test_zero_shot_over_http(tiny_nli_dir: Path, tmp_path: Path) -> None:
         assert {p["label"] for p in scored["prediction"]} == set(CANDIDATES)
         explained = client.explain({"text": "a man plays", "text_pair": "music is made"}, max_evals=60)
         assert set(explained["segments"]) == {0, 1}
+
+
+def test_pair_and_zero_shot_jobs_run_on_a_worker(tiny_nli_dir: Path, tmp_path: Path) -> None:
+    """A real Redis and Celery worker: a job of a text pair and a text, and a zero-shot job, each
+    explained by the worker as the API explains them in the request."""
+    from tests.support import assert_same_prediction, job_stack, wait_until
+
+    env = {"MODEL_DIR": str(tiny_nli_dir), "WORKER_CONCURRENCY": "1", "TORCH_THREADS": "1"}
+    with job_stack(tmp_path, env) as stack:
+        api = stack.api
+        pair = {"text": "a man plays a guitar on stage", "text_pair": "someone is making music"}
+        bodies = [
+            {"data": [pair, TEXT], "max_evals": 100},
+            {"data": TEXT, "candidate_labels": list(CANDIDATES), "multi_label": True, "max_evals": 100},
+        ]
+        for body in bodies:
+            submitted = api.post("/explanations", json=body)
+            assert submitted.status_code == 202, submitted.text
+            job: dict = {}
+
+            def finished(job_id: str = submitted.json()["id"], job: dict = job) -> bool:
+                job.update(api.get(f"/explanations/{job_id}").json())
+                return job["status"] in {"succeeded", "failed"}
+
+            wait_until(finished, 120, what="the job to finish")
+            assert job["status"] == "succeeded", job
+            synchronous = api.post("/invocations", json={**body, "explain": True}).json()
+            results = job["result"] if isinstance(job["result"], list) else [job["result"]]
+            expected = synchronous if isinstance(synchronous, list) else [synchronous]
+            for result, answer in zip(results, expected, strict=True):
+                assert_same_explanation(result, answer)
+                assert_same_prediction(result["prediction"], answer["prediction"])
+        assert set(results[0]["base_values"]) == set(CANDIDATES)  # multi_label: each explained

@@ -29,6 +29,7 @@ from celery.signals import (
 
 from shared import metrics
 from shared.errors import ClarionError, JobBackendUnavailable, JobCancelled
+from shared.io.inputs import Input, restored
 from shared.io.schemas import ExplainOptions, parse_model
 from shared.jobs.analysis import (
     AnalysisRecord,
@@ -265,17 +266,18 @@ class _Progress:
 
 
 @celery_app.task(name=EXPLAIN_TASK, bind=True)
-def explain_job(self: Any, texts: list[str], options: dict[str, Any]) -> None:
-    """Explain `texts`: the same `ClarionService.explain` the single-process API calls."""
+def explain_job(self: Any, texts: list[str | dict[str, Any]], options: dict[str, Any]) -> None:
+    """Explain `texts` (inputs as shared.io.inputs.stored keeps them): the same
+    `ClarionService.explain` the single-process API calls."""
     if _service is None:  # the threads pool while it loads, or the solo pool
         _load_model()
     job_id = self.request.id
     with _leased(job_id, EXPLAIN_TASK, [texts, options]) as lease:
         if lease is not None:
-            _explain(job_id, texts, options, lease)
+            _explain(job_id, [restored(text) for text in texts], options, lease)
 
 
-def _explain(job_id: str, texts: list[str], options: dict[str, Any], lease: Lease) -> None:
+def _explain(job_id: str, texts: list[Input], options: dict[str, Any], lease: Lease) -> None:
     assert _service is not None
     if _out_of_attempts(job_id):
         return

@@ -29,7 +29,7 @@ class _Explanation(TypedDict, total=False):
 
 
 class ZeroShotOptions(TypedDict, total=False):
-    """Zero-shot labels (an NLI model; synchronous calls only): score the texts on these labels."""
+    """Zero-shot labels (an NLI model): score the texts on these labels."""
 
     candidate_labels: list[str]  # each label's hypothesis entailed by the text, as transformers' pipeline
     hypothesis_template: str  # with {} where the label goes; default "This example is {}."
@@ -37,8 +37,7 @@ class ZeroShotOptions(TypedDict, total=False):
 
 
 class ExplainOptions(_Explanation, ZeroShotOptions, total=False):
-    """The options of `explain` and `submit` (POST /invocations, POST /explanations; a job takes no
-    zero-shot labels)."""
+    """The options of `explain` and `submit` (POST /invocations, POST /explanations)."""
 
     batch_size: int  # SHAP's batch size: tree nodes the Partition explainer expands per round
 

@@ -4,6 +4,7 @@ chosen per request (zero-shot, through an NLI model)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 # transformers' ZeroShotClassificationPipeline's default hypothesis
 DEFAULT_HYPOTHESIS = "This example is {}."
@@ -45,3 +46,29 @@ def input_key(item: Input) -> str | list[str]:
         mode = "zero-shot-multi" if item.multi_label else "zero-shot"
         return [mode, item.text, item.hypothesis_template, *item.candidate_labels]
     return item
+
+
+def stored(item: Input) -> str | dict[str, Any]:
+    """An input as JSON keeps it (a job's record and task): a text as itself, a pair and a zero-shot
+    text as objects with everything that makes their answer."""
+    if isinstance(item, TextPair):
+        return {"text": item.text, "text_pair": item.text_pair}
+    if isinstance(item, ZeroShot):
+        return {
+            "text": item.text,
+            "candidate_labels": list(item.candidate_labels),
+            "hypothesis_template": item.hypothesis_template,
+            "multi_label": item.multi_label,
+        }
+    return item
+
+
+def restored(value: str | dict[str, Any]) -> Input:
+    """The input `stored` kept."""
+    if isinstance(value, str):
+        return value
+    if "text_pair" in value:
+        return TextPair(value["text"], value["text_pair"])
+    return ZeroShot(
+        value["text"], tuple(value["candidate_labels"]), value["hypothesis_template"], value["multi_label"]
+    )

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shared.errors import NotFound
+from shared.io.inputs import Input, restored
 from shared.io.results import Explanation
 from shared.io.schemas import ExplainOptions
 from shared.jobs.record import _JOB_ID, Idempotency, JobRecord, progress_of, replayed, utc_now
@@ -21,7 +22,7 @@ from shared.runtime.engine import Ticket
 from shared.storage.memory import MemoryCache
 
 # ClarionService.explain: texts and options, within a ticket, to their explanations
-Explain = Callable[[Sequence[str], ExplainOptions, Ticket | None], list[Explanation]]
+Explain = Callable[[Sequence[Input], ExplainOptions, Ticket | None], list[Explanation]]
 
 
 class JobQueue(Protocol):
@@ -149,7 +150,7 @@ class InlineJobQueue:
         options = ExplainOptions.model_construct(**record.options)
         record.started_at = utc_now()
         ticket = ticket or Ticket()
-        explanations = self._explain(record.texts, options, ticket)
+        explanations = self._explain([restored(text) for text in record.texts], options, ticket)
         record.progress = progress_of(*ticket.progress) if ticket.progress else None
         record.explanations = [e.model_dump(mode="json") for e in explanations]
         record.status = SUCCEEDED

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
 from shared.errors import IdempotencyConflict
+from shared.io.inputs import Input, stored
 from shared.io.results import Classification
 from shared.io.schemas import ExplainOptions
 from shared.kinds import QUEUED
@@ -106,7 +107,8 @@ class JobRecord(StoredRecord):
     submitted_at: str
     model: str
     single: bool
-    texts: list[str]
+    # Each input as shared.io.inputs.stored keeps it: a text, or a text pair's or a zero-shot text's object.
+    texts: list[str | dict[str, Any]]
     options: dict[str, Any]
     predictions: list[dict[str, Any]]
     status: str = QUEUED
@@ -131,7 +133,7 @@ class JobRecord(StoredRecord):
 
 def new_record(
     model: str,
-    texts: list[str],
+    texts: Sequence[Input],
     single: bool,
     options: ExplainOptions,
     predictions: list[Classification],
@@ -143,7 +145,7 @@ def new_record(
         submitted_at=utc_now(),
         model=model,
         single=single,
-        texts=texts,
+        texts=[stored(text) for text in texts],
         options=options.model_dump(),
         predictions=[p.model_dump(mode="json") for p in predictions],
         owner=owner,

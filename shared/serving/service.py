@@ -22,7 +22,7 @@ from shared.explanation.amortized import (
     load_amortized,
 )
 from shared.explanation.explainer import check_options, check_pair_options, explain_encoded
-from shared.io.inputs import Input
+from shared.io.inputs import Input, ZeroShot
 from shared.io.results import (
     API_VERSION,
     Classification,
@@ -154,9 +154,16 @@ class ClarionService:
         """The precisions this service explains with: "amortized" only with an artifact loaded."""
         return ("exact", "fast", "amortized") if self._amortized is not None else ("exact", "fast")
 
-    def check_options(self, options: ExplainOptions) -> None:
-        """Raise InvalidRequest for options this service cannot explain (before a job is accepted)."""
-        check_options(self.model, options)
+    def check_options(self, options: ExplainOptions, inputs: Sequence[Input] = ()) -> None:
+        """Raise InvalidRequest for options this service cannot explain on `inputs` (before a job is
+        accepted): labels it does not score, zero-shot labels without an NLI model, what text pairs
+        and zero-shot texts cannot take, an unusable amortized artifact."""
+        zero_shot = next((item for item in inputs if isinstance(item, ZeroShot)), None)
+        check_options(self.model, options, zero_shot.candidate_labels if zero_shot else None)
+        if zero_shot is not None:
+            self.model.entailment_ids()  # an NLI model, or a 400 that says why
+        if any(not isinstance(item, str) for item in inputs):
+            check_pair_options(options)
         if options.precision == "amortized":
             self.amortized()
 
