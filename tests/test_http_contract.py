@@ -463,11 +463,3 @@ def test_every_documented_path_answers_other_methods_with_405_and_the_documented
             assert (response.status_code, allow) == (405, documented), (method, concrete)
             checked += 1
     assert checked > 40
-
-
-def test_a_v2_text_pair_input_is_refused_saying_so(service: Service) -> None:
-    model = service.get("/ping").json()["model"]
-    tensor = {"shape": [1], "datatype": "BYTES"}
-    inputs = [{"name": "text", "data": ["a"], **tensor}, {"name": "text_pair", "data": ["b"], **tensor}]
-    v2 = service.post(f"/v2/models/{model}/infer", json={"inputs": inputs})
-    assert v2.status_code == 400 and "text_pair is not read yet" in v2.json()["error"]

@@ -107,7 +107,10 @@ def test_triton_health_needs_no_key_and_metadata_names_the_outputs(
     assert server["name"] == "clarion" and "binary_tensor_data" in server["extensions"]
     metadata = triton.get_model_metadata(model_name, headers=auth())
     assert metadata["name"] == model_name
-    assert metadata["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+    assert metadata["inputs"] == [  # a BERT tokenizer has a pair template: text pairs are taken
+        {"name": "text", "datatype": "BYTES", "shape": [-1]},
+        {"name": "text_pair", "datatype": "BYTES", "shape": [-1], "optional": True},
+    ]
     assert metadata["outputs"] == [
         {"name": "scores", "datatype": "FP32", "shape": [-1, len(labels)]},
         {"name": "label", "datatype": "BYTES", "shape": [-1]},
@@ -344,6 +347,15 @@ def _binary_input(size: int) -> dict[str, Any]:
     }
 
 
+def _pair_input(data: list[Any], shape: list[int] | None = None) -> dict[str, Any]:
+    return {
+        "name": "text_pair",
+        "shape": [len(data)] if shape is None else shape,
+        "datatype": "BYTES",
+        "data": data,
+    }
+
+
 V1 = "/v1/models/{model}:predict"
 V1_EXPLAIN = "/v1/models/{model}:explain"
 V2 = "/v2/models/{model}/infer"
@@ -370,7 +382,38 @@ BAD_INPUTS = [
     (V2, {"data": b"{", "headers": {"Content-Type": "application/json"}}, 400, "malformed JSON"),
     (V2, {"data": b"good film", "headers": {"Content-Type": "text/csv"}}, 415, "content type 'text/csv'"),
     (V2, {"json": {"inputs": []}}, 400, "inputs: List should have at least 1 item"),
-    (V2, {"json": {"inputs": [_v2()["json"]["inputs"][0]] * 2}}, 400, "inputs: List should have at most 1"),
+    (V2, {"json": {"inputs": [_v2()["json"]["inputs"][0]] * 2}}, 400, "inputs: one input 'text'"),
+    (V2, {"json": {"inputs": [_pair_input(["a"])]}}, 400, "inputs: one input 'text'"),
+    (V2, {"json": {"inputs": _v2()["json"]["inputs"] + [_pair_input(["a"])] * 2}}, 400, "at most 2 items"),
+    (V2, {"json": {"inputs": _v2()["json"]["inputs"] + [_pair_input(["a", "b"])]}}, 400, "holds 2 texts and"),
+    (V2, {"json": {"inputs": _v2()["json"]["inputs"] + [_pair_input(["a"], shape=[2])]}}, 400, "shape [2]"),
+    (V2, {"json": {"inputs": _v2()["json"]["inputs"] + [_pair_input([" "])]}}, 400, "text 0 is empty"),
+    (V2, {"json": {"inputs": _v2()["json"]["inputs"] + [_pair_input([3])]}}, 400, "inputs.1.data.0"),
+    (
+        V2,
+        {"json": {"inputs": _v2()["json"]["inputs"] + [{**_pair_input(["a"]), "datatype": "FP32"}]}},
+        400,
+        "inputs.1.datatype",
+    ),
+    (
+        V2,
+        {
+            "json": {
+                "inputs": _v2()["json"]["inputs"] + [_pair_input(["a"])],
+                "parameters": {"explain": True, "masking": "text"},
+            }
+        },
+        400,
+        "masking",
+    ),
+    (
+        V2,
+        _binary(
+            {"inputs": [*_binary_input(13)["inputs"], _pair_input(["a"])]}, _framed(b"good film") + b"xy"
+        ),
+        400,
+        "binary_data_size add up to 13, but 15 bytes",
+    ),
     (
         V2,
         {"json": {"inputs": [{"name": "sentence", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}},

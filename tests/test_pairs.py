@@ -34,6 +34,23 @@ NLI = ["contradiction", "neutral", "entailment"]
 
 
 @pytest.fixture(scope="module")
+def nli_service(tiny_nli_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The tiny NLI model served (single process), for the front doors' tests."""
+    env = {"MODEL_DIR": str(tiny_nli_dir), "SERVERLESS": "true"}
+    with running_service(tmp_path_factory.mktemp("nli-service"), env) as service:
+        wait_healthy(service)
+        yield service
+
+
+def invocations_scores(service, pairs: list[TextPair], **options) -> list[dict]:
+    """/invocations' answer for these pairs, as JSON: what every other front door must match."""
+    data = [{"text": p.text, "text_pair": p.text_pair} for p in pairs]
+    answer = service.post("/invocations", json={"data": data, **options})
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+@pytest.fixture(scope="module")
 def engine(tiny_nli_dir: Path) -> Engine:
     engine = start_engine(tiny_nli_dir)
     yield engine
@@ -167,6 +184,9 @@ def test_a_tokenizer_without_a_pair_template_refuses_pairs(tmp_path: Path) -> No
     try:
         with pytest.raises(InvalidRequest, match="template for text pairs"):
             gpt2.model.encode(PAIRS[:1])
+        from api.kserve.v2 import metadata
+
+        assert [tensor["name"] for tensor in metadata(gpt2.model)["inputs"]] == ["text"]  # no text_pair
     finally:
         gpt2.stop()
 
@@ -219,3 +239,71 @@ def test_pairs_over_http(tiny_nli_dir: Path, tmp_path: Path) -> None:
         for refused in ({"precision": "amortized"}, {"faithfulness": True}, {"masking": "text"}):
             answer = service.post("/invocations", json={"data": pair, "explain": True, **refused})
             assert answer.status_code == 400, (refused, answer.text)
+
+
+def test_kserve_v2_reads_a_text_pair_input_beside_the_text(nli_service) -> None:
+    """A second BYTES input `text_pair` makes each row a pair: in JSON or binary data, in either
+    order, with attributions of both texts; the metadata lists it; zero-shot stays refused."""
+    import numpy as np
+    import tritonclient.http as triton_http
+
+    model = nli_service.get("/ping").json()["model"]
+    inputs = nli_service.get(f"/v2/models/{model}").json()["inputs"]
+    assert inputs[1] == {"name": "text_pair", "datatype": "BYTES", "shape": [-1], "optional": True}
+    expected = invocations_scores(nli_service, PAIRS, explain=True, max_evals=60)
+    labels = nli_service.get("/ping").json()["labels"]
+    want = np.array(
+        [[{e["label"]: e["score"] for e in r["prediction"]}[name] for name in labels] for r in expected]
+    )
+
+    def tensor(name: str, texts: list[str]) -> dict:
+        return {"name": name, "shape": [len(texts)], "datatype": "BYTES", "data": texts}
+
+    text, pair = tensor("text", [p.text for p in PAIRS]), tensor("text_pair", [p.text_pair for p in PAIRS])
+    for order in ([text, pair], [pair, text]):
+        body = {"inputs": order, "parameters": {"explain": True, "max_evals": 60}}
+        answer = nli_service.post(f"/v2/models/{model}/infer", json=body)
+        assert answer.status_code == 200, answer.text
+        outputs = {o["name"]: o for o in answer.json()["outputs"]}
+        scores = np.array(outputs["scores"]["data"]).reshape(len(PAIRS), len(labels))
+        np.testing.assert_allclose(scores, want, rtol=0, atol=1e-6)
+        documents = [json.loads(d) for d in outputs["attributions"]["data"]]
+        assert all(set(d["explanation_parameters"]) and d["offsets"] for d in documents)
+        assert [len(d["explanation"]) for d in documents] == [len(r["explanation"]) for r in expected]
+    # tritonclient, every input and output as binary data
+    client = triton_http.InferenceServerClient(url=nli_service.url.removeprefix("http://"))
+    try:
+        tensors = []
+        for name, texts in (("text", [p.text for p in PAIRS]), ("text_pair", [p.text_pair for p in PAIRS])):
+            tensors.append(triton_http.InferInput(name, [len(texts)], "BYTES"))
+            tensors[-1].set_data_from_numpy(np.array(texts, dtype=np.object_), binary_data=True)
+        result = client.infer(model, tensors)
+        np.testing.assert_allclose(result.as_numpy("scores"), want, rtol=0, atol=1e-6)
+    finally:
+        client.close()
+    zero_shot = {"inputs": [text, pair], "parameters": {"candidate_labels": ["a", "b"]}}
+    refused = nli_service.post(f"/v2/models/{model}/infer", json=zero_shot)
+    assert refused.status_code == 400 and "candidate_labels" in refused.json()["error"]
+    windows = {"inputs": [text, pair], "parameters": {"long_text": "windows"}}
+    refused = nli_service.post(f"/v2/models/{model}/infer", json=windows)
+    assert refused.status_code == 400 and "windows" in refused.json()["error"]
+
+
+def test_the_v2_request_schema_takes_a_text_pair_input_of_the_same_shape(nli_service) -> None:
+    """What the OpenAPI document calls a valid V2 body is what the server takes: a text_pair input
+    beside the text (either order), of the same shape, with what pairs take."""
+    from jsonschema import Draft202012Validator
+
+    components = nli_service.get("/openapi.json").json()["components"]
+    request = {"$ref": "#/components/schemas/KServeV2InferRequest", "components": components}
+    valid = Draft202012Validator(request).is_valid
+
+    def tensor(name: str, texts: list[str]) -> dict:
+        return {"name": name, "shape": [len(texts)], "datatype": "BYTES", "data": texts}
+
+    text, pair = tensor("text", ["a", "b"]), tensor("text_pair", ["c", "d"])
+    assert valid({"inputs": [text]}) and valid({"inputs": [text, pair]}) and valid({"inputs": [pair, text]})
+    assert not valid({"inputs": [pair]}) and not valid({"inputs": [text, text]})
+    assert not valid({"inputs": [text, tensor("text_pair", ["c"])]})  # one second text per row
+    assert not valid({"inputs": [text, pair], "parameters": {"masking": "text"}})
+    assert valid({"inputs": [text], "parameters": {"masking": "text"}})

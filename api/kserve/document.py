@@ -10,7 +10,7 @@ import copy
 from typing import Any
 
 from api.kserve import EXPLANATION_FIELDS
-from api.kserve.infer import INPUT, OUTPUTS
+from api.kserve.infer import INPUT, OUTPUTS, PAIR_INPUT
 from shared.io.schemas import TEXT_JSON_SCHEMA, ZERO_SHOT_OPTIONS
 from shared.settings import Settings
 
@@ -97,7 +97,12 @@ def kserve_schemas(schemas: dict[str, Any], settings: Settings) -> dict[str, Any
                 "name": {"type": "string"},
                 "datatype": {"type": "string"},
                 "shape": {"type": "array", "items": {"type": "integer"}},
-            }
+                "optional": {
+                    "type": "boolean",
+                    "description": "an input a request may leave out (text_pair, for text pairs)",
+                },
+            },
+            ["name", "datatype", "shape"],
         ),
         "KServeReady": _object({"name": {"type": "string"}, "ready": {"type": "boolean"}}),
     }
@@ -168,13 +173,14 @@ def _v2_parameters(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _v2_request(hugging_face: dict[str, Any], max_texts: int) -> dict[str, Any]:
-    """One BYTES input `text` of shape [n] for n texts, the outputs to answer, and the options."""
-    text_input = {
+    """One BYTES input `text` of shape [n] for n texts, and for text pairs a BYTES input `text_pair`
+    of the same shape beside it (in either order); the outputs to answer, and the options."""
+    tensor_input = {
         "type": "object",
         "additionalProperties": False,
         "required": ["name", "shape", "datatype", "data"],
         "properties": {
-            "name": {"const": INPUT},
+            "name": {"enum": [INPUT, PAIR_INPUT]},
             "shape": {"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 1},
             "datatype": {"const": "BYTES"},
             "data": {"type": "array", "items": _TEXT, "minItems": 1, "maxItems": max_texts},
@@ -184,11 +190,15 @@ def _v2_request(hugging_face: dict[str, Any], max_texts: int) -> dict[str, Any]:
                 "description": "binary_data_size, with the binary tensor data extension only",
             },
         },
-        # JSON Schema cannot say "shape [len(data)]" but it can list every n allowed.
-        "anyOf": [
-            {"properties": {"shape": {"const": [n]}, "data": {"minItems": n, "maxItems": n}}}
-            for n in range(1, max_texts + 1)
-        ],
+    }
+    text, pair = ({"properties": {"name": {"const": name}}} for name in (INPUT, PAIR_INPUT))
+    inputs = {
+        "type": "array",
+        "items": tensor_input,
+        "minItems": 1,
+        "maxItems": 2,
+        "description": f"{INPUT!r}, and for text pairs {PAIR_INPUT!r} (each row's second text) beside it",
+        "anyOf": [{"prefixItems": [text, pair]}, {"prefixItems": [pair, text], "minItems": 2}],
     }
     output = {
         "type": "object",
@@ -205,10 +215,25 @@ def _v2_request(hugging_face: dict[str, Any], max_texts: int) -> dict[str, Any]:
             },
         },
     }
+    # JSON Schema cannot say "shape [len(data)]", nor "every input's shape the same", but it can list
+    # every n allowed.
+    rows = [
+        {
+            "properties": {
+                "inputs": {
+                    "items": {"properties": {"shape": {"const": [n]}, "data": {"minItems": n, "maxItems": n}}}
+                }
+            }
+        }
+        for n in range(1, max_texts + 1)
+    ]
     shapes = []
     for shape in copy.deepcopy(hugging_face["anyOf"]):  # each text's length by its long_text mode
-        limit = shape["properties"].pop("inputs")["maxLength"]
-        shape["properties"]["inputs"] = {"items": {"properties": {"data": {"items": {"maxLength": limit}}}}}
+        lengths = shape["properties"].pop("inputs")
+        item: dict[str, Any] = {"properties": {"data": {"items": {"maxLength": lengths["maxLength"]}}}}
+        if "not" in lengths:  # a shape without pairs: no text_pair input
+            item["properties"]["name"] = {"const": INPUT}
+        shape["properties"]["inputs"] = {"items": item}
         shapes.append(shape)
     return {
         "title": "KServeV2InferRequest",
@@ -219,7 +244,7 @@ def _v2_request(hugging_face: dict[str, Any], max_texts: int) -> dict[str, Any]:
             "id": {"type": "string", "description": "echoed in the response"},
             "model_name": {"type": "string", "description": "as KServe's client sends it; the path decides"},
             "model_version": {"type": "string"},
-            "inputs": {"type": "array", "items": text_input, "minItems": 1, "maxItems": 1},
+            "inputs": inputs,
             "outputs": {
                 "type": "array",
                 "items": output,
@@ -228,7 +253,7 @@ def _v2_request(hugging_face: dict[str, Any], max_texts: int) -> dict[str, Any]:
             },
             "parameters": _ref("KServeV2Parameters"),
         },
-        "anyOf": shapes,
+        "allOf": [{"anyOf": rows}, {"anyOf": shapes}],
     }
 
 

@@ -1,6 +1,6 @@
-"""The V2 infer exchange: what a request asks (its one BYTES input `text`, Clarion's options, the
-outputs it wants and in which form), and the response's output tensors, in JSON or with the binary
-tensor data extension (api/kserve/binary.py)."""
+"""The V2 infer exchange: what a request asks (its BYTES input `text`, and `text_pair` beside it for
+text pairs; Clarion's options; the outputs it wants and in which form), and the response's output
+tensors, in JSON or with the binary tensor data extension (api/kserve/binary.py)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.codecs import is_json_type, json_body, parse_json
 from api.kserve.binary import HEADER_LENGTH, bytes_elements, bytes_tensor, fp32_tensor, split_body
 from shared.errors import InvalidRequest, UnsupportedMediaType
+from shared.io.inputs import Input, TextPair
 from shared.io.schemas import WholeNumber, parse_model
 from shared.settings import Settings
 
 INPUT = "text"
+PAIR_INPUT = "text_pair"  # each row's second text (NLI, cross-encoders): the same shape as `text`
+InputName = Literal["text", "text_pair"]
 OutputName = Literal["scores", "label", "attributions"]
 OUTPUTS: tuple[str, ...] = get_args(OutputName)
 ATTRIBUTIONS = "attributions"
@@ -41,7 +44,7 @@ class InputParameters(_Strict):
 
 
 class TensorInput(_Strict):
-    name: Literal["text"]
+    name: InputName
     shape: list[Annotated[int, WholeNumber]]
     datatype: Literal["BYTES"]
     data: list[str] = None  # type: ignore[assignment]  # absent when the texts come as binary data
@@ -63,7 +66,7 @@ class InferenceRequest(_Strict):
     model_name: str = None  # type: ignore[assignment]
     model_version: str = None  # type: ignore[assignment]
     parameters: dict[str, Any] = {}
-    inputs: Annotated[list[TensorInput], Field(min_length=1, max_length=1)]
+    inputs: Annotated[list[TensorInput], Field(min_length=1, max_length=2)]
     outputs: list[RequestedOutput] = None  # type: ignore[assignment]
 
 
@@ -72,7 +75,7 @@ class InferCall:
     """What one infer request asks."""
 
     id: str | None
-    texts: list[str]
+    texts: list[Input]  # each row's text, or its text pair when a text_pair input came beside it
     options: dict[str, Any]  # Clarion's options: the request's parameters less the protocol's own
     outputs: tuple[RequestedOutput, ...] | None  # None: the default ones
     binary_output: bool  # the request's binary_data_output: every output's form unless it says its own
@@ -108,57 +111,98 @@ def decode_infer(request: Request, settings: Settings) -> InferCall:
         document = parse_json(header, "utf-8", _EXAMPLE)
     if not isinstance(document, dict):
         raise InvalidRequest(f"the body must be a JSON object such as {_EXAMPLE}")
-    inputs = document.get("inputs")
-    if isinstance(inputs, list) and any(isinstance(i, dict) and i.get("name") == "text_pair" for i in inputs):
-        raise InvalidRequest(
-            "inputs: a second input text_pair is not read yet: send text pairs to /invocations or to V1 "
-            '({"instances": [{"text": ..., "text_pair": ...}]})'
-        )
     parsed: InferenceRequest = parse_model(InferenceRequest, document, settings)
     options = dict(parsed.parameters)
     binary_output = options.pop("binary_data_output", False)
     if not isinstance(binary_output, bool):
         raise InvalidRequest("parameters.binary_data_output: must be true or false")
-    texts = _texts(parsed.inputs[0], binary)
+    texts = _rows(parsed.inputs, binary)
     outputs = None if parsed.outputs is None else tuple(parsed.outputs)
     return InferCall(parsed.id, texts, options, outputs, binary_output)
 
 
-def _texts(tensor: TensorInput, binary: bytes | None) -> list[str]:
-    """The input's texts, from its JSON data or the binary data after the header; its shape must be
-    [n] for n texts, as the model's metadata says."""
-    size = tensor.parameters.binary_data_size
-    if size is None:
+def _rows(tensors: Sequence[TensorInput], binary: bytes | None) -> list[Input]:
+    """Each row's input: the `text` input's texts, each paired with the `text_pair` input's text of
+    the same row when that input is sent (the model's metadata lists it where pairs are taken)."""
+    names = [tensor.name for tensor in tensors]
+    if names.count(INPUT) != 1 or len(set(names)) != len(names):
+        raise InvalidRequest(
+            f"inputs: one input {INPUT!r}, and for text pairs one input {PAIR_INPUT!r} beside it; got {names}"
+        )
+    parts = _binary_parts(tensors, binary)
+    columns = {tensor.name: _texts(tensor, part) for tensor, part in zip(tensors, parts, strict=True)}
+    texts, second = columns[INPUT], columns.get(PAIR_INPUT)
+    if second is None:
+        return list(texts)
+    if len(second) != len(texts):
+        raise InvalidRequest(
+            f"input {PAIR_INPUT!r} holds {len(second)} texts and input {INPUT!r} {len(texts)}: a text pair "
+            "per row needs one second text per text (the same shape)"
+        )
+    return [TextPair(text, pair) for text, pair in zip(texts, second, strict=True)]
+
+
+def _binary_parts(tensors: Sequence[TensorInput], binary: bytes | None) -> list[bytes | None]:
+    """Each input's binary data: the bytes after the JSON header, cut in the inputs' order by their
+    binary_data_size (None for an input sent in JSON, or when no binary data came)."""
+    if binary is None:
+        return [None] * len(tensors)
+    sizes = [tensor.parameters.binary_data_size for tensor in tensors]
+    if all(size is None for size in sizes):
         if binary:
             raise InvalidRequest(
                 f"{len(binary)} bytes follow the JSON header, but no input has binary_data_size"
             )
+        return [None] * len(tensors)
+    parts: list[bytes | None] = []
+    start = 0
+    for tensor, size in zip(tensors, sizes, strict=True):
+        if size is None:
+            parts.append(None)
+            continue
+        if start + size > len(binary):
+            raise InvalidRequest(
+                f"input {tensor.name!r}: binary_data_size is {size}, but {len(binary) - start} bytes "
+                "follow the JSON header" + (" after the inputs before it" if start else "")
+            )
+        parts.append(binary[start : start + size])
+        start += size
+    if start != len(binary):
+        raise InvalidRequest(
+            f"the inputs' binary_data_size add up to {start}, but {len(binary)} bytes follow the JSON header"
+        )
+    return parts
+
+
+def _texts(tensor: TensorInput, binary: bytes | None) -> list[str]:
+    """The input's texts, from its JSON data or its binary data; its shape must be [n] for n texts,
+    as the model's metadata says."""
+    name = tensor.name
+    if tensor.parameters.binary_data_size is None:
         if tensor.data is None:
-            raise InvalidRequest(f"input {INPUT!r} has no data: send its texts in data (or as binary data)")
+            raise InvalidRequest(f"input {name!r} has no data: send its texts in data (or as binary data)")
         texts = tensor.data
     else:
         if binary is None:
-            raise InvalidRequest(f"input {INPUT!r}: binary data needs the {HEADER_LENGTH} header")
+            raise InvalidRequest(f"input {name!r}: binary data needs the {HEADER_LENGTH} header")
         if tensor.data is not None:
-            raise InvalidRequest(f"input {INPUT!r}: send its texts in data or as binary data, not both")
-        if size != len(binary):
-            raise InvalidRequest(
-                f"input {INPUT!r}: binary_data_size is {size}, but {len(binary)} bytes follow the JSON header"
-            )
-        texts = [_utf8(element, i) for i, element in enumerate(bytes_elements(binary, f"input {INPUT!r}"))]
+            raise InvalidRequest(f"input {name!r}: send its texts in data or as binary data, not both")
+        texts = [
+            _utf8(element, i, name) for i, element in enumerate(bytes_elements(binary, f"input {name!r}"))
+        ]
     if tensor.shape != [len(texts)]:
         raise InvalidRequest(
-            f"input {INPUT!r}: shape {tensor.shape} does not match its data: {len(texts)} texts have "
+            f"input {name!r}: shape {tensor.shape} does not match its data: {len(texts)} texts have "
             f"shape [{len(texts)}]"
         )
     return texts
 
 
-def _utf8(element: bytes, index: int) -> str:
+def _utf8(element: bytes, index: int, name: str) -> str:
     try:
         return element.decode("utf-8")
     except UnicodeDecodeError:
-        raise InvalidRequest(f"input {INPUT!r}: element {index} is not UTF-8 text") from None
+        raise InvalidRequest(f"input {name!r}: element {index} is not UTF-8 text") from None
 
 
 @dataclass(frozen=True)

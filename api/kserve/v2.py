@@ -11,7 +11,7 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request
 
 from api.kserve import V2_PREFIX
-from api.kserve.infer import ATTRIBUTIONS, INPUT, OutputTensor, decode_infer, infer_response
+from api.kserve.infer import ATTRIBUTIONS, INPUT, PAIR_INPUT, OutputTensor, decode_infer, infer_response
 from api.kserve.serving import (
     explanation_part,
     invocation,
@@ -88,11 +88,16 @@ def infer(name: str) -> Response:
 
 def metadata(model: TextModel) -> dict[str, Any]:
     """The model's metadata. Its label names (the columns of `scores`) are a JSON array in its
-    parameters: the protocol's parameters hold strings, and a JSON text keeps any label name whole."""
+    parameters: the protocol's parameters hold strings, and a JSON text keeps any label name whole.
+    A model whose tokenizer has a pair template lists the optional second input `text_pair`
+    (`optional` is Triton's word for an input a request may leave out)."""
+    inputs: list[dict[str, Any]] = [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}]
+    if model.takes_pairs:
+        inputs.append({"name": PAIR_INPUT, "datatype": "BYTES", "shape": [-1], "optional": True})
     return {
         "name": model.model_id,
         "platform": SERVER,
-        "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
+        "inputs": inputs,
         "outputs": [
             {"name": "scores", "datatype": "FP32", "shape": [-1, len(model.labels)]},
             {"name": "label", "datatype": "BYTES", "shape": [-1]},

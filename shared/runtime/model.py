@@ -60,6 +60,11 @@ class TextModel:
         return self.encoder.pad_token_id
 
     @property
+    def takes_pairs(self) -> bool:
+        """The tokenizer has a template for text pairs (and so for zero-shot texts)."""
+        return self.encoder.takes_pairs
+
+    @property
     def pads(self) -> bool:
         """Rows of several lengths may share a pass, the short ones padded. False for a decoder head
         without a pad id (shared/runtime/padding.py): each of its passes holds rows of one length."""
