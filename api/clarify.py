@@ -7,7 +7,9 @@ Clarify answers `application/json`:
      "label_headers": [...],
      "explanations": {"kernel_shap": [<per record: null, or [{"feature_type": "text",
                                         "attributions": [{"attribution": [<one value per label>],
-                                                          "description": {"partial_text", "start_idx"}}]}]>]}}
+                                                          "description": {"partial_text", "start_idx"}}]},
+                                        <a text pair's second text (Clarify's second feature column):
+                                         a second such feature>]>]}}
 `explanations` is `{}` when no record was explained. Which records are explained is decided per
 request by the header `X-Amzn-SageMaker-Enable-Explanations`, a JMESPath expression evaluated against
 each record's prediction: the list of its scores in `label_headers` order (as Clarify parses a CSV
@@ -62,7 +64,8 @@ class ClarifyResponse(BaseModel):
     predictions: ClarifyPredictions
     label_headers: list[str]
     explanations: dict[str, list[list[ClarifyFeature] | None]] = Field(
-        description='{"kernel_shap": [one entry per record, null when not explained]}, or {} when none was'
+        description='{"kernel_shap": [one entry per record, null when not explained]}, or {} when none was; '
+        "an entry lists the record's text features: one, or a text pair's two (its text, then its text_pair)"
     )
 
 
@@ -128,7 +131,7 @@ def clarify_body(
 ) -> dict[str, Any]:
     """The Clarify response for records with these scores (in `labels` order) and explanations."""
     data = "".join(",".join(f"{value:.7g}" for value in row) + "\n" for row in scores)
-    kernel_shap = [None if e is None else [_text_feature(e, labels)] for e in explanations]
+    kernel_shap = [None if e is None else _text_features(e, labels) for e in explanations]
     return {
         "version": "1.0",
         "predictions": {"content_type": "text/csv", "data": data},
@@ -137,13 +140,20 @@ def clarify_body(
     }
 
 
-def _text_feature(explanation: Explanation, labels: list[str]) -> dict[str, Any]:
-    attributions = [
-        {
-            "attribution": [explanation.values[label][i] for label in labels],
-            "description": {"partial_text": unit, "start_idx": start},
-        }
-        for i, (unit, (start, end)) in enumerate(zip(explanation.units, explanation.offsets, strict=True))
-        if end > start  # boundary tokens ([CLS], [SEP]) are no part of the text
-    ]
-    return {"feature_type": "text", "attributions": attributions}
+def _text_features(explanation: Explanation, labels: list[str]) -> list[dict[str, Any]]:
+    """One text feature per text of the record, in its columns' order: a text pair's two texts are
+    its two features, each with its own units (`start_idx` indexing into that text), as Clarify
+    reports every feature of a record. Their attributions together add up to the prediction."""
+    segments = explanation.segments or [0] * len(explanation.units)
+    features = []
+    for segment in sorted(set(segments)):
+        attributions = [
+            {
+                "attribution": [explanation.values[label][i] for label in labels],
+                "description": {"partial_text": unit, "start_idx": start},
+            }
+            for i, (unit, (start, end)) in enumerate(zip(explanation.units, explanation.offsets, strict=True))
+            if end > start and segments[i] == segment  # boundary tokens ([CLS], [SEP]) are no part of a text
+        ]
+        features.append({"feature_type": "text", "attributions": attributions})
+    return features

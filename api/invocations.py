@@ -64,9 +64,10 @@ class Call:
             out += [body(text_response(p.classification, p.explanation, model_id)) for p in predictions]
         return out
 
-    def clarify(self, texts: Sequence[str], request: Request) -> dict[str, Any]:
+    def clarify(self, texts: Sequence[Input], request: Request) -> dict[str, Any]:
         """Clarify's response: every record's scores, explanations where the header's expression
-        says so, with the endpoint's Clarify settings."""
+        says so, with the endpoint's Clarify settings. A text pair (Clarify's two feature columns)
+        is explained as one game over both texts, reported as two text features."""
         settings, service = self.settings, self.service
         parameters = parse_model(InvocationParameters, clarify_options(settings), settings)
         labels = service.model.labels
@@ -88,9 +89,12 @@ class Call:
         return clarify_body(label_headers(settings, labels), labels, scores, explanations)
 
 
-def invoke_records(call: Call, request: Request, options: dict[str, Any]) -> Response:
-    """A JSON Lines or CSV body: one text per record."""
-    records = decode_records(body_text(request), request.mimetype)
+def invoke_records(
+    call: Call, request: Request, options: dict[str, Any], pair_column: int | None = None
+) -> Response:
+    """A JSON Lines or CSV body: one text (or text pair) per record; `pair_column`: a CSV body's
+    text_pair column."""
+    records = decode_records(body_text(request), request.mimetype, pair_column)
     if not records:
         raise InvalidRequest(
             "the body holds no records: every line is blank (in CSV: only whitespace, commas and quotes)"
@@ -99,10 +103,6 @@ def invoke_records(call: Call, request: Request, options: dict[str, Any]) -> Res
     settings = call.settings
     if kind == JSON:  # Clarify's exchange: every record must be readable
         texts = [_valid(record, {}, settings) for record in records]
-        if any(isinstance(text, TextPair) for text in texts):
-            raise InvalidRequest(
-                "Clarify's exchange explains one text per record: ask for JSON Lines for text pairs"
-            )
         return jsonify(call.clarify(texts, request))
     parameters: InvocationParameters = parse_model(InvocationParameters, options, settings)
     if parameters.asynchronous:

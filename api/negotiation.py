@@ -58,6 +58,9 @@ _OPTION_TYPES: dict[str, str] = {
     "faithfulness": "bool",
     "labels": "labels",
 }
+# Not an explanation option but how a CSV body is read: `pair_column=2` takes each row's second text
+# (a text pair) from its second column (1-based: the first column is the text).
+PAIR_COLUMN = "pair_column"
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class CustomAttributes:
 
     options: dict[str, Any] = field(default_factory=dict)
     others: tuple[str, ...] = ()
+    pair_column: int | None = None  # a CSV body's text_pair column (PAIR_COLUMN)
 
 
 def custom_attributes(request: Request) -> CustomAttributes:
@@ -79,23 +83,46 @@ def custom_attributes(request: Request) -> CustomAttributes:
         raise InvalidRequest(f"{CUSTOM_ATTRIBUTES}: at most 1,024 visible ASCII characters")
     options: dict[str, Any] = {}
     others: list[str] = []
+    pair_column = None
     for part in filter(None, (p.strip() for p in raw.split(";"))):
         name, sep, value = part.partition("=")
         name, value = name.strip(), value.strip()
         if name == "request_id":  # our own echo, sent back by a client: not an option
             continue
-        if name not in _OPTION_TYPES:
+        if name == PAIR_COLUMN:
+            pair_column = _column(value)
+        elif name not in _OPTION_TYPES:
             others.append(part)
         elif not sep:
             raise InvalidRequest(f"{CUSTOM_ATTRIBUTES}: {name[:40]!r} needs a value ({name}=...)")
         else:
             options[name] = _read(name, value)
-    return CustomAttributes(options, tuple(others))
+    return CustomAttributes(options, tuple(others), pair_column)
+
+
+def _column(value: str) -> int:
+    if not re.fullmatch(r"\d{1,6}", value) or int(value) < 2:
+        raise InvalidRequest(
+            f"{CUSTOM_ATTRIBUTES}: {PAIR_COLUMN} is the number of a CSV body's column holding each "
+            f"text_pair, 2 or more (column 1 is the text), not {value[:40]!r}"
+        )
+    return int(value)
 
 
 def custom_attribute_options(request: Request) -> dict[str, Any]:
     """The explanation options in the custom-attributes header (empty without the header)."""
-    return custom_attributes(request).options
+    return body_options(custom_attributes(request))
+
+
+def body_options(attributes: CustomAttributes) -> dict[str, Any]:
+    """The header's explanation options for a JSON or text body, which has no CSV column to read a
+    text_pair from."""
+    if attributes.pair_column is not None:
+        raise InvalidRequest(
+            f"{CUSTOM_ATTRIBUTES}: {PAIR_COLUMN} reads a CSV body's column; a JSON body sends a text "
+            'pair as {"text": ..., "text_pair": ...}'
+        )
+    return attributes.options
 
 
 def _read(name: str, value: str) -> Any:
@@ -129,6 +156,8 @@ def echo_attributes(request_id: str, attributes: CustomAttributes) -> str:
         elif isinstance(value, list):
             value = "|".join(value)
         parts.append(f"{name}={value}")
+    if attributes.pair_column is not None:
+        parts.append(f"{PAIR_COLUMN}={attributes.pair_column}")
     parts += attributes.others
     return ";".join(parts)[:1024]
 

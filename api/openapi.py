@@ -86,15 +86,18 @@ def _body(settings: Settings, records: bool = False) -> dict[str, Any]:
                     "type": "string",
                     "pattern": JSON_LINES_RECORD,
                     "description": 'one record per line: {"features": ["text"]} (Clarify), {"text": ...}, '
-                    '{"data": ...}, {"inputs": ...} or a JSON string; blank lines are skipped, and a body '
-                    "of blank lines only is a 400" + _RECORDS,
+                    '{"data": ...}, {"inputs": ...} or a JSON string; a text pair as {"text": ..., '
+                    '"text_pair": ...} or {"features": [<text>, <text>]}; blank lines are skipped, and a '
+                    "body of blank lines only is a 400" + _RECORDS,
                 }
             },
             "text/csv": {
                 "schema": {
                     "type": "string",
                     "pattern": CSV_RECORD,
-                    "description": "one text per record, in the first column; blank rows are skipped, and "
+                    "description": "one text per record, in the first column (with the custom attribute "
+                    "pair_column=<n>, a text pair: its second text in column n, a row without one that "
+                    "record's error); blank rows are skipped, and "
                     "a body with no character besides whitespace, commas and double quotes holds no "
                     "record: a 400" + _RECORDS,
                 }

@@ -19,6 +19,7 @@ from api.negotiation import (
     JSON,
     REPLAYED,
     CustomAttributes,
+    body_options,
     custom_attribute_options,
     custom_attributes,
     echo_attributes,
@@ -178,7 +179,8 @@ def invocations() -> Any:
     options = g.attributes.options
     call = Call(_service(), settings, request_ticket())
     if is_record_type(request.mimetype):
-        return invoke_records(call, request, options)
+        return invoke_records(call, request, options, g.attributes.pair_column)
+    options = body_options(g.attributes)  # a JSON or text body: no pair_column to read
     kind = response_type(request, RESULT_TYPES)
     if kind == JSON and settings.clarify_mode:  # the endpoint speaks Clarify's shape to every client
         return jsonify(call.clarify(decode_invocation(request, settings).texts, request))

@@ -36,7 +36,7 @@ NLI = ["contradiction", "neutral", "entailment"]
 @pytest.fixture(scope="module")
 def nli_service(tiny_nli_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """The tiny NLI model served (single process), for the front doors' tests."""
-    env = {"MODEL_DIR": str(tiny_nli_dir), "SERVERLESS": "true"}
+    env = {"MODEL_DIR": str(tiny_nli_dir), "SERVERLESS": "true", "CLARIFY_NUM_SAMPLES": "60"}
     with running_service(tmp_path_factory.mktemp("nli-service"), env) as service:
         wait_healthy(service)
         yield service
@@ -193,7 +193,7 @@ def test_a_tokenizer_without_a_pair_template_refuses_pairs(tmp_path: Path) -> No
 
 def test_pairs_over_http(tiny_nli_dir: Path, tmp_path: Path) -> None:
     """/invocations (one pair, a list mixing pairs and texts, [q, p]) and KServe V1 instances give
-    the same answers, and so do jobs; Clarify's exchange and the HTML view say they take single texts."""
+    the same answers, and so do jobs; the HTML view says it takes single texts."""
     env = {"MODEL_DIR": str(tiny_nli_dir), "SERVERLESS": "true"}
     with running_service(tmp_path, env) as service:
         wait_healthy(service)
@@ -219,11 +219,6 @@ def test_pairs_over_http(tiny_nli_dir: Path, tmp_path: Path) -> None:
         first, clarify, single, bad = (json.loads(line) for line in answered.text.splitlines())
         assert first["prediction"] == clarify["prediction"] == body["prediction"]
         assert "truncated_texts" not in single and "text pair record" in bad["error"]["message"]
-        as_clarify = {"Content-Type": "application/jsonlines", "Accept": "application/json"}
-        refused = service.post(
-            "/invocations", data=lines.encode()[: lines.index("\n") + 1], headers=as_clarify
-        )
-        assert refused.status_code == 400 and "Clarify" in refused.json()["error"]["message"]
         # A job explains the pair as the request does; async on /invocations submits one too.
         job = service.post("/explanations", json={"data": pair, "max_evals": 100})
         assert job.status_code == 200 and job.json()["status"] == "succeeded", job.text
@@ -244,7 +239,6 @@ def test_pairs_over_http(tiny_nli_dir: Path, tmp_path: Path) -> None:
 def test_kserve_v2_reads_a_text_pair_input_beside_the_text(nli_service) -> None:
     """A second BYTES input `text_pair` makes each row a pair: in JSON or binary data, in either
     order, with attributions of both texts; the metadata lists it; zero-shot stays refused."""
-    import numpy as np
     import tritonclient.http as triton_http
 
     model = nli_service.get("/ping").json()["model"]
@@ -307,3 +301,89 @@ def test_the_v2_request_schema_takes_a_text_pair_input_of_the_same_shape(nli_ser
     assert not valid({"inputs": [text, tensor("text_pair", ["c"])]})  # one second text per row
     assert not valid({"inputs": [text, pair], "parameters": {"masking": "text"}})
     assert valid({"inputs": [text], "parameters": {"masking": "text"}})
+
+
+def test_a_csv_body_reads_the_text_pair_from_the_pair_column(nli_service) -> None:
+    """The custom attribute pair_column=<n> makes each CSV row a pair, its second text in column n;
+    a row without it is that record's own error, never its first text's answer."""
+    expected = invocations_scores(nli_service, PAIRS)
+    rows = "".join(f'"{p.text}",x,"{p.text_pair}"\n' for p in PAIRS)
+    attributes = {"X-Amzn-SageMaker-Custom-Attributes": "pair_column=3;trace=t-1"}
+    headers = {"Content-Type": "text/csv", "Accept": "application/jsonlines", **attributes}
+    body = rows + '"only a text",x\n' + '"a text",x,"  "\n' + rows.splitlines()[0] + "\n"
+    answered = nli_service.post("/invocations", data=body.encode(), headers=headers)
+    assert answered.status_code == 200, answered.text
+    assert answered.headers["X-Amzn-SageMaker-Custom-Attributes"].endswith(";pair_column=3;trace=t-1")
+    first, second, short, blank, again = (json.loads(line) for line in answered.text.splitlines())
+    assert [first["prediction"], second["prediction"]] == [r["prediction"] for r in expected]
+    assert again["prediction"] == first["prediction"] and first["truncated_texts"] == []
+    assert short["error"]["message"] == "line 3: no text_pair in column 3"
+    assert blank["error"]["message"] == "line 4: no text_pair in column 3"
+    as_csv = nli_service.post("/invocations", data=rows.encode(), headers={**headers, "Accept": "text/csv"})
+    assert as_csv.status_code == 200 and len(as_csv.text.splitlines()) == len(PAIRS)
+    refused = nli_service.post("/invocations", data=body.encode(), headers={**headers, "Accept": "text/csv"})
+    assert refused.status_code == 400 and "no text_pair in column 3" in refused.json()["error"]["message"]
+    # Without pair_column a CSV body reads its first column, as before.
+    plain = nli_service.post("/invocations", data=rows.encode(), headers={"Content-Type": "text/csv"})
+    assert plain.status_code == 200 and all(
+        "truncated_texts" not in json.loads(x) for x in plain.text.split()
+    )
+    lines = json.dumps({"text": "a", "text_pair": "b"}) + "\n"
+    for content_type, data, value, message in (
+        ("application/jsonlines", lines, "2", "names a CSV body's column"),
+        ("application/json", json.dumps({"data": "a text"}), "2", "reads a CSV body's column"),
+        ("text/csv", rows, "1", "2 or more"),
+        ("text/csv", rows, "x", "2 or more"),
+        ("text/csv", rows, "", "2 or more"),
+    ):
+        sent = {"Content-Type": content_type, "X-Amzn-SageMaker-Custom-Attributes": f"pair_column={value}"}
+        answer = nli_service.post("/invocations", data=data.encode(), headers=sent)
+        assert answer.status_code == 400 and message in answer.json()["error"]["message"], (
+            value,
+            answer.text,
+        )
+    job = nli_service.post(
+        "/explanations", json={"data": "a"}, headers={"X-Amzn-SageMaker-Custom-Attributes": "pair_column=2"}
+    )
+    assert job.status_code == 400 and "pair_column" in job.json()["error"]["message"]
+
+
+def test_clarifys_exchange_answers_two_feature_columns_as_two_text_features(nli_service) -> None:
+    """Clarify's {"features": [q, p]} records (a two-column dataset) are classified and explained as
+    pairs; each record's explanation lists two text features, each indexing into its own text, and
+    together they are /invocations' explanation of the pair."""
+    expected = invocations_scores(nli_service, PAIRS, explain=True, max_evals=60, granularity="word")
+    lines = "".join(json.dumps({"features": [p.text, p.text_pair]}) + "\n" for p in PAIRS)
+    lines += json.dumps({"features": ["one text alone"]}) + "\n"
+    headers = {"Content-Type": "application/jsonlines", "Accept": "application/json"}
+    answered = nli_service.post("/invocations", data=lines.encode(), headers=headers)
+    assert answered.status_code == 200, answered.text
+    clarify = answered.json()
+    labels = clarify["label_headers"]
+    rows = [[float(v) for v in line.split(",")] for line in clarify["predictions"]["data"].splitlines()]
+    for row, result in zip(rows, expected, strict=False):
+        scores = {e["label"]: e["score"] for e in result["prediction"]}
+        np.testing.assert_allclose(row, [scores[label] for label in labels], rtol=0, atol=1e-6)
+    records = clarify["explanations"]["kernel_shap"]
+    assert [len(features) for features in records] == [2, 2, 1]
+    for pair, features, result in zip(PAIRS, records, expected, strict=False):
+        for feature, text in zip(features, (pair.text, pair.text_pair), strict=True):
+            assert feature["feature_type"] == "text" and feature["attributions"]
+            for a in feature["attributions"]:
+                start, unit = a["description"]["start_idx"], a["description"]["partial_text"]
+                assert text[start : start + len(unit)] == unit
+        mine = [a["attribution"] for feature in features for a in feature["attributions"]]
+        units = [
+            [values[label] for label in labels]
+            for (_, values), (start, end) in zip(result["explanation"], result["offsets"], strict=True)
+            if end > start
+        ]
+        np.testing.assert_allclose(mine, units, rtol=0, atol=1e-6)
+    # A CSV body with pair_column is Clarify's two columns too.
+    rows_csv = "".join(f'"{p.text}","{p.text_pair}"\n' for p in PAIRS)
+    attributes = {"X-Amzn-SageMaker-Custom-Attributes": "pair_column=2"}
+    as_csv = nli_service.post(
+        "/invocations", data=rows_csv.encode(), headers={**headers, "Content-Type": "text/csv", **attributes}
+    )
+    assert as_csv.status_code == 200, as_csv.text
+    assert as_csv.json()["explanations"] == {"kernel_shap": records[:2]}

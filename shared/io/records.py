@@ -1,4 +1,4 @@
-"""Texts read from records, one text per record: JSON Lines and CSV.
+"""Texts read from records, one text (or text pair) per record: JSON Lines and CSV.
 
 One reader for both places that take records: the HTTP record bodies (api/records.py: SageMaker
 Clarify and Batch Transform) and the files of `clarion explain` (shared/cli/explain.py). A record that
@@ -100,10 +100,17 @@ def _text_of(value: Any, fields: Sequence[str]) -> str | None:
 
 
 def csv_records(
-    reader: Any, column: int, column_name: str | None = None, label_column: int | None = None
+    reader: Any,
+    column: int,
+    column_name: str | None = None,
+    label_column: int | None = None,
+    pair_column: int | None = None,
+    pair_name: str | None = None,
 ) -> Iterator[Record]:
     """A record per row of a `csv.reader` (past any header the caller read), the text in `column`
-    (and the true label in `label_column`, when given: an empty cell is no label)."""
+    (and the true label in `label_column`, when given: an empty cell is no label). `pair_column`:
+    each record is a TextPair, its second text in that column; a row without one is that record's
+    error, never its first text alone."""
     while True:
         number = reader.line_num + 1
         try:
@@ -117,16 +124,25 @@ def csv_records(
             yield Record(number, None, EMPTY)
         elif len(row) <= column:
             yield Record(number, None, f"no value in column {column_name or column + 1!r}")
+        elif pair_column is not None and (len(row) <= pair_column or not row[pair_column].strip()):
+            yield Record(number, None, f"no text_pair in column {pair_name or pair_column + 1!r}")
         else:
             label = row[label_column].strip() if label_column is not None and label_column < len(row) else ""
-            yield Record(number, row[column], label=label or None)
+            text = row[column] if pair_column is None else TextPair(row[column], row[pair_column])
+            yield Record(number, text, label=label or None)
 
 
 def csv_table(
-    lines: Iterable[str], column: str, label: str | None = None, delimiter: str = ",", source: str = "input"
+    lines: Iterable[str],
+    column: str,
+    label: str | None = None,
+    delimiter: str = ",",
+    source: str = "input",
+    pair: str | None = None,
 ) -> Iterator[Record]:
     """A CSV table with a header row: the text in the column named `column`, the true label in
-    `label`'s. A missing column is the input's error, raised before any record."""
+    `label`'s, and with `pair` each record's second text (a TextPair) in that column. A missing
+    column is the input's error, raised before any record."""
     reader = csv.reader(lines, delimiter=delimiter)
     try:
         header = next(reader)
@@ -134,8 +150,11 @@ def csv_table(
         return
     except csv.Error as exc:
         raise InvalidRequest(f"{source}: unreadable CSV header: {exc}") from None
-    for name in (column, label):
+    for name in (column, label, pair):
         if name is not None and name not in header:
             raise InvalidRequest(f"{source}: no column {name!r} (columns: {header[:20]})")
+    if pair is not None and pair == column:
+        raise InvalidRequest(f"{source}: the text_pair column {pair!r} is the text's own")
     label_column = None if label is None else header.index(label)
-    yield from csv_records(reader, header.index(column), column, label_column)
+    pair_column = None if pair is None else header.index(pair)
+    yield from csv_records(reader, header.index(column), column, label_column, pair_column, pair)
