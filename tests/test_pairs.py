@@ -20,6 +20,8 @@ from shared.runtime.model import TextModel
 from tests.support import (
     assert_close_to_scale,
     assert_same_explanation,
+    assert_same_prediction,
+    run_cli,
     running_service,
     shap_partition_reference,
     start_engine,
@@ -387,3 +389,55 @@ def test_clarifys_exchange_answers_two_feature_columns_as_two_text_features(nli_
     )
     assert as_csv.status_code == 200, as_csv.text
     assert as_csv.json()["explanations"] == {"kernel_shap": records[:2]}
+
+
+def test_clarion_explain_reads_a_pair_field_here_and_over_url(
+    nli_service, tiny_nli_dir: Path, tmp_path: Path
+) -> None:
+    """`clarion explain --pair-field NAME`: each .jsonl record's or .csv row's second text, explained
+    in this process and through a running server alike, as /invocations explains the pair; a record
+    without it is that line's error; what pairs cannot take stops the run before any work."""
+    expected = invocations_scores(nli_service, PAIRS, explain=True, max_evals=60, granularity="word")
+    jsonl = tmp_path / "pairs.jsonl"
+    rows = [{"premise": p.text, "hypothesis": p.text_pair, "gold": "x"} for p in PAIRS]
+    jsonl.write_text("\n".join(json.dumps(r) for r in [*rows, {"premise": "alone"}]) + "\n")
+    table = tmp_path / "pairs.csv"
+    table.write_text(
+        "premise,hypothesis\n" + "".join(f'"{p.text}","{p.text_pair}"\n' for p in PAIRS) + "q,\n"
+    )
+    common = ("--pair-field", "hypothesis", "--max-evals", "60", "--granularity", "word")
+    env = {"MODEL_DIR": str(tiny_nli_dir)}
+    outputs = []
+    for source, where in ((jsonl, ()), (table, ("--url", nli_service.url))):
+        out = tmp_path / f"{source.suffix[1:]}-{len(where)}.out"
+        run = run_cli(
+            "explain", str(source), "--out", str(out), "--field", "premise", "--column", "premise",
+            *common, *where, timeout=300, **env,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        outputs.append([json.loads(line) for line in out.read_text().splitlines()])
+    for found in outputs:
+        by_line = {r["line"]: r for r in found}
+        pairs = [r for r in found if "error" not in r]
+        assert [(r["text"], r["text_pair"]) for r in pairs] == [(p.text, p.text_pair) for p in PAIRS]
+        for mine, theirs in zip(pairs, expected, strict=True):
+            assert mine["segments"] == theirs["segments"]
+            assert_same_prediction(mine["prediction"], theirs["prediction"])
+            assert_same_explanation(mine, theirs)
+        assert "hypothesis" in by_line[max(by_line)]["error"]["message"]
+    refused = run_cli(
+        "explain", str(jsonl), "--out", str(tmp_path / "r.out"), "--masking", "text", *common, **env
+    )
+    assert refused.returncode == 2 and "masking" in refused.stderr
+    refused = run_cli(
+        "explain", str(jsonl), "--out", str(tmp_path / "r.out"), "--html", "x.html", *common, **env
+    )
+    assert refused.returncode == 2 and "--html" in refused.stderr
+    # Without --pair-field a record's text_pair is its own error, never its first text's answer.
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(json.dumps({"text": PAIRS[0].text, "text_pair": PAIRS[0].text_pair}) + "\n")
+    without = run_cli("explain", str(plain), "--out", str(tmp_path / "w.out"), "--max-evals", "60", **env)
+    assert (
+        without.returncode == 0
+        and "--pair-field" in json.loads((tmp_path / "w.out").read_text())["error"]["message"]
+    )

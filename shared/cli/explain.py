@@ -1,10 +1,12 @@
 """`clarion explain INPUT --out results.jsonl [--html report.html]`: explain a file of texts.
 
 INPUT is a `.txt` (one text per line), a `.jsonl` (a `text` field, `--field` to change it) or a
-`.csv` (a `text` column, `--column` to change it). Texts run in this process (the model from the
-same settings as `clarion serve`), or against a running Clarion with `--url`. Every record written
-to `--out` is one whole JSON line, flushed as it is written, tagged with its input line number:
-a rerun skips the lines already there (resume), and Ctrl-C leaves a valid file. A line the input
+`.csv` (a `text` column, `--column` to change it); `--pair-field NAME` makes each record a text pair,
+its second text in that field or column (a record without one is that line's error). Texts run in
+this process (the model from the same settings as `clarion serve`), or against a running Clarion
+with `--url`. Every record written to `--out` is one whole JSON line, flushed as it is written,
+tagged with its input line number: a rerun skips the lines already there (resume), and Ctrl-C
+leaves a valid file. A line the input
 got wrong (not JSON, no text, empty, too long, not valid Unicode) is reported with its number,
 written as an error record and skipped; a failure of the server itself stops the run (rerun to
 resume). `--html` draws every record of `--out` with the API's renderer, after a summary table.
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import ClarionError, InvalidRequest
+from shared.io.inputs import Input, stored
 from shared.io.records import EMPTY, Record, csv_table, json_lines
 from shared.io.schemas import SeedBody, parse_model, text_problem
 from shared.kinds import GRANULARITIES, LONG_TEXTS, MASKINGS, OUTPUTS, PRECISIONS
@@ -35,18 +38,28 @@ class ServerFailure(ClarionError):
 
 
 def read_lines(
-    path: Path, field: str = "text", column: str = "text", label: str | None = None, delimiter: str = ","
+    path: Path,
+    field: str = "text",
+    column: str = "text",
+    label: str | None = None,
+    delimiter: str = ",",
+    pair: str | None = None,
 ) -> Iterator[Record]:
     """The input's records: `field` of a .jsonl, `column` of a .csv (or tab-separated .tsv), each
-    line of a .txt; `label` names the field or column holding the true label (none in a .txt)."""
+    line of a .txt; `label` names the field or column holding the true label (none in a .txt);
+    `pair` the field or column holding each record's second text (a text pair; none in a .txt)."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return _jsonl_lines(path, field, label)
+        return _jsonl_lines(path, field, label, pair)
     if suffix in (".csv", ".tsv"):
-        return _csv_lines(path, column, label, "\t" if suffix == ".tsv" else delimiter)
+        return _csv_lines(path, column, label, "\t" if suffix == ".tsv" else delimiter, pair)
     if suffix == ".txt":
         if label:
             raise ClarionError(f"{path}: a .txt input has no labels; use .jsonl or .csv for --label-field")
+        if pair:
+            raise ClarionError(
+                f"{path}: a .txt input holds one text per line; use .jsonl or .csv for --pair-field"
+            )
         return _txt_lines(path)
     raise ClarionError(f"{path}: unknown input type {suffix!r}; use .txt, .jsonl, .csv or .tsv")
 
@@ -64,14 +77,22 @@ def _txt_lines(path: Path) -> Iterator[Record]:
             yield Record(number, text, None if text.strip() else EMPTY)
 
 
-def _jsonl_lines(path: Path, field: str, label: str | None) -> Iterator[Record]:
+def _jsonl_lines(path: Path, field: str, label: str | None, pair: str | None) -> Iterator[Record]:
     with _open_text(path) as handle:
-        yield from json_lines(handle, (field,), label)
+        if pair is None:
+            yield from json_lines(handle, (field,), label)
+            return
+        for record in json_lines(handle, (field,), label, pairs=True, pair_field=pair):
+            if isinstance(record.text, str):  # asked for pairs: one text alone is never the pair's answer
+                record = Record(record.line, None, f'no string field "{pair}" beside the text')
+            yield record
 
 
-def _csv_lines(path: Path, column: str, label: str | None, delimiter: str) -> Iterator[Record]:
+def _csv_lines(
+    path: Path, column: str, label: str | None, delimiter: str, pair: str | None
+) -> Iterator[Record]:
     with _open_text(path) as handle:
-        yield from csv_table(handle, column, label, delimiter, str(path))
+        yield from csv_table(handle, column, label, delimiter, str(path), pair)
 
 
 # ---- the output file ------------------------------------------------------------------------------
@@ -108,7 +129,7 @@ def read_records(out: Path) -> list[dict[str, Any]]:
 
 # ---- explaining ---------------------------------------------------------------------------------
 
-Explain = Callable[[list[str]], list[dict[str, Any]]]
+Explain = Callable[[list[Input]], list[dict[str, Any]]]
 
 
 def in_process(parameters: dict[str, Any], settings: Settings) -> Explain:
@@ -120,7 +141,7 @@ def in_process(parameters: dict[str, Any], settings: Settings) -> Explain:
     options = parse_model(SeedBody, {"data": "x", **parameters}, settings).explain_options()
     check_options(model, options)  # unknown labels stop the run now, not line by line
 
-    def explain(texts: list[str]) -> list[dict[str, Any]]:
+    def explain(texts: list[Input]) -> list[dict[str, Any]]:
         return service.explained_records(texts, options)
 
     return explain
@@ -141,9 +162,9 @@ def over_http(parameters: dict[str, Any], url: str, api_key: str | None, timeout
     endpoint = clarion.url + "/invocations"
     options = {name: value for name, value in parameters.items() if name != "explain"}
 
-    def explain(texts: list[str]) -> list[dict[str, Any]]:
+    def explain(texts: list[Input]) -> list[dict[str, Any]]:
         try:
-            return clarion.explain(texts, **options)
+            return clarion.explain([stored(text) for text in texts], **options)  # a pair as its object
         except APIError as exc:
             if exc.status in (400, 413) or (exc.status == 503 and "timeout" in exc.message):
                 raise InvalidRequest(exc.message) from None  # this text's (or chunk's) fault
@@ -186,7 +207,7 @@ def explain_file(
             nonlocal explained
             for record, result in _explain_isolating(pending, explain, reject):
                 truth = {} if record.label is None else {"true_label": record.label}
-                write({"line": record.line, "text": record.text, **truth, **result})
+                write({"line": record.line, **_texts(record.text), **truth, **result})
                 explained += 1
                 bar.update(1)
             pending.clear()
@@ -201,6 +222,12 @@ def explain_file(
                 flush()
         flush()
     return explained, bad
+
+
+def _texts(text: Input | None) -> dict[str, Any]:
+    """A record's text as its output line holds it: `text`, and a pair's `text_pair` beside it."""
+    value = stored(text or "")
+    return value if isinstance(value, dict) else {"text": value}
 
 
 def _explain_isolating(
@@ -265,6 +292,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--html", type=Path, help="also write a self-contained HTML report here")
     parser.add_argument("--field", default="text", help="the text field of a .jsonl input")
     parser.add_argument("--column", default="text", help="the text column of a .csv input")
+    parser.add_argument(
+        "--pair-field",
+        metavar="NAME",
+        help="text pairs (NLI, cross-encoders): each record's second text, a .jsonl field or .csv column",
+    )
     add_explanation_options(parser)
     parser.add_argument(
         "--faithfulness", action="store_true", help="also measure ERASER comprehensiveness and sufficiency"
@@ -293,6 +325,22 @@ def explanation_parameters(
         parameters["time_budget"] = args.time_budget
     parse_model(SeedBody, {"data": "x", **parameters}, settings)
     return parameters
+
+
+def check_pairs(args: argparse.Namespace, parameters: dict[str, Any], settings: Settings) -> None:
+    """What text pairs cannot take stops the run here, not line by line (docs/models.md)."""
+    from shared.explanation.explainer import check_pair_options
+
+    if not args.pair_field:
+        raise ClarionError("--pair-field: name the field or column holding each record's second text")
+    if args.html:
+        raise ClarionError("--html draws one text per record: leave it out for text pairs (--pair-field)")
+    if args.long_text == "windows":
+        raise ClarionError("--long-text windows reads one text: text pairs are truncated")
+    try:
+        check_pair_options(parse_model(SeedBody, {"data": "x", **parameters}, settings).explain_options())
+    except InvalidRequest as exc:
+        raise ClarionError(f"--pair-field: {exc.message}") from None
 
 
 def report(message: str) -> None:
@@ -328,11 +376,12 @@ def explain_into(
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
     parameters = explanation_parameters(args, settings, args.faithfulness)
+    if args.pair_field is not None:
+        check_pairs(args, parameters, settings)
     if not args.input.is_file():
         raise ClarionError(f"{args.input}: no such file")
-    interrupted = explain_into(
-        args, settings, parameters, read_lines(args.input, args.field, args.column), args.out
-    )
+    lines = read_lines(args.input, args.field, args.column, pair=args.pair_field)
+    interrupted = explain_into(args, settings, parameters, lines, args.out)
     if interrupted is not None:
         return interrupted
     if args.html:

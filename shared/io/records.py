@@ -18,7 +18,7 @@ from shared.io.inputs import TextPair
 from shared.io.schemas import PAIRS_UNSUPPORTED, is_pair
 
 EMPTY = "empty line"
-PAIR_RECORD = 'a text pair record is {"text": <text>, "text_pair": <text>} (or Clarify\'s two features)'
+PAIR_RECORD = 'a text pair record is {{"text": <text>, "{}": <text>}} (or Clarify\'s two features)'
 
 
 @dataclass(frozen=True)
@@ -30,12 +30,16 @@ class Record:
 
 
 def json_lines(
-    lines: Iterable[str], fields: Sequence[str], label_field: str | None = None, pairs: bool = False
+    lines: Iterable[str],
+    fields: Sequence[str],
+    label_field: str | None = None,
+    pairs: bool = False,
+    pair_field: str = "text_pair",
 ) -> Iterator[Record]:
     """A record per line: a JSON object with a string in the first of `fields` it holds (a list of
     one string counts: Clarify sends `{"features": ["text"]}`), or a JSON string. `label_field`:
     the true label's field (a string or a number; absent or null: no label). `pairs`: a record with
-    a `text_pair` beside its text (or two features) is a TextPair; otherwise such a record is refused."""
+    a `pair_field` beside its text (or two features) is a TextPair; otherwise such a record is refused."""
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             yield Record(number, None, EMPTY)
@@ -48,12 +52,12 @@ def json_lines(
         except RecursionError:
             yield Record(number, None, "not JSON (nested too deeply)")
             continue
-        if _holds_a_pair(value, fields):
-            pair = _pair_of(value, fields) if pairs else None
+        if _holds_a_pair(value, fields, pair_field):
+            pair = _pair_of(value, fields, pair_field) if pairs else None
             if pair is not None:
-                yield Record(number, pair)
+                yield Record(number, pair, label=_label(value, label_field))
             else:
-                yield Record(number, None, PAIRS_UNSUPPORTED if not pairs else PAIR_RECORD)
+                yield Record(number, None, PAIR_RECORD.format(pair_field) if pairs else PAIRS_UNSUPPORTED)
             continue
         text = _text_of(value, fields)
         if text is None:
@@ -61,21 +65,25 @@ def json_lines(
             listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
             yield Record(number, None, f"no string field {listed}")
         else:
-            label = value.get(label_field) if label_field and isinstance(value, dict) else None
-            yield Record(number, text, label=None if label is None else str(label))
+            yield Record(number, text, label=_label(value, label_field))
 
 
-def _holds_a_pair(value: Any, fields: Sequence[str]) -> bool:
+def _label(value: Any, label_field: str | None) -> str | None:
+    label = value.get(label_field) if label_field and isinstance(value, dict) else None
+    return None if label is None else str(label)
+
+
+def _holds_a_pair(value: Any, fields: Sequence[str], pair_field: str) -> bool:
     """A record of a text pair: a text_pair beside the text, or (Clarify) two feature columns."""
     if not isinstance(value, dict):
         return False
-    if value.get("text_pair") is not None:
+    if value.get(pair_field) is not None:
         return True
     return any(is_pair(value.get(name)) for name in fields)
 
 
-def _pair_of(value: dict[str, Any], fields: Sequence[str]) -> TextPair | None:
-    second = value.get("text_pair")
+def _pair_of(value: dict[str, Any], fields: Sequence[str], pair_field: str) -> TextPair | None:
+    second = value.get(pair_field)
     for name in fields:
         field = value.get(name)
         if is_pair(field):  # Clarify's two feature columns
