@@ -2,9 +2,10 @@
 for the served model, on the user's unlabelled texts.
 
 1. Every text is explained exactly at token granularity, every label, into DIR/records.jsonl
-   (exactly as `clarion explain` does: a progress bar, resumable line by line).
-2. Nine texts in ten train a ridge regression from the frozen classifier's token features to those
-   values (the ridge strength chosen on the tenth by held-out error); the tenth is held out.
+   (exactly as `clarion explain` does: a progress bar, resumable line by line; with `--url`, by a
+   running Clarion server, a GPU one say).
+2. Nine texts in ten train a copy of the classifier's encoder with a per-token head to predict those
+   values (shared/explanation/distillation.py); the tenth is held out.
 3. The held-out texts are explained exactly at word granularity and by the artifact, and the
    artifact records how close it came: the median Spearman and top-5 overlap of the predicted
    label's word values, and ERASER comprehensiveness of both rankings. The model's fingerprint
@@ -24,11 +25,14 @@ import numpy as np
 
 from shared.cli.explain import explain_into, read_lines, report
 from shared.errors import ClarionError
+from shared.explanation.amortized import ARTIFACT_VERSION, AmortizedExplainer
+from shared.explanation.distillation import Example
+from shared.explanation.distillation import train as train_explainer
+from shared.explanation.explainer import new_game
 from shared.io.schemas import ExplainOptions, SeedBody, parse_model
 from shared.settings import Settings
 
 HELD_OUT_EVERY = 10  # every tenth text is held out
-LAMBDAS = (0.01, 0.1, 1.0, 10.0, 100.0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-evals", type=int, help="model evaluations per text (default: the API's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chunk", type=int, default=8, help="texts explained together (default 8)")
+    parser.add_argument("--epochs", type=int, default=8, help="passes over the training texts (default 8)")
+    parser.add_argument(
+        "--url", help="label on this Clarion server (a GPU one, say) instead of in this process"
+    )
+    parser.add_argument("--api-key", help="the server's API key, if it asks for one")
+    parser.add_argument("--timeout", type=float, default=0, help="seconds per request to --url (0: none)")
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
@@ -53,7 +63,9 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     token_options = parse_model(SeedBody, {"data": "x", **parameters}, settings).explain_options()
     records_path = args.out / "records.jsonl"
     lines = read_lines(args.input, args.text_field, args.text_field, None, args.delimiter)
-    explaining = argparse.Namespace(url=None, api_key=None, timeout=0, chunk=args.chunk)
+    explaining = argparse.Namespace(
+        url=args.url, api_key=args.api_key, timeout=args.timeout, chunk=args.chunk
+    )
     interrupted = explain_into(explaining, settings, parameters, lines, records_path)
     if interrupted is not None:
         return interrupted
@@ -66,17 +78,22 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     held = [r for i, r in enumerate(records) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1]
     train = [r for i, r in enumerate(records) if i % HELD_OUT_EVERY != HELD_OUT_EVERY - 1]
     report(f"training on {len(train)} text(s), {len(held)} held out")
-    weights, strength = _fit(service, train, held)
+    trained = train_explainer(service.model, _examples(service, train), args.epochs, args.seed, report)
+    explainer = AmortizedExplainer(
+        trained.encoder, trained.weights, trained.bias, trained.scale, {"validation": {}}
+    )
     word_options = token_options.model_copy(update={"granularity": "word"})
-    validation = _validate(service, weights, [r["text"] for r in held], word_options)
+    validation = _validate(service, explainer, [r["text"] for r in held], word_options)
     model = service.model
     meta = {
-        "version": 1,
+        "version": ARTIFACT_VERSION,
         "model_id": model.model_id,
         "model_fingerprint": model.fingerprint,
         "labels": model.labels,
-        "features": "the frozen classifier's last layer: h, h * h0 (h0: the first token's), 1",
-        "ridge_lambda": strength,
+        "output": token_options.output,
+        "network": "a trained copy of the classifier's encoder, a linear head per token",
+        "epochs": args.epochs,
+        "training_losses": [round(loss, 5) for loss in trained.losses],
         "trained_texts": len(train),
         "held_out_texts": len(held),
         "max_evals": token_options.max_evals,
@@ -84,9 +101,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         "training_seconds": round(time.perf_counter() - started, 1),
         "validation": validation,
     }
-    from shared.explanation.amortized import AmortizedExplainer
-
-    AmortizedExplainer(weights, meta).save(args.out)
+    AmortizedExplainer(trained.encoder, trained.weights, trained.bias, trained.scale, meta).save(args.out)
     service.stop()
     report(f"amortized explainer in {args.out}: held-out {json.dumps(validation)}")
     return 0
@@ -102,53 +117,29 @@ def _records(path: Path) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: r.get("line", 0))
 
 
-def _examples(service: Any, records: list[dict[str, Any]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Each text's token features and exact token values (kept tokens, [CLS] and [SEP], left out)."""
-    from shared.explanation.amortized import token_features
-    from shared.explanation.explainer import new_game
-
+def _examples(service: Any, records: list[dict[str, Any]]) -> list[Example]:
+    """Each text's training example (kept tokens, [CLS] and [SEP], are no players)."""
     model, options = service.model, ExplainOptions()  # token granularity, as the values were
-    features, targets = [], []
-    for start in range(0, len(records), 32):
-        batch = records[start : start + 32]
-        encoded = model.encode([r["text"] for r in batch])
-        for record, text, states in zip(batch, encoded, token_features(model, encoded), strict=True):
+    examples = []
+    for start in range(0, len(records), 64):
+        batch = records[start : start + 64]
+        for record, text in zip(batch, model.encode([r["text"] for r in batch]), strict=True):
             pairs = record["explanation"]
             if len(pairs) != len(text.ids):
                 continue  # another tokenization (the model changed since): not a training example
             keep = new_game(model, text, options).keep  # the boundary tokens, as the explainer keeps them
             values = np.array([[values[label] for label in model.labels] for _, values in pairs])
-            features.append(states[~keep])
-            targets.append(values[~keep])
-    return features, targets
+            output, base = record["model_output"], record["base_values"]
+            delta = np.array([output[label] - base[label] for label in model.labels])
+            examples.append(Example(np.asarray(text.ids), ~keep, values, delta))
+    return examples
 
 
-def _fit(service: Any, train: list[dict[str, Any]], held: list[dict[str, Any]]) -> tuple[np.ndarray, float]:
-    """Ridge regression on the normal equations (features standardised by their training scale);
-    the strength with the lowest held-out squared error."""
-    x_train, y_train = _examples(service, train)
-    x_held, y_held = _examples(service, held)
-    x, y = np.vstack(x_train).astype(np.float64), np.vstack(y_train)
-    gram, moment = x.T @ x, x.T @ y
-    scale = np.sqrt(np.maximum(np.diag(gram) / len(x), 1e-12))
-    best: tuple[float, np.ndarray, float] | None = None
-    held_x, held_y = np.vstack(x_held).astype(np.float64), np.vstack(y_held)
-    for strength in LAMBDAS:
-        weights = np.linalg.solve(gram + strength * len(x) * np.diag(scale**2), moment)
-        error = float(np.mean((held_x @ weights - held_y) ** 2))
-        if best is None or error < best[0]:
-            best = (error, weights, strength)
-    assert best is not None
-    return best[1], best[2]
-
-
-def _validate(
-    service: Any, weights: np.ndarray, texts: list[str], options: ExplainOptions
-) -> dict[str, float]:
+def _validate(service: Any, explainer: Any, texts: list[str], options: ExplainOptions) -> dict[str, float]:
     """Held-out figures at word granularity, for each text's predicted label: Spearman and top-5
     overlap of the artifact's values against exact's, and both rankings' comprehensiveness."""
     from shared.analysis.agreement import ranking_agreement
-    from shared.explanation.amortized import AmortizedExplainer, explain_amortized
+    from shared.explanation.amortized import explain_amortized
     from shared.explanation.explainer import explain_encoded, faithfulness_of
     from shared.serving.classifier import run_unmasked
 
@@ -158,8 +149,7 @@ def _validate(
     exact = explain_encoded(
         engine, encoded, options.model_copy(update={"faithfulness": True}), None, unmasked
     )
-    candidate = AmortizedExplainer(weights, {"validation": {}})
-    predicted = explain_amortized(engine, candidate, encoded, [u[0] for u in unmasked], options)
+    predicted = explain_amortized(engine, explainer, encoded, [u[0] for u in unmasked], options)
     spearman, overlap, labels, values = [], [], [], []
     for e, p in zip(exact, predicted, strict=True):
         label = max(e.model_output, key=e.model_output.get)

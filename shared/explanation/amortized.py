@@ -1,15 +1,15 @@
 """An amortized explainer: a model's exact SHAP values, predicted in one forward pass.
 
-After Yang et al. (ACL 2023), who trained an encoder with a per-token linear head on sampled SHAP
-values. Here the encoder is the served classifier's own, frozen: a token's features are its
-last-layer state h and h * h0 (h0: the first token's, which the head reads), and each label's value
-is a linear map of them, fitted by ridge regression on Clarion's exact token values (`clarion
-distill`: shared/cli/distill.py). Serving costs one pass for the features, one row for the base
-value (the text with every unit masked) and the row the classification ran anyway.
+After Yang et al. (ACL 2023): a trained copy of the served classifier's encoder with a per-token
+linear head, fitted to Clarion's exact token values (`clarion distill`: shared/cli/distill.py,
+training in shared/explanation/distillation.py). Serving costs one pass of the copy for the values,
+one row for the base value (the text with every unit masked) and the row the classification ran
+anyway.
 
-Additivity is enforced: each label's predicted values are shifted by the same amount per token, so
-that base value + sum = output (`additivity_correction` in explanation_parameters is the largest
-shift a unit received over the labels). Units of any granularity are sums of their tokens' values.
+Additivity is enforced, in training as in serving: each label's predicted values are shifted by the
+same amount per token, so that base value + sum = output (`additivity_correction` in
+explanation_parameters is the largest shift a unit received over the labels). Units of any
+granularity are sums of their tokens' values.
 """
 
 from __future__ import annotations
@@ -35,48 +35,48 @@ from shared.runtime.encoding import EncodedText
 from shared.runtime.engine import EXPLAIN, Engine, Ticket
 from shared.runtime.model import TextModel
 
-ARTIFACT_VERSION = 1
+# 1: a ridge head over the frozen classifier's last layer (refused: its held-out Spearman was 0.58).
+ARTIFACT_VERSION = 2
 META = "amortized.json"
-WEIGHTS = "amortized.npz"
-
-
-def token_features(model: TextModel, encoded: list[EncodedText]) -> list[np.ndarray]:
-    """Each text's features (tokens x 2 hidden + 1): h, h * h0 and a constant."""
-    states = model.token_states([e.ids for e in encoded])
-    out = []
-    for hidden in states:
-        first = hidden[0]
-        out.append(np.hstack([hidden, hidden * first, np.ones((len(hidden), 1), dtype=np.float32)]))
-    return out
+HEAD = "head.npz"  # the per-token head: weights (hidden x labels), bias, and the values' scale
+ENCODER = "encoder"  # the trained copy of the classifier's encoder (transformers' save_pretrained)
 
 
 @dataclass(frozen=True)
 class AmortizedExplainer:
-    """A trained artifact: weights (features x labels) and what it was trained and validated on."""
+    """A trained artifact: the encoder copy, its head, and what it was trained and validated on."""
 
-    weights: np.ndarray
+    encoder: Any  # a transformers base model (no classification head), fp32, in eval mode
+    weights: np.ndarray  # hidden x labels
+    bias: np.ndarray  # labels
+    scale: float  # the head predicts values / scale
     meta: dict[str, Any]
     # A hash of the weights and the metadata, made once here: explanation cache keys name the artifact
     # by its content, so a changed AMORTIZED_EXPLAINER misses and the same artifact elsewhere hits.
     fingerprint: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        weights = np.ascontiguousarray(self.weights, dtype=np.float64)
         digest = hashlib.sha256(json.dumps(self.meta, sort_keys=True, default=str).encode())
-        digest.update(str(weights.shape).encode())
-        digest.update(weights.tobytes())
+        for array in (self.weights, self.bias, np.array([self.scale])):
+            digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
+        for name, tensor in sorted(self.encoder.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().float().numpy().tobytes())
         object.__setattr__(self, "fingerprint", digest.hexdigest())
 
     @property
     def validation(self) -> dict[str, Any]:
         return self.meta["validation"]
 
-    def token_values(self, features: np.ndarray) -> np.ndarray:
-        return features.astype(np.float64) @ self.weights
+    def token_values(self, model: TextModel, rows: list[np.ndarray]) -> list[np.ndarray]:
+        """Each row's predicted token values (tokens x labels), before the additivity shift."""
+        states = model.token_states(rows, self.encoder)
+        return [(hidden.astype(np.float64) @ self.weights + self.bias) * self.scale for hidden in states]
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        np.savez(directory / WEIGHTS, weights=self.weights)
+        self.encoder.save_pretrained(directory / ENCODER)
+        np.savez(directory / HEAD, weights=self.weights, bias=self.bias, scale=np.array(self.scale))
         (directory / META).write_text(json.dumps(self.meta, indent=1) + "\n", encoding="utf-8")
 
 
@@ -90,27 +90,39 @@ def load_amortized(directory: str, model: TextModel, min_spearman: float) -> Amo
     folder = Path(directory)
     try:
         meta = json.loads((folder / META).read_text(encoding="utf-8"))
-        with np.load(folder / WEIGHTS) as data:
-            weights = np.asarray(data["weights"], dtype=np.float64)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError) as exc:
         raise AmortizedUnavailable(f"AMORTIZED_EXPLAINER={directory}: no usable artifact ({exc})") from None
     if meta.get("version") != ARTIFACT_VERSION:
-        raise AmortizedUnavailable(f"AMORTIZED_EXPLAINER={directory}: artifact version {meta.get('version')}")
+        raise AmortizedUnavailable(
+            f"AMORTIZED_EXPLAINER={directory}: artifact version {meta.get('version')}, this server reads "
+            f"{ARTIFACT_VERSION}: distill it again (clarion distill, resumed from its records.jsonl)"
+        )
     if meta.get("model_fingerprint") != model.fingerprint:
         raise AmortizedUnavailable(
             f"AMORTIZED_EXPLAINER={directory} was trained for another model ({meta.get('model_id')}, "
             f"fingerprint {meta.get('model_fingerprint')}); this one is {model.model_id} "
             f"({model.fingerprint})"
         )
-    if weights.shape[1] != len(model.labels):
-        raise AmortizedUnavailable(f"AMORTIZED_EXPLAINER={directory}: weights for {weights.shape[1]} labels")
     spearman = float(meta["validation"]["spearman_median"])
     if not spearman >= min_spearman:
         raise AmortizedUnavailable(
             f"AMORTIZED_EXPLAINER={directory} is refused: its held-out Spearman against exact is "
             f"{spearman:.3f}, below AMORTIZED_MIN_SPEARMAN ({min_spearman})"
         )
-    return AmortizedExplainer(weights, meta)
+    try:
+        from transformers import AutoModel
+
+        with np.load(folder / HEAD) as data:
+            weights, bias = np.asarray(data["weights"], np.float64), np.asarray(data["bias"], np.float64)
+            scale = float(data["scale"])
+        encoder = AutoModel.from_pretrained(folder / ENCODER, dtype="float32").to(model.device).eval()
+    except (OSError, ValueError, KeyError) as exc:
+        raise AmortizedUnavailable(f"AMORTIZED_EXPLAINER={directory}: no usable artifact ({exc})") from None
+    if weights.shape != (encoder.config.hidden_size, len(model.labels)) or bias.shape != (len(model.labels),):
+        raise AmortizedUnavailable(
+            f"AMORTIZED_EXPLAINER={directory}: a head of shape {weights.shape} for {len(model.labels)} labels"
+        )
+    return AmortizedExplainer(encoder, weights, bias, scale, meta)
 
 
 def explain_amortized(
@@ -125,13 +137,16 @@ def explain_amortized(
     classify it)."""
     if options.long_text == "windows":
         raise InvalidRequest('precision "amortized" explains texts up to the model\'s length (no windows)')
+    learnt = explainer.meta.get("output", "probability")
+    if options.output != learnt:
+        raise InvalidRequest(f'precision "amortized" learnt values of the {learnt} (output "{learnt}")')
     model = engine.model
     requested = requested_label_indexes(model.labels, options)
     games = [new_game(model, e, options) for e in encoded]
     none = [np.zeros((1, game.players), dtype=bool) for game in games]  # every unit masked: the base value
     masked = [game.masked_ids(mask, model)[0] for game, mask in zip(games, none, strict=True)]
     future = engine.submit(masked, EXPLAIN, "exact", ticket or Ticket())
-    features = token_features(model, encoded)
+    predicted = explainer.token_values(model, [e.ids for e in encoded])
     base_logits = future.result()
     out = []
     for index, (game, text) in enumerate(zip(games, encoded, strict=True)):
@@ -141,7 +156,7 @@ def explain_amortized(
             model.multi_label, model.outputs(unmasked[index][None], "probability")[0]
         )
         playing = ~game.keep & (game.player_of_token >= 0)
-        tokens = explainer.token_values(features[index])[:, labels]
+        tokens = predicted[index][:, labels]
         tokens[~playing] = 0.0
         residual = (output[labels] - base[labels]) - tokens.sum(axis=0)
         shift = residual / max(1, int(playing.sum()))

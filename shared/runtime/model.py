@@ -163,15 +163,17 @@ class TextModel:
             return self.fast_runner
         return self.exact_runner
 
-    def token_states(self, rows: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Each row's last-layer hidden states (tokens x hidden, float32), from the fp32 torch model."""
+    def token_states(self, rows: Sequence[np.ndarray], encoder: Any = None) -> list[np.ndarray]:
+        """Each row's last-layer hidden states (tokens x hidden, float32), from the fp32 torch model,
+        or from `encoder` (a base model of the same family: the amortized explainer's trained copy)."""
         import torch
 
+        network = encoder if encoder is not None else self.model
         states: list[np.ndarray] = [np.empty(0)] * len(rows)
         for group in self.pass_groups(rows):
             ids, attention = self.padded([rows[i] for i in group])
             with self.lock, torch.inference_mode():
-                out = self.model(
+                out = network(
                     input_ids=torch.from_numpy(ids).to(self.device),
                     attention_mask=torch.from_numpy(attention).to(self.device),
                     output_hidden_states=True,
