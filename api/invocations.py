@@ -23,7 +23,6 @@ from api.codecs import body_text
 from api.negotiation import CSV, HTML, JSON, JSON_LINES, response_type
 from api.records import decode_records
 from shared.errors import InvalidRequest
-from shared.explanation.explainer import check_options
 from shared.io.inputs import Input, TextPair
 from shared.io.records import Record
 from shared.io.results import body, text_response
@@ -50,13 +49,11 @@ class Call:
         """Each text's /invocations result, MAX_TEXTS_PER_REQUEST texts at a time: a batch of
         records is never refused for its size alone."""
         service, model_id = self.service, self.service.model.model_id
-        # Label names are checked whether or not the request explains: a name the model does not
-        # have (nor the candidate labels, zero-shot) is the client's mistake either way, as the
-        # OpenAPI document says.
-        check_options(service.model, parameters.explain_options(), parameters.candidate_labels)
-        if parameters.candidate_labels is not None:
-            service.model.entailment_ids()  # an NLI model, or a 400 that says why
+        # Options are checked whether or not the request explains: a label the model does not have
+        # (nor the candidates, zero-shot), what a text pair cannot take, an amortized artifact that
+        # is not loaded are the client's mistakes either way, as the OpenAPI document says.
         texts = parameters.inputs(list(texts))
+        service.check_options(parameters.explain_options(), texts)
         out: list[dict[str, Any]] = []
         options = parameters.explain_options() if parameters.explain else None
         for chunk in _chunks(texts, self.settings.max_texts):

@@ -368,7 +368,7 @@ class ClarionService:
         return [e for e in explanations if e is not None]
 
     def explained_records(
-        self, texts: Sequence[str], options: ExplainOptions, ticket: Ticket | None = None
+        self, texts: Sequence[Input], options: ExplainOptions, ticket: Ticket | None = None
     ) -> list[dict[str, Any]]:
         """Each text's result as the API's JSON body (classified and explained): what the records
         of `clarion explain` and of an analysis hold."""
