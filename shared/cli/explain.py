@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import ClarionError, InvalidRequest
-from shared.io.inputs import Input, stored
-from shared.io.records import EMPTY, Record, csv_table, json_lines
+from shared.io.inputs import Input, as_record, stored
+from shared.io.records import EMPTY, Record, csv_table, json_lines, json_pair_lines
 from shared.io.schemas import SeedBody, parse_model, text_problem
 from shared.kinds import GRANULARITIES, LONG_TEXTS, MASKINGS, OUTPUTS, PRECISIONS
 from shared.settings import Settings
@@ -82,10 +82,7 @@ def _jsonl_lines(path: Path, field: str, label: str | None, pair: str | None) ->
         if pair is None:
             yield from json_lines(handle, (field,), label)
             return
-        for record in json_lines(handle, (field,), label, pairs=True, pair_field=pair):
-            if isinstance(record.text, str):  # asked for pairs: one text alone is never the pair's answer
-                record = Record(record.line, None, f'no string field "{pair}" beside the text')
-            yield record
+        yield from json_pair_lines(handle, (field,), pair, label)
 
 
 def _csv_lines(
@@ -207,7 +204,7 @@ def explain_file(
             nonlocal explained
             for record, result in _explain_isolating(pending, explain, reject):
                 truth = {} if record.label is None else {"true_label": record.label}
-                write({"line": record.line, **_texts(record.text), **truth, **result})
+                write({"line": record.line, **as_record(record.text or ""), **truth, **result})
                 explained += 1
                 bar.update(1)
             pending.clear()
@@ -222,12 +219,6 @@ def explain_file(
                 flush()
         flush()
     return explained, bad
-
-
-def _texts(text: Input | None) -> dict[str, Any]:
-    """A record's text as its output line holds it: `text`, and a pair's `text_pair` beside it."""
-    value = stored(text or "")
-    return value if isinstance(value, dict) else {"text": value}
 
 
 def _explain_isolating(
@@ -328,15 +319,12 @@ def explanation_parameters(
 
 
 def check_pairs(args: argparse.Namespace, parameters: dict[str, Any], settings: Settings) -> None:
-    """What text pairs cannot take stops the run here, not line by line (docs/models.md)."""
+    """What text pairs cannot take stops the run here, not line by line (docs/models.md): the
+    --pair-field of `clarion explain` and `clarion analyze`."""
     from shared.explanation.explainer import check_pair_options
 
     if not args.pair_field:
         raise ClarionError("--pair-field: name the field or column holding each record's second text")
-    if args.html:
-        raise ClarionError("--html draws one text per record: leave it out for text pairs (--pair-field)")
-    if args.long_text == "windows":
-        raise ClarionError("--long-text windows reads one text: text pairs are truncated")
     try:
         check_pair_options(parse_model(SeedBody, {"data": "x", **parameters}, settings).explain_options())
     except InvalidRequest as exc:
@@ -378,6 +366,8 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     parameters = explanation_parameters(args, settings, args.faithfulness)
     if args.pair_field is not None:
         check_pairs(args, parameters, settings)
+        if args.html:
+            raise ClarionError("--html draws one text per record: leave it out for text pairs (--pair-field)")
     if not args.input.is_file():
         raise ClarionError(f"{args.input}: no such file")
     lines = read_lines(args.input, args.field, args.column, pair=args.pair_field)

@@ -26,7 +26,7 @@ from shared.io.inputs import Input
 from shared.io.results import Explanation, Faithfulness
 from shared.io.schemas import ExplainOptions
 from shared.kinds import Output
-from shared.runtime.encoding import EncodedText
+from shared.runtime.encoding import PAIRS_ARE_TRUNCATED, EncodedText
 from shared.runtime.engine import EXPLAIN, Engine, Ticket
 from shared.runtime.model import TextModel
 
@@ -406,7 +406,9 @@ def _pair_game(model: TextModel, encoded: EncodedText, options: ExplainOptions) 
 
 def check_pair_options(options: ExplainOptions) -> None:
     """What the explanation of a text pair or a zero-shot text (rows of two texts) cannot take,
-    each a 400 (long_text "windows": TextEncoder)."""
+    each a 400 (the encoder refuses long_text "windows" too, for a classification alone)."""
+    if options.long_text == "windows":
+        raise InvalidRequest(PAIRS_ARE_TRUNCATED)
     if options.masking == "text":
         raise InvalidRequest(
             'masking "text" re-tokenizes one text: text pairs and zero-shot labels mask by token'

@@ -63,6 +63,13 @@ def stored(item: Input) -> str | dict[str, Any]:
     return item
 
 
+def as_record(item: Input) -> dict[str, Any]:
+    """An input as an output line holds it (`clarion explain`, an analysis's records.jsonl): its
+    `text`, and a pair's `text_pair` beside it."""
+    value = stored(item)
+    return value if isinstance(value, dict) else {"text": value}
+
+
 def restored(value: str | dict[str, Any]) -> Input:
     """The input `stored` kept."""
     if isinstance(value, str):

@@ -68,6 +68,18 @@ def json_lines(
             yield Record(number, text, label=_label(value, label_field))
 
 
+def json_pair_lines(
+    lines: Iterable[str], fields: Sequence[str], pair_field: str, label_field: str | None = None
+) -> Iterator[Record]:
+    """Records that must each be a text pair, its second text in `pair_field` (an analysis or
+    `clarion explain` told the pair's field): a record of one text is that record's error, never
+    its first text's answer."""
+    for record in json_lines(lines, fields, label_field, pairs=True, pair_field=pair_field):
+        if isinstance(record.text, str):
+            record = Record(record.line, None, f'no string field "{pair_field}" beside the text')
+        yield record
+
+
 def _label(value: Any, label_field: str | None) -> str | None:
     label = value.get(label_field) if label_field and isinstance(value, dict) else None
     return None if label is None else str(label)

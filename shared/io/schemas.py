@@ -66,10 +66,10 @@ TEXTS_JSON_SCHEMA: dict[str, Any] = {
 # answer says so rather than reading the first text alone (a JSON Lines record's text_pair was once
 # dropped without a word).
 PAIRS_UNSUPPORTED = (
-    "text pairs (a text with a text_pair) are not read from analyses' records, nor by clarion explain "
-    'without --pair-field: send them to /invocations ({"data": {"text": ..., "text_pair": ...}} or '
-    "JSON Lines records) or name the second text's field (clarion explain --pair-field text_pair); "
-    "reading only the first text would answer another question"
+    "text pairs (a text with a text_pair) are read from records only where the second text's field is "
+    "named: pair_field on POST /analyses, --pair-field on clarion explain and clarion analyze; or send "
+    'them to /invocations ({"data": {"text": ..., "text_pair": ...}} or JSON Lines records). Reading '
+    "only the first text would answer another question"
 )
 PAIR_SHAPE = (
     'a text pair is {"text": <text>, "text_pair": <text>} (or, in a list of inputs, [<text>, <text>])'

@@ -19,6 +19,13 @@ from shared.kinds import LongText
 TYPE_STRIDE = 1 << 40
 
 
+# What a deployment answers for text pairs and zero-shot texts it cannot read, wherever it finds out.
+PAIRS_ARE_TRUNCATED = 'long_text "windows" reads one text: a text pair or zero-shot text is truncated'
+NO_PAIR_TEMPLATE = (
+    "this model's tokenizer has no template for text pairs: send one text (no zero-shot labels)"
+)
+
+
 @dataclass(frozen=True)
 class EncodedText:
     """A text as the model sees it: token ids and character offsets, either truncated to the model's
@@ -188,13 +195,9 @@ class TextEncoder:
 
     def _encode_other(self, item: TextPair | ZeroShot, long_text: LongText) -> EncodedText:
         if long_text == "windows":
-            raise InvalidRequest(
-                'long_text "windows" reads one text: a text pair or zero-shot text is truncated'
-            )
+            raise InvalidRequest(PAIRS_ARE_TRUNCATED)
         if not self.takes_pairs:
-            raise InvalidRequest(
-                "this model's tokenizer has no template for text pairs: send one text (no zero-shot labels)"
-            )
+            raise InvalidRequest(NO_PAIR_TEMPLATE)
         return self._encode_pair(item) if isinstance(item, TextPair) else self._encode_zero_shot(item)
 
     def _encode_zero_shot(self, item: ZeroShot) -> EncodedText:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from shared import metrics
-from shared.errors import ClarionError, ModelNotReady
+from shared.errors import ClarionError, InvalidRequest, ModelNotReady
 from shared.explanation.amortized import (
     AmortizedExplainer,
     AmortizedUnavailable,
@@ -34,7 +34,7 @@ from shared.io.results import (
 )
 from shared.io.schemas import ExplainOptions
 from shared.kinds import LongText
-from shared.runtime.encoding import EncodedText
+from shared.runtime.encoding import NO_PAIR_TEMPLATE, EncodedText
 from shared.runtime.engine import Engine, Ticket, pass_limits_for
 from shared.runtime.loading import load_text_model
 from shared.runtime.model import HalfPrecisionRunner, TextModel
@@ -157,12 +157,15 @@ class ClarionService:
     def check_options(self, options: ExplainOptions, inputs: Sequence[Input] = ()) -> None:
         """Raise InvalidRequest for options this service cannot explain on `inputs` (before a job is
         accepted): labels it does not score, zero-shot labels without an NLI model, what text pairs
-        and zero-shot texts cannot take, an unusable amortized artifact."""
+        and zero-shot texts cannot take (a tokenizer without a pair template among them), an unusable
+        amortized artifact."""
         zero_shot = next((item for item in inputs if isinstance(item, ZeroShot)), None)
         check_options(self.model, options, zero_shot.candidate_labels if zero_shot else None)
         if zero_shot is not None:
             self.model.entailment_ids()  # an NLI model, or a 400 that says why
         if any(not isinstance(item, str) for item in inputs):
+            if not self.model.takes_pairs:
+                raise InvalidRequest(NO_PAIR_TEMPLATE)
             check_pair_options(options)
         if options.precision == "amortized":
             self.amortized()
