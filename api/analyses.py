@@ -14,13 +14,18 @@ from api.negotiation import HTML, JSON, REPLAYED, idempotency, response_type
 from api.records import JSON_LINES_TYPES
 from shared.analysis.aggregate import AGG_METHODS
 from shared.errors import InvalidRequest, NotFound, UnsupportedMediaType
-from shared.io.records import Record, csv_table, json_lines
+from shared.io.records import Record, csv_table, json_lines, json_pair_lines
 from shared.io.results import body
-from shared.jobs.analysis import AnalysisRecord, new_analysis, record_explain_options, stage
+from shared.jobs.analysis import AnalysisRecord, check_analysis, new_analysis, stage
 from shared.render.report import analysis_report, analysis_status_document
 from shared.settings import Settings
 
 bp = Blueprint("analyses", __name__)
+
+
+class Names(list):
+    """A query parameter holding names, comma-separated, each trimmed (zero-shot's candidate labels)."""
+
 
 # Query parameters: the options of `clarion analyze`, with the type each is read as.
 _EXPLANATION_OPTIONS = {
@@ -34,10 +39,24 @@ _EXPLANATION_OPTIONS = {
     "masking": str,
     "long_text": str,
     "faithfulness": bool,
+    # zero-shot (an NLI model): every text scored against these labels
+    "candidate_labels": Names,
+    "hypothesis_template": str,
+    "multi_label": bool,
 }
-_ANALYSIS_OPTIONS = {"agg_method": str, "top_k": int, "normalize": str, "text_field": str, "label_field": str}
+_ANALYSIS_OPTIONS = {
+    "agg_method": str,
+    "top_k": int,
+    "normalize": str,
+    "text_field": str,
+    "label_field": str,
+    "pair_field": str,
+}
 _INPUT_OPTIONS = {"delimiter": str}
 _DEFAULTS = {"granularity": "word", "labels": "all", "faithfulness": True}
+# Faithfulness is measured on single texts: text pairs and zero-shot texts default to without it
+# (asking for it is their 400).
+_TWO_TEXT_DEFAULTS = {**_DEFAULTS, "faithfulness": False}
 _ANALYSIS_DEFAULTS = {
     "agg_method": "mean_abs",
     "top_k": 50,
@@ -63,9 +82,10 @@ def _query() -> tuple[dict[str, Any], dict[str, Any], str]:
     values: dict[str, Any] = {}
     for name, raw in request.args.items():
         values[name] = _typed(name, raw, known[name])
-    parameters = {"explain": True, **_DEFAULTS}
+    two_texts = "pair_field" in values or "candidate_labels" in values
+    parameters = {"explain": True, **(_TWO_TEXT_DEFAULTS if two_texts else _DEFAULTS)}
     parameters.update({k: v for k, v in values.items() if k in _EXPLANATION_OPTIONS})
-    analysis = {**_ANALYSIS_DEFAULTS, "label_field": None}
+    analysis = {**_ANALYSIS_DEFAULTS, "label_field": None, "pair_field": None}
     analysis.update({k: v for k, v in values.items() if k in _ANALYSIS_OPTIONS})
     if analysis["agg_method"] not in AGG_METHODS:
         raise InvalidRequest(f"agg_method: {analysis['agg_method']!r}; use one of {list(AGG_METHODS)}")
@@ -76,6 +96,8 @@ def _query() -> tuple[dict[str, Any], dict[str, Any], str]:
 
 
 def _typed(name: str, raw: str, kind: type) -> Any:
+    if kind is Names:
+        return [part.strip() for part in raw.split(",") if part.strip()]
     if kind is int:
         if not raw.strip().lstrip("-").isdigit():
             raise InvalidRequest(f"{name}: a whole number, not {raw!r}")
@@ -97,16 +119,21 @@ def _typed(name: str, raw: str, kind: type) -> Any:
 
 
 def _records(data: bytes, kind: str, analysis: dict[str, Any], delimiter: str, source: str) -> list[Record]:
-    """The input's lines as records: JSON Lines, CSV (or tab-separated) with a header, or text lines."""
+    """The input's lines as records: JSON Lines, CSV (or tab-separated) with a header, or text lines;
+    with pair_field each record a text pair (a record without its second text is its own error)."""
     text = data.decode("utf-8", errors="replace")  # a bad byte becomes U+FFFD, as in `clarion analyze`
-    field, label = analysis["text_field"], analysis["label_field"]
+    field, label, pair = analysis["text_field"], analysis["label_field"], analysis.get("pair_field")
     if kind == "jsonl":
+        if pair is not None:
+            return list(json_pair_lines(text.splitlines(), (field,), pair, label))
         return list(json_lines(text.splitlines(), (field,), label))
     if kind in ("csv", "tsv"):
         lines = io.StringIO(text, newline="")
-        return list(csv_table(lines, field, label, "\t" if kind == "tsv" else delimiter, source))
+        return list(csv_table(lines, field, label, "\t" if kind == "tsv" else delimiter, source, pair))
     if label:
         raise InvalidRequest(f"{source}: a text file has no labels (label_field)")
+    if pair is not None:
+        raise InvalidRequest(f"{source}: a text file holds one text per line; pairs need .jsonl or .csv")
     return [
         Record(n, line, None if line.strip() else "empty line") for n, line in enumerate(text.splitlines(), 1)
     ]
@@ -162,7 +189,7 @@ def create_analysis() -> Any:
     parameters, analysis, delimiter = _query()
     service = current_app.extensions["clarion.service"]
     record = new_analysis(service.model.model_id, parameters, analysis, settings, owner=g.owner)
-    service.check_options(record_explain_options(record, settings))  # labels, amortized: a 400 now
+    check_analysis(service, record)  # labels, zero-shot, pairs, amortized: a 400 now
     backend = _analyses()
     key = idempotency(request, g.owner)
     made = backend.store.find(key)  # a retried submit: no second read of its input, no staging

@@ -24,7 +24,7 @@ from api.records import CSV_RECORD, JSON_LINES_RECORD
 from shared.analysis.aggregate import AGG_METHODS
 from shared.analysis.units import NORMALIZE_PATTERN
 from shared.io.results import API_VERSION, Health, TextResult
-from shared.io.schemas import TEXT_JSON_SCHEMA, ZERO_SHOT_OPTIONS, HuggingFaceBody, SeedBody
+from shared.io.schemas import NON_BLANK, TEXT_JSON_SCHEMA, ZERO_SHOT_OPTIONS, HuggingFaceBody, SeedBody
 from shared.kinds import GRANULARITIES, LONG_TEXTS, MASKINGS, OUTPUTS
 from shared.settings import Settings
 
@@ -326,18 +326,29 @@ def _document(
                     },
                 },
             },
-            **_analysis_paths(settings, precisions),
+            **_analysis_paths(settings, precisions, _is_nli(labels)),
             **kserve_paths(model_name),
         },
         "components": {"schemas": schemas},
     }
 
 
-def _analysis_paths(settings: Settings, precisions: tuple[str, ...]) -> dict[str, Any]:
-    """POST /analyses and the analysis's GET and DELETE (api/analyses.py; docs/analysis.md)."""
+def _analysis_paths(settings: Settings, precisions: tuple[str, ...], nli: bool) -> dict[str, Any]:
+    """POST /analyses and the analysis's GET and DELETE (api/analyses.py; docs/analysis.md); the
+    zero-shot options where the model is an NLI model."""
     query = [
         _query(
             "text_field", {"type": "string", "minLength": 1}, "the text's field (JSON Lines) or column (CSV)"
+        ),
+        _query(
+            "pair_field",
+            {"type": "string", "minLength": 1},
+            "text pairs (NLI, cross-encoders): each record's second text, its field (JSON Lines) or column "
+            "(CSV), not text_field's; a record without it is that record's error (skipped, counted). A "
+            "pair's units are aggregated apart from the text's: a second text feature in "
+            'global_top_shap_text, and "segment": 1 on each unit of the cohorts\' lists. Takes neither '
+            'masking "text", precision "amortized", faithfulness (default false here) nor long_text '
+            '"windows", nor candidate_labels',
         ),
         _query("label_field", {"type": "string", "minLength": 1}, "the true label's field or column"),
         _query("delimiter", {"type": "string", "minLength": 1, "maxLength": 1}, "a CSV body's delimiter"),
@@ -360,7 +371,11 @@ def _analysis_paths(settings: Settings, precisions: tuple[str, ...]) -> dict[str
         _query("output", {"enum": list(OUTPUTS)}, "probability or logit"),
         _query("masking", {"enum": list(MASKINGS)}, "tokens or text"),
         _query("long_text", {"enum": list(LONG_TEXTS)}, "truncate or windows"),
-        _query("faithfulness", {"type": "boolean"}, "measure faithfulness (default true)"),
+        _query(
+            "faithfulness",
+            {"type": "boolean"},
+            "measure faithfulness (default true; false, and refused, with pair_field or candidate_labels)",
+        ),
         _query("agg_method", {"enum": list(AGG_METHODS)}, "how units aggregate (default mean_abs)"),
         _query("top_k", {"type": "integer", "minimum": 1}, "top units per label (default 50)"),
         _query(
@@ -369,6 +384,26 @@ def _analysis_paths(settings: Settings, precisions: tuple[str, ...]) -> dict[str
             '"case,punctuation" (default), "case", "punctuation", "none"',
         ),
     ]
+    if nli:  # zero-shot labels need an NLI model (an entailment label): elsewhere a 400
+        query += [
+            _query(
+                "candidate_labels",
+                {"type": "string", "minLength": 1, "pattern": NON_BLANK},
+                "zero-shot: every text scored against these labels, comma-separated (each once, at most "
+                "64), as transformers' zero-shot-classification pipeline scores them; the global words "
+                "come per candidate label, and `labels` names candidates",
+            ),
+            _query(
+                "hypothesis_template",
+                {"type": "string", "minLength": 1, "maxLength": 500, "pattern": r"\{\}"},
+                'zero-shot: the hypothesis, with {} where each label goes (default "This example is {}.")',
+            ),
+            _query(
+                "multi_label",
+                {"type": "boolean"},
+                "zero-shot: score each label on its own (entailment against contradiction)",
+            ),
+        ]
     file = (
         "the dataset: one record per line, at most ANALYSIS_MAX_TEXTS lines and ANALYSIS_MAX_BYTES bytes; "
         "a line whose text cannot be read or is refused is skipped (counted), and an input with no "
@@ -457,6 +492,11 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
+def _is_nli(labels: tuple[str, ...] | None) -> bool:
+    """An NLI model's labels (one whose name starts with "entail", as transformers finds it)."""
+    return labels is not None and any(label.lower().startswith("entail") for label in labels)
+
+
 def _limited(
     schemas: dict[str, Any], settings: Settings, labels: tuple[str, ...] | None, precisions: tuple[str, ...]
 ) -> dict[str, Any]:
@@ -465,7 +505,7 @@ def _limited(
     ("amortized" reads no windows)."""
     windowed_precisions = [p for p in precisions if p != "amortized"]
     # Zero-shot labels need an NLI model (an entailment label): elsewhere they are unknown options.
-    nli = labels is not None and any(label.lower().startswith("entail") for label in labels)
+    nli = _is_nli(labels)
     for name in ("SeedBody", "InvocationParameters"):
         options = schemas[name]["properties"]
         options["precision"] = {**options["precision"], "enum": list(precisions)}

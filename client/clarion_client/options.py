@@ -42,10 +42,12 @@ class ExplainOptions(_Explanation, ZeroShotOptions, total=False):
     batch_size: int  # SHAP's batch size: tree nodes the Partition explainer expands per round
 
 
-class AnalysisOptions(_Explanation, total=False):
-    """The options of `analyze` (POST /analyses query parameters, `clarion analyze`'s names)."""
+class AnalysisOptions(_Explanation, ZeroShotOptions, total=False):
+    """The options of `analyze` (POST /analyses query parameters, `clarion analyze`'s names); with
+    `candidate_labels` every text is scored against them (the global words come per candidate)."""
 
     text_field: str  # the records' text field or column (default "text")
+    pair_field: str  # text pairs: each record's second text, a field or CSV column (none: single texts)
     label_field: str  # the true label's field or column
     delimiter: str  # a CSV body's delimiter (default ",")
     agg_method: Literal["mean_abs", "mean_sq", "median"]

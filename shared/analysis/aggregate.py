@@ -5,7 +5,8 @@ only sums and a sample of at most MEDIAN_SAMPLE values (for the median; kept wha
 kept, besides the few surest errors whole, so memory grows with the number of distinct units (times
 labels and cohorts), not with the number of texts. `document()` is `analysis.json`: SageMaker
 Clarify's layout for a text feature (`explanations.kernel_shap.<label>.global_top_shap_text`), and
-Clarion's extras under `clarion` (docs/analysis.md).
+Clarion's extras under `clarion` (docs/analysis.md). Text pairs are two text features: a unit of the
+text_pair never merges with the same word of the text (a unit's key holds its segment).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ ANALYSIS_VERSION = 1
 MEDIAN_SAMPLE = 1000
 ALL = "all"
 CORRECT, WRONG = "correct", "wrong"
-Units = list[tuple[str, dict[str, float]]]  # a text's (normalised unit, {label: attribution})
+TEXT, TEXT_PAIR = 0, 1  # a unit's segment, as explanations' `segments` say: the text or the text_pair
+Key = tuple[int, str]  # a unit across the dataset: its segment and its normalised text
+Units = list[tuple[Key, dict[str, float]]]  # a text's units and their {label: attribution}
 
 
 def predicted_cohort(label: str) -> str:
@@ -80,8 +83,9 @@ class UnitStats:
 class LabelStats:
     """One label's attributions in one cohort: per unit, per text, and its faithfulness."""
 
-    units: dict[str, UnitStats] = field(default_factory=lambda: defaultdict(UnitStats))
-    text_totals: UnitStats = field(default_factory=UnitStats)  # each text's summed attribution
+    units: dict[Key, UnitStats] = field(default_factory=lambda: defaultdict(UnitStats))
+    # Each text's summed attribution, per segment (a pair's two texts are two text features).
+    text_totals: dict[int, UnitStats] = field(default_factory=lambda: defaultdict(UnitStats))
     base_total: float = 0.0
     texts: int = 0
     faithfulness: dict[str, float] = field(default_factory=lambda: defaultdict(float))
@@ -103,6 +107,7 @@ class AnalysisOptions:
     top_k: int = 50  # Clarify's max_top_tokens
     normalizer: Normalizer = field(default_factory=Normalizer)
     text_field: str = "text"
+    pair_field: str | None = None  # text pairs: the second text's field or column
     worst_errors: int = 10
 
     def __post_init__(self) -> None:
@@ -110,6 +115,15 @@ class AnalysisOptions:
             raise ValueError(f"agg_method: {self.agg_method!r}; use one of {AGG_METHODS}")
         if self.top_k < 1:
             raise ValueError("top_k: at least 1")
+        if self.pair_field is not None and self.pair_field == self.text_field:
+            raise ValueError(f"pair_field: {self.pair_field!r} is the text's own field (text_field)")
+
+    @property
+    def features(self) -> dict[int, str]:
+        """Each segment's text feature, named by its field: the text's, and a pair's second."""
+        if self.pair_field is None:
+            return {TEXT: self.text_field}
+        return {TEXT: self.text_field, TEXT_PAIR: self.pair_field}
 
 
 class DatasetAnalysis:
@@ -131,7 +145,9 @@ class DatasetAnalysis:
         """A line that could not be explained (counted, not analysed)."""
         self.skipped += 1
 
-    def add(self, line: int, text: str, result: dict[str, Any], truth: Any = None) -> None:
+    def add(
+        self, line: int, text: str, result: dict[str, Any], truth: Any = None, text_pair: str | None = None
+    ) -> None:
         prediction = result["prediction"]
         predicted = prediction[0]["label"]
         if not self.labels:
@@ -147,19 +163,20 @@ class DatasetAnalysis:
             self.confusion[true_label][predicted] += 1
             cohorts.append(CORRECT if true_label == predicted else WRONG)
             if true_label != predicted:
-                self._keep_error(line, text, result, true_label)
+                self._keep_error(line, text, text_pair, result, true_label)
         units = self._units(result)
         for name in cohorts:
             self._add_to(self.cohorts[name], units, result)
 
     def _units(self, result: dict[str, Any]) -> Units:
         """The explained units that are text (a token granularity's boundary tokens and stand-alone
-        space markers have an empty span), normalised."""
+        space markers have an empty span), normalised, each keyed with its segment (a pair's)."""
         spans = result.get("offsets") or []
-        pairs = result.get("explanation") or []
+        explained = result.get("explanation") or []
+        segments = result.get("segments") or [TEXT] * len(explained)
         return [
-            (self.options.normalizer(unit), values)
-            for (unit, values), (start, end) in zip(pairs, spans, strict=True)
+            ((segment, self.options.normalizer(unit)), values)
+            for (unit, values), (start, end), segment in zip(explained, spans, segments, strict=True)
             if end > start and unit.strip()
         ]
 
@@ -175,20 +192,24 @@ class DatasetAnalysis:
             stats = cohort.labels[label]
             stats.texts += 1
             stats.base_total += base
-            total = 0.0
-            for unit, values in units:
+            totals = dict.fromkeys(self.options.features, 0.0)
+            for key, values in units:
                 value = values[label]
-                total += value
-                stats.units[unit].add(value, self._rng)
-            stats.text_totals.add(total, self._rng)
+                totals[key[0]] = totals.get(key[0], 0.0) + value
+                stats.units[key].add(value, self._rng)
+            for segment, total in totals.items():
+                stats.text_totals[segment].add(total, self._rng)
             measures = faithfulness.get(label)
             if measures:
                 stats.faithful_texts += 1
                 for name, value in measures.items():
                     stats.faithfulness[name] += value
 
-    def _keep_error(self, line: int, text: str, result: dict[str, Any], true_label: str) -> None:
-        entry = {"line": line, "text": text, "true_label": true_label, "result": result}
+    def _keep_error(
+        self, line: int, text: str, text_pair: str | None, result: dict[str, Any], true_label: str
+    ) -> None:
+        pair = {} if text_pair is None else {"text_pair": text_pair}
+        entry = {"line": line, "text": text, **pair, "true_label": true_label, "result": result}
         item = (result["prediction"][0]["score"], -line, entry)
         if len(self._worst) < self.options.worst_errors:
             heapq.heappush(self._worst, item)
@@ -207,15 +228,18 @@ class DatasetAnalysis:
             stats = everything.labels.get(label)
             if stats is None or not stats.texts:
                 continue
-            top = self._ranked(stats, "value")[: options.top_k]
+            ranked = self._ranked(stats, "value")
+            features = options.features.items()
             kernel_shap[label] = {
-                # The text feature's own global value: each text's summed attribution, aggregated.
+                # Each text feature's own global value: each text's summed attribution, aggregated.
                 "global_shap_values": {
-                    options.text_field: _round(stats.text_totals.aggregate(options.agg_method))
+                    name: _round(stats.text_totals[segment].aggregate(options.agg_method))
+                    for segment, name in features
                 },
                 "expected_value": _round(stats.base_total / stats.texts),
                 "global_top_shap_text": {
-                    options.text_field: {entry["unit"]: entry["value"] for entry in top}
+                    name: {e["unit"]: e["value"] for e in _of_segment(ranked, segment)[: options.top_k]}
+                    for segment, name in features
                 },
             }
         truths = sum(self.confusion.values(), Counter())
@@ -235,6 +259,7 @@ class DatasetAnalysis:
                     "top_k": options.top_k,
                     "normalize": options.normalizer.spec,
                     "text_field": options.text_field,
+                    **({"pair_field": options.pair_field} if options.pair_field is not None else {}),
                 },
                 "explanation_parameters": {
                     k: v for k, v in self.parameters.items() if k not in ("evaluations", "windows")
@@ -275,9 +300,14 @@ class DatasetAnalysis:
         }
 
     def _ranked(self, stats: LabelStats, key: str) -> list[dict[str, Any]]:
-        """Units by `key` (their aggregate or signed mean), highest first; ties by count, then name."""
-        entries = [s.summary(unit, self.options.agg_method) for unit, s in stats.units.items()]
-        return sorted(entries, key=lambda e: (-e[key], -e["count"], e["unit"]))
+        """Units by `key` (their aggregate or signed mean), highest first; ties by count, then name.
+        A pair's units say their segment (0: the text, 1: the text_pair)."""
+        pairs = self.options.pair_field is not None
+        entries = [
+            s.summary(unit, self.options.agg_method) | ({"segment": segment} if pairs else {})
+            for (segment, unit), s in stats.units.items()
+        ]
+        return sorted(entries, key=lambda e: (-e[key], -e["count"], e["unit"], e.get("segment", 0)))
 
 
 def analyse_records(lines: Iterable[bytes | str], options: AnalysisOptions) -> DatasetAnalysis:
@@ -290,9 +320,15 @@ def analyse_records(lines: Iterable[bytes | str], options: AnalysisOptions) -> D
         if "error" in record or "prediction" not in record:
             analysis.skip()
             continue
-        result = {k: v for k, v in record.items() if k not in ("line", "text", "true_label")}
-        analysis.add(record["line"], record["text"], result, record.get("true_label"))
+        result = {k: v for k, v in record.items() if k not in ("line", "text", "text_pair", "true_label")}
+        analysis.add(
+            record["line"], record["text"], result, record.get("true_label"), record.get("text_pair")
+        )
     return analysis
+
+
+def _of_segment(entries: list[dict[str, Any]], segment: int) -> list[dict[str, Any]]:
+    return [e for e in entries if e.get("segment", TEXT) == segment]
 
 
 def truth_label(value: Any, labels: list[str]) -> str | None:

@@ -19,6 +19,7 @@ from shared.analysis.drift import DEFAULT_THRESHOLD, compare
 from shared.analysis.units import Normalizer
 from shared.cli.explain import (
     add_explanation_options,
+    check_pairs,
     explain_into,
     explanation_parameters,
     read_lines,
@@ -35,6 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="the analysis folder; resumed if it exists")
     parser.add_argument("--text-field", default="text", help="the text's field (.jsonl) or column (.csv)")
     parser.add_argument("--label-field", help="the true label's field or column (a name or an index)")
+    parser.add_argument(
+        "--pair-field",
+        metavar="NAME",
+        help="text pairs (NLI, cross-encoders): each record's second text, a .jsonl field or .csv column",
+    )
     parser.add_argument("--delimiter", default=",", help="a .csv input's delimiter (a .tsv: tab)")
     parser.add_argument("--agg-method", choices=list(AGG_METHODS), default="mean_abs")
     parser.add_argument(
@@ -64,6 +70,7 @@ def analysis_options(args: argparse.Namespace) -> AnalysisOptions:
             top_k=args.top_k,
             normalizer=Normalizer.parse(args.normalize),
             text_field=args.text_field,
+            pair_field=args.pair_field,
         )
     except ValueError as exc:
         raise ClarionError(str(exc)) from None
@@ -98,13 +105,19 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
 
 def _analyze(args: argparse.Namespace, settings: Settings) -> int:
     options = analysis_options(args)
-    parameters = explanation_parameters(args, settings, faithfulness=not args.no_faithfulness)
+    # Faithfulness is measured on single texts: a pair analysis goes without it.
+    faithfulness = not args.no_faithfulness and args.pair_field is None
+    parameters = explanation_parameters(args, settings, faithfulness)
+    if args.pair_field is not None:
+        check_pairs(args, parameters, settings)
     baseline = load_analysis(args.baseline) if args.baseline else None
     if not args.input.is_file():
         raise ClarionError(f"{args.input}: no such file")
     args.out.mkdir(parents=True, exist_ok=True)
     records = args.out / "records.jsonl"
-    lines = read_lines(args.input, args.text_field, args.text_field, args.label_field, args.delimiter)
+    lines = read_lines(
+        args.input, args.text_field, args.text_field, args.label_field, args.delimiter, args.pair_field
+    )
     interrupted = explain_into(args, settings, parameters, lines, records)
     if interrupted is not None:
         return interrupted

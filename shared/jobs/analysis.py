@@ -28,8 +28,9 @@ from typing import Any, Protocol
 from shared.analysis.aggregate import AnalysisOptions, analyse_records
 from shared.analysis.units import Normalizer
 from shared.errors import ClarionError, InvalidRequest, JobBackendUnavailable, NotFound, PayloadTooLarge
+from shared.io.inputs import DEFAULT_HYPOTHESIS, TextPair, as_record, restored, stored
 from shared.io.records import Record
-from shared.io.schemas import ExplainOptions, SeedBody, parse_model, text_problem
+from shared.io.schemas import SeedBody, parse_model, text_problem
 from shared.jobs.inline import FolderKeys
 from shared.jobs.record import (
     _JOB_ID,
@@ -61,8 +62,9 @@ class AnalysisRecord(StoredRecord):
     id: str
     submitted_at: str
     model: str
-    parameters: dict[str, Any]  # the explanation options, as a request body holds them
-    analysis: dict[str, Any]  # agg_method, top_k, normalize, text_field, label_field
+    # the explanation options (zero-shot's candidate_labels among them), as a request body holds them
+    parameters: dict[str, Any]
+    analysis: dict[str, Any]  # agg_method, top_k, normalize, text_field, label_field, pair_field
     input: str | None = None  # s3://... or None (the request body)
     output: str | None = None  # s3://... prefix the files are written under, or None
     chunks: int = 0
@@ -85,6 +87,7 @@ class AnalysisRecord(StoredRecord):
             top_k=spec["top_k"],
             normalizer=Normalizer.parse(spec["normalize"]),
             text_field=spec["text_field"],
+            pair_field=spec.get("pair_field"),  # absent from records staged before pairs were read
         )
 
 
@@ -263,7 +266,14 @@ def new_analysis(
     owner: str | None = None,
 ) -> AnalysisRecord:
     """A new analysis's record, its options checked (a wrong one is a 400 before anything is stored)."""
-    parse_model(SeedBody, {"data": "x", **parameters}, settings)
+    body = parse_model(SeedBody, {"data": "x", **parameters}, settings)
+    if body.candidate_labels is None and {"hypothesis_template", "multi_label"} & set(parameters):
+        raise InvalidRequest("hypothesis_template and multi_label go with candidate_labels (zero-shot)")
+    if body.candidate_labels is not None and analysis.get("pair_field") is not None:
+        raise InvalidRequest(
+            "candidate_labels score single texts: an analysis reads text pairs (pair_field) or "
+            "zero-shot texts, not both"
+        )
     try:
         AnalysisRecord("", "", model, parameters, analysis).options()
     except (ValueError, KeyError) as exc:
@@ -310,7 +320,8 @@ def stage(
         if problem:
             chunk.append({"line": line.line, "error": {"code": "invalid_line", "message": problem}})
         else:
-            chunk.append({"line": line.line, "text": line.text, "label": line.label})
+            assert line.text is not None
+            chunk.append({"line": line.line, "text": stored(line.text), "label": line.label})
             record.texts += 1
             texts_in_chunk += 1
             if texts_in_chunk == settings.analysis_chunk_texts:
@@ -334,8 +345,9 @@ def stage(
 
 # ---- running it ------------------------------------------------------------------------------------
 
-# Texts of a chunk -> their records (the API's per-text bodies), within a ticket.
-ExplainRecords = Callable[[list[str], Ticket], list[dict[str, Any]]]
+# Texts of a chunk (texts and text pairs, as `stored` keeps them) -> their records (the API's
+# per-text bodies), within a ticket.
+ExplainRecords = Callable[[list[str | dict[str, Any]], Ticket], list[dict[str, Any]]]
 # The files of a finished analysis -> written where its `output` says.
 Publish = Callable[[AnalysisRecord, dict[str, bytes]], None]
 
@@ -391,7 +403,7 @@ def _explained(entries: list[dict[str, Any]], explain: ExplainRecords, ticket: T
             out.append({"line": entry["line"], "error": entry["error"]})
             continue
         truth = {} if entry.get("label") is None else {"true_label": entry["label"]}
-        out.append({"line": entry["line"], "text": entry["text"], **truth, **next(results)})
+        out.append({"line": entry["line"], **as_record(restored(entry["text"])), **truth, **next(results)})
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out).encode()
 
 
@@ -413,7 +425,9 @@ def merge(store: AnalysisStore, record: AnalysisRecord, publish: Publish) -> Ana
     Merging again (a redelivered last chunk) gives the same document."""
     analysis = analyse_records(records_of(store, record), record.options())
     document = analysis.document(
-        input=record.input or "request body", label_field=record.analysis.get("label_field")
+        input=record.input or "request body",
+        label_field=record.analysis.get("label_field"),
+        **_zero_shot(record),
     )
     encoded = (json.dumps(document, ensure_ascii=False) + "\n").encode()
     store.put(record.id, "analysis", encoded)
@@ -428,6 +442,20 @@ def merge(store: AnalysisStore, record: AnalysisRecord, publish: Publish) -> Ana
         return store.load(record.id) or record
     store.drop(record.id, chunk_parts(finished))  # Redis keeps the document alone from now on
     return finished
+
+
+def _zero_shot(record: AnalysisRecord) -> dict[str, Any]:
+    """A zero-shot analysis's labels, template and mode, for its document (its labels are these)."""
+    parameters = record.parameters
+    if parameters.get("candidate_labels") is None:
+        return {}
+    return {
+        "zero_shot": {
+            "candidate_labels": parameters["candidate_labels"],
+            "hypothesis_template": parameters.get("hypothesis_template", DEFAULT_HYPOTHESIS),
+            "multi_label": parameters.get("multi_label", False),
+        }
+    }
 
 
 def analysis_files(
@@ -463,14 +491,30 @@ def s3_publisher(settings: Settings) -> Publish:
     return publish
 
 
-def record_explain_options(record: AnalysisRecord, settings: Settings) -> ExplainOptions:
-    return parse_model(SeedBody, {"data": "x", **record.parameters}, settings).explain_options()
+def _request(record: AnalysisRecord, settings: Settings) -> SeedBody:
+    """The analysis's options as a request holds them: how to explain, and zero-shot's labels."""
+    return parse_model(SeedBody, {"data": "x", **record.parameters}, settings)
+
+
+def check_analysis(service: ClarionService, record: AnalysisRecord) -> None:
+    """What this service cannot explain with the analysis's options is a 400 at submit, before its
+    input is read: labels it does not score, zero-shot labels without an NLI model, what text pairs
+    and zero-shot texts cannot take, an unusable amortized artifact."""
+    request = _request(record, service.settings)
+    pairs = record.analysis.get("pair_field") is not None
+    service.check_options(request.explain_options(), [TextPair("x", "x")] if pairs else request.inputs(["x"]))
 
 
 def record_explainer(service: ClarionService, record: AnalysisRecord) -> ExplainRecords:
-    """The analysis's texts explained with its options, by this process's service."""
-    options = record_explain_options(record, service.settings)
-    return lambda texts, ticket: service.explained_records(texts, options, ticket)
+    """The analysis's texts (stored as `stored` keeps them) explained with its options, by this
+    process's service; with candidate_labels each text is a zero-shot text."""
+    request = _request(record, service.settings)
+    options = request.explain_options()
+
+    def explain(texts: list[str | dict[str, Any]], ticket: Ticket) -> list[dict[str, Any]]:
+        return service.explained_records(request.inputs([restored(t) for t in texts]), options, ticket)
+
+    return explain
 
 
 class InlineAnalyses:

@@ -83,16 +83,16 @@ def _label_charts(document: dict[str, Any], clarion: dict[str, Any]) -> str:
         scale = max((abs(e["mean"]) for e in raising + lowering), default=0.0) or 1.0  # one scale per label
         parts.append(
             f'<article class="label"><h3>{escape(label)}</h3><div class="charts">'
-            f"{_chart('Raise the score most (mean attribution)', raising, scale)}"
-            f"{_chart('Lower the score most (mean attribution)', lowering, scale)}"
+            f"{_chart('Raise the score most (mean attribution)', raising, scale, clarion)}"
+            f"{_chart('Lower the score most (mean attribution)', lowering, scale, clarion)}"
             f"{_clarify_list(kernel_shap.get(label), clarion)}</div></article>"
         )
     return "\n".join(parts) + "</section>"
 
 
-def _chart(heading: str, entries: list[dict[str, Any]], scale: float) -> str:
+def _chart(heading: str, entries: list[dict[str, Any]], scale: float, clarion: dict[str, Any]) -> str:
     rows = "".join(
-        f'<div class="bar-row"><span class="term" title="{escape(e["unit"])}">{escape(e["unit"])}</span>'
+        f'<div class="bar-row"><span class="term" title="{escape(e["unit"])}">{_term(e, clarion)}</span>'
         f'<svg class="track" viewBox="0 0 100 10" preserveAspectRatio="none">'
         f'<rect class="hbar {_direction(e["mean"])}" height="10" rx="1.5" '
         f'width="{max(1.5, 100 * abs(e["mean"]) / scale):.2f}"></rect></svg>'
@@ -103,20 +103,25 @@ def _chart(heading: str, entries: list[dict[str, Any]], scale: float) -> str:
 
 
 def _clarify_list(entry: dict[str, Any] | None, clarion: dict[str, Any]) -> str:
-    """Clarify's own view of the label: global_top_shap_text, ranked by the analysis' aggregation."""
+    """Clarify's own view of the label: global_top_shap_text, ranked by the analysis' aggregation;
+    a text pair's two texts as two text features, each with its own list."""
     if not entry:
         return ""
-    feature, units = next(iter(entry["global_top_shap_text"].items()), ("", {}))
-    items = "".join(
-        f'<li><span class="term">{escape(u)}</span> <span class="num">{_number(v)}</span></li>'
-        for u, v in list(units.items())[:BARS]
-    )
     method = (clarion.get("options") or {}).get("agg_method", "")
-    return (
+    parts = [
         f'<div class="clarify"><h4>Clarify global_top_shap_text ({escape(method)})</h4>'
-        f'<p class="note">expected value {_number(entry["expected_value"])}; global SHAP value of '
-        f"{escape(feature)}: {_number(entry['global_shap_values'].get(feature))}</p><ol>{items}</ol></div>"
-    )
+        f'<p class="note">expected value {_number(entry["expected_value"])}</p>'
+    ]
+    for feature, units in entry["global_top_shap_text"].items():
+        items = "".join(
+            f'<li><span class="term">{escape(u)}</span> <span class="num">{_number(v)}</span></li>'
+            for u, v in list(units.items())[:BARS]
+        )
+        parts.append(
+            f'<p class="note">global SHAP value of {escape(feature)}: '
+            f"{_number(entry['global_shap_values'].get(feature))}</p><ol>{items}</ol>"
+        )
+    return "".join(parts) + "</div>"
 
 
 def _cohort_tables(clarion: dict[str, Any]) -> str:
@@ -129,10 +134,13 @@ def _cohort_tables(clarion: dict[str, Any]) -> str:
         if not names:
             continue
         tops = {n: _labels_of(cohorts, n)[label]["top"][:COHORT_ROWS] for n in names}
-        correct = {e["unit"] for e in tops[CORRECT]} if CORRECT in tops else None
+        correct = {_key(e) for e in tops[CORRECT]} if CORRECT in tops else None
         head = ["#", *(f"{n} ({_labels_of(cohorts, n)[label]['texts']} texts)" for n in names)]
         rows = [
-            [str(rank + 1), *(_cohort_cell(tops[n], rank, correct if n == WRONG else None) for n in names)]
+            [
+                str(rank + 1),
+                *(_cohort_cell(tops[n], rank, correct if n == WRONG else None, clarion) for n in names),
+            ]
             for rank in range(max(len(t) for t in tops.values()))
         ]
         parts.append(f"<h3>{escape(label)}</h3>{_table(head, rows)}")
@@ -140,16 +148,18 @@ def _cohort_tables(clarion: dict[str, Any]) -> str:
     return "\n".join(parts) + "</section>"
 
 
-def _cohort_cell(top: list[dict[str, Any]], rank: int, correct: set[str] | None) -> str:
+def _cohort_cell(
+    top: list[dict[str, Any]], rank: int, correct: set[tuple[int, str]] | None, clarion: dict[str, Any]
+) -> str:
     """A unit and its signed mean, marked when the correct cohort's top units (`correct`) lack it."""
     if rank >= len(top):
         return ""
     entry = top[rank]
     cell = (
-        f'<span class="term">{escape(entry["unit"])}</span> '
+        f'<span class="term">{_term(entry, clarion)}</span> '
         f'<span class="{_direction(entry["mean"])}-text">{_signed(entry["mean"])}</span>'
     )
-    marked = correct is not None and entry["unit"] not in correct
+    marked = correct is not None and _key(entry) not in correct
     return f'<span class="only-wrong">{cell}</span>' if marked else cell
 
 
@@ -175,13 +185,19 @@ def _worst_errors(clarion: dict[str, Any], nonce: str) -> str:
         [f"#{i + 1}", str(e["line"]), escape(str(e["true_label"])), escape(p["label"]), _number(p["score"])]
         for i, (e, p) in enumerate(zip(errors, predicted, strict=True))
     ]
+    head = ["", "line", "true label", "predicted", "score"]
+    if any("text_pair" in e for e in errors):  # the renderer draws one text: a pair's two are listed
+        fields = _fields(clarion)
+        head += [fields[0], fields[1]]
+        for row, e in zip(rows, errors, strict=True):
+            row += [escape(e["text"]), escape(e.get("text_pair", ""))]
+        return f'<section id="errors"><h2>Worst errors</h2>{_table(head, rows)}</section>'
     drawn = explanation_fragment(
         [e["text"] for e in errors],
         [e["result"] for e in errors],
         title="The surest wrong predictions",
         nonce=nonce,
     )
-    head = ["", "line", "true label", "predicted", "score"]
     return f'<section id="errors"><h2>Worst errors</h2>{_table(head, rows)}\n{drawn}</section>'
 
 
@@ -216,6 +232,24 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
     header = "".join(f"<th>{escape(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
     return f"<table><tr>{header}</tr>{body}</table>"
+
+
+def _fields(clarion: dict[str, Any]) -> dict[int, str]:
+    """Each segment's field: 0 the text's, 1 a pair's second text's."""
+    options = clarion.get("options") or {}
+    return {0: options.get("text_field", "text"), 1: options.get("pair_field", "text_pair")}
+
+
+def _key(entry: dict[str, Any]) -> tuple[int, str]:
+    return entry.get("segment", 0), entry["unit"]
+
+
+def _term(entry: dict[str, Any], clarion: dict[str, Any]) -> str:
+    """A unit as shown; a text pair's unit tagged with the field of the text it comes from."""
+    unit = escape(entry["unit"])
+    if "segment" not in entry:
+        return unit
+    return f'{unit} <small class="feature">{escape(_fields(clarion)[entry["segment"]])}</small>'
 
 
 def _labels_of(cohorts: dict[str, Any], name: str) -> dict[str, Any]:
