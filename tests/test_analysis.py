@@ -119,6 +119,27 @@ def test_the_document_has_claritys_layout_cohorts_and_the_surest_errors() -> Non
     )
 
 
+def test_a_text_pairs_units_stay_apart_from_the_same_words_of_its_text() -> None:
+    """pair_field: the text_pair's "film" is not the text's "film"; each text is a text feature."""
+    analysis = DatasetAnalysis(AnalysisOptions(text_field="premise", pair_field="hypothesis"))
+    body = result([("a", 0.1), ("film", 0.4), ("the", 0.0), ("Film", -0.2)], 0.8)
+    body["offsets"] = [[0, 1], [2, 6], [0, 3], [4, 8]]  # each unit indexes into its own text
+    body["segments"] = [0, 0, 1, 1]
+    analysis.add(1, "a film", body, truth="negative", text_pair="the Film")
+    document = analysis.document()
+    positive = document["explanations"]["kernel_shap"]["positive"]
+    assert positive["global_top_shap_text"] == {
+        "premise": {"film": 0.4, "a": 0.1}, "hypothesis": {"film": 0.2, "the": 0.0}
+    }  # fmt: skip
+    assert positive["global_shap_values"] == {"premise": pytest.approx(0.5), "hypothesis": pytest.approx(0.2)}
+    top = document["clarion"]["cohorts"]["all"]["labels"]["positive"]["top"]
+    assert [(e["unit"], e["segment"], e["mean"]) for e in top[:2]] == [("film", 0, 0.4), ("film", 1, -0.2)]
+    assert document["clarion"]["options"]["pair_field"] == "hypothesis"
+    assert document["clarion"]["worst_errors"][0]["text_pair"] == "the Film"
+    with pytest.raises(ValueError, match="text's own"):
+        AnalysisOptions(text_field="premise", pair_field="premise")
+
+
 def test_ndcg_is_claritys() -> None:
     baseline = {"SAT": 0.70, "GPA": 0.50, "rank": 0.05}  # the docs' worked example: 0.69
     assert ndcg(baseline, {"rank": 0.7, "GPA": 0.5, "SAT": 0.05}, 3) == pytest.approx(0.6876, abs=1e-4)
