@@ -139,6 +139,21 @@ def test_a_zero_shot_analysis_runs_inline_with_the_words_per_candidate_label(nli
     assert_same_words(document, zero_shot_expectation(nli))
 
 
+def test_the_client_analyzes_pairs_and_zero_shot_labels(nli: Service) -> None:
+    from clarion_client import Clarion  # its AnalysisOptions go out as the query parameters
+
+    client = Clarion(nli.url)
+    pairs = client.analyze(
+        ROWS, max_evals=40, text_field="premise", pair_field="hypothesis", label_field="gold"
+    )
+    assert pairs.analysis["clarion"]["skipped"] == 1
+    assert_same_words(pairs.analysis, pair_expectation(nli))
+    zero_shot = client.analyze(
+        [{"text": t} for t in TEXTS], max_evals=40, candidate_labels=CANDIDATES, multi_label=True
+    )
+    assert_same_words(zero_shot.analysis, zero_shot_expectation(nli))
+
+
 @pytest.mark.parametrize(
     ("query", "words"),
     [
