@@ -1,6 +1,7 @@
-"""`python -m bench amortized`: distill the amortized explainer on SST-2 dev sentences, then measure it
-against exact on sentences it never saw: per-text time (40 sentences in one request, and reviews),
-Spearman, top-5 overlap and comprehensiveness at word granularity."""
+"""`python -m bench amortized`: distill the amortized explainer on SST-2 dev sentences (or take one
+`clarion distill` made: `--artifact`), then measure it against exact on sentences it never saw:
+per-text time (40 sentences in one request, and reviews), Spearman, top-5 overlap and
+comprehensiveness at word granularity."""
 
 from __future__ import annotations
 
@@ -37,6 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test", type=int, default=40, help="later SST-2 dev sentences, never trained on")
     parser.add_argument("--long", type=int, default=3, help="reviews of ~250-300 tokens")
     parser.add_argument("--max-evals", type=int, default=500)
+    parser.add_argument("--epochs", type=int, default=8, help="distill's training epochs")
+    parser.add_argument(
+        "--artifact",
+        help="an artifact `clarion distill` made for --model-dir (trained on none of the last --test)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model-dir", default=str(MINILM_DIR))
 
@@ -55,12 +61,14 @@ def main(args: argparse.Namespace) -> int:
             from tests.support import build_tiny_model
 
             model_dir = str(build_tiny_model(Path(tmp) / "tiny", labels=["negative", "positive"]))
-        source, artifact = Path(tmp) / "train.txt", Path(tmp) / "artifact"
-        source.write_text("\n".join(train) + "\n")
+        source, artifact = Path(tmp) / "train.txt", Path(args.artifact or Path(tmp) / "artifact")
         started = time.perf_counter()
-        env = dict(os.environ, MODEL_DIR=model_dir, TORCH_THREADS=str(args.threads), HF_HUB_OFFLINE="1")
-        command = [sys.executable, "-m", "shared.cli", "distill", str(source), "--out", str(artifact)]
-        subprocess.run([*command, "--max-evals", str(args.max_evals)], cwd=REPO, env=env, check=True)
+        if not args.artifact:
+            source.write_text("\n".join(train) + "\n")
+            env = dict(os.environ, MODEL_DIR=model_dir, TORCH_THREADS=str(args.threads), HF_HUB_OFFLINE="1")
+            command = [sys.executable, "-m", "shared.cli", "distill", str(source), "--out", str(artifact)]
+            options = ["--max-evals", str(args.max_evals), "--epochs", str(args.epochs)]
+            subprocess.run([*command, *options], cwd=REPO, env=env, check=True)
         training_s = time.perf_counter() - started
         meta = json.loads((artifact / "amortized.json").read_text())
         settings = Settings(
@@ -106,9 +114,14 @@ def main(args: argparse.Namespace) -> int:
         ]
         for name, r in results.items()
     ]
+    trained_on = (
+        f"artifact {args.artifact} ({meta['trained_texts']} texts, {meta['training_seconds']} s of training)"
+        if args.artifact
+        else f"distilled on the first {args.train} SST-2 dev sentences (exact, token granularity, max_evals "
+        f"{args.max_evals}, {args.epochs} epochs) in {training_s:.0f} s"
+    )
     text = table(headers, rows) + (
-        f"\n\ndistilled on the first {args.train} SST-2 dev sentences (exact, token granularity, max_evals "
-        f"{args.max_evals}) in {training_s:.0f} s, held-out figures of the artifact: {meta['validation']}; "
+        f"\n\n{trained_on}, held-out figures of the artifact: {meta['validation']}; "
         f"compared at word granularity on the last {args.test} dev sentences (one request) and on "
         f"reviews, the predicted label, {args.threads} threads; medians"
     )

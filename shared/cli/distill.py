@@ -120,6 +120,7 @@ def _records(path: Path) -> list[dict[str, Any]]:
 def _examples(service: Any, records: list[dict[str, Any]]) -> list[Example]:
     """Each text's training example (kept tokens, [CLS] and [SEP], are no players)."""
     model, options = service.model, ExplainOptions()  # token granularity, as the values were
+    words = ExplainOptions(granularity="word")
     examples = []
     for start in range(0, len(records), 64):
         batch = records[start : start + 64]
@@ -131,7 +132,9 @@ def _examples(service: Any, records: list[dict[str, Any]]) -> list[Example]:
             values = np.array([[values[label] for label in model.labels] for _, values in pairs])
             output, base = record["model_output"], record["base_values"]
             delta = np.array([output[label] - base[label] for label in model.labels])
-            examples.append(Example(np.asarray(text.ids), ~keep, values, delta))
+            word_of = np.asarray(new_game(model, text, words).player_of_token)
+            word_of = np.where(~keep & (word_of >= 0), word_of, -1)
+            examples.append(Example(np.asarray(text.ids), ~keep, values, delta, word_of))
     return examples
 
 
