@@ -17,12 +17,14 @@ from typing import Any, Protocol
 import redis
 from kombu.exceptions import KombuError
 
+from api.broker import publisher
 from shared.errors import JobBackendUnavailable, NotFound
 from shared.jobs.analysis import (
     AnalysisRecord,
     analysis_store_for,
     cancel_or_remove,
 )
+from shared.jobs.broker import ANALYZE_TASK, EXPLAIN_TASK, QUEUE
 from shared.jobs.lease import Leases, leases_for
 from shared.jobs.record import Idempotency, JobRecord, stamp_finished
 from shared.jobs.store import RecordStore, job_store_for
@@ -30,7 +32,6 @@ from shared.kinds import CANCELLED, FINISHED, QUEUED
 from shared.runtime.engine import Ticket
 from shared.settings import Settings
 from shared.storage.redis import redis_client
-from worker.app import ANALYZE_TASK, EXPLAIN_TASK, QUEUE, create_celery_app
 
 log = logging.getLogger(__name__)
 BACKEND_ERRORS = (redis.RedisError, KombuError, OSError, TimeoutError, JobBackendUnavailable)
@@ -78,7 +79,7 @@ class CeleryJobQueue:
         self, settings: Settings, broker: Broker | None = None, store: RecordStore[JobRecord] | None = None
     ) -> None:
         self.store = store or job_store_for(settings)
-        self._broker = broker or create_celery_app(settings)  # from these settings: publish-only
+        self._broker = broker or publisher(settings)
         broker_url = settings.redis_broker_url  # its list is the queue: `pending` reads it
         self._queue_list = redis_client(broker_url) if broker_url else None
 
@@ -142,7 +143,7 @@ class CeleryAnalyses:
         store: RecordStore[AnalysisRecord] | None = None,
     ) -> None:
         self.store = store or analysis_store_for(settings)
-        self._broker = broker or create_celery_app(settings)
+        self._broker = broker or publisher(settings)
 
     def submit(self, record: AnalysisRecord, ticket: Ticket | None = None) -> AnalysisRecord:
         """Publish every chunk task of an analysis staged and recorded (noted unpublished)."""
@@ -235,7 +236,7 @@ class Sweeper:
         return cls(
             queues=queues,
             leases=leases_for(settings),
-            broker=broker or create_celery_app(settings),
+            broker=broker or publisher(settings),
             queue_list=redis_client(broker_url) if broker_url else None,
             # A publish takes milliseconds; the grace keeps a sweeper from racing a slow but live one.
             grace_s=settings.job_publish_grace_s,

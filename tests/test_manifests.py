@@ -440,7 +440,7 @@ def test_probes_ask_ping_on_the_port_clarion_listens_on(rendered: Rendered) -> N
 
 
 def test_keda_counts_the_celery_queue_on_clarions_redis(deployment: Rendered) -> None:
-    from worker.app import QUEUE
+    from shared.jobs.broker import QUEUE
 
     scaled = deployment.one("ScaledObject", "clarion-worker")
     assert scaled["spec"]["scaleTargetRef"]["name"] == "clarion-worker"

@@ -16,13 +16,13 @@ import redis
 from api.queue import CeleryJobQueue, Sweeper
 from shared.errors import ClarionError
 from shared.io.schemas import ExplainOptions
+from shared.jobs.broker import EXPLAIN_TASK
 from shared.jobs.lease import Delivery, Leases
 from shared.jobs.record import Idempotency, JobRecord, new_record
 from shared.jobs.state import MOVES, may_move
 from shared.jobs.store import JOBS, RecordStore
 from shared.kinds import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, SUCCEEDED
 from shared.settings import Settings
-from worker.app import EXPLAIN_TASK
 
 
 class Fault:
@@ -381,7 +381,7 @@ def test_a_queued_job_whose_task_the_broker_lost_is_published_again(redis_url: s
     among the unacknowledged ones, and publishes again what it finds in neither."""
     import json
 
-    from worker.app import QUEUE
+    from shared.jobs.broker import QUEUE
 
     stack = make_stack(redis_url, Fault())
     client = redis.Redis.from_url(redis_url)
@@ -410,8 +410,8 @@ def test_an_analysis_chunk_whose_task_the_broker_lost_is_published_again(redis_u
 
     from api.queue import CeleryAnalyses
     from shared.jobs.analysis import ANALYSES, AnalysisRecord
+    from shared.jobs.broker import ANALYZE_TASK, QUEUE
     from shared.jobs.record import new_job_id, utc_now
-    from worker.app import ANALYZE_TASK, QUEUE
 
     redis.Redis.from_url(redis_url).flushdb()
     client = redis.Redis.from_url(redis_url)

@@ -21,10 +21,10 @@ import pytest
 import redis
 import requests
 
+from shared.jobs.broker import QUEUE
 from shared.jobs.lease import LEASE_PREFIX, LEASED, Delivery, Leases
 from tests.support import Service, Worker, job_stack, wait_until
 from tests.test_jobs import LONG_JOB, poll, poll_progress
-from worker.app import QUEUE
 
 LEASE_S = 3
 # Long enough that only the lease can explain a quick rerun, short enough that the dead worker's

@@ -41,13 +41,13 @@ from shared.jobs.analysis import (
     run_chunk,
     s3_publisher,
 )
+from shared.jobs.broker import ANALYZE_TASK, EXPLAIN_TASK
 from shared.jobs.lease import Delivery, Lease, LeaseKeeper, leases_for
 from shared.jobs.record import JobRecord, progress_of, utc_now
 from shared.jobs.store import RecordStore, job_store_for
 from shared.kinds import CANCELLED, FAILED, RUNNING, SUCCEEDED
 from shared.runtime.engine import Ticket
 from shared.serving.service import ClarionService
-from worker.app import ANALYZE_TASK, EXPLAIN_TASK
 from worker.main import celery_app
 
 log = logging.getLogger(__name__)
