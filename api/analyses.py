@@ -6,9 +6,10 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
+from flask import Blueprint, Response, g, jsonify, request, url_for
 
 from api.bodies import analysis_body
+from api.context import app_parts
 from api.invocations import html_response
 from api.negotiation import HTML, JSON, REPLAYED, idempotency, response_type
 from api.records import JSON_LINES_TYPES
@@ -63,14 +64,6 @@ _ANALYSIS_DEFAULTS = {
     "normalize": "case,punctuation",
     "text_field": "text",
 }
-
-
-def _settings() -> Settings:
-    return current_app.extensions["clarion.settings"]
-
-
-def _analyses() -> Any:
-    return current_app.extensions["clarion.analyses"]
 
 
 def _query() -> tuple[dict[str, Any], dict[str, Any], str]:
@@ -184,13 +177,13 @@ def _input(
 
 @bp.post("/analyses")
 def create_analysis() -> Any:
-    settings = _settings()
+    settings = app_parts().settings
     request.max_content_length = settings.analysis_max_bytes  # a larger body is a 413
     parameters, analysis, delimiter = _query()
-    service = current_app.extensions["clarion.service"]
+    service = app_parts().service
     record = new_analysis(service.model.model_id, parameters, analysis, settings, owner=g.owner)
     check_analysis(service, record)  # labels, zero-shot, pairs, amortized: a 400 now
-    backend = _analyses()
+    backend = app_parts().analyses
     key = idempotency(request, g.owner)
     made = backend.store.find(key)  # a retried submit: no second read of its input, no staging
     replayed = made is not None
@@ -207,7 +200,7 @@ def create_analysis() -> Any:
 
 
 def _own(analysis_id: str) -> AnalysisRecord:
-    record = _analyses().store.load(analysis_id)
+    record = app_parts().analyses.store.load(analysis_id)
     if record is None or record.owner != g.owner:
         raise NotFound(f"no analysis {analysis_id!r}")
     return record
@@ -216,7 +209,7 @@ def _own(analysis_id: str) -> AnalysisRecord:
 @bp.get("/analyses/<analysis_id>")
 def get_analysis(analysis_id: str) -> Any:
     record = _own(analysis_id)
-    store = _analyses().store
+    store = app_parts().analyses.store
     if response_type(request, (JSON, HTML)) == HTML:
         document = analysis_body(record, store).analysis
         if document is not None:
@@ -231,7 +224,7 @@ def delete_analysis(analysis_id: str) -> Any:
     """Like an explanation job's: a queued or running analysis is cancelled (200); a finished one is
     removed with everything it stored (204, then 404)."""
     _own(analysis_id)
-    backend = _analyses()
+    backend = app_parts().analyses
     record = backend.delete(analysis_id)
     if record is None:
         return Response(status=204)

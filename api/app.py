@@ -5,15 +5,15 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from flask import Flask
 
 from api import analyses
+from api.context import AppParts, attach
 from api.errors import register_error_handlers
 from api.kserve import CONVERTERS, v1, v2
 from api.routes import bp
-from shared.jobs.analysis import FolderAnalysisStore, InlineAnalyses
+from shared.jobs.analysis import Analyses, FolderAnalysisStore, InlineAnalyses
 from shared.jobs.inline import FolderJobRecords, FolderKeys, InlineJobQueue, JobQueue
 from shared.serving.service import ClarionService
 from shared.settings import Settings
@@ -32,16 +32,17 @@ def create_app(
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.request_bytes_limit
     app.json.sort_keys = False  # keep the seed's field order: prediction, then explanation
-    app.extensions["clarion.settings"] = settings
-    app.extensions["clarion.service"] = service
-    app.extensions["clarion.jobs"] = jobs or _job_queue(settings, service)
-    app.extensions["clarion.analyses"] = _analyses(settings, service)
+    parts = AppParts(
+        settings=settings,
+        service=service,
+        jobs=jobs or _job_queue(settings, service),
+        analyses=_analyses(settings, service),
+    )
+    attach(app, parts)
     if settings.jobs_are_async and jobs is None:
         from api.queue import Sweeper  # only when a broker is configured
 
-        Sweeper.for_settings(
-            settings, [app.extensions["clarion.jobs"], app.extensions["clarion.analyses"]]
-        ).start()
+        Sweeper.for_settings(settings, [parts.jobs, parts.analyses]).start()
     app.url_map.converters.update(CONVERTERS)  # before the routes that use them
     app.register_blueprint(bp)
     app.register_blueprint(analyses.bp)
@@ -53,7 +54,7 @@ def create_app(
     return app
 
 
-def _analyses(settings: Settings, service: ClarionService) -> Any:
+def _analyses(settings: Settings, service: ClarionService) -> Analyses:
     """Where analyses run: chunk tasks on the workers, or within the request in single-process mode
     (their files kept beside the inline jobs', so every HTTP process of the server reads them)."""
     if settings.jobs_are_async:

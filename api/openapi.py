@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-from flask import current_app, has_app_context
+from flask import has_app_context
 from pydantic.json_schema import models_json_schema
 
 from api.bodies import AnalysisBody, ErrorBody, JobBody, ProtocolErrorBody
 from api.clarify import ClarifyResponse
+from api.context import app_parts
 from api.kserve.document import kserve_paths, kserve_schemas
 from api.records import CSV_RECORD, JSON_LINES_RECORD
 from shared.analysis.aggregate import AGG_METHODS
@@ -172,8 +173,8 @@ def openapi_document(
     name once loaded (until then, any label name or model name is documented, and requests answer
     503); outside: the defaults."""
     if settings is None and has_app_context():
-        settings = current_app.extensions["clarion.settings"]
-        service = current_app.extensions["clarion.service"]
+        parts = app_parts()
+        settings, service = parts.settings, parts.service
         if labels is None and service.ready:
             labels = service.model.labels
         if model_name is None and service.ready:

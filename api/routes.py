@@ -7,11 +7,12 @@ import hmac
 import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
+from flask import Blueprint, Response, g, jsonify, request, url_for
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.bodies import job_body
 from api.codecs import Invocation, decode_invocation
+from api.context import app_parts
 from api.invocations import RESULT_TYPES, Call, html_response, html_texts, invoke_records, shaped
 from api.negotiation import (
     CUSTOM_ATTRIBUTES,
@@ -33,12 +34,9 @@ from shared import metrics
 from shared.errors import NotFound, Unauthorized
 from shared.io.inputs import restored
 from shared.io.results import body
-from shared.jobs.inline import JobQueue
 from shared.jobs.record import JobRecord, new_record
 from shared.render.html import job_document, page_document
 from shared.runtime.engine import Ticket
-from shared.serving.service import ClarionService
-from shared.settings import Settings
 
 bp = Blueprint("clarion", __name__)
 TIMEOUT_MESSAGE = (
@@ -69,7 +67,7 @@ def stamp(response: Response) -> Response:
 @bp.before_app_request
 def start_the_clock() -> None:
     """A request's deadline starts when it arrives, so classification time counts too."""
-    g.ticket = Ticket.within(_settings().timeout_s, TIMEOUT_MESSAGE)
+    g.ticket = Ticket.within(app_parts().settings.timeout_s, TIMEOUT_MESSAGE)
 
 
 # /ping for health checks; / is the static page, which sends the key it is given with each call;
@@ -90,7 +88,7 @@ _OPEN_ENDPOINTS = {
 def authenticate() -> None:
     """With API_KEYS set, every route but the open ones (health, readiness, the page) needs
     `Authorization: Bearer <key>`."""
-    keys = _settings().api_keys
+    keys = app_parts().settings.api_keys
     g.owner = None
     if not keys or request.endpoint in _OPEN_ENDPOINTS:
         return
@@ -110,7 +108,7 @@ def key_owner(key: str) -> str:
 
 def _own_job(job_id: str) -> JobRecord:
     """The job, if the caller may see it: with API keys, only the key that submitted it may."""
-    record = _jobs().get(job_id)
+    record = app_parts().jobs.get(job_id)
     if record.owner != g.owner:
         raise NotFound(f"no explanation job {job_id!r}")
     return record
@@ -119,18 +117,6 @@ def _own_job(job_id: str) -> JobRecord:
 def request_ticket() -> Ticket:
     """This request's deadline (SAGEMAKER_MODEL_SERVER_TIMEOUT from its arrival)."""
     return g.ticket
-
-
-def _service() -> ClarionService:
-    return current_app.extensions["clarion.service"]
-
-
-def _jobs() -> JobQueue:
-    return current_app.extensions["clarion.jobs"]
-
-
-def _settings() -> Settings:
-    return current_app.extensions["clarion.settings"]
 
 
 def _wants_html() -> bool:
@@ -144,7 +130,7 @@ def page() -> Response:
 
 @bp.get("/ping")
 def ping() -> tuple[Response, int]:
-    service = _service()
+    service = app_parts().service
     return jsonify(body(service.status())), 200 if service.ready else 503
 
 
@@ -156,13 +142,15 @@ def openapi() -> Any:
 @bp.get("/metrics")
 def metrics_view() -> Response:
     """Prometheus: every gunicorn worker's metrics (multiprocess mode), and the jobs waiting."""
-    return Response(metrics.exposition(pending_jobs=_jobs().pending()), content_type=CONTENT_TYPE_LATEST)
+    return Response(
+        metrics.exposition(pending_jobs=app_parts().jobs.pending()), content_type=CONTENT_TYPE_LATEST
+    )
 
 
 @bp.get("/execution-parameters")
 def execution_parameters() -> Any:
     """What SageMaker Batch Transform asks before it sends work (SAGEMAKER_* settings)."""
-    settings = _settings()
+    settings = app_parts().settings
     return jsonify(
         {
             "MaxConcurrentTransforms": settings.concurrent_transforms,
@@ -174,10 +162,10 @@ def execution_parameters() -> Any:
 
 @bp.post("/invocations")
 def invocations() -> Any:
-    settings = _settings()
+    settings = app_parts().settings
     g.attributes = custom_attributes(request)
     options = g.attributes.options
-    call = Call(_service(), settings, request_ticket())
+    call = Call(app_parts().service, settings, request_ticket())
     if is_record_type(request.mimetype):
         return invoke_records(call, request, options, g.attributes.pair_column)
     options = body_options(g.attributes)  # a JSON or text body: no pair_column to read
@@ -193,7 +181,7 @@ def invocations() -> Any:
 
 @bp.post("/explanations")
 def create_explanation() -> Any:
-    invocation = decode_invocation(request, _settings(), custom_attribute_options(request))
+    invocation = decode_invocation(request, app_parts().settings, custom_attribute_options(request))
     return _submit(invocation, request_ticket())
 
 
@@ -212,7 +200,7 @@ def delete_explanation(job_id: str) -> Any:
     """A queued or running job is cancelled (200, the job as it now is: cancelled); a finished one is
     removed, record and result (204: a GET is a 404 from now on)."""
     _own_job(job_id)
-    record = _jobs().delete(job_id)
+    record = app_parts().jobs.delete(job_id)
     if record is None:
         return Response(status=204)
     return jsonify(body(job_body(record)))
@@ -222,11 +210,11 @@ def _submit(invocation: Invocation, ticket: Ticket) -> Any:
     """Classify the texts, then queue a job that explains them (202 + Location), or in single-process
     mode run it now (200, finished job). With an Idempotency-Key used before with the same request,
     the job it made, with the same status."""
-    jobs = _jobs()
+    jobs = app_parts().jobs
     parameters = invocation.parameters
     options = parameters.explain_options()
     inputs = parameters.inputs(invocation.texts)  # zero-shot texts carry their labels into the job
-    service = _service()
+    service = app_parts().service
     service.check_options(options, inputs)  # a job that cannot succeed is a 400 now, not a failure later
     record: JobRecord = new_record(
         service.model.model_id,

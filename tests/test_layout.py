@@ -105,7 +105,20 @@ def test_only_the_command_line_uses_the_client() -> None:
         assert not uses or path.is_relative_to(SHARED / "cli"), f"{path.relative_to(REPO)} imports the client"
 
 
-def test_api_publishes_jobs_by_name_and_never_imports_the_tasks() -> None:
+def test_the_api_imports_nothing_from_the_worker() -> None:
+    """The API publishes tasks by name with its own Celery app; the names and the configuration it
+    shares with the workers are shared/jobs/broker.py's, so no module of api/ imports worker/."""
     for path in sorted((REPO / "api").rglob("*.py")):
-        assert "worker.tasks" not in imports_of(path), path
-        assert "worker.main" not in imports_of(path), path
+        bad = {m for m in imports_of(path) if m.split(".")[0] == "worker"}
+        assert not bad, f"{path.relative_to(REPO)} imports {sorted(bad)}"
+
+
+def test_only_the_app_context_module_touches_flask_extensions() -> None:
+    """Views reach the settings, the service and the queues through api/context.py's `app_parts()`,
+    which the app factory fills once; no other module of api/ reads `current_app.extensions` (or any
+    app's `extensions`), so what a view depends on is one typed object, not a string key."""
+    owner = REPO / "api" / "context.py"
+    for path in sorted((REPO / "api").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        reads = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "extensions"]
+        assert path == owner or not reads, f"{path.relative_to(REPO)} reads app.extensions"

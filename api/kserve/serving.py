@@ -6,31 +6,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from flask import Response, current_app, jsonify
+from flask import Response, jsonify
 
 from api.codecs import Invocation, decode_payload
+from api.context import app_parts
 from api.invocations import Call
 from api.kserve import EXPLANATION_FIELDS
 from api.routes import request_ticket
 from shared.errors import InvalidRequest, NotFound
 from shared.io.schemas import InvocationParameters
 from shared.runtime.model import TextModel
-from shared.serving.service import ClarionService
-from shared.settings import Settings
-
-
-def service() -> ClarionService:
-    return current_app.extensions["clarion.service"]
-
-
-def settings() -> Settings:
-    return current_app.extensions["clarion.settings"]
 
 
 def served_model(name: str) -> TextModel:
     """The model a path names: a 503 while it loads (or if it failed to), a 404 for another name.
     Its name is the one /ping and job records give it (`model`)."""
-    model = service().model
+    model = app_parts().service.model
     if name != model.model_id:
         raise NotFound(f"model {name!r} is not served here; this server serves {model.model_id!r}")
     return model
@@ -39,7 +30,7 @@ def served_model(name: str) -> TextModel:
 def readiness(name: str) -> tuple[Response, int]:
     """V1's and V2's model readiness: `{"name", "ready"}`, 503 while loading (its name is not known
     before it loads, so any name is "not ready"), a 404 for another name once it is."""
-    if not service().ready:
+    if not app_parts().service.ready:
         return jsonify({"name": name, "ready": False}), 503
     return jsonify({"name": served_model(name).model_id, "ready": True}), 200
 
@@ -52,12 +43,12 @@ def invocation(texts: Sequence[Any], options: dict[str, Any]) -> Invocation:
         raise InvalidRequest(
             "parameters.async: the KServe protocols answer in the request; submit jobs to POST /explanations"
         )
-    return decode_payload({"inputs": list(texts), "parameters": options}, settings())
+    return decode_payload({"inputs": list(texts), "parameters": options}, app_parts().settings)
 
 
 def results(texts: Sequence[str], parameters: InvocationParameters) -> list[dict[str, Any]]:
     """Each text's /invocations result, within this request's deadline."""
-    return Call(service(), settings(), request_ticket()).results(texts, parameters)
+    return Call(app_parts().service, app_parts().settings, request_ticket()).results(texts, parameters)
 
 
 def prediction_part(result: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from api.codecs import Invocation, json_body
+from api.context import app_parts
 from api.kserve import V1_PREFIX
 from api.kserve.serving import (
     explanation_part,
@@ -19,7 +20,6 @@ from api.kserve.serving import (
     readiness,
     results,
     served_model,
-    service,
 )
 from shared.errors import InvalidRequest
 from shared.io.inputs import Input, TextPair
@@ -31,7 +31,7 @@ _EXAMPLE = '{"instances": ["a text"]}'
 
 @bp.get("")
 def models() -> Any:
-    return jsonify({"models": [service().model.model_id]})
+    return jsonify({"models": [app_parts().service.model.model_id]})
 
 
 # The model's name is its id, which may hold slashes and colons (a hub id, an s3:// URL): see

@@ -10,6 +10,7 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
+from api.context import app_parts
 from api.kserve import V2_PREFIX
 from api.kserve.infer import ATTRIBUTIONS, INPUT, PAIR_INPUT, OutputTensor, decode_infer, infer_response
 from api.kserve.serving import (
@@ -18,8 +19,6 @@ from api.kserve.serving import (
     readiness,
     results,
     served_model,
-    service,
-    settings,
 )
 from shared.errors import InvalidRequest
 from shared.runtime.model import TextModel
@@ -49,7 +48,7 @@ def live() -> Any:
 
 @bp.get("/health/ready")
 def ready() -> tuple[Response, int]:
-    is_ready = service().ready
+    is_ready = app_parts().service.ready
     return jsonify({"ready": is_ready}), 200 if is_ready else 503
 
 
@@ -68,7 +67,7 @@ def model_ready(name: str) -> tuple[Response, int]:
 @bp.post("/models/<v2_model:name>/infer", merge_slashes=False)
 def infer(name: str) -> Response:
     model = served_model(name)
-    call = decode_infer(request, settings())
+    call = decode_infer(request, app_parts().settings)
     asked = invocation(call.texts, call.options)
     if asked.parameters.candidate_labels is not None:
         raise InvalidRequest(

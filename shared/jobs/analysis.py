@@ -517,6 +517,21 @@ def record_explainer(service: ClarionService, record: AnalysisRecord) -> Explain
     return explain
 
 
+class Analyses(Protocol):
+    """What the API needs from where analyses run: inline (below) or on the workers (api/queue.py)."""
+
+    asynchronous: bool
+    store: AnalysisStore
+
+    def submit(self, record: AnalysisRecord, ticket: Ticket) -> AnalysisRecord:
+        """Run (inline, within `ticket`) or publish an analysis staged and recorded."""
+        ...
+
+    def delete(self, analysis_id: str) -> AnalysisRecord | None:
+        """Cancel an unfinished analysis (returned, cancelled), or remove a finished one (None)."""
+        ...
+
+
 class InlineAnalyses:
     """Single-process mode: an analysis runs chunk after chunk within its request (and its deadline)."""
 
