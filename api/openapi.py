@@ -20,6 +20,7 @@ from pydantic.json_schema import models_json_schema
 from api.bodies import AnalysisBody, ErrorBody, JobBody, ProtocolErrorBody
 from api.clarify import ClarifyResponse
 from api.context import app_parts
+from api.kserve import versions
 from api.kserve.document import kserve_paths, kserve_schemas
 from api.records import CSV_RECORD, JSON_LINES_RECORD
 from shared.analysis.aggregate import AGG_METHODS
@@ -166,6 +167,7 @@ def openapi_document(
     labels: Sequence[str] | None = None,
     precisions: Sequence[str] = ("exact", "fast"),
     model_name: str | None = None,
+    model_version: str | None = None,
 ) -> dict[str, Any]:
     """The document for a deployment with `settings` whose model has `labels` and `model_name` (the
     KServe paths') and that serves these `precisions` ("amortized" only with an artifact loaded).
@@ -179,16 +181,21 @@ def openapi_document(
             labels = service.model.labels
         if model_name is None and service.ready:
             model_name = service.model.model_id
+        if model_version is None and service.ready:
+            (model_version,) = versions(service.model)
         precisions = service.precisions
-    document = _document(
-        settings or Settings(), None if labels is None else tuple(labels), tuple(precisions), model_name
-    )
+    labelled = None if labels is None else tuple(labels)
+    document = _document(settings or Settings(), labelled, tuple(precisions), model_name, model_version)
     return copy.deepcopy(document)  # the cached one stays as built, whatever a caller does with its copy
 
 
 @lru_cache(maxsize=8)
 def _document(
-    settings: Settings, labels: tuple[str, ...] | None, precisions: tuple[str, ...], model_name: str | None
+    settings: Settings,
+    labels: tuple[str, ...] | None,
+    precisions: tuple[str, ...],
+    model_name: str | None,
+    model_version: str | None,
 ) -> dict[str, Any]:
     _, schemas = models_json_schema(
         [
@@ -328,7 +335,7 @@ def _document(
                 },
             },
             **_analysis_paths(settings, precisions, _is_nli(labels)),
-            **kserve_paths(model_name),
+            **kserve_paths(model_name, model_version),
         },
         "components": {"schemas": schemas},
     }

@@ -140,6 +140,32 @@ def test_triton_infer_with_its_binary_defaults_gives_invocations_scores(
     ]
 
 
+def test_the_served_version_answers_as_the_model_and_another_is_a_404_naming_it(
+    service: Service, triton: triton_http.InferenceServerClient, model_name: str, labels: list[str]
+) -> None:
+    """tritonclient's version argument: metadata, readiness and infer under /versions/<v> answer as
+    the unversioned paths for the version the metadata lists; another version is a 404 in the
+    protocol's error shape naming the one served. The platform is /ping's exact backend."""
+    metadata = triton.get_model_metadata(model_name, headers=auth())
+    (version,) = metadata["versions"]
+    assert metadata["platform"] == service.get("/ping").json()["exact_backend"] == "torch"
+    assert triton.get_model_metadata(model_name, model_version=version, headers=auth()) == metadata
+    assert triton.is_model_ready(model_name, version) and not triton.is_model_ready(model_name, "v0")
+    result = triton.infer(model_name, [text_input(TEXTS)], model_version=version, headers=auth())
+    assert result.get_response()["model_name"] == model_name
+    np.testing.assert_array_equal(result.as_numpy("scores"), scores_of(invocations(service, TEXTS), labels))
+    base = f"/v2/models/{model_name}/versions/v0"
+    body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["fine"]}]}
+    for response in (
+        service.get(base, headers=auth()),
+        service.get(base + "/ready"),
+        service.post(base + "/infer", json=body, headers=auth()),
+    ):
+        assert response.status_code == 404, response.text
+        assert set(response.json()) == {"error"}
+        assert "'v0'" in response.json()["error"] and version in response.json()["error"]
+
+
 def test_triton_infer_in_plain_json_answers_the_outputs_asked_in_their_order(
     service: Service, triton: triton_http.InferenceServerClient, model_name: str, labels: list[str]
 ) -> None:

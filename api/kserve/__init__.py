@@ -3,7 +3,12 @@ use case that /invocations serves (docs/api.md, "KServe V1 and V2")."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from werkzeug.routing import BaseConverter, Map
+
+if TYPE_CHECKING:
+    from shared.runtime.model import TextModel
 
 V1_PREFIX = "/v1/"
 V2_PREFIX = "/v2"
@@ -17,10 +22,12 @@ class _ModelName(BaseConverter):
 
     part_isolating = False
     endings: tuple[str, ...] = ()
+    never_holds: str | None = None  # a part a name never contains: the one that starts a version's path
 
     def __init__(self, url_map: Map) -> None:
         super().__init__(url_map)
-        self.regex = ".+" + "".join(f"(?<!{ending})" for ending in self.endings)
+        any_char = "." if self.never_holds is None else f"(?:(?!{self.never_holds}).)"
+        self.regex = any_char + "+" + "".join(f"(?<!{ending})" for ending in self.endings)
 
 
 class V1ModelName(_ModelName):
@@ -28,7 +35,18 @@ class V1ModelName(_ModelName):
 
 
 class V2ModelName(_ModelName):
+    """V2's paths may name a version after the model (`<name>/versions/<v>/infer`): a name holding
+    `/versions/` would be ambiguous, so none does."""
+
     endings = ("/ready", "/infer")
+    never_holds = "/versions/"
+
+
+def versions(model: TextModel) -> list[str]:
+    """The versions of the model served (V2's metadata lists them, its paths may name one): one, its
+    fingerprint, which changes whenever its weights, config or tokenizer could (job records'
+    `model_fingerprint`)."""
+    return [model.fingerprint]
 
 
 CONVERTERS = {"v1_model": V1ModelName, "v2_model": V2ModelName}

@@ -78,7 +78,15 @@ def kserve_schemas(schemas: dict[str, Any], settings: Settings) -> dict[str, Any
         "KServeV2ModelMetadata": _object(
             {
                 "name": {"type": "string"},
-                "platform": {"type": "string"},
+                "versions": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "the version served (its fingerprint): the paths under /versions/{v}",
+                },
+                "platform": {
+                    "type": "string",
+                    "description": "what runs its exact passes now: /ping's exact_backend",
+                },
                 "inputs": {"type": "array", "items": _ref("KServeV2TensorMetadata")},
                 "outputs": {"type": "array", "items": _ref("KServeV2TensorMetadata")},
                 "parameters": _object(
@@ -257,9 +265,9 @@ def _v2_request(hugging_face: dict[str, Any], max_texts: int) -> dict[str, Any]:
     }
 
 
-def kserve_paths(model_name: str | None) -> dict[str, Any]:
-    """V1 and V2 paths; `model_name`: the served model's, once loaded (until then, any name is
-    documented, and requests answer 503)."""
+def kserve_paths(model_name: str | None, model_version: str | None = None) -> dict[str, Any]:
+    """V1 and V2 paths; `model_name` and `model_version`: the served model's, once loaded (until
+    then, any name and version is documented, and requests answer 503)."""
     name = {
         "name": "model_name",
         "in": "path",
@@ -268,6 +276,15 @@ def kserve_paths(model_name: str | None) -> dict[str, Any]:
         if model_name
         else {"type": "string", "minLength": 1},
         "description": "the served model's name: `model` in /ping (another name is a 404)",
+    }
+    version = {
+        "name": "model_version",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "enum": [model_version]}
+        if model_version
+        else {"type": "string", "minLength": 1, "pattern": "^[^/]+$"},
+        "description": "the served model's version: its V2 metadata's `versions` (another is a 404)",
     }
     unauthorized = {"401": _error("API_KEYS are set and the request has no valid Authorization: Bearer key")}
     loading = {"503": _error("the model is loading, or failed to load")}
@@ -294,7 +311,7 @@ def kserve_paths(model_name: str | None) -> dict[str, Any]:
         return {"required": True, "content": {_JSON: {"schema": _ref(schema)}}}
 
     predictions = {"type": "array", "items": _ref("TextResult")}
-    return {
+    paths = {
         "/v1/models": {
             "get": {
                 "summary": "KServe V1: the models served (one)",
@@ -418,3 +435,21 @@ def kserve_paths(model_name: str | None) -> dict[str, Any]:
             },
         },
     }
+    return {**paths, **_versioned(paths, version)}
+
+
+def _versioned(paths: dict[str, Any], version: dict[str, Any]) -> dict[str, Any]:
+    """V2's model paths again under `/versions/{model_version}`: the same operations, whose 404 is
+    also a version not served."""
+    found: dict[str, Any] = {}
+    prefix = "/v2/models/{model_name}"
+    for path, item in paths.items():
+        if not path.startswith(prefix):
+            continue
+        item = copy.deepcopy(item)
+        item["parameters"].append(version)
+        for operation in (item[method] for method in ("get", "post") if method in item):
+            operation["summary"] += ", for the version served"
+            operation["responses"]["404"] = _error("another model's name, or a version not served")
+        found[prefix + "/versions/{model_version}" + path.removeprefix(prefix)] = item
+    return found

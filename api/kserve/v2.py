@@ -1,5 +1,6 @@
 """KServe's V2 protocol (the Open Inference Protocol): health, server and model metadata, and infer
-over the /invocations use case. Attributions are an output (V2 has no explain endpoint)."""
+over the /invocations use case. Attributions are an output (V2 has no explain endpoint). Each model
+route answers under `/versions/<v>` too, for the version served (its metadata's `versions`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request
 
 from api.context import app_parts
-from api.kserve import V2_PREFIX
+from api.kserve import V2_PREFIX, versions
 from api.kserve.infer import ATTRIBUTIONS, INPUT, PAIR_INPUT, OutputTensor, decode_infer, infer_response
 from api.kserve.serving import (
     explanation_part,
@@ -53,20 +54,26 @@ def ready() -> tuple[Response, int]:
 
 
 # The model's name is its id, which may hold slashes and colons (a hub id, an s3:// URL): see
-# api/kserve/__init__.py's converters; `//` kept.
+# api/kserve/__init__.py's converters; `//` kept. The versioned route is the same view.
+_VERSION = "/versions/<version>"
+
+
 @bp.get("/models/<v2_model:name>", merge_slashes=False)
-def model_metadata(name: str) -> Any:
-    return jsonify(metadata(served_model(name)))
+@bp.get("/models/<v2_model:name>" + _VERSION, merge_slashes=False)
+def model_metadata(name: str, version: str | None = None) -> Any:
+    return jsonify(metadata(served_model(name, version)))
 
 
 @bp.get("/models/<v2_model:name>/ready", merge_slashes=False)
-def model_ready(name: str) -> tuple[Response, int]:
-    return readiness(name)
+@bp.get("/models/<v2_model:name>" + _VERSION + "/ready", merge_slashes=False)
+def model_ready(name: str, version: str | None = None) -> tuple[Response, int]:
+    return readiness(name, version)
 
 
 @bp.post("/models/<v2_model:name>/infer", merge_slashes=False)
-def infer(name: str) -> Response:
-    model = served_model(name)
+@bp.post("/models/<v2_model:name>" + _VERSION + "/infer", merge_slashes=False)
+def infer(name: str, version: str | None = None) -> Response:
+    model = served_model(name, version)
     call = decode_infer(request, app_parts().settings)
     asked = invocation(call.texts, call.options)
     if asked.parameters.candidate_labels is not None:
@@ -89,13 +96,16 @@ def metadata(model: TextModel) -> dict[str, Any]:
     """The model's metadata. Its label names (the columns of `scores`) are a JSON array in its
     parameters: the protocol's parameters hold strings, and a JSON text keeps any label name whole.
     A model whose tokenizer has a pair template lists the optional second input `text_pair`
-    (`optional` is Triton's word for an input a request may leave out)."""
+    (`optional` is Triton's word for an input a request may leave out). Its platform is what runs
+    its exact passes now, as /ping's `exact_backend` says ("torch", or "onnxruntime" once its
+    export is ready)."""
     inputs: list[dict[str, Any]] = [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}]
     if model.takes_pairs:
         inputs.append({"name": PAIR_INPUT, "datatype": "BYTES", "shape": [-1], "optional": True})
     return {
         "name": model.model_id,
-        "platform": SERVER,
+        "versions": versions(model),
+        "platform": model.exact_backend,
         "inputs": inputs,
         "outputs": [
             {"name": "scores", "datatype": "FP32", "shape": [-1, len(model.labels)]},
