@@ -468,7 +468,10 @@ def _analysis_paths(settings: Settings, precisions: tuple[str, ...], nli: bool) 
                     "200": {**analysis, **links},
                     "202": {**analysis, **links},
                     **_REQUEST_ERRORS,
-                    "403": _error("an S3 location outside S3_ALLOWED_PREFIXES"),
+                    "403": _error(
+                        "an S3 location outside S3_ALLOWED_PREFIXES, or any S3 location where the "
+                        "deployment has no S3 credentials (no_s3_access)"
+                    ),
                     "404": _error("no such S3 object, or the service may not read it"),
                     "413": _error("over ANALYSIS_MAX_TEXTS lines or ANALYSIS_MAX_BYTES bytes"),
                     "415": _error("content type other than JSON Lines, CSV or JSON"),

@@ -38,6 +38,13 @@ class Forbidden(ClarionError):
     code = "forbidden"
 
 
+class NoStorageAccess(Forbidden):
+    """The request names an S3 location and this deployment has no S3 access at all (no credentials):
+    nothing a retry changes, and nothing the caller can do but send the data in the request."""
+
+    code = "no_s3_access"
+
+
 class IdempotencyConflict(ClarionError):
     """An Idempotency-Key already used with another request body."""
 

@@ -405,12 +405,13 @@ def test_a_download_cut_short_is_a_503_not_a_smaller_input(as_service: CountingP
         as_service.cut_after = None
 
 
-def test_the_deployments_own_credentials_are_a_503_that_says_so(
+def test_no_credentials_is_a_403_and_a_key_s3_does_not_know_a_503_each_saying_so(
     as_service: CountingProxy, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """Not the caller's business and the same for every object (so it tells nothing of what exists):
-    no credentials at all, or a key S3 does not know."""
-    from shared.errors import StorageUnavailable
+    """The same for every object (so it tells nothing of what exists): no credentials at all is a
+    deployment without S3 access, a 4xx no retry changes (schemathesis' not_a_server_error found it
+    a 503); a key S3 does not know is the deployment's fault, a 503."""
+    from shared.errors import NoStorageAccess, StorageUnavailable
 
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
@@ -419,8 +420,10 @@ def test_the_deployments_own_credentials_are_a_503_that_says_so(
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # the session of earlier tests holds their keys
     allowed = (f"s3://{ALLOWED}/in/",)
-    with pytest.raises(StorageUnavailable, match="no S3 credentials"):
-        read_object(f"s3://{ALLOWED}/in/reviews.jsonl", 1000, allowed)
+    for key in ("in/reviews.jsonl", "in/no-such.jsonl"):
+        with pytest.raises(NoStorageAccess, match="no S3 access") as refused:
+            read_object(f"s3://{ALLOWED}/{key}", 1000, allowed)
+        assert refused.value.code == "no_s3_access"
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNUNKNOWN12")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-secret-anyone-issued")
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)

@@ -12,7 +12,14 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from shared.errors import Forbidden, InvalidRequest, NotFound, PayloadTooLarge, StorageUnavailable
+from shared.errors import (
+    Forbidden,
+    InvalidRequest,
+    NoStorageAccess,
+    NotFound,
+    PayloadTooLarge,
+    StorageUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +109,23 @@ def _client() -> Any:
 
 
 def _failure(uri: str, exc: Exception, verb: str = "read") -> Exception:
-    """What an S3 error means to the caller: only S3 being away or failing is a 503 (retryable)."""
-    from botocore.exceptions import ClientError, NoCredentialsError, ParamValidationError
+    """What an S3 error means to the caller: only S3 being away or failing is a 503 (retryable). A
+    deployment without S3 credentials has no S3 access: a 403 that says so, since no retry helps."""
+    from botocore.exceptions import (
+        ClientError,
+        NoCredentialsError,
+        ParamValidationError,
+        PartialCredentialsError,
+    )
 
     if isinstance(exc, ParamValidationError):
         return InvalidRequest(f"{uri}: {str(exc).splitlines()[-1]}")
     not_readable = NotFound(f"{uri}: {_NOT_READABLE_MESSAGE[verb]}")
-    if isinstance(exc, NoCredentialsError):
-        return StorageUnavailable(f"{uri}: the service has no S3 credentials (AWS_* settings)")
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return NoStorageAccess(
+            f"{uri}: this deployment has no S3 access (no S3 credentials: AWS_* settings or a role); "
+            "send the texts in the request body"
+        )
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
