@@ -81,7 +81,10 @@ def main(args: argparse.Namespace) -> int:
         service = ClarionService(settings, threads=args.threads)
         service.load()
         try:
-            reviews = _long_texts(service.model, sentences[args.train : -args.test], args.long, (250, 300))
+            # Reviews joined from sentences the artifact never saw: with --artifact (trained on all of
+            # SST-2 dev but the last --test), from those last sentences.
+            unseen = test if args.artifact else sentences[args.train : -args.test]
+            reviews = _long_texts(service.model, unseen, args.long, (250, 300))
             results = {
                 "sentences": _compare(service, test, args, batched=True),
                 **({"reviews": _compare(service, reviews, args, batched=False)} if reviews else {}),

@@ -97,8 +97,10 @@ def test_cache_key_covers_the_fast_backend_and_leaves_exact_keys_as_they_were() 
 def write_artifact(directory: Path, model: TextModel, seed: int) -> Path:
     """An artifact as `clarion distill` writes it (tests/test_amortized.py trains a real one), with
     random weights: what is tested here is which artifact's numbers are served, not how good they are."""
+    import copy
+
     hidden = model.model.config.hidden_size
-    weights = np.random.default_rng(seed).normal(scale=0.05, size=(2 * hidden + 1, len(model.labels)))
+    weights = np.random.default_rng(seed).normal(scale=0.05, size=(hidden, len(model.labels)))
     meta = {
         "version": ARTIFACT_VERSION,
         "model_id": model.model_id,
@@ -106,8 +108,27 @@ def write_artifact(directory: Path, model: TextModel, seed: int) -> Path:
         "labels": model.labels,
         "validation": {"spearman_median": 0.9},
     }
-    AmortizedExplainer(weights, meta).save(directory)
+    encoder = copy.deepcopy(model.model.base_model).eval()
+    AmortizedExplainer(encoder, weights, np.zeros(len(model.labels)), 1.0, meta).save(directory)
     return directory
+
+
+def test_a_model_folders_fingerprint_is_its_content_not_its_path(tiny_model_dir: Path, tmp_path: Path):
+    """The same folder named relatively or absolutely, or copied elsewhere with its files' times, is
+    the same model (an artifact distilled on one machine serves on another); other weights are not."""
+    import os
+
+    from shared.runtime.loading import load_text_model
+
+    def fingerprint(folder: Path | str) -> str:
+        return load_text_model(Settings(model_dir=str(folder), torch_threads=1)).fingerprint
+
+    copied = shutil.copytree(tiny_model_dir, tmp_path / "copied")  # copy2: times kept
+    relative = os.path.relpath(tiny_model_dir)
+    assert fingerprint(tiny_model_dir) == fingerprint(relative) == fingerprint(copied)
+    weights = next(copied.glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert fingerprint(copied) != fingerprint(tiny_model_dir)
 
 
 def test_an_artifacts_fingerprint_is_its_content_not_its_path(engine: Engine, tmp_path: Path) -> None:

@@ -116,12 +116,18 @@ def _check_head(model_id: str, model: Any, loading: dict[str, Any]) -> None:
 
 
 def _fingerprint(location: ModelLocation, config: Any, tokenizer: Any) -> str:
-    """Identity of the loaded model for caches: config, tokenizer and the weight files' size and time."""
+    """Identity of the loaded model for caches and artifacts: config, tokenizer and the weight files'
+    size and time. A local folder's path is no part of it: the same folder named relatively or
+    absolutely, or moved (a model distilled on one machine, served from /opt/ml/model on another),
+    is the same model; a hub name stands for its weights."""
     import hashlib
     from pathlib import Path
 
-    parts = [location.model_ref, location.tokenizer_ref, config.to_json_string(), str(len(tokenizer))]
     folder = Path(location.model_ref)
+    names = [] if folder.is_dir() else [location.model_ref]
+    if not Path(location.tokenizer_ref).is_dir():
+        names.append(location.tokenizer_ref)
+    parts = [*names, config.to_json_string(), str(len(tokenizer))]
     if folder.is_dir():
         for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
             stat = weights.stat()
