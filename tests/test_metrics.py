@@ -104,3 +104,20 @@ def test_a_celery_worker_serves_its_own_metrics(tiny_model_dir: Path, tmp_path: 
         assert total(samples, "clarion_evaluations_total") > 2
         assert total(samples, "clarion_forward_passes_total", priority="explain") > 0
         assert total(samples, "clarion_build_info", model=tiny_model_dir.name) == 1
+
+
+def test_the_command_line_imports_no_metrics_before_choosing_their_folder() -> None:
+    """prometheus_client chooses in-process or multiprocess values when it is imported: building the
+    command line (every subcommand's module) must not import it before `serve` and `worker` set
+    PROMETHEUS_MULTIPROC_DIR, or each HTTP process counts its requests where no scrape reads them."""
+    import subprocess
+    import sys
+
+    from tests.support import REPO
+
+    code = (
+        "import sys\nfrom shared.cli.main import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n"
+        "    pass\nprint('prometheus_client' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "False", done.stdout[-500:] + done.stderr[-2000:]

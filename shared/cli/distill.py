@@ -25,10 +25,6 @@ import numpy as np
 
 from shared.cli.explain import explain_into, read_lines, report
 from shared.errors import ClarionError
-from shared.explanation.amortized import ARTIFACT_VERSION, AmortizedExplainer
-from shared.explanation.distillation import Example
-from shared.explanation.distillation import train as train_explainer
-from shared.explanation.explainer import new_game
 from shared.io.schemas import ExplainOptions, SeedBody, parse_model
 from shared.settings import Settings
 
@@ -52,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
+    # Imported here, not above: `clarion serve` imports this module to build its parser, and must not
+    # import prometheus_client (through the engine) before it chooses the metrics' folder.
+    from shared.explanation.amortized import ARTIFACT_VERSION, AmortizedExplainer
+    from shared.explanation.distillation import train as train_explainer
     from shared.serving.service import ClarionService
 
     if not args.input.is_file():
@@ -117,8 +117,11 @@ def _records(path: Path) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: r.get("line", 0))
 
 
-def _examples(service: Any, records: list[dict[str, Any]]) -> list[Example]:
+def _examples(service: Any, records: list[dict[str, Any]]) -> list[Any]:
     """Each text's training example (kept tokens, [CLS] and [SEP], are no players)."""
+    from shared.explanation.distillation import Example
+    from shared.explanation.explainer import new_game
+
     model, options = service.model, ExplainOptions()  # token granularity, as the values were
     words = ExplainOptions(granularity="word")
     examples = []
