@@ -21,6 +21,8 @@ from shared.errors import (
     NotAcceptable,
     NotFound,
     PayloadTooLarge,
+    PredictorError,
+    PredictorTimeout,
     StorageUnavailable,
     TooBusy,
     Unauthorized,
@@ -43,6 +45,8 @@ STATUS_OF: dict[type[ClarionError], int] = {
     ExplanationTimeout: 503,
     JobBackendUnavailable: 503,
     StorageUnavailable: 503,
+    PredictorError: 502,  # a remote model (MODEL_URL) answered badly
+    PredictorTimeout: 504,  # or not in time
 }
 
 # Seconds a client should wait before it tries again, on the 503s that pass by themselves: a model

@@ -131,3 +131,16 @@ class EngineStopped(ClarionError):
     """The process is shutting down; no more forward passes will run."""
 
     code = "engine_stopped"
+
+
+class PredictorError(ClarionError):
+    """The remote model (MODEL_URL) answered badly: an error status, a body that is not scores for
+    its labels, or no connection; the message names the predictor."""
+
+    code = "bad_gateway"
+
+
+class PredictorTimeout(PredictorError):
+    """The remote model (MODEL_URL) did not answer within REMOTE_TIMEOUT."""
+
+    code = "predictor_timeout"

@@ -17,8 +17,9 @@ Output = Literal["probability", "logit"]  # what an explanation explains: the sc
 OUTPUTS: tuple[Output, ...] = get_args(Output)
 # What turns a head's logits into scores, as transformers' text-classification pipeline decides it.
 Activation = Literal["softmax", "sigmoid", "none"]
-ExactBackend = Literal["torch", "onnxruntime"]
-FastBackend = Literal["torch", "onnxruntime", "onnxruntime-int8", "torch-half"]
+# "remote": the passes are calls to a model Clarion does not host (MODEL_URL).
+ExactBackend = Literal["torch", "onnxruntime", "remote"]
+FastBackend = Literal["torch", "onnxruntime", "onnxruntime-int8", "torch-half", "remote"]
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = get_args(JobStatus)

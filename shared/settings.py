@@ -133,6 +133,59 @@ def _strategy(name: str, raw: str) -> str:
     return value
 
 
+# A model Clarion does not host (shared/runtime/remote.py): a KServe V1 or V2 model URL, or a
+# SageMaker endpoint.
+_REMOTE_URL = re.compile(
+    r"(https?://[^/\s?#]+(?:/[^\s?#]*)?/v[12]/models/[^/\s?#]+|sagemaker://[A-Za-z0-9](-*[A-Za-z0-9]){0,62})"
+)
+
+
+def _model_url(name: str, raw: str) -> str | None:
+    value = raw.strip().rstrip("/")
+    if value and not _REMOTE_URL.fullmatch(value):
+        raise ConfigurationError(
+            f"{name}={raw!r}: expected http(s)://host/v2/models/<name> (Open Inference Protocol), "
+            "http(s)://host/v1/models/<name> (KServe V1) or sagemaker://<endpoint-name>"
+        )
+    return value or None
+
+
+def _labels(name: str, raw: str) -> tuple[str, ...]:
+    """A JSON array of label names (any name), or names separated by commas."""
+    value = raw.strip()
+    if value.startswith("["):
+        import json
+
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, list) or not all(isinstance(x, str) and x for x in parsed):
+            raise ConfigurationError(f"{name}={raw!r}: expected a JSON array of label names")
+        labels = tuple(parsed)
+    else:
+        labels = _names(name, raw)
+    if len(set(labels)) != len(labels):
+        raise ConfigurationError(f"{name}={raw!r}: label names must be distinct")
+    return labels
+
+
+def _jmespath(name: str, raw: str) -> str | None:
+    value = raw.strip()
+    if not value:
+        return None
+    import jmespath
+    from jmespath.exceptions import JMESPathError
+
+    try:
+        jmespath.compile(value)
+    except JMESPathError as exc:
+        raise ConfigurationError(
+            f"{name}={raw!r}: not a JMESPath expression ({str(exc).splitlines()[0]})"
+        ) from None
+    return value
+
+
 def _one_of(*choices: str) -> Callable[[str, str], str]:
     def parse(name: str, raw: str) -> str:
         value = raw.strip().lower()
@@ -162,6 +215,24 @@ class Settings:
     # S3 location or its hub id). An InferenceService sets it to its own name.
     model_name: str | None = _env("MODEL_NAME", _served_name)
     local: bool = _env("LOCAL", parse_bool, False)
+    # A model Clarion does not host (instead of the above): its passes are calls to the predictor,
+    # explanations mask text (docs/remote.md). TOKENIZER, when set, makes its units.
+    model_url: str | None = _env("MODEL_URL", _model_url)
+    labels: tuple[str, ...] = _env("LABELS", _labels, ())  # the predictor's score columns, in order
+    remote_batch_size: int = _env("REMOTE_BATCH_SIZE", _int_parser(1, 4096), 32)  # texts per call
+    remote_concurrency: int = _env("REMOTE_CONCURRENCY", _int_parser(1, 64), 4)  # calls in flight
+    remote_timeout_s: float = _env("REMOTE_TIMEOUT", _float_parser(0.1), 30.0)  # per call
+    remote_retries: int = _env("REMOTE_RETRIES", _int_parser(0, 10), 2)  # connection errors only
+    remote_output: str | None = _env("REMOTE_OUTPUT", _text)  # V2: the FP32 output (default: the first)
+    # SageMaker endpoints: where the scores and the label names are in its answer (Clarify's
+    # `probability` and `label_headers`), and the content type it is sent.
+    remote_scores_path: str | None = _env("REMOTE_SCORES_PATH", _jmespath)
+    remote_labels_path: str | None = _env("REMOTE_LABELS_PATH", _jmespath)
+    remote_content_type: str = _env(
+        "REMOTE_CONTENT_TYPE",
+        _one_of("application/json", "application/jsonlines", "text/csv"),
+        "application/json",
+    )
     trust_remote_code: bool = _env("TRUST_REMOTE_CODE", parse_bool, False)
     model_cache_dir: str = _env("MODEL_CACHE_DIR", _text, "/tmp/clarion-models")
     device: str = _env("DEVICE", _device, "auto")
@@ -294,6 +365,19 @@ class Settings:
             )
         if self.model_dir is not None and not Path(self.model_dir).is_dir():
             raise ConfigurationError(f"MODEL_DIR={self.model_dir!r}: expected an existing directory")
+        if self.model_url is not None:
+            hosted = {
+                "MODEL_DIR": self.model_dir,
+                "BUCKET_NAME": self.bucket_name,
+                "HUB_MODEL_NAME": self.hub_model_name,
+                "AMORTIZED_EXPLAINER": self.amortized_explainer,
+                "LOCAL": self.local,
+            }
+            clash = [name for name, value in hosted.items() if value]
+            if clash:
+                raise ConfigurationError(
+                    f"MODEL_URL: a remote model is served alone; unset {', '.join(clash)}"
+                )
         if self.local and self.local_model_dir is None:
             raise ConfigurationError(
                 f"LOCAL=true: expected a model directory (MODEL_DIR, or a model in {SAGEMAKER_MODEL_DIR})"

@@ -34,6 +34,15 @@ def test_false_values_are_false(raw: str) -> None:
         ({"MODEL_PATH": "a/model.tar.gz"}, "BUCKET_NAME"),
         ({"MODEL_DIR": "/definitely/not/here"}, "MODEL_DIR"),
         ({"JOB_SOFT_TIME_LIMIT": "100", "JOB_TIME_LIMIT": "50"}, "JOB_TIME_LIMIT"),
+        ({"MODEL_URL": "http://host/models/m"}, "MODEL_URL"),
+        ({"MODEL_URL": "ftp://host/v2/models/m"}, "MODEL_URL"),
+        ({"MODEL_URL": "sagemaker://"}, "MODEL_URL"),
+        ({"MODEL_URL": "http://host/v2/models/m", "HUB_MODEL_NAME": "x"}, "HUB_MODEL_NAME"),
+        ({"LABELS": '["a", 1]'}, "LABELS"),
+        ({"LABELS": "a,b,a"}, "LABELS"),
+        ({"REMOTE_BATCH_SIZE": "0"}, "REMOTE_BATCH_SIZE"),
+        ({"REMOTE_SCORES_PATH": "[[["}, "REMOTE_SCORES_PATH"),
+        ({"REMOTE_CONTENT_TYPE": "application/xml"}, "REMOTE_CONTENT_TYPE"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
@@ -140,3 +149,15 @@ def test_the_default_max_evals_respects_a_lower_limit() -> None:
 
     assert parse_model(SeedBody, {"data": "x"}, Settings(max_evals_limit=40)).max_evals == 40
     assert parse_model(SeedBody, {"data": "x"}, Settings()).max_evals == 500
+
+
+def test_a_remote_model_url_and_its_labels() -> None:
+    settings = Settings.from_env(
+        {"MODEL_URL": "https://kserve.example/v2/models/sst2/", "LABELS": '["no, never", "yes"]'}
+    )
+    assert settings.model_url == "https://kserve.example/v2/models/sst2"
+    assert settings.labels == ("no, never", "yes")
+    assert (
+        Settings.from_env({"MODEL_URL": "sagemaker://my-endpoint-1"}).model_url == "sagemaker://my-endpoint-1"
+    )
+    assert Settings.from_env({"LABELS": "neg, pos"}).labels == ("neg", "pos")

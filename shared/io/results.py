@@ -239,6 +239,10 @@ class Health(Result):
         "and each candidate's measured speed-ups against exact (~24-token and long rows), Spearman "
         "and top-5 overlap",
     )
+    predictor: dict[str, Any] | None = Field(
+        None,
+        description="a remote model (MODEL_URL): the predictor's URL, whether it is ready, and why not",
+    )
     error: str | None = None
 
 

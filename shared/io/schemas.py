@@ -394,8 +394,9 @@ class InvocationParameters(ExplainOptions):
         return value
 
     def explain_options(self) -> ExplainOptions:
-        return ExplainOptions.model_construct(
-            **{name: getattr(self, name) for name in ExplainOptions.model_fields}
+        return ExplainOptions.model_construct(  # what the request set stays set (a model's defaults)
+            self.model_fields_set & set(ExplainOptions.model_fields),
+            **{name: getattr(self, name) for name in ExplainOptions.model_fields},
         )
 
     def inputs(self, texts: list[Input]) -> list[Input]:

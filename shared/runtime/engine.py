@@ -277,7 +277,8 @@ class Engine:
             future.set_result(np.empty((0, len(self.model.labels)), dtype=np.float32))
             return future
         widths = {len(r) for r in rows}
-        same_length = priority != CLASSIFY or not self.model.pads
+        # (A remote model's rows stand for texts: no padding, so any rows may share a call.)
+        same_length = self.model.runs_locally and (priority != CLASSIFY or not self.model.pads)
         if same_length and len(widths) > 1:
             # Explanation rows share a pass only with rows of their length (no padding), so rows of
             # several lengths (masking "text" re-tokenizes; a batch of texts to classify where the

@@ -29,7 +29,12 @@ def select_device(requested: str) -> Any:
 
 
 def load_text_model(settings: Settings, threads: int | None = None) -> TextModel:
-    """Resolve, load and warm the model in this process (call it after any fork, never before)."""
+    """Resolve, load and warm the model in this process (call it after any fork, never before); a
+    model Clarion does not host (MODEL_URL) is its predictor (shared/runtime/remote.py)."""
+    if settings.model_url is not None:
+        from shared.runtime.remote import load_remote_model
+
+        return load_remote_model(settings)
     import torch
     import transformers
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

@@ -41,6 +41,10 @@ class TextModel:
     # computed in the request's thread): torch never runs two passes of this model at once.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    # Its passes run here, on token ids: what token-id masking, "fast", "amortized", faithfulness and
+    # windows need. False for a model Clarion does not host (shared/runtime/remote.py).
+    runs_locally = True
+
     # The encoder owns the tokenizer and the facts about it; the model is what most callers hold, so it
     # lends them read-only here and call sites need not reach through `encoder`.
     @property

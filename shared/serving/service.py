@@ -39,6 +39,7 @@ from shared.runtime.engine import Engine, Ticket, pass_limits_for
 from shared.runtime.loading import load_text_model
 from shared.runtime.model import HalfPrecisionRunner, TextModel
 from shared.runtime.onnx import OnnxRunner, onnx_exact, onnx_int8
+from shared.runtime.remote import SINGLE_TEXTS, RemoteModel, check_remote_options, remote_defaults
 from shared.serving.cache import (
     ExplanationCache,
     RedisCache,
@@ -101,6 +102,10 @@ class ClarionService:
             model = self._loader(settings, self._threads)
             metrics.MODEL_LOAD_SECONDS.set(time.monotonic() - started)
             metrics.build_info(model.model_id)
+            if isinstance(model, RemoteModel):  # its passes are the predictor's: no backends to prepare
+                self._fast_choice = FastChoice("forced", "remote", "a remote model explains exactly only")
+                self._engine = Engine(model, model.pass_limits)
+                return
             if settings.exact_backend == "onnxruntime":  # asked for: loading fails without it
                 model.exact_runner = onnx_exact(
                     model, settings.model_cache_dir, self._backend_threads, settings.onnx_fusion
@@ -159,6 +164,10 @@ class ClarionService:
         accepted): labels it does not score, zero-shot labels without an NLI model, what text pairs
         and zero-shot texts cannot take (a tokenizer without a pair template among them), an unusable
         amortized artifact."""
+        if not self.model.runs_locally:
+            if any(not isinstance(item, str) for item in inputs):
+                raise InvalidRequest(SINGLE_TEXTS)
+            check_remote_options(self.model, remote_defaults(self.model, options))
         zero_shot = next((item for item in inputs if isinstance(item, ZeroShot)), None)
         check_options(self.model, options, zero_shot.candidate_labels if zero_shot else None)
         if zero_shot is not None:
@@ -257,7 +266,11 @@ class ClarionService:
 
     @property
     def ready(self) -> bool:
-        return self._engine is not None
+        """Loaded; and a remote model's predictor says it is ready."""
+        if self._engine is None:
+            return False
+        model = self._engine.model
+        return not isinstance(model, RemoteModel) or model.predictor_status().ready
 
     @property
     def engine(self) -> Engine:
@@ -273,6 +286,8 @@ class ClarionService:
     def status(self) -> Health:
         if self._engine is not None:
             model = self._engine.model
+            if isinstance(model, RemoteModel):
+                return _remote_health(model)
             return Health(
                 status="healthy",
                 api_version=API_VERSION,
@@ -313,6 +328,9 @@ class ClarionService:
         caches; of the rest, each text is tokenized once and its unmasked rows run once, for both."""
         engine = self.engine
         model = engine.model
+        if options is not None and not model.runs_locally:
+            options = remote_defaults(model, options)
+            check_remote_options(model, options)
         if options is not None:
             long_text = options.long_text
             if any(not isinstance(text, str) for text in texts):  # text pairs, zero-shot texts
@@ -384,6 +402,21 @@ class ClarionService:
     def stop(self) -> None:
         if self._engine is not None:
             self._engine.stop()
+
+
+def _remote_health(model: RemoteModel) -> Health:
+    """A remote model is healthy while its predictor says it is ready; /ping says which and why."""
+    predictor = model.predictor_status()
+    return Health(
+        status="healthy" if predictor.ready else "loading",
+        api_version=API_VERSION,
+        model=model.model_id,
+        labels=model.labels,
+        exact_backend="remote",
+        fast_backend="remote",
+        predictor=predictor.report(),
+        error=None if predictor.ready else f"predictor {predictor.url} is not ready: {predictor.error}",
+    )
 
 
 def _finished(explanation: Explanation) -> bool:
