@@ -1,23 +1,31 @@
 """Remote models (MODEL_URL) over real HTTP: a second Clarion explains a first one's model through
-its KServe V2 and V1 endpoints, and answers with its numbers; what only a hosted model does is a
-400; a predictor that answers badly is a 502 and one that is late a 504, each naming it; /ping
-follows the predictor's readiness."""
+its KServe V2 and V1 endpoints, and the same model served by a predictor Clarion did not write (the
+kserve SDK's ModelServer around a transformers pipeline), and answers with the first one's numbers;
+what only a hosted model does is a 400; a predictor that answers badly is a 502 and one that is late
+a 504, each naming it; /ping follows the predictor's readiness."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.support import (
+    REPO,
     Service,
     assert_close_to_scale,
+    base_env,
     build_tiny_model,
+    free_port,
     running_service,
+    stop_process_group,
     wait_healthy,
     wait_until,
 )
@@ -80,6 +88,69 @@ def via_v1(
     )
 
 
+@pytest.fixture(scope="module")
+def kserve_predictor(wide_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The kserve SDK's ModelServer around a transformers pipeline (tests/kserve_pipeline_predictor.py),
+    in its own process: its base URL."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("kserve-predictor") / "predictor.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "tests" / "kserve_pipeline_predictor.py"),
+                str(wide_model_dir),
+                "tiny",
+                str(port),
+            ],
+            cwd=REPO,
+            env=base_env(),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"the kserve predictor exited:\n{log_path.read_text()[-3000:]}")
+        try:
+            return requests.get(f"{url}/v2/models/tiny/ready", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_until(ready, 120, what="the kserve predictor")
+        yield url
+    finally:
+        stop_process_group(process)
+
+
+@pytest.fixture(scope="module")
+def via_kserve_v2(
+    kserve_predictor: str, wide_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    # kserve's metadata names no labels: LABELS says what its FP32 output's columns are
+    yield from _second(
+        tmp_path_factory.mktemp("kserve-v2"),
+        f"{kserve_predictor}/v2/models/tiny",
+        TOKENIZER=str(wide_model_dir),
+        LABELS=",".join(LABELS),
+    )
+
+
+@pytest.fixture(scope="module")
+def via_kserve_v1(
+    kserve_predictor: str, wide_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    # the pipeline's answers name their labels: no LABELS needed
+    yield from _second(
+        tmp_path_factory.mktemp("kserve-v1"),
+        f"{kserve_predictor}/v1/models/tiny",
+        TOKENIZER=str(wide_model_dir),
+    )
+
+
 def _invoke(service: Service, explain: dict | None = None) -> list[dict]:
     body: dict = {"inputs": TEXTS}
     if explain is not None:
@@ -110,7 +181,7 @@ def _assert_same_explanations(actual: list[dict], expected: list[dict]) -> None:
         assert a["base_values"] == pytest.approx(e["base_values"], abs=1e-6)
 
 
-@pytest.mark.parametrize("protocol", ["via_v2", "via_v1"])
+@pytest.mark.parametrize("protocol", ["via_v2", "via_v1", "via_kserve_v2", "via_kserve_v1"])
 def test_a_second_clarion_answers_with_the_first_ones_numbers(
     protocol: str, first: Service, request: pytest.FixtureRequest
 ) -> None:
@@ -299,7 +370,6 @@ def test_an_unreachable_predictor_is_retried_then_a_502() -> None:
     from shared.errors import PredictorError
     from shared.runtime.predictors import V2Predictor
     from shared.settings import Settings
-    from tests.support import free_port
 
     url = f"http://127.0.0.1:{free_port()}/v2/models/m"
     predictor = V2Predictor(Settings(model_url=url, remote_retries=2))

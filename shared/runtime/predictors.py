@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -182,7 +183,10 @@ class V2Predictor:
 
     def scores(self, texts: Sequence[str], labels: Sequence[str]) -> np.ndarray:
         body: dict[str, Any] = {
-            "inputs": [{"name": self._input, "shape": [len(texts)], "datatype": "BYTES", "data": list(texts)}]
+            "id": uuid.uuid4().hex,
+            "inputs": [
+                {"name": self._input, "shape": [len(texts)], "datatype": "BYTES", "data": list(texts)}
+            ],
         }
         if self._output:
             body["outputs"] = [{"name": self._output}]
