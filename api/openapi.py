@@ -355,8 +355,8 @@ def _analysis_paths(settings: Settings, precisions: tuple[str, ...], nli: bool) 
             "(CSV), not text_field's; a record without it is that record's error (skipped, counted). A "
             "pair's units are aggregated apart from the text's: a second text feature in "
             'global_top_shap_text, and "segment": 1 on each unit of the cohorts\' lists. Takes neither '
-            'masking "text", precision "amortized", faithfulness (default false here) nor long_text '
-            '"windows", nor candidate_labels',
+            'precision "amortized", faithfulness (default false here) nor long_text "windows", nor '
+            "candidate_labels",
         ),
         _query("label_field", {"type": "string", "minLength": 1}, "the true label's field or column"),
         _query("delimiter", {"type": "string", "minLength": 1, "maxLength": 1}, "a CSV body's delimiter"),
@@ -532,10 +532,9 @@ def _limited(
     seed = schemas["SeedBody"]
     _limit_count(seed["properties"]["data"], settings.max_texts)
     # SeedBody's shapes (ExplainOptions' json_schema_extra): "truncate" (the default) and "windows";
-    # text pairs only truncated, masked by token, explained exact or fast, without faithfulness.
+    # text pairs only truncated, explained exact or fast, without faithfulness.
     pair_precisions = [p for p in precisions if p != "amortized"]
     pairs = {
-        "masking": {"const": "tokens"},
         "precision": {"enum": pair_precisions},
         "faithfulness": {"const": False},
     }

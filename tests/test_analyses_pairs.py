@@ -157,14 +157,12 @@ def test_the_client_analyzes_pairs_and_zero_shot_labels(nli: Service) -> None:
 @pytest.mark.parametrize(
     ("query", "words"),
     [
-        ({**PAIR_QUERY, "masking": "text"}, "masking"),
         ({**PAIR_QUERY, "precision": "amortized"}, "amortized"),
         ({**PAIR_QUERY, "faithfulness": "true"}, "faithfulness"),
         ({**PAIR_QUERY, "long_text": "windows"}, "windows"),
         ({**PAIR_QUERY, "pair_field": "premise"}, "text's own"),
         ({**PAIR_QUERY, "pair_field": ""}, "pair_field: empty"),
         ({**PAIR_QUERY, "candidate_labels": "a,b"}, "not both"),
-        ({**ZERO_SHOT_QUERY, "masking": "text"}, "masking"),
         ({**ZERO_SHOT_QUERY, "faithfulness": "true"}, "faithfulness"),
         ({**ZERO_SHOT_QUERY, "long_text": "windows"}, "windows"),
         ({**ZERO_SHOT_QUERY, "labels": "entailment"}, "unknown label"),
@@ -246,6 +244,6 @@ def test_clarion_analyze_reads_a_pair_field(nli: Service, tiny_nli_dir: Path, tm
     assert_pairs_kept_apart(document)
     assert_same_words(document, pair_expectation(nli))
     refused = run_cli(
-        "analyze", str(source), "--out", str(tmp_path / "r"), *common, "--masking", "text", **env
+        "analyze", str(source), "--out", str(tmp_path / "r"), *common, "--precision", "amortized", **env
     )
-    assert refused.returncode == 2 and "masking" in refused.stderr
+    assert refused.returncode == 2 and "amortized" in refused.stderr

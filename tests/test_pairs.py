@@ -166,13 +166,98 @@ def test_token_masking_equals_shaps_partition_values_for_the_same_tree(
     assert_close_to_scale(mine, reference, rel=1e-5)
 
 
+def shap_text_masking_reference(
+    model_dir: Path, pair: TextPair, options: ExplainOptions, labels: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """shap.Explainer as SHAP documents text of two inputs (its question-answering example): one
+    string, the two texts joined by the tokenizer's separator, SHAP's own Text masker over it (string
+    output); the model splits each masked string at the separator and scores the pair as
+    transformers' pipeline does."""
+    import shap
+    from transformers import pipeline
+
+    classifier = pipeline("text-classification", model=str(model_dir), tokenizer=str(model_dir), top_k=None)
+    sep = classifier.tokenizer.sep_token
+    apply = "none" if options.output == "logit" else "softmax"
+
+    def f(strings: np.ndarray) -> np.ndarray:
+        out = []
+        for masked in strings:
+            text, text_pair = masked.split(sep)
+            found = classifier(
+                {"text": text, "text_pair": text_pair}, truncation=True, function_to_apply=apply
+            )
+            scores = {r["label"]: r["score"] for r in (found[0] if isinstance(found[0], list) else found)}
+            out.append([scores[label] for label in labels])
+        return np.array(out)
+
+    explainer = shap.Explainer(f, shap.maskers.Text(classifier.tokenizer), output_names=labels)
+    np.random.seed(options.seed)
+    result = explainer(
+        [pair.text + sep + pair.text_pair],
+        max_evals=options.max_evals,
+        batch_size=options.batch_size,
+        silent=True,
+    )
+    return result.values[0], result.base_values[0]
+
+
+@pytest.mark.parametrize(
+    ("max_evals", "output"), [(60, "probability"), (2000, "probability"), (200, "logit")]
+)
+def test_text_masking_equals_shap_explainer_on_the_joined_pair(
+    engine: Engine, tiny_nli_dir: Path, max_evals: int, output: str
+) -> None:
+    """masking "text" on a pair: SHAP's players (the pair joined by [SEP], every token), its tree
+    (first split between the two texts), its masked strings, each pair encoded again as the pipeline
+    encodes it; cut (60) and whole (2000) trees."""
+    options = ExplainOptions(max_evals=max_evals, masking="text", labels="all", output=output, seed=4)
+    pair = PAIRS[0]
+    (explanation,) = explain_encoded(engine, engine.model.encode([pair]), options)
+    values, base = shap_text_masking_reference(tiny_nli_dir, pair, options, engine.model.labels)
+    mine = np.array([explanation.values[label] for label in explanation.labels]).T
+    assert explanation.labels == NLI and explanation.masking == "text"
+    assert_close_to_scale(mine, values, rel=1e-5)
+    assert_close_to_scale(list(explanation.base_values.values()), base, rel=1e-5)
+    assert np.abs(values).max() > 1e-2  # the values carry signal, not float noise
+    # The players are both texts' tokens (and the three special tokens), each indexing its own text.
+    assert set(explanation.segments) == {0, 1}
+    texts = (pair.text, pair.text_pair)
+    for unit, (start, end), side in zip(
+        explanation.units, explanation.offsets, explanation.segments, strict=True
+    ):
+        if start < end:
+            assert texts[side][start:end] == unit
+    assert explanation.units.count("[SEP]") == 2 and explanation.units[0] == "[CLS]"
+    for label in explanation.labels:
+        total = explanation.base_values[label] + sum(explanation.values[label])
+        assert total == pytest.approx(explanation.model_output[label], abs=1e-6)
+
+
+def test_text_masking_at_word_granularity_splits_between_the_texts_first(engine: Engine) -> None:
+    from shared.explanation.owen import mask_matrix
+
+    options = ExplainOptions(max_evals=300, masking="text", granularity="word")
+    encoded = engine.model.encode(PAIRS[1:])
+    game = new_game(engine.model, encoded[0], options)
+    root, masks, sides = game.clustering[-1], mask_matrix(game.clustering), np.array(game.sides)
+    assert (sides[masks[int(root[0])]] == 0).all() and (sides[masks[int(root[1])]] == 1).all()
+    (explanation,) = explain_encoded(engine, encoded, options)
+    words = [u for u, s in zip(explanation.units, explanation.segments, strict=True) if s == 1]
+    assert words == PAIRS[1].text_pair.split()
+    for label in explanation.labels:
+        total = explanation.base_values[label] + sum(explanation.values[label])
+        assert total == pytest.approx(explanation.model_output[label], abs=1e-6)
+
+
 def test_what_a_pair_cannot_take_is_a_clear_400(engine: Engine, tmp_path: Path) -> None:
     model = engine.model
     with pytest.raises(InvalidRequest, match="windows"):
         model.encode(PAIRS[:1], "windows")
     encoded = model.encode(PAIRS[:1])
-    with pytest.raises(InvalidRequest, match="masking"):
-        explain_encoded(engine, encoded, ExplainOptions(max_evals=60, masking="text"))
+    holding = model.encode([TextPair("a [SEP] b", "c")])  # masking "text" could not split it back
+    with pytest.raises(InvalidRequest, match="separator"):
+        explain_encoded(engine, holding, ExplainOptions(max_evals=60, masking="text"))
     with pytest.raises(InvalidRequest, match="faithfulness"):
         explain_encoded(engine, encoded, ExplainOptions(max_evals=60, faithfulness=True))
 
@@ -229,11 +314,21 @@ def test_pairs_over_http(tiny_nli_dir: Path, tmp_path: Path) -> None:
         assert submitted.status_code == 200 and submitted.json()["status"] == "succeeded"
         page = service.get(f"/explanations/{job.json()['id']}", headers={"Accept": "text/html"})
         assert page.status_code == 400 and "text pairs" in page.json()["error"]["message"]
-        refused_job = service.post("/explanations", json={"data": pair, "masking": "text"})
-        assert refused_job.status_code == 400 and "masking" in refused_job.json()["error"]["message"]
+        # masking "text": SHAP's joined string; a job gives the request's answer.
+        by_text = {"data": pair, "explain": True, "max_evals": 80, "masking": "text"}
+        text_masked = service.post("/invocations", json=by_text)
+        assert text_masked.status_code == 200, text_masked.text
+        assert text_masked.json()["explanation_parameters"]["masking"] == "text"
+        assert set(text_masked.json()["segments"]) == {0, 1}
+        text_job = service.post("/explanations", json={k: v for k, v in by_text.items() if k != "explain"})
+        assert text_job.status_code == 200 and text_job.json()["status"] == "succeeded", text_job.text
+        assert_same_explanation(text_job.json()["result"], text_masked.json())
+        holding = {**by_text, "data": {"text": "a [SEP] b", "text_pair": "c"}}  # cannot be split back
+        refused_job = service.post("/invocations", json=holding)
+        assert refused_job.status_code == 400 and "separator" in refused_job.json()["error"]["message"]
         bad = service.post("/invocations", json={"data": {"text": "a", "text_pair": "b", "extra": 1}})
         assert bad.status_code == 400 and "text_pair" in bad.json()["error"]["message"]
-        for refused in ({"precision": "amortized"}, {"faithfulness": True}, {"masking": "text"}):
+        for refused in ({"precision": "amortized"}, {"faithfulness": True}):
             for explain in (True, False):  # refused either way, as the OpenAPI document says
                 answer = service.post("/invocations", json={"data": pair, "explain": explain, **refused})
                 assert answer.status_code == 400, (refused, answer.text)
@@ -241,7 +336,8 @@ def test_pairs_over_http(tiny_nli_dir: Path, tmp_path: Path) -> None:
 
 def test_kserve_v2_reads_a_text_pair_input_beside_the_text(nli_service) -> None:
     """A second BYTES input `text_pair` makes each row a pair: in JSON or binary data, in either
-    order, with attributions of both texts; the metadata lists it; zero-shot stays refused."""
+    order, with attributions of both texts; the metadata lists it; candidate labels with a text_pair
+    input are refused (zero-shot pairs the text with each label's hypothesis itself)."""
     import tritonclient.http as triton_http
 
     model = nli_service.get("/ping").json()["model"]
@@ -302,7 +398,8 @@ def test_the_v2_request_schema_takes_a_text_pair_input_of_the_same_shape(nli_ser
     assert valid({"inputs": [text]}) and valid({"inputs": [text, pair]}) and valid({"inputs": [pair, text]})
     assert not valid({"inputs": [pair]}) and not valid({"inputs": [text, text]})
     assert not valid({"inputs": [text, tensor("text_pair", ["c"])]})  # one second text per row
-    assert not valid({"inputs": [text, pair], "parameters": {"masking": "text"}})
+    assert not valid({"inputs": [text, pair], "parameters": {"precision": "amortized"}})
+    assert valid({"inputs": [text, pair], "parameters": {"masking": "text"}})
     assert valid({"inputs": [text], "parameters": {"masking": "text"}})
 
 
@@ -427,9 +524,9 @@ def test_clarion_explain_reads_a_pair_field_here_and_over_url(
             assert_same_explanation(mine, theirs)
         assert "hypothesis" in by_line[max(by_line)]["error"]["message"]
     refused = run_cli(
-        "explain", str(jsonl), "--out", str(tmp_path / "r.out"), "--masking", "text", *common, **env
+        "explain", str(jsonl), "--out", str(tmp_path / "r.out"), "--faithfulness", *common, **env
     )
-    assert refused.returncode == 2 and "masking" in refused.stderr
+    assert refused.returncode == 2 and "faithfulness" in refused.stderr
     refused = run_cli(
         "explain", str(jsonl), "--out", str(tmp_path / "r.out"), "--html", "x.html", *common, **env
     )

@@ -11,7 +11,7 @@ from typing import Any
 
 from api.kserve import EXPLANATION_FIELDS
 from api.kserve.infer import INPUT, OUTPUTS, PAIR_INPUT
-from shared.io.schemas import TEXT_JSON_SCHEMA, ZERO_SHOT_OPTIONS
+from shared.io.schemas import TEXT_JSON_SCHEMA
 from shared.settings import Settings
 
 _JSON = "application/json"
@@ -70,7 +70,18 @@ def kserve_schemas(schemas: dict[str, Any], settings: Settings) -> dict[str, Any
                             "datatype": {"enum": ["FP32", "BYTES"]},
                             "shape": {"type": "array", "items": {"type": "integer"}},
                             "data": {"type": "array", "items": {"type": ["number", "string"]}},
-                        }
+                            "parameters": {
+                                "type": "object",
+                                "properties": {
+                                    "labels": {
+                                        "type": "string",
+                                        "description": "zero-shot scores: the candidate labels, in "
+                                        "the order of its columns, as a JSON array",
+                                    }
+                                },
+                            },
+                        },
+                        ["name", "datatype", "shape", "data"],
                     ),
                 },
             }
@@ -157,16 +168,18 @@ def _v1_body(seed: dict[str, Any], max_texts: int) -> dict[str, Any]:
 
 
 def _v2_parameters(options: dict[str, Any]) -> dict[str, Any]:
-    """InvocationParameters without `async` and zero-shot labels (V2's scores are the model's labels,
-    as its metadata says), with the protocol's binary_data_output."""
+    """InvocationParameters without `async` (the zero-shot options where the model is an NLI model:
+    the scores' columns are then the candidate labels, which the scores output names), with the
+    protocol's binary_data_output."""
     parameters = copy.deepcopy(options)
     parameters["title"] = "KServeV2Parameters"
     parameters["description"] = (
-        "the options of /invocations (no async, no zero-shot labels), and binary_data_output"
+        "the options of /invocations (no async), and binary_data_output; with candidate_labels (an NLI "
+        "model), scores has a column per candidate label, in their order, named by the scores output's "
+        "parameters.labels"
     )
     properties = parameters["properties"]
-    for name in ("async", *ZERO_SHOT_OPTIONS):
-        properties.pop(name, None)
+    properties.pop("async", None)
     properties["explain"] = {
         **properties["explain"],
         "description": "answer the attributions output too, when `outputs` names none (naming it explains)",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
@@ -213,6 +213,7 @@ class OutputTensor:
     datatype: Literal["FP32", "BYTES"]
     shape: list[int]
     data: list[float] | list[str]
+    parameters: dict[str, str] = field(default_factory=dict)  # the output's own (zero-shot: its labels)
 
     @classmethod
     def fp32(cls, name: str, shape: list[int], values: Sequence[float]) -> OutputTensor:
@@ -237,9 +238,11 @@ def infer_response(
     blobs: list[bytes] = []
     for tensor, binary in outputs:
         entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
+        if tensor.parameters:
+            entry["parameters"] = dict(tensor.parameters)
         if binary:
             blobs.append(tensor.raw())
-            entry["parameters"] = {"binary_data_size": len(blobs[-1])}
+            entry["parameters"] = {**entry.get("parameters", {}), "binary_data_size": len(blobs[-1])}
         else:
             entry["data"] = tensor.data
         described.append(entry)

@@ -1,7 +1,9 @@
 """KServe's V1 protocol: model readiness, :predict and :explain over the /invocations use case.
 
-A body is `{"instances": [...], ...options}`: each instance a text, or an object `{"text": ...}`
-(as a tabular client sends a row); the options are /invocations' own, beside `instances`."""
+A body is `{"instances": [...], ...options}`: each instance a text, an object `{"text": ...}` (as a
+tabular client sends a row) or a text pair `{"text", "text_pair"}`; the options are /invocations'
+own, beside `instances`: zero-shot's `candidate_labels` (with `hypothesis_template`, `multi_label`)
+score every instance against the same labels, as /invocations' `data` list."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from api.kserve.serving import (
 )
 from shared.errors import InvalidRequest
 from shared.io.inputs import Input, TextPair
-from shared.io.schemas import PAIR_SHAPE, is_pair
+from shared.io.schemas import PAIR_SHAPE, ZERO_SHOT_OPTIONS, is_pair
 
 bp = Blueprint("kserve_v1", __name__, url_prefix=V1_PREFIX + "models")
 _EXAMPLE = '{"instances": ["a text"]}'
@@ -90,6 +92,11 @@ def _texts(instances: Any) -> list[Input]:
             continue
         if isinstance(instance, dict) and set(instance) == {"text"}:
             instance = instance["text"]
+        if isinstance(instance, dict) and set(instance) & set(ZERO_SHOT_OPTIONS):
+            raise InvalidRequest(
+                f"instances.{i}: zero-shot options go beside instances, for every instance: "
+                '{"instances": [...], "candidate_labels": [...]} (and hypothesis_template, multi_label)'
+            )
         if not isinstance(instance, str):
             raise InvalidRequest(f'instances.{i}: an instance is a text, or an object {{"text": <text>}}')
         texts.append(instance)

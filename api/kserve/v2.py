@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -21,7 +22,6 @@ from api.kserve.serving import (
     results,
     served_model,
 )
-from shared.errors import InvalidRequest
 from shared.runtime.model import TextModel
 
 bp = Blueprint("kserve_v2", __name__, url_prefix=V2_PREFIX)
@@ -76,15 +76,15 @@ def infer(name: str, version: str | None = None) -> Response:
     model = served_model(name, version)
     call = decode_infer(request, app_parts().settings)
     asked = invocation(call.texts, call.options)
-    if asked.parameters.candidate_labels is not None:
-        raise InvalidRequest(
-            "parameters.candidate_labels: V2's scores are the model's labels (its metadata); send zero-shot "
-            "labels to /invocations or V1"
-        )
+    candidates = asked.parameters.candidate_labels
     answered = call.answered(DEFAULT_OUTPUTS + ((ATTRIBUTIONS,) if asked.parameters.explain else ()))
     # Explaining is what the attributions output costs: it runs when they are answered, and only then.
     parameters = asked.parameters.model_copy(update={"explain": ATTRIBUTIONS in answered})
-    tensors = output_tensors(results(asked.texts, parameters), model.labels, list(answered))
+    found = results(asked.texts, parameters)
+    if candidates is None:
+        tensors = output_tensors(found, model.labels, list(answered))
+    else:  # zero-shot: the scores' columns are the candidate labels as sent, named on the output
+        tensors = output_tensors(found, list(candidates), list(answered), name_labels=True)
     return infer_response(
         model.model_id,
         call.id or g.request_id,
@@ -117,15 +117,20 @@ def metadata(model: TextModel) -> dict[str, Any]:
 
 
 def output_tensors(
-    found: Sequence[dict[str, Any]], labels: Sequence[str], names: Sequence[str]
+    found: Sequence[dict[str, Any]], labels: Sequence[str], names: Sequence[str], name_labels: bool = False
 ) -> dict[str, OutputTensor]:
-    """The named outputs of these /invocations results: each text's score per label in the model's
-    order, its top label, and its explanation as one JSON document."""
+    """The named outputs of these /invocations results: each text's score per label in `labels`'
+    order (the model's, or zero-shot's candidate labels), its top label, and its explanation as one
+    JSON document. `name_labels`: the scores output names its columns in its parameters (`labels`,
+    a JSON array, as the model's metadata names the model's)."""
     tensors: dict[str, OutputTensor] = {}
     if "scores" in names:
         by_label = [{item["label"]: item["score"] for item in result["prediction"]} for result in found]
         scores = [scores[label] for scores in by_label for label in labels]
-        tensors["scores"] = OutputTensor.fp32("scores", [len(found), len(labels)], scores)
+        named = {"labels": json.dumps(list(labels), ensure_ascii=False)} if name_labels else {}
+        tensors["scores"] = replace(
+            OutputTensor.fp32("scores", [len(found), len(labels)], scores), parameters=named
+        )
     if "label" in names:
         tensors["label"] = OutputTensor.strings("label", [r["prediction"][0]["label"] for r in found])
     if ATTRIBUTIONS in names:

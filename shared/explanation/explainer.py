@@ -11,9 +11,9 @@ request in flight into shared passes.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from shared.explanation.faithfulness import BINS, aopc, deletions
 from shared.explanation.masking import TextMask, token_segments
 from shared.explanation.owen import OwenSteps, owen_values, text_clustering
 from shared.explanation.units import joined_clustering, pair_units, stripped_span, text_units
-from shared.io.inputs import Input
+from shared.io.inputs import Input, TextPair
 from shared.io.results import Explanation, Faithfulness
 from shared.io.schemas import ExplainOptions
 from shared.kinds import Output
@@ -73,13 +73,25 @@ class _Game:
     # A text pair: each player's text (0: text, 1: text_pair)
     sides: list[int] | None = None
     requested: list[int] | None = None  # the label indexes asked for; None: the predicted ones
+    # masking "text" on a text pair or a zero-shot text: the players are the tokens of another
+    # encoding than the one scored (the two texts joined by the separator, or the zero-shot text
+    # alone, as SHAP's Text masker tokenizes one string), and `reencode` turns each masked string
+    # back into what is scored (the pair, split at the separator, or the zero-shot text), encoded
+    # as the pipeline encodes it
+    view: EncodedText | None = None
+    reencode: Callable[[list[str]], list[EncodedText]] | None = None
 
-    def rows_needed(self, documents: list[np.ndarray]) -> list[np.ndarray]:
+    @property
+    def tokens(self) -> EncodedText:
+        """The encoding whose tokens the players are (and whose text the units index)."""
+        return self.view if self.view is not None else self.encoded
+
+    def rows_needed(self, documents: list[list[np.ndarray]]) -> list[np.ndarray]:
         """The model rows these (masked) documents need that this text has not run yet."""
         self.wanted, missing = [], {}
-        for ids in documents:
+        for rows in documents:
             keys = []
-            for row in self.encoded.rows(ids):
+            for row in rows:
                 key = row.tobytes()
                 keys.append(key)
                 if key not in self.memo and key not in missing:
@@ -107,17 +119,21 @@ class _Game:
             ]
         )
 
-    def masked_ids(self, masks: np.ndarray, model: TextModel) -> list[np.ndarray]:
-        """Token ids for masks over the players: a masked-out unit masks all its tokens, by its ids
-        (masking "tokens") or in the text, tokenized again (masking "text")."""
-        present = np.ones((len(masks), len(self.encoded.ids)), dtype=bool)
+    def masked_documents(self, masks: np.ndarray, model: TextModel) -> list[list[np.ndarray]]:
+        """Each mask's model rows (masks over the players): a masked-out unit masks all its tokens,
+        by their ids (masking "tokens") or in the text, tokenized again (masking "text")."""
+        present = np.ones((len(masks), len(self.tokens.ids)), dtype=bool)
         played = self.player_of_token >= 0
         present[:, played] = masks[:, self.player_of_token[played]]
         present |= self.keep
         if self.segments is None or self.text_mask is None:
-            return list(np.where(present, self.encoded.ids, model.mask_token_id))
+            return [
+                self.encoded.rows(ids) for ids in np.where(present, self.encoded.ids, model.mask_token_id)
+            ]
         texts = [self.text_mask.masked_text(self.segments, row) for row in present]
-        return [e.ids for e in model.encode(texts)]
+        if self.reencode is not None:
+            return [e.rows(e.ids) for e in self.reencode(texts)]
+        return [self.encoded.rows(e.ids) for e in model.encode(texts)]
 
 
 def explain_texts(
@@ -165,7 +181,7 @@ def explain_encoded(
         else:
             _advance(game, game.outputs(model, options.output)[:, game.label_indexes])
 
-    def feed(game: _Game, documents: list[np.ndarray]) -> None:
+    def feed(game: _Game, documents: list[list[np.ndarray]]) -> None:
         """Submit the rows these documents need; when every one was run already, step at once."""
         nonlocal done
         while True:
@@ -180,13 +196,13 @@ def explain_encoded(
             step(game)
             if game.pending is None:
                 return
-            documents = game.masked_ids(game.pending, model)
+            documents = game.masked_documents(game.pending, model)
 
     try:
         for game in games:  # first the all-masked and unmasked documents: base value and model output
             ends = np.zeros((2, game.players), dtype=bool)  # all masked, none masked
             ends[1] = True
-            feed(game, game.masked_ids(ends, model))
+            feed(game, game.masked_documents(ends, model))
         while in_flight:
             ticket.check()
             ticket.report(done, total)
@@ -197,7 +213,7 @@ def explain_encoded(
                 game.received(future.result())  # the ticket's error, if the engine dropped the rows
                 step(game)
                 if game.pending is not None:
-                    feed(game, game.masked_ids(game.pending, model))
+                    feed(game, game.masked_documents(game.pending, model))
     except BaseException:
         engine.cancel(ticket)  # drop the other texts' queued rounds
         raise
@@ -341,6 +357,8 @@ def _advance(game: _Game, outputs: np.ndarray | None) -> None:
 
 
 def new_game(model: TextModel, encoded: EncodedText, options: ExplainOptions) -> _Game:
+    if options.masking == "text" and (encoded.text_pair is not None or encoded.zero_shot is not None):
+        return _text_masked_game(model, encoded, options)
     if encoded.text_pair is not None:
         return _pair_game(model, encoded, options)
     by_text = options.masking == "text"
@@ -404,15 +422,115 @@ def _pair_game(model: TextModel, encoded: EncodedText, options: ExplainOptions) 
     )
 
 
+def _text_masked_game(model: TextModel, encoded: EncodedText, options: ExplainOptions) -> _Game:
+    """masking "text" on a text pair or a zero-shot text, as SHAP explains text of several inputs (its
+    question-answering example): SHAP's Text masker over one string, the pair's two texts joined by
+    the tokenizer's separator (which it never masks), or the zero-shot text alone; the model reads
+    each masked string back as the pair (split at the separator) or as the zero-shot text, encoded
+    as the pipeline encodes it. At token granularity the tree is SHAP's own over that string: for a
+    pair its first split falls between the two texts (the separator on the shorter side). A
+    truncated text is explained over the part the model reads, as a single text is."""
+    check_pair_options(options)
+    if encoded.zero_shot is not None:
+        item = encoded.zero_shot
+        (alone,) = model.encode([_read_part(encoded.text, encoded.offsets, encoded.truncated)])
+        game = new_game(model, alone, options)  # the single text's game, masked as text
+        game.encoded, game.view = encoded, alone
+        game.reencode = lambda texts: model.encode([replace(item, text=t) for t in texts])
+        return game
+    assert encoded.text_pair is not None and encoded.sequence is not None
+    sep = model.tokenizer.sep_token
+    texts = (encoded.text, encoded.text_pair)
+    if not sep or any(sep in text for text in texts):
+        raise InvalidRequest(
+            "masking \"text\" joins a pair's two texts with the tokenizer's separator "
+            f"{sep!r}, as SHAP does: a text that holds it cannot be read back; mask by token"
+        )
+    parts = [
+        _read_part(
+            text,
+            [o for o, s in zip(encoded.offsets, encoded.sequence, strict=True) if s == side],
+            name in encoded.truncated_texts,
+        )
+        for side, (text, name) in enumerate(zip(texts, ("text", "text_pair"), strict=True))
+    ]
+    joined = parts[0] + sep + parts[1]
+    (view,) = model.encode([joined])
+    boundary = (len(parts[0]), len(parts[0]) + len(sep))
+    sep_id = model.tokenizer.sep_token_id
+    at = [i for i, o in enumerate(view.offsets) if o == boundary and view.ids[i] == sep_id]
+    if view.truncated or len(at) != 1:
+        raise InvalidRequest(
+            f'masking "text": this tokenizer does not read the two texts joined by {sep!r} as SHAP '
+            "joins them; mask by token"
+        )
+    (b,) = at
+    length = len(view.ids)
+    keep = np.zeros(length, dtype=bool)
+    keep[: model.keep_prefix] = True
+    if model.keep_suffix:
+        keep[length - model.keep_suffix :] = True
+    keep[b] = True  # SHAP never masks its separator
+    sequence = np.where(keep, -1, (np.arange(length) > b).astype(np.int64))
+    start = boundary[1]
+    offsets = [
+        o if s != 1 else (o[0] - start, o[1] - start) for o, s in zip(view.offsets, sequence, strict=True)
+    ]
+    pair_view = replace(
+        view,
+        text=encoded.text,
+        offsets=offsets,
+        special=keep.copy(),
+        truncated=encoded.truncated,
+        text_pair=encoded.text_pair,
+        sequence=sequence,
+        truncated_texts=encoded.truncated_texts,
+    )
+    segments = token_segments(joined, view.offsets)
+    if options.granularity == "token":
+        clustering = text_clustering(segments, sep)
+        players, spans = np.arange(length), None
+        sides = [int(s) if s >= 0 else int(i > b) for i, s in enumerate(sequence)]
+    else:
+        units, sides = pair_units(texts, offsets, sequence, keep, options.granularity)
+        players, spans, clustering = units.of_token, units.spans, units.clustering
+
+    def reencode(masked: list[str]) -> list[EncodedText]:
+        return model.encode([TextPair(*_split_at(text, sep)) for text in masked])
+
+    return _Game(
+        encoded=encoded,
+        keep=keep,
+        player_of_token=players,
+        players=length if spans is None else len(spans),
+        spans=spans,
+        clustering=clustering,
+        label_indexes=[],
+        segments=segments,
+        text_mask=TextMask.of(model.tokenizer),
+        sides=sides,
+        view=pair_view,
+        reencode=reencode,
+    )
+
+
+def _read_part(text: str, offsets: Sequence[tuple[int, int]], truncated: bool) -> str:
+    """The text, or of a truncated one the part the model reads (up to its last token's end)."""
+    return text[: max((end for _, end in offsets), default=0)] if truncated else text
+
+
+def _split_at(masked: str, sep: str) -> tuple[str, str]:
+    """A masked pair's two texts: what comes before and after its separator (neither text holds it,
+    and masking never touches it)."""
+    first, _, second = masked.partition(sep)
+    return first, second
+
+
 def check_pair_options(options: ExplainOptions) -> None:
     """What the explanation of a text pair or a zero-shot text (rows of two texts) cannot take,
     each a 400 (the encoder refuses long_text "windows" too, for a classification alone)."""
     if options.long_text == "windows":
         raise InvalidRequest(PAIRS_ARE_TRUNCATED)
-    if options.masking == "text":
-        raise InvalidRequest(
-            'masking "text" re-tokenizes one text: text pairs and zero-shot labels mask by token'
-        )
     if options.precision == "amortized":
         raise InvalidRequest(
             'precision "amortized" learnt single texts: explain text pairs and zero-shot labels exact or fast'
@@ -511,7 +629,7 @@ def _token_units(model: TextModel, game: _Game) -> tuple[list[str], list[tuple[i
     """Token granularity: every token, the boundary ones ([CLS], [SEP]) by name at the text's edges.
     A token's text and span leave out the whitespace its offsets may hold (byte-level BPE and
     SentencePiece tokens start with the space before their word): a space marker alone is empty."""
-    text, offsets, ids = game.encoded.text, game.encoded.offsets, game.encoded.ids
+    text, offsets, ids = game.tokens.text, game.tokens.offsets, game.tokens.ids
     if game.sides is not None:
         return _pair_token_units(model, game)
     tokens, spans = [], []
@@ -531,7 +649,7 @@ def _token_units(model: TextModel, game: _Game) -> tuple[list[str], list[tuple[i
 def _pair_token_units(model: TextModel, game: _Game) -> tuple[list[str], list[tuple[int, int]]]:
     """A pair's tokens: each in its own text; a special token by name, at the start of the first
     text ([CLS]) or at the end of the text it closes."""
-    encoded, sides = game.encoded, game.sides
+    encoded, sides = game.tokens, game.sides
     assert sides is not None and encoded.text_pair is not None
     texts = (encoded.text, encoded.text_pair)
     ends = [max((e for (_, e), s in zip(encoded.offsets, encoded.sequence, strict=True) if s == i), default=0)
@@ -552,8 +670,8 @@ def _pair_token_units(model: TextModel, game: _Game) -> tuple[list[str], list[tu
 def _text_units(game: _Game) -> tuple[list[str], list[tuple[int, int]]]:
     assert game.spans is not None
     if game.sides is None:
-        return [game.encoded.text[start:end] for start, end in game.spans], game.spans
-    texts = (game.encoded.text, game.encoded.text_pair or "")
+        return [game.tokens.text[start:end] for start, end in game.spans], game.spans
+    texts = (game.tokens.text, game.tokens.text_pair or "")
     return [
         texts[side][start:end] for side, (start, end) in zip(game.sides, game.spans, strict=True)
     ], game.spans
