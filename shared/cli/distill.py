@@ -3,7 +3,8 @@ for the served model, on the user's unlabelled texts.
 
 1. Every text is explained exactly at token granularity, every label, into DIR/records.jsonl
    (exactly as `clarion explain` does: a progress bar, resumable line by line; with `--url`, by a
-   running Clarion server, a GPU one say).
+   running Clarion server, a GPU one say; with `--jobs N` too, N chunks at once as explanation jobs,
+   which a deployment's Celery workers label in parallel).
 2. Nine texts in ten train a copy of the classifier's encoder with a per-token head to predict those
    values (shared/explanation/distillation.py); the tenth is held out.
 3. The held-out texts are explained exactly at word granularity and by the artifact, and the
@@ -44,7 +45,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--url", help="label on this Clarion server (a GPU one, say) instead of in this process"
     )
     parser.add_argument("--api-key", help="the server's API key, if it asks for one")
-    parser.add_argument("--timeout", type=float, default=0, help="seconds per request to --url (0: none)")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per request to --url")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --url: label N chunks at once as explanation jobs, which the server's workers run "
+        "in parallel (default 0: one chunk at a time, answered in the request)",
+    )
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
@@ -64,7 +73,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     records_path = args.out / "records.jsonl"
     lines = read_lines(args.input, args.text_field, args.text_field, None, args.delimiter)
     explaining = argparse.Namespace(
-        url=args.url, api_key=args.api_key, timeout=args.timeout, chunk=args.chunk
+        url=args.url, api_key=args.api_key, timeout=args.timeout, chunk=args.chunk, jobs=args.jobs
     )
     interrupted = explain_into(explaining, settings, parameters, lines, records_path)
     if interrupted is not None:

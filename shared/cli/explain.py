@@ -18,12 +18,13 @@ import argparse
 import json
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from shared.errors import ClarionError, InvalidRequest
-from shared.io.inputs import Input, as_record, stored
+from shared.io.inputs import DEFAULT_HYPOTHESIS, Input, as_record, stored
 from shared.io.records import EMPTY, Record, csv_table, json_lines, json_pair_lines
 from shared.io.schemas import SeedBody, parse_model, text_problem
 from shared.kinds import GRANULARITIES, LONG_TEXTS, MASKINGS, OUTPUTS, PRECISIONS
@@ -130,42 +131,59 @@ Explain = Callable[[list[Input]], list[dict[str, Any]]]
 
 
 def in_process(parameters: dict[str, Any], settings: Settings) -> Explain:
-    from shared.explanation.explainer import check_options
     from shared.serving.service import ClarionService
 
     service = ClarionService(settings, threads=os.cpu_count() or 1)
-    model = service.load()
-    options = parse_model(SeedBody, {"data": "x", **parameters}, settings).explain_options()
-    check_options(model, options)  # unknown labels stop the run now, not line by line
+    service.load()
+    body = parse_model(SeedBody, {"data": "x", **parameters}, settings)
+    options = body.explain_options()
+    # Unknown labels, zero-shot labels without an NLI model: the run stops now, not line by line.
+    service.check_options(options, body.inputs(["x"]))
 
     def explain(texts: list[Input]) -> list[dict[str, Any]]:
-        return service.explained_records(texts, options)
+        return service.explained_records(body.inputs(texts), options)  # zero-shot: each text's labels
 
     return explain
 
 
-def over_http(parameters: dict[str, Any], url: str, api_key: str | None, timeout: float) -> Explain:
+def over_http(
+    parameters: dict[str, Any], url: str, api_key: str | None, timeout: float, jobs: int = 0
+) -> Explain:
     """Explain through a running Clarion with clarion-client (client/), which retries what it
-    safely can; what is left is this text's fault (InvalidRequest) or the server's (ServerFailure)."""
+    safely can; what is left is this text's fault (InvalidRequest) or the server's (ServerFailure).
+    With `jobs`, each chunk is an explanation job (POST /explanations, submitted with an
+    Idempotency-Key), waited for: a deployment with workers runs the chunks in flight in parallel."""
     try:
-        from clarion_client import APIError, Clarion, ClarionClientError
+        from clarion_client import APIError, Clarion, ClarionClientError, JobFailed
     except ImportError:  # a server installed without scripts/install.sh
         raise ClarionError("--url needs clarion-client: pip install ./client") from None
 
+    if timeout <= 0:  # a socket with no time at all would not even connect
+        raise ClarionError(f"--timeout must be more than 0 seconds, not {timeout:g}")
     try:
         clarion = Clarion(url, api_key=api_key, timeout=timeout)
     except ValueError as exc:  # not an http(s) URL
         raise ClarionError(f"--url: {exc}") from None
-    endpoint = clarion.url + "/invocations"
+    endpoint = clarion.url + ("/explanations" if jobs else "/invocations")
     options = {name: value for name, value in parameters.items() if name != "explain"}
+
+    def ask(texts: list[Any]) -> Any:
+        if not jobs:
+            return clarion.explain(texts, **options)
+        # The job's own time limits end it; the wait has none of its own.
+        return clarion.wait(clarion.submit(texts, **options)).result
 
     def explain(texts: list[Input]) -> list[dict[str, Any]]:
         try:
-            return clarion.explain([stored(text) for text in texts], **options)  # a pair as its object
+            return ask([stored(text) for text in texts])  # a pair as its object
         except APIError as exc:
             if exc.status in (400, 413) or (exc.status == 503 and "timeout" in exc.message):
                 raise InvalidRequest(exc.message) from None  # this text's (or chunk's) fault
             raise ServerFailure(f"{endpoint} answered {exc.status}: {exc.message}") from None
+        except JobFailed as exc:  # checked at submit, so a failure at run time is the deployment's
+            raise ServerFailure(
+                f"{endpoint}: {exc.message} (rerun to resume; a smaller --chunk if it ran out of time)"
+            ) from None
         except ClarionClientError as exc:
             raise ServerFailure(exc.message) from None
 
@@ -180,45 +198,81 @@ def explain_file(
     parameters: dict[str, Any],
     chunk: int,
     report: Callable[[str], None],
+    parallel: int = 1,
 ) -> tuple[int, int]:
-    """Explain the lines not yet in `out`, appending a record per line. Returns (explained, bad)."""
+    """Explain the lines not yet in `out`, appending a record per line (in the order chunks finish,
+    `parallel` chunks in flight at most). Returns (explained, bad)."""
     from tqdm import tqdm
 
-    explained = bad = 0
+    counts = {"explained": 0, "bad": 0}
+    lock = threading.Lock()  # chunks in flight (--jobs) write, count and draw from their own threads
+    stopped = threading.Event()  # set once the run ends: a chunk still in flight writes nothing more
     with out.open("a", encoding="utf-8") as sink, tqdm(total=len(lines), unit="text", mininterval=0.5) as bar:
 
-        def write(entry: dict[str, Any]) -> None:
-            sink.write(json.dumps(entry, ensure_ascii=False) + "\n")
-            sink.flush()  # whole lines only, so Ctrl-C or a kill leaves a file a rerun can resume
+        def write(entry: dict[str, Any], outcome: str) -> None:
+            with lock:
+                if stopped.is_set():  # a rerun redoes that chunk's lines
+                    return
+                sink.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                sink.flush()  # whole lines only, so Ctrl-C or a kill leaves a file a rerun can resume
+                counts[outcome] += 1
+                bar.update(1)
 
         def reject(record: Record, problem: str) -> None:
-            nonlocal bad
-            bad += 1
             report(f"line {record.line}: skipped: {problem}")
-            write({"line": record.line, "error": {"code": "invalid_line", "message": problem}})
-            bar.update(1)
+            write({"line": record.line, "error": {"code": "invalid_line", "message": problem}}, "bad")
 
-        pending: list[Record] = []
-
-        def flush() -> None:
-            nonlocal explained
-            for record, result in _explain_isolating(pending, explain, reject):
+        def run(chunk: list[Record]) -> None:
+            for record, result in _explain_isolating(chunk, explain, reject):
                 truth = {} if record.label is None else {"true_label": record.label}
-                write({"line": record.line, **as_record(record.text or ""), **truth, **result})
-                explained += 1
-                bar.update(1)
-            pending.clear()
+                write({"line": record.line, **as_record(record.text or ""), **truth, **result}, "explained")
 
-        for line in lines:
-            problem = line.problem or text_problem(line.text, parameters, settings)
-            if problem:
-                reject(line, problem)
-                continue
-            pending.append(line)
-            if len(pending) >= chunk:
-                flush()
-        flush()
-    return explained, bad
+        def chunks() -> Iterator[list[Record]]:
+            pending: list[Record] = []
+            for line in lines:
+                problem = line.problem or text_problem(line.text, parameters, settings)
+                if problem:
+                    reject(line, problem)
+                    continue
+                pending.append(line)
+                if len(pending) >= chunk:
+                    yield pending
+                    pending = []
+            if pending:
+                yield pending
+
+        try:
+            if parallel <= 1:
+                for each in chunks():
+                    run(each)
+            else:
+                _run_in_flight(chunks(), run, parallel)
+        finally:
+            with lock:
+                stopped.set()
+    return counts["explained"], counts["bad"]
+
+
+def _run_in_flight(
+    chunks: Iterator[list[Record]], run: Callable[[list[Record]], None], parallel: int
+) -> None:
+    """`run` each chunk on a thread, `parallel` at most at once; the first failure (or Ctrl-C)
+    stops the submitting, and is raised once the chunks already in flight are given up on."""
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+    pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="clarion-chunk")
+    in_flight: set[Future] = set()
+    try:
+        for each in chunks:
+            if len(in_flight) >= parallel:
+                done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    future.result()
+            in_flight.add(pool.submit(run, each))
+        for future in in_flight:
+            future.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _explain_isolating(
@@ -273,8 +327,30 @@ def add_explanation_options(parser: argparse.ArgumentParser) -> None:
         "--masking", choices=list(MASKINGS), default="tokens", help='"text": the seed\'s numbers (see docs)'
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--candidate-labels",
+        metavar="A,B,...",
+        help="zero-shot (an NLI model): score and explain each text against these labels, comma-separated",
+    )
+    parser.add_argument(
+        "--hypothesis-template",
+        metavar="TEMPLATE",
+        help='with --candidate-labels: the hypothesis, "{}" standing for the label (default '
+        f"{DEFAULT_HYPOTHESIS!r}, as transformers' pipeline)",
+    )
+    parser.add_argument(
+        "--multi-label", action="store_true", help="with --candidate-labels: each label scored on its own"
+    )
     parser.add_argument("--chunk", type=int, default=8, help="texts explained together (default 8)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per call with --url")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --url: N chunks at once, each an explanation job that the server's workers run "
+        "(default 0: one chunk at a time, answered in the request)",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -314,8 +390,39 @@ def explanation_parameters(
         parameters["max_evals"] = args.max_evals
     if args.time_budget is not None:
         parameters["time_budget"] = args.time_budget
-    parse_model(SeedBody, {"data": "x", **parameters}, settings)
+    parameters.update(zero_shot_parameters(args))
+    body = parse_model(SeedBody, {"data": "x", **parameters}, settings)
+    if body.candidate_labels is not None:
+        from shared.explanation.explainer import check_pair_options
+
+        if getattr(args, "pair_field", None) is not None:
+            raise ClarionError(
+                "--candidate-labels scores single texts: give --pair-field (text pairs) or "
+                "--candidate-labels (zero-shot), not both"
+            )
+        try:  # what zero-shot texts cannot take stops the run here, as for pairs
+            check_pair_options(body.explain_options())
+        except InvalidRequest as exc:
+            raise ClarionError(f"--candidate-labels: {exc.message}") from None
     return parameters
+
+
+def zero_shot_parameters(args: argparse.Namespace) -> dict[str, Any]:
+    """The request's zero-shot options from --candidate-labels (comma-separated, each trimmed),
+    --hypothesis-template and --multi-label."""
+    if args.candidate_labels is None:
+        if args.hypothesis_template is not None or args.multi_label:
+            raise ClarionError(
+                "--hypothesis-template and --multi-label go with --candidate-labels (zero-shot)"
+            )
+        return {}
+    found: dict[str, Any] = {
+        "candidate_labels": [label.strip() for label in args.candidate_labels.split(",")],
+        "multi_label": args.multi_label,
+    }
+    if args.hypothesis_template is not None:
+        found["hypothesis_template"] = args.hypothesis_template
+    return found
 
 
 def check_pairs(args: argparse.Namespace, parameters: dict[str, Any], settings: Settings) -> None:
@@ -344,17 +451,24 @@ def explain_into(
 ) -> int | None:
     """Explain the records not yet in `out` (resuming), as `args` says (here or over --url).
     None when done; an exit code when interrupted."""
+    if args.jobs < 0 or (args.jobs and not args.url):
+        raise ClarionError(
+            "--jobs N (N >= 1) sends chunks to the workers of the Clarion at --url: give --url"
+        )
     done = finished_lines(out)
     lines = [r for r in records if r.line not in done]
     if done:
         report(f"{len(done)} line(s) already in {out}: resuming with {len(lines)}")
     explain = (
-        over_http(parameters, args.url, args.api_key, args.timeout)
+        over_http(parameters, args.url, args.api_key, args.timeout, args.jobs)
         if args.url
         else in_process(parameters, settings)
     )
+    parallel = max(1, args.jobs) if args.url else 1
     try:
-        explained, bad = explain_file(lines, out, explain, settings, parameters, max(1, args.chunk), report)
+        explained, bad = explain_file(
+            lines, out, explain, settings, parameters, max(1, args.chunk), report, parallel
+        )
     except KeyboardInterrupt:
         report(f"interrupted: {out} holds every line finished so far; rerun to resume")
         return 130

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -51,18 +52,20 @@ class AmortizedExplainer:
     bias: np.ndarray  # labels
     scale: float  # the head predicts values / scale
     meta: dict[str, Any]
-    # A hash of the weights and the metadata, made once here: explanation cache keys name the artifact
-    # by its content, so a changed AMORTIZED_EXPLAINER misses and the same artifact elsewhere hits.
-    fingerprint: str = field(init=False, repr=False)
 
-    def __post_init__(self) -> None:
+    @cached_property
+    def fingerprint(self) -> str:
+        """A hash of the weights and the metadata, made once, when first asked for: explanation
+        cache keys name the artifact by its content, so a changed AMORTIZED_EXPLAINER misses and the
+        same artifact elsewhere hits. (distill builds an explainer to validate it, then another to
+        save with its figures: neither is hashed.)"""
         digest = hashlib.sha256(json.dumps(self.meta, sort_keys=True, default=str).encode())
         for array in (self.weights, self.bias, np.array([self.scale])):
             digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
         for name, tensor in sorted(self.encoder.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().float().numpy().tobytes())
-        object.__setattr__(self, "fingerprint", digest.hexdigest())
+        return digest.hexdigest()
 
     @property
     def validation(self) -> dict[str, Any]:
@@ -144,7 +147,8 @@ def explain_amortized(
     requested = requested_label_indexes(model.labels, options)
     games = [new_game(model, e, options) for e in encoded]
     none = [np.zeros((1, game.players), dtype=bool) for game in games]  # every unit masked: the base value
-    masked = [game.masked_ids(mask, model)[0] for game, mask in zip(games, none, strict=True)]
+    # one row each: amortized explains single texts without windows
+    masked = [game.masked_documents(mask, model)[0][0] for game, mask in zip(games, none, strict=True)]
     future = engine.submit(masked, EXPLAIN, "exact", ticket or Ticket())
     predicted = explainer.token_values(model, [e.ids for e in encoded])
     base_logits = future.result()
