@@ -247,3 +247,53 @@ def test_clarion_analyze_reads_a_pair_field(nli: Service, tiny_nli_dir: Path, tm
         "analyze", str(source), "--out", str(tmp_path / "r"), *common, "--precision", "amortized", **env
     )
     assert refused.returncode == 2 and "amortized" in refused.stderr
+
+
+def test_clarion_analyze_takes_candidate_labels(nli: Service, tiny_nli_dir: Path, tmp_path: Path) -> None:
+    """`clarion analyze --candidate-labels --multi-label`: the global words per candidate label, as
+    POST /analyses folds them; zero-shot options without labels, or beside a pair field, stop the
+    run before any work."""
+    source = tmp_path / "texts.jsonl"
+    source.write_bytes(jsonl([{"text": t} for t in TEXTS]))
+    env = {"MODEL_DIR": str(tiny_nli_dir), "TORCH_THREADS": "1"}
+    out = tmp_path / "analysis"
+    labels = ("--candidate-labels", " sports, politics,music", "--multi-label", "--max-evals", "40")
+    run = run_cli("analyze", str(source), "--out", str(out), *labels, timeout=300, **env)
+    assert run.returncode == 0, run.stderr
+    document = json.loads((out / "analysis.json").read_text())
+    assert list(document["explanations"]["kernel_shap"]) == CANDIDATES
+    assert document["clarion"]["zero_shot"] == {
+        "candidate_labels": CANDIDATES,
+        "hypothesis_template": "This example is {}.",
+        "multi_label": True,
+    }
+    assert_same_words(document, zero_shot_expectation(nli))
+    for wrong in (
+        ("--hypothesis-template", "It is {}."),
+        ("--multi-label",),
+        ("--candidate-labels", "a,b", "--pair-field", "hypothesis"),
+    ):
+        refused = run_cli("analyze", str(source), "--out", str(tmp_path / "r"), *wrong, **env)
+        assert refused.returncode == 2 and "--candidate-labels" in refused.stderr, refused.stderr
+
+
+def test_clarion_compare_names_each_units_text_in_pair_analyses(
+    nli: Service, tiny_nli_dir: Path, tmp_path: Path
+) -> None:
+    """Two pair analyses compare with the units of both texts, each named with its text."""
+    source = tmp_path / "pairs.jsonl"
+    source.write_bytes(jsonl(ROWS))
+    env = {"MODEL_DIR": str(tiny_nli_dir), "TORCH_THREADS": "1"}
+    common = ("--text-field", "premise", "--pair-field", "hypothesis", "--max-evals", "40")
+    for name, rows in (("before", ROWS), ("after", ROWS[::-1][:3])):
+        source.write_bytes(jsonl(rows))
+        run = run_cli("analyze", str(source), "--out", str(tmp_path / name), *common, timeout=300, **env)
+        assert run.returncode == 0, run.stderr
+    drift = tmp_path / "drift.json"
+    compared = run_cli("compare", str(tmp_path / "before"), str(tmp_path / "after"), "--json", str(drift))
+    assert compared.returncode in (0, 1), compared.stderr
+    comparison = json.loads(drift.read_text())
+    assert comparison["text_features"] == ["premise", "hypothesis"]
+    moved = [m for entry in comparison["labels"].values() for m in entry["moved"]]
+    assert {m["segment"] for m in moved} == {0, 1}
+    assert any(line.count("premise:") or line.count("hypothesis:") for line in compared.stdout.splitlines())

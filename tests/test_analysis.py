@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from shared.analysis.aggregate import MEDIAN_SAMPLE, AnalysisOptions, DatasetAnalysis, UnitStats, truth_label
-from shared.analysis.drift import compare, ndcg
+from shared.analysis.drift import compare, ndcg, unit_name
 from shared.analysis.units import Normalizer
 from tests.support import REPO, base_env, interruptible, wait_until
 
@@ -187,6 +187,27 @@ def test_compare_flags_a_known_shift_and_lists_what_moved() -> None:
     assert moved["plot"]["baseline_rank"] == 4 and moved["plot"]["current_rank"] == 1
     assert moved["actor"]["baseline_rank"] is None and moved["actor"]["current_rank"] == 2
     assert shifted["violations"][0]["constraint_check_type"] == "feature_attribution_drift_check"
+
+
+def test_a_pair_analysis_compares_the_units_of_both_texts_apart() -> None:
+    """A pair analysis has two text features: "music" of the premise and of the hypothesis are two
+    units, ranked together, and a moved unit names its text."""
+
+    def pair(premise: dict[str, float], hypothesis: dict[str, float]) -> dict:
+        top = {"premise": premise, "hypothesis": hypothesis}
+        return {"explanations": {"kernel_shap": {"entailment": {"global_top_shap_text": top}}}}
+
+    baseline = pair({"music": 0.5, "guitar": 0.2}, {"music": 0.4, "sky": 0.1})
+    assert compare(baseline, baseline)["labels"]["entailment"]["ndcg"] == 1.0
+    # the same words, the two texts' "music" swapped: only the hypothesis one rose
+    swapped = compare(baseline, pair({"music": 0.4, "guitar": 0.2}, {"music": 0.5, "sky": 0.1}), top_k=4)
+    assert swapped["text_features"] == ["premise", "hypothesis"]
+    moved = {(m["segment"], m["unit"]): m for m in swapped["labels"]["entailment"]["moved"]}
+    assert set(moved) == {(0, "music"), (1, "music")}
+    assert moved[(1, "music")]["baseline_rank"] == 2 and moved[(1, "music")]["current_rank"] == 1
+    assert unit_name(swapped, moved[(1, "music")]) == "hypothesis:music"
+    single = compare(analysis_of({"a": 1.0}), analysis_of({"a": 0.5, "b": 0.9}))
+    assert unit_name(single, single["labels"]["positive"]["moved"][0]) in {"a", "b"}
 
 
 # ---- the commands, for real ----------------------------------------------------------------------

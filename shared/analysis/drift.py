@@ -24,13 +24,27 @@ DEFAULT_THRESHOLD = 0.9
 MOVED = 10  # units listed per label as those that moved most
 
 
-def top_units(document: dict[str, Any], label: str) -> dict[str, float]:
-    """A label's top units and values (the first text feature's), in the document's order."""
+Unit = tuple[int, str]  # (its text feature's index, the unit): a pair's texts keep the same word apart
+
+
+def top_units(document: dict[str, Any], label: str) -> dict[Unit, float]:
+    """A label's top units and values, in the document's order, each text feature's (a pair
+    analysis has two: its units rank together, the same word in each text as two units)."""
     per_feature = document["explanations"]["kernel_shap"][label].get("global_top_shap_text") or {}
-    return dict(next(iter(per_feature.values()), {}))
+    return {
+        (i, unit): value for i, values in enumerate(per_feature.values()) for unit, value in values.items()
+    }
 
 
-def ndcg(baseline: dict[str, float], current: dict[str, float], k: int) -> float:
+def text_features(document: dict[str, Any]) -> list[str]:
+    """The analysis's text features by index (Clarify names them; a pair analysis has two)."""
+    for entry in document["explanations"]["kernel_shap"].values():
+        if entry.get("global_top_shap_text"):
+            return list(entry["global_top_shap_text"])
+    return []
+
+
+def ndcg(baseline: dict[Any, float], current: dict[Any, float], k: int) -> float:
     """The current top k's nDCG against the baseline's (the module's docstring has the gains); 1.0
     when both lists are empty, 0.0 when only one is."""
     ideal = _ranked(baseline, k)
@@ -45,13 +59,14 @@ def ndcg(baseline: dict[str, float], current: dict[str, float], k: int) -> float
     return sum(gain.get(unit, 0.0) / math.log2(i + 2) for i, unit in enumerate(ranked)) / ideal_gain
 
 
-def _ranked(values: dict[str, float], k: int) -> list[str]:
+def _ranked(values: dict[Any, float], k: int) -> list[Any]:
     """The top k units, highest value first (ties keep the document's order)."""
     return sorted(values, key=lambda unit: -values[unit])[:k]
 
 
-def moved(baseline: dict[str, float], current: dict[str, float], k: int) -> list[dict[str, Any]]:
-    """The units whose rank changed most (a unit outside a top list ranks k + 1 there)."""
+def moved(baseline: dict[Unit, float], current: dict[Unit, float], k: int) -> list[dict[str, Any]]:
+    """The units whose rank changed most (a unit outside a top list ranks k + 1 there), each with
+    its text feature's index (`segment`)."""
     base_rank = {u: i + 1 for i, u in enumerate(sorted(baseline, key=lambda u: -baseline[u])[:k])}
     now_rank = {u: i + 1 for i, u in enumerate(sorted(current, key=lambda u: -current[u])[:k])}
     entries = []
@@ -61,7 +76,8 @@ def moved(baseline: dict[str, float], current: dict[str, float], k: int) -> list
         if shift:
             entries.append(
                 {
-                    "unit": unit,
+                    "unit": unit[1],
+                    "segment": unit[0],
                     "baseline_rank": before,
                     "current_rank": after,
                     "baseline_value": baseline.get(unit),
@@ -69,7 +85,7 @@ def moved(baseline: dict[str, float], current: dict[str, float], k: int) -> list
                     "rank_change": shift,
                 }
             )
-    entries.sort(key=lambda e: (-abs(e["rank_change"]), e["unit"]))
+    entries.sort(key=lambda e: (-abs(e["rank_change"]), e["segment"], e["unit"]))
     return entries[:MOVED]
 
 
@@ -102,9 +118,16 @@ def compare(
     return {
         "top_k": top_k,
         "threshold": threshold,
+        "text_features": text_features(current) or text_features(baseline),
         "drifted": bool(violations),
         "labels": labels,
         "only_in_baseline": [label for label in base_labels if label not in now_labels],
         "only_in_current": [label for label in now_labels if label not in base_labels],
         "violations": violations,
     }
+
+
+def unit_name(comparison: dict[str, Any], entry: dict[str, Any]) -> str:
+    """A moved unit as people read it: "premise:music" when the analyses have two texts."""
+    features = comparison.get("text_features") or []
+    return f"{features[entry['segment']]}:{entry['unit']}" if len(features) > 1 else entry["unit"]

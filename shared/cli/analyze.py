@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.analysis.aggregate import AGG_METHODS, AnalysisOptions, analyse_records
-from shared.analysis.drift import DEFAULT_THRESHOLD, compare
+from shared.analysis.drift import DEFAULT_THRESHOLD, compare, unit_name
 from shared.analysis.units import Normalizer
 from shared.cli.explain import (
     add_explanation_options,
@@ -26,6 +26,7 @@ from shared.cli.explain import (
     report,
 )
 from shared.errors import ClarionError
+from shared.io.inputs import zero_shot_fields
 from shared.settings import Settings
 
 EXIT_DRIFT = 1
@@ -105,8 +106,8 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
 
 def _analyze(args: argparse.Namespace, settings: Settings) -> int:
     options = analysis_options(args)
-    # Faithfulness is measured on single texts: a pair analysis goes without it.
-    faithfulness = not args.no_faithfulness and args.pair_field is None
+    # Faithfulness is measured on single texts: a pair or zero-shot analysis goes without it.
+    faithfulness = not args.no_faithfulness and args.pair_field is None and args.candidate_labels is None
     parameters = explanation_parameters(args, settings, faithfulness)
     if args.pair_field is not None:
         check_pairs(args, parameters, settings)
@@ -125,7 +126,9 @@ def _analyze(args: argparse.Namespace, settings: Settings) -> int:
 
     with records.open("rb") as handle:
         analysis = analyse_records(tqdm(handle, desc="analysing", unit="text", mininterval=0.5), options)
-    document = analysis.document(input=args.input.name, label_field=args.label_field)
+    document = analysis.document(
+        input=args.input.name, label_field=args.label_field, **zero_shot_fields(parameters)
+    )
     write_atomically(args.out / "analysis.json", json.dumps(document, indent=1, ensure_ascii=False) + "\n")
     comparison = compare(baseline, document, options.top_k, args.threshold) if baseline else None
     _write_report(args.out / "report.html", document, comparison, f"Clarion analysis: {args.input.name}")
@@ -150,7 +153,7 @@ def compare_main(args: argparse.Namespace) -> int:
     for label, result in comparison["labels"].items():
         state = "DRIFT" if result["drifted"] else "ok"
         moved = ", ".join(
-            f"{m['unit']} {m['baseline_rank'] or '-'}->{m['current_rank'] or '-'}"
+            f"{unit_name(comparison, m)} {m['baseline_rank'] or '-'}->{m['current_rank'] or '-'}"
             for m in result["moved"][:5]
         )
         print(f"{label}\tnDCG {result['ndcg']:.4f}\t{state}\t{moved}")

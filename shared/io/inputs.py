@@ -79,3 +79,17 @@ def restored(value: str | dict[str, Any]) -> Input:
     return ZeroShot(
         value["text"], tuple(value["candidate_labels"]), value["hypothesis_template"], value["multi_label"]
     )
+
+
+def zero_shot_fields(parameters: dict[str, Any]) -> dict[str, Any]:
+    """A zero-shot run's labels, template and mode, as its analysis document states them (its
+    labels are these): `{"zero_shot": {...}}`, or nothing for a run without candidate labels."""
+    if parameters.get("candidate_labels") is None:
+        return {}
+    return {
+        "zero_shot": {
+            "candidate_labels": parameters["candidate_labels"],
+            "hypothesis_template": parameters.get("hypothesis_template") or DEFAULT_HYPOTHESIS,
+            "multi_label": parameters.get("multi_label", False),
+        }
+    }

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from shared.analysis.aggregate import AnalysisOptions, analyse_records
 from shared.analysis.units import Normalizer
 from shared.errors import ClarionError, InvalidRequest, JobBackendUnavailable, NotFound, PayloadTooLarge
-from shared.io.inputs import DEFAULT_HYPOTHESIS, TextPair, as_record, restored, stored
+from shared.io.inputs import TextPair, as_record, restored, stored, zero_shot_fields
 from shared.io.records import Record
 from shared.io.schemas import SeedBody, parse_model, text_problem
 from shared.jobs.inline import FolderKeys
@@ -427,7 +427,7 @@ def merge(store: AnalysisStore, record: AnalysisRecord, publish: Publish) -> Ana
     document = analysis.document(
         input=record.input or "request body",
         label_field=record.analysis.get("label_field"),
-        **_zero_shot(record),
+        **zero_shot_fields(record.parameters),
     )
     encoded = (json.dumps(document, ensure_ascii=False) + "\n").encode()
     store.put(record.id, "analysis", encoded)
@@ -442,20 +442,6 @@ def merge(store: AnalysisStore, record: AnalysisRecord, publish: Publish) -> Ana
         return store.load(record.id) or record
     store.drop(record.id, chunk_parts(finished))  # Redis keeps the document alone from now on
     return finished
-
-
-def _zero_shot(record: AnalysisRecord) -> dict[str, Any]:
-    """A zero-shot analysis's labels, template and mode, for its document (its labels are these)."""
-    parameters = record.parameters
-    if parameters.get("candidate_labels") is None:
-        return {}
-    return {
-        "zero_shot": {
-            "candidate_labels": parameters["candidate_labels"],
-            "hypothesis_template": parameters.get("hypothesis_template", DEFAULT_HYPOTHESIS),
-            "multi_label": parameters.get("multi_label", False),
-        }
-    }
 
 
 def analysis_files(

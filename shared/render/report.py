@@ -13,6 +13,7 @@ from html import escape
 from typing import Any
 
 from shared.analysis.aggregate import ALL, CORRECT, WRONG, predicted_cohort
+from shared.analysis.drift import unit_name
 from shared.render.html import _asset, _document, explanation_fragment
 
 BARS = 15  # units per direction in a label's chart, and in its Clarify list
@@ -211,7 +212,7 @@ def _drift(comparison: dict[str, Any]) -> str:
     head = ["unit", "baseline rank", "current rank", "rank change", "baseline value", "current value"]
     for label, entry in comparison["labels"].items():
         badge = "drifted" if entry["drifted"] else "ok"
-        rows = [_moved_row(m) for m in entry["moved"]]
+        rows = [_moved_row(comparison, m) for m in entry["moved"]]
         parts.append(
             f'<h3>{escape(label)} <span class="badge {badge}">{badge}</span> '
             f'<span class="ndcg">nDCG {entry["ndcg"]:.4f}</span></h3>{_table(head, rows) if rows else _NONE}'
@@ -222,9 +223,14 @@ def _drift(comparison: dict[str, Any]) -> str:
     return "\n".join(parts) + "</section>"
 
 
-def _moved_row(m: dict[str, Any]) -> list[str]:
+def _moved_row(comparison: dict[str, Any], m: dict[str, Any]) -> list[str]:
     ranks = [_rank(m["baseline_rank"]), _rank(m["current_rank"]), f"{m['rank_change']:+d}"]
-    return [escape(m["unit"]), *ranks, _number(m["baseline_value"]), _number(m["current_value"])]
+    return [
+        escape(unit_name(comparison, m)),
+        *ranks,
+        _number(m["baseline_value"]),
+        _number(m["current_value"]),
+    ]
 
 
 def _table(head: list[str], rows: list[list[str]]) -> str:
