@@ -2,7 +2,8 @@
 its KServe V2 and V1 endpoints, and the same model served by a predictor Clarion did not write (the
 kserve SDK's ModelServer around a transformers pipeline), and answers with the first one's numbers;
 what only a hosted model does is a 400; a predictor that answers badly is a 502 and one that is late
-a 504, each naming it; /ping follows the predictor's readiness."""
+a 504, each naming it; /ping follows the predictor's readiness. A SageMaker endpoint is reached
+through boto3's own invoke_endpoint, at a runtime API on loopback."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -151,6 +154,95 @@ def via_kserve_v1(
     )
 
 
+class _SageMakerRuntime(BaseHTTPRequestHandler):
+    """SageMaker's runtime API on loopback (`POST /endpoints/<name>/invocations`, what boto3's
+    invoke_endpoint calls), its endpoint a transformers pipeline: `application/json`
+    {"inputs": [...]} answers the pipeline's own output, as the Hugging Face inference toolkit does;
+    `application/jsonlines` {"features": [text]} lines answer a line each with the scores and label
+    names (Clarify's JSON Lines exchange)."""
+
+    classifier: Any = None
+    signed: list[bool] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        if self.path != "/endpoints/tiny-endpoint/invocations":
+            self.send_error(404, "no such endpoint")
+            return
+        type(self).signed.append(self.headers.get("Authorization", "").startswith("AWS4-HMAC-SHA256"))
+        raw = self.rfile.read(int(self.headers["Content-Length"])).decode()
+        classifier = type(self).classifier
+        config = classifier.model.config
+        labels = [config.id2label[i] for i in range(config.num_labels)]
+        if self.headers["Content-Type"] == "application/jsonlines":
+            texts = [json.loads(line)["features"][0] for line in raw.splitlines() if line.strip()]
+            lines = []
+            for answer in classifier(texts):
+                scores = {item["label"]: item["score"] for item in answer}
+                lines.append(
+                    json.dumps({"probabilities": [scores[label] for label in labels], "labels": labels})
+                )
+            data, content_type = ("\n".join(lines) + "\n").encode(), "application/jsonlines"
+        else:
+            data, content_type = (
+                json.dumps(classifier(json.loads(raw)["inputs"])).encode(),
+                "application/json",
+            )
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture(scope="module")
+def sagemaker_runtime(wide_model_dir: Path) -> Iterator[dict[str, str]]:
+    """The runtime API on loopback, and the environment that points boto3 at it."""
+    from transformers import pipeline
+
+    _SageMakerRuntime.classifier = pipeline("text-classification", model=str(wide_model_dir), top_k=None)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SageMakerRuntime)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield {
+        "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": f"http://127.0.0.1:{server.server_address[1]}",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def via_sagemaker(
+    sagemaker_runtime: dict[str, str], wide_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    # the toolkit's answers name their labels
+    yield from _second(
+        tmp_path_factory.mktemp("sagemaker"),
+        "sagemaker://tiny-endpoint",
+        TOKENIZER=str(wide_model_dir),
+        **sagemaker_runtime,
+    )
+
+
+@pytest.fixture(scope="module")
+def via_sagemaker_jsonlines(
+    sagemaker_runtime: dict[str, str], wide_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    # Clarify's configuration: JSON Lines, `probability` and `label_headers` as JMESPath
+    yield from _second(
+        tmp_path_factory.mktemp("sagemaker-jsonlines"),
+        "sagemaker://tiny-endpoint",
+        TOKENIZER=str(wide_model_dir),
+        REMOTE_CONTENT_TYPE="application/jsonlines",
+        REMOTE_SCORES_PATH="probabilities",
+        REMOTE_LABELS_PATH="labels",
+        **sagemaker_runtime,
+    )
+
+
 def _invoke(service: Service, explain: dict | None = None) -> list[dict]:
     body: dict = {"inputs": TEXTS}
     if explain is not None:
@@ -181,7 +273,10 @@ def _assert_same_explanations(actual: list[dict], expected: list[dict]) -> None:
         assert a["base_values"] == pytest.approx(e["base_values"], abs=1e-6)
 
 
-@pytest.mark.parametrize("protocol", ["via_v2", "via_v1", "via_kserve_v2", "via_kserve_v1"])
+@pytest.mark.parametrize(
+    "protocol",
+    ["via_v2", "via_v1", "via_kserve_v2", "via_kserve_v1", "via_sagemaker", "via_sagemaker_jsonlines"],
+)
 def test_a_second_clarion_answers_with_the_first_ones_numbers(
     protocol: str, first: Service, request: pytest.FixtureRequest
 ) -> None:
@@ -250,6 +345,11 @@ class _Predictor(BaseHTTPRequestHandler):
 
     behaviour = "ok"
     calls = 0
+    delay = 0.0  # seconds each answer takes ("slow": 3)
+    in_flight = 0
+    most_in_flight = 0
+    largest_batch = 0
+    lock = threading.Lock()
 
     def log_message(self, *args: object) -> None:
         pass
@@ -273,8 +373,21 @@ class _Predictor(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).calls += 1
+        cls = type(self)
         texts = body["inputs"][0]["data"]
+        with cls.lock:
+            cls.calls += 1
+            cls.in_flight += 1
+            cls.most_in_flight = max(cls.most_in_flight, cls.in_flight)
+            cls.largest_batch = max(cls.largest_batch, len(texts))
+        try:
+            time.sleep(3 if cls.behaviour == "slow" else cls.delay)
+            self._answer(body, texts)
+        finally:
+            with cls.lock:
+                cls.in_flight -= 1
+
+    def _answer(self, body: dict, texts: list[str]) -> None:
         assert body["inputs"][0]["name"] == "sentence"  # the input the metadata names
         behaviour = type(self).behaviour
         if behaviour == "error":
@@ -282,10 +395,6 @@ class _Predictor(BaseHTTPRequestHandler):
         elif behaviour == "garbage":
             self._send(200, {"outputs": [{"name": "scores", "datatype": "FP32", "data": [0.5]}]})
         else:
-            if behaviour == "slow":
-                import time
-
-                time.sleep(3)
             scores = [[0.25, 0.75] if "good" in t else [0.8, 0.2] for t in texts]
             data = [x for row in scores for x in row]
             self._send(
@@ -376,3 +485,84 @@ def test_an_unreachable_predictor_is_retried_then_a_502() -> None:
     with pytest.raises(PredictorError, match="3 tries") as raised:
         predictor.scores(["a text"], LABELS)
     assert url in raised.value.message and raised.value.code == "bad_gateway"
+
+
+def test_sagemaker_calls_are_boto3s_signed_invoke_endpoint(via_sagemaker: Service) -> None:
+    _SageMakerRuntime.signed.clear()
+    assert via_sagemaker.post("/invocations", json={"inputs": "a boring plot"}).status_code == 200
+    assert _SageMakerRuntime.signed == [True]
+
+
+def test_a_sagemaker_endpoint_that_refuses_is_a_502_naming_it(
+    sagemaker_runtime: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.errors import PredictorError
+    from shared.runtime.predictors import SageMakerPredictor
+    from shared.settings import Settings
+
+    for name, value in sagemaker_runtime.items():
+        monkeypatch.setenv(name, value)
+    predictor = SageMakerPredictor(Settings(model_url="sagemaker://no-such-endpoint"))
+    with pytest.raises(PredictorError, match="sagemaker://no-such-endpoint") as raised:
+        predictor.scores(["a text"], LABELS)
+    assert "404" in raised.value.message and predictor.ready() is not None
+
+
+def test_masked_texts_go_in_batches_with_bounded_calls_in_flight(fake_predictor: str) -> None:
+    """REMOTE_BATCH_SIZE texts to a call at most, REMOTE_CONCURRENCY calls at once at most (and
+    that many used); the values add up to the score's change, "good" carrying the most."""
+    from shared.explanation.explainer import explain_texts
+    from shared.io.schemas import ExplainOptions
+    from shared.runtime.engine import Engine
+    from shared.runtime.remote import load_remote_model
+    from shared.settings import Settings
+
+    settings = Settings(
+        model_url=fake_predictor, labels=("bad", "good"), remote_batch_size=3, remote_concurrency=2
+    )
+    model = load_remote_model(settings)
+    engine = Engine(model, model.pass_limits)
+    _Predictor.behaviour, _Predictor.delay = "ok", 0.05
+    _Predictor.most_in_flight = _Predictor.largest_batch = 0
+    try:
+        text = "the plot is thin but the acting is good and the music is fine"
+        options = ExplainOptions(masking="text", granularity="word", max_evals=60, labels=["good"])
+        [explanation] = explain_texts(engine, [text], options)
+    finally:
+        _Predictor.delay = 0.0
+        engine.stop()
+    assert _Predictor.largest_batch == 3 and _Predictor.most_in_flight == 2
+    values = explanation.values["good"]  # a list: units repeat ("the", "is")
+    assert sum(values) == pytest.approx(0.55)  # f(text) - f(all masked)
+    assert explanation.units[max(range(len(values)), key=lambda i: abs(values[i]))] == "good"
+
+
+def test_a_request_past_its_deadline_stops_waiting_for_the_predictor(fake_predictor: str) -> None:
+    """The ticket's deadline holds while a call is in flight: its error comes at the deadline, not
+    when the predictor answers; a cancelled ticket's rows are never sent."""
+    from shared.errors import ExplanationTimeout, JobCancelled
+    from shared.explanation.explainer import explain_texts
+    from shared.io.schemas import ExplainOptions
+    from shared.runtime.engine import Engine, Ticket
+    from shared.runtime.remote import load_remote_model
+    from shared.settings import Settings
+
+    model = load_remote_model(Settings(model_url=fake_predictor, labels=("bad", "good"), remote_timeout_s=10))
+    engine = Engine(model, model.pass_limits)
+    options = ExplainOptions(masking="text", granularity="word", max_evals=20)
+    try:
+        _Predictor.behaviour = "slow"
+        started = time.monotonic()
+        with pytest.raises(ExplanationTimeout):
+            explain_texts(engine, ["good enough"], options, Ticket.within(0.5, "too slow"))
+        assert time.monotonic() - started < 1.5
+        _Predictor.behaviour, calls = "ok", _Predictor.calls
+        cancelled = Ticket()
+        cancelled.cancel()
+        with pytest.raises(JobCancelled):
+            explain_texts(engine, ["good enough"], options, cancelled)
+        time.sleep(3)  # the slow call ends
+        assert _Predictor.calls == calls
+    finally:
+        _Predictor.behaviour = "ok"
+        engine.stop()
