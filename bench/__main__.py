@@ -9,6 +9,7 @@ import sys
 COMMANDS = {
     "amortized": "distill the amortized explainer; amortized vs exact: time, Spearman, comprehensiveness",
     "analyses": "a dataset analysis (POST /analyses) on 1 worker and on 2: throughput, peak memory",
+    "corpus": "the unlabelled corpus the amortized explainer's figures were distilled on (a text a line)",
     "budget": "anytime exact values: evaluations and comprehensiveness reached at 2, 5, 10 and 20 s",
     "devices": "the same explanations on the CPU and on a GPU: the largest difference per Owen batch size",
     "explain": "seed SHAP pipeline vs Clarion exact/fast vs SHAP reference, per text",

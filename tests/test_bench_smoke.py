@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.common import sst2_sentences
 from tests.bench_runs import needs_minilm, printed_row, run_bench, table_cells
 
 pytestmark = needs_minilm
@@ -147,3 +148,12 @@ def test_fusion_smoke(tmp_path: Path) -> None:
     for runner in ("unfused", "fused"):
         assert list(results["per_row_ms"][runner]) == ["32 x 24", "2 x 64"]  # the tiny model reads 64
         assert min(results["per_row_ms"][runner].values()) > 0
+
+
+def test_corpus_smoke(tmp_path: Path) -> None:
+    results = run_bench("corpus", tmp_path)
+    texts = (tmp_path / "distill-corpus.txt").read_text().splitlines()
+    assert len(texts) == results["sentences"] + results["emotion"] + results["documents"] == 52
+    low, high = results["document_tokens"]
+    assert 150 <= low <= high <= 300  # documents, specials included
+    assert not set(texts) & set(sst2_sentences()[-40:])  # bench amortized's unseen sentences stay unseen
