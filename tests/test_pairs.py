@@ -89,6 +89,37 @@ def test_a_pair_is_classified_as_the_pipeline_classifies_it(engine: Engine, tiny
     assert mine[0].truncated_texts == [] and mine[1].truncated_texts is None
 
 
+@pytest.mark.parametrize("problem_type", [None, "regression"])  # None: one label, a sigmoid
+def test_cross_encoder_heads_score_and_explain_pairs(problem_type: str | None, tmp_path: Path) -> None:
+    """A cross-encoder's head: one label (a relevance score, sigmoid) or a regression (the logit as
+    it is), on pairs as transformers' pipeline scores them, explained additively over both texts."""
+    from transformers import pipeline
+
+    from shared.serving.classifier import classify
+    from tests.support import build_tiny_model
+
+    directory = build_tiny_model(tmp_path / "cross-encoder", ["relevance"], problem_type=problem_type, seed=5)
+    engine = start_engine(directory)
+    try:
+        classified = classify(engine, PAIRS)
+        ranker = pipeline("text-classification", model=str(directory), tokenizer=str(directory))
+        activation = "none" if problem_type == "regression" else "sigmoid"
+        for pair, answer in zip(PAIRS, classified, strict=True):
+            (expected,) = ranker(
+                {"text": pair.text, "text_pair": pair.text_pair}, function_to_apply=activation, top_k=None
+            )
+            assert [s.label for s in answer.prediction] == ["relevance"]
+            assert answer.prediction[0].score == pytest.approx(expected["score"], abs=1e-5)
+        options = ExplainOptions(max_evals=200, granularity="word", labels="all")
+        (explanation,) = explain_encoded(engine, engine.model.encode([PAIRS[1]]), options)
+        assert set(explanation.segments) == {0, 1}
+        total = explanation.base_values["relevance"] + sum(explanation.values["relevance"])
+        assert total == pytest.approx(explanation.model_output["relevance"], abs=1e-6)
+        assert max(map(abs, explanation.values["relevance"])) > 1e-4  # not float noise
+    finally:
+        engine.stop()
+
+
 def test_truncation_says_which_text_it_shortened(engine: Engine, tiny_nli_dir: Path) -> None:
     from shared.serving.classifier import classify
 
