@@ -15,8 +15,10 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from functools import cache, partial
@@ -247,8 +249,10 @@ def cpus(quantity: str | int) -> float:
 
 
 def pods(rendered: Rendered) -> dict[str, Pod]:
-    """Every pod template of the rendering by owner (Kind/name); an InferenceService's predictor is a
-    pod spec whose container is kserve-container."""
+    """Every pod template of the rendering by owner (Kind/name). An InferenceService's custom
+    predictor is a pod spec whose container is kserve-container (a `model` predictor has none: KServe
+    builds its pod from a serving runtime); its explainer, owned by "InferenceService/<name>/explainer",
+    a pod spec whose first container KServe runs."""
     found = {}
     for o in rendered.objects:
         owner = f"{o['kind']}/{o['metadata']['name']}"
@@ -257,9 +261,31 @@ def pods(rendered: Rendered) -> dict[str, Pod]:
             found[owner] = Pod(owner, spec, spec["containers"][0])
         elif o["kind"] == "InferenceService":
             spec = o["spec"]["predictor"]
-            container = next(c for c in spec["containers"] if c["name"] == "kserve-container")
-            found[owner] = Pod(owner, spec, container)
+            if spec.get("containers"):
+                container = next(c for c in spec["containers"] if c["name"] == "kserve-container")
+                found[owner] = Pod(owner, spec, container)
+            explainer = o["spec"].get("explainer")
+            if explainer is not None:
+                found[f"{owner}/explainer"] = Pod(f"{owner}/explainer", explainer, explainer["containers"][0])
     return found
+
+
+def argv(container: dict[str, Any]) -> list[str]:
+    """What the container runs: its command, else the API image's ENTRYPOINT, then its args, else
+    (without a command) the image's CMD, as the kubelet combines them."""
+    dockerfile = (REPO / "Dockerfile.api").read_text()
+    entrypoint, cmd = (
+        json.loads(re.search(rf"^{k} (\[.*\])$", dockerfile, re.M)[1]) for k in ("ENTRYPOINT", "CMD")
+    )
+    if "command" in container:
+        return [*container["command"], *container.get("args", [])]
+    return [*entrypoint, *container.get("args", cmd)]
+
+
+def serves(container: dict[str, Any]) -> bool:
+    """Whether the container runs the HTTP API: `clarion serve`, or the `serve` script."""
+    command = argv(container)
+    return command[:2] == ["clarion", "serve"] or command[:1] == ["serve"]
 
 
 def clarion_pods(rendered: Rendered) -> list[Pod]:
@@ -279,7 +305,7 @@ def settings_of(environment: dict[str, str]) -> Settings:
 def test_every_kustomization_is_rendered() -> None:
     """The parametrized tests below see every kustomization under deploy/, and every component."""
     labels = {label for label, _, _ in RENDERS}
-    assert {"kubernetes/base", "kubernetes/overlays/example", "kserve"} <= labels
+    assert {"kubernetes/base", "kubernetes/overlays/example", "kserve", "kserve-explainer"} <= labels
     assert len(kustomizations("Component")) >= 3
 
 
@@ -299,11 +325,7 @@ def validate(o: dict[str, Any]) -> None:
         return
     jsonschema.Draft202012Validator(crd_schema(schema_file)).validate(o)
     if o["kind"] == "InferenceService":
-        # The predictor is a PodSpec plus KServe's fields (which the schema above checked).
-        extension = set(crd_schema(schema_file)["$defs"]["predictor"]["properties"]) - {"containers"}
-        spec = {k: v for k, v in o["spec"]["predictor"].items() if k not in extension}
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "predictor"}, "spec": spec}
-        kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+        validate_components(o["spec"], crd_schema(schema_file)["$defs"])
     if o["kind"] == "ScaledObject":
         behavior = o["spec"].get("advanced", {}).get("horizontalPodAutoscalerConfig", {}).get("behavior")
         if behavior is not None:
@@ -318,6 +340,24 @@ def validate(o: dict[str, Any]) -> None:
                 },
             }
             kubernetes_validate.validate(hpa, KUBERNETES_VERSION, strict=True)
+
+
+def validate_components(spec: dict[str, Any], defs: dict[str, Any]) -> None:
+    """An InferenceService's predictor and explainer are each a PodSpec plus KServe's fields (which
+    the schema checked); a `model` is a Container plus KServe's fields, the container KServe merges
+    into the serving runtime's kserve-container. What is not KServe's is checked as a Pod, strictly."""
+    for component in ("predictor", "explainer"):
+        if component not in spec:
+            continue
+        kserve = (set(defs["extension"]["properties"]) | set(defs[component]["properties"])) - {"containers"}
+        pod_spec = {k: v for k, v in spec[component].items() if k not in kserve}
+        model = spec[component].get("model")
+        if model is not None:
+            container = {k: v for k, v in model.items() if k not in defs["model"]["properties"]}
+            others = [c for c in pod_spec.get("containers", []) if c.get("name") != "kserve-container"]
+            pod_spec["containers"] = [{"name": "kserve-container", **container}, *others]
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": component}, "spec": pod_spec}
+        kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
 
 
 def test_every_object_is_valid(rendered: Rendered) -> None:
@@ -353,6 +393,33 @@ def test_the_schemas_refuse_what_they_should() -> None:
     broken["spec"]["predictor"]["containers"][0]["readinesProbe"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         validate(broken)
+    (explained,) = render(DEPLOY / "kserve-explainer")
+    validate(explained)
+    # (where, key, value, who refuses it): the key set to the value there, or removed where the value
+    # is None; refused by our schema (jsonschema) or as a Pod (kubernetes-validate).
+    for where, key, value, error in (
+        ("predictor.model", "modelFormat", None, jsonschema.ValidationError),
+        ("predictor.model", "protocolVersion", "v3", jsonschema.ValidationError),
+        ("predictor.model", "storageURI", "hf://a/b", kubernetes_validate.ValidationError),
+        ("predictor", "model", None, jsonschema.ValidationError),
+        ("explainer", "containers", None, jsonschema.ValidationError),
+        ("explainer", "minReplica", 1, kubernetes_validate.ValidationError),
+        ("explainer.containers.0", "name", "clarion", jsonschema.ValidationError),
+        ("explainer.containers.0", "livenesProbe", {}, kubernetes_validate.ValidationError),
+    ):
+        broken = json.loads(json.dumps(explained))
+        part = broken["spec"]
+        for step in where.split("."):
+            part = part[int(step)] if step.isdigit() else part[step]
+        if value is None:
+            del part[key]
+        else:
+            part[key] = value
+        with pytest.raises(error) as raised:
+            validate(broken)
+        # kubernetes-validate's errors are jsonschema's too: say which of the two refused it.
+        by_kubernetes = isinstance(raised.value, kubernetes_validate.ValidationError)
+        assert by_kubernetes == (error is kubernetes_validate.ValidationError), (where, key, raised.value)
 
 
 def test_the_config_holds_valid_settings_only(deployment: Rendered) -> None:
@@ -401,7 +468,7 @@ def written_paths(pod: Pod, environment: dict[str, str]) -> set[str]:
     )
     paths = {environment.get(var) or image_env.get(var) for var in WRITTEN_DIRS}
     paths.add(environment.get("TMPDIR", "/tmp"))
-    if "args" in pod.container and pod.container["args"][:1] == ["serve"]:
+    if serves(pod.container):
         paths.add(gunicorn_options(Settings())["worker_tmp_dir"] or "/tmp")
     return {p for p in paths if p}
 
@@ -422,14 +489,22 @@ def test_every_folder_the_process_writes_is_an_empty_dir(rendered: Rendered) -> 
 
 def test_probes_ask_ping_on_the_port_clarion_listens_on(rendered: Rendered) -> None:
     """/ping answers 503 until the model is loaded: the startup probe waits for it, minutes if need
-    be, before the liveness probe may restart the pod."""
-    serving = [p for p in clarion_pods(rendered) if p.container["args"] == ["serve"]]
+    be, before the liveness probe may restart the pod. A remote model's /ping follows its predictor
+    (docs/remote.md): there the liveness probe asks /v2/health/live, which answers while Clarion
+    does, so that a predictor that is down does not get Clarion restarted."""
+    from api.kserve.document import kserve_paths
+
+    serving = [p for p in clarion_pods(rendered) if serves(p.container)]
     for pod in serving:
-        listens = settings_of(pod.environment(rendered, resolve_secrets=False)).port
+        settings = settings_of(pod.environment(rendered, resolve_secrets=False))
+        listens = settings.port
         assert listens in {p["containerPort"] for p in pod.container["ports"]}, pod.owner
         for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
             probe = pod.container[kind]
-            assert probe["httpGet"]["path"] == "/ping", (pod.owner, kind)
+            remote_liveness = kind == "livenessProbe" and settings.model_url is not None
+            path = "/v2/health/live" if remote_liveness else "/ping"
+            assert probe["httpGet"]["path"] == path, (pod.owner, kind)
+            assert path == "/ping" or path in kserve_paths(None), path
             assert pod.port(probe["httpGet"]["port"]) == listens, (pod.owner, kind)
         startup = pod.container["startupProbe"]
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 300, pod.owner
@@ -774,6 +849,56 @@ def test_the_kserve_predictor_serves_alone_on_8080() -> None:
     assert settings.port == 8080 and pod.port("http1") == 8080
     if "STORAGE_URI" in environment:  # KServe's storage initializer puts the model in /mnt/models
         assert environment["MODEL_DIR"] == "/mnt/models"
+
+
+def test_the_kserve_explainer_explains_the_predictor_it_sits_beside(monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy/kserve-explainer: KServe sends :predict to a predictor Clarion does not host and
+    :explain to the explainer, a single-process Clarion on 8080 whose MODEL_URL is that predictor's
+    V1 or V2 model URL: its Service (<name>-predictor, in the InferenceService's namespace) and the
+    model's name, the InferenceService's, which MODEL_NAME repeats so that :explain paths match."""
+    rendered = Rendered("kserve-explainer", render(DEPLOY / "kserve-explainer"))
+    (service,) = rendered.all("InferenceService")
+    isvc = service["metadata"]["name"]
+    predictor = service["spec"]["predictor"]
+    assert f"InferenceService/{isvc}" not in pods(rendered), "a model predictor: KServe's runtime runs it"
+    pod = pods(rendered)[f"InferenceService/{isvc}/explainer"]
+    environment = pod.environment(rendered)
+    assert not {"MODEL_DIR", "STORAGE_URI"} & set(environment), "the explainer hosts no model"
+    settings = settings_of(environment)
+    assert settings.serverless and not settings.jobs_are_async
+    assert settings.port == 8080 and pod.port("http1") == 8080
+    # The model is remote: a KServe model URL, no model of its own.
+    assert settings.model_url is not None and settings.local_model_dir is None
+    url = urlsplit(settings.model_url)
+    assert url.scheme == "http", settings.model_url
+    assert url.hostname is not None and re.fullmatch(rf"{isvc}-predictor(\.[a-z0-9.-]+)?", url.hostname)
+    assert url.port in {None, 80}, "the predictor's Service listens on 80"
+    path = re.fullmatch(r"/v([12])/models/([^/]+)", url.path)
+    assert path is not None, settings.model_url
+    assert path[2] == isvc == settings.model_name
+    # The predictor speaks the URL's protocol and serves the model under that name.
+    model = predictor.get("model", {})
+    assert model.get("protocolVersion", f"v{path[1]}") == f"v{path[1]}"
+    named = [a.partition("=")[2] for a in model.get("args", []) if a.startswith("--model_name=")]
+    assert named in ([], [isvc]), named
+    # The explanation's units are the predictor's own tokens, from the model it downloads.
+    storage = model.get("storageUri", "")
+    if settings.tokenizer is not None and storage.startswith("hf://"):
+        assert settings.tokenizer == storage.removeprefix("hf://").partition(":")[0]
+    # KServe appends --model_name, --predictor_host and --http_port to a custom explainer's
+    # arguments: the command must be the `serve` script, which ignores whatever follows it.
+    assert argv(pod.container) == ["serve"]
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["serve"] == "shared.cli.main:serve_main"
+    import shared.cli.main
+
+    ran: list[list[str] | None] = []
+    monkeypatch.setattr(shared.cli.main, "main", ran.append)
+    monkeypatch.setattr(
+        sys, "argv", ["serve", "--model_name", isvc, "--predictor_host", "x.y", "--http_port", "8080"]
+    )
+    shared.cli.main.serve_main()
+    assert ran == [["serve"]]
 
 
 # ---- the images, run as the Deployments run them ---------------------------------------------
