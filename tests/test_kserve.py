@@ -426,11 +426,11 @@ BAD_INPUTS = [
         {
             "json": {
                 "inputs": _v2()["json"]["inputs"] + [_pair_input(["a"])],
-                "parameters": {"explain": True, "masking": "text"},
+                "parameters": {"explain": True, "precision": "amortized"},
             }
         },
         400,
-        "masking",
+        "amortized",
     ),
     (
         V2,

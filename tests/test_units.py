@@ -167,7 +167,7 @@ def test_every_row_masks_whole_units(engine: Engine) -> None:
     encoded, game, _ = units_of(engine, text, "word")
     rng = np.random.default_rng(0)
     masks = rng.random((50, game.players)) < 0.5
-    for row, mask in zip(game.masked_ids(masks, engine.model), masks, strict=True):
+    for (row,), mask in zip(game.masked_documents(masks, engine.model), masks, strict=True):
         for t, unit in enumerate(game.player_of_token):
             expected = encoded.ids[t] if unit < 0 or mask[unit] else engine.model.mask_token_id
             assert row[t] == expected

@@ -76,11 +76,11 @@ def test_masking_a_unit_masks_it_in_every_window(engine: Engine) -> None:
     shared = next(u for u, ws in windows_of_unit.items() if len(ws) > 1)  # a sentence two windows hold
     mask = np.ones((1, game.players), dtype=bool)
     mask[0, shared] = False
-    (document,) = game.masked_ids(mask, model)
+    (document,) = game.masked_documents(mask, model)  # its rows, a window each
     tokens = np.flatnonzero(game.player_of_token == shared)
     for w in windows_of_unit[shared]:
         start, end = encoded.windows[w]
-        row = encoded.rows(document)[w]
+        row = document[w]
         inside = [t for t in tokens if start <= t < end]
         assert inside and all(row[encoded.prefix + t - start] == model.mask_token_id for t in inside)
 
@@ -112,8 +112,8 @@ def test_three_paragraphs_get_their_owen_values(engine: Engine) -> None:
     def value(kept: tuple[int, ...]) -> np.ndarray:
         mask = np.zeros((1, 3), dtype=bool)
         mask[0, list(kept)] = True
-        (document,) = game.masked_ids(mask, model)
-        return model.outputs(model.forward(encoded.rows(document)), "logit").mean(axis=0)
+        (document,) = game.masked_documents(mask, model)  # its rows, a window each
+        return model.outputs(model.forward(document), "logit").mean(axis=0)
 
     owen = _owen_three(value)
     for k, label in enumerate(model.labels):
