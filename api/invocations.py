@@ -25,7 +25,6 @@ from api.records import decode_records
 from shared.errors import InvalidRequest
 from shared.io.inputs import Input, TextPair
 from shared.io.records import Record
-from shared.io.results import body, text_response
 from shared.io.schemas import InvocationParameters, parse_model, text_problem
 from shared.render.html import content_security_policy, explanation_document, new_nonce
 from shared.runtime.engine import Ticket
@@ -44,22 +43,6 @@ class Call:
     service: ClarionService
     settings: Settings
     ticket: Ticket
-
-    def results(self, texts: Sequence[Input], parameters: InvocationParameters) -> list[dict[str, Any]]:
-        """Each text's /invocations result, MAX_TEXTS_PER_REQUEST texts at a time: a batch of
-        records is never refused for its size alone."""
-        service, model_id = self.service, self.service.model.model_id
-        # Options are checked whether or not the request explains: a label the model does not have
-        # (nor the candidates, zero-shot), what a text pair cannot take, an amortized artifact that
-        # is not loaded are the client's mistakes either way, as the OpenAPI document says.
-        texts = parameters.inputs(list(texts))
-        service.check_options(parameters.explain_options(), texts)
-        out: list[dict[str, Any]] = []
-        options = parameters.explain_options() if parameters.explain else None
-        for chunk in _chunks(texts, self.settings.max_texts):
-            predictions = service.predict(chunk, parameters.long_text, options, self.ticket)
-            out += [body(text_response(p.classification, p.explanation, model_id)) for p in predictions]
-        return out
 
     def clarify(self, texts: Sequence[Input], request: Request) -> dict[str, Any]:
         """Clarify's response: every record's scores, explanations where the header's expression
@@ -108,7 +91,7 @@ def invoke_records(
     if kind in (CSV, HTML) and (bad := next((r for r in checked if r.problem), None)):
         raise InvalidRequest(bad.problem or "")  # neither a CSV of labels nor a view can hold an error
     texts = [r.text or "" for r in checked if r.problem is None]
-    results = iter(call.results(texts, parameters))
+    results = iter(call.service.results(texts, parameters, call.ticket))
     if kind == JSON_LINES:
         # One output line per input record, in order (Batch Transform joins them line by line); a
         # record that cannot be read gets its error on its own line instead of failing the batch.

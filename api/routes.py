@@ -176,7 +176,12 @@ def invocations() -> Any:
     parameters = invocation.parameters
     if parameters.explain and parameters.asynchronous:
         return _submit(invocation, call.ticket)
-    return shaped(kind, invocation.texts, call.results(invocation.texts, parameters), invocation.single)
+    return shaped(
+        kind,
+        invocation.texts,
+        call.service.results(invocation.texts, parameters, call.ticket),
+        invocation.single,
+    )
 
 
 @bp.post("/explanations")

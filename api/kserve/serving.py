@@ -10,7 +10,6 @@ from flask import Response, jsonify
 
 from api.codecs import Invocation, decode_payload
 from api.context import app_parts
-from api.invocations import Call
 from api.kserve import EXPLANATION_FIELDS, versions
 from api.routes import request_ticket
 from shared.errors import InvalidRequest, NotFound
@@ -53,7 +52,7 @@ def invocation(texts: Sequence[Any], options: dict[str, Any]) -> Invocation:
 
 def results(texts: Sequence[str], parameters: InvocationParameters) -> list[dict[str, Any]]:
     """Each text's /invocations result, within this request's deadline."""
-    return Call(app_parts().service, app_parts().settings, request_ticket()).results(texts, parameters)
+    return app_parts().service.results(texts, parameters, request_ticket())
 
 
 def prediction_part(result: dict[str, Any]) -> dict[str, Any]:

@@ -135,13 +135,12 @@ def in_process(parameters: dict[str, Any], settings: Settings) -> Explain:
 
     service = ClarionService(settings, threads=os.cpu_count() or 1)
     service.load()
-    body = parse_model(SeedBody, {"data": "x", **parameters}, settings)
-    options = body.explain_options()
+    body = parse_model(SeedBody, {"data": "x", **parameters}, settings).model_copy(update={"explain": True})
     # Unknown labels, zero-shot labels without an NLI model: the run stops now, not line by line.
-    service.check_options(options, body.inputs(["x"]))
+    service.check_options(body.explain_options(), body.inputs(["x"]))
 
     def explain(texts: list[Input]) -> list[dict[str, Any]]:
-        return service.explained_records(body.inputs(texts), options)  # zero-shot: each text's labels
+        return service.results(texts, body)  # zero-shot: each text against the labels
 
     return explain
 

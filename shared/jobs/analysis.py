@@ -494,11 +494,10 @@ def check_analysis(service: ClarionService, record: AnalysisRecord) -> None:
 def record_explainer(service: ClarionService, record: AnalysisRecord) -> ExplainRecords:
     """The analysis's texts (stored as `stored` keeps them) explained with its options, by this
     process's service; with candidate_labels each text is a zero-shot text."""
-    request = _request(record, service.settings)
-    options = request.explain_options()
+    request = _request(record, service.settings).model_copy(update={"explain": True})
 
     def explain(texts: list[str | dict[str, Any]], ticket: Ticket) -> list[dict[str, Any]]:
-        return service.explained_records(request.inputs([restored(t) for t in texts]), options, ticket)
+        return service.results([restored(t) for t in texts], request, ticket)
 
     return explain
 

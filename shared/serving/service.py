@@ -32,7 +32,7 @@ from shared.io.results import (
     body,
     text_response,
 )
-from shared.io.schemas import ExplainOptions
+from shared.io.schemas import ExplainOptions, InvocationParameters
 from shared.kinds import LongText
 from shared.runtime.encoding import NO_PAIR_TEMPLATE, EncodedText
 from shared.runtime.engine import Engine, Ticket, pass_limits_for
@@ -388,15 +388,25 @@ class ClarionService:
         explanations = [p.explanation for p in self.predict(texts, options.long_text, options, ticket)]
         return [e for e in explanations if e is not None]
 
-    def explained_records(
-        self, texts: Sequence[Input], options: ExplainOptions, ticket: Ticket | None = None
+    def results(
+        self, texts: Sequence[Input], parameters: InvocationParameters, ticket: Ticket | None = None
     ) -> list[dict[str, Any]]:
-        """Each text's result as the API's JSON body (classified and explained): what the records
-        of `clarion explain` and of an analysis hold."""
-        model_id = self.model.model_id
+        """Each text's result as /invocations answers it (the JSON body), MAX_TEXTS_PER_REQUEST
+        texts to a pass, so that a batch of records is never refused for its size alone: what every
+        protocol answers (SageMaker's bodies and records, KServe V1 and V2), and what the records of
+        `clarion explain` and of an analysis hold. The texts are taken as the request takes them
+        (with candidate_labels, zero-shot texts)."""
+        # Options are checked whether or not the request explains: a label the model does not have
+        # (nor the candidates, zero-shot), what a text pair cannot take, an amortized artifact that
+        # is not loaded are the client's mistakes either way, as the OpenAPI document says.
+        texts = parameters.inputs(list(texts))
+        self.check_options(parameters.explain_options(), texts)
+        options = parameters.explain_options() if parameters.explain else None
+        model_id, size = self.model.model_id, self.settings.max_texts
         return [
             body(text_response(p.classification, p.explanation, model_id))
-            for p in self.predict(texts, options.long_text, options, ticket)
+            for start in range(0, len(texts), size)
+            for p in self.predict(texts[start : start + size], parameters.long_text, options, ticket)
         ]
 
     def stop(self) -> None:
