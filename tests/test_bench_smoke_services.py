@@ -26,7 +26,7 @@ def test_classify_smoke(tmp_path: Path) -> None:
 
 def test_jobs_smoke(tmp_path: Path) -> None:
     results = run_bench("jobs", tmp_path)
-    assert [(r["pool"], r["workers"]) for r in results["runs"]] == [("prefork", 1), ("threads", 2)]
+    assert [(r["pool"], r["workers"]) for r in results["runs"]] == [("threads", 2)]
     for run in results["runs"]:
         assert 0 < run["latency_s_median"] < 60
         assert run["jobs_per_minute"] > 0
