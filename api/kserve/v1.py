@@ -15,7 +15,7 @@ from flask import Blueprint, Response, jsonify, request
 from api.codecs import Invocation, json_body
 from api.context import app_parts
 from api.kserve import V1_PREFIX
-from api.kserve.serving import (
+from api.kserve.common import (
     explanation_part,
     invocation,
     prediction_part,

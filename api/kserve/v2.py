@@ -14,14 +14,14 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from api.context import app_parts
 from api.kserve import V2_PREFIX, versions
-from api.kserve.infer import ATTRIBUTIONS, INPUT, PAIR_INPUT, OutputTensor, decode_infer, infer_response
-from api.kserve.serving import (
+from api.kserve.common import (
     explanation_part,
     invocation,
     readiness,
     results,
     served_model,
 )
+from api.kserve.infer import ATTRIBUTIONS, INPUT, PAIR_INPUT, OutputTensor, decode_infer, infer_response
 from shared.runtime.model import TextModel
 
 bp = Blueprint("kserve_v2", __name__, url_prefix=V2_PREFIX)
