@@ -114,8 +114,9 @@ def write_artifact(directory: Path, model: TextModel, seed: int) -> Path:
 
 
 def test_a_model_folders_fingerprint_is_its_content_not_its_path(tiny_model_dir: Path, tmp_path: Path):
-    """The same folder named relatively or absolutely, or copied elsewhere with its files' times, is
-    the same model (an artifact distilled on one machine serves on another); other weights are not."""
+    """The same folder named relatively or absolutely, or copied elsewhere with new file times, is
+    the same model (an artifact distilled on one machine serves on another); other weights, even by
+    one byte, are not."""
     import os
 
     from shared.runtime.loading import load_text_model
@@ -123,11 +124,14 @@ def test_a_model_folders_fingerprint_is_its_content_not_its_path(tiny_model_dir:
     def fingerprint(folder: Path | str) -> str:
         return load_text_model(Settings(model_dir=str(folder), torch_threads=1)).fingerprint
 
-    copied = shutil.copytree(tiny_model_dir, tmp_path / "copied")  # copy2: times kept
+    copied = shutil.copytree(tiny_model_dir, tmp_path / "copied", copy_function=shutil.copy)  # new times
+    weights = next(copied.glob("*.safetensors"))
+    assert weights.stat().st_mtime_ns != next(tiny_model_dir.glob("*.safetensors")).stat().st_mtime_ns
     relative = os.path.relpath(tiny_model_dir)
     assert fingerprint(tiny_model_dir) == fingerprint(relative) == fingerprint(copied)
-    weights = next(copied.glob("*.safetensors"))
-    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    content = bytearray(weights.read_bytes())
+    content[-1] ^= 1  # the last weight's lowest bit
+    weights.write_bytes(bytes(content))
     assert fingerprint(copied) != fingerprint(tiny_model_dir)
 
 

@@ -1,7 +1,7 @@
 """The decoder classifiers of tests/families.py (GPT-2, Llama, Qwen2, Gemma) load like hub checkpoints
 of their family, with its tokenizer's conventions and its pad id in the config; served, their exact
 passes move to onnxruntime (a graph of Clarion's that computes the last layer at the position the head
-reads) and score as transformers' pipeline does (issue 28, part 3). tests/test_families.py runs every
+reads) and score as transformers' pipeline does. tests/test_families.py runs every
 other check of the family matrix on them."""
 
 from __future__ import annotations

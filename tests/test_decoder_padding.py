@@ -1,7 +1,7 @@
 """Decoder classifiers (GPT-2, Llama, ...): their head classifies each row's last token, found by
 `config.pad_token_id`. Whatever holds a pad id (the config, the tokenizer, both or neither), a batch of
 texts of several lengths gets the scores transformers' pipeline gives each text alone, explanations
-run, and the onnxruntime backend and the amortized explainer's features agree (issue 28, part 3)."""
+run, and the onnxruntime backend and the amortized explainer's features agree."""
 
 from __future__ import annotations
 

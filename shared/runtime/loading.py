@@ -122,9 +122,10 @@ def _check_head(model_id: str, model: Any, loading: dict[str, Any]) -> None:
 
 def _fingerprint(location: ModelLocation, config: Any, tokenizer: Any) -> str:
     """Identity of the loaded model for caches and artifacts: config, tokenizer and the weight files'
-    size and time. A local folder's path is no part of it: the same folder named relatively or
-    absolutely, or moved (a model distilled on one machine, served from /opt/ml/model on another),
-    is the same model; a hub name stands for its weights."""
+    content. Neither a local folder's path nor its files' times are part of it: the same folder named
+    relatively or absolutely, moved, copied, or unpacked again from its model.tar.gz (a model
+    distilled on one machine, served from /opt/ml/model on another) is the same model; a hub name
+    stands for its weights."""
     import hashlib
     from pathlib import Path
 
@@ -135,13 +136,21 @@ def _fingerprint(location: ModelLocation, config: Any, tokenizer: Any) -> str:
     parts = [*names, config.to_json_string(), str(len(tokenizer))]
     if folder.is_dir():
         for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
-            stat = weights.stat()
-            parts.append(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}")
+            parts.append(f"{weights.name}:{_content_digest(weights)}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
+def _content_digest(path: Any) -> str:
+    """A weight file's BLAKE2b digest: about a second per GB read once at start, which the load reads
+    anyway, where times would call every fresh copy of the same weights another model."""
+    import hashlib
+
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+
+
 def _padded_fingerprint(fingerprint: str, pad_token_id: int | None, tokenizer: Any) -> str:
-    """The fingerprint, changed where rows are padded otherwise than before issue 28 (with the
+    """The fingerprint, changed where rows are padded otherwise than they once were (with the
     tokenizer's pad id, else 0), which gave decoder heads wrong scores: no cache entry nor job made
     with that padding is taken for this model's. Where the padding is the same (nearly every encoder),
     the fingerprint, and what was distilled for it, stay as they were."""
