@@ -9,15 +9,14 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request, url_for
 
 from api.bodies import analysis_body
-from api.context import app_parts
+from api.context import data_plane
 from api.invocations import html_response
 from api.negotiation import HTML, JSON, REPLAYED, idempotency, response_type
 from api.records import JSON_LINES_TYPES
 from shared.analysis.aggregate import AGG_METHODS
-from shared.errors import InvalidRequest, NotFound, UnsupportedMediaType
+from shared.errors import InvalidRequest, UnsupportedMediaType
 from shared.io.records import Record, csv_table, json_lines, json_pair_lines
 from shared.io.results import body
-from shared.jobs.analysis import AnalysisRecord, check_analysis, new_analysis, stage
 from shared.render.report import analysis_report, analysis_status_document
 from shared.settings import Settings
 
@@ -177,39 +176,30 @@ def _input(
 
 @bp.post("/analyses")
 def create_analysis() -> Any:
-    settings = app_parts().settings
+    plane = data_plane()
+    settings = plane.settings
     request.max_content_length = settings.analysis_max_bytes  # a larger body is a 413
     parameters, analysis, delimiter = _query()
-    service = app_parts().service
-    record = new_analysis(service.model.model_id, parameters, analysis, settings, owner=g.owner)
-    check_analysis(service, record)  # labels, zero-shot, pairs, amortized: a 400 now
-    backend = app_parts().analyses
-    key = idempotency(request, g.owner)
-    made = backend.store.find(key)  # a retried submit: no second read of its input, no staging
-    replayed = made is not None
-    if made is None:
-        lines, record.input, record.output = _input(settings, analysis, delimiter)
-        made, replayed = stage(backend.store, record, lines, settings, key)
-    if not replayed:
-        made = backend.submit(made, g.ticket)
-    response = jsonify(body(analysis_body(made, backend.store)))
+    made, replayed = plane.submit_analysis(
+        parameters,
+        analysis,
+        lambda: _input(settings, analysis, delimiter),
+        g.ticket,
+        g.owner,
+        idempotency(request, g.owner),
+    )
+    response = jsonify(body(analysis_body(made, plane.analyses.store)))
     response.headers["Location"] = url_for("analyses.get_analysis", analysis_id=made.id)
     if replayed:
         response.headers[REPLAYED] = "true"
-    return response, 202 if backend.asynchronous else 200
-
-
-def _own(analysis_id: str) -> AnalysisRecord:
-    record = app_parts().analyses.store.load(analysis_id)
-    if record is None or record.owner != g.owner:
-        raise NotFound(f"no analysis {analysis_id!r}")
-    return record
+    return response, 202 if plane.analyses.asynchronous else 200
 
 
 @bp.get("/analyses/<analysis_id>")
 def get_analysis(analysis_id: str) -> Any:
-    record = _own(analysis_id)
-    store = app_parts().analyses.store
+    plane = data_plane()
+    record = plane.analysis(analysis_id, g.owner)
+    store = plane.analyses.store
     if response_type(request, (JSON, HTML)) == HTML:
         document = analysis_body(record, store).analysis
         if document is not None:
@@ -223,9 +213,8 @@ def get_analysis(analysis_id: str) -> Any:
 def delete_analysis(analysis_id: str) -> Any:
     """Like an explanation job's: a queued or running analysis is cancelled (200); a finished one is
     removed with everything it stored (204, then 404)."""
-    _own(analysis_id)
-    backend = app_parts().analyses
-    record = backend.delete(analysis_id)
+    plane = data_plane()
+    record = plane.cancel_analysis(analysis_id, g.owner)
     if record is None:
         return Response(status=204)
-    return jsonify(body(analysis_body(record, backend.store)))
+    return jsonify(body(analysis_body(record, plane.analyses.store)))

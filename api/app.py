@@ -9,10 +9,11 @@ from pathlib import Path
 from flask import Flask
 
 from api import analyses
-from api.context import AppParts, attach
+from api.context import attach
 from api.errors import register_error_handlers
 from api.kserve import CONVERTERS, v1, v2
 from api.routes import bp
+from shared.dataplane import DataPlane
 from shared.jobs.analysis import Analyses, FolderAnalysisStore, InlineAnalyses
 from shared.jobs.inline import FolderJobRecords, FolderKeys, InlineJobQueue, JobQueue
 from shared.serving.service import ClarionService
@@ -32,17 +33,17 @@ def create_app(
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.request_bytes_limit
     app.json.sort_keys = False  # keep the seed's field order: prediction, then explanation
-    parts = AppParts(
+    plane = DataPlane(
         settings=settings,
         service=service,
         jobs=jobs or _job_queue(settings, service),
         analyses=_analyses(settings, service),
     )
-    attach(app, parts)
+    attach(app, plane)
     if settings.jobs_are_async and jobs is None:
         from api.queue import Sweeper  # only when a broker is configured
 
-        Sweeper.for_settings(settings, [parts.jobs, parts.analyses]).start()
+        Sweeper.for_settings(settings, [plane.jobs, plane.analyses]).start()
     app.url_map.converters.update(CONVERTERS)  # before the routes that use them
     app.register_blueprint(bp)
     app.register_blueprint(analyses.bp)

@@ -19,8 +19,7 @@ from pydantic.json_schema import models_json_schema
 
 from api.bodies import AnalysisBody, ErrorBody, JobBody, ProtocolErrorBody
 from api.clarify import ClarifyResponse
-from api.context import app_parts
-from api.kserve import versions
+from api.context import data_plane
 from api.kserve.document import kserve_paths, kserve_schemas
 from api.records import CSV_RECORD, JSON_LINES_RECORD
 from shared.analysis.aggregate import AGG_METHODS
@@ -175,14 +174,14 @@ def openapi_document(
     name once loaded (until then, any label name or model name is documented, and requests answer
     503); outside: the defaults."""
     if settings is None and has_app_context():
-        parts = app_parts()
-        settings, service = parts.settings, parts.service
+        plane = data_plane()
+        settings, service = plane.settings, plane.service
         if labels is None and service.ready:
             labels = service.model.labels
         if model_name is None and service.ready:
             model_name = service.model.model_id
         if model_version is None and service.ready:
-            (model_version,) = versions(service.model)
+            (model_version,) = plane.versions()
         precisions = service.precisions
     labelled = None if labels is None else tuple(labels)
     document = _document(settings or Settings(), labelled, tuple(precisions), model_name, model_version)

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.bodies import job_body
 from api.codecs import Invocation, decode_invocation
-from api.context import app_parts
+from api.context import data_plane
 from api.invocations import RESULT_TYPES, Call, html_response, html_texts, invoke_records, shaped
 from api.negotiation import (
     CUSTOM_ATTRIBUTES,
@@ -31,10 +31,9 @@ from api.negotiation import (
 from api.openapi import openapi_document
 from api.records import is_record_type
 from shared import metrics
-from shared.errors import NotFound, Unauthorized
+from shared.errors import Unauthorized
 from shared.io.inputs import restored
 from shared.io.results import body
-from shared.jobs.record import JobRecord, new_record
 from shared.render.html import job_document, page_document
 from shared.runtime.engine import Ticket
 
@@ -67,7 +66,7 @@ def stamp(response: Response) -> Response:
 @bp.before_app_request
 def start_the_clock() -> None:
     """A request's deadline starts when it arrives, so classification time counts too."""
-    g.ticket = Ticket.within(app_parts().settings.timeout_s, TIMEOUT_MESSAGE)
+    g.ticket = Ticket.within(data_plane().settings.timeout_s, TIMEOUT_MESSAGE)
 
 
 # /ping for health checks; / is the static page, which sends the key it is given with each call;
@@ -88,7 +87,7 @@ _OPEN_ENDPOINTS = {
 def authenticate() -> None:
     """With API_KEYS set, every route but the open ones (health, readiness, the page) needs
     `Authorization: Bearer <key>`."""
-    keys = app_parts().settings.api_keys
+    keys = data_plane().settings.api_keys
     g.owner = None
     if not keys or request.endpoint in _OPEN_ENDPOINTS:
         return
@@ -104,14 +103,6 @@ def authenticate() -> None:
 def key_owner(key: str) -> str:
     """Who owns the jobs a key submits: a digest of the key, never the key itself."""
     return hashlib.sha256(key.encode()).hexdigest()[:32]
-
-
-def _own_job(job_id: str) -> JobRecord:
-    """The job, if the caller may see it: with API keys, only the key that submitted it may."""
-    record = app_parts().jobs.get(job_id)
-    if record.owner != g.owner:
-        raise NotFound(f"no explanation job {job_id!r}")
-    return record
 
 
 def request_ticket() -> Ticket:
@@ -130,8 +121,8 @@ def page() -> Response:
 
 @bp.get("/ping")
 def ping() -> tuple[Response, int]:
-    service = app_parts().service
-    return jsonify(body(service.status())), 200 if service.ready else 503
+    plane = data_plane()
+    return jsonify(body(plane.health())), 200 if plane.ready else 503
 
 
 @bp.get("/openapi.json")
@@ -143,14 +134,14 @@ def openapi() -> Any:
 def metrics_view() -> Response:
     """Prometheus: every gunicorn worker's metrics (multiprocess mode), and the jobs waiting."""
     return Response(
-        metrics.exposition(pending_jobs=app_parts().jobs.pending()), content_type=CONTENT_TYPE_LATEST
+        metrics.exposition(pending_jobs=data_plane().pending_jobs()), content_type=CONTENT_TYPE_LATEST
     )
 
 
 @bp.get("/execution-parameters")
 def execution_parameters() -> Any:
     """What SageMaker Batch Transform asks before it sends work (SAGEMAKER_* settings)."""
-    settings = app_parts().settings
+    settings = data_plane().settings
     return jsonify(
         {
             "MaxConcurrentTransforms": settings.concurrent_transforms,
@@ -162,10 +153,10 @@ def execution_parameters() -> Any:
 
 @bp.post("/invocations")
 def invocations() -> Any:
-    settings = app_parts().settings
+    settings = data_plane().settings
     g.attributes = custom_attributes(request)
     options = g.attributes.options
-    call = Call(app_parts().service, settings, request_ticket())
+    call = Call(data_plane().service, settings, request_ticket())
     if is_record_type(request.mimetype):
         return invoke_records(call, request, options, g.attributes.pair_column)
     options = body_options(g.attributes)  # a JSON or text body: no pair_column to read
@@ -179,20 +170,20 @@ def invocations() -> Any:
     return shaped(
         kind,
         invocation.texts,
-        call.service.results(invocation.texts, parameters, call.ticket),
+        data_plane().results(invocation.texts, parameters, call.ticket),
         invocation.single,
     )
 
 
 @bp.post("/explanations")
 def create_explanation() -> Any:
-    invocation = decode_invocation(request, app_parts().settings, custom_attribute_options(request))
+    invocation = decode_invocation(request, data_plane().settings, custom_attribute_options(request))
     return _submit(invocation, request_ticket())
 
 
 @bp.get("/explanations/<job_id>")
 def get_explanation(job_id: str) -> Any:
-    record = _own_job(job_id)
+    record = data_plane().job(job_id, g.owner)
     job = body(job_body(record))
     if _wants_html():
         texts = html_texts([restored(text) for text in record.texts])
@@ -204,8 +195,7 @@ def get_explanation(job_id: str) -> Any:
 def delete_explanation(job_id: str) -> Any:
     """A queued or running job is cancelled (200, the job as it now is: cancelled); a finished one is
     removed, record and result (204: a GET is a 404 from now on)."""
-    _own_job(job_id)
-    record = app_parts().jobs.delete(job_id)
+    record = data_plane().cancel_job(job_id, g.owner)
     if record is None:
         return Response(status=204)
     return jsonify(body(job_body(record)))
@@ -215,27 +205,19 @@ def _submit(invocation: Invocation, ticket: Ticket) -> Any:
     """Classify the texts, then queue a job that explains them (202 + Location), or in single-process
     mode run it now (200, finished job). With an Idempotency-Key used before with the same request,
     the job it made, with the same status."""
-    jobs = app_parts().jobs
-    parameters = invocation.parameters
-    options = parameters.explain_options()
-    inputs = parameters.inputs(invocation.texts)  # zero-shot texts carry their labels into the job
-    service = app_parts().service
-    service.check_options(options, inputs)  # a job that cannot succeed is a 400 now, not a failure later
-    record: JobRecord = new_record(
-        service.model.model_id,
-        inputs,
+    plane = data_plane()
+    record, replayed = plane.submit_job(
+        invocation.texts,
         invocation.single,
-        options,
-        service.classify(inputs, ticket, parameters.long_text),
-        owner=g.owner,
-        model_fingerprint=service.model.fingerprint,
+        invocation.parameters,
+        ticket,  # inline jobs stop at the request's deadline too
+        g.owner,
+        idempotency(request, g.owner),
     )
-    # Inline jobs stop at the request's deadline too.
-    record, replayed = jobs.submit(record, ticket, idempotency(request, g.owner))
     response = jsonify(body(job_body(record)))
     if replayed:
         response.headers[REPLAYED] = "true"
-    if not jobs.asynchronous:
+    if not plane.jobs.asynchronous:
         return response, 200
     response.headers["Location"] = url_for("clarion.get_explanation", job_id=record.id)
     return response, 202

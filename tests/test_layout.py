@@ -18,6 +18,7 @@ LAYERS = [
     {"explanation"},
     {"analysis"},
     {"serving", "jobs", "render"},
+    {"dataplane"},
     {"cli"},
 ]
 
@@ -114,7 +115,7 @@ def test_the_api_imports_nothing_from_the_worker() -> None:
 
 
 def test_only_the_app_context_module_touches_flask_extensions() -> None:
-    """Views reach the settings, the service and the queues through api/context.py's `app_parts()`,
+    """Views reach the data plane (shared/dataplane.py) through api/context.py's `data_plane()`,
     which the app factory fills once; no other module of api/ reads `current_app.extensions` (or any
     app's `extensions`), so what a view depends on is one typed object, not a string key."""
     owner = REPO / "api" / "context.py"

@@ -3,12 +3,7 @@ use case that /invocations serves (docs/api.md, "KServe V1 and V2")."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from werkzeug.routing import BaseConverter, Map
-
-if TYPE_CHECKING:
-    from shared.runtime.model import TextModel
 
 V1_PREFIX = "/v1/"
 V2_PREFIX = "/v2"
@@ -40,13 +35,6 @@ class V2ModelName(_ModelName):
 
     endings = ("/ready", "/infer")
     never_holds = "/versions/"
-
-
-def versions(model: TextModel) -> list[str]:
-    """The versions of the model served (V2's metadata lists them, its paths may name one): one, its
-    fingerprint, which changes whenever its weights, config or tokenizer could (job records'
-    `model_fingerprint`)."""
-    return [model.fingerprint]
 
 
 CONVERTERS = {"v1_model": V1ModelName, "v2_model": V2ModelName}

@@ -13,7 +13,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from api.codecs import Invocation, json_body
-from api.context import app_parts
+from api.context import data_plane
 from api.kserve import V1_PREFIX
 from api.kserve.common import (
     explanation_part,
@@ -21,7 +21,6 @@ from api.kserve.common import (
     prediction_part,
     readiness,
     results,
-    served_model,
 )
 from shared.errors import InvalidRequest
 from shared.io.inputs import Input, TextPair
@@ -33,7 +32,7 @@ _EXAMPLE = '{"instances": ["a text"]}'
 
 @bp.get("")
 def models() -> Any:
-    return jsonify({"models": [app_parts().service.model.model_id]})
+    return jsonify({"models": [data_plane().service.model.model_id]})
 
 
 # The model's name is its id, which may hold slashes and colons (a hub id, an s3:// URL): see
@@ -46,7 +45,7 @@ def model_ready(name: str) -> tuple[Response, int]:
 @bp.post("/<v1_model:name>:predict", merge_slashes=False)
 def predict(name: str) -> Any:
     """Each instance's /invocations result (with its explanation when the body says explain: true)."""
-    served_model(name)
+    data_plane().model(name)
     asked = _decode(explain=False)
     return jsonify({"predictions": results(asked.texts, asked.parameters)})
 
@@ -55,7 +54,7 @@ def predict(name: str) -> Any:
 def explain(name: str) -> Any:
     """Each instance's prediction, and beside it its explanation (the /invocations result's
     explanation fields)."""
-    served_model(name)
+    data_plane().model(name)
     asked = _decode(explain=True)
     found = results(asked.texts, asked.parameters)
     return jsonify(

@@ -12,16 +12,16 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from api.context import app_parts
-from api.kserve import V2_PREFIX, versions
+from api.context import data_plane
+from api.kserve import V2_PREFIX
 from api.kserve.common import (
     explanation_part,
     invocation,
     readiness,
     results,
-    served_model,
 )
 from api.kserve.infer import ATTRIBUTIONS, INPUT, PAIR_INPUT, OutputTensor, decode_infer, infer_response
+from shared.dataplane import versions_of
 from shared.runtime.model import TextModel
 
 bp = Blueprint("kserve_v2", __name__, url_prefix=V2_PREFIX)
@@ -49,7 +49,7 @@ def live() -> Any:
 
 @bp.get("/health/ready")
 def ready() -> tuple[Response, int]:
-    is_ready = app_parts().service.ready
+    is_ready = data_plane().ready
     return jsonify({"ready": is_ready}), 200 if is_ready else 503
 
 
@@ -61,7 +61,7 @@ _VERSION = "/versions/<version>"
 @bp.get("/models/<v2_model:name>", merge_slashes=False)
 @bp.get("/models/<v2_model:name>" + _VERSION, merge_slashes=False)
 def model_metadata(name: str, version: str | None = None) -> Any:
-    return jsonify(metadata(served_model(name, version)))
+    return jsonify(metadata(data_plane().model(name, version)))
 
 
 @bp.get("/models/<v2_model:name>/ready", merge_slashes=False)
@@ -73,8 +73,8 @@ def model_ready(name: str, version: str | None = None) -> tuple[Response, int]:
 @bp.post("/models/<v2_model:name>/infer", merge_slashes=False)
 @bp.post("/models/<v2_model:name>" + _VERSION + "/infer", merge_slashes=False)
 def infer(name: str, version: str | None = None) -> Response:
-    model = served_model(name, version)
-    call = decode_infer(request, app_parts().settings)
+    model = data_plane().model(name, version)
+    call = decode_infer(request, data_plane().settings)
     asked = invocation(call.texts, call.options)
     candidates = asked.parameters.candidate_labels
     answered = call.answered(DEFAULT_OUTPUTS + ((ATTRIBUTIONS,) if asked.parameters.explain else ()))
@@ -104,7 +104,7 @@ def metadata(model: TextModel) -> dict[str, Any]:
         inputs.append({"name": PAIR_INPUT, "datatype": "BYTES", "shape": [-1], "optional": True})
     return {
         "name": model.model_id,
-        "versions": versions(model),
+        "versions": versions_of(model),
         "platform": model.exact_backend,
         "inputs": inputs,
         "outputs": [
