@@ -8,10 +8,12 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request, url_for
 
+from api import openapi as doc
 from api.bodies import analysis_body
 from api.context import data_plane
 from api.invocations import html_response
 from api.negotiation import HTML, JSON, REPLAYED, idempotency, response_type
+from api.operations import documented
 from api.records import JSON_LINES_TYPES
 from shared.analysis.aggregate import AGG_METHODS
 from shared.errors import InvalidRequest, UnsupportedMediaType
@@ -175,6 +177,7 @@ def _input(
 
 
 @bp.post("/analyses")
+@documented(post=doc.submit_analysis)
 def create_analysis() -> Any:
     plane = data_plane()
     settings = plane.settings
@@ -196,6 +199,7 @@ def create_analysis() -> Any:
 
 
 @bp.get("/analyses/<analysis_id>")
+@documented(get=doc.get_analysis, parameters={"analysis_id": doc.ANALYSIS_ID})
 def get_analysis(analysis_id: str) -> Any:
     plane = data_plane()
     record = plane.analysis(analysis_id, g.owner)
@@ -210,6 +214,7 @@ def get_analysis(analysis_id: str) -> Any:
 
 
 @bp.delete("/analyses/<analysis_id>")
+@documented(delete=doc.delete_analysis, parameters={"analysis_id": doc.ANALYSIS_ID})
 def delete_analysis(analysis_id: str) -> Any:
     """Like an explanation job's: a queued or running analysis is cancelled (200); a finished one is
     removed with everything it stored (204, then 404)."""

@@ -12,6 +12,7 @@ from api import analyses
 from api.context import attach
 from api.errors import register_error_handlers
 from api.kserve import CONVERTERS, v1, v2
+from api.operations import check_declared
 from api.routes import bp
 from shared.dataplane import DataPlane
 from shared.jobs.analysis import Analyses, FolderAnalysisStore, InlineAnalyses
@@ -50,6 +51,7 @@ def create_app(
     app.register_blueprint(v1.bp)
     app.register_blueprint(v2.bp)
     register_error_handlers(app)
+    check_declared(app)  # a route without its OpenAPI operation stops the app here
     if load_model:
         service.start_loading()
     return app

@@ -10,17 +10,17 @@ calls invalid is refused (tests/test_fuzzing.py checks both ways).
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-from flask import has_app_context
+from flask import Flask
 from pydantic.json_schema import models_json_schema
 
 from api.bodies import AnalysisBody, ErrorBody, JobBody, ProtocolErrorBody
 from api.clarify import ClarifyResponse
 from api.context import data_plane
-from api.kserve.document import kserve_paths, kserve_schemas
+from api.kserve.document import kserve_schemas
+from api.operations import Deployment, PathParameter, paths
 from api.records import CSV_RECORD, JSON_LINES_RECORD
 from shared.analysis.aggregate import AGG_METHODS
 from shared.analysis.units import NORMALIZE_PATTERN
@@ -137,12 +137,7 @@ _JOB_LINKS = {
     }
 }
 _SUBMITTED = {**_JOB, **_JOB_LINKS}
-_JOB_ID = {
-    "name": "job_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-}
+_ID = {"in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
 # A submit's Idempotency-Key (docs/api.md#explanation-jobs): a repeat answers with the first job.
 _IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
@@ -161,41 +156,25 @@ _JOB_ERRORS = {
 }
 
 
-def openapi_document(
-    settings: Settings | None = None,
-    labels: Sequence[str] | None = None,
-    precisions: Sequence[str] = ("exact", "fast"),
-    model_name: str | None = None,
-    model_version: str | None = None,
-) -> dict[str, Any]:
-    """The document for a deployment with `settings` whose model has `labels` and `model_name` (the
-    KServe paths') and that serves these `precisions` ("amortized" only with an artifact loaded).
-    Without settings, inside a request: those of the app that serves it, and its model's labels and
-    name once loaded (until then, any label name or model name is documented, and requests answer
-    503); outside: the defaults."""
-    if settings is None and has_app_context():
-        plane = data_plane()
-        settings, service = plane.settings, plane.service
-        if labels is None and service.ready:
-            labels = service.model.labels
-        if model_name is None and service.ready:
-            model_name = service.model.model_id
-        if model_version is None and service.ready:
-            (model_version,) = plane.versions()
-        precisions = service.precisions
-    labelled = None if labels is None else tuple(labels)
-    document = _document(settings or Settings(), labelled, tuple(precisions), model_name, model_version)
-    return copy.deepcopy(document)  # the cached one stays as built, whatever a caller does with its copy
+def openapi_document(app: Flask) -> dict[str, Any]:
+    """The document for the deployment `app` serves: its settings, and its model's labels, name and
+    version once loaded (until then, any label name or model name is documented, and requests answer
+    503); its paths are its routes (api/operations.py)."""
+    plane = data_plane()
+    service = plane.service
+    ready = service.ready
+    deployment = Deployment(
+        settings=plane.settings,
+        labels=tuple(service.model.labels) if ready else None,
+        precisions=tuple(service.precisions),
+        model_name=service.model.model_id if ready else None,
+        model_version=plane.versions()[0] if ready else None,
+    )
+    return copy.deepcopy(_document(app, deployment))  # the cached one stays as built
 
 
 @lru_cache(maxsize=8)
-def _document(
-    settings: Settings,
-    labels: tuple[str, ...] | None,
-    precisions: tuple[str, ...],
-    model_name: str | None,
-    model_version: str | None,
-) -> dict[str, Any]:
+def _document(app: Flask, deployment: Deployment) -> dict[str, Any]:
     _, schemas = models_json_schema(
         [
             (SeedBody, "validation"),
@@ -210,9 +189,9 @@ def _document(
         ],
         ref_template="#/components/schemas/{model}",
     )
-    schemas = _limited(copy.deepcopy(schemas["$defs"]), settings, labels, precisions)
+    settings = deployment.settings
+    schemas = _limited(copy.deepcopy(schemas["$defs"]), settings, deployment)
     schemas |= kserve_schemas(schemas, settings)
-    results = {"oneOf": [_ref("TextResult"), {"type": "array", "items": _ref("TextResult")}]}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -220,129 +199,201 @@ def _document(
             "version": API_VERSION,
             "description": "Text classification that says why.",
         },
-        "paths": {
-            "/": {
-                "get": {
-                    "summary": "the web page: type a text, see it classified and explained",
-                    "responses": {
-                        "200": {
-                            "description": "a static HTML page",
-                            "content": {"text/html": {"schema": {"type": "string"}}},
-                        }
-                    },
-                }
-            },
-            "/ping": {
-                "get": {
-                    "summary": "health of this worker",
-                    "responses": {
-                        "200": _json("model loaded and warm", _ref("Health")),
-                        "503": _json("model loading or failed to load", _ref("Health")),
-                    },
-                }
-            },
-            "/openapi.json": {
-                "get": {
-                    "summary": "this document",
-                    "responses": {"200": _json("OpenAPI 3.1", {"type": "object"}), **_UNAUTHORIZED},
-                }
-            },
-            "/invocations": {
-                "post": {
-                    "operationId": "invoke",
-                    "summary": "classify, and explain when asked",
-                    "requestBody": _body(settings, records=True),
-                    "responses": {
-                        "200": _with_html(
-                            _as_records(
-                                _json(
-                                    "one result for one text, a list for a list; with explain + async and "
-                                    "no broker, the finished job; Clarify's shape for a JSON Lines or CSV "
-                                    "body with Accept: application/json (or CLARIFY_MODE)",
-                                    {"oneOf": [*results["oneOf"], _ref("JobBody")]},
-                                )
-                            ),
-                            "the results drawn: scores, shaded units, label selector",
-                        ),
-                        "406": _error("the Accept header allows none of the response types"),
-                        "202": {**_json("explain + async: a queued job", _ref("JobBody")), **_JOB_LINKS},
-                        **_REQUEST_ERRORS,
-                    },
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics of every process of this server",
-                    "responses": {
-                        "200": {
-                            "description": "Prometheus text format 0.0.4",
-                            "content": {"text/plain": {"schema": {"type": "string"}}},
-                        },
-                        **_UNAUTHORIZED,
-                    },
-                }
-            },
-            "/execution-parameters": {
-                "get": {
-                    "summary": "what SageMaker Batch Transform asks before it sends work",
-                    "responses": {
-                        "200": _json(
-                            "from SAGEMAKER_MAX_CONCURRENT_TRANSFORMS, SAGEMAKER_BATCH_STRATEGY, "
-                            "SAGEMAKER_MAX_PAYLOAD_IN_MB",
-                            {
-                                "type": "object",
-                                "properties": {
-                                    "MaxConcurrentTransforms": {"type": "integer"},
-                                    "BatchStrategy": {"enum": ["MULTI_RECORD", "SINGLE_RECORD"]},
-                                    "MaxPayloadInMB": {"type": "integer"},
-                                },
-                                "required": ["MaxConcurrentTransforms", "BatchStrategy", "MaxPayloadInMB"],
-                            },
-                        )
-                    },
-                }
-            },
-            "/explanations": {
-                "post": {
-                    "operationId": "submitExplanation",
-                    "summary": "submit an explanation job: 200 and the finished job without a broker, "
-                    "202 and the queued job with one",
-                    "parameters": [_IDEMPOTENCY_KEY],
-                    "requestBody": _body(settings),
-                    "responses": {"200": _SUBMITTED, "202": _SUBMITTED, **_REQUEST_ERRORS, **_REUSED_KEY},
-                }
-            },
-            "/explanations/{job_id}": {
-                "parameters": [_JOB_ID],
-                "get": {
-                    "operationId": "getExplanation",
-                    "summary": "a job",
-                    "responses": {
-                        "200": _with_html(_JOB, "the job's explanation, or its status"),
-                        **_JOB_ERRORS,
-                    },
-                },
-                "delete": {
-                    "operationId": "deleteExplanation",
-                    "summary": "cancel a queued or running job (200: now cancelled); remove a finished one, "
-                    "record and result (204: a GET is then a 404)",
-                    "responses": {
-                        "200": _JOB,
-                        "204": {"description": "the finished job was removed"},
-                        **_JOB_ERRORS,
-                    },
-                },
-            },
-            **_analysis_paths(settings, precisions, _is_nli(labels)),
-            **kserve_paths(model_name, model_version),
-        },
+        "paths": paths(app, deployment),
         "components": {"schemas": schemas},
     }
 
 
-def _analysis_paths(settings: Settings, precisions: tuple[str, ...], nli: bool) -> dict[str, Any]:
-    """POST /analyses and the analysis's GET and DELETE (api/analyses.py; docs/analysis.md); the
-    zero-shot options where the model is an NLI model."""
+# ---- the operations the views declare (api/routes.py, api/analyses.py) ---------------------------
+
+
+def page(_: Deployment) -> dict[str, Any]:
+    return {
+        "summary": "the web page: type a text, see it classified and explained",
+        "responses": {
+            "200": {
+                "description": "a static HTML page",
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            }
+        },
+    }
+
+
+def ping(_: Deployment) -> dict[str, Any]:
+    return {
+        "summary": "health of this worker",
+        "responses": {
+            "200": _json("model loaded and warm", _ref("Health")),
+            "503": _json("model loading or failed to load", _ref("Health")),
+        },
+    }
+
+
+def document(_: Deployment) -> dict[str, Any]:
+    return {
+        "summary": "this document",
+        "responses": {"200": _json("OpenAPI 3.1", {"type": "object"}), **_UNAUTHORIZED},
+    }
+
+
+def invoke(deployment: Deployment) -> dict[str, Any]:
+    results = [_ref("TextResult"), {"type": "array", "items": _ref("TextResult")}]
+    return {
+        "operationId": "invoke",
+        "summary": "classify, and explain when asked",
+        "requestBody": _body(deployment.settings, records=True),
+        "responses": {
+            "200": _with_html(
+                _as_records(
+                    _json(
+                        "one result for one text, a list for a list; with explain + async and no broker, "
+                        "the finished job; Clarify's shape for a JSON Lines or CSV body with Accept: "
+                        "application/json (or CLARIFY_MODE)",
+                        {"oneOf": [*results, _ref("JobBody")]},
+                    )
+                ),
+                "the results drawn: scores, shaded units, label selector",
+            ),
+            "406": _error("the Accept header allows none of the response types"),
+            "202": {**_json("explain + async: a queued job", _ref("JobBody")), **_JOB_LINKS},
+            **_REQUEST_ERRORS,
+        },
+    }
+
+
+def metrics(_: Deployment) -> dict[str, Any]:
+    return {
+        "summary": "Prometheus metrics of every process of this server",
+        "responses": {
+            "200": {
+                "description": "Prometheus text format 0.0.4",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            **_UNAUTHORIZED,
+        },
+    }
+
+
+def execution_parameters(_: Deployment) -> dict[str, Any]:
+    return {
+        "summary": "what SageMaker Batch Transform asks before it sends work",
+        "responses": {
+            "200": _json(
+                "from SAGEMAKER_MAX_CONCURRENT_TRANSFORMS, SAGEMAKER_BATCH_STRATEGY, "
+                "SAGEMAKER_MAX_PAYLOAD_IN_MB",
+                {
+                    "type": "object",
+                    "properties": {
+                        "MaxConcurrentTransforms": {"type": "integer"},
+                        "BatchStrategy": {"enum": ["MULTI_RECORD", "SINGLE_RECORD"]},
+                        "MaxPayloadInMB": {"type": "integer"},
+                    },
+                    "required": ["MaxConcurrentTransforms", "BatchStrategy", "MaxPayloadInMB"],
+                },
+            )
+        },
+    }
+
+
+def submit_job(deployment: Deployment) -> dict[str, Any]:
+    return {
+        "operationId": "submitExplanation",
+        "summary": "submit an explanation job: 200 and the finished job without a broker, 202 and the "
+        "queued job with one",
+        "parameters": [_IDEMPOTENCY_KEY],
+        "requestBody": _body(deployment.settings),
+        "responses": {"200": _SUBMITTED, "202": _SUBMITTED, **_REQUEST_ERRORS, **_REUSED_KEY},
+    }
+
+
+def get_job(_: Deployment) -> dict[str, Any]:
+    return {
+        "operationId": "getExplanation",
+        "summary": "a job",
+        "responses": {"200": _with_html(_JOB, "the job's explanation, or its status"), **_JOB_ERRORS},
+    }
+
+
+def delete_job(_: Deployment) -> dict[str, Any]:
+    return {
+        "operationId": "deleteExplanation",
+        "summary": "cancel a queued or running job (200: now cancelled); remove a finished one, record "
+        "and result (204: a GET is then a 404)",
+        "responses": {"200": _JOB, "204": {"description": "the finished job was removed"}, **_JOB_ERRORS},
+    }
+
+
+JOB_ID = PathParameter(lambda _: _ID | {"name": "job_id"})
+ANALYSIS_ID = PathParameter(lambda _: _ID | {"name": "analysis_id"})
+
+
+def submit_analysis(deployment: Deployment) -> dict[str, Any]:
+    """POST /analyses (docs/analysis.md); the zero-shot options where the model is an NLI model."""
+    analysis = _json("the analysis", _ref("AnalysisBody"))
+    links = {
+        "links": {
+            "GetAnalysis": {
+                "operationId": "getAnalysis",
+                "parameters": {"analysis_id": "$response.body#/id"},
+            },
+            "DeleteAnalysis": {
+                "operationId": "deleteAnalysis",
+                "parameters": {"analysis_id": "$response.body#/id"},
+            },
+        }
+    }
+    return {
+        "operationId": "submitAnalysis",
+        "summary": "a dataset's explanation: 200 and the finished analysis without a broker, 202 and "
+        "the queued analysis (its chunks on every worker) with one",
+        "parameters": [*_analysis_query(deployment), _IDEMPOTENCY_KEY],
+        "requestBody": _analysis_body(),
+        "responses": {
+            "200": {**analysis, **links},
+            "202": {**analysis, **links},
+            **_REQUEST_ERRORS,
+            "403": _error(
+                "an S3 location outside S3_ALLOWED_PREFIXES, or any S3 location where the deployment "
+                "has no S3 credentials (no_s3_access)"
+            ),
+            "404": _error("no such S3 object, or the service may not read it"),
+            "413": _error("over ANALYSIS_MAX_TEXTS lines or ANALYSIS_MAX_BYTES bytes"),
+            "415": _error("content type other than JSON Lines, CSV or JSON"),
+            **_REUSED_KEY,
+            "429": _error("ANALYSIS_MAX_RUNNING analyses are queued or running already"),
+            "503": _error("model loading, job backend or S3 unavailable, or past the request timeout"),
+        },
+    }
+
+
+_ANALYSIS_ERRORS = {**_JOB_ERRORS, "404": _error("no such analysis (or not the caller's)")}
+
+
+def get_analysis(_: Deployment) -> dict[str, Any]:
+    return {
+        "operationId": "getAnalysis",
+        "summary": "an analysis: analysis.json once it succeeded (the report with Accept: text/html)",
+        "responses": {
+            "200": _with_html(_json("the analysis", _ref("AnalysisBody")), "the report, or the status"),
+            **_ANALYSIS_ERRORS,
+        },
+    }
+
+
+def delete_analysis(_: Deployment) -> dict[str, Any]:
+    return {
+        "operationId": "deleteAnalysis",
+        "summary": "cancel a queued or running analysis (200); remove a finished one (204)",
+        "responses": {
+            "200": _json("the analysis", _ref("AnalysisBody")),
+            "204": {"description": "removed"},
+            **_ANALYSIS_ERRORS,
+        },
+    }
+
+
+def _analysis_query(deployment: Deployment) -> list[dict[str, Any]]:
+    settings, precisions = deployment.settings, deployment.precisions
     query = [
         _query(
             "text_field", {"type": "string", "minLength": 1}, "the text's field (JSON Lines) or column (CSV)"
@@ -391,7 +442,7 @@ def _analysis_paths(settings: Settings, precisions: tuple[str, ...], nli: bool) 
             '"case,punctuation" (default), "case", "punctuation", "none"',
         ),
     ]
-    if nli:  # zero-shot labels need an NLI model (an entailment label): elsewhere a 400
+    if deployment.nli:  # zero-shot labels need an NLI model (an entailment label): elsewhere a 400
         query += [
             _query(
                 "candidate_labels",
@@ -411,6 +462,10 @@ def _analysis_paths(settings: Settings, precisions: tuple[str, ...], nli: bool) 
                 "zero-shot: score each label on its own (entailment against contradiction)",
             ),
         ]
+    return query
+
+
+def _analysis_body() -> dict[str, Any]:
     file = (
         "the dataset: one record per line, at most ANALYSIS_MAX_TEXTS lines and ANALYSIS_MAX_BYTES bytes; "
         "a line whose text cannot be read or is refused is skipped (counted), and an input with no "
@@ -441,81 +496,21 @@ def _analysis_paths(settings: Settings, precisions: tuple[str, ...], nli: bool) 
             },
         },
     }
-    analysis = _json("the analysis", _ref("AnalysisBody"))
-    links = {
-        "links": {
-            "GetAnalysis": {
-                "operationId": "getAnalysis",
-                "parameters": {"analysis_id": "$response.body#/id"},
-            },
-            "DeleteAnalysis": {
-                "operationId": "deleteAnalysis",
-                "parameters": {"analysis_id": "$response.body#/id"},
-            },
-        }
-    }
-    errors = {**_JOB_ERRORS, "404": _error("no such analysis (or not the caller's)")}
-    return {
-        "/analyses": {
-            "post": {
-                "operationId": "submitAnalysis",
-                "summary": "a dataset's explanation: 200 and the finished analysis without a broker, 202 and "
-                "the queued analysis (its chunks on every worker) with one",
-                "parameters": [*query, _IDEMPOTENCY_KEY],
-                "requestBody": body,
-                "responses": {
-                    "200": {**analysis, **links},
-                    "202": {**analysis, **links},
-                    **_REQUEST_ERRORS,
-                    "403": _error(
-                        "an S3 location outside S3_ALLOWED_PREFIXES, or any S3 location where the "
-                        "deployment has no S3 credentials (no_s3_access)"
-                    ),
-                    "404": _error("no such S3 object, or the service may not read it"),
-                    "413": _error("over ANALYSIS_MAX_TEXTS lines or ANALYSIS_MAX_BYTES bytes"),
-                    "415": _error("content type other than JSON Lines, CSV or JSON"),
-                    **_REUSED_KEY,
-                    "429": _error("ANALYSIS_MAX_RUNNING analyses are queued or running already"),
-                    "503": _error(
-                        "model loading, job backend or S3 unavailable, or past the request timeout"
-                    ),
-                },
-            }
-        },
-        "/analyses/{analysis_id}": {
-            "parameters": [{**_JOB_ID, "name": "analysis_id"}],
-            "get": {
-                "operationId": "getAnalysis",
-                "summary": "an analysis: analysis.json once it succeeded (the report with Accept: text/html)",
-                "responses": {"200": _with_html(analysis, "the report, or the status"), **errors},
-            },
-            "delete": {
-                "operationId": "deleteAnalysis",
-                "summary": "cancel a queued or running analysis (200); remove a finished one (204)",
-                "responses": {"200": analysis, "204": {"description": "removed"}, **errors},
-            },
-        },
-    }
+    return body
 
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
-def _is_nli(labels: tuple[str, ...] | None) -> bool:
-    """An NLI model's labels (one whose name starts with "entail", as transformers finds it)."""
-    return labels is not None and any(label.lower().startswith("entail") for label in labels)
-
-
-def _limited(
-    schemas: dict[str, Any], settings: Settings, labels: tuple[str, ...] | None, precisions: tuple[str, ...]
-) -> dict[str, Any]:
+def _limited(schemas: dict[str, Any], settings: Settings, deployment: Deployment) -> dict[str, Any]:
     """The request schemas with this deployment's limits, label names and precisions (the validators
     and the service check the same: shared/io/schemas.py), each text's length by its long_text mode
     ("amortized" reads no windows)."""
+    labels, precisions = deployment.labels, deployment.precisions
     windowed_precisions = [p for p in precisions if p != "amortized"]
     # Zero-shot labels need an NLI model (an entailment label): elsewhere they are unknown options.
-    nli = _is_nli(labels)
+    nli = deployment.nli
     for name in ("SeedBody", "InvocationParameters"):
         options = schemas[name]["properties"]
         options["precision"] = {**options["precision"], "enum": list(precisions)}

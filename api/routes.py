@@ -7,9 +7,10 @@ import hmac
 import time
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, request, url_for
+from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from api import openapi as doc
 from api.bodies import job_body
 from api.codecs import Invocation, decode_invocation
 from api.context import data_plane
@@ -28,7 +29,7 @@ from api.negotiation import (
     request_id,
     response_type,
 )
-from api.openapi import openapi_document
+from api.operations import documented
 from api.records import is_record_type
 from shared import metrics
 from shared.errors import Unauthorized
@@ -115,22 +116,26 @@ def _wants_html() -> bool:
 
 
 @bp.get("/")
+@documented(get=doc.page)
 def page() -> Response:
     return html_response(page_document)
 
 
 @bp.get("/ping")
+@documented(get=doc.ping)
 def ping() -> tuple[Response, int]:
     plane = data_plane()
     return jsonify(body(plane.health())), 200 if plane.ready else 503
 
 
 @bp.get("/openapi.json")
+@documented(get=doc.document)
 def openapi() -> Any:
-    return jsonify(openapi_document())
+    return jsonify(doc.openapi_document(current_app))
 
 
 @bp.get("/metrics")
+@documented(get=doc.metrics)
 def metrics_view() -> Response:
     """Prometheus: every gunicorn worker's metrics (multiprocess mode), and the jobs waiting."""
     return Response(
@@ -139,6 +144,7 @@ def metrics_view() -> Response:
 
 
 @bp.get("/execution-parameters")
+@documented(get=doc.execution_parameters)
 def execution_parameters() -> Any:
     """What SageMaker Batch Transform asks before it sends work (SAGEMAKER_* settings)."""
     settings = data_plane().settings
@@ -152,6 +158,7 @@ def execution_parameters() -> Any:
 
 
 @bp.post("/invocations")
+@documented(post=doc.invoke)
 def invocations() -> Any:
     settings = data_plane().settings
     g.attributes = custom_attributes(request)
@@ -176,12 +183,14 @@ def invocations() -> Any:
 
 
 @bp.post("/explanations")
+@documented(post=doc.submit_job)
 def create_explanation() -> Any:
     invocation = decode_invocation(request, data_plane().settings, custom_attribute_options(request))
     return _submit(invocation, request_ticket())
 
 
 @bp.get("/explanations/<job_id>")
+@documented(get=doc.get_job, parameters={"job_id": doc.JOB_ID})
 def get_explanation(job_id: str) -> Any:
     record = data_plane().job(job_id, g.owner)
     job = body(job_body(record))
@@ -192,6 +201,7 @@ def get_explanation(job_id: str) -> Any:
 
 
 @bp.delete("/explanations/<job_id>")
+@documented(delete=doc.delete_job, parameters={"job_id": doc.JOB_ID})
 def delete_explanation(job_id: str) -> Any:
     """A queued or running job is cancelled (200, the job as it now is: cancelled); a finished one is
     removed, record and result (204: a GET is a 404 from now on)."""

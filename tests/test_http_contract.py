@@ -496,3 +496,38 @@ def test_every_route_is_in_the_openapi_document_and_every_path_is_a_route(tiny_m
         if method in ("get", "post", "put", "delete", "patch")
     }
     assert routed == documented, {"not documented": routed - documented, "not routed": documented - routed}
+
+
+def test_a_route_without_its_declared_operation_stops_the_app(tiny_model_dir: Path) -> None:
+    """The document's paths are the routes, each described by what its view declares
+    (api/operations.py): a route with no declaration, a method its view declares nothing for, or a
+    path argument with no parameter makes the check the app factory runs raise."""
+    from flask import Blueprint
+
+    from api.app import create_app
+    from api.openapi import ping
+    from api.operations import UndocumentedRoute, check_declared, documented
+    from shared.settings import Settings
+
+    settings = Settings(model_dir=str(tiny_model_dir), serverless=True, torch_threads=1)
+    check_declared(create_app(settings, load_model=False))  # as built, every route declares its own
+
+    def plain() -> str:
+        return "x"
+
+    @documented(get=ping)
+    def declared(thing: str = "") -> str:
+        return thing
+
+    cases = [
+        ("/plain", plain, ["GET"], "declares no OpenAPI operation"),
+        ("/declared", declared, ["GET", "POST"], "declares nothing for post"),
+        ("/declared/<thing>", declared, ["GET"], "declares nothing for the parameter thing"),
+    ]
+    for rule, view, methods, message in cases:
+        app = create_app(settings, load_model=False)
+        extra = Blueprint("extra", __name__)
+        extra.add_url_rule(rule, view_func=view, methods=methods)
+        app.register_blueprint(extra)
+        with pytest.raises(UndocumentedRoute, match=message):
+            check_declared(app)

@@ -1,4 +1,4 @@
-"""The KServe V1 and V2 paths of the OpenAPI document (api/openapi.py builds it): their JSON forms,
+"""The KServe V1 and V2 operations of the OpenAPI document (api/openapi.py builds it): their JSON forms,
 derived from /invocations' own schemas after this deployment's limits and label names are in, so a
 request the document calls valid is accepted and one it calls invalid is refused here too. The
 binary tensor data extension is not described (its bodies are bytes); the parameters that ask for
@@ -11,6 +11,7 @@ from typing import Any
 
 from api.kserve import EXPLANATION_FIELDS
 from api.kserve.infer import INPUT, OUTPUTS, PAIR_INPUT
+from api.operations import Deployment, PathParameter
 from shared.io.schemas import TEXT_JSON_SCHEMA
 from shared.settings import Settings
 
@@ -45,6 +46,7 @@ def kserve_schemas(schemas: dict[str, Any], settings: Settings) -> dict[str, Any
         ["explanation", "offsets", "base_values", "model_output", "explanation_parameters"],
     )
     v1_body = _v1_body(schemas["SeedBody"], settings.max_texts)
+    v2_request = _v2_request(schemas["HuggingFaceBody"], settings.max_texts)
     v1_explain_body = copy.deepcopy(v1_body)
     v1_explain_body["properties"]["explain"] = {
         "const": True,
@@ -57,7 +59,8 @@ def kserve_schemas(schemas: dict[str, Any], settings: Settings) -> dict[str, Any
         "KServeV1Prediction": prediction,
         "KServeV1Explanation": explanation,
         "KServeV2Parameters": _v2_parameters(schemas["InvocationParameters"]),
-        "KServeV2InferRequest": _v2_request(schemas["HuggingFaceBody"], settings.max_texts),
+        "KServeV2InferRequest": v2_request,
+        "KServeV2ExplainRequest": _v2_explain_request(v2_request),
         "KServeV2InferResponse": _object(
             {
                 "model_name": {"type": "string"},
@@ -278,191 +281,211 @@ def _v2_request(hugging_face: dict[str, Any], max_texts: int) -> dict[str, Any]:
     }
 
 
-def kserve_paths(model_name: str | None, model_version: str | None = None) -> dict[str, Any]:
-    """V1 and V2 paths; `model_name` and `model_version`: the served model's, once loaded (until
-    then, any name and version is documented, and requests answer 503)."""
-    name = {
+def _v2_explain_request(infer: dict[str, Any]) -> dict[str, Any]:
+    """explain's body: infer's, whose outputs, when named, include the attributions, and whose
+    `explain` parameter, when sent, is true."""
+    explain = copy.deepcopy(infer)
+    explain["title"] = "KServeV2ExplainRequest"
+    explain["properties"]["outputs"]["description"] = (
+        "the outputs to answer, in this order, the attributions among them (default: scores, label and "
+        "attributions)"
+    )
+    explain["allOf"].append(
+        {
+            "properties": {
+                "outputs": {"contains": {"properties": {"name": {"const": "attributions"}}}},
+                "parameters": {"properties": {"explain": {"const": True}}},
+            }
+        }
+    )
+    return explain
+
+
+# ---- the operations the V1 and V2 views declare (api/kserve/v1.py, v2.py) -------------------------
+
+
+def _model_name(deployment: Deployment) -> dict[str, Any]:
+    name = deployment.model_name
+    return {
         "name": "model_name",
         "in": "path",
         "required": True,
-        "schema": {"type": "string", "enum": [model_name]}
-        if model_name
-        else {"type": "string", "minLength": 1},
+        "schema": {"type": "string", "enum": [name]} if name else {"type": "string", "minLength": 1},
         "description": "the served model's name: `model` in /ping (another name is a 404)",
     }
-    version = {
+
+
+def _model_version(deployment: Deployment) -> dict[str, Any]:
+    version = deployment.model_version
+    return {
         "name": "model_version",
         "in": "path",
         "required": True,
-        "schema": {"type": "string", "enum": [model_version]}
-        if model_version
+        "schema": {"type": "string", "enum": [version]}
+        if version
         else {"type": "string", "minLength": 1, "pattern": "^[^/]+$"},
         "description": "the served model's version: its V2 metadata's `versions` (another is a 404)",
     }
-    unauthorized = {"401": _error("API_KEYS are set and the request has no valid Authorization: Bearer key")}
-    loading = {"503": _error("the model is loading, or failed to load")}
-    unknown = {"404": _error("another model's name")}
-    request_errors = {
-        "400": _error(
-            "a body this document calls invalid: malformed JSON, wrong types, names or shapes, unknown "
-            "fields or options, empty or blank texts, more than MAX_TEXTS_PER_REQUEST, label names the "
-            "model does not have"
-        ),
-        **unauthorized,
-        **unknown,
-        "413": _error("body larger than MAX_REQUEST_BYTES"),
-        "415": _error("a content type other than JSON"),
-        "503": _error("the model is loading, or past the request timeout"),
-    }
-    readiness = {
-        "200": _json("the model is ready", _ref("KServeReady")),
-        **unknown,
-        "503": _json("the model is loading (or failed to load): ready false", _ref("KServeReady")),
+
+
+def _for_the_version(operation: dict[str, Any]) -> dict[str, Any]:
+    """A model route under `/versions/{model_version}`: the same operation, whose 404 is also a
+    version not served."""
+    return {
+        **operation,
+        "summary": operation["summary"] + ", for the version served",
+        "responses": {
+            **operation["responses"],
+            "404": _error("another model's name, or a version not served"),
+        },
     }
 
-    def body(schema: str) -> dict[str, Any]:
-        return {"required": True, "content": {_JSON: {"schema": _ref(schema)}}}
 
+MODEL = {"name": PathParameter(_model_name), "version": PathParameter(_model_version, _for_the_version)}
+
+_UNAUTHORIZED = {"401": _error("API_KEYS are set and the request has no valid Authorization: Bearer key")}
+_LOADING = {"503": _error("the model is loading, or failed to load")}
+_UNKNOWN = {"404": _error("another model's name")}
+_REQUEST_ERRORS = {
+    "400": _error(
+        "a body this document calls invalid: malformed JSON, wrong types, names or shapes, unknown "
+        "fields or options, empty or blank texts, more than MAX_TEXTS_PER_REQUEST, label names the "
+        "model does not have"
+    ),
+    **_UNAUTHORIZED,
+    **_UNKNOWN,
+    "413": _error("body larger than MAX_REQUEST_BYTES"),
+    "415": _error("a content type other than JSON"),
+    "503": _error("the model is loading, or past the request timeout"),
+}
+_READINESS = {
+    "200": _json("the model is ready", _ref("KServeReady")),
+    **_UNKNOWN,
+    "503": _json("the model is loading (or failed to load): ready false", _ref("KServeReady")),
+}
+
+
+def _body(schema: str) -> dict[str, Any]:
+    return {"required": True, "content": {_JSON: {"schema": _ref(schema)}}}
+
+
+def v1_models(_: Deployment) -> dict[str, Any]:
+    names = _object({"models": {"type": "array", "items": {"type": "string"}}})
+    return {
+        "summary": "KServe V1: the models served (one)",
+        "responses": {"200": _json("their names", names), **_UNAUTHORIZED, **_LOADING},
+    }
+
+
+def v1_model_ready(_: Deployment) -> dict[str, Any]:
+    return {"summary": "KServe V1: the model's readiness (no API key needed)", "responses": _READINESS}
+
+
+def v1_predict(_: Deployment) -> dict[str, Any]:
     predictions = {"type": "array", "items": _ref("TextResult")}
-    paths = {
-        "/v1/models": {
-            "get": {
-                "summary": "KServe V1: the models served (one)",
-                "responses": {
-                    "200": _json(
-                        "their names", _object({"models": {"type": "array", "items": {"type": "string"}}})
-                    ),
-                    **unauthorized,
-                    **loading,
-                },
-            }
-        },
-        "/v1/models/{model_name}": {
-            "parameters": [name],
-            "get": {
-                "summary": "KServe V1: the model's readiness (no API key needed)",
-                "responses": readiness,
-            },
-        },
-        "/v1/models/{model_name}:predict": {
-            "parameters": [name],
-            "post": {
-                "summary": "KServe V1: each instance's /invocations result",
-                "requestBody": body("KServeV1Body"),
-                "responses": {
-                    "200": _json("one per instance", _object({"predictions": predictions})),
-                    **request_errors,
-                },
-            },
-        },
-        "/v1/models/{model_name}:explain": {
-            "parameters": [name],
-            "post": {
-                "summary": "KServe V1: each instance's prediction and explanation",
-                "requestBody": body("KServeV1ExplainBody"),
-                "responses": {
-                    "200": _json(
-                        "one of each per instance",
-                        _object(
-                            {
-                                "predictions": {"type": "array", "items": _ref("KServeV1Prediction")},
-                                "explanations": {"type": "array", "items": _ref("KServeV1Explanation")},
-                            }
-                        ),
-                    ),
-                    **request_errors,
-                },
-            },
-        },
-        "/v2": {
-            "get": {
-                "summary": "KServe V2: the server's metadata",
-                "responses": {
-                    "200": _json(
-                        "name, version and the protocol extensions spoken",
-                        _object(
-                            {
-                                "name": {"type": "string"},
-                                "version": {"type": "string"},
-                                "extensions": {"type": "array", "items": {"type": "string"}},
-                            }
-                        ),
-                    ),
-                    **unauthorized,
-                },
-            }
-        },
-        "/v2/health/live": {
-            "get": {
-                "summary": "KServe V2: liveness (no API key needed)",
-                "responses": {"200": _json("the process answers", _object({"live": {"type": "boolean"}}))},
-            }
-        },
-        "/v2/health/ready": {
-            "get": {
-                "summary": "KServe V2: readiness (no API key needed)",
-                "responses": {
-                    "200": _json("the model is ready", _object({"ready": {"type": "boolean"}})),
-                    "503": _json(
-                        "the model is loading (or failed to load)", _object({"ready": {"type": "boolean"}})
-                    ),
-                },
-            }
-        },
-        "/v2/models/{model_name}": {
-            "parameters": [name],
-            "get": {
-                "summary": "KServe V2: the model's input, outputs and label names",
-                "responses": {
-                    "200": _json("the model's metadata", _ref("KServeV2ModelMetadata")),
-                    **unauthorized,
-                    **unknown,
-                    **loading,
-                },
-            },
-        },
-        "/v2/models/{model_name}/ready": {
-            "parameters": [name],
-            "get": {
-                "summary": "KServe V2: the model's readiness (no API key needed)",
-                "responses": readiness,
-            },
-        },
-        "/v2/models/{model_name}/infer": {
-            "parameters": [name],
-            "post": {
-                "summary": "KServe V2: scores, label and (with explain) attributions per text",
-                "requestBody": body("KServeV2InferRequest"),
-                "responses": {
-                    "200": {
-                        "description": "the outputs asked for: JSON, or with an output as binary data, "
-                        "the binary tensor data extension (a JSON header of Inference-Header-Content-Length "
-                        "bytes, then the outputs' bytes)",
-                        "content": {
-                            _JSON: {"schema": _ref("KServeV2InferResponse")},
-                            _BINARY: {"schema": {"type": "string", "format": "binary"}},
-                        },
-                    },
-                    **request_errors,
-                },
-            },
+    return {
+        "summary": "KServe V1: each instance's /invocations result",
+        "requestBody": _body("KServeV1Body"),
+        "responses": {
+            "200": _json("one per instance", _object({"predictions": predictions})),
+            **_REQUEST_ERRORS,
         },
     }
-    return {**paths, **_versioned(paths, version)}
 
 
-def _versioned(paths: dict[str, Any], version: dict[str, Any]) -> dict[str, Any]:
-    """V2's model paths again under `/versions/{model_version}`: the same operations, whose 404 is
-    also a version not served."""
-    found: dict[str, Any] = {}
-    prefix = "/v2/models/{model_name}"
-    for path, item in paths.items():
-        if not path.startswith(prefix):
-            continue
-        item = copy.deepcopy(item)
-        item["parameters"].append(version)
-        for operation in (item[method] for method in ("get", "post") if method in item):
-            operation["summary"] += ", for the version served"
-            operation["responses"]["404"] = _error("another model's name, or a version not served")
-        found[prefix + "/versions/{model_version}" + path.removeprefix(prefix)] = item
-    return found
+def v1_explain(_: Deployment) -> dict[str, Any]:
+    answer = _object(
+        {
+            "predictions": {"type": "array", "items": _ref("KServeV1Prediction")},
+            "explanations": {"type": "array", "items": _ref("KServeV1Explanation")},
+        }
+    )
+    return {
+        "summary": "KServe V1: each instance's prediction and explanation",
+        "requestBody": _body("KServeV1ExplainBody"),
+        "responses": {"200": _json("one of each per instance", answer), **_REQUEST_ERRORS},
+    }
+
+
+def v2_server(_: Deployment) -> dict[str, Any]:
+    server = _object(
+        {
+            "name": {"type": "string"},
+            "version": {"type": "string"},
+            "extensions": {"type": "array", "items": {"type": "string"}},
+        }
+    )
+    return {
+        "summary": "KServe V2: the server's metadata",
+        "responses": {
+            "200": _json("name, version and the protocol extensions spoken", server),
+            **_UNAUTHORIZED,
+        },
+    }
+
+
+def v2_live(_: Deployment) -> dict[str, Any]:
+    return {
+        "summary": "KServe V2: liveness (no API key needed)",
+        "responses": {"200": _json("the process answers", _object({"live": {"type": "boolean"}}))},
+    }
+
+
+def v2_ready(_: Deployment) -> dict[str, Any]:
+    ready = _object({"ready": {"type": "boolean"}})
+    return {
+        "summary": "KServe V2: readiness (no API key needed)",
+        "responses": {
+            "200": _json("the model is ready", ready),
+            "503": _json("the model is loading (or failed to load)", ready),
+        },
+    }
+
+
+def v2_model_metadata(_: Deployment) -> dict[str, Any]:
+    return {
+        "summary": "KServe V2: the model's input, outputs and label names",
+        "responses": {
+            "200": _json("the model's metadata", _ref("KServeV2ModelMetadata")),
+            **_UNAUTHORIZED,
+            **_UNKNOWN,
+            **_LOADING,
+        },
+    }
+
+
+def v2_model_ready(_: Deployment) -> dict[str, Any]:
+    return {"summary": "KServe V2: the model's readiness (no API key needed)", "responses": _READINESS}
+
+
+def v2_infer(_: Deployment) -> dict[str, Any]:
+    return _v2_infer(
+        "KServe V2: scores, label and (with explain) attributions per text", "KServeV2InferRequest"
+    )
+
+
+def v2_explain(_: Deployment) -> dict[str, Any]:
+    return _v2_infer(
+        "KServe V2: infer that always answers the attributions (the scores, label and attributions, "
+        "or the outputs named, attributions among them; parameters.explain false is a 400)",
+        "KServeV2ExplainRequest",
+    )
+
+
+def _v2_infer(summary: str, request: str) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "requestBody": _body(request),
+        "responses": {
+            "200": {
+                "description": "the outputs asked for: JSON, or with an output as binary data, the binary "
+                "tensor data extension (a JSON header of Inference-Header-Content-Length bytes, then the "
+                "outputs' bytes)",
+                "content": {
+                    _JSON: {"schema": _ref("KServeV2InferResponse")},
+                    _BINARY: {"schema": {"type": "string", "format": "binary"}},
+                },
+            },
+            **_REQUEST_ERRORS,
+        },
+    }

@@ -15,6 +15,7 @@ from flask import Blueprint, Response, jsonify, request
 from api.codecs import Invocation, json_body
 from api.context import data_plane
 from api.kserve import V1_PREFIX
+from api.kserve import document as doc
 from api.kserve.common import (
     explanation_part,
     invocation,
@@ -22,6 +23,7 @@ from api.kserve.common import (
     readiness,
     results,
 )
+from api.operations import documented
 from shared.errors import InvalidRequest
 from shared.io.inputs import Input, TextPair
 from shared.io.schemas import PAIR_SHAPE, ZERO_SHOT_OPTIONS, is_pair
@@ -31,6 +33,7 @@ _EXAMPLE = '{"instances": ["a text"]}'
 
 
 @bp.get("")
+@documented(get=doc.v1_models)
 def models() -> Any:
     return jsonify({"models": [data_plane().service.model.model_id]})
 
@@ -38,11 +41,13 @@ def models() -> Any:
 # The model's name is its id, which may hold slashes and colons (a hub id, an s3:// URL): see
 # api/kserve/__init__.py's converters; `//` kept.
 @bp.get("/<v1_model:name>", merge_slashes=False)
+@documented(get=doc.v1_model_ready, parameters=doc.MODEL)
 def model_ready(name: str) -> tuple[Response, int]:
     return readiness(name)
 
 
 @bp.post("/<v1_model:name>:predict", merge_slashes=False)
+@documented(post=doc.v1_predict, parameters=doc.MODEL)
 def predict(name: str) -> Any:
     """Each instance's /invocations result (with its explanation when the body says explain: true)."""
     data_plane().model(name)
@@ -51,6 +56,7 @@ def predict(name: str) -> Any:
 
 
 @bp.post("/<v1_model:name>:explain", merge_slashes=False)
+@documented(post=doc.v1_explain, parameters=doc.MODEL)
 def explain(name: str) -> Any:
     """Each instance's prediction, and beside it its explanation (the /invocations result's
     explanation fields)."""
