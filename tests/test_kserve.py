@@ -216,6 +216,31 @@ def test_triton_explain_parameter_adds_the_attributions_of_invocations(
     assert json.loads(only.as_numpy("attributions")[0]) == explanation_of(alone)
 
 
+def test_v2_explain_answers_infers_outputs_with_the_attributions_by_default(
+    service: Service, model_name: str
+) -> None:
+    """/v2/models/<name>/explain is infer that always answers the attributions: the same outputs as
+    infer with parameters.explain, on the model's path and on its version's."""
+    sent = _v2(data=TEXTS, parameters=OPTIONS)["json"]
+    asked = _v2(data=TEXTS, parameters={"explain": True, **OPTIONS})["json"]
+    inferred = service.post(f"/v2/models/{model_name}/infer", json=asked, headers=auth())
+    assert inferred.status_code == 200, inferred.text
+    (version,) = service.get(f"/v2/models/{model_name}", headers=auth()).json()["versions"]
+    for path in (f"/v2/models/{model_name}/explain", f"/v2/models/{model_name}/versions/{version}/explain"):
+        explained = service.post(path, json=sent, headers=auth())
+        assert explained.status_code == 200, explained.text
+        assert [o["name"] for o in explained.json()["outputs"]] == ["scores", "label", "attributions"]
+        assert explained.json()["outputs"] == inferred.json()["outputs"]
+    # The outputs named are answered, in their order, the attributions among them.
+    only = service.post(
+        f"/v2/models/{model_name}/explain",
+        json={**sent, "outputs": [{"name": "attributions"}, {"name": "label"}]},
+        headers=auth(),
+    )
+    assert [o["name"] for o in only.json()["outputs"]] == ["attributions", "label"]
+    assert only.json()["outputs"][0] == inferred.json()["outputs"][2]
+
+
 def _reshaped(tensor: triton_http.InferInput, shape: list[int]) -> triton_http.InferInput:
     tensor.set_shape(shape)
     return tensor
@@ -385,6 +410,7 @@ def _pair_input(data: list[Any], shape: list[int] | None = None) -> dict[str, An
 V1 = "/v1/models/{model}:predict"
 V1_EXPLAIN = "/v1/models/{model}:explain"
 V2 = "/v2/models/{model}/infer"
+V2_EXPLAIN = "/v2/models/{model}/explain"
 BAD_INPUTS = [
     # (path, request, status, a part of the message)
     (V1, {"data": b"{", "headers": {"Content-Type": "application/json"}}, 400, "malformed JSON"),
@@ -480,7 +506,11 @@ BAD_INPUTS = [
     (V2, {"json": {"inputs": [{**_binary_input(13)["inputs"][0], "data": ["a"]}]}}, 400, "Inference-Header"),
     (V2, {"json": {"x": "y" * 30000}}, 413, "MAX_REQUEST_BYTES"),
     (V2, {"data": b"\x1f\x8b", "headers": {"Content-Encoding": "gzip"}}, 415, "Content-Encoding 'gzip'"),
+    (V2_EXPLAIN, _v2(parameters={"explain": False}), 400, "explain always answers the attributions"),
+    (V2_EXPLAIN, _v2(outputs=[{"name": "scores"}]), 400, "name attributions among the outputs"),
+    (V2_EXPLAIN, _v2(data=[]), 400, "inputs: must contain at least one text"),
     ("/v2/models/another-model/infer", _v2(), 404, "'another-model' is not served here"),
+    ("/v2/models/another-model/explain", _v2(), 404, "'another-model' is not served here"),
     ("/v1/models/another-model:explain", {"json": {"instances": ["a"]}}, 404, "not served here"),
     ("/v2/repository/index", {"json": {}}, 404, "not found"),
 ]

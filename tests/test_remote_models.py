@@ -290,6 +290,22 @@ def test_a_second_clarion_answers_with_the_first_ones_numbers(
     _assert_same_explanations(_invoke(second, OPTIONS), expected)
 
 
+def test_a_remote_model_is_explained_on_the_kserve_explain_routes(via_v2: Service) -> None:
+    """The explainer a KServe InferenceService points at its predictor: V1 :explain and V2 /explain
+    give a remote model's /invocations explanation."""
+    expected = _invoke(via_v2, OPTIONS)
+    model = via_v2.get("/ping").json()["model"]
+    v1 = via_v2.post(f"/v1/models/{model}:explain", json={"instances": TEXTS, **OPTIONS})
+    assert v1.status_code == 200, v1.text
+    assert [e["explanation"] for e in v1.json()["explanations"]] == [r["explanation"] for r in expected]
+    tensor = {"name": "text", "shape": [len(TEXTS)], "datatype": "BYTES", "data": TEXTS}
+    v2 = via_v2.post(f"/v2/models/{model}/explain", json={"inputs": [tensor], "parameters": OPTIONS})
+    assert v2.status_code == 200, v2.text
+    (attributions,) = [o for o in v2.json()["outputs"] if o["name"] == "attributions"]
+    explained = [json.loads(document) for document in attributions["data"]]
+    assert [e["explanation"] for e in explained] == [r["explanation"] for r in expected]
+
+
 def test_token_units_come_from_the_tokenizer(first: Service, via_v2: Service) -> None:
     options = {"max_evals": 20, "seed": 1, "granularity": "token"}
     expected = _invoke(first, {**options, "masking": "text"})

@@ -33,7 +33,7 @@ class V2ModelName(_ModelName):
     """V2's paths may name a version after the model (`<name>/versions/<v>/infer`): a name holding
     `/versions/` would be ambiguous, so none does."""
 
-    endings = ("/ready", "/infer")
+    endings = ("/ready", "/infer", "/explain")
     never_holds = "/versions/"
 
 

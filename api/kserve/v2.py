@@ -1,6 +1,7 @@
-"""KServe's V2 protocol (the Open Inference Protocol): health, server and model metadata, and infer
-over the /invocations use case. Attributions are an output (V2 has no explain endpoint). Each model
-route answers under `/versions/<v>` too, for the version served (its metadata's `versions`)."""
+"""KServe's V2 protocol (the Open Inference Protocol): health, server and model metadata, infer and
+explain over the /invocations use case. Attributions are an output: infer answers them with
+`parameters.explain`, explain by default. Each model route answers under `/versions/<v>` too, for
+the version served (its metadata's `versions`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from api.context import data_plane
 from api.kserve import V2_PREFIX
+from api.kserve import document as doc
 from api.kserve.common import (
     explanation_part,
     invocation,
@@ -21,7 +23,9 @@ from api.kserve.common import (
     results,
 )
 from api.kserve.infer import ATTRIBUTIONS, INPUT, PAIR_INPUT, OutputTensor, decode_infer, infer_response
+from api.operations import documented
 from shared.dataplane import versions_of
+from shared.errors import InvalidRequest
 from shared.runtime.model import TextModel
 
 bp = Blueprint("kserve_v2", __name__, url_prefix=V2_PREFIX)
@@ -31,6 +35,7 @@ DEFAULT_OUTPUTS = ("scores", "label")  # and the attributions with parameters.ex
 
 
 @bp.get("")
+@documented(get=doc.v2_server)
 def server_metadata() -> Any:
     return jsonify({"name": SERVER, "version": _version(), "extensions": EXTENSIONS})
 
@@ -43,11 +48,13 @@ def _version() -> str:
 
 
 @bp.get("/health/live")
+@documented(get=doc.v2_live)
 def live() -> Any:
     return jsonify({"live": True})
 
 
 @bp.get("/health/ready")
+@documented(get=doc.v2_ready)
 def ready() -> tuple[Response, int]:
     is_ready = data_plane().ready
     return jsonify({"ready": is_ready}), 200 if is_ready else 503
@@ -60,24 +67,46 @@ _VERSION = "/versions/<version>"
 
 @bp.get("/models/<v2_model:name>", merge_slashes=False)
 @bp.get("/models/<v2_model:name>" + _VERSION, merge_slashes=False)
+@documented(get=doc.v2_model_metadata, parameters=doc.MODEL)
 def model_metadata(name: str, version: str | None = None) -> Any:
     return jsonify(metadata(data_plane().model(name, version)))
 
 
 @bp.get("/models/<v2_model:name>/ready", merge_slashes=False)
 @bp.get("/models/<v2_model:name>" + _VERSION + "/ready", merge_slashes=False)
+@documented(get=doc.v2_model_ready, parameters=doc.MODEL)
 def model_ready(name: str, version: str | None = None) -> tuple[Response, int]:
     return readiness(name, version)
 
 
 @bp.post("/models/<v2_model:name>/infer", merge_slashes=False)
 @bp.post("/models/<v2_model:name>" + _VERSION + "/infer", merge_slashes=False)
+@documented(post=doc.v2_infer, parameters=doc.MODEL)
 def infer(name: str, version: str | None = None) -> Response:
+    return _infer(name, version, explain=False)
+
+
+@bp.post("/models/<v2_model:name>/explain", merge_slashes=False)
+@bp.post("/models/<v2_model:name>" + _VERSION + "/explain", merge_slashes=False)
+@documented(post=doc.v2_explain, parameters=doc.MODEL)
+def explain(name: str, version: str | None = None) -> Response:
+    """infer, with the attributions among the outputs answered by default: the explainer route a
+    KServe InferenceService's `explainer` serves, for a hosted model or a remote one alike."""
+    return _infer(name, version, explain=True)
+
+
+def _infer(name: str, version: str | None, explain: bool) -> Response:
     model = data_plane().model(name, version)
     call = decode_infer(request, data_plane().settings)
     asked = invocation(call.texts, call.options)
     candidates = asked.parameters.candidate_labels
-    answered = call.answered(DEFAULT_OUTPUTS + ((ATTRIBUTIONS,) if asked.parameters.explain else ()))
+    explained = explain or asked.parameters.explain
+    answered = call.answered(DEFAULT_OUTPUTS + ((ATTRIBUTIONS,) if explained else ()))
+    if explain and (call.options.get("explain", True) is not True or ATTRIBUTIONS not in answered):
+        raise InvalidRequest(
+            f"explain always answers the {ATTRIBUTIONS} output: leave parameters.explain out and name "
+            f"{ATTRIBUTIONS} among the outputs if you name them (or use infer)"
+        )
     # Explaining is what the attributions output costs: it runs when they are answered, and only then.
     parameters = asked.parameters.model_copy(update={"explain": ATTRIBUTIONS in answered})
     found = results(asked.texts, parameters)
