@@ -4,9 +4,8 @@ Transform send them, Clarify's response shape, and every response type a client 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from flask import Request, Response, jsonify
 
@@ -20,57 +19,42 @@ from api.clarify import (
     scores_by_label,
 )
 from api.codecs import body_text
+from api.context import data_plane
 from api.negotiation import CSV, HTML, JSON, JSON_LINES, response_type
 from api.records import decode_records
 from shared.errors import InvalidRequest
 from shared.io.inputs import Input, TextPair
 from shared.io.records import Record
+from shared.io.results import Classification
 from shared.io.schemas import InvocationParameters, parse_model, text_problem
 from shared.render.html import content_security_policy, explanation_document, new_nonce
 from shared.runtime.engine import Ticket
-from shared.serving.service import ClarionService
 from shared.settings import Settings
 
 RESULT_TYPES = (JSON, JSON_LINES, CSV, HTML)  # a JSON body: JSON unless asked otherwise
 RECORD_RESULT_TYPES = (JSON_LINES, JSON, CSV, HTML)  # records: a line per record unless asked
-T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Call:
-    """One /invocations request's service, settings and deadline."""
+def clarify(texts: Sequence[Input], request: Request, ticket: Ticket) -> dict[str, Any]:
+    """Clarify's response: every record's scores, explanations where the header's expression says
+    so, with the endpoint's Clarify settings. A text pair (Clarify's two feature columns) is
+    explained as one game over both texts, reported as two text features."""
+    plane = data_plane()
+    settings, labels = plane.settings, plane.service.model.labels
+    parameters = parse_model(InvocationParameters, clarify_options(settings), settings)
+    expression = request.headers.get(ENABLE_HEADER, settings.clarify_enable_explanations)
 
-    service: ClarionService
-    settings: Settings
-    ticket: Ticket
+    def scores(classified: list[Classification]) -> list[list[float]]:
+        return [scores_by_label(classification, labels) for classification in classified]
 
-    def clarify(self, texts: Sequence[Input], request: Request) -> dict[str, Any]:
-        """Clarify's response: every record's scores, explanations where the header's expression
-        says so, with the endpoint's Clarify settings. A text pair (Clarify's two feature columns)
-        is explained as one game over both texts, reported as two text features."""
-        settings, service = self.settings, self.service
-        parameters = parse_model(InvocationParameters, clarify_options(settings), settings)
-        labels = service.model.labels
-        scores = [
-            scores_by_label(p.classification, labels)
-            for chunk in _chunks(texts, settings.max_texts)
-            for p in service.predict(chunk, parameters.long_text, None, self.ticket)
-        ]
-        wanted = records_to_explain(
-            request.headers.get(ENABLE_HEADER, settings.clarify_enable_explanations), scores
-        )
-        chosen = [text for text, explain in zip(texts, wanted, strict=True) if explain]
-        explained = iter(
-            p.explanation
-            for chunk in _chunks(chosen, settings.max_texts)
-            for p in service.predict(chunk, parameters.long_text, parameters.explain_options(), self.ticket)
-        )
-        explanations = [next(explained) if explain else None for explain in wanted]
-        return clarify_body(label_headers(settings, labels), labels, scores, explanations)
+    classified, explanations = plane.classify_then_explain(
+        texts, parameters, lambda found: records_to_explain(expression, scores(found)), ticket
+    )
+    return clarify_body(label_headers(settings, labels), labels, scores(classified), explanations)
 
 
 def invoke_records(
-    call: Call, request: Request, options: dict[str, Any], pair_column: int | None = None
+    request: Request, options: dict[str, Any], ticket: Ticket, pair_column: int | None = None
 ) -> Response:
     """A JSON Lines or CSV body: one text (or text pair) per record; `pair_column`: a CSV body's
     text_pair column."""
@@ -80,10 +64,10 @@ def invoke_records(
             "the body holds no records: every line is blank (in CSV: only whitespace, commas and quotes)"
         )
     kind = response_type(request, RECORD_RESULT_TYPES)
-    settings = call.settings
+    settings = data_plane().settings
     if kind == JSON:  # Clarify's exchange: every record must be readable
         texts = [_valid(record, {}, settings) for record in records]
-        return jsonify(call.clarify(texts, request))
+        return jsonify(clarify(texts, request, ticket))
     parameters: InvocationParameters = parse_model(InvocationParameters, options, settings)
     if parameters.asynchronous:
         raise InvalidRequest("async: record bodies are answered in the request; submit jobs to /explanations")
@@ -91,7 +75,7 @@ def invoke_records(
     if kind in (CSV, HTML) and (bad := next((r for r in checked if r.problem), None)):
         raise InvalidRequest(bad.problem or "")  # neither a CSV of labels nor a view can hold an error
     texts = [r.text or "" for r in checked if r.problem is None]
-    results = iter(call.service.results(texts, parameters, call.ticket))
+    results = iter(data_plane().results(texts, parameters, ticket))
     if kind == JSON_LINES:
         # One output line per input record, in order (Batch Transform joins them line by line); a
         # record that cannot be read gets its error on its own line instead of failing the batch.
@@ -159,8 +143,3 @@ def html_response(render: Callable[[str], str]) -> Response:
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.vary.add("Accept")
     return response
-
-
-def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

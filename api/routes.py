@@ -14,7 +14,7 @@ from api import openapi as doc
 from api.bodies import job_body
 from api.codecs import Invocation, decode_invocation
 from api.context import data_plane
-from api.invocations import RESULT_TYPES, Call, html_response, html_texts, invoke_records, shaped
+from api.invocations import RESULT_TYPES, clarify, html_response, html_texts, invoke_records, shaped
 from api.negotiation import (
     CUSTOM_ATTRIBUTES,
     HTML,
@@ -163,21 +163,21 @@ def invocations() -> Any:
     settings = data_plane().settings
     g.attributes = custom_attributes(request)
     options = g.attributes.options
-    call = Call(data_plane().service, settings, request_ticket())
+    ticket = request_ticket()
     if is_record_type(request.mimetype):
-        return invoke_records(call, request, options, g.attributes.pair_column)
+        return invoke_records(request, options, ticket, g.attributes.pair_column)
     options = body_options(g.attributes)  # a JSON or text body: no pair_column to read
     kind = response_type(request, RESULT_TYPES)
     if kind == JSON and settings.clarify_mode:  # the endpoint speaks Clarify's shape to every client
-        return jsonify(call.clarify(decode_invocation(request, settings).texts, request))
+        return jsonify(clarify(decode_invocation(request, settings).texts, request, ticket))
     invocation = decode_invocation(request, settings, options)
     parameters = invocation.parameters
     if parameters.explain and parameters.asynchronous:
-        return _submit(invocation, call.ticket)
+        return _submit(invocation, ticket)
     return shaped(
         kind,
         invocation.texts,
-        data_plane().results(invocation.texts, parameters, call.ticket),
+        data_plane().results(invocation.texts, parameters, ticket),
         invocation.single,
     )
 

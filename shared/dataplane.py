@@ -13,7 +13,7 @@ from typing import Any
 
 from shared.errors import NotFound
 from shared.io.inputs import Input
-from shared.io.results import Health
+from shared.io.results import Classification, Explanation, Health
 from shared.io.schemas import InvocationParameters
 from shared.jobs.analysis import Analyses, AnalysisRecord, check_analysis, new_analysis, stage
 from shared.jobs.inline import JobQueue
@@ -77,6 +77,24 @@ class DataPlane:
     ) -> list[dict[str, Any]]:
         """Each text's /invocations result within the request's deadline (ClarionService.results)."""
         return self.service.results(texts, parameters, ticket)
+
+    def classify_then_explain(
+        self,
+        texts: Sequence[Input],
+        parameters: InvocationParameters,
+        which: Callable[[list[Classification]], list[bool]],
+        ticket: Ticket,
+    ) -> tuple[list[Classification], list[Explanation | None]]:
+        """Clarify's exchange: every text's classification, then the explanations of the texts that
+        `which` chooses from those classifications (Clarify's EnableExplanations expression), None
+        for the others."""
+        service, long_text = self.service, parameters.long_text
+        classified = [p.classification for p in service.predict_in_passes(texts, long_text, None, ticket)]
+        wanted = which(classified)
+        chosen = [text for text, explain in zip(texts, wanted, strict=True) if explain]
+        options = parameters.explain_options()
+        explained = iter(p.explanation for p in service.predict_in_passes(chosen, long_text, options, ticket))
+        return classified, [next(explained) if explain else None for explain in wanted]
 
     # ---- explanation jobs ----------------------------------------------------------------------
 

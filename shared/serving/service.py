@@ -402,11 +402,26 @@ class ClarionService:
         texts = parameters.inputs(list(texts))
         self.check_options(parameters.explain_options(), texts)
         options = parameters.explain_options() if parameters.explain else None
-        model_id, size = self.model.model_id, self.settings.max_texts
+        model_id = self.model.model_id
         return [
             body(text_response(p.classification, p.explanation, model_id))
+            for p in self.predict_in_passes(texts, parameters.long_text, options, ticket)
+        ]
+
+    def predict_in_passes(
+        self,
+        texts: Sequence[Input],
+        long_text: LongText,
+        options: ExplainOptions | None,
+        ticket: Ticket | None = None,
+    ) -> list[Prediction]:
+        """predict, MAX_TEXTS_PER_REQUEST texts to a pass: a batch of records (a Batch Transform
+        body, Clarify's records) is never refused for its size alone."""
+        size = self.settings.max_texts
+        return [
+            prediction
             for start in range(0, len(texts), size)
-            for p in self.predict(texts[start : start + size], parameters.long_text, options, ticket)
+            for prediction in self.predict(texts[start : start + size], long_text, options, ticket)
         ]
 
     def stop(self) -> None:
