@@ -52,12 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     quiet_transformers()
     if args.smoke:
-        args.clients, args.duration, args.long_tokens, args.long_max_evals = "0,2", 4.0, 60, 60
+        args.clients, args.duration, args.long_tokens, args.long_max_evals = "0,2", 2.0, 60, 60
         args.timeout, args.oversized_max_evals, args.short_max_evals, args.repeats = 2, 2000, 64, 1
     levels = [int(k) for k in args.clients.split(",") if k.strip()]
     sentences = sst2_sentences()
     reviews = _long_reviews(args.model_dir, sentences[100:], args.long_tokens, 8)
-    short = sentences[:12]
+    short = sentences[: 4 if args.smoke else 12]  # a smoke: 4 clients at once still share passes
 
     with _service(args.model_dir, {}) as url:
         _post(url, {"data": short[0], "explain": True, "max_evals": 32})  # warm up the explainer

@@ -56,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     quiet_transformers()
     if args.smoke:
-        args.duration, args.rate, args.max_evals = 10.0, 4.0, 40
+        # 28 requests in 3.5 s (seeded: bad inputs from the 4th, jobs the 21st and 24th)
+        args.duration, args.rate, args.max_evals = 3.5, 8.0, 40
     warmup = args.warmup if args.warmup is not None else min(60.0, args.duration / 5)
     runs = [_soak(target, args, warmup) for target in args.targets.split(",") if target.strip()]
     data = {"config": vars(args) | {"warmup": warmup}, "environment": environment(), "runs": runs}
