@@ -153,6 +153,16 @@ def rss_by_process(groups: list[int]) -> dict[str, float]:
     return out
 
 
+def smoke_cache_env(smoke: bool) -> dict[str, str]:
+    """What a --smoke run adds to the environment of the services and workers it starts: the
+    MODEL_CACHE_DIR it was itself given, if any (the service smoke tests give theirs one, so that
+    the model's ONNX export, its int8 graph and fast's measured choice are made by the first
+    service and reused by the rest, as a deployment's cache serves its later processes). A full
+    run's processes share a fresh cache of their own, as before."""
+    cache = os.environ.get("MODEL_CACHE_DIR")
+    return {"MODEL_CACHE_DIR": cache} if smoke and cache else {}
+
+
 def settled_service(model_dir: str, tmp: Path, threads: int, smoke: bool) -> Any:
     """A single-process ClarionService as the API runs one (no cache, its own model cache under
     `tmp`; with `smoke`, a tiny random model instead of `model_dir`), once its backends have

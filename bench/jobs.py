@@ -14,6 +14,7 @@ from bench.common import (
     environment,
     fmt,
     median,
+    smoke_cache_env,
     sst2_sentences,
     table,
     write_results,
@@ -54,6 +55,7 @@ def main(args: argparse.Namespace) -> int:
                     "WORKER_CONCURRENCY": str(count),
                     "WORKER_POOL": pool,
                     "ACCESS_LOG": "false",
+                    **smoke_cache_env(args.smoke),
                 }
                 worker = Worker(Path(tmp), env)
                 try:

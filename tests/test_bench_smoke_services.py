@@ -3,11 +3,25 @@ test_bench_smoke.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from tests.bench_runs import needs_minilm, run_bench
 
 pytestmark = needs_minilm
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One MODEL_CACHE_DIR for every service and worker these smoke runs start (bench passes it on
+    in --smoke runs): the first exports the model to ONNX, quantizes it and measures fast's choice;
+    the rest reuse them instead of spending ~50 s of this machine's CPU on it each, beside the
+    benchmark they run."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MODEL_CACHE_DIR", str(tmp_path_factory.mktemp("model-cache")))
+        yield
 
 
 def test_classify_smoke(tmp_path: Path) -> None:
