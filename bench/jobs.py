@@ -39,7 +39,7 @@ def main(args: argparse.Namespace) -> int:
 
     if args.smoke:
         # one configuration: the pools themselves are tested in tests/test_jobs.py
-        args.configs, args.latency_jobs, args.throughput_jobs, args.max_evals = "threads:2", 2, 3, 64
+        args.configs, args.latency_jobs, args.throughput_jobs, args.max_evals = "threads:2", 1, 2, 64
     configs = [(c.split(":")[0], int(c.split(":")[1])) for c in args.configs.split(",") if c.strip()]
     sentences = iter(sst2_sentences())  # every job a new sentence: nothing comes from the cache
     runs: list[dict[str, Any]] = []
