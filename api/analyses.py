@@ -68,7 +68,8 @@ _ANALYSIS_DEFAULTS = {
 
 
 def _query() -> tuple[dict[str, Any], dict[str, Any], str]:
-    """The explanation options, the analysis options and the CSV delimiter, from the query string."""
+    """The explanation options, the analysis's spec (how it reads and folds its input) and the CSV
+    delimiter, from the query string."""
     known = {**_EXPLANATION_OPTIONS, **_ANALYSIS_OPTIONS, **_INPUT_OPTIONS}
     unknown = sorted(set(request.args) - set(known))
     if unknown:
@@ -79,14 +80,14 @@ def _query() -> tuple[dict[str, Any], dict[str, Any], str]:
     two_texts = "pair_field" in values or "candidate_labels" in values
     parameters = {"explain": True, **(_TWO_TEXT_DEFAULTS if two_texts else _DEFAULTS)}
     parameters.update({k: v for k, v in values.items() if k in _EXPLANATION_OPTIONS})
-    analysis = {**_ANALYSIS_DEFAULTS, "label_field": None, "pair_field": None}
-    analysis.update({k: v for k, v in values.items() if k in _ANALYSIS_OPTIONS})
-    if analysis["agg_method"] not in AGG_METHODS:
-        raise InvalidRequest(f"agg_method: {analysis['agg_method']!r}; use one of {list(AGG_METHODS)}")
+    spec = {**_ANALYSIS_DEFAULTS, "label_field": None, "pair_field": None}
+    spec.update({k: v for k, v in values.items() if k in _ANALYSIS_OPTIONS})
+    if spec["agg_method"] not in AGG_METHODS:
+        raise InvalidRequest(f"agg_method: {spec['agg_method']!r}; use one of {list(AGG_METHODS)}")
     delimiter = values.get("delimiter", ",")
     if len(delimiter) != 1:
         raise InvalidRequest("delimiter: one character")
-    return parameters, analysis, delimiter
+    return parameters, spec, delimiter
 
 
 def _typed(name: str, raw: str, kind: type) -> Any:
@@ -112,11 +113,11 @@ def _typed(name: str, raw: str, kind: type) -> Any:
     return raw
 
 
-def _records(data: bytes, kind: str, analysis: dict[str, Any], delimiter: str, source: str) -> list[Record]:
+def _records(data: bytes, kind: str, spec: dict[str, Any], delimiter: str, source: str) -> list[Record]:
     """The input's lines as records: JSON Lines, CSV (or tab-separated) with a header, or text lines;
     with pair_field each record a text pair (a record without its second text is its own error)."""
     text = data.decode("utf-8", errors="replace")  # a bad byte becomes U+FFFD, as in `clarion analyze`
-    field, label, pair = analysis["text_field"], analysis["label_field"], analysis.get("pair_field")
+    field, label, pair = spec["text_field"], spec["label_field"], spec.get("pair_field")
     if kind == "jsonl":
         if pair is not None:
             return list(json_pair_lines(text.splitlines(), (field,), pair, label))
@@ -134,28 +135,28 @@ def _records(data: bytes, kind: str, analysis: dict[str, Any], delimiter: str, s
 
 
 def _input(
-    settings: Settings, analysis: dict[str, Any], delimiter: str
+    settings: Settings, spec: dict[str, Any], delimiter: str
 ) -> tuple[list[Record], str | None, str | None]:
-    """The records to analyse, and the S3 input and output when the body names them."""
+    """The records to analyze, and the S3 input and output when the body names them."""
     mimetype = request.mimetype
     if mimetype == JSON:
-        spec = request.get_json(silent=True)
+        located = request.get_json(silent=True)
         if (
-            not isinstance(spec, dict)
-            or not isinstance(spec.get("input"), str)
-            or set(spec) - {"input", "output"}
+            not isinstance(located, dict)
+            or not isinstance(located.get("input"), str)
+            or set(located) - {"input", "output"}
         ):
             raise InvalidRequest(
                 'a JSON body is {"input": "s3://bucket/key", "output": "s3://bucket/prefix/"}'
             )
-        output = spec.get("output")
+        output = located.get("output")
         if output is not None and not isinstance(output, str):
             raise InvalidRequest("output: an s3:// location")
         from shared.storage.s3 import check_allowed, read_object, split_uri
 
         # A malformed location is a 400 first; then both are checked against the allowed prefixes,
         # before any S3 call: a forbidden output must not cost a read.
-        uri = spec["input"]
+        uri = located["input"]
         _, key = split_uri(uri)
         kind = key.rsplit(".", 1)[-1].lower() if "." in key else ""
         if kind not in ("jsonl", "csv", "tsv", "txt"):
@@ -165,11 +166,11 @@ def _input(
             check_allowed(output, allowed, folder=True)
         check_allowed(uri, allowed)
         data = read_object(uri, settings.analysis_max_bytes, allowed)
-        return _records(data, kind, analysis, delimiter, uri), uri, output
+        return _records(data, kind, spec, delimiter, uri), uri, output
     if mimetype in JSON_LINES_TYPES:
-        return _records(request.get_data(), "jsonl", analysis, delimiter, "body"), None, None
+        return _records(request.get_data(), "jsonl", spec, delimiter, "body"), None, None
     if mimetype == "text/csv":
-        return _records(request.get_data(), "csv", analysis, delimiter, "body"), None, None
+        return _records(request.get_data(), "csv", spec, delimiter, "body"), None, None
     raise UnsupportedMediaType(
         f"POST /analyses takes JSON Lines ({JSON_LINES_TYPES[0]}), CSV (text/csv) or "
         f'{{"input": "s3://..."}} ({JSON}), not {mimetype or "no Content-Type"!r}'
@@ -182,11 +183,11 @@ def create_analysis() -> Any:
     plane = data_plane()
     settings = plane.settings
     request.max_content_length = settings.analysis_max_bytes  # a larger body is a 413
-    parameters, analysis, delimiter = _query()
+    parameters, spec, delimiter = _query()
     made, replayed = plane.submit_analysis(
         parameters,
-        analysis,
-        lambda: _input(settings, analysis, delimiter),
+        spec,
+        lambda: _input(settings, spec, delimiter),
         g.ticket,
         g.owner,
         idempotency(request, g.owner),
@@ -202,15 +203,16 @@ def create_analysis() -> Any:
 @documented(get=doc.get_analysis, parameters={"analysis_id": doc.ANALYSIS_ID})
 def get_analysis(analysis_id: str) -> Any:
     plane = data_plane()
-    record = plane.analysis(analysis_id, g.owner)
+    analysis = plane.analysis(analysis_id, g.owner)
     store = plane.analyses.store
     if response_type(request, (JSON, HTML)) == HTML:
-        document = analysis_body(record, store).analysis
+        document = analysis_body(analysis, store).analysis
         if document is not None:
-            title = f"Clarion analysis {record.id}"
+            title = f"Clarion analysis {analysis.id}"
             return html_response(lambda nonce: analysis_report(document, title=title, nonce=nonce))
-        return html_response(lambda nonce: analysis_status_document(record.id, record.status, record.error))
-    return jsonify(body(analysis_body(record, store)))
+        status = (analysis.id, analysis.status, analysis.error)
+        return html_response(lambda nonce: analysis_status_document(*status))
+    return jsonify(body(analysis_body(analysis, store)))
 
 
 @bp.delete("/analyses/<analysis_id>")
@@ -219,7 +221,7 @@ def delete_analysis(analysis_id: str) -> Any:
     """Like an explanation job's: a queued or running analysis is cancelled (200); a finished one is
     removed with everything it stored (204, then 404)."""
     plane = data_plane()
-    record = plane.cancel_analysis(analysis_id, g.owner)
-    if record is None:
+    analysis = plane.cancel_analysis(analysis_id, g.owner)
+    if analysis is None:
         return Response(status=204)
-    return jsonify(body(analysis_body(record, plane.analyses.store)))
+    return jsonify(body(analysis_body(analysis, plane.analyses.store)))

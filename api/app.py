@@ -16,7 +16,7 @@ from api.operations import check_declared
 from api.routes import bp
 from shared.dataplane import DataPlane
 from shared.jobs.analysis import Analyses, FolderAnalysisStore, InlineAnalyses
-from shared.jobs.inline import FolderJobRecords, FolderKeys, InlineJobQueue, JobQueue
+from shared.jobs.inline import FolderJobs, FolderKeys, InlineJobQueue, JobQueue
 from shared.serving.service import ClarionService
 from shared.settings import Settings
 
@@ -73,9 +73,9 @@ def _job_queue(settings: Settings, service: ClarionService) -> JobQueue:
         folder = settings.inline_jobs_dir
         if folder is None:
             return InlineJobQueue(service.explain)
-        records = FolderJobRecords(folder, settings.job_result_ttl_s)
+        stored = FolderJobs(folder, settings.job_result_ttl_s)
         return InlineJobQueue(
-            service.explain, records, FolderKeys(Path(folder) / "keys", settings.job_result_ttl_s)
+            service.explain, stored, FolderKeys(Path(folder) / "keys", settings.job_result_ttl_s)
         )
     from api.queue import CeleryJobQueue  # only when a broker is configured
 

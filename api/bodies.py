@@ -1,5 +1,5 @@
-"""The HTTP bodies of jobs and errors. A text's result (`TextResult`) is the record format that the
-API, jobs and `clarion explain` all write, so it lives in shared/io/results.py; these exist only over
+"""The HTTP bodies of jobs and errors. A text's result (`TextResult`) is the shape that the
+API, jobs and `clarion explain`'s records all hold, so it lives in shared/io/results.py; these exist only over
 HTTP."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any
 from pydantic import Field
 
 from shared.io.results import Classification, Explanation, LabelScore, Result, TextResult, text_response
-from shared.jobs.analysis import AnalysisRecord, AnalysisStore
-from shared.jobs.record import JobRecord
+from shared.jobs.analysis import AnalysisStore, StoredAnalysis
+from shared.jobs.job import StoredJob
 from shared.kinds import SUCCEEDED, JobStatus
 
 
@@ -59,31 +59,27 @@ class JobBody(Result):
     )
 
 
-def job_body(record: JobRecord) -> JobBody:
+def job_body(job: StoredJob) -> JobBody:
     """The job as the API shows it."""
-    classifications = [Classification.model_validate(p) for p in record.predictions]
+    classifications = [Classification.model_validate(p) for p in job.predictions]
     fields: dict[str, Any] = {
-        "id": record.id,
-        "status": record.status,
-        "submitted_at": record.submitted_at,
-        "finished_at": record.finished_at,
-        **({"started_at": record.started_at} if record.started_at else {}),
-        **({"progress": JobProgress(**record.progress)} if record.progress else {}),
-        **({"attempts": record.attempts} if record.attempts else {}),
-        "prediction": _shape(record.single, [c.prediction for c in classifications]),
+        "id": job.id,
+        "status": job.status,
+        "submitted_at": job.submitted_at,
+        "finished_at": job.finished_at,
+        **({"started_at": job.started_at} if job.started_at else {}),
+        **({"progress": JobProgress(**job.progress)} if job.progress else {}),
+        **({"attempts": job.attempts} if job.attempts else {}),
+        "prediction": _shape(job.single, [c.prediction for c in classifications]),
     }
-    if (
-        record.status == SUCCEEDED
-        and record.explanations
-        and len(record.explanations) == len(classifications)
-    ):
+    if job.status == SUCCEEDED and job.explanations and len(job.explanations) == len(classifications):
         items = [
-            text_response(c, Explanation.model_validate(e), record.model)
-            for c, e in zip(classifications, record.explanations, strict=True)
+            text_response(c, Explanation.model_validate(e), job.model)
+            for c, e in zip(classifications, job.explanations, strict=True)
         ]
-        fields["result"] = _shape(record.single, items)
-    if record.error is not None:
-        fields["error"] = ErrorDetail.model_validate(record.error)
+        fields["result"] = _shape(job.single, items)
+    if job.error is not None:
+        fields["error"] = ErrorDetail.model_validate(job.error)
     return JobBody(**fields)
 
 
@@ -108,7 +104,7 @@ class AnalysisBody(Result):
     lines: int = Field(description="lines read from the input")
     texts: int = Field(description="lines explained (the others were refused, and are skipped)")
     progress: JobProgress = Field(description="texts explained so far, of `texts`")
-    input: str | None = Field(None, description="the S3 object analysed (absent: the request body)")
+    input: str | None = Field(None, description="the S3 object analyzed (absent: the request body)")
     output: str | None = Field(None, description="where analysis.json, records.jsonl and report.html go")
     error: ErrorDetail | None = Field(None, description="when failed")
     analysis: dict[str, Any] | None = Field(
@@ -117,23 +113,23 @@ class AnalysisBody(Result):
     )
 
 
-def analysis_body(record: AnalysisRecord, store: AnalysisStore) -> AnalysisBody:
+def analysis_body(analysis: StoredAnalysis, store: AnalysisStore) -> AnalysisBody:
     document = None
-    if record.status == SUCCEEDED:
-        raw = store.get(record.id, "analysis")
+    if analysis.status == SUCCEEDED:
+        raw = store.get(analysis.id, "analysis")
         document = json.loads(raw) if raw is not None else None
     return AnalysisBody(
-        id=record.id,
-        status=record.status,
-        submitted_at=record.submitted_at,
-        finished_at=record.finished_at,
-        model=record.model,
-        lines=record.lines,
-        texts=record.texts,
-        progress=JobProgress(**(record.progress or {"done": 0, "total": record.texts})),
-        **({"started_at": record.started_at} if record.started_at else {}),
-        **({"input": record.input} if record.input else {}),
-        **({"output": record.output} if record.output else {}),
-        **({"error": ErrorDetail.model_validate(record.error)} if record.error else {}),
+        id=analysis.id,
+        status=analysis.status,
+        submitted_at=analysis.submitted_at,
+        finished_at=analysis.finished_at,
+        model=analysis.model,
+        lines=analysis.lines,
+        texts=analysis.texts,
+        progress=JobProgress(**(analysis.progress or {"done": 0, "total": analysis.texts})),
+        **({"started_at": analysis.started_at} if analysis.started_at else {}),
+        **({"input": analysis.input} if analysis.input else {}),
+        **({"output": analysis.output} if analysis.output else {}),
+        **({"error": ErrorDetail.model_validate(analysis.error)} if analysis.error else {}),
         **({"analysis": document} if document is not None else {}),
     )

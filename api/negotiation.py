@@ -12,7 +12,7 @@ from typing import Any
 from flask import Request
 
 from shared.errors import InvalidRequest, NotAcceptable
-from shared.jobs.record import Idempotency
+from shared.jobs.job import Idempotency
 
 JSON = "application/json"
 JSON_LINES = "application/jsonlines"

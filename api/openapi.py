@@ -491,7 +491,7 @@ def _analysis_body() -> dict[str, Any]:
                     },
                     "required": ["input"],
                     "additionalProperties": False,
-                    "description": "an S3 object to analyse, and where to write the files",
+                    "description": "an S3 object to analyze, and where to write the files",
                 }
             },
         },

@@ -1,5 +1,5 @@
-"""Jobs and analyses on the workers, as the API sees them: record, publish by task name, read and
-cancel; and the sweeper that publishes what was recorded but never published, and runs again what
+"""Jobs and analyses on the workers, as the API sees them: store, publish by task name, read and
+cancel; and the sweeper that publishes what was stored but never published, and runs again what
 lost its worker. Nothing here runs a task or writes a task's progress or result (shared/jobs/state.py
 says who writes what)."""
 
@@ -20,14 +20,14 @@ from kombu.exceptions import KombuError
 from api.broker import publisher
 from shared.errors import JobBackendUnavailable, NotFound
 from shared.jobs.analysis import (
-    AnalysisRecord,
+    StoredAnalysis,
     analysis_store_for,
     cancel_or_remove,
 )
 from shared.jobs.broker import ANALYZE_TASK, EXPLAIN_TASK, QUEUE
+from shared.jobs.job import Idempotency, StoredJob, stamp_finished
 from shared.jobs.lease import Leases, leases_for
-from shared.jobs.record import Idempotency, JobRecord, stamp_finished
-from shared.jobs.store import RecordStore, job_store_for
+from shared.jobs.store import Store, job_store_for
 from shared.kinds import CANCELLED, FINISHED, QUEUED
 from shared.runtime.engine import Ticket
 from shared.settings import Settings
@@ -66,17 +66,17 @@ class Broker(Protocol):
 
 
 class CeleryJobQueue:
-    """Explanation jobs as Celery tasks, with a Redis record per issued id.
+    """Explanation jobs as Celery tasks, stored in Redis per issued id.
 
-    Record first (noted unpublished, in one step), then publish, then mark published. Once the record
+    Store first (noted unpublished, in one step), then publish, then mark published. Once the job
     is stored the job is accepted: a publish that fails leaves it noted, and the sweeper publishes it,
-    so the answer is a 202 whatever fails after the record. A GET reads the record alone.
+    so the answer is a 202 whatever fails after it is stored. A GET reads the stored job alone.
     """
 
     asynchronous = True
 
     def __init__(
-        self, settings: Settings, broker: Broker | None = None, store: RecordStore[JobRecord] | None = None
+        self, settings: Settings, broker: Broker | None = None, store: Store[StoredJob] | None = None
     ) -> None:
         self.store = store or job_store_for(settings)
         self._broker = broker or publisher(settings)
@@ -84,23 +84,21 @@ class CeleryJobQueue:
         self._queue_list = redis_client(broker_url) if broker_url else None
 
     def submit(
-        self, record: JobRecord, ticket: Ticket | None = None, idempotency: Idempotency | None = None
-    ) -> tuple[JobRecord, bool]:
-        """Record and publish (or, with a key used before, the job it made); the job runs on a
+        self, job: StoredJob, ticket: Ticket | None = None, idempotency: Idempotency | None = None
+    ) -> tuple[StoredJob, bool]:
+        """Store and publish (or, with a key used before, the job it made); the job runs on a
         worker, within its own time limit (not `ticket`). Whether it was made before."""
-        record, replayed = self.store.create(record, idempotency)
+        job, replayed = self.store.create(job, idempotency)
         if not replayed:
-            publish_now(self, record)
-        return record, replayed
+            publish_now(self, job)
+        return job, replayed
 
-    def publish(self, record: JobRecord) -> None:
-        self._broker.send_task(
-            EXPLAIN_TASK, args=(record.texts, record.options), task_id=record.id, retry=False
-        )
+    def publish(self, job: StoredJob) -> None:
+        self._broker.send_task(EXPLAIN_TASK, args=(job.texts, job.options), task_id=job.id, retry=False)
 
-    def tasks_left(self, record: JobRecord) -> dict[str, Callable[[], None]]:
+    def tasks_left(self, job: StoredJob) -> dict[str, Callable[[], None]]:
         """A queued job's one task (its id is the job's), with how to publish it."""
-        return {record.id: partial(self.publish, record)} if record.status == QUEUED else {}
+        return {job.id: partial(self.publish, job)} if job.status == QUEUED else {}
 
     def pending(self) -> int | None:
         """Jobs waiting in the broker's queue (None when the broker cannot say)."""
@@ -111,13 +109,13 @@ class CeleryJobQueue:
         except BACKEND_ERRORS:
             return None
 
-    def get(self, job_id: str) -> JobRecord:
-        record = self.store.load(job_id)
-        if record is None:
+    def get(self, job_id: str) -> StoredJob:
+        job = self.store.load(job_id)
+        if job is None:
             raise NotFound(f"no explanation job {job_id!r}")
-        return record
+        return job
 
-    def delete(self, job_id: str) -> JobRecord | None:
+    def delete(self, job_id: str) -> StoredJob | None:
         """Cancel a queued or running job (the task checks before it starts and between passes, so
         its work stops within one pass and the worker keeps its loaded model), or remove a finished
         one. A cancel that was stored stands even when the revoke fails: the task reads it anyway."""
@@ -140,29 +138,29 @@ class CeleryAnalyses:
         self,
         settings: Settings,
         broker: Broker | None = None,
-        store: RecordStore[AnalysisRecord] | None = None,
+        store: Store[StoredAnalysis] | None = None,
     ) -> None:
         self.store = store or analysis_store_for(settings)
         self._broker = broker or publisher(settings)
 
-    def submit(self, record: AnalysisRecord, ticket: Ticket | None = None) -> AnalysisRecord:
-        """Publish every chunk task of an analysis staged and recorded (noted unpublished)."""
-        publish_now(self, record)
-        return record
+    def submit(self, analysis: StoredAnalysis, ticket: Ticket | None = None) -> StoredAnalysis:
+        """Publish every chunk task of an analysis staged and stored (noted unpublished)."""
+        publish_now(self, analysis)
+        return analysis
 
-    def publish(self, record: AnalysisRecord) -> None:
+    def publish(self, analysis: StoredAnalysis) -> None:
         """Every chunk's task; a chunk done or running is not done twice (its output and lease say so)."""
-        for index in range(record.chunks):
-            self._publish_chunk(record.id, index)
+        for index in range(analysis.chunks):
+            self._publish_chunk(analysis.id, index)
 
-    def tasks_left(self, record: AnalysisRecord) -> dict[str, Callable[[], None]]:
+    def tasks_left(self, analysis: StoredAnalysis) -> dict[str, Callable[[], None]]:
         """An unfinished analysis's chunks not counted done yet, by task id, with how to publish each."""
-        if record.status in FINISHED:
+        if analysis.status in FINISHED:
             return {}
-        done = self.store.chunks_done(record.id)
+        done = self.store.chunks_done(analysis.id)
         return {
-            _chunk_task_id(record.id, index): partial(self._publish_chunk, record.id, index)
-            for index in range(record.chunks)
+            _chunk_task_id(analysis.id, index): partial(self._publish_chunk, analysis.id, index)
+            for index in range(analysis.chunks)
             if index not in done
         }
 
@@ -170,11 +168,11 @@ class CeleryAnalyses:
         task_id = _chunk_task_id(analysis_id, index)
         self._broker.send_task(ANALYZE_TASK, args=(analysis_id, index), task_id=task_id, retry=False)
 
-    def delete(self, analysis_id: str) -> AnalysisRecord | None:
-        record = cancel_or_remove(self.store, analysis_id)
-        if record is not None:  # cancelled: chunks not started are dropped, running ones stop
-            revoke(self._broker, [_chunk_task_id(analysis_id, i) for i in range(record.chunks)])
-        return record
+    def delete(self, analysis_id: str) -> StoredAnalysis | None:
+        analysis = cancel_or_remove(self.store, analysis_id)
+        if analysis is not None:  # cancelled: chunks not started are dropped, running ones stop
+            revoke(self._broker, [_chunk_task_id(analysis_id, i) for i in range(analysis.chunks)])
+        return analysis
 
 
 def _chunk_task_id(analysis_id: str, index: int) -> str:
@@ -182,26 +180,26 @@ def _chunk_task_id(analysis_id: str, index: int) -> str:
 
 
 class Publishes(Protocol):
-    """A queue whose records the sweeper publishes: its store, and how to publish one record."""
+    """A queue whose entries the sweeper publishes: its store, and how to publish one entry."""
 
-    store: RecordStore[Any]
+    store: Store[Any]
 
-    def publish(self, record: Any) -> None: ...
+    def publish(self, entry: Any) -> None: ...
 
-    def tasks_left(self, record: Any) -> dict[str, Callable[[], None]]:
-        """The tasks `record` still needs run, by task id, each with how to publish it alone."""
+    def tasks_left(self, entry: Any) -> dict[str, Callable[[], None]]:
+        """The tasks `entry` still needs run, by task id, each with how to publish it alone."""
         ...
 
 
-def publish_now(queue: Publishes, record: Any) -> None:
-    """Publish a record just stored, and mark it published. A failure is logged, not raised: the
-    record stays noted and the sweeper publishes it within a grace."""
+def publish_now(queue: Publishes, entry: Any) -> None:
+    """Publish an entry just stored, and mark it published. A failure is logged, not raised: the
+    entry stays noted and the sweeper publishes it within a grace."""
     try:
-        queue.publish(record)
-        queue.store.mark_published(record.id)
+        queue.publish(entry)
+        queue.store.mark_published(entry.id)
     except BACKEND_ERRORS as exc:
         log.warning(
-            "%s %s: accepted; not published yet (%s): the sweeper will", queue.store.kind.name, record.id, exc
+            "%s %s: accepted; not published yet (%s): the sweeper will", queue.store.kind.name, entry.id, exc
         )
 
 
@@ -217,7 +215,7 @@ def revoke(broker: Broker, task_ids: list[str]) -> None:
 
 @dataclass
 class Sweeper:
-    """Every API process runs one: it publishes records whose publisher died or failed, and tasks
+    """Every API process runs one: it publishes entries whose publisher died or failed, and tasks
     whose worker stopped renewing their lease. Each id is handled on its own: one that fails stays
     noted (or is noted again) for the next sweep, and does not hold up the others."""
 
@@ -245,27 +243,27 @@ class Sweeper:
         )
 
     def sweep(self) -> int:
-        """One sweep; how many records and tasks it published."""
+        """One sweep; how many entries and tasks it published."""
         stranded = sum(self.republish_stranded(queue) for queue in self.queues)
         return stranded + self.rerun_lapsed() + sum(self.rescue_lost(queue) for queue in self.queues)
 
     def republish_stranded(self, queue: Publishes) -> int:
-        """Publish the records noted unpublished over a grace ago that are still waiting to run."""
+        """Publish the entries noted unpublished over a grace ago that are still waiting to run."""
         store = queue.store
         count = 0
-        for record_id in store.claim_unpublished(self.grace_s):
+        for entry_id in store.claim_unpublished(self.grace_s):
             try:
-                record = store.load(record_id)
-                if record is not None and _waits(record):
-                    log.warning("%s %s: recorded, never published (its API process died?); publishing it",
-                                store.kind.name, record_id)  # fmt: skip
-                    queue.publish(record)
+                entry = store.load(entry_id)
+                if entry is not None and _waits(entry):
+                    log.warning("%s %s: stored, never published (its API process died?); publishing it",
+                                store.kind.name, entry_id)  # fmt: skip
+                    queue.publish(entry)
                     count += 1
-                store.mark_published(record_id)
+                store.mark_published(entry_id)
             except BACKEND_ERRORS as exc:  # still noted (claimed for a grace): the next sweeps try again
-                log.warning("%s %s: not published (%s); next sweep", store.kind.name, record_id, exc)
-            except Exception:  # one record that cannot be read must not hold up the others
-                log.exception("%s %s: not published; next sweep", store.kind.name, record_id)
+                log.warning("%s %s: not published (%s); next sweep", store.kind.name, entry_id, exc)
+            except Exception:  # one entry that cannot be read must not hold up the others
+                log.exception("%s %s: not published; next sweep", store.kind.name, entry_id)
         return count
 
     def rerun_lapsed(self) -> int:
@@ -292,7 +290,7 @@ class Sweeper:
         return count
 
     def rescue_lost(self, queue: Publishes) -> int:
-        """Publish again the tasks of records waiting over a grace (a queued job; an unfinished
+        """Publish again the tasks of entries waiting over a grace (a queued job; an unfinished
         analysis's chunks not done) that the broker holds no more and no worker runs: a message a
         worker popped just as its connection broke (a Redis restart) never reaches Celery's list of
         unacknowledged ones, and nothing would bring it back. A task found in the queue, taken by a
@@ -306,21 +304,21 @@ class Sweeper:
         held = self._ids_in_broker()
         what = queue.store.kind.name
         count = 0
-        for record_id in ids:
+        for entry_id in ids:
             try:
-                record = queue.store.load(record_id)
-                tasks = queue.tasks_left(record) if record is not None else {}
+                entry = queue.store.load(entry_id)
+                tasks = queue.tasks_left(entry) if entry is not None else {}
                 unheld = [task_id for task_id in tasks if task_id not in held]
                 running = self.leases.known(unheld)
                 for task_id in unheld:
                     if task_id in running:
                         continue
                     log.warning("%s %s: task %s in no queue and run by no worker (lost by the broker?); "
-                                "publishing it again", what, record_id, task_id)  # fmt: skip
+                                "publishing it again", what, entry_id, task_id)  # fmt: skip
                     tasks[task_id]()
                     count += 1
             except BACKEND_ERRORS as exc:  # claimed for a grace only: a later sweep looks again
-                log.warning("%s %s: not published again (%s); next sweep", what, record_id, exc)
+                log.warning("%s %s: not published again (%s); next sweep", what, entry_id, exc)
         return count
 
     def _ids_in_broker(self) -> set[str]:
@@ -357,8 +355,8 @@ class Sweeper:
         return thread
 
 
-def _waits(record: Any) -> bool:
+def _waits(entry: Any) -> bool:
     """Still to run: a job only while queued; an analysis until it finishes (chunks may be left)."""
-    if isinstance(record, JobRecord):
-        return record.status == QUEUED
-    return record.status not in FINISHED
+    if isinstance(entry, StoredJob):
+        return entry.status == QUEUED
+    return entry.status not in FINISHED

@@ -192,23 +192,23 @@ def create_explanation() -> Any:
 @bp.get("/explanations/<job_id>")
 @documented(get=doc.get_job, parameters={"job_id": doc.JOB_ID})
 def get_explanation(job_id: str) -> Any:
-    record = data_plane().job(job_id, g.owner)
-    job = body(job_body(record))
+    job = data_plane().job(job_id, g.owner)
+    shown = body(job_body(job))
     if _wants_html():
-        texts = html_texts([restored(text) for text in record.texts])
-        return html_response(lambda nonce: job_document(job, texts, nonce=nonce))
-    return jsonify(job)
+        texts = html_texts([restored(text) for text in job.texts])
+        return html_response(lambda nonce: job_document(shown, texts, nonce=nonce))
+    return jsonify(shown)
 
 
 @bp.delete("/explanations/<job_id>")
 @documented(delete=doc.delete_job, parameters={"job_id": doc.JOB_ID})
 def delete_explanation(job_id: str) -> Any:
     """A queued or running job is cancelled (200, the job as it now is: cancelled); a finished one is
-    removed, record and result (204: a GET is a 404 from now on)."""
-    record = data_plane().cancel_job(job_id, g.owner)
-    if record is None:
+    removed with its result (204: a GET is a 404 from now on)."""
+    job = data_plane().cancel_job(job_id, g.owner)
+    if job is None:
         return Response(status=204)
-    return jsonify(body(job_body(record)))
+    return jsonify(body(job_body(job)))
 
 
 def _submit(invocation: Invocation, ticket: Ticket) -> Any:
@@ -216,7 +216,7 @@ def _submit(invocation: Invocation, ticket: Ticket) -> Any:
     mode run it now (200, finished job). With an Idempotency-Key used before with the same request,
     the job it made, with the same status."""
     plane = data_plane()
-    record, replayed = plane.submit_job(
+    job, replayed = plane.submit_job(
         invocation.texts,
         invocation.single,
         invocation.parameters,
@@ -224,10 +224,10 @@ def _submit(invocation: Invocation, ticket: Ticket) -> Any:
         g.owner,
         idempotency(request, g.owner),
     )
-    response = jsonify(body(job_body(record)))
+    response = jsonify(body(job_body(job)))
     if replayed:
         response.headers[REPLAYED] = "true"
     if not plane.jobs.asynchronous:
         return response, 200
-    response.headers["Location"] = url_for("clarion.get_explanation", job_id=record.id)
+    response.headers["Location"] = url_for("clarion.get_explanation", job_id=job.id)
     return response, 202

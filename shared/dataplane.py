@@ -15,9 +15,9 @@ from shared.errors import NotFound
 from shared.io.inputs import Input
 from shared.io.results import Classification, Explanation, Health
 from shared.io.schemas import InvocationParameters
-from shared.jobs.analysis import Analyses, AnalysisRecord, check_analysis, new_analysis, stage
+from shared.jobs.analysis import Analyses, StoredAnalysis, check_analysis, new_analysis, stage
 from shared.jobs.inline import JobQueue
-from shared.jobs.record import Idempotency, JobRecord, new_record
+from shared.jobs.job import Idempotency, StoredJob, new_job
 from shared.runtime.engine import Ticket
 from shared.runtime.model import TextModel
 from shared.serving.service import ClarionService
@@ -30,7 +30,7 @@ AnalysisInput = tuple[Iterable[Any], str | None, str | None]
 
 def versions_of(model: TextModel) -> list[str]:
     """The versions of a model served (KServe V2's metadata lists them, its paths may name one):
-    one, its fingerprint, which changes with its weights, config or tokenizer (job records'
+    one, its fingerprint, which changes with its weights, config or tokenizer (stored jobs'
     `model_fingerprint`)."""
     return [model.fingerprint]
 
@@ -60,7 +60,7 @@ class DataPlane:
     def model(self, name: str, version: str | None = None) -> TextModel:
         """The model a request names, and the version it names if any: ModelNotReady (503) while it
         loads or if it failed to, NotFound (404) for another name or another version. Its name is
-        the one /ping and job records give it (`model`)."""
+        the one /ping and stored jobs give it (`model`)."""
         model = self.service.model
         if name != model.model_id:
             raise NotFound(f"model {name!r} is not served here; this server serves {model.model_id!r}")
@@ -106,7 +106,7 @@ class DataPlane:
         ticket: Ticket,
         owner: str | None,
         idempotency: Idempotency | None,
-    ) -> tuple[JobRecord, bool]:
+    ) -> tuple[StoredJob, bool]:
         """Classify the texts, then queue a job that explains them (in single-process mode, run it
         now, within `ticket`); with an Idempotency-Key used before for the same request, the job it
         made. A job that cannot succeed is refused now (a 400), not failed later. Returns the job
@@ -115,7 +115,7 @@ class DataPlane:
         options = parameters.explain_options()
         inputs = parameters.inputs(list(texts))  # zero-shot texts carry their labels into the job
         service.check_options(options, inputs)
-        record = new_record(
+        job = new_job(
             service.model.model_id,
             inputs,
             single,
@@ -124,18 +124,18 @@ class DataPlane:
             owner=owner,
             model_fingerprint=service.model.fingerprint,
         )
-        return self.jobs.submit(record, ticket, idempotency)
+        return self.jobs.submit(job, ticket, idempotency)
 
-    def job(self, job_id: str, owner: str | None) -> JobRecord:
+    def job(self, job_id: str, owner: str | None) -> StoredJob:
         """The job, if `owner` may see it: with API keys, only the key that submitted it may."""
-        record = self.jobs.get(job_id)
-        if record.owner != owner:
+        job = self.jobs.get(job_id)
+        if job.owner != owner:
             raise NotFound(f"no explanation job {job_id!r}")
-        return record
+        return job
 
-    def cancel_job(self, job_id: str, owner: str | None) -> JobRecord | None:
-        """Cancel a queued or running job (returned, cancelled), or remove a finished one, record
-        and result (None: a GET is a 404 from now on)."""
+    def cancel_job(self, job_id: str, owner: str | None) -> StoredJob | None:
+        """Cancel a queued or running job (returned, cancelled), or remove a finished one with
+        its result (None: a GET is a 404 from now on)."""
         self.job(job_id, owner)
         return self.jobs.delete(job_id)
 
@@ -147,33 +147,33 @@ class DataPlane:
     def submit_analysis(
         self,
         parameters: dict[str, Any],
-        analysis: dict[str, Any],
+        spec: dict[str, Any],
         read_input: Callable[[], AnalysisInput],
         ticket: Ticket,
         owner: str | None,
         idempotency: Idempotency | None,
-    ) -> tuple[AnalysisRecord, bool]:
+    ) -> tuple[StoredAnalysis, bool]:
         """Check an analysis's options against the model (a 400 before its input is read), then,
         unless its Idempotency-Key made it before, read and stage its input and run it (inline,
         within `ticket`) or publish it to the workers. Returns it and whether it was made before."""
         settings, store = self.settings, self.analyses.store
-        record = new_analysis(self.service.model.model_id, parameters, analysis, settings, owner=owner)
-        check_analysis(self.service, record)  # labels, zero-shot, pairs, amortized
+        analysis = new_analysis(self.service.model.model_id, parameters, spec, settings, owner=owner)
+        check_analysis(self.service, analysis)  # labels, zero-shot, pairs, amortized
         made = store.find(idempotency)  # a retried submit: no second read of its input, no staging
         if made is not None:
             return made, True
-        lines, record.input, record.output = read_input()
-        made, replayed = stage(store, record, lines, settings, idempotency)
+        lines, analysis.input, analysis.output = read_input()
+        made, replayed = stage(store, analysis, lines, settings, idempotency)
         return (made, True) if replayed else (self.analyses.submit(made, ticket), False)
 
-    def analysis(self, analysis_id: str, owner: str | None) -> AnalysisRecord:
+    def analysis(self, analysis_id: str, owner: str | None) -> StoredAnalysis:
         """The analysis, if `owner` may see it (as for jobs)."""
-        record = self.analyses.store.load(analysis_id)
-        if record is None or record.owner != owner:
+        analysis = self.analyses.store.load(analysis_id)
+        if analysis is None or analysis.owner != owner:
             raise NotFound(f"no analysis {analysis_id!r}")
-        return record
+        return analysis
 
-    def cancel_analysis(self, analysis_id: str, owner: str | None) -> AnalysisRecord | None:
+    def cancel_analysis(self, analysis_id: str, owner: str | None) -> StoredAnalysis | None:
         """Like a job's: cancel an unfinished analysis (returned), or remove a finished one with
         everything it stored (None)."""
         self.analysis(analysis_id, owner)

@@ -211,7 +211,7 @@ class Settings:
     model_path: str | None = _env("MODEL_PATH", _text)
     hub_model_name: str | None = _env("HUB_MODEL_NAME", _text)
     tokenizer: str | None = _env("TOKENIZER", _text)
-    # What responses, job records and KServe's paths call the model (default: its folder's name, its
+    # What responses, stored jobs and KServe's paths call the model (default: its folder's name, its
     # S3 location or its hub id). An InferenceService sets it to its own name.
     model_name: str | None = _env("MODEL_NAME", _served_name)
     local: bool = _env("LOCAL", parse_bool, False)
@@ -337,7 +337,7 @@ class Settings:
     job_max_attempts: int = _env("JOB_MAX_ATTEMPTS", _int_parser(1), 3)
     # A job recorded this long ago and still not published lost its publisher: the API sweeps it.
     job_publish_grace_s: float = _env("JOB_PUBLISH_GRACE", _float_parser(0.1), 30.0)
-    # Where inline jobs (no broker) keep their records so every gunicorn worker finds them;
+    # Where inline jobs (no broker) are stored so every gunicorn worker finds them;
     # `clarion serve` makes a fresh folder per server when this is unset.
     inline_jobs_dir: str | None = _env("INLINE_JOBS_DIR", _text)
 
@@ -384,7 +384,7 @@ class Settings:
             )
         if self.jobs_are_async and self.redis_store_url is None:
             raise ConfigurationError(
-                "REDIS_URL: required with a non-Redis CELERY_BROKER_URL (job records are kept in Redis)"
+                "REDIS_URL: required with a non-Redis CELERY_BROKER_URL (jobs are stored in Redis)"
             )
         if self.explain_batch_size > self.explain_batch_size_limit:
             raise ConfigurationError(
@@ -439,7 +439,7 @@ class Settings:
 
     @property
     def redis_store_url(self) -> str | None:
-        """The Redis that keeps job records and cached explanations (REDIS_URL, else a Redis broker
+        """The Redis that keeps stored jobs and cached explanations (REDIS_URL, else a Redis broker
         or result backend)."""
         for url in (self.redis_url, self.celery_result_backend, self.celery_broker_url):
             if url and url.startswith(REDIS_SCHEMES):

@@ -312,7 +312,7 @@ def test_an_analysis_whose_publisher_died_is_published_by_the_sweeper(brokered) 
 
     from shared.io.records import json_lines
     from shared.jobs.analysis import analysis_store_for, stage
-    from shared.jobs.record import new_job_id
+    from shared.jobs.job import new_job_id
     from shared.settings import Settings
 
     api: Service = brokered.api
@@ -331,7 +331,7 @@ def test_an_analysis_whose_publisher_died_is_published_by_the_sweeper(brokered) 
         chunks=0, texts=0, lines=0, revision=0, idempotency_key=None,
     )  # fmt: skip
     lines = json_lines(jsonl(ROWS).decode().splitlines(), ("review",), "gold")
-    stage(store, stranded, lines, settings)  # staged and recorded, noted unpublished; then the API died
+    stage(store, stranded, lines, settings)  # staged and stored, noted unpublished; then the API died
     stranded_location = f"{api.url}/analyses/{stranded.id}"
     assert requests.get(stranded_location, timeout=30).json()["status"] == "queued"
 
@@ -343,7 +343,7 @@ def test_an_analysis_whose_publisher_died_is_published_by_the_sweeper(brokered) 
     assert finished["status"] == "succeeded", finished
     assert finished["progress"] == reference["progress"]
     assert_same_analysis(finished["analysis"], reference["analysis"])
-    assert f"analysis {stranded.id}: recorded, never published" in api.log()
+    assert f"analysis {stranded.id}: stored, never published" in api.log()
 
 
 @pytest.mark.parametrize("mode", ["single", "brokered"])

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from shared.analysis.aggregate import AnalysisOptions, analyse_records
+from shared.analysis.aggregate import AnalysisOptions, analyze_records
 from tests.support import Service, job_stack, run_cli, running_service, wait_healthy, wait_until
 from tests.test_analysis import assert_same_analysis
 
@@ -68,7 +68,7 @@ def folded(service: Service, inputs: list[Any], labels: list[str | None], option
         texts = item if isinstance(item, dict) else {"text": item}
         truth = {} if label is None else {"true_label": label}
         records.append(json.dumps({"line": line, **texts, **truth, **result}))
-    return analyse_records(records, options).document()
+    return analyze_records(records, options).document()
 
 
 def pair_expectation(service: Service) -> dict:

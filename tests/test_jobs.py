@@ -167,16 +167,16 @@ def test_a_job_whose_publisher_died_is_published_by_the_sweeper(stack) -> None:
     (queued, noted unpublished) and no task. Another API process's sweeper publishes it."""
     from shared.io.results import Classification, LabelScore
     from shared.io.schemas import ExplainOptions
-    from shared.jobs.record import new_record
-    from shared.jobs.store import JOBS, RecordStore
+    from shared.jobs.job import new_job
+    from shared.jobs.store import JOBS, Store
     from shared.storage.redis import redis_client
 
     api: Service = stack.api
     text = "A stranded job that must still run."
     scores = [LabelScore(label=label, score=1 / 3) for label in ("negative", "neutral", "positive")]
     classified = Classification(prediction=scores, truncated=False)
-    record = new_record("tiny", [text], True, ExplainOptions(max_evals=120), [classified])
-    RecordStore(redis_client(stack.redis.url), JOBS, 600).create(record)  # then the API died
+    record = new_job("tiny", [text], True, ExplainOptions(max_evals=120), [classified])
+    Store(redis_client(stack.redis.url), JOBS, 600).create(record)  # then the API died
     assert api.get(f"/explanations/{record.id}").json()["status"] == "queued"
 
     finished = poll(api, record.id, {"succeeded", "failed"}, timeout=60)
@@ -377,8 +377,8 @@ def test_a_worker_with_another_model_classifies_the_job_again(stack) -> None:
     between submit and run), so the worker classifies it again with its own, and says which."""
     from shared.io.results import Classification, LabelScore
     from shared.io.schemas import ExplainOptions
-    from shared.jobs.record import new_record
-    from shared.jobs.store import JOBS, RecordStore
+    from shared.jobs.job import new_job
+    from shared.jobs.store import JOBS, Store
     from shared.storage.redis import redis_client
 
     api: Service = stack.api
@@ -387,10 +387,10 @@ def test_a_worker_with_another_model_classifies_the_job_again(stack) -> None:
         prediction=[LabelScore(label=label, score=1 / 3) for label in ("negative", "neutral", "positive")],
         truncated=False,
     )
-    record = new_record(
+    record = new_job(
         "tiny", [text], True, ExplainOptions(max_evals=80), [stale], model_fingerprint="yesterdays-model"
     )
-    RecordStore(redis_client(stack.redis.url), JOBS, 600).create(record)  # the sweeper publishes it
+    Store(redis_client(stack.redis.url), JOBS, 600).create(record)  # the sweeper publishes it
     finished = poll(api, record.id, {"succeeded", "failed"}, timeout=60)
     assert finished["status"] == "succeeded", finished
     synchronous = api.post("/invocations", json={"data": text, "explain": True, "max_evals": 80}).json()

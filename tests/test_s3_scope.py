@@ -265,7 +265,7 @@ def scoped(tiny_model_dir: Path, s3: S3, tmp_path_factory: pytest.TempPathFactor
         yield service
 
 
-def analyse(service: Service, spec: dict[str, str]) -> requests.Response:
+def analyze(service: Service, spec: dict[str, str]) -> requests.Response:
     return requests.post(f"{service.url}/analyses", json=spec, params={"max_evals": "20"}, timeout=300)
 
 
@@ -288,7 +288,7 @@ def test_without_prefixes_or_credentials_every_s3_location_is_a_403_before_any_c
             {"input": f"s3://{ALLOWED}/{MODEL_KEY}"},
             {"input": f"s3://{ALLOWED}/in/reviews.jsonl", "output": f"s3://{ALLOWED}/out/x/"},
         ]:
-            response = analyse(service, spec)
+            response = analyze(service, spec)
             assert response.status_code == 403, response.text
             assert "S3_ALLOWED_PREFIXES" in response.json()["error"]["message"]
             assert "Retry-After" not in response.headers
@@ -297,11 +297,11 @@ def test_without_prefixes_or_credentials_every_s3_location_is_a_403_before_any_c
 
 def test_an_input_in_another_bucket_is_a_403_and_never_asked_for(scoped: Service, s3: S3) -> None:
     s3.proxy.requests.clear()
-    response = analyse(scoped, {"input": f"s3://{OTHER}/in/reviews.jsonl"})
+    response = analyze(scoped, {"input": f"s3://{OTHER}/in/reviews.jsonl"})
     assert response.status_code == 403, response.text
     assert "S3_ALLOWED_PREFIXES" in response.json()["error"]["message"]
     assert s3.proxy.requests == []
-    allowed = analyse(scoped, {"input": f"s3://{ALLOWED}/in/reviews.jsonl"})
+    allowed = analyze(scoped, {"input": f"s3://{ALLOWED}/in/reviews.jsonl"})
     assert allowed.status_code == 200, allowed.text
     assert s3.proxy.buckets_asked() == {ALLOWED}  # the proxy does see what Clarion reads
 
@@ -310,7 +310,7 @@ def test_an_output_in_another_bucket_is_a_403_before_the_input_is_read(scoped: S
     s3.proxy.requests.clear()
     for output in [f"s3://{OTHER}/out/run/", f"s3://{ALLOWED}/outside/run/", f"s3://{ALLOWED}/out/../run/"]:
         spec = {"input": f"s3://{ALLOWED}/in/reviews.jsonl", "output": output}
-        response = analyse(scoped, spec)
+        response = analyze(scoped, spec)
         assert response.status_code in (400, 403), response.text
         assert response.status_code == 403 or ".." in response.json()["error"]["message"]
     assert s3.proxy.requests == []
@@ -318,14 +318,14 @@ def test_an_output_in_another_bucket_is_a_403_before_the_input_is_read(scoped: S
 
 def test_the_models_own_location_is_not_readable_outside_the_prefixes(scoped: Service, s3: S3) -> None:
     s3.proxy.requests.clear()
-    response = analyse(scoped, {"input": f"s3://{ALLOWED}/{MODEL_KEY}"})
+    response = analyze(scoped, {"input": f"s3://{ALLOWED}/{MODEL_KEY}"})
     assert response.status_code == 403, response.text
     assert s3.proxy.requests == []
 
 
 def test_inside_the_prefixes_it_reads_and_writes_there(scoped: Service, s3: S3) -> None:
     spec = {"input": f"s3://{ALLOWED}/in/reviews.jsonl", "output": f"s3://{ALLOWED}/out/run1"}
-    response = analyse(scoped, spec)
+    response = analyze(scoped, spec)
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "succeeded"
     listed = s3.client.list_objects_v2(Bucket=ALLOWED, Prefix="out/")["Contents"]
@@ -340,7 +340,7 @@ def test_inside_the_prefixes_it_reads_and_writes_there(scoped: Service, s3: S3) 
 def test_missing_and_forbidden_objects_get_the_same_404(scoped: Service) -> None:
     answers = []
     for uri in [f"s3://{ALLOWED}/in/secret/reviews.jsonl", f"s3://{ALLOWED}/in/missing.jsonl"]:
-        response = analyse(scoped, {"input": uri})
+        response = analyze(scoped, {"input": uri})
         assert response.status_code == 404, response.text
         assert "Retry-After" not in response.headers
         error = response.json()["error"]
@@ -351,7 +351,7 @@ def test_missing_and_forbidden_objects_get_the_same_404(scoped: Service) -> None
 
 def test_an_output_s3_refuses_fails_the_analysis_with_a_404(scoped: Service) -> None:
     spec = {"input": f"s3://{ALLOWED}/in/reviews.jsonl", "output": f"s3://{ALLOWED}/out/denied/"}
-    response = analyse(scoped, spec)
+    response = analyze(scoped, spec)
     assert response.status_code == 404, response.text
     assert "the service may not write there" in response.json()["error"]["message"]
     assert "Retry-After" not in response.headers

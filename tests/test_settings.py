@@ -93,7 +93,7 @@ def test_cli_stops_with_one_line_on_a_bad_setting() -> None:
     assert len(lines) == 1 and "SERVERLESS" in lines[0] and "boolean" in lines[0]
 
 
-def test_job_records_need_a_redis() -> None:
+def test_stored_jobs_need_a_redis() -> None:
     with pytest.raises(ConfigurationError, match="REDIS_URL"):
         Settings.from_env({"CELERY_BROKER_URL": "amqp://guest@rabbit//"})
     settings = Settings.from_env(

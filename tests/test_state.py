@@ -17,10 +17,10 @@ from api.queue import CeleryJobQueue, Sweeper
 from shared.errors import ClarionError
 from shared.io.schemas import ExplainOptions
 from shared.jobs.broker import EXPLAIN_TASK
+from shared.jobs.job import Idempotency, StoredJob, new_job
 from shared.jobs.lease import Delivery, Leases
-from shared.jobs.record import Idempotency, JobRecord, new_record
 from shared.jobs.state import MOVES, may_move
-from shared.jobs.store import JOBS, RecordStore
+from shared.jobs.store import JOBS, Store
 from shared.kinds import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, SUCCEEDED
 from shared.settings import Settings
 
@@ -85,7 +85,7 @@ class FlakyBroker:
 class Stack:
     fault: Fault
     client: FlakyRedis
-    store: RecordStore[JobRecord]
+    store: Store[StoredJob]
     broker: FlakyBroker
     queue: CeleryJobQueue
     sweeper: Sweeper
@@ -109,7 +109,7 @@ def make_stack(redis_url: str, fault: Fault, lease_s: float = 30.0) -> Stack:
     redis.Redis.from_url(redis_url).flushdb()
     client = FlakyRedis.from_url(redis_url)
     client.fault = fault
-    store = RecordStore(client, JOBS, ttl_s=600)
+    store = Store(client, JOBS, ttl_s=600)
     broker = FlakyBroker(fault)
     settings = Settings.from_env({"REDIS_URL": redis_url})
     queue = CeleryJobQueue(settings, broker=broker, store=store)
@@ -119,8 +119,8 @@ def make_stack(redis_url: str, fault: Fault, lease_s: float = 30.0) -> Stack:
     return Stack(fault, client, store, broker, queue, sweeper)
 
 
-def job(text: str) -> JobRecord:
-    return new_record("tiny", [text], True, ExplainOptions(max_evals=16), [])
+def job(text: str) -> StoredJob:
+    return new_job("tiny", [text], True, ExplainOptions(max_evals=16), [])
 
 
 def settle(stack: Stack, rounds: int = 4) -> None:
@@ -246,14 +246,14 @@ def test_a_task_whose_worker_died_runs_again_once(redis_url: str, fail_at: int |
 
 def test_analyses_beyond_the_running_limit_are_refused_and_finished_ones_free_a_place(redis_url: str) -> None:
     from shared.errors import TooBusy
-    from shared.jobs.analysis import ANALYSES, AnalysisRecord
-    from shared.jobs.record import new_job_id
+    from shared.jobs.analysis import ANALYSES, StoredAnalysis
+    from shared.jobs.job import new_job_id
 
     redis.Redis.from_url(redis_url).flushdb()
-    store = RecordStore(redis.Redis.from_url(redis_url), ANALYSES, ttl_s=600, max_active=2)
+    store = Store(redis.Redis.from_url(redis_url), ANALYSES, ttl_s=600, max_active=2)
 
-    def analysis() -> AnalysisRecord:
-        return AnalysisRecord(new_job_id(), "2026-12-06T00:00:00.000Z", "tiny", {}, {}, chunks=1, texts=1)
+    def analysis() -> StoredAnalysis:
+        return StoredAnalysis(new_job_id(), "2026-12-06T00:00:00.000Z", "tiny", {}, {}, chunks=1, texts=1)
 
     first, second = analysis(), analysis()
     store.create(first)
@@ -281,7 +281,7 @@ def test_a_task_killed_at_the_hard_time_limit_fails_with_that_reason_and_is_not_
 
     redis.Redis.from_url(redis_url).flushdb()
     client = redis.Redis.from_url(redis_url)
-    store = RecordStore(client, JOBS, ttl_s=600)
+    store = Store(client, JOBS, ttl_s=600)
     record = job("runs past the hard limit")
     store.create(record)
     assert store.update(record.id, RUNNING) is not None
@@ -354,7 +354,7 @@ def test_each_script_sent_again_after_its_reply_was_lost_reports_its_own_work(re
 
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
-    store = RecordStore(client, JOBS, ttl_s=600)
+    store = Store(client, JOBS, ttl_s=600)
     record = job("sent twice")
     idempotency = Idempotency(key="twice", owner=None, request="digest")
     assert store.create(record, idempotency) == (record, False)
@@ -409,20 +409,20 @@ def test_an_analysis_chunk_whose_task_the_broker_lost_is_published_again(redis_u
     import json
 
     from api.queue import CeleryAnalyses
-    from shared.jobs.analysis import ANALYSES, AnalysisRecord
+    from shared.jobs.analysis import ANALYSES, StoredAnalysis
     from shared.jobs.broker import ANALYZE_TASK, QUEUE
-    from shared.jobs.record import new_job_id, utc_now
+    from shared.jobs.job import new_job_id, utc_now
 
     redis.Redis.from_url(redis_url).flushdb()
     client = redis.Redis.from_url(redis_url)
-    store = RecordStore(client, ANALYSES, ttl_s=600)
+    store = Store(client, ANALYSES, ttl_s=600)
     broker = FlakyBroker(Fault())
     analyses = CeleryAnalyses(Settings.from_env({"REDIS_URL": redis_url}), broker=broker, store=store)
     leases = Leases(client, 30.0)
     sweeper = Sweeper(
         queues=[analyses], leases=leases, broker=broker, queue_list=client, grace_s=0.2, every_s=1
     )
-    record = AnalysisRecord(new_job_id(), utc_now(), "tiny", {}, {}, chunks=5)
+    record = StoredAnalysis(new_job_id(), utc_now(), "tiny", {}, {}, chunks=5)
     store.create(record)
     analyses.submit(record)
     assert store.update(record.id, RUNNING) is not None  # chunk 0 started: the analysis runs

@@ -2,7 +2,7 @@
 configuration the API publishes with (shared/jobs/broker.py).
 
 The worker process builds it once in `worker/main.py`. Celery keeps no results: each job's state and
-result live in the job store, written by the worker that runs it (shared/jobs/record.py).
+result live in the job store, written by the worker that runs it (shared/jobs/job.py).
 """
 
 from __future__ import annotations

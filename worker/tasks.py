@@ -32,7 +32,7 @@ from shared.errors import ClarionError, JobBackendUnavailable, JobCancelled
 from shared.io.inputs import Input, restored
 from shared.io.schemas import ExplainOptions, parse_model
 from shared.jobs.analysis import (
-    AnalysisRecord,
+    StoredAnalysis,
     analysis_store_for,
     fail,
     is_cancelled,
@@ -42,9 +42,9 @@ from shared.jobs.analysis import (
     s3_publisher,
 )
 from shared.jobs.broker import ANALYZE_TASK, EXPLAIN_TASK
+from shared.jobs.job import StoredJob, progress_of, utc_now
 from shared.jobs.lease import Delivery, Lease, LeaseKeeper, leases_for
-from shared.jobs.record import JobRecord, progress_of, utc_now
-from shared.jobs.store import RecordStore, job_store_for
+from shared.jobs.store import Store, job_store_for
 from shared.kinds import CANCELLED, FAILED, RUNNING, SUCCEEDED
 from shared.runtime.engine import Ticket
 from shared.serving.service import ClarionService
@@ -53,8 +53,8 @@ from worker.main import celery_app
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _service: ClarionService | None = None
-_store: RecordStore[JobRecord] | None = None
-_analyses: RecordStore[AnalysisRecord] | None = None
+_store: Store[StoredJob] | None = None
+_analyses: Store[StoredAnalysis] | None = None
 _leases: LeaseKeeper | None = None
 _loading = threading.Lock()
 
@@ -64,7 +64,7 @@ _loading = threading.Lock()
 # restarted).
 STATE_WRITE_TRIES = 30
 # A running job stores its progress this often at most: each write is one round trip of the whole
-# record, so pollers see it move without the job spending its time writing.
+# stored job, so pollers see it move without the job spending its time writing.
 PROGRESS_INTERVAL_S = 1.0
 
 
@@ -95,7 +95,7 @@ def fail_past_the_time_limit(
             job_store_for(settings).update(task_id, FAILED, _failure(message))
         leases_for(settings).forget(task_id)
     except JobBackendUnavailable as exc:  # the lease lapses and the job runs again: the lesser harm
-        log.warning("task %s: could not record the time limit (%s)", task_id, exc)
+        log.warning("task %s: could not store the time limit (%s)", task_id, exc)
 
 
 @worker_process_shutdown.connect
@@ -132,18 +132,18 @@ def _load_model() -> None:
 
 
 def _status(job_id: str) -> str | None:
-    """The job's stored status (None: no record). Unknown (Redis blip) counts as still running."""
+    """The job's stored status (None: not stored). Unknown (Redis blip) counts as still running."""
     assert _store is not None
     try:
-        record = _store.load(job_id)
+        job = _store.load(job_id)
     except JobBackendUnavailable:
         return RUNNING
-    return None if record is None else record.status
+    return None if job is None else job.status
 
 
-def _write(job_id: str, target: str, change: Callable[[JobRecord], None]) -> JobRecord | None:
+def _write(job_id: str, target: str, change: Callable[[StoredJob], None]) -> StoredJob | None:
     """Move the job to `target` with `change` applied, if its state allows (shared/jobs/state.py);
-    keep trying while Redis is away. The record as written, or None when the move was refused."""
+    keep trying while Redis is away. The job as written, or None when the move was refused."""
     assert _store is not None
     store = _store
     return _until_stored(lambda: store.update(job_id, target, change), f"job {job_id}")
@@ -223,10 +223,10 @@ def _finishing_on_sigterm() -> Iterator[None]:
             timer.start()
 
 
-def _start(record: JobRecord) -> None:
+def _start(job: StoredJob) -> None:
     """Running, one more attempt."""
-    record.attempts += 1
-    record.started_at = utc_now()
+    job.attempts += 1
+    job.started_at = utc_now()
 
 
 def _out_of_attempts(job_id: str) -> bool:
@@ -234,8 +234,8 @@ def _out_of_attempts(job_id: str) -> bool:
     assert _store is not None
     store = _store
     limit = celery_app.clarion_settings.job_max_attempts
-    record = _until_stored(lambda: store.load(job_id), f"job {job_id}")
-    if record is None or record.attempts < limit:
+    job = _until_stored(lambda: store.load(job_id), f"job {job_id}")
+    if job is None or job.attempts < limit:
         return False
     message = (
         f"the job ran out of attempts: its worker was lost during each of its {limit} "
@@ -261,7 +261,7 @@ class _Progress:
         assert _store is not None
         with suppress(JobBackendUnavailable):
             _store.update(
-                self.job_id, RUNNING, lambda record: setattr(record, "progress", progress_of(done, total))
+                self.job_id, RUNNING, lambda job: setattr(job, "progress", progress_of(done, total))
             )
 
 
@@ -283,7 +283,7 @@ def _explain(job_id: str, texts: list[Input], options: dict[str, Any], lease: Le
         return
     started = _write(job_id, RUNNING, _start)
     if started is None:  # cancelled, finished or expired
-        log.info("job %s: not run (%s)", job_id, _status(job_id) or "no record")
+        log.info("job %s: not run (%s)", job_id, _status(job_id) or "not stored")
         return
     limit = _service.settings.job_soft_time_limit_s
     timeout_message = f"the explanation exceeded the time limit ({limit}s)"
@@ -326,20 +326,20 @@ def _explain(job_id: str, texts: list[Input], options: dict[str, Any], lease: Le
         _failed(job_id, f"{type(exc).__name__}: {exc}")
         return
 
-    def succeeded(record: JobRecord) -> None:
-        record.explanations, record.finished_at = explanations, utc_now()
+    def succeeded(job: StoredJob) -> None:
+        job.explanations, job.finished_at = explanations, utc_now()
         if predictions is not None:
-            record.predictions, record.model_fingerprint = predictions, fingerprint
-        record.progress = progress_of(*ticket.progress) if ticket.progress else None
+            job.predictions, job.model_fingerprint = predictions, fingerprint
+        job.progress = progress_of(*ticket.progress) if ticket.progress else None
 
     if _write(job_id, SUCCEEDED, succeeded) is not None:
         log.info("job %s succeeded", job_id)
 
 
-def _failure(message: str) -> Callable[[JobRecord], None]:
-    def failed(record: JobRecord) -> None:
-        record.finished_at = utc_now()
-        record.error = {"code": "explanation_failed", "message": message}
+def _failure(message: str) -> Callable[[StoredJob], None]:
+    def failed(job: StoredJob) -> None:
+        job.finished_at = utc_now()
+        job.error = {"code": "explanation_failed", "message": message}
 
     return failed
 
@@ -372,10 +372,10 @@ def _analyze(analysis_id: str, index: int, lease: Lease) -> None:
         limit, timeout_message, cancelled_by=lambda: lease.lost or is_cancelled(store, analysis_id)
     )
     try:
-        record = load_or_404(store, analysis_id)
-        explain = record_explainer(_service, record)
+        analysis = load_or_404(store, analysis_id)
+        explain = record_explainer(_service, analysis)
         if run_chunk(store, analysis_id, index, explain, ticket, s3_publisher(_service.settings)) is None:
-            log.info("analysis %s chunk %d: not run (%s)", analysis_id, index, record.status)
+            log.info("analysis %s chunk %d: not run (%s)", analysis_id, index, analysis.status)
     except JobCancelled:
         if lease.lost:
             log.info("analysis %s chunk %d: stopped, another worker runs it now", analysis_id, index)

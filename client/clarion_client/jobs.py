@@ -93,6 +93,6 @@ class Analysis(Tracked):
     model: str | None = None
     lines: int | None = None  # lines read from the input
     texts: int | None = None  # lines explained (the others were refused, and are skipped)
-    input: str | None = None  # the S3 object analysed (None: the request body)
+    input: str | None = None  # the S3 object analyzed (None: the request body)
     output: str | None = None  # the S3 prefix the files went to
     analysis: dict[str, Any] | None = None

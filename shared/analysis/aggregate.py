@@ -142,7 +142,7 @@ class DatasetAnalysis:
         self._rng = random.Random(0)
 
     def skip(self) -> None:
-        """A line that could not be explained (counted, not analysed)."""
+        """A line that could not be explained (counted, not analyzed)."""
         self.skipped += 1
 
     def add(
@@ -310,7 +310,7 @@ class DatasetAnalysis:
         return sorted(entries, key=lambda e: (-e[key], -e["count"], e["unit"], e.get("segment", 0)))
 
 
-def analyse_records(lines: Iterable[bytes | str], options: AnalysisOptions) -> DatasetAnalysis:
+def analyze_records(lines: Iterable[bytes | str], options: AnalysisOptions) -> DatasetAnalysis:
     """Fold JSON Lines records (as `clarion explain` writes them) into an analysis, in their order."""
     analysis = DatasetAnalysis(options)
     for raw in lines:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from shared.analysis.aggregate import AGG_METHODS, AnalysisOptions, analyse_records
+from shared.analysis.aggregate import AGG_METHODS, AnalysisOptions, analyze_records
 from shared.analysis.drift import DEFAULT_THRESHOLD, compare, unit_name
 from shared.analysis.units import Normalizer
 from shared.cli.explain import (
@@ -125,7 +125,7 @@ def _analyze(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     with records.open("rb") as handle:
-        analysis = analyse_records(tqdm(handle, desc="analysing", unit="text", mininterval=0.5), options)
+        analysis = analyze_records(tqdm(handle, desc="analyzing", unit="text", mininterval=0.5), options)
     document = analysis.document(
         input=args.input.name, label_field=args.label_field, **zero_shot_fields(parameters)
     )

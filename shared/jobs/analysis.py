@@ -1,6 +1,6 @@
 """A dataset analysis as a job: staged in chunks, each chunk explained by one task, merged at the end.
 
-The API stages the input (validating each line) into chunks of ANALYSIS_CHUNK_TEXTS and records the
+The API stages the input (validating each line) into chunks of ANALYSIS_CHUNK_TEXTS and stores the
 analysis; then a task per chunk runs (`run_chunk`: on the Celery workers, all at once, or one after
 the other within the request in single-process mode). A chunk stores its records before it counts
 as done, and a chunk already stored is not explained again, so a task that is delivered twice (a
@@ -23,19 +23,19 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
-from shared.analysis.aggregate import AnalysisOptions, analyse_records
+from shared.analysis.aggregate import AnalysisOptions, analyze_records
 from shared.analysis.units import Normalizer
 from shared.errors import ClarionError, InvalidRequest, JobBackendUnavailable, NotFound, PayloadTooLarge
 from shared.io.inputs import TextPair, as_record, restored, stored, zero_shot_fields
 from shared.io.records import Record
 from shared.io.schemas import SeedBody, parse_model, text_problem
 from shared.jobs.inline import FolderKeys
-from shared.jobs.record import (
+from shared.jobs.job import (
     _JOB_ID,
     Idempotency,
-    StoredRecord,
+    Stored,
     new_job_id,
     progress_of,
     replayed,
@@ -43,7 +43,7 @@ from shared.jobs.record import (
     utc_now,
 )
 from shared.jobs.state import MOVES
-from shared.jobs.store import ANALYSIS_PREFIX, Kind, RecordStore
+from shared.jobs.store import ANALYSIS_PREFIX, Kind, Store
 from shared.kinds import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, SUCCEEDED
 from shared.runtime.engine import Ticket
 from shared.serving.service import ClarionService
@@ -52,11 +52,11 @@ from shared.settings import Settings
 # Analyses recorded whose chunk tasks are not all known to be published (the store's ledger).
 UNPUBLISHED_ANALYSES = "clarion:analyses:unpublished"
 ACTIVE_ANALYSES = "clarion:analyses:active"  # queued or running: at most ANALYSIS_MAX_RUNNING
-RECORD_VERSION = 1
+FORMAT_VERSION = 2  # 1 called `spec` `analysis`
 
 
 @dataclass
-class AnalysisRecord(StoredRecord):
+class StoredAnalysis(Stored):
     """What is known of an analysis from the moment it is accepted."""
 
     id: str
@@ -64,7 +64,8 @@ class AnalysisRecord(StoredRecord):
     model: str
     # the explanation options (zero-shot's candidate_labels among them), as a request body holds them
     parameters: dict[str, Any]
-    analysis: dict[str, Any]  # agg_method, top_k, normalize, text_field, label_field, pair_field
+    # how it reads and folds its input: agg_method, top_k, normalize, text_field, label_field, pair_field
+    spec: dict[str, Any]
     input: str | None = None  # s3://... or None (the request body)
     output: str | None = None  # s3://... prefix the files are written under, or None
     chunks: int = 0
@@ -78,10 +79,11 @@ class AnalysisRecord(StoredRecord):
     owner: str | None = None
     revision: int = 0  # one more with every write: the store's compare-and-set
     idempotency_key: str | None = None
-    version: int = RECORD_VERSION
+    version: int = FORMAT_VERSION
+    RENAMED: ClassVar[dict[str, str]] = {"analysis": "spec"}
 
     def options(self) -> AnalysisOptions:
-        spec = self.analysis
+        spec = self.spec
         return AnalysisOptions(
             agg_method=spec["agg_method"],
             top_k=spec["top_k"],
@@ -92,17 +94,17 @@ class AnalysisRecord(StoredRecord):
 
 
 class AnalysisStore(Protocol):
-    """Where an analysis's record, chunks and results live: Redis with workers, a folder inline.
-    Its record changes only by the state machine's checked moves (shared/jobs/state.py)."""
+    """Where an analysis's entry, chunks and results live: Redis with workers, a folder inline.
+    Its entry changes only by the state machine's checked moves (shared/jobs/state.py)."""
 
     def create(
-        self, record: AnalysisRecord, idempotency: Idempotency | None = None
-    ) -> tuple[AnalysisRecord, bool]: ...
-    def find(self, idempotency: Idempotency | None) -> AnalysisRecord | None: ...
-    def load(self, analysis_id: str) -> AnalysisRecord | None: ...
+        self, entry: StoredAnalysis, idempotency: Idempotency | None = None
+    ) -> tuple[StoredAnalysis, bool]: ...
+    def find(self, idempotency: Idempotency | None) -> StoredAnalysis | None: ...
+    def load(self, analysis_id: str) -> StoredAnalysis | None: ...
     def update(
-        self, analysis_id: str, target: str, change: Callable[[AnalysisRecord], None] | None = None
-    ) -> AnalysisRecord | None: ...
+        self, analysis_id: str, target: str, change: Callable[[StoredAnalysis], None] | None = None
+    ) -> StoredAnalysis | None: ...
     def remove(self, analysis_id: str, parts: list[str] = ...) -> bool: ...
     def put(self, analysis_id: str, name: str, data: bytes) -> None: ...
     def get(self, analysis_id: str, name: str) -> bytes | None: ...
@@ -113,13 +115,13 @@ class AnalysisStore(Protocol):
     def drop(self, analysis_id: str, parts: list[str]) -> None: ...
 
 
-def chunk_parts(record: AnalysisRecord) -> list[str]:
-    """What a running analysis keeps beside its record; nothing reads it once it is finished."""
-    return [f"{part}:{i}" for i in range(record.chunks) for part in ("input", "output")] + ["done"]
+def chunk_parts(entry: StoredAnalysis) -> list[str]:
+    """What a running analysis keeps beside its entry; nothing reads it once it is finished."""
+    return [f"{part}:{i}" for i in range(entry.chunks) for part in ("input", "output")] + ["done"]
 
 
-def all_parts(record: AnalysisRecord) -> list[str]:
-    return [*chunk_parts(record), "analysis"]
+def all_parts(entry: StoredAnalysis) -> list[str]:
+    return [*chunk_parts(entry), "analysis"]
 
 
 WAITING_ANALYSES = "clarion:analyses:waiting"  # not finished: a chunk's task may still be lost
@@ -127,19 +129,24 @@ ANALYSES = Kind(
     "analysis",
     ANALYSIS_PREFIX,
     UNPUBLISHED_ANALYSES,
-    AnalysisRecord,
+    StoredAnalysis,
     active=ACTIVE_ANALYSES,
     waiting=WAITING_ANALYSES,
     waits_until_finished=True,
 )
 
 
-def analysis_store_for(settings: Settings) -> RecordStore[AnalysisRecord]:
+def analysis_store_for(settings: Settings) -> Store[StoredAnalysis]:
     from shared.storage.redis import redis_client
 
     assert settings.redis_store_url is not None, "validated by Settings"
     client = redis_client(settings.redis_store_url)
-    return RecordStore(client, ANALYSES, settings.job_result_ttl_s, settings.analysis_max_running)
+    return Store(client, ANALYSES, settings.job_result_ttl_s, settings.analysis_max_running)
+
+
+# An inline analysis's entry in its folder, under the file name earlier versions wrote, so an
+# analysis stored before an upgrade is still read after it.
+_ENTRY = "record.json"
 
 
 class FolderAnalysisStore:
@@ -175,52 +182,52 @@ class FolderAnalysisStore:
             yield
 
     def create(
-        self, record: AnalysisRecord, idempotency: Idempotency | None = None
-    ) -> tuple[AnalysisRecord, bool]:
+        self, entry: StoredAnalysis, idempotency: Idempotency | None = None
+    ) -> tuple[StoredAnalysis, bool]:
         """Nothing to publish: it runs within its request. A key's first request holds it."""
         made = self.find(idempotency)
         if made is not None:
             return made, True
         self._sweep()
         if idempotency is not None:
-            record.idempotency_key = idempotency.key_name
-        self._write(self._path(record.id, "record.json"), record.to_json().encode())
+            entry.idempotency_key = idempotency.key_name
+        self._write(self._path(entry.id, _ENTRY), entry.to_json().encode())
         if idempotency is not None:
-            self._keys.put(idempotency.key_name, {"id": record.id, "request": idempotency.request})
-        return record, False
+            self._keys.put(idempotency.key_name, {"id": entry.id, "request": idempotency.request})
+        return entry, False
 
-    def find(self, idempotency: Idempotency | None) -> AnalysisRecord | None:
+    def find(self, idempotency: Idempotency | None) -> StoredAnalysis | None:
         if idempotency is None:
             return None
         return replayed(self._keys.get(idempotency.key_name), idempotency, self.load)
 
-    def load(self, analysis_id: str) -> AnalysisRecord | None:
+    def load(self, analysis_id: str) -> StoredAnalysis | None:
         try:
-            return AnalysisRecord.from_json(self._path(analysis_id, "record.json").read_bytes())
+            return StoredAnalysis.from_json(self._path(analysis_id, _ENTRY).read_bytes())
         except (FileNotFoundError, NotFound):
             return None
 
     def update(
-        self, analysis_id: str, target: str, change: Callable[[AnalysisRecord], None] | None = None
-    ) -> AnalysisRecord | None:
+        self, analysis_id: str, target: str, change: Callable[[StoredAnalysis], None] | None = None
+    ) -> StoredAnalysis | None:
         with self._locked(analysis_id):
-            record = self.load(analysis_id)
-            if record is None or record.status not in MOVES[target]:
+            entry = self.load(analysis_id)
+            if entry is None or entry.status not in MOVES[target]:
                 return None
             if change is not None:
-                change(record)
-            record.status, record.revision = target, record.revision + 1
-            self._write(self._path(analysis_id, "record.json"), record.to_json().encode())
-            return record
+                change(entry)
+            entry.status, entry.revision = target, entry.revision + 1
+            self._write(self._path(analysis_id, _ENTRY), entry.to_json().encode())
+            return entry
 
     def remove(self, analysis_id: str, parts: list[str] = ()) -> bool:  # type: ignore[assignment]
         with self._locked(analysis_id):
-            record = self.load(analysis_id)
-            if record is not None and record.status not in FINISHED:
+            entry = self.load(analysis_id)
+            if entry is not None and entry.status not in FINISHED:
                 return False
         shutil.rmtree(self._folder / analysis_id, ignore_errors=True)
-        if record is not None and record.idempotency_key:  # the key goes with its analysis
-            self._keys.delete(record.idempotency_key)
+        if entry is not None and entry.idempotency_key:  # the key goes with its analysis
+            self._keys.delete(entry.idempotency_key)
         return True
 
     def put(self, analysis_id: str, name: str, data: bytes) -> None:
@@ -259,31 +266,31 @@ class FolderAnalysisStore:
 def new_analysis(
     model: str,
     parameters: dict[str, Any],
-    analysis: dict[str, Any],
+    spec: dict[str, Any],
     settings: Settings,
     input_uri: str | None = None,
     output_uri: str | None = None,
     owner: str | None = None,
-) -> AnalysisRecord:
-    """A new analysis's record, its options checked (a wrong one is a 400 before anything is stored)."""
+) -> StoredAnalysis:
+    """A new analysis's entry, its options checked (a wrong one is a 400 before anything is stored)."""
     body = parse_model(SeedBody, {"data": "x", **parameters}, settings)
     if body.candidate_labels is None and {"hypothesis_template", "multi_label"} & set(parameters):
         raise InvalidRequest("hypothesis_template and multi_label go with candidate_labels (zero-shot)")
-    if body.candidate_labels is not None and analysis.get("pair_field") is not None:
+    if body.candidate_labels is not None and spec.get("pair_field") is not None:
         raise InvalidRequest(
             "candidate_labels score single texts: an analysis reads text pairs (pair_field) or "
             "zero-shot texts, not both"
         )
     try:
-        AnalysisRecord("", "", model, parameters, analysis).options()
+        StoredAnalysis("", "", model, parameters, spec).options()
     except (ValueError, KeyError) as exc:
         raise InvalidRequest(str(exc)) from None
-    return AnalysisRecord(
+    return StoredAnalysis(
         id=new_job_id(),
         submitted_at=utc_now(),
         model=model,
         parameters=parameters,
-        analysis=analysis,
+        spec=spec,
         input=input_uri,
         output=output_uri,
         owner=owner,
@@ -292,14 +299,14 @@ def new_analysis(
 
 def stage(
     store: AnalysisStore,
-    record: AnalysisRecord,
+    entry: StoredAnalysis,
     lines: Iterable[Record],
     settings: Settings,
     idempotency: Idempotency | None = None,
-) -> tuple[AnalysisRecord, bool]:
+) -> tuple[StoredAnalysis, bool]:
     """Check every line and store the lines in chunks of ANALYSIS_CHUNK_TEXTS texts (a refused line
-    is kept with its reason, and becomes an error record); then record the analysis, noted
-    unpublished. The record, and whether its Idempotency-Key made it before (then the chunks staged
+    is kept with its reason, and becomes an error record); then store its entry, noted
+    unpublished. The entry, and whether its Idempotency-Key made it before (then the chunks staged
     here are dropped, and the first one is the answer)."""
     chunk: list[dict[str, Any]] = []
     texts_in_chunk = 0
@@ -307,39 +314,39 @@ def stage(
     def flush() -> None:
         nonlocal chunk, texts_in_chunk
         if chunk:
-            store.put(record.id, f"input:{record.chunks}", json.dumps(chunk).encode())
-            record.chunks += 1
+            store.put(entry.id, f"input:{entry.chunks}", json.dumps(chunk).encode())
+            entry.chunks += 1
             chunk, texts_in_chunk = [], 0
 
     for line in lines:
-        record.lines += 1
-        if record.lines > settings.analysis_max_texts:
-            store.drop(record.id, chunk_parts(record))
+        entry.lines += 1
+        if entry.lines > settings.analysis_max_texts:
+            store.drop(entry.id, chunk_parts(entry))
             raise PayloadTooLarge(f"more than {settings.analysis_max_texts} lines (ANALYSIS_MAX_TEXTS)")
-        problem = line.problem or text_problem(line.text, record.parameters, settings)
+        problem = line.problem or text_problem(line.text, entry.parameters, settings)
         if problem:
             chunk.append({"line": line.line, "error": {"code": "invalid_line", "message": problem}})
         else:
             assert line.text is not None
             chunk.append({"line": line.line, "text": stored(line.text), "label": line.label})
-            record.texts += 1
+            entry.texts += 1
             texts_in_chunk += 1
             if texts_in_chunk == settings.analysis_chunk_texts:
                 flush()
     flush()
-    if record.texts == 0:
-        store.drop(record.id, chunk_parts(record))
+    if entry.texts == 0:
+        store.drop(entry.id, chunk_parts(entry))
         raise InvalidRequest("the input holds no text that can be explained")
-    record.progress = progress_of(0, record.texts)
+    entry.progress = progress_of(0, entry.texts)
     try:
-        created, replayed = store.create(record, idempotency)
+        created, replayed = store.create(entry, idempotency)
     except JobBackendUnavailable:
-        raise  # the record may be stored all the same: its chunks stay (they expire with it)
+        raise  # the entry may be stored all the same: its chunks stay (they expire with it)
     except ClarionError:  # refused (a limit, a key used with another request): nothing was recorded
-        store.drop(record.id, chunk_parts(record))
+        store.drop(entry.id, chunk_parts(entry))
         raise
-    if created.id != record.id:  # the key's first request made it: this one's chunks are not needed
-        store.drop(record.id, chunk_parts(record))
+    if created.id != entry.id:  # the key's first request made it: this one's chunks are not needed
+        store.drop(entry.id, chunk_parts(entry))
     return created, replayed
 
 
@@ -349,7 +356,7 @@ def stage(
 # per-text bodies), within a ticket.
 ExplainRecords = Callable[[list[str | dict[str, Any]], Ticket], list[dict[str, Any]]]
 # The files of a finished analysis -> written where its `output` says.
-Publish = Callable[[AnalysisRecord, dict[str, bytes]], None]
+Publish = Callable[[StoredAnalysis, dict[str, bytes]], None]
 
 
 def run_chunk(
@@ -359,13 +366,13 @@ def run_chunk(
     explain: ExplainRecords,
     ticket: Ticket,
     publish: Publish,
-) -> AnalysisRecord | None:
+) -> StoredAnalysis | None:
     """Explain chunk `index` unless it is stored already, count it done, and merge when it was the
-    last. Returns the record as it now is (None: gone, or finished before this ran)."""
-    record = store.load(analysis_id)
-    if record is None or record.status in FINISHED:
+    last. Returns the entry as it now is (None: gone, or finished before this ran)."""
+    entry = store.load(analysis_id)
+    if entry is None or entry.status in FINISHED:
         return None
-    if record.status == QUEUED:
+    if entry.status == QUEUED:
         store.update(analysis_id, RUNNING, _started)
     raw = store.get(analysis_id, f"input:{index}")
     if raw is None:
@@ -376,20 +383,20 @@ def run_chunk(
     texts = sum("text" in e for e in entries)
     chunks_done, texts_done = store.chunk_done(analysis_id, index, texts)
 
-    def progressed(record: AnalysisRecord) -> None:
-        done = max(texts_done, (record.progress or {}).get("done", 0))  # a slower writer never goes back
-        record.progress = progress_of(done, record.texts)
+    def progressed(entry: StoredAnalysis) -> None:
+        done = max(texts_done, (entry.progress or {}).get("done", 0))  # a slower writer never goes back
+        entry.progress = progress_of(done, entry.texts)
 
-    record = store.update(analysis_id, RUNNING, progressed)
-    if record is None:  # finished (cancelled, failed) or gone meanwhile
+    entry = store.update(analysis_id, RUNNING, progressed)
+    if entry is None:  # finished (cancelled, failed) or gone meanwhile
         return store.load(analysis_id)
-    if chunks_done < record.chunks:
-        return record
-    return merge(store, record, publish)
+    if chunks_done < entry.chunks:
+        return entry
+    return merge(store, entry, publish)
 
 
-def _started(record: AnalysisRecord) -> None:
-    record.started_at = record.started_at or utc_now()
+def _started(entry: StoredAnalysis) -> None:
+    entry.started_at = entry.started_at or utc_now()
 
 
 def _explained(entries: list[dict[str, Any]], explain: ExplainRecords, ticket: Ticket) -> bytes:
@@ -407,53 +414,51 @@ def _explained(entries: list[dict[str, Any]], explain: ExplainRecords, ticket: T
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out).encode()
 
 
-def records_of(store: AnalysisStore, record: AnalysisRecord) -> Iterator[bytes]:
+def records_of(store: AnalysisStore, entry: StoredAnalysis) -> Iterator[bytes]:
     """Every record of the analysis, chunk by chunk, in input order. A chunk's records gone (another
     delivery merged it and dropped them, or it was cancelled) stop the merge: a document is made of
     every chunk or not at all."""
-    for index in range(record.chunks):
-        output = store.get(record.id, f"output:{index}")
+    for index in range(entry.chunks):
+        output = store.get(entry.id, f"output:{index}")
         if output is None:
             raise NotFound(
-                f"analysis {record.id}: the records of chunk {index} are gone (merged or cancelled)"
+                f"analysis {entry.id}: the records of chunk {index} are gone (merged or cancelled)"
             )
         yield from output.splitlines()
 
 
-def merge(store: AnalysisStore, record: AnalysisRecord, publish: Publish) -> AnalysisRecord:
+def merge(store: AnalysisStore, entry: StoredAnalysis, publish: Publish) -> StoredAnalysis:
     """Fold every record into analysis.json, store it, publish the files, and mark it succeeded.
     Merging again (a redelivered last chunk) gives the same document."""
-    analysis = analyse_records(records_of(store, record), record.options())
+    analysis = analyze_records(records_of(store, entry), entry.options())
     document = analysis.document(
-        input=record.input or "request body",
-        label_field=record.analysis.get("label_field"),
-        **zero_shot_fields(record.parameters),
+        input=entry.input or "request body",
+        label_field=entry.spec.get("label_field"),
+        **zero_shot_fields(entry.parameters),
     )
     encoded = (json.dumps(document, ensure_ascii=False) + "\n").encode()
-    store.put(record.id, "analysis", encoded)
-    if record.output:
-        publish(record, analysis_files(store, record, document))
+    store.put(entry.id, "analysis", encoded)
+    if entry.output:
+        publish(entry, analysis_files(store, entry, document))
 
-    def succeeded(record: AnalysisRecord) -> None:
-        record.finished_at = utc_now()
+    def succeeded(entry: StoredAnalysis) -> None:
+        entry.finished_at = utc_now()
 
-    finished = store.update(record.id, SUCCEEDED, succeeded)
+    finished = store.update(entry.id, SUCCEEDED, succeeded)
     if finished is None:  # cancelled or failed meanwhile: that outcome stands
-        return store.load(record.id) or record
-    store.drop(record.id, chunk_parts(finished))  # Redis keeps the document alone from now on
+        return store.load(entry.id) or entry
+    store.drop(entry.id, chunk_parts(finished))  # Redis keeps the document alone from now on
     return finished
 
 
-def analysis_files(
-    store: AnalysisStore, record: AnalysisRecord, document: dict[str, Any]
-) -> dict[str, bytes]:
+def analysis_files(store: AnalysisStore, entry: StoredAnalysis, document: dict[str, Any]) -> dict[str, bytes]:
     """What `clarion analyze` writes: analysis.json, records.jsonl and report.html."""
     from shared.render.report import analysis_report
 
     return {
         "analysis.json": (json.dumps(document, indent=1, ensure_ascii=False) + "\n").encode(),
-        "records.jsonl": b"".join(line + b"\n" for line in records_of(store, record)),
-        "report.html": analysis_report(document, title=f"Clarion analysis {record.id}").encode(),
+        "records.jsonl": b"".join(line + b"\n" for line in records_of(store, entry)),
+        "report.html": analysis_report(document, title=f"Clarion analysis {entry.id}").encode(),
     }
 
 
@@ -466,35 +471,35 @@ CONTENT_TYPES = {
 
 def s3_publisher(settings: Settings) -> Publish:
     """Writes a finished analysis's files under its `output`, checked again against this process's
-    S3_ALLOWED_PREFIXES where it is written: a record staged before the prefixes narrowed, or by
+    S3_ALLOWED_PREFIXES where it is written: an analysis staged before the prefixes narrowed, or by
     another process, must not write outside what these settings allow."""
     from shared.storage.s3 import write_objects
 
-    def publish(record: AnalysisRecord, files: dict[str, bytes]) -> None:
-        assert record.output is not None
-        write_objects(record.output, files, CONTENT_TYPES, settings.s3_allowed_prefixes)
+    def publish(entry: StoredAnalysis, files: dict[str, bytes]) -> None:
+        assert entry.output is not None
+        write_objects(entry.output, files, CONTENT_TYPES, settings.s3_allowed_prefixes)
 
     return publish
 
 
-def _request(record: AnalysisRecord, settings: Settings) -> SeedBody:
+def _request(entry: StoredAnalysis, settings: Settings) -> SeedBody:
     """The analysis's options as a request holds them: how to explain, and zero-shot's labels."""
-    return parse_model(SeedBody, {"data": "x", **record.parameters}, settings)
+    return parse_model(SeedBody, {"data": "x", **entry.parameters}, settings)
 
 
-def check_analysis(service: ClarionService, record: AnalysisRecord) -> None:
+def check_analysis(service: ClarionService, entry: StoredAnalysis) -> None:
     """What this service cannot explain with the analysis's options is a 400 at submit, before its
     input is read: labels it does not score, zero-shot labels without an NLI model, what text pairs
     and zero-shot texts cannot take, an unusable amortized artifact."""
-    request = _request(record, service.settings)
-    pairs = record.analysis.get("pair_field") is not None
+    request = _request(entry, service.settings)
+    pairs = entry.spec.get("pair_field") is not None
     service.check_options(request.explain_options(), [TextPair("x", "x")] if pairs else request.inputs(["x"]))
 
 
-def record_explainer(service: ClarionService, record: AnalysisRecord) -> ExplainRecords:
+def record_explainer(service: ClarionService, entry: StoredAnalysis) -> ExplainRecords:
     """The analysis's texts (stored as `stored` keeps them) explained with its options, by this
     process's service; with candidate_labels each text is a zero-shot text."""
-    request = _request(record, service.settings).model_copy(update={"explain": True})
+    request = _request(entry, service.settings).model_copy(update={"explain": True})
 
     def explain(texts: list[str | dict[str, Any]], ticket: Ticket) -> list[dict[str, Any]]:
         return service.results([restored(t) for t in texts], request, ticket)
@@ -508,11 +513,11 @@ class Analyses(Protocol):
     asynchronous: bool
     store: AnalysisStore
 
-    def submit(self, record: AnalysisRecord, ticket: Ticket) -> AnalysisRecord:
+    def submit(self, entry: StoredAnalysis, ticket: Ticket) -> StoredAnalysis:
         """Run (inline, within `ticket`) or publish an analysis staged and recorded."""
         ...
 
-    def delete(self, analysis_id: str) -> AnalysisRecord | None:
+    def delete(self, analysis_id: str) -> StoredAnalysis | None:
         """Cancel an unfinished analysis (returned, cancelled), or remove a finished one (None)."""
         ...
 
@@ -526,25 +531,25 @@ class InlineAnalyses:
         self.store = store
         self._service = service
 
-    def submit(self, record: AnalysisRecord, ticket: Ticket) -> AnalysisRecord:
-        explain = record_explainer(self._service, record)
+    def submit(self, entry: StoredAnalysis, ticket: Ticket) -> StoredAnalysis:
+        explain = record_explainer(self._service, entry)
         publish = s3_publisher(self._service.settings)
         try:
-            for index in range(record.chunks):
-                run_chunk(self.store, record.id, index, explain, ticket, publish)
+            for index in range(entry.chunks):
+                run_chunk(self.store, entry.id, index, explain, ticket, publish)
         except ClarionError as exc:
-            fail(self.store, record.id, exc.message)
+            fail(self.store, entry.id, exc.message)
             raise
-        return load_or_404(self.store, record.id)
+        return load_or_404(self.store, entry.id)
 
-    def delete(self, analysis_id: str) -> AnalysisRecord | None:
+    def delete(self, analysis_id: str) -> StoredAnalysis | None:
         return cancel_or_remove(self.store, analysis_id)
 
 
 def fail(store: AnalysisStore, analysis_id: str, message: str) -> None:
     """Mark the analysis failed (unless it is finished already), and drop its chunks."""
 
-    def failed(record: AnalysisRecord) -> None:
+    def failed(record: StoredAnalysis) -> None:
         record.finished_at = utc_now()
         record.error = {"code": "analysis_failed", "message": message}
 
@@ -553,7 +558,7 @@ def fail(store: AnalysisStore, analysis_id: str, message: str) -> None:
         store.drop(analysis_id, chunk_parts(record))
 
 
-def cancel_or_remove(store: AnalysisStore, analysis_id: str) -> AnalysisRecord | None:
+def cancel_or_remove(store: AnalysisStore, analysis_id: str) -> StoredAnalysis | None:
     """DELETE: a queued or running analysis is cancelled (its tasks stop within a pass); a finished
     one is removed with everything it stored (None)."""
     record = load_or_404(store, analysis_id)
@@ -565,7 +570,7 @@ def cancel_or_remove(store: AnalysisStore, analysis_id: str) -> AnalysisRecord |
     return None
 
 
-def load_or_404(store: AnalysisStore, analysis_id: str) -> AnalysisRecord:
+def load_or_404(store: AnalysisStore, analysis_id: str) -> StoredAnalysis:
     record = store.load(analysis_id)
     if record is None:
         raise NotFound(f"no analysis {analysis_id!r}")

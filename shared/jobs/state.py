@@ -4,7 +4,7 @@
        │          │ ╰────▶ failed
        │          ╰──────▶ cancelled
        ├─────────────────▶ failed, cancelled
-    succeeded | failed | cancelled ──▶ removed (the record is deleted)
+    succeeded | failed | cancelled ──▶ removed (deleted from the store)
 
 | move | writer |
 |---|---|
@@ -15,9 +15,9 @@
 | queued or running → cancelled | the API (DELETE) |
 | finished → removed | the API (DELETE) |
 
-Nothing else writes a record: the sweeper only publishes and notes. Every move is a compare-and-set in
-Redis (store.py) on the record's revision and on the state it leaves, so a move that lost a race is
-refused instead of overwriting, and a finished record never changes again.
+Nothing else writes a stored job or analysis: the sweeper only publishes and notes. Every move is a
+compare-and-set in Redis (store.py) on the stored revision and on the state it leaves, so a move that
+lost a race is refused instead of overwriting, and a finished job or analysis never changes again.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The one Redis store of jobs and analyses: their records, written only through the state machine's
-checked moves (state.py), the ledger of what is not yet published, idempotency keys, and an analysis's
-parts (chunks, outputs, its document)."""
+"""The one Redis store of jobs and analyses, each an entry (a StoredJob or StoredAnalysis), written
+only through the state machine's checked moves (state.py), the ledger of what is not yet published,
+idempotency keys, and an analysis's parts (chunks, outputs, its document)."""
 
 from __future__ import annotations
 
@@ -13,24 +13,24 @@ from typing import Any, Generic, TypeVar
 import redis
 
 from shared.errors import IdempotencyConflict, JobBackendUnavailable, TooBusy
-from shared.jobs.record import Idempotency, JobRecord, StoredRecord, replayed
+from shared.jobs.job import Idempotency, Stored, StoredJob, replayed
 from shared.jobs.state import MOVES, REMOVABLE
 from shared.kinds import FINISHED, QUEUED
 from shared.settings import Settings
 from shared.storage.redis import redis_client
 
 T = TypeVar("T")
-R = TypeVar("R", bound=StoredRecord)
+R = TypeVar("R", bound=Stored)
 KEY_PREFIX = "clarion:job:"
 ANALYSIS_PREFIX = "clarion:analysis:"
 IDEMPOTENCY_PREFIX = "clarion:idempotency:"
-# How often a move that lost a race to another writer reads the record again before giving up.
+# How often a move that lost a race to another writer reads the entry again before giving up.
 MOVE_TRIES = 50
 
-# Create a record, noted unpublished, with its idempotency key, all at once; or say which record
-# already holds the key, or that the limit on active records is reached. The client library sends a
+# Create an entry, noted unpublished, with its idempotency key, all at once; or say which entry
+# already holds the key, or that the limit on active entries is reached. The client library sends a
 # command again when its reply was lost, so a script that finds its own work done says so (an id is
-# new: a record under it can only be this create's own).
+# new: an entry under it can only be this create's own).
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'created', ''} end
 if KEYS[3] ~= '' then
@@ -50,36 +50,36 @@ if KEYS[5] ~= '' then redis.call('ZADD', KEYS[5], ARGV[4], ARGV[3]) end
 if KEYS[3] ~= '' then redis.call('SET', KEYS[3], ARGV[7], 'EX', ARGV[2]) end
 return {'created', ''}
 """
-# A checked move: 1 done, 0 not allowed from the stored state (or no record), -1 the record changed
-# since the writer read it (read it again). The stored record being this very one means it is done
+# A checked move: 1 done, 0 not allowed from the stored state (or no entry), -1 the entry changed
+# since the writer read it (read it again). The stored entry being this very one means it is done
 # (a command sent again after its reply was lost).
 _MOVE = """
 local current = redis.call('GET', KEYS[1])
 if not current then return 0 end
 if current == ARGV[1] then return 1 end
-local ok, record = pcall(cjson.decode, current)
-if not ok or type(record) ~= 'table' then return 0 end
+local ok, entry = pcall(cjson.decode, current)
+if not ok or type(entry) ~= 'table' then return 0 end
 local allowed = false
 for _, state in ipairs(cjson.decode(ARGV[4])) do
-  if record['status'] == state then allowed = true end
+  if entry['status'] == state then allowed = true end
 end
 if not allowed then return 0 end
-if (tonumber(record['revision']) or 0) ~= tonumber(ARGV[3]) then return -1 end
+if (tonumber(entry['revision']) or 0) ~= tonumber(ARGV[3]) then return -1 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 if KEYS[2] ~= '' then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
 if KEYS[3] ~= '' and ARGV[5] == '1' then redis.call('ZREM', KEYS[3], ARGV[6]) end
 if KEYS[4] ~= '' then redis.call('ZREM', KEYS[4], ARGV[6]) end
 return 1
 """
-# Remove a finished record with its idempotency key and notes: 1 removed, 0 not finished, -1 gone.
+# Remove a finished entry with its idempotency key and notes: 1 removed, 0 not finished, -1 gone.
 _REMOVE = """
 local current = redis.call('GET', KEYS[1])
 if not current then return -1 end
-local ok, record = pcall(cjson.decode, current)
-if ok and type(record) == 'table' then
+local ok, entry = pcall(cjson.decode, current)
+if ok and type(entry) == 'table' then
   local finished = false
   for _, state in ipairs(cjson.decode(ARGV[1])) do
-    if record['status'] == state then finished = true end
+    if entry['status'] == state then finished = true end
   end
   if not finished then return 0 end
 end
@@ -107,7 +107,7 @@ class Kind(Generic[R]):
     name: str
     prefix: str
     unpublished: str  # the ledger: ids recorded and not yet known to be published, by time noted
-    record: type[R]
+    entry: type[R]  # StoredJob or StoredAnalysis
     active: str | None = None  # ids queued or running, when their number is limited
     # ids recorded whose tasks the broker could still lose, by when: a job's until it starts, an
     # analysis's until it finishes (its chunks start one by one)
@@ -121,8 +121,8 @@ class Moved:
     DONE, REFUSED, STALE = 1, 0, -1
 
 
-class RecordStore(Generic[R]):
-    """Records of one kind as JSON under `<prefix><id>`, expiring `ttl_s` after their last write."""
+class Store(Generic[R]):
+    """Entries of one kind as JSON under `<prefix><id>`, expiring `ttl_s` after their last write."""
 
     def __init__(self, client: redis.Redis, kind: Kind[R], ttl_s: int, max_active: int | None = None) -> None:
         self._client = client
@@ -134,23 +134,23 @@ class RecordStore(Generic[R]):
         self._remove = client.register_script(_REMOVE)
         self._claim = client.register_script(_CLAIM)
 
-    # ---- records ---------------------------------------------------------------------------------
+    # ---- entries ---------------------------------------------------------------------------------
 
-    def create(self, record: R, idempotency: Idempotency | None = None) -> tuple[R, bool]:
+    def create(self, entry: R, idempotency: Idempotency | None = None) -> tuple[R, bool]:
         """Record a new one, noted unpublished, under its idempotency key when it has one; with
-        whether it was made before. The same key with the same request gives the record it made
-        first (True); with another request, a 422. With a limit on active records, one more is a 429."""
+        whether it was made before. The same key with the same request gives the entry it made
+        first (True); with another request, a 422. With a limit on active entries, one more is a 429."""
         key_name = self.idempotency_key(idempotency)
-        record.idempotency_key = key_name  # type: ignore[attr-defined]
-        claim = json.dumps({"id": record.id, "request": idempotency.request}) if idempotency else ""
+        entry.idempotency_key = key_name  # type: ignore[attr-defined]
+        claim = json.dumps({"id": entry.id, "request": idempotency.request}) if idempotency else ""
         keys = [
-            self._key(record.id),
+            self._key(entry.id),
             self.kind.unpublished,
             key_name or "",
             self._active_key,
             self._waiting_key,
         ]
-        args = [record.to_json(), self._ttl_s, record.id, time.time(), self._max_active or 0,
+        args = [entry.to_json(), self._ttl_s, entry.id, time.time(), self._max_active or 0,
                 self.kind.prefix, claim]  # fmt: skip
         outcome, held = backend_call(lambda: self._create(keys=keys, args=args))
         outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
@@ -161,10 +161,10 @@ class RecordStore(Generic[R]):
             )
         if outcome == "existing":
             return self._replayed(json.loads(held), idempotency), True
-        return record, False
+        return entry, False
 
     def find(self, idempotency: Idempotency | None) -> R | None:
-        """The record an idempotency key already made (None: the key is new)."""
+        """The entry an idempotency key already made (None: the key is new)."""
         key_name = self.idempotency_key(idempotency)
         if key_name is None:
             return None
@@ -173,79 +173,79 @@ class RecordStore(Generic[R]):
 
     def _replayed(self, held: dict[str, Any], idempotency: Idempotency | None) -> R:
         assert idempotency is not None
-        record = replayed(held, idempotency, self.load)
-        if record is None:  # removed (DELETE) moments ago, with its key
+        entry = replayed(held, idempotency, self.load)
+        if entry is None:  # removed (DELETE) moments ago, with its key
             raise IdempotencyConflict(
                 f"the {self.kind.name} made with Idempotency-Key {idempotency.key!r} was removed; "
                 "a new request needs a new key"
             )
-        return record
+        return entry
 
     def idempotency_key(self, idempotency: Idempotency | None) -> str | None:
         if idempotency is None:
             return None
         return f"{IDEMPOTENCY_PREFIX}{self.kind.name}:{idempotency.key_name}"
 
-    def load(self, record_id: str) -> R | None:
-        raw = backend_call(lambda: self._client.get(self._key(record_id)))
-        return None if raw is None else self.kind.record.from_json(raw)
+    def load(self, entry_id: str) -> R | None:
+        raw = backend_call(lambda: self._client.get(self._key(entry_id)))
+        return None if raw is None else self.kind.entry.from_json(raw)
 
-    def move(self, record: R, target: str) -> int:
-        """One compare-and-set: `record` (as read, then changed) becomes the stored one in state
+    def move(self, entry: R, target: str) -> int:
+        """One compare-and-set: `entry` (as read, then changed) becomes the stored one in state
         `target`, if the stored one is still the revision it was read at and may move there."""
-        expected = record.revision  # type: ignore[attr-defined]
-        record.status, record.revision = target, expected + 1  # type: ignore[attr-defined]
+        expected = entry.revision  # type: ignore[attr-defined]
+        entry.status, entry.revision = target, expected + 1  # type: ignore[attr-defined]
         leaves = target in FINISHED if self.kind.waits_until_finished else target != QUEUED
         waiting = self._waiting_key if leaves else ""
         keys = [
-            self._key(record.id),
-            getattr(record, "idempotency_key", None) or "",
+            self._key(entry.id),
+            getattr(entry, "idempotency_key", None) or "",
             self._active_key,
             waiting,
         ]  # type: ignore[attr-defined]
-        args = [record.to_json(), self._ttl_s, expected, json.dumps(sorted(MOVES[target])),
-                "1" if target in FINISHED else "0", record.id]  # type: ignore[attr-defined]  # fmt: skip
+        args = [entry.to_json(), self._ttl_s, expected, json.dumps(sorted(MOVES[target])),
+                "1" if target in FINISHED else "0", entry.id]  # type: ignore[attr-defined]  # fmt: skip
         outcome = int(backend_call(lambda: self._move(keys=keys, args=args)))
         if outcome != Moved.DONE:
-            record.revision = expected  # type: ignore[attr-defined]
+            entry.revision = expected  # type: ignore[attr-defined]
         return outcome
 
-    def update(self, record_id: str, target: str, change: Callable[[R], None] | None = None) -> R | None:
+    def update(self, entry_id: str, target: str, change: Callable[[R], None] | None = None) -> R | None:
         """Read, change and move to `target`, reading again while other writers win the race; the
-        record as stored, or None when the move is not allowed from its state (or it is gone)."""
+        entry as stored, or None when the move is not allowed from its state (or it is gone)."""
         for _ in range(MOVE_TRIES):
-            record = self.load(record_id)
-            if record is None or record.status not in MOVES[target]:  # type: ignore[attr-defined]
+            entry = self.load(entry_id)
+            if entry is None or entry.status not in MOVES[target]:  # type: ignore[attr-defined]
                 return None
             if change is not None:
-                change(record)
-            outcome = self.move(record, target)
+                change(entry)
+            outcome = self.move(entry, target)
             if outcome == Moved.DONE:
-                return record
+                return entry
             if outcome == Moved.REFUSED:
                 return None
-        raise JobBackendUnavailable(f"{self.kind.name} {record_id}: too many concurrent writers")
+        raise JobBackendUnavailable(f"{self.kind.name} {entry_id}: too many concurrent writers")
 
-    def remove(self, record_id: str, parts: list[str] = ()) -> bool:  # type: ignore[assignment]
-        """Delete a finished record with its idempotency key and its parts; False when not finished.
-        A record already gone counts as removed."""
-        record = self.load(record_id)
-        key_name = getattr(record, "idempotency_key", None) if record else None
+    def remove(self, entry_id: str, parts: list[str] = ()) -> bool:  # type: ignore[assignment]
+        """Delete a finished entry with its idempotency key and its parts; False when not finished.
+        An entry already gone counts as removed."""
+        entry = self.load(entry_id)
+        key_name = getattr(entry, "idempotency_key", None) if entry else None
         keys = [
-            self._key(record_id),
+            self._key(entry_id),
             key_name or "",
             self.kind.unpublished,
             self._active_key,
             self._waiting_key,
         ]
-        args = [json.dumps(sorted(REMOVABLE)), record_id]
+        args = [json.dumps(sorted(REMOVABLE)), entry_id]
         outcome = int(backend_call(lambda: self._remove(keys=keys, args=args)))
         if outcome == 0:
             return False
-        self.drop(record_id, parts)
+        self.drop(entry_id, parts)
         return True
 
-    # ---- the ledger of unpublished records -------------------------------------------------------
+    # ---- the ledger of unpublished entries -------------------------------------------------------
 
     def claim_unpublished(self, older_than_s: float, limit: int = 100) -> list[str]:
         """Ids noted over `older_than_s` ago and not marked published since: their publisher died or
@@ -255,8 +255,8 @@ class RecordStore(Generic[R]):
         ids = backend_call(lambda: self._claim(keys=[self.kind.unpublished], args=args))
         return [raw.decode() if isinstance(raw, bytes) else str(raw) for raw in ids]
 
-    def mark_published(self, record_id: str) -> None:
-        backend_call(lambda: self._client.zrem(self.kind.unpublished, record_id))
+    def mark_published(self, entry_id: str) -> None:
+        backend_call(lambda: self._client.zrem(self.kind.unpublished, entry_id))
 
     def claim_waiting(self, older_than_s: float, limit: int = 100) -> list[str]:
         """Ids still waiting (see Kind.waiting) over `older_than_s` after they were recorded (or last
@@ -271,15 +271,15 @@ class RecordStore(Generic[R]):
 
     # ---- an analysis's parts ---------------------------------------------------------------------
 
-    def put(self, record_id: str, name: str, data: bytes) -> None:
-        backend_call(lambda: self._client.set(self._part(record_id, name), data, ex=self._ttl_s))
+    def put(self, entry_id: str, name: str, data: bytes) -> None:
+        backend_call(lambda: self._client.set(self._part(entry_id, name), data, ex=self._ttl_s))
 
-    def get(self, record_id: str, name: str) -> bytes | None:
-        return backend_call(lambda: self._client.get(self._part(record_id, name)))
+    def get(self, entry_id: str, name: str) -> bytes | None:
+        return backend_call(lambda: self._client.get(self._part(entry_id, name)))
 
-    def chunk_done(self, record_id: str, index: int, texts: int) -> tuple[int, int]:
+    def chunk_done(self, entry_id: str, index: int, texts: int) -> tuple[int, int]:
         """Count a chunk as done (once, however often it is told); (chunks done, texts done)."""
-        key = self._part(record_id, "done")
+        key = self._part(entry_id, "done")
 
         def mark() -> tuple[int, int]:
             with self._client.pipeline(transaction=True) as pipe:
@@ -291,20 +291,20 @@ class RecordStore(Generic[R]):
 
         return backend_call(mark)
 
-    def chunks_done(self, record_id: str) -> set[int]:
+    def chunks_done(self, entry_id: str) -> set[int]:
         """The chunks counted done so far."""
-        return {int(i) for i in backend_call(lambda: self._client.hkeys(self._part(record_id, "done")))}
+        return {int(i) for i in backend_call(lambda: self._client.hkeys(self._part(entry_id, "done")))}
 
-    def drop(self, record_id: str, parts: list[str]) -> None:
+    def drop(self, entry_id: str, parts: list[str]) -> None:
         """Delete parts once nothing reads them again."""
         if parts:
-            backend_call(lambda: self._client.delete(*(self._part(record_id, name) for name in parts)))
+            backend_call(lambda: self._client.delete(*(self._part(entry_id, name) for name in parts)))
 
-    def _key(self, record_id: str) -> str:
-        return self.kind.prefix + record_id
+    def _key(self, entry_id: str) -> str:
+        return self.kind.prefix + entry_id
 
-    def _part(self, record_id: str, name: str) -> str:
-        return f"{self.kind.prefix}{record_id}:{name}"
+    def _part(self, entry_id: str, name: str) -> str:
+        return f"{self.kind.prefix}{entry_id}:{name}"
 
     @property
     def _waiting_key(self) -> str:
@@ -315,12 +315,12 @@ class RecordStore(Generic[R]):
         return self.kind.active if self.kind.active and self._max_active else ""
 
 
-JOBS = Kind("job", KEY_PREFIX, "clarion:unpublished", JobRecord, waiting="clarion:jobs:waiting")
+JOBS = Kind("job", KEY_PREFIX, "clarion:unpublished", StoredJob, waiting="clarion:jobs:waiting")
 
 
-def job_store_for(settings: Settings) -> RecordStore[JobRecord]:
+def job_store_for(settings: Settings) -> Store[StoredJob]:
     assert settings.redis_store_url is not None, "validated by Settings"
-    return RecordStore(redis_client(settings.redis_store_url), JOBS, settings.job_result_ttl_s)
+    return Store(redis_client(settings.redis_store_url), JOBS, settings.job_result_ttl_s)
 
 
 def backend_call(operation: Callable[[], T]) -> T:

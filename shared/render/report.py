@@ -56,7 +56,7 @@ def _header(clarion: dict[str, Any], title: str) -> str:
     accuracy = clarion.get("accuracy")
     facts = {
         "model": clarion.get("model"),
-        "texts analysed": clarion.get("texts"),
+        "texts analyzed": clarion.get("texts"),
         "skipped": clarion.get("skipped"),
         "accuracy": None
         if accuracy is None

@@ -85,7 +85,7 @@ class Ticket:
     """A request's (or job's) deadline and cancellation, shared by all of its work items.
 
     `timeout_message` is what the caller is told when the deadline passes. `cancelled_by` is an
-    optional check the *waiting* thread runs every `poll_s` (a job reads its record in Redis): the
+    optional check the *waiting* thread runs every `poll_s` (a job reads its stored state in Redis): the
     engine thread itself never blocks on it. `progress` hears (done, total) from the work as it
     advances, on the waiting thread too (a job stores it for its pollers).
     """

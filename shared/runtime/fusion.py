@@ -60,7 +60,7 @@ def fused_if_faster(
     model: TextModel, exact: Any, reopen: Callable[[Path], Any], mode: str, threads: int
 ) -> Any:
     """`exact` (an OnnxRunner of the export, checked), or the runner of its fused graph where `mode`
-    and the recorded decision say so. `reopen(path)` opens a graph file as a checked runner."""
+    and the stored decision say so. `reopen(path)` opens a graph file as a checked runner."""
     import torch
 
     if mode == "off":
@@ -68,57 +68,57 @@ def fused_if_faster(
     path = exact.path.with_name(exact.path.stem + f"-fused-{SCHEME}.onnx")
     # The graph is the same on any CPU; which one is faster is not.
     machine = f"cpu-{torch.backends.cpu.get_cpu_capability()}-t{threads}"
-    record_path = path.with_name(f"{path.stem}-{machine}.json")
+    decision_path = path.with_name(f"{path.stem}-{machine}.json")
     usable = {"auto": ("faster",), "on": ("faster", "slower")}[mode]
-    record, fused = _read(record_path), None
-    if record is None or (record["verdict"] in usable and not path.is_file()):
-        record, fused = _decide(model, exact, reopen, path)
-        _write(record_path, record)
-    elif record["verdict"] not in usable:
-        log.info("exact passes keep the unfused graph: %s (%s)", record["verdict"], record_path.name)
-    if record["verdict"] not in usable:
+    decision, fused = _read(decision_path), None
+    if decision is None or (decision["verdict"] in usable and not path.is_file()):
+        decision, fused = _decide(model, exact, reopen, path)
+        _write(decision_path, decision)
+    elif decision["verdict"] not in usable:
+        log.info("exact passes keep the unfused graph: %s (%s)", decision["verdict"], decision_path.name)
+    if decision["verdict"] not in usable:
         return exact
     try:
         fused = reopen(path) if fused is None else fused
     except Exception as exc:  # a damaged file (the session drops it): the next start makes it again
         log.warning("exact passes keep the unfused graph: the fused one fails: %s", _reason(exc))
         return exact
-    fused.fused, fused.export = record["operators"], exact.path
+    fused.fused, fused.export = decision["operators"], exact.path
     return fused
 
 
 def _decide(
     model: TextModel, exact: Any, reopen: Callable[[Path], Any], path: Path
 ) -> tuple[dict[str, Any], Any]:
-    """Make the fused graph, check it and time it against `exact`: the record of what was found (its
+    """Make the fused graph, check it and time it against `exact`: the decision and what it rests on (its
     "verdict": "faster", "slower" (the same logits, not faster enough) or why it is refused), and
     the fused graph's runner, opened and checked, unless refused."""
     started = time.perf_counter()
-    record: dict[str, Any] = {"operators": {}}
+    decision: dict[str, Any] = {"operators": {}}
     fused = None
     try:
-        record["operators"] = _fuse(model, exact.path, path)
-        record["optimizer_s"] = round(time.perf_counter() - started, 2)
-        if record["operators"]:
+        decision["operators"] = _fuse(model, exact.path, path)
+        decision["optimizer_s"] = round(time.perf_counter() - started, 2)
+        if decision["operators"]:
             fused = reopen(path)  # the exact graph's own check against torch (it may narrow passes)
-            record.update(_compare(model, exact, fused))
+            decision.update(_compare(model, exact, fused))
         else:
-            record["verdict"] = "refused: the optimizer fused nothing in this graph"
+            decision["verdict"] = "refused: the optimizer fused nothing in this graph"
     except Exception as exc:  # the optimizer's or the check's error: the unfused graph keeps running
-        record["verdict"] = f"refused: {_reason(exc)}"
-    if record["verdict"].startswith("refused"):
+        decision["verdict"] = f"refused: {_reason(exc)}"
+    if decision["verdict"].startswith("refused"):
         path.unlink(missing_ok=True)
         fused = None
     log.info(
         "fused exact graph of %s: %s; %s; made and measured in %.1fs (optimizer %.1fs): %s",
         model.model_id,
-        ", ".join(f"{op} {n}" for op, n in record["operators"].items()) or "no fused operator",
-        _summary(record),
+        ", ".join(f"{op} {n}" for op, n in decision["operators"].items()) or "no fused operator",
+        _summary(decision),
         time.perf_counter() - started,
-        record.get("optimizer_s", 0.0),
-        record["verdict"],
+        decision.get("optimizer_s", 0.0),
+        decision["verdict"],
     )
-    return record, fused
+    return decision, fused
 
 
 def _fuse(model: TextModel, source: Path, target: Path) -> dict[str, int]:
@@ -206,12 +206,12 @@ def per_row_ms(
     }
 
 
-def _summary(record: dict[str, Any]) -> str:
+def _summary(decision: dict[str, Any]) -> str:
     parts = []
-    if "difference" in record:
-        parts.append(f"logits within {record['difference']:.1e} of their scale")
-    for shape, unfused in record.get("ms", {}).get("unfused", {}).items():
-        parts.append(f"{shape} tokens {unfused:.2f} -> {record['ms']['fused'][shape]:.2f} ms/row")
+    if "difference" in decision:
+        parts.append(f"logits within {decision['difference']:.1e} of their scale")
+    for shape, unfused in decision.get("ms", {}).get("unfused", {}).items():
+        parts.append(f"{shape} tokens {unfused:.2f} -> {decision['ms']['fused'][shape]:.2f} ms/row")
     return "; ".join(parts) or "not compared"
 
 
@@ -222,18 +222,18 @@ def _reason(exc: Exception) -> str:
 
 def _read(path: Path) -> dict[str, Any] | None:
     try:
-        record = json.loads(path.read_text())
+        decision = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) and isinstance(record.get("verdict"), str) else None
+    return decision if isinstance(decision, dict) and isinstance(decision.get("verdict"), str) else None
 
 
-def _write(path: Path, record: dict[str, Any]) -> None:
-    """Atomically (several processes may decide at once: the last one's record stays)."""
+def _write(path: Path, decision: dict[str, Any]) -> None:
+    """Atomically (several processes may decide at once: the last one's decision stays)."""
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         with os.fdopen(fd, "w") as file:
-            json.dump(record, file, indent=1)
+            json.dump(decision, file, indent=1)
         os.replace(tmp, path)
     except OSError as exc:  # a read-only cache: this start decided, the next decides again
-        log.warning("could not record the fused graph's decision in %s: %s", path, exc)
+        log.warning("could not store the fused graph's decision in %s: %s", path, exc)

@@ -161,7 +161,7 @@ def read_object(uri: str, max_bytes: int, allowed: Sequence[str]) -> bytes:
             data = body.read(max_bytes + 1)  # a store that ignores Range still sends no more
             if len(data) <= max_bytes:
                 # At the end of the stream botocore checks the length it was promised: a download
-                # cut short raises (a 503) instead of being analysed as the whole input.
+                # cut short raises (a 503) instead of being analyzed as the whole input.
                 body.read(1)
         finally:
             body.close()

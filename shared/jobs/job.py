@@ -1,4 +1,4 @@
-"""A job's record: what the API knows of a job from the moment it accepts it, and the worker updates."""
+"""A stored job: what the API knows of a job from the moment it accepts it, and the worker updates."""
 
 from __future__ import annotations
 
@@ -16,27 +16,29 @@ from shared.io.results import Classification
 from shared.io.schemas import ExplainOptions
 from shared.kinds import QUEUED
 
-# The record format. Records live 24 h in Redis, across upgrades: a reader takes any version,
+# The stored format. Stored jobs and analyses live 24 h in Redis, across upgrades: a reader takes any version,
 # ignores fields it does not know, and fills the ones an older writer did not write.
-RECORD_VERSION = 2
+FORMAT_VERSION = 2
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
-T = TypeVar("T", bound="StoredRecord")
+T = TypeVar("T", bound="Stored")
 
 
-class StoredRecord:
+class Stored:
     """A dataclass stored as JSON across upgrades: a reader takes fields it knows and ignores the
     rest, and fields an older writer did not write take their defaults (or `UNWRITTEN`'s)."""
 
     UNWRITTEN: ClassVar[dict[str, Any]] = {}
+    RENAMED: ClassVar[dict[str, str]] = {}  # an older writer's field name -> its name now
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))  # type: ignore[call-overload]
 
     @classmethod
     def from_json(cls: type[T], raw: str | bytes) -> T:
-        data = {**cls.UNWRITTEN, **json.loads(raw)}
+        written = json.loads(raw)
+        data = {**cls.UNWRITTEN, **{cls.RENAMED.get(name, name): value for name, value in written.items()}}
         known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         return cls(**{name: value for name, value in data.items() if name in known})
 
@@ -62,17 +64,17 @@ class Idempotency:
 def replayed(
     held: dict[str, str] | None, idempotency: Idempotency, load: Callable[[str], T | None]
 ) -> T | None:
-    """The record an Idempotency-Key made before (None: the key is free: never used, or its record
-    is gone); the same key with another request is a 422."""
+    """The job or analysis an Idempotency-Key made before (None: the key is free: never used, or
+    what it made is gone); the same key with another request is a 422."""
     if held is None:
         return None
-    record = load(held["id"])
-    if record is not None and held.get("request") != idempotency.request:
+    stored = load(held["id"])
+    if stored is not None and held.get("request") != idempotency.request:
         raise IdempotencyConflict(
             f"the Idempotency-Key {idempotency.key!r} was used with another request; "
             "a new request needs a new key"
         )
-    return record
+    return stored
 
 
 def iso_utc(moment: datetime) -> str:
@@ -86,9 +88,9 @@ def utc_now() -> str:
     return iso_utc(datetime.now(UTC))
 
 
-def stamp_finished(record: Any) -> None:
+def stamp_finished(stored: Any) -> None:
     """A move to a finished state: when it happened."""
-    record.finished_at = utc_now()
+    stored.finished_at = utc_now()
 
 
 def progress_of(done: int, total: int) -> dict[str, int]:
@@ -100,7 +102,7 @@ def new_job_id() -> str:
 
 
 @dataclass
-class JobRecord(StoredRecord):
+class StoredJob(Stored):
     """What the API knows about a job from the moment it accepts it."""
 
     id: str
@@ -125,13 +127,13 @@ class JobRecord(StoredRecord):
     model_fingerprint: str | None = None
     revision: int = 0  # one more with every write: the store's compare-and-set
     idempotency_key: str | None = None  # the store's key of the Idempotency-Key that made it
-    version: int = RECORD_VERSION
+    version: int = FORMAT_VERSION
 
     # version 1 wrote no version (and had an `extra` field)
     UNWRITTEN: ClassVar[dict[str, Any]] = {"version": 1}
 
 
-def new_record(
+def new_job(
     model: str,
     texts: Sequence[Input],
     single: bool,
@@ -139,8 +141,8 @@ def new_record(
     predictions: list[Classification],
     owner: str | None = None,
     model_fingerprint: str | None = None,
-) -> JobRecord:
-    return JobRecord(
+) -> StoredJob:
+    return StoredJob(
         id=new_job_id(),
         submitted_at=utc_now(),
         model=model,
