@@ -12,7 +12,10 @@ word-level Spearman), and a text the model is unsure of has small values that a 
 error would all but ignore, while it counts as much as any in that median. A token-level squared
 error (half the weight) keeps the tokens within a word apart. On 684 minilm-sst2 texts, 6 epochs,
 the held-out median Spearman went from 0.70 (token error alone) to 0.74; a ridge head over the
-frozen last layer had reached 0.58 (docs/engine.md, "The amortized explainer").
+frozen last layer had reached 0.58 (docs/engine.md, "The amortized explainer"). A third term, one
+minus each text's Pearson correlation of predicted and exact word values, targets that order
+directly: on the 2,382-text corpus it raised the held-out median from 0.791 to 0.818, and the
+bench's reviews from 0.532 to 0.668 (the same labels, seed and epochs).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ WARMUP = 0.06  # of the steps: the learning rate rises linearly, then falls line
 BATCH = 16
 BAND = 64  # tokens: a batch's texts are within one band of lengths (see _batches)
 TOKEN_WEIGHT = 0.5  # the token-level error's weight beside the word-level one
+CORRELATION_WEIGHT = 1.0  # the word-order term's weight (1 - each text's Pearson correlation)
 FLOOR = 0.05  # of the values' scale: the smallest value size a text's word error is measured against
 
 
@@ -98,9 +102,11 @@ def train(
             hidden = encoder(input_ids=ids, attention_mask=attention).last_hidden_state
             predicted = additive(head(hidden) * scale, playing, delta)
             words = pool.sum(2).gt(0).sum(1).clamp(min=1)
-            loss = word_loss(pool @ predicted, pool @ values, words, scale) + TOKEN_WEIGHT * (
-                ((predicted - values) / scale) ** 2
-            ).sum() / (playing.sum() * labels)
+            loss = (
+                word_loss(pool @ predicted, pool @ values, words, scale)
+                + TOKEN_WEIGHT * (((predicted - values) / scale) ** 2).sum() / (playing.sum() * labels)
+                + CORRELATION_WEIGHT * correlation_loss(pool @ predicted, pool @ values, pool.sum(2).gt(0))
+            )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -121,6 +127,17 @@ def word_loss(predicted: Any, exact: Any, words: Any, scale: float) -> Any:
     error = ((predicted - exact) ** 2).sum((1, 2)) / words
     size = (exact**2).sum((1, 2)) / words + (FLOOR * scale) ** 2
     return (error / size).mean()
+
+
+def correlation_loss(predicted: Any, exact: Any, present: Any) -> Any:
+    """1 - each text's Pearson correlation of predicted and exact word values, per label, over its
+    words (`present`: batch x words), averaged: the order of a text's words is what it is judged by."""
+    mask = present.float()[..., None]
+    count = mask.sum(1, keepdim=True).clamp(min=1)
+    p = (predicted - (predicted * mask).sum(1, keepdim=True) / count) * mask
+    e = (exact - (exact * mask).sum(1, keepdim=True) / count) * mask
+    r = (p * e).sum(1) / ((p**2).sum(1) * (e**2).sum(1) + 1e-12).sqrt()
+    return (1 - r).mean()
 
 
 def additive(values: Any, playing: Any, delta: Any) -> Any:
