@@ -297,13 +297,14 @@ def test_a_remote_model_is_explained_on_the_kserve_explain_routes(via_v2: Servic
     model = via_v2.get("/ping").json()["model"]
     v1 = via_v2.post(f"/v1/models/{model}:explain", json={"instances": TEXTS, **OPTIONS})
     assert v1.status_code == 200, v1.text
-    assert [e["explanation"] for e in v1.json()["explanations"]] == [r["explanation"] for r in expected]
+    # The predictor's scores for a masked text carry float32 noise from the batch it came in (1e-9
+    # here): compared relative to the largest value, as every remote explanation is.
+    _assert_same_explanations(v1.json()["explanations"], expected)
     tensor = {"name": "text", "shape": [len(TEXTS)], "datatype": "BYTES", "data": TEXTS}
     v2 = via_v2.post(f"/v2/models/{model}/explain", json={"inputs": [tensor], "parameters": OPTIONS})
     assert v2.status_code == 200, v2.text
     (attributions,) = [o for o in v2.json()["outputs"] if o["name"] == "attributions"]
-    explained = [json.loads(document) for document in attributions["data"]]
-    assert [e["explanation"] for e in explained] == [r["explanation"] for r in expected]
+    _assert_same_explanations([json.loads(document) for document in attributions["data"]], expected)
 
 
 def test_token_units_come_from_the_tokenizer(first: Service, via_v2: Service) -> None:
