@@ -40,6 +40,11 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {_JSON: {"schema": schema}}}
 
 
+def _text(description: str, mimetype: str) -> dict[str, Any]:
+    """A response that is a document of its own type (a page, Prometheus text), not JSON."""
+    return {"description": description, "content": {mimetype: {"schema": {"type": "string"}}}}
+
+
 def _with_html(response: dict[str, Any], what: str) -> dict[str, Any]:
     """The same response as a self-contained HTML view, for `Accept: text/html`."""
     html = {"schema": {"type": "string", "description": f"{what} (with Accept: text/html)"}}
@@ -210,12 +215,7 @@ def _document(app: Flask, deployment: Deployment) -> dict[str, Any]:
 def page(_: Deployment) -> dict[str, Any]:
     return {
         "summary": "the web page: type a text, see it classified and explained",
-        "responses": {
-            "200": {
-                "description": "a static HTML page",
-                "content": {"text/html": {"schema": {"type": "string"}}},
-            }
-        },
+        "responses": {"200": _text("a static HTML page", "text/html")},
     }
 
 
@@ -265,10 +265,7 @@ def metrics(_: Deployment) -> dict[str, Any]:
     return {
         "summary": "Prometheus metrics of every process of this server",
         "responses": {
-            "200": {
-                "description": "Prometheus text format 0.0.4",
-                "content": {"text/plain": {"schema": {"type": "string"}}},
-            },
+            "200": _text("Prometheus text format 0.0.4", "text/plain"),
             **_UNAUTHORIZED,
         },
     }
