@@ -18,7 +18,7 @@ from bench.common import (
     fmt,
     ratio,
     rss_by_process,
-    smoke_cache_env,
+    service_env,
     sst2_sentences,
     table,
     write_results,
@@ -88,7 +88,7 @@ def main(args: argparse.Namespace) -> int:
                     "EXPLANATION_CACHE_SIZE": "0",  # cycled sentences must be explained again
                     "ANALYSIS_CHUNK_TEXTS": str(args.chunk),
                     "ANALYSIS_MAX_TEXTS": str(max(args.texts, 100_000)),
-                    **smoke_cache_env(args.smoke),
+                    **service_env(args.smoke),
                 }
                 workers = [Worker(Path(tmp), env) for _ in range(count)]
                 try:

@@ -20,7 +20,7 @@ from bench.common import (
     fmt,
     quiet_transformers,
     ratio,
-    smoke_cache_env,
+    service_env,
     sst2_sentences,
     table,
     timed,
@@ -115,7 +115,7 @@ def _service(args: argparse.Namespace, merging: str | None, cache: bool) -> Iter
     from tests.support import running_service, wait_healthy
 
     env = {"MODEL_DIR": args.model_dir, "SERVERLESS": "true", "ACCESS_LOG": "false"}
-    env |= smoke_cache_env(args.smoke)
+    env |= service_env(args.smoke)
     if not cache:
         env["EXPLANATION_CACHE_SIZE"] = "0"
     env["MICRO_BATCHING"] = "false" if merging == "off" else "true"

@@ -153,14 +153,19 @@ def rss_by_process(groups: list[int]) -> dict[str, float]:
     return out
 
 
-def smoke_cache_env(smoke: bool) -> dict[str, str]:
-    """What a --smoke run adds to the environment of the services and workers it starts: the
-    MODEL_CACHE_DIR it was itself given, if any (the service smoke tests give theirs one, so that
-    the model's ONNX export, its int8 graph and fast's measured choice are made by the first
-    service and reused by the rest, as a deployment's cache serves its later processes). A full
-    run's processes share a fresh cache of their own, as before."""
+def service_env(smoke: bool) -> dict[str, str]:
+    """What the benchmarks that time exact work over services and workers add to their environment.
+
+    FAST_BACKEND=exact: none of them asks for "fast", and a service would otherwise measure fast's
+    candidates in the background for its first minute or so (an int8 graph, then timed passes),
+    on the very cores the benchmark is timing.
+
+    With --smoke, the MODEL_CACHE_DIR it was itself given, if any (the service smoke tests give
+    theirs one, so that the model's ONNX export is made by the first service and reused by the
+    rest, as a deployment's cache serves its later processes). A full run's processes share a fresh
+    cache of their own, as before."""
     cache = os.environ.get("MODEL_CACHE_DIR")
-    return {"MODEL_CACHE_DIR": cache} if smoke and cache else {}
+    return {"FAST_BACKEND": "exact"} | ({"MODEL_CACHE_DIR": cache} if smoke and cache else {})
 
 
 def settled_service(model_dir: str, tmp: Path, threads: int, smoke: bool) -> Any:

@@ -14,7 +14,7 @@ from bench.common import (
     environment,
     fmt,
     median,
-    smoke_cache_env,
+    service_env,
     sst2_sentences,
     table,
     write_results,
@@ -55,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
                     "WORKER_CONCURRENCY": str(count),
                     "WORKER_POOL": pool,
                     "ACCESS_LOG": "false",
-                    **smoke_cache_env(args.smoke),
+                    **service_env(args.smoke),
                 }
                 worker = Worker(Path(tmp), env)
                 try:

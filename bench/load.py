@@ -29,7 +29,7 @@ from bench.common import (
     environment,
     fmt,
     quiet_transformers,
-    smoke_cache_env,
+    service_env,
     sst2_sentences,
     table,
     write_results,
@@ -60,15 +60,15 @@ def main(args: argparse.Namespace) -> int:
     reviews = _long_reviews(args.model_dir, sentences[100:], args.long_tokens, 8)
     short = sentences[: 4 if args.smoke else 12]  # a smoke: 4 clients at once still share passes
 
-    cache = smoke_cache_env(args.smoke)
-    with _service(args.model_dir, cache) as url:
+    env = service_env(args.smoke)
+    with _service(args.model_dir, env) as url:
         _post(url, {"data": short[0], "explain": True, "max_evals": 32})  # warm up the explainer
         load_runs = [_under_load(url, reviews, k, args.duration, args.long_max_evals) for k in levels]
         for run in load_runs:
             print(_load_line(run), flush=True)
         concurrency = _concurrent_vs_sequential(url, short, args.short_max_evals, args.repeats)
         print(_concurrency_line(concurrency), flush=True)
-    with _service(args.model_dir, {"SAGEMAKER_MODEL_SERVER_TIMEOUT": str(args.timeout), **cache}) as url:
+    with _service(args.model_dir, {"SAGEMAKER_MODEL_SERVER_TIMEOUT": str(args.timeout), **env}) as url:
         deadline = _oversized(url, reviews, args.timeout, args.oversized_max_evals)
         print(_deadline_line(deadline), flush=True)
 

@@ -24,7 +24,7 @@ from bench.common import (
     environment,
     fmt,
     median,
-    smoke_cache_env,
+    service_env,
     sst2_sentences,
     table,
     write_results,
@@ -153,7 +153,7 @@ def _document(args: argparse.Namespace) -> dict[str, Any]:
             "EXPLANATION_CACHE_SIZE": "0",
             "ACCESS_LOG": "false",
             **({"WINDOW_TOKENS": str(args.window_tokens)} if args.window_tokens else {}),
-            **smoke_cache_env(args.smoke),
+            **service_env(args.smoke),
         }
         worker = Worker(Path(tmp), env)
         try:

@@ -28,7 +28,7 @@ from bench.common import (
     fmt,
     quiet_transformers,
     rss_by_process,
-    smoke_cache_env,
+    service_env,
     sst2_sentences,
     table,
     write_results,
@@ -70,7 +70,7 @@ def _soak(target: str, args: argparse.Namespace, warmup: float) -> dict[str, Any
     from tests.support import RedisServer, Worker, running_service, wait_healthy
 
     env = {"MODEL_DIR": args.model_dir, "ACCESS_LOG": "false", "HTTP_THREADS": "16"}
-    env |= smoke_cache_env(args.smoke)
+    env |= service_env(args.smoke)
     with tempfile.TemporaryDirectory(prefix="clarion-soak-") as tmp:
         redis = worker = None
         if target == "broker":

@@ -16,9 +16,8 @@ pytestmark = needs_minilm
 @pytest.fixture(scope="module", autouse=True)
 def shared_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """One MODEL_CACHE_DIR for every service and worker these smoke runs start (bench passes it on
-    in --smoke runs): the first exports the model to ONNX, quantizes it and measures fast's choice;
-    the rest reuse them instead of spending ~50 s of this machine's CPU on it each, beside the
-    benchmark they run."""
+    in --smoke runs): the first exports the model to ONNX and the rest reuse the export instead of
+    spending this machine's CPU on it each, beside the benchmark they run."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MODEL_CACHE_DIR", str(tmp_path_factory.mktemp("model-cache")))
         yield

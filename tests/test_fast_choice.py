@@ -166,5 +166,7 @@ def test_fast_backend_forces_a_candidate(
         assert "candidates" not in fast  # nothing measured
         backend = service.status().fast_backend
         assert backend == (chosen if chosen != "exact" else service.model.exact_backend)
+        if forced == "exact":  # no candidate is wanted, so none is built: no int8 graph on disk
+            assert not list(tmp_path.rglob("*-int8-*.onnx"))
     finally:
         service.stop()

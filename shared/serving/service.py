@@ -207,8 +207,9 @@ class ClarionService:
 
     def _choose_fast(self, model: TextModel) -> None:
         """Give "fast" its runner: FAST_BACKEND's, or the candidate that measured best here."""
-        candidates = self._fast_candidates(model)
         forced = self.settings.fast_backend
+        # Forced to exact's path, fast needs no candidate: no int8 graph is built for nothing.
+        candidates = [] if forced == "exact" else self._fast_candidates(model)
         if forced == "auto":
             path = choice_path(model, self.settings.model_cache_dir, self._backend_threads)
             choice = saved_choice(path, candidates)
