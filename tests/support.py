@@ -219,7 +219,11 @@ def free_port() -> int:
 
 
 def base_env(**overrides: str) -> dict[str, str]:
-    """The process environment for a service under test: offline, loopback, quiet."""
+    """The process environment for a service under test: offline, loopback, quiet, and "fast" on
+    exact's path unless the test asks otherwise: a service measures fast's candidates in the
+    background after it starts (a minute of CPU for a real model), beside whatever the test times or
+    waits for, and only the tests of fast need it (tests/test_fast_choice.py, and the fuzzed service
+    of tests/test_fuzzing.py, which measures over HTTP)."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -230,6 +234,7 @@ def base_env(**overrides: str) -> dict[str, str]:
         HOST="127.0.0.1",
         ACCESS_LOG="false",
         METRICS_PORT="0",  # workers of several tests share this host: no worker metrics port
+        FAST_BACKEND="exact",
         MODEL_CACHE_DIR=str(Path(os.environ.get("TMPDIR", "/tmp")) / f"clarion-test-cache-{os.getpid()}"),
     )
     env.update(overrides)

@@ -295,13 +295,17 @@ def s3_env() -> Iterator[dict[str, str]]:
 def test_fuzz_the_single_process_service(
     tiny_model_dir: Path, tmp_path: Path, s3_env: dict[str, str]
 ) -> None:
-    env = {"MODEL_DIR": str(tiny_model_dir), "SERVERLESS": "true", **LIMITS, **s3_env}
+    # This service measures fast's candidates in the background, as deployments do, while it is fuzzed.
+    env = {"MODEL_DIR": str(tiny_model_dir), "SERVERLESS": "true", "FAST_BACKEND": "auto", **LIMITS, **s3_env}
     with running_service(tmp_path, env) as service:
         wait_healthy(service)
         counts = fuzz(service.url)
         calls = follow_links(service.url)
         total = report(counts, calls, service.log())
-        assert service.get("/ping").status_code == 200
+        ping = service.get("/ping")
+        assert ping.status_code == 200
+        fast = ping.json()["fast"]  # chosen by measuring (or read from a measurement of this model)
+        assert fast["status"] == "chosen" and "failed" not in fast["reason"], fast
     assert total >= 1000
 
 
