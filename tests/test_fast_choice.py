@@ -170,3 +170,35 @@ def test_fast_backend_forces_a_candidate(
             assert not list(tmp_path.rglob("*-int8-*.onnx"))
     finally:
         service.stop()
+
+
+def test_clarion_explain_in_process_measures_fast_only_for_a_fast_run(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`clarion explain` (and distill's labelling) without precision "fast" runs its service with
+    fast on exact's path: no candidate measured beside the run; with "fast" it measures as a server."""
+    import shared.serving.service
+    from shared.cli.explain import in_process
+
+    made: list[ClarionService] = []
+
+    class Recorded(ClarionService):
+        def __init__(self, settings: Settings, **kwargs) -> None:
+            super().__init__(settings, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(shared.serving.service, "ClarionService", Recorded)
+    settings = Settings(
+        model_dir=str(tiny_model_dir), torch_threads=1, serverless=True, model_cache_dir=str(tmp_path)
+    )
+    try:
+        for precision in ("exact", "fast"):
+            (result,) = in_process({"precision": precision, "max_evals": 16}, settings)(
+                ["a fine, moving film"]
+            )
+            assert result["explanation"]
+        assert [service.settings.fast_backend for service in made] == ["exact", "auto"]
+        assert wait_chosen(made[0])["reason"] == "FAST_BACKEND=exact"
+    finally:
+        for service in made:
+            service.stop()

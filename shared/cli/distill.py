@@ -16,6 +16,7 @@ for the served model, on the user's unlabelled texts.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from datetime import UTC, datetime
@@ -79,7 +80,8 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     if interrupted is not None:
         return interrupted
     started = time.perf_counter()
-    service = ClarionService(settings)
+    # Distilling runs exact only: no CPU for measuring fast's candidates beside the training.
+    service = ClarionService(dataclasses.replace(settings, fast_backend="exact"))
     service.load()
     records = [r for r in _records(records_path) if "explanation" in r]
     if len(records) < HELD_OUT_EVERY:

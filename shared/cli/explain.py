@@ -15,6 +15,7 @@ resume). `--html` draws every record of `--out` with the API's renderer, after a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -133,9 +134,11 @@ Explain = Callable[[list[Input]], list[dict[str, Any]]]
 def in_process(parameters: dict[str, Any], settings: Settings) -> Explain:
     from shared.serving.service import ClarionService
 
+    body = parse_model(SeedBody, {"data": "x", **parameters}, settings).model_copy(update={"explain": True})
+    if body.precision != "fast":  # measuring fast's candidates would take CPU from the run for nothing
+        settings = dataclasses.replace(settings, fast_backend="exact")
     service = ClarionService(settings, threads=os.cpu_count() or 1)
     service.load()
-    body = parse_model(SeedBody, {"data": "x", **parameters}, settings).model_copy(update={"explain": True})
     # Unknown labels, zero-shot labels without an NLI model: the run stops now, not line by line.
     service.check_options(body.explain_options(), body.inputs(["x"]))
 
