@@ -98,6 +98,7 @@ def test_distill_writes_an_artifact_with_its_model_and_validation(artifact: Path
         assert (artifact / "encoder" / "config.json").is_file()  # the trained copy of the encoder
         assert meta["version"] == 2 and meta["output"] == "probability"
         assert meta["training_losses"][-1] < meta["training_losses"][0]
+        assert meta["training_seconds"] > 0 and meta["validation_seconds"] > 0  # timed apart
         assert len((artifact / "records.jsonl").read_text().splitlines()) == 100  # the exact values it learnt
     finally:
         service.stop()
