@@ -153,7 +153,11 @@ def test_fusion_smoke(tmp_path: Path) -> None:
 def test_corpus_smoke(tmp_path: Path) -> None:
     results = run_bench("corpus", tmp_path)
     texts = (tmp_path / "distill-corpus.txt").read_text().splitlines()
-    assert len(texts) == results["sentences"] + results["emotion"] + results["documents"] == 52
+    assert results["sentences"] + results["emotion"] + results["documents"] == 52
+    assert len(texts) == 52 + results["clauses"] and results["clauses"] > 0
     low, high = results["document_tokens"]
     assert 150 <= low <= high <= 300  # documents, specials included
+    sentences, clauses = texts[:40], texts[52:]  # clauses last: a grown corpus keeps its earlier lines
+    assert len(set(clauses)) == len(clauses) and not set(clauses) & set(sentences)
+    assert all(len(c.split()) >= 3 and any(c in s for s in sentences) for c in clauses)
     assert not set(texts) & set(sst2_sentences()[-40:])  # bench amortized's unseen sentences stay unseen
