@@ -24,9 +24,10 @@ def test_jobs_answered_202_survive_a_redis_kill(sst2_dir: Path, tmp_path: Path) 
         "MODEL_DIR": str(sst2_dir),
         "WORKER_CONCURRENCY": "1",
         "TORCH_THREADS": "1",
-        "JOB_SOFT_TIME_LIMIT": "20",
-        "JOB_TIME_LIMIT": "25",
-        "JOB_VISIBILITY_TIMEOUT": "26",  # the killed worker's job is redelivered after this
+        # A job here takes well under a second: limits this short keep the wait for redelivery short.
+        "JOB_SOFT_TIME_LIMIT": "10",
+        "JOB_TIME_LIMIT": "12",
+        "JOB_VISIBILITY_TIMEOUT": "13",  # the killed worker's job is redelivered after this
         "EXPLANATION_CACHE_SIZE": "0",
     }
     with job_stack(tmp_path, env, fsync_always=True) as stack:
