@@ -399,10 +399,12 @@ class _Predictor(BaseHTTPRequestHandler):
             cls.largest_batch = max(cls.largest_batch, len(texts))
         try:
             time.sleep(3 if cls.behaviour == "slow" else cls.delay)
-            self._answer(body, texts)
         finally:
+            # Out of flight before the answer goes out: the client may send its next call as soon as
+            # it has read this one, before this thread would get back here after writing.
             with cls.lock:
                 cls.in_flight -= 1
+        self._answer(body, texts)
 
     def _answer(self, body: dict, texts: list[str]) -> None:
         assert body["inputs"][0]["name"] == "sentence"  # the input the metadata names
@@ -539,6 +541,8 @@ def test_masked_texts_go_in_batches_with_bounded_calls_in_flight(fake_predictor:
     )
     model = load_remote_model(settings)
     engine = Engine(model, model.pass_limits)
+    # An earlier test's "slow" call may still be sleeping on the predictor: it is not this test's.
+    wait_until(lambda: _Predictor.in_flight == 0, 10, what="earlier calls to the predictor to end")
     _Predictor.behaviour, _Predictor.delay = "ok", 0.05
     _Predictor.most_in_flight = _Predictor.largest_batch = 0
     try:

@@ -153,10 +153,10 @@ class RemoteModel(TextModel):
                     raise RuntimeError("a row whose text is no longer remembered (raise _REMEMBERED_TEXTS)")
                 self._texts.move_to_end(key)
                 texts.append(self._texts[key])
+            if self._calls is None:  # under the lock: two first callers must not make two pools
+                self._calls = ThreadPoolExecutor(self.concurrency, thread_name_prefix="clarion-predictor")
         distinct = list(dict.fromkeys(texts))
         batches = [distinct[i : i + self.batch_size] for i in range(0, len(distinct), self.batch_size)]
-        if self._calls is None:
-            self._calls = ThreadPoolExecutor(self.concurrency, thread_name_prefix="clarion-predictor")
         futures = [self._calls.submit(self.predictor.scores, batch, self.labels) for batch in batches]
         scored: dict[str, np.ndarray] = {}
         for batch, future in zip(batches, futures, strict=True):
