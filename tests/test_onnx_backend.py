@@ -305,7 +305,10 @@ def wait_for_backend(service: ClarionService, backend: str, timeout: float = 60)
 
 
 def test_the_service_serves_with_torch_and_moves_to_onnxruntime(tiny_model_dir: Path, tmp_path: Path) -> None:
-    settings = Settings(model_dir=str(tiny_model_dir), model_cache_dir=str(tmp_path), torch_threads=1)
+    # Fast stays on exact's path: its measurement would build an int8 graph beside the exact one.
+    settings = Settings(
+        model_dir=str(tiny_model_dir), model_cache_dir=str(tmp_path), torch_threads=1, fast_backend="exact"
+    )
     assert settings.exact_backend == "auto"
     service = ClarionService(settings)
     service.load()
@@ -319,15 +322,21 @@ def test_the_service_serves_with_torch_and_moves_to_onnxruntime(tiny_model_dir: 
 
 
 def test_torch_only_when_asked_and_onnxruntime_before_healthy(tiny_model_dir: Path, tmp_path: Path) -> None:
-    torch_only = ClarionService(
-        Settings(
-            model_dir=str(tiny_model_dir), model_cache_dir=str(tmp_path / "torch"), exact_backend="torch"
+    # Fast stays on exact's path: its measurement, still building an int8 graph in the cache's
+    # scratch folders after the exact graph is in place, would race the look into that cache below.
+    def settings(cache: Path, backend: str = "auto") -> Settings:
+        return Settings(
+            model_dir=str(tiny_model_dir),
+            model_cache_dir=str(cache),
+            exact_backend=backend,
+            fast_backend="exact",
         )
-    )
+
+    torch_only = ClarionService(settings(tmp_path / "torch", "torch"))
     torch_only.load()
     # Beside it, "auto" from its own cache: once that one has exported, checked and moved to
     # onnxruntime, torch-only had the same time to do so and did not even export.
-    auto = ClarionService(Settings(model_dir=str(tiny_model_dir), model_cache_dir=str(tmp_path / "auto")))
+    auto = ClarionService(settings(tmp_path / "auto"))
     auto.load()
     wait_for_backend(auto, "onnxruntime")
     assert list((tmp_path / "auto").rglob("*.onnx"))
@@ -335,9 +344,7 @@ def test_torch_only_when_asked_and_onnxruntime_before_healthy(tiny_model_dir: Pa
     assert not (tmp_path / "torch").exists()
     auto.engine.stop()
     torch_only.engine.stop()
-    asked = ClarionService(
-        Settings(model_dir=str(tiny_model_dir), model_cache_dir=str(tmp_path), exact_backend="onnxruntime")
-    )
+    asked = ClarionService(settings(tmp_path, "onnxruntime"))
     asked.load()
     assert asked.status().exact_backend == "onnxruntime"  # part of loading, not after it
     asked.engine.stop()
