@@ -101,11 +101,12 @@ def train(
             )
             hidden = encoder(input_ids=ids, attention_mask=attention).last_hidden_state
             predicted = additive(head(hidden) * scale, playing, delta)
-            words = pool.sum(2).gt(0).sum(1).clamp(min=1)
+            # Word values and which words are there, once for both word-level terms.
+            predicted_words, exact_words, present = pool @ predicted, pool @ values, pool.sum(2).gt(0)
             loss = (
-                word_loss(pool @ predicted, pool @ values, words, scale)
+                word_loss(predicted_words, exact_words, present.sum(1).clamp(min=1), scale)
                 + TOKEN_WEIGHT * (((predicted - values) / scale) ** 2).sum() / (playing.sum() * labels)
-                + CORRELATION_WEIGHT * correlation_loss(pool @ predicted, pool @ values, pool.sum(2).gt(0))
+                + CORRELATION_WEIGHT * correlation_loss(predicted_words, exact_words, present)
             )
             optimizer.zero_grad()
             loss.backward()
