@@ -587,3 +587,35 @@ def test_a_request_past_its_deadline_stops_waiting_for_the_predictor(fake_predic
     finally:
         _Predictor.behaviour = "ok"
         engine.stop()
+
+
+def test_texts_that_tokenize_alike_are_each_scored_on_their_own_text(
+    fake_predictor: str, tiny_model_dir: Path
+) -> None:
+    """An uncased TOKENIZER reads "good film" and "Good film" as the same tokens, but the predictor
+    reads text and tells them apart ("good" in the text or not): each text, and each of its masked
+    texts, is asked about on its own, in one request and in one pass."""
+    from shared.explanation.explainer import explain_texts
+    from shared.io.schemas import ExplainOptions
+    from shared.runtime.engine import Engine
+    from shared.runtime.remote import load_remote_model
+    from shared.serving.classifier import classify
+    from shared.settings import Settings
+
+    settings = Settings(model_url=fake_predictor, labels=("bad", "good"), tokenizer=str(tiny_model_dir))
+    model = load_remote_model(settings)
+    texts = ["good film", "Good film"]
+    lower_ids, upper_ids = (e.ids for e in model.encoder.encode(texts))
+    assert lower_ids.tolist() == upper_ids.tolist()  # the tokenizer cannot tell them apart
+    engine = Engine(model, model.pass_limits)
+    _Predictor.behaviour = "ok"
+    try:
+        scores = [{s.label: s.score for s in c.prediction} for c in classify(engine, texts)]
+        options = ExplainOptions(masking="text", granularity="word", max_evals=20, labels=["good"])
+        lower, upper = explain_texts(engine, texts, options)
+    finally:
+        engine.stop()
+    assert scores == [pytest.approx({"bad": 0.25, "good": 0.75}), pytest.approx({"bad": 0.8, "good": 0.2})]
+    assert lower.units == ["good", "film"] and upper.units == ["Good", "film"]
+    assert lower.values["good"] == pytest.approx([0.55, 0.0])
+    assert upper.values["good"] == pytest.approx([0.0, 0.0])

@@ -132,7 +132,7 @@ class RemoteModel(TextModel):
             raise InvalidRequest(SINGLE_TEXTS)
         if long_text == "windows":
             raise InvalidRequest(f'{NOT_HERE}: it reads each text whole, no long_text "windows"')
-        encoded = self.encoder.encode(texts, "truncate")
+        encoded = [self._own_row(item) for item in self.encoder.encode(texts, "truncate")]
         with self._texts_lock:
             for item in encoded:
                 key = item.ids.tobytes()
@@ -141,6 +141,22 @@ class RemoteModel(TextModel):
             while len(self._texts) > _REMEMBERED_TEXTS:
                 self._texts.popitem(last=False)
         return encoded
+
+    def _own_row(self, item: EncodedText) -> EncodedText:
+        """A row of its own for each text. Texts that tokenize alike ("Good" and "good" under an
+        uncased tokenizer, two characters it does not know, spacing between words) would share a
+        row, and so the text remembered for it: the predictor, which reads the text and may tell
+        them apart, would be asked about only one of them, for the other's request too. The last
+        token between the boundary tokens carries a hash of the text in place of its id: a remote
+        model's ids are keys only, no model reads them; boundary tokens keep theirs, which name them
+        at token granularity. A text of boundary tokens alone (no character a token holds) keeps
+        its row: the predictor reads such texts as nearly nothing anyway."""
+        last = len(item.ids) - self.encoder.keep_suffix - 1
+        if last < self.encoder.keep_prefix:
+            return item
+        ids = item.ids.copy()
+        ids[last] = -1 - _piece_id(item.text)  # negative: no token's id
+        return replace(item, ids=ids)
 
     def forward(self, rows: Sequence[np.ndarray], precision: Precision = "exact") -> np.ndarray:
         """The scores of the texts these rows stand for: each distinct text once, REMOTE_BATCH_SIZE
