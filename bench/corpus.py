@@ -98,9 +98,10 @@ def main(args: argparse.Namespace) -> int:
     counts["documents"] = len(joined)
     counts["document_tokens"] = [lengths[0], lengths[-1]] if lengths else None
     counts["clauses"] = len(parts)
+    spread = f" of {lengths[0]}-{lengths[-1]} tokens" if lengths else ""
     text = (
         f"{path}: {len(sentences)} SST-2 dev sentences, {args.emotion} emotion texts, {len(joined)} "
-        f"documents of {counts['document_tokens']} tokens, {len(parts)} clauses (seed {args.seed})"
+        f"documents{spread}, {len(parts)} clauses (seed {args.seed})"
     )
     write_results(out, "corpus", counts, text)
     return 0

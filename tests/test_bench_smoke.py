@@ -157,6 +157,7 @@ def test_corpus_smoke(tmp_path: Path) -> None:
     assert len(texts) == 52 + results["clauses"] and results["clauses"] > 0
     low, high = results["document_tokens"]
     assert 150 <= low <= high <= 300  # documents, specials included
+    assert f"2 documents of {low}-{high} tokens" in (tmp_path / "corpus.txt").read_text()
     sentences, clauses = texts[:40], texts[52:]  # clauses last: a grown corpus keeps its earlier lines
     assert len(set(clauses)) == len(clauses) and not set(clauses) & set(sentences)
     assert all(len(c.split()) >= 3 and any(c in s for s in sentences) for c in clauses)
