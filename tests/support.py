@@ -284,6 +284,14 @@ def wait_until(check, timeout: float, interval: float = 0.2, what: str = "condit
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def successes(job_id: str, *workers: Worker) -> int:
+    """How many times these workers logged the job's success, once one has: a worker writes that
+    line after the job's state, which a client polling the job may read first."""
+    line = f"job {job_id} succeeded"
+    wait_until(lambda: any(line in w.log() for w in workers), 30, what=f"'{line}' in a worker's log")
+    return sum(w.log().count(line) for w in workers)
+
+
 def pings_healthy(url: str, times: int = 10) -> bool:
     """/ping answers 200 this many times in a row, each on a new connection: with several gunicorn
     workers each connection may reach another one, and a worker still loading answers 503."""

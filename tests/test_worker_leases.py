@@ -23,7 +23,7 @@ import requests
 
 from shared.jobs.broker import QUEUE
 from shared.jobs.lease import LEASE_PREFIX, LEASED, Delivery, Leases
-from tests.support import Service, Worker, job_stack, wait_until
+from tests.support import Service, Worker, job_stack, successes, wait_until
 from tests.test_jobs import LONG_JOB, poll, poll_progress
 
 LEASE_S = 3
@@ -68,10 +68,6 @@ def running_on(worker: Worker, job_ids: list[str]) -> str | None:
 def exited(worker: Worker, timeout: float) -> int:
     wait_until(lambda: worker.process.poll() is not None, timeout, what="the worker to exit")
     return worker.process.returncode
-
-
-def successes(job_id: str, *workers: Worker) -> int:
-    return sum(w.log().count(f"job {job_id} succeeded") for w in workers)
 
 
 def test_the_scalers_list_holds_every_waiting_job(stack) -> None:
