@@ -15,6 +15,9 @@ import pytest
 
 from tests.support import REPO, assert_same_prediction, job_stack
 
+# pip as a user runs it, less byte-compiling every installed module up front: Python compiles what
+# it imports, and for the [shap] extra's packages that up-front pass is most of the install's time.
+PIP_INSTALL = ("-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-compile")
 SERVER_PACKAGES = ("torch", "transformers", "flask", "celery", "shared", "api", "worker", "shap")
 
 # Runs in the fresh environment: every call a notebook would make, and what importing loaded.
@@ -83,7 +86,7 @@ def user_env(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     python = venv / "bin" / "python"
     started = time.monotonic()
     subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)],
+        [str(python), *PIP_INSTALL, str(wheel)],
         check=True, timeout=600,
     )  # fmt: skip
     print(f"clarion-client installed in {time.monotonic() - started:.1f} s ({wheel.stat().st_size} bytes)")
@@ -152,7 +155,7 @@ def test_with_the_shap_extra_a_served_explanation_draws_with_shap(
     subprocess.run([sys.executable, "-m", "venv", str(folder / "venv")], check=True, timeout=300)
     python = folder / "venv" / "bin" / "python"
     subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", f"{wheel}[shap]"],
+        [str(python), *PIP_INSTALL, f"{wheel}[shap]"],
         check=True, timeout=900,
     )  # fmt: skip
     env = {"MODEL_DIR": str(tiny_model_dir), "SERVERLESS": "true", "TORCH_THREADS": "1"}
