@@ -174,3 +174,18 @@ def test_wrong_options_stop_before_any_work(tiny_model_dir: Path, tmp_path: Path
     run = cli(str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o"), model_dir=tiny_model_dir)
     _, stderr = run.communicate(timeout=120)
     assert run.returncode == 2 and "no such file" in stderr and time.monotonic() - started < 60
+
+
+@pytest.mark.parametrize("command", ["explain", "analyze", "distill"])
+def test_every_command_that_explains_a_file_reads_the_api_key_from_the_environment(
+    command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+    import importlib
+
+    monkeypatch.setenv("CLARION_API_KEY", "from-the-environment")
+    parser = argparse.ArgumentParser()
+    importlib.import_module(f"shared.cli.{command}").add_arguments(parser)
+    args = parser.parse_args(["texts.txt", "--out", "out", "--url", "http://127.0.0.1:1"])
+    assert (args.api_key, args.chunk, args.jobs, args.timeout) == ("from-the-environment", 8, 0, 3600.0)
+    assert parser.parse_args(["texts.txt", "--out", "o", "--api-key", "given"]).api_key == "given"

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.cli.explain import explain_into, read_lines, report
+from shared.cli.explain import add_server_options, explain_into, read_lines, report
 from shared.errors import ClarionError
 from shared.io.schemas import ExplainOptions, SeedBody, parse_model
 from shared.settings import Settings
@@ -40,21 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--delimiter", default=",", help="a .csv input's delimiter")
     parser.add_argument("--max-evals", type=int, help="model evaluations per text (default: the API's)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--chunk", type=int, default=8, help="texts explained together (default 8)")
     parser.add_argument("--epochs", type=int, default=8, help="passes over the training texts (default 8)")
-    parser.add_argument(
-        "--url", help="label on this Clarion server (a GPU one, say) instead of in this process"
-    )
-    parser.add_argument("--api-key", help="the server's API key, if it asks for one")
-    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per request to --url")
-    parser.add_argument(
-        "--jobs",
-        type=int,
-        default=0,
-        metavar="N",
-        help="with --url: label N chunks at once as explanation jobs, which the server's workers run "
-        "in parallel (default 0: one chunk at a time, answered in the request)",
-    )
+    add_server_options(parser, "label on this Clarion server (a GPU one, say) instead of in this process")
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:

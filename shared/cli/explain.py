@@ -310,10 +310,29 @@ def write_report(out: Path, html_path: Path, title: str) -> int:
 # ---- the command ----------------------------------------------------------------------------------
 
 
+def add_server_options(parser: argparse.ArgumentParser, url_help: str) -> None:
+    """Where a file's texts are explained, and how many at once: the options of every command that
+    explains a file (`explain`, `analyze`, `distill`)."""
+    parser.add_argument("--url", help=url_help)
+    parser.add_argument(
+        "--api-key", default=os.environ.get("CLARION_API_KEY"), help="for --url (default: $CLARION_API_KEY)"
+    )
+    parser.add_argument("--chunk", type=int, default=8, help="texts explained together (default 8)")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per call with --url")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --url: N chunks at once, each an explanation job that the server's workers run "
+        "in parallel (default 0: one chunk at a time, answered in the request)",
+    )
+
+
 def add_explanation_options(parser: argparse.ArgumentParser) -> None:
-    """The options of every command that explains a file (`explain`, `analyze`)."""
-    parser.add_argument("--url", help="a running Clarion (default: explain in this process)")
-    parser.add_argument("--api-key", default=os.environ.get("CLARION_API_KEY"), help="for --url")
+    """The options of every command that explains a file with options of its choosing (`explain`,
+    `analyze`)."""
+    add_server_options(parser, "a running Clarion (default: explain in this process)")
     parser.add_argument("--granularity", choices=list(GRANULARITIES), default="word")
     parser.add_argument("--max-evals", type=int, help="model evaluations per text (default: the API's)")
     parser.add_argument(
@@ -342,16 +361,6 @@ def add_explanation_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--multi-label", action="store_true", help="with --candidate-labels: each label scored on its own"
-    )
-    parser.add_argument("--chunk", type=int, default=8, help="texts explained together (default 8)")
-    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per call with --url")
-    parser.add_argument(
-        "--jobs",
-        type=int,
-        default=0,
-        metavar="N",
-        help="with --url: N chunks at once, each an explanation job that the server's workers run "
-        "(default 0: one chunk at a time, answered in the request)",
     )
 
 
