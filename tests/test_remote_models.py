@@ -619,3 +619,29 @@ def test_texts_that_tokenize_alike_are_each_scored_on_their_own_text(
     assert lower.units == ["good", "film"] and upper.units == ["Good", "film"]
     assert lower.values["good"] == pytest.approx([0.55, 0.0])
     assert upper.values["good"] == pytest.approx([0.0, 0.0])
+
+
+def test_a_row_waiting_for_its_pass_keeps_its_text_however_many_are_encoded_meanwhile(
+    fake_predictor: str,
+) -> None:
+    """A remote model remembers each row's text while the row exists: a row encoded before 70,000
+    others (more than a busy deployment's passes in flight hold; a count-bounded memory had
+    forgotten it, and its pass failed) is still scored on its own text, and rows freed leave
+    nothing behind."""
+    import gc
+
+    from shared.runtime.remote import load_remote_model
+    from shared.settings import Settings
+
+    model = load_remote_model(Settings(model_url=fake_predictor, labels=("bad", "good")))
+    _Predictor.behaviour = "ok"
+    (waiting,) = model.encode(["a good film"])
+    for start in range(0, 70_000, 10_000):
+        model.encode([f"bad film {i}" for i in range(start, start + 10_000)])  # freed at once
+    gc.collect()
+    assert model.forward(waiting.rows(waiting.ids)).tolist() == [[0.25, 0.75]]
+    assert len(model._texts) == 1  # the freed rows' texts are forgotten
+    del waiting
+    gc.collect()
+    model.encode([])
+    assert model._texts == {}

@@ -2,7 +2,8 @@
 
 The engine and the explainer treat it as any model: they encode texts into rows and ask for each
 row's outputs. Its rows stand for texts: the predictor reads text, so the model remembers which text
-each row it encoded stands for, and a pass sends those texts, REMOTE_BATCH_SIZE to a call, at most
+each row it encoded stands for, for as long as the row exists (whoever encoded it holds it until its
+pass has run), and a pass sends those texts, REMOTE_BATCH_SIZE to a call, at most
 REMOTE_CONCURRENCY calls in flight. Its explanations mask text (SHAP's string masker, masking
 "text"), the black-box game SageMaker Clarify plays with a model container.
 
@@ -22,7 +23,8 @@ import hashlib
 import logging
 import threading
 import time
-from collections import OrderedDict
+import weakref
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -45,8 +47,6 @@ log = logging.getLogger(__name__)
 
 # Tokens Clarion lets a remote model's text have: none is cut (the predictor truncates as it will).
 NO_TRUNCATION = 1 << 24
-# Texts remembered for the rows encoded last: far more than any passes in flight hold.
-_REMEMBERED_TEXTS = 1 << 16
 # How long /ping trusts the predictor's last readiness answer.
 _READY_FOR_S = 2.0
 _PIECE = regex.compile(
@@ -111,8 +111,12 @@ class RemoteModel(TextModel):
     batch_size: int = 32
     concurrency: int = 4
     has_tokenizer: bool = False
-    _texts: OrderedDict[bytes, str] = field(default_factory=OrderedDict, repr=False)
+    # Each living row's text, and how many living rows (encodings of that text) stand for it.
+    _texts: dict[bytes, list[Any]] = field(default_factory=dict, repr=False)
     _texts_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Rows freed since: counted off under the lock by the next encode or pass. A row is freed in
+    # whatever thread drops it last, the garbage collector's included, which may hold the lock.
+    _freed: deque[bytes] = field(default_factory=deque, repr=False)
     _calls: ThreadPoolExecutor | None = field(default=None, repr=False)
     _status: tuple[float, PredictorStatus] | None = field(default=None, repr=False)
 
@@ -134,13 +138,27 @@ class RemoteModel(TextModel):
             raise InvalidRequest(f'{NOT_HERE}: it reads each text whole, no long_text "windows"')
         encoded = [self._own_row(item) for item in self.encoder.encode(texts, "truncate")]
         with self._texts_lock:
+            self._count_off_freed()
             for item in encoded:
-                key = item.ids.tobytes()
-                self._texts[key] = item.text
-                self._texts.move_to_end(key)
-            while len(self._texts) > _REMEMBERED_TEXTS:
-                self._texts.popitem(last=False)
+                self._remember(item)
         return encoded
+
+    def _remember(self, item: EncodedText) -> None:
+        """Remember the row's text until the row (its ids array, which the encoded text, its rows
+        and the engine's pass all share) is freed: no count of texts can push out a row still
+        waiting for its pass, and a finished request's rows leave nothing behind."""
+        key = item.ids.tobytes()
+        self._texts.setdefault(key, [item.text, 0])[1] += 1
+        weakref.finalize(item.ids, self._freed.append, key)
+
+    def _count_off_freed(self) -> None:
+        """(Under the lock.) Forget the texts whose rows are all freed."""
+        while self._freed:
+            key = self._freed.popleft()
+            entry = self._texts[key]
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._texts[key]
 
     def _own_row(self, item: EncodedText) -> EncodedText:
         """A row of its own for each text. Texts that tokenize alike ("Good" and "good" under an
@@ -162,13 +180,13 @@ class RemoteModel(TextModel):
         """The scores of the texts these rows stand for: each distinct text once, REMOTE_BATCH_SIZE
         texts to a call, REMOTE_CONCURRENCY calls at once."""
         with self._texts_lock:
+            self._count_off_freed()
             texts = []
             for row in rows:
                 key = row.tobytes()
-                if key not in self._texts:
-                    raise RuntimeError("a row whose text is no longer remembered (raise _REMEMBERED_TEXTS)")
-                self._texts.move_to_end(key)
-                texts.append(self._texts[key])
+                if key not in self._texts:  # a row this model did not encode: a bug, not a request's
+                    raise RuntimeError("a row this remote model did not encode, or one already freed")
+                texts.append(self._texts[key][0])
             if self._calls is None:  # under the lock: two first callers must not make two pools
                 self._calls = ThreadPoolExecutor(self.concurrency, thread_name_prefix="clarion-predictor")
         distinct = list(dict.fromkeys(texts))
