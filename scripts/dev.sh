@@ -34,8 +34,7 @@ case "$command" in
     ensure_venv
     # Two test processes, one file each at a time (a file's servers and workers are started once):
     # most tests wait on the servers, workers and Redis they start. `-n 0` runs in this process.
-    # Files go out in collection order, the slowest first (tests/conftest.py's SLOWEST_FILES).
-    exec .venv/bin/python -m pytest -n "${TEST_PROCESSES:-2}" --dist loadfile --no-loadscope-reorder "$@"
+    exec .venv/bin/python -m pytest -n "${TEST_PROCESSES:-2}" --dist loadfile "$@"
     ;;
   *)
     echo "usage: scripts/dev.sh serve | test [pytest arguments]" >&2
