@@ -61,3 +61,14 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory):
     server.start()
     yield server.url
     server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's in-process S3 calls resolve credentials from its own environment: boto3's default
+    session keeps the first keys it resolved for the life of the process, so an earlier file's test
+    keys (tests/test_s3_models.py's) were sent by tests/test_s3_scope.py's in-process calls, which
+    moto, enforcing IAM there, refused (InvalidAccessKeyId) whenever the two shared a test process."""
+    import boto3
+
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
