@@ -104,6 +104,14 @@ def _piece_id(piece: str) -> int:
 
 
 @dataclass
+class _Remembered:
+    """A row's text, and how many living rows (encodings of that text) stand for it."""
+
+    text: str
+    rows: int = 0
+
+
+@dataclass
 class RemoteModel(TextModel):
     """A model behind MODEL_URL. Build it with `load_remote_model`."""
 
@@ -111,8 +119,8 @@ class RemoteModel(TextModel):
     batch_size: int = 32
     concurrency: int = 4
     has_tokenizer: bool = False
-    # Each living row's text, and how many living rows (encodings of that text) stand for it.
-    _texts: dict[bytes, list[Any]] = field(default_factory=dict, repr=False)
+    # Each living row's text, by the row's bytes.
+    _texts: dict[bytes, _Remembered] = field(default_factory=dict, repr=False)
     _texts_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # Rows freed since: counted off under the lock by the next encode or pass. A row is freed in
     # whatever thread drops it last, the garbage collector's included, which may hold the lock.
@@ -148,16 +156,16 @@ class RemoteModel(TextModel):
         and the engine's pass all share) is freed: no count of texts can push out a row still
         waiting for its pass, and a finished request's rows leave nothing behind."""
         key = item.ids.tobytes()
-        self._texts.setdefault(key, [item.text, 0])[1] += 1
+        self._texts.setdefault(key, _Remembered(item.text)).rows += 1
         weakref.finalize(item.ids, self._freed.append, key)
 
     def _count_off_freed(self) -> None:
         """(Under the lock.) Forget the texts whose rows are all freed."""
         while self._freed:
             key = self._freed.popleft()
-            entry = self._texts[key]
-            entry[1] -= 1
-            if entry[1] == 0:
+            remembered = self._texts[key]
+            remembered.rows -= 1
+            if remembered.rows == 0:
                 del self._texts[key]
 
     def _own_row(self, item: EncodedText) -> EncodedText:
@@ -186,7 +194,7 @@ class RemoteModel(TextModel):
                 key = row.tobytes()
                 if key not in self._texts:  # a row this model did not encode: a bug, not a request's
                     raise RuntimeError("a row this remote model did not encode, or one already freed")
-                texts.append(self._texts[key][0])
+                texts.append(self._texts[key].text)
             if self._calls is None:  # under the lock: two first callers must not make two pools
                 self._calls = ThreadPoolExecutor(self.concurrency, thread_name_prefix="clarion-predictor")
         distinct = list(dict.fromkeys(texts))
