@@ -153,10 +153,15 @@ def test_amortized_in_a_job_and_its_400s(served: Service) -> None:
     job = served.post("/explanations", json={"data": "a good film", "precision": "amortized"})
     assert job.status_code == 200 and job.json()["status"] == "succeeded", job.text
     assert job.json()["result"]["explanation_parameters"]["precision"] == "amortized"
-    windows = {"data": "good " * 200, "explain": True, "precision": "amortized", "granularity": "word",
-               "long_text": "windows"}  # fmt: skip
-    refused = served.post("/invocations", json=windows)
-    assert refused.status_code == 400 and "no windows" in refused.json()["error"]["message"]
+    amortized = {"data": "good " * 200, "precision": "amortized", "granularity": "word"}
+    for change, words in [
+        ({"long_text": "windows"}, "no windows"),
+        ({"output": "logit"}, 'learnt values of the probability (output "probability")'),
+    ]:
+        refused = served.post("/invocations", json={**amortized, "explain": True, **change})
+        assert refused.status_code == 400 and words in refused.json()["error"]["message"], refused.text
+        queued = served.post("/explanations", json={**amortized, **change})  # refused, not queued to fail
+        assert queued.status_code == 400 and words in queued.json()["error"]["message"], queued.text
 
 
 def test_a_missing_foreign_or_weak_artifact_is_a_clear_400(
@@ -261,12 +266,26 @@ def test_amortized_agrees_with_exact_on_texts_it_never_saw(artifact: Path, model
 
 def test_distill_labels_over_the_workers_as_jobs(artifact: Path, model_dir: Path, tmp_path: Path) -> None:
     """`--url --jobs 2`: the chunks go to a Redis + Celery deployment as explanation jobs, two at a
-    time, run by both pool processes, and the labels equal the in-process ones."""
-    env = {"MODEL_DIR": str(model_dir), "TORCH_THREADS": "1", "WORKER_CONCURRENCY": "2"}
+    time, run by both pool processes, and the labels equal the in-process ones. That deployment
+    serves an artifact too: an amortized job it cannot answer is a 400 before it is queued."""
+    env = {
+        "MODEL_DIR": str(model_dir),
+        "TORCH_THREADS": "1",
+        "WORKER_CONCURRENCY": "2",
+        "AMORTIZED_EXPLAINER": str(artifact),
+    }
     with job_stack(tmp_path, env) as stack:
         remote = ["--url", stack.api.url, "--jobs", "2", "--chunk", "3", *TRAINING[:2], "--epochs", "1"]
         out = distill(TRAIN[:24], tmp_path, model_dir, *remote)
         workers = set(re.findall(r"/(ForkPoolWorker-\d+)\] job \S+ succeeded", stack.worker.log()))
+        windows = {
+            "data": "good " * 200,
+            "precision": "amortized",
+            "granularity": "word",
+            "long_text": "windows",
+        }
+        refused = stack.api.post("/explanations", json=windows)
+        assert refused.status_code == 400 and "no windows" in refused.json()["error"]["message"], refused.text
     assert len(workers) == 2, stack.worker.log()[-3000:]  # both pool processes labelled
     assert (out / "amortized.json").is_file()
 

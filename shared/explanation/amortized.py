@@ -71,6 +71,17 @@ class AmortizedExplainer:
     def validation(self) -> dict[str, Any]:
         return self.meta["validation"]
 
+    def check(self, options: ExplainOptions) -> None:
+        """InvalidRequest for what this artifact does not predict (windows, another output than it
+        learnt): called before a job is queued, and again when it runs."""
+        if options.long_text == "windows":
+            raise InvalidRequest(
+                'precision "amortized" explains texts up to the model\'s length (no windows)'
+            )
+        learnt = self.meta.get("output", "probability")
+        if options.output != learnt:
+            raise InvalidRequest(f'precision "amortized" learnt values of the {learnt} (output "{learnt}")')
+
     def token_values(self, model: TextModel, rows: list[np.ndarray]) -> list[np.ndarray]:
         """Each row's predicted token values (tokens x labels), before the additivity shift."""
         states = model.token_states(rows, self.encoder)
@@ -138,11 +149,7 @@ def explain_amortized(
 ) -> list[Explanation]:
     """Explanations predicted by the artifact; `unmasked`: each text's logits as it is (they ran to
     classify it)."""
-    if options.long_text == "windows":
-        raise InvalidRequest('precision "amortized" explains texts up to the model\'s length (no windows)')
-    learnt = explainer.meta.get("output", "probability")
-    if options.output != learnt:
-        raise InvalidRequest(f'precision "amortized" learnt values of the {learnt} (output "{learnt}")')
+    explainer.check(options)
     model = engine.model
     requested = requested_label_indexes(model.labels, options)
     games = [new_game(model, e, options) for e in encoded]

@@ -177,7 +177,7 @@ class ClarionService:
                 raise InvalidRequest(NO_PAIR_TEMPLATE)
             check_pair_options(options)
         if options.precision == "amortized":
-            self.amortized()
+            self.amortized().check(options)
 
     @property
     def _backend_threads(self) -> int:
