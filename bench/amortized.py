@@ -43,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--artifact",
         help="an artifact `clarion distill` made for --model-dir (trained on none of the last --test)",
     )
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="also measure how well exact token values (the labels), summed per word, order the "
+        "sentences' words as exact word values do: the most an explainer that learnt them could reach",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model-dir", default=str(MINILM_DIR))
 
@@ -89,6 +95,7 @@ def main(args: argparse.Namespace) -> int:
                 "sentences": _compare(service, test, args, batched=True),
                 **({"reviews": _compare(service, reviews, args, batched=False)} if reviews else {}),
             }
+            ceiling = _token_ceiling(service, test, args) if args.ceiling else None
         finally:
             service.stop()
 
@@ -128,12 +135,18 @@ def main(args: argparse.Namespace) -> int:
         f"compared at word granularity on the last {args.test} dev sentences (one request) and on "
         f"reviews, the predicted label, {args.threads} threads; medians"
     )
+    if ceiling:
+        text += (
+            f"\nexact token values summed per word against exact word values, on the same sentences: "
+            f"Spearman {ceiling['spearman_median']:.3f}, top-5 {ceiling['top5_overlap_median']:.2f}"
+        )
     data = {
         "config": vars(args),
         "environment": environment(),
         "training_s": training_s,
         "artifact": meta,
         "results": results,
+        "token_ceiling": ceiling,
     }
     write_results(Path(args.out or DEFAULT_OUT), "amortized", data, text)
     print(text)
@@ -189,3 +202,28 @@ def _compare(service: Any, texts: list[str], args: argparse.Namespace, batched: 
             np.mean([next(iter(m.values())).comprehensiveness for m in amortized_faith])
         ),
     }
+
+
+def _token_ceiling(service: Any, texts: list[str], args: argparse.Namespace) -> dict[str, float]:
+    """The sentences' exact token values (what distill labels) summed per word, against their exact
+    word values: two games, SHAP's token tree and the word tree, so even a perfect learner of the
+    labels orders the words only this well."""
+    from shared.analysis.agreement import ranking_agreement
+    from shared.explanation.explainer import new_game
+    from shared.io.schemas import ExplainOptions
+
+    words = ExplainOptions(max_evals=args.max_evals, granularity="word", labels="all", faithfulness=False)
+    tokens = words.model_copy(update={"granularity": "token"})
+    spearman, overlap = [], []
+    encoded = service.model.encode(texts)
+    exact_tokens, exact_words = service.explain(texts, tokens), service.explain(texts, words)
+    for text, t, w in zip(encoded, exact_tokens, exact_words, strict=True):
+        label = max(w.model_output, key=w.model_output.get)
+        word_of = np.asarray(new_game(service.model, text, words).player_of_token)
+        summed = np.zeros(len(w.values[label]))
+        np.add.at(summed, word_of[word_of >= 0], np.asarray(t.values[label])[word_of >= 0])
+        rank, top = ranking_agreement(w.values[label], summed)
+        if rank is not None:
+            spearman.append(rank)
+        overlap.append(top)
+    return {"spearman_median": median(spearman), "top5_overlap_median": median(overlap)}

@@ -19,10 +19,10 @@ needs_minilm = pytest.mark.skipif(
 )
 
 
-def run_bench(command: str, out: Path) -> dict[str, Any]:
+def run_bench(command: str, out: Path, *options: str) -> dict[str, Any]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     done = subprocess.run(
-        [sys.executable, "-m", "bench", command, "--smoke", "--out", str(out)],
+        [sys.executable, "-m", "bench", command, "--smoke", "--out", str(out), *options],
         cwd=REPO,
         env=env,
         capture_output=True,

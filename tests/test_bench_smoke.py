@@ -125,7 +125,7 @@ def test_fast_smoke(tmp_path: Path) -> None:
 
 
 def test_amortized_smoke(tmp_path: Path) -> None:
-    results = run_bench("amortized", tmp_path)
+    results = run_bench("amortized", tmp_path, "--ceiling")
     assert results["artifact"]["trained_texts"] == 18 and results["training_s"] > 0
     sentences = results["results"]["sentences"]
     assert sentences["texts"] == 4 and sentences["speedup"] > 0
@@ -139,6 +139,9 @@ def test_amortized_smoke(tmp_path: Path) -> None:
         and row[6] == f"{sentences['top5_overlap_median']:.2f}"
     )
     assert row[8] == f"{sentences['comprehensiveness_exact']:.3f}"
+    ceiling = results["token_ceiling"]  # the labels' own game against the word game it is judged by
+    assert -1 <= ceiling["spearman_median"] <= 1 and 0 <= ceiling["top5_overlap_median"] <= 1
+    assert f"Spearman {ceiling['spearman_median']:.3f}, top-5 {ceiling['top5_overlap_median']:.2f}" in text
 
 
 def test_fusion_smoke(tmp_path: Path) -> None:
