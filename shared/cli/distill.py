@@ -9,8 +9,9 @@ for the served model, on the user's unlabelled texts.
    values (shared/explanation/distillation.py); the tenth is held out.
 3. The held-out texts are explained exactly at word granularity and by the artifact, and the
    artifact records how close it came: the median Spearman and top-5 overlap of the predicted
-   label's word values, and ERASER comprehensiveness of both rankings. The model's fingerprint
-   goes in too: a server refuses an artifact trained for another model.
+   label's word values, and ERASER comprehensiveness of both rankings; and its fit (its word values
+   against its own labels', on training and held-out texts: underfitting or learning by heart).
+   The model's fingerprint goes in too: a server refuses an artifact trained for another model.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ import numpy as np
 
 from shared.cli.explain import add_server_options, explain_into, read_lines, report
 from shared.errors import ClarionError
+from shared.explanation.distillation import ENCODER_LEARNING_RATE
 from shared.io.schemas import ExplainOptions, SeedBody, parse_model
 from shared.settings import Settings
 
 HELD_OUT_EVERY = 10  # every tenth text is held out
+FIT_TEXTS = 400  # training texts its fit is measured on (one pass of the copy each)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-evals", type=int, help="model evaluations per text (default: the API's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=8, help="passes over the training texts (default 8)")
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=ENCODER_LEARNING_RATE,
+        help=f"the encoder copy's peak learning rate (default {ENCODER_LEARNING_RATE:g})",
+    )
     add_server_options(parser, "label on this Clarion server (a GPU one, say) instead of in this process")
 
 
@@ -76,7 +85,8 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     train = [r for i, r in enumerate(records) if i % HELD_OUT_EVERY != HELD_OUT_EVERY - 1]
     report(f"training on {len(train)} text(s), {len(held)} held out")
     started = time.perf_counter()
-    trained = train_explainer(service.model, _examples(service, train), args.epochs, args.seed, report)
+    examples = _examples(service, train)
+    trained = train_explainer(service.model, examples, args.epochs, args.seed, report, args.learning_rate)
     training_seconds = time.perf_counter() - started
     explainer = AmortizedExplainer(
         trained.encoder, trained.weights, trained.bias, trained.scale, {"validation": {}}
@@ -85,6 +95,10 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     started = time.perf_counter()
     validation = _validate(service, explainer, [r["text"] for r in held], word_options)
     validation_seconds = time.perf_counter() - started  # the held-out texts explained exactly, mostly
+    fit = {
+        "training": _fit(service, explainer, train[:FIT_TEXTS], examples[:FIT_TEXTS]),
+        "held_out": _fit(service, explainer, held, _examples(service, held)),
+    }
     model = service.model
     meta = {
         "version": ARTIFACT_VERSION,
@@ -94,6 +108,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         "output": token_options.output,
         "network": "a trained copy of the classifier's encoder, a linear head per token",
         "epochs": args.epochs,
+        "learning_rate": args.learning_rate,
         "training_losses": [round(loss, 5) for loss in trained.losses],
         "trained_texts": len(train),
         "held_out_texts": len(held),
@@ -102,10 +117,11 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         "training_seconds": round(training_seconds, 1),
         "validation_seconds": round(validation_seconds, 1),
         "validation": validation,
+        "fit": fit,
     }
     AmortizedExplainer(trained.encoder, trained.weights, trained.bias, trained.scale, meta).save(args.out)
     service.stop()
-    report(f"amortized explainer in {args.out}: held-out {json.dumps(validation)}")
+    report(f"amortized explainer in {args.out}: held-out {json.dumps(validation)}; fit {json.dumps(fit)}")
     return 0
 
 
@@ -141,6 +157,32 @@ def _examples(service: Any, records: list[dict[str, Any]]) -> list[Any]:
             word_of = np.where(~keep & (word_of >= 0), word_of, -1)
             examples.append(Example(np.asarray(text.ids), ~keep, values, delta, word_of))
     return examples
+
+
+def _fit(service: Any, explainer: Any, records: list[dict[str, Any]], examples: list[Any]) -> float | None:
+    """The median Spearman, over these texts, of the artifact's word values against its own labels'
+    (token values summed per word), for each text's predicted label: on training texts against held-out
+    ones, it tells a network that cannot fit its labels (both low) from one that learnt its texts
+    by heart (training high, held-out low)."""
+    from shared.analysis.agreement import ranking_agreement
+    from shared.explanation.amortized import explain_amortized
+    from shared.serving.classifier import run_unmasked
+
+    by_text = {example.ids.tobytes(): example for example in examples}
+    encoded = [e for e in service.model.encode([r["text"] for r in records]) if e.ids.tobytes() in by_text]
+    unmasked = run_unmasked(service.engine, encoded)
+    words = ExplainOptions(granularity="word", labels="all")
+    predicted = explain_amortized(service.engine, explainer, encoded, [u[0] for u in unmasked], words)
+    spearman = []
+    for text, p in zip(encoded, predicted, strict=True):
+        label = max(p.model_output, key=p.model_output.get)
+        example = by_text[text.ids.tobytes()]
+        labelled, inside = np.zeros(len(p.values[label])), example.words >= 0
+        np.add.at(labelled, example.words[inside], example.values[inside, service.model.labels.index(label)])
+        rank, _ = ranking_agreement(labelled, p.values[label])
+        if rank is not None:
+            spearman.append(rank)
+    return round(float(np.median(spearman)), 4) if spearman else None
 
 
 def _validate(service: Any, explainer: Any, texts: list[str], options: ExplainOptions) -> dict[str, float]:
