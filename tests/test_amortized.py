@@ -309,3 +309,31 @@ def test_distill_labels_over_the_workers_as_jobs(artifact: Path, model_dir: Path
     # Chunks of 3 pad other rows than the artifact's chunks of 8: float32 noise of probabilities
     # near 1/3 (~1e-8), against values of this smooth model of ~1e-3, so within 1e-3 of the largest.
     assert_close_to_scale(ours, theirs, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--epochs", "0"],
+        ["--epochs", "-2"],
+        ["--epochs", "2.5"],
+        ["--learning-rate=-1e-4"],
+        ["--learning-rate", "0"],
+        ["--learning-rate", "nan"],
+        ["--learning-rate", "inf"],
+        ["--learning-rate", "fast"],
+    ],
+)
+def test_distill_refuses_epochs_or_a_learning_rate_that_is_no_positive_number(
+    option: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A usage error naming the option, before anything is read, labelled or written (0 epochs
+    divided by zero in the learning-rate schedule; a negative or NaN rate trained nonsense)."""
+    from shared.cli.main import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["distill", str(tmp_path / "texts.txt"), "--out", str(tmp_path / "artifact"), *option])
+    error = capsys.readouterr().err
+    assert exited.value.code == 2 and f"argument {option[0].split('=')[0]}" in error, error
+    assert "above 0" in error or "not a number" in error
+    assert not (tmp_path / "artifact").exists()

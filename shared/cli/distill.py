@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,14 +45,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--delimiter", default=",", help="a .csv input's delimiter")
     parser.add_argument("--max-evals", type=int, help="model evaluations per text (default: the API's)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=8, help="passes over the training texts (default 8)")
+    parser.add_argument(
+        "--epochs", type=_positive(int), default=8, help="passes over the training texts (default 8)"
+    )
     parser.add_argument(
         "--learning-rate",
-        type=float,
+        type=_positive(float),
         default=ENCODER_LEARNING_RATE,
         help=f"the encoder copy's peak learning rate (default {ENCODER_LEARNING_RATE:g})",
     )
     add_server_options(parser, "label on this Clarion server (a GPU one, say) instead of in this process")
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    """An argparse type: a number of `kind` above 0 (no NaN, no infinity), or a usage error naming it."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (0 < value < math.inf):
+            raise argparse.ArgumentTypeError(f"{text!r}: give a number above 0")
+        return value
+
+    return parse
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
